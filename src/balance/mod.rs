@@ -1,0 +1,149 @@
+//! Choosing a server: one algorithm per file, each a pure function of the
+//! candidate set and a request key (no I/O, no sockets), behind `Balancer`.
+//!
+//! As in pingora, an algorithm sees the *full* server list and skips servers
+//! that are not available, so a hash mapping stays stable while one is down.
+
+mod hash;
+mod key;
+mod least_conn;
+mod random;
+mod round_robin;
+
+use std::sync::Arc;
+
+use crate::config::types::Balance;
+use crate::state::ServerState;
+
+pub use hash::{hash_bytes, Hash};
+pub use key::{ip_octets_of, IpOctets, KeySource};
+pub use least_conn::LeastConn;
+pub use random::PowerOfTwo;
+pub use round_robin::RoundRobin;
+
+/// Index of a server within its backend.
+pub type ServerId = usize;
+
+/// Chooses one server for a request among the candidates that are up and have room.
+pub trait Balancer: Send + Sync {
+    /// The chosen server, or `None` when no candidate is available.
+    fn pick(&self, candidates: &Candidates<'_>, key: &RequestKey<'_>) -> Option<ServerId>;
+}
+
+/// Builds the algorithm named in the config.
+pub fn build(balance: Balance, servers: usize) -> Box<dyn Balancer> {
+    match balance {
+        Balance::Roundrobin => Box::new(RoundRobin::new(servers)),
+        Balance::Leastconn => Box::new(LeastConn::default()),
+        Balance::Source | Balance::Uri | Balance::UrlParam | Balance::Header | Balance::Cookie => {
+            Box::new(Hash::new(servers))
+        }
+        Balance::Random => Box::new(PowerOfTwo::default()),
+    }
+}
+
+/// What an algorithm may know about one server.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Live state: weight, health, active connections.
+    pub state: Arc<ServerState>,
+    /// The server's `maxconn`, if any.
+    pub maxconn: Option<u32>,
+}
+
+/// The servers of a backend as an algorithm sees them, with the ones
+/// already tried for this request excluded.
+pub struct Candidates<'a> {
+    servers: &'a [Candidate],
+    excluded: &'a [ServerId],
+}
+
+impl<'a> Candidates<'a> {
+    /// All `servers` of a backend, minus `excluded` (servers that failed this request).
+    pub fn new(servers: &'a [Candidate], excluded: &'a [ServerId]) -> Self {
+        Self { servers, excluded }
+    }
+
+    /// Number of servers in the backend, available or not.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether the backend has no servers.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Current weight of server `id` (0 means no new traffic).
+    pub fn weight(&self, id: ServerId) -> u32 {
+        self.servers[id].state.weight()
+    }
+
+    /// Active requests and tunnels of server `id`.
+    pub fn active(&self, id: ServerId) -> u32 {
+        self.servers[id].state.active()
+    }
+
+    /// Whether server `id` can take this request: weight above 0, up, under
+    /// `maxconn`, and not already tried.
+    pub fn is_available(&self, id: ServerId) -> bool {
+        let server = &self.servers[id];
+        server.state.weight() > 0
+            && server.state.is_up()
+            && server.maxconn.is_none_or(|max| server.state.active() < max)
+            && !self.excluded.contains(&id)
+    }
+
+    /// The available servers, in order.
+    pub fn available(&self) -> impl Iterator<Item = ServerId> + '_ {
+        (0..self.servers.len()).filter(|id| self.is_available(*id))
+    }
+}
+
+/// The part of a request a hashing algorithm hashes, already extracted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RequestKey<'a> {
+    /// Bytes to hash; `None` when the request lacks the key (round robin then).
+    pub hash_input: Option<&'a [u8]>,
+}
+
+impl<'a> RequestKey<'a> {
+    /// A key hashing `bytes`.
+    pub fn hashed(bytes: &'a [u8]) -> Self {
+        Self {
+            hash_input: Some(bytes),
+        }
+    }
+}
+
+/// Compares `active_a / weight_a` with `active_b / weight_b` without division.
+pub(crate) fn load_less(active_a: u32, weight_a: u32, active_b: u32, weight_b: u32) -> bool {
+    u64::from(active_a) * u64::from(weight_b) < u64::from(active_b) * u64::from(weight_a)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// Candidates with the given weights, all up and idle.
+    pub fn servers(weights: &[u32]) -> Vec<Candidate> {
+        weights
+            .iter()
+            .map(|w| Candidate {
+                state: Arc::new(ServerState::new(*w)),
+                maxconn: None,
+            })
+            .collect()
+    }
+
+    /// Sets the active count of server `id`.
+    pub fn set_active(servers: &[Candidate], id: ServerId, active: u32) {
+        servers[id].state.active.store(active, Ordering::Relaxed);
+    }
+
+    /// Marks server `id` down.
+    pub fn set_down(servers: &[Candidate], id: ServerId) {
+        servers[id].state.up.store(false, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,184 @@
+//! Commands (`run`, `check`, `demo`), logging set-up, the runtime, and signals.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tether::config;
+use tether::Tether;
+
+#[derive(Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "A load balancer for WebSocket traffic"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer with a configuration file.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file: exit 0 if valid, 1 with the error if not.
+    Check {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+    /// Start three demo WebSocket echo servers behind tether and serve a page showing the balancing.
+    Demo {
+        /// Where the demo balancer listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Run { config } => run(&config),
+        Command::Demo { listen } => demo(listen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn check(file: &Path) -> anyhow::Result<()> {
+    let config = config::load_file(file)?;
+    println!(
+        "{}: valid ({} frontend(s), {} backend(s), {} server(s))",
+        file.display(),
+        config.frontend.len(),
+        config.backend.len(),
+        config.backend.iter().map(|b| b.server.len()).sum::<usize>()
+    );
+    Ok(())
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let config = config::load_file(path)?;
+    let workers = config.workers.as_ref().map(|w| *w.get_ref());
+    runtime(workers)?.block_on(async {
+        let tether = Tether::bind(&config)?;
+        for frontend in &config.frontend {
+            tracing::info!(frontend = %frontend.name.get_ref(), addresses = ?tether.local_addrs(frontend.name.get_ref()), "listening");
+        }
+        let handle = tether.handle();
+        let reload_path = path.to_path_buf();
+        tokio::spawn(async move { reload_on_hangup(handle, reload_path).await });
+        tether.run(stop_signal()).await;
+        Ok(())
+    })
+}
+
+fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+    runtime(None)?.block_on(async {
+        let tether = tether::demo::prepare(listen).await?;
+        let address = tether.local_addrs("demo").first().copied().unwrap_or(listen);
+        println!(
+            "\ntether demo is running.\n\n  Open http://{address}/ in a browser: it shows which of the three echo servers\n  ({}) your WebSocket reached. Press Reconnect, or open more tabs, and watch\n  leastconn spread them. From a shell: `curl -i http://{address}/`.\n\n  Ctrl-C stops it.\n",
+            tether::demo::SERVER_NAMES.join(", ")
+        );
+        tether.run(stop_signal()).await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Reloads the configuration on SIGHUP; a bad file is logged and the old one kept.
+async fn reload_on_hangup(handle: tether::Handle, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match config::load_file(&path) {
+                Ok(config) => {
+                    handle.reload(&config);
+                    tracing::info!(file = %path.display(), "configuration reloaded");
+                }
+                Err(err) => {
+                    tracing::error!(cause = %err, "reload refused: the running configuration stays")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (handle, path);
+    }
+}

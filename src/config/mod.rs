@@ -1,0 +1,157 @@
+//! The configuration file: serde types with defaults (`types`), durations,
+//! cross-field validation, and errors that name file, line and column.
+//!
+//! Reading happens in two stages (as sozu does): the TOML text is deserialised
+//! into `types::Config`, whose single values are already checked, then
+//! `validate` checks the rules between values. Only a config that passed both
+//! reaches `Snapshot::build`.
+
+mod duration;
+mod error;
+pub mod types;
+mod validate;
+
+use std::path::Path;
+
+pub use duration::{parse_duration, ConfigDuration};
+pub use error::ConfigError;
+pub use types::Config;
+pub use validate::MAX_WEIGHT;
+
+use error::SourceMap;
+
+/// Reads and validates the configuration file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses and validates configuration text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let source = SourceMap::new(origin, text);
+    let config: Config = toml::from_str(text).map_err(|err| {
+        let message = err.message().trim_end().to_string();
+        source.error(err.span(), message)
+    })?;
+    validate::validate(&config, &source)?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[frontend]]
+name = "public"
+bind = ["127.0.0.1:0"]
+default_backend = "web"
+
+[[backend]]
+name = "web"
+[[backend.server]]
+name = "s1"
+address = "127.0.0.1:8200"
+"#;
+
+    fn error_of(text: &str) -> (usize, String) {
+        match parse(text, "test.toml") {
+            Err(ConfigError::Invalid {
+                line,
+                message,
+                file,
+                ..
+            }) => {
+                assert_eq!(file, "test.toml");
+                (line, message)
+            }
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_is_accepted_with_defaults() {
+        let config = parse(GOOD, "test.toml").expect("valid");
+        let backend = &config.backend[0];
+        assert_eq!(*backend.balance.get_ref(), types::Balance::Roundrobin);
+        assert_eq!(backend.retries, 3);
+        assert_eq!(backend.timeouts.connect.get().as_secs(), 3);
+        assert_eq!(config.frontend[0].timeouts.http_request.get().as_secs(), 10);
+        assert_eq!(*backend.server[0].weight.get_ref(), 1);
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line() {
+        let text = GOOD.replace("name = \"s1\"", "name = \"s1\"\nwieght = 3");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 11);
+        assert!(message.contains("wieght"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_line_and_the_fix() {
+        let text = GOOD.replace(
+            "name = \"web\"",
+            "name = \"web\"\ntimeouts = { connect = \"3 seconds\" }",
+        );
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 9);
+        assert!(message.contains("unknown unit"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_backend_lists_the_known_ones() {
+        let text = GOOD.replace("default_backend = \"web\"", "default_backend = \"wbe\"");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 5);
+        assert!(
+            message.contains("`wbe`") && message.contains("web"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_condition_with_two_selectors_is_refused() {
+        let ordered = GOOD.replace(
+            "default_backend = \"web\"",
+            "default_backend = \"web\"\n[[frontend.route]]\nbackend = \"web\"\nany = [{ path = \"/a\", host = \"x\" }]",
+        );
+        let (line, message) = error_of(&ordered);
+        assert_eq!(line, 8);
+        assert!(message.contains("exactly one"), "{message}");
+    }
+
+    #[test]
+    fn url_param_needs_a_hash_key() {
+        let text = GOOD.replace("name = \"web\"", "name = \"web\"\nbalance = \"url_param\"");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 9);
+        assert!(message.contains("hash_key"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_regex_and_an_address_without_port_are_reported() {
+        let text = GOOD.replace("127.0.0.1:8200", "127.0.0.1");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 11);
+        assert!(message.contains("no port"), "{message}");
+        let text = GOOD.replace(
+            "default_backend = \"web\"",
+            "default_backend = \"web\"\n[[frontend.route]]\nbackend = \"web\"\nany = [{ path_regex = \"(\" }]",
+        );
+        let (_, message) = error_of(&text);
+        assert!(message.contains("regular expression"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_server_names_are_refused() {
+        let text =
+            format!("{GOOD}[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8201\"\n");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 13);
+        assert!(message.contains("already has a server"), "{message}");
+    }
+}

@@ -1,0 +1,300 @@
+//! The serde shape of the TOML file: what an operator writes, with defaults.
+//!
+//! Values that can be checked alone (durations, addresses, regexes, enums) are
+//! parsed while deserialising, so the TOML parser reports their line and column.
+//! Rules that relate several values are checked in `validate`.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::duration::ConfigDuration;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Worker threads of the runtime; one per core when absent.
+    pub workers: Option<Spanned<usize>>,
+    /// How long a graceful stop waits for open connections before closing them.
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: ConfigDuration,
+    /// Public listeners with their routing rules.
+    #[serde(default)]
+    pub frontend: Vec<Frontend>,
+    /// Groups of servers and how to balance between them.
+    #[serde(default)]
+    pub backend: Vec<Backend>,
+}
+
+/// One public entry point: addresses to listen on and rules choosing a backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Frontend {
+    /// Unique name used in logs and metrics.
+    pub name: Spanned<String>,
+    /// `ip:port` addresses to listen on (port 0 picks a free port).
+    pub bind: Spanned<Vec<Spanned<Address>>>,
+    /// Backend for requests that match no rule; without it they get 503.
+    pub default_backend: Option<Spanned<String>>,
+    /// Ordered rules; the first that matches chooses the backend.
+    #[serde(default)]
+    pub route: Vec<Route>,
+    /// Which forwarding headers tether adds to requests sent to servers.
+    #[serde(default = "defaults::forward_headers")]
+    pub forward_headers: Vec<ForwardHeader>,
+    /// Client-side timeouts.
+    #[serde(default)]
+    pub timeouts: FrontendTimeouts,
+}
+
+/// A header telling the server who the client was (RFC 7239 and the de-facto `X-Forwarded-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ForwardHeader {
+    /// `X-Forwarded-For`: the client address appended to any list already present.
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `X-Forwarded-Proto`: `http` or `https`.
+    #[serde(rename = "x-forwarded-proto")]
+    XForwardedProto,
+    /// `X-Forwarded-Host`: the Host the client asked for.
+    #[serde(rename = "x-forwarded-host")]
+    XForwardedHost,
+    /// `Forwarded` (RFC 7239 §4): `for=…;proto=…;host=…` appended.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+/// Client-side timeouts of a frontend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendTimeouts {
+    /// How long a keep-alive connection may sit idle between requests.
+    #[serde(default = "defaults::client")]
+    pub client: ConfigDuration,
+    /// How long the whole request head may take to arrive once it started.
+    #[serde(default = "defaults::http_request")]
+    pub http_request: ConfigDuration,
+}
+
+impl Default for FrontendTimeouts {
+    fn default() -> Self {
+        Self {
+            client: defaults::client(),
+            http_request: defaults::http_request(),
+        }
+    }
+}
+
+/// One routing rule: when its conditions hold, requests go to `backend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The backend chosen when the rule matches.
+    pub backend: Spanned<String>,
+    /// The rule matches if at least one of these holds (and all of `all`).
+    #[serde(default)]
+    pub any: Vec<Spanned<Condition>>,
+    /// The rule matches only if every one of these holds (and one of `any`, if given).
+    #[serde(default)]
+    pub all: Vec<Spanned<Condition>>,
+}
+
+/// One test on a request. Exactly one of the selector keys is set; `equals`
+/// and `prefix` refine `header` and `query`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The path starts with this.
+    pub path_prefix: Option<String>,
+    /// The path is exactly this.
+    pub path: Option<String>,
+    /// The path matches this regular expression.
+    pub path_regex: Option<Pattern>,
+    /// The host (without port) is this, compared without case.
+    pub host: Option<String>,
+    /// The host starts with this, compared without case.
+    pub host_prefix: Option<String>,
+    /// A header with this name is present (or, with `equals`/`prefix`, has that value).
+    pub header: Option<String>,
+    /// The request method is this (`GET`, `POST`, …).
+    pub method: Option<String>,
+    /// A query parameter with this name is present (or, with `equals`, has that value).
+    pub query: Option<String>,
+    /// With `header` or `query`: the value equals this (headers without case).
+    pub equals: Option<String>,
+    /// With `header`: the value starts with this, compared without case.
+    pub prefix: Option<String>,
+}
+
+/// A group of servers and how requests are spread over them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Unique name used by routes, logs and metrics.
+    pub name: Spanned<String>,
+    /// The balancing algorithm.
+    #[serde(default = "defaults::balance")]
+    pub balance: Spanned<Balance>,
+    /// The parameter, header or cookie name hashed by `url_param`, `header` and `cookie`.
+    pub hash_key: Option<Spanned<String>>,
+    /// How many other servers to try when connecting to one fails.
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Server-side timeouts.
+    #[serde(default)]
+    pub timeouts: BackendTimeouts,
+    /// The servers.
+    #[serde(default)]
+    pub server: Vec<Server>,
+}
+
+/// The balancing algorithm of a backend (HAProxy's `balance` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    Roundrobin,
+    /// Fewest active connections relative to weight; WebSocket tunnels count for their whole life.
+    Leastconn,
+    /// Hash of the client IP address.
+    Source,
+    /// Hash of the request path.
+    Uri,
+    /// Hash of the query parameter named by `hash_key`.
+    UrlParam,
+    /// Hash of the header named by `hash_key`.
+    Header,
+    /// Hash of the cookie named by `hash_key`.
+    Cookie,
+    /// Power of two random choices on active connections.
+    Random,
+}
+
+/// Server-side timeouts of a backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTimeouts {
+    /// How long a TCP connect to a server may take before trying another.
+    #[serde(default = "defaults::connect")]
+    pub connect: ConfigDuration,
+    /// How long a server may take to start its response (504 after that).
+    #[serde(default = "defaults::server")]
+    pub server: ConfigDuration,
+    /// How long a WebSocket tunnel may carry no byte in either direction.
+    #[serde(default = "defaults::tunnel")]
+    pub tunnel: ConfigDuration,
+}
+
+impl Default for BackendTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: defaults::connect(),
+            server: defaults::server(),
+            tunnel: defaults::tunnel(),
+        }
+    }
+}
+
+/// One backend server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Unique name within the backend.
+    pub name: Spanned<String>,
+    /// `host:port`; a host name is resolved once at start.
+    pub address: Spanned<Address>,
+    /// Relative share of new traffic; 0 takes no new traffic.
+    #[serde(default = "defaults::weight")]
+    pub weight: Spanned<u32>,
+    /// At most this many active requests and tunnels at once; unlimited when absent.
+    pub maxconn: Option<Spanned<u32>>,
+    /// The id this server is known by in a stickiness cookie.
+    pub cookie: Option<String>,
+}
+
+/// A regular expression compiled while the file is read, so a bad one is
+/// reported with its line.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub regex::Regex);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let text = String::deserialize(deserializer)?;
+        regex::Regex::new(&text).map(Pattern).map_err(|err| {
+            D::Error::custom(format!("`{text}` is not a valid regular expression: {err}"))
+        })
+    }
+}
+
+/// A resolved `host:port` address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use std::net::ToSocketAddrs;
+        let text = String::deserialize(deserializer)?;
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Address(addr));
+        }
+        if !text.contains(':') {
+            return Err(D::Error::custom(format!(
+                "`{text}` has no port: write it as \"{text}:8080\""
+            )));
+        }
+        match text.to_socket_addrs() {
+            Ok(mut addrs) => addrs.next().map(Address).ok_or_else(|| {
+                D::Error::custom(format!("`{text}` resolves to no address"))
+            }),
+            Err(err) => Err(D::Error::custom(format!(
+                "`{text}` is not an address tether can reach ({err}): write \"ip:port\" or \"host:port\""
+            ))),
+        }
+    }
+}
+
+/// Documented defaults, in one place.
+pub mod defaults {
+    use super::{ConfigDuration, ForwardHeader};
+    use std::time::Duration;
+
+    pub(crate) fn shutdown_grace() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30))
+    }
+    pub(crate) fn client() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30))
+    }
+    pub(crate) fn http_request() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
+    }
+    pub(crate) fn connect() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(3))
+    }
+    pub(crate) fn server() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30))
+    }
+    pub(crate) fn tunnel() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(3600))
+    }
+    pub(crate) fn balance() -> toml::Spanned<super::Balance> {
+        toml::Spanned::new(0..0, super::Balance::Roundrobin)
+    }
+    pub(crate) fn retries() -> u32 {
+        3
+    }
+    pub(crate) fn weight() -> toml::Spanned<u32> {
+        toml::Spanned::new(0..0, 1)
+    }
+    pub(crate) fn forward_headers() -> Vec<ForwardHeader> {
+        vec![
+            ForwardHeader::XForwardedFor,
+            ForwardHeader::XForwardedProto,
+            ForwardHeader::XForwardedHost,
+        ]
+    }
+}

@@ -1,0 +1,17 @@
+//! tether: a load balancer for WebSocket traffic.
+//!
+//! An HTTP/1.1 reverse proxy that upgrades WebSocket handshakes to tunnels,
+//! routes by rules, balances by several algorithms and keeps clients on
+//! their server. See `DESIGN.md` in the shared folder for the architecture.
+
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod instance;
+pub mod lookup;
+pub mod proxy;
+pub mod route;
+pub mod snapshot;
+pub mod state;
+
+pub use instance::{Handle, StartError, Tether};

@@ -1,0 +1,193 @@
+//! Client connection timing: which phase a keep-alive connection is in
+//! (idle, reading a head, busy) and since when, so one watchdog per
+//! connection can apply the `client` and `http_request` timeouts.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Waiting for the next request (the `client` timeout applies).
+const IDLE: u8 = 0;
+/// The first bytes of a request head arrived (the `http_request` timeout applies).
+const HEAD: u8 = 1;
+/// A request is being served, or the connection became a tunnel: no client timeout.
+const BUSY: u8 = 2;
+
+/// The phase of one client connection and when it began.
+#[derive(Debug)]
+pub struct ConnActivity {
+    /// `IDLE`, `HEAD` or `BUSY`.
+    phase: AtomicU8,
+    /// Milliseconds after `epoch` when the phase began.
+    since_ms: AtomicU64,
+    /// When the connection was accepted.
+    epoch: Instant,
+    /// Wakes the watchdog when its deadline changes kind: a head starts
+    /// (`http_request` is usually shorter than the idle deadline it sleeps
+    /// towards) or a response ends (a busy connection had no deadline).
+    phase_changed: Notify,
+    /// Requests in flight (pipelining keeps it at most one in practice).
+    in_flight: AtomicU64,
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnActivity {
+    /// A connection that just opened: idle since now.
+    pub fn new() -> Self {
+        Self {
+            phase: AtomicU8::new(IDLE),
+            since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            phase_changed: Notify::new(),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn enter(&self, phase: u8) {
+        self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Release);
+    }
+
+    /// Bytes arrived from the client.
+    fn on_read(&self) {
+        if self.phase.load(Ordering::Relaxed) == IDLE
+            && self
+                .phase
+                .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.phase_changed.notify_one();
+        }
+    }
+
+    /// A request head was parsed and is being served.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.enter(BUSY);
+    }
+
+    /// A response was fully sent; the connection waits for the next request.
+    pub fn request_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.enter(IDLE);
+            self.phase_changed.notify_one();
+        }
+    }
+
+    /// The connection became a tunnel: client timeouts no longer apply.
+    pub fn upgraded(&self) {
+        self.enter(BUSY);
+    }
+
+    /// When the connection should be closed if nothing changes, and whether
+    /// that would cut a half-received head (`true`) or an idle connection.
+    pub fn deadline(&self, client: Duration, http_request: Duration) -> Option<(Instant, bool)> {
+        let since = self.epoch + Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
+        match self.phase.load(Ordering::Acquire) {
+            IDLE => Some((since + client, false)),
+            HEAD => Some((since + http_request, true)),
+            _ => None,
+        }
+    }
+
+    /// Resolves when the deadline may have changed kind.
+    pub async fn phase_changed(&self) {
+        self.phase_changed.notified().await
+    }
+}
+
+/// The client socket, reporting reads to its `ConnActivity`.
+#[derive(Debug)]
+pub struct WatchedIo<T> {
+    inner: T,
+    activity: std::sync::Arc<ConnActivity>,
+}
+
+impl<T> WatchedIo<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T, activity: std::sync::Arc<ConnActivity>) -> Self {
+        Self { inner, activity }
+    }
+
+    /// The socket, once the connection became a tunnel.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_pick_their_timeout() {
+        let activity = ConnActivity::new();
+        let (client, head) = (Duration::from_secs(30), Duration::from_secs(10));
+        let (_, cuts_head) = activity.deadline(client, head).unwrap();
+        assert!(!cuts_head);
+        activity.on_read();
+        assert!(activity.deadline(client, head).unwrap().1);
+        activity.request_started();
+        assert!(activity.deadline(client, head).is_none());
+        activity.request_finished();
+        assert!(!activity.deadline(client, head).unwrap().1);
+        activity.upgraded();
+        assert!(activity.deadline(client, head).is_none());
+    }
+}

@@ -1,0 +1,148 @@
+//! Header rules of a proxy: hop-by-hop removal and forwarding headers.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::types::ForwardHeader;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// The comma-separated tokens of every `name` header, trimmed.
+pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether header `name` lists `token` (compared without case), e.g. `Connection: keep-alive, Upgrade`.
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection`, every header
+/// it names, and `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`,
+/// `Upgrade`. hyper frames the forwarded body itself.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        CONNECTION,
+        PROXY_CONNECTION,
+        KEEP_ALIVE,
+        TE,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Marks a forwarded request as a WebSocket handshake again after hop-by-hop removal.
+pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// Adds the forwarding headers the frontend asks for. `X-Forwarded-For` and
+/// `Forwarded` append to what the client sent; proto and host are set.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    which: &[ForwardHeader],
+    client: IpAddr,
+    https: bool,
+) {
+    let client = client.to_canonical();
+    let proto = if https { "https" } else { "http" };
+    let host = headers.get(HOST).cloned();
+    for header in which {
+        match header {
+            ForwardHeader::XForwardedFor => {
+                append_list(headers, X_FORWARDED_FOR, &client.to_string())
+            }
+            ForwardHeader::XForwardedProto => {
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            }
+            ForwardHeader::XForwardedHost => {
+                if let Some(host) = &host {
+                    headers.insert(X_FORWARDED_HOST, host.clone());
+                }
+            }
+            ForwardHeader::Forwarded => {
+                // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+                let node = match client {
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("\"[{v6}]\""),
+                };
+                let mut element = format!("for={node};proto={proto}");
+                if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+                    element.push_str(&format!(";host=\"{host}\""));
+                }
+                append_list(headers, FORWARDED, &element);
+            }
+        }
+    }
+}
+
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {item}"),
+        _ => item.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "keep-alive, X-Secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_set() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, "chat.example.com".parse().unwrap());
+        h.insert(X_FORWARDED_FOR, "203.0.113.9".parse().unwrap());
+        let all = [
+            ForwardHeader::XForwardedFor,
+            ForwardHeader::XForwardedProto,
+            ForwardHeader::XForwardedHost,
+            ForwardHeader::Forwarded,
+        ];
+        add_forwarding(&mut h, &all, "::1".parse().unwrap(), false);
+        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, ::1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "chat.example.com");
+        assert_eq!(
+            h[FORWARDED],
+            "for=\"[::1]\";proto=http;host=\"chat.example.com\""
+        );
+    }
+}

@@ -1,0 +1,487 @@
+//! Forwarding one request: route, pick a server (retrying failed connects
+//! elsewhere), rewrite headers, send, and relay the response — or, after a
+//! 101, hand both connections to a tunnel.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::{Exchange, RequestBody, ResponseBody};
+use super::conn::{ConnActivity, WatchedIo};
+use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
+use super::log::{HttpLog, RequestId, TunnelLog};
+use super::pool::{self, UpstreamSender};
+use super::upgrade::{self, Handshake};
+use super::{tunnel, Shared, TrackerToken};
+use crate::balance::{ip_octets_of, Candidates, RequestKey, ServerId};
+use crate::route;
+use crate::snapshot::{Backend, Frontend, Snapshot};
+use crate::state::ActiveGuard;
+
+/// The header carrying tether's request id in its own responses.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What every request on one client connection shares.
+pub struct ConnContext {
+    /// The instance's shared state.
+    pub shared: Arc<Shared>,
+    /// Index of the frontend that accepted the connection.
+    pub frontend: usize,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The connection's phase tracker (for its timeouts).
+    pub activity: Arc<ConnActivity>,
+    /// Whether the client connection is TLS (for `X-Forwarded-Proto`).
+    pub https: bool,
+}
+
+/// hyper's service function: forwards `request` and never fails (errors become responses).
+pub async fn handle(
+    context: Arc<ConnContext>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    context.activity.request_started();
+    let snapshot = context.shared.snapshot.load_full();
+    let frontend_name = snapshot
+        .frontends
+        .get(context.frontend)
+        .map(|f| f.name.clone())
+        .unwrap_or_else(|| Arc::from("-"));
+    let exchange = Box::new(Exchange::new(
+        HttpLog {
+            request_id: RequestId::next(),
+            client: context.client,
+            frontend: frontend_name,
+            backend: None,
+            server: None,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            status: 0,
+            started: Instant::now(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_out: 0,
+            error: None,
+        },
+        context.activity.clone(),
+    ));
+    let Some(frontend) = snapshot.frontends.get(context.frontend) else {
+        return Ok(local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this frontend is no longer configured",
+            exchange,
+            true,
+        ));
+    };
+    Ok(forward(&context, &snapshot, frontend, request, exchange).await)
+}
+
+/// Why no upstream connection could be had.
+enum NoUpstream {
+    /// No server was available at all (all down, full or weight 0): 503.
+    NoServer,
+    /// Servers were tried and every connect failed: 502.
+    AllFailed(String),
+}
+
+/// A connection to the chosen server, with the slot held on it.
+struct Upstream {
+    server: ServerId,
+    guard: ActiveGuard,
+    sender: UpstreamSender,
+    /// Taken from the pool (it may turn out to be closed by the server).
+    reused: bool,
+}
+
+async fn forward(
+    context: &ConnContext,
+    snapshot: &Snapshot,
+    frontend: &Frontend,
+    mut request: Request<Incoming>,
+    mut exchange: Box<Exchange>,
+) -> Response<ResponseBody> {
+    let handshake = match upgrade::classify(&request) {
+        Ok(handshake) => handshake,
+        Err(bad) => {
+            return local_response(StatusCode::BAD_REQUEST, &bad.to_string(), exchange, true)
+        }
+    };
+    let websocket = handshake == Handshake::WebSocket;
+    let Some(backend_id) = route::select(&frontend.routes, frontend.default_backend, &request)
+    else {
+        return local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no route matches this request and the frontend has no default_backend",
+            exchange,
+            false,
+        );
+    };
+    let backend = &snapshot.backends[backend_id];
+    exchange.log.backend = Some(backend.name.clone());
+
+    let client_ip = ip_octets_of(context.client.ip());
+    let key = RequestKey {
+        hash_input: backend.key_source.extract(&request, client_ip.as_slice()),
+    };
+    let upstream =
+        match connect_with_retries(backend, &key, websocket, exchange.log.request_id).await {
+            Ok(upstream) => upstream,
+            Err(NoUpstream::NoServer) => {
+                let message = format!("no server of backend `{}` is available", backend.name);
+                return local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
+            }
+            Err(NoUpstream::AllFailed(cause)) => {
+                let message = format!(
+                    "no server of backend `{}` accepted the connection ({cause})",
+                    backend.name
+                );
+                return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
+            }
+        };
+    let server = &backend.servers[upstream.server];
+    exchange.log.server = Some(server.name.clone());
+
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+    let request = prepare_request(
+        request,
+        frontend,
+        context,
+        websocket,
+        exchange.log.bytes_in.clone(),
+    );
+    let Upstream {
+        guard,
+        mut sender,
+        mut reused,
+        ..
+    } = upstream;
+    let mut pending = Some(request);
+    let mut response = loop {
+        let Some(request) = pending.take() else {
+            return local_response(
+                StatusCode::BAD_GATEWAY,
+                "internal error: request lost",
+                exchange,
+                true,
+            );
+        };
+        match tokio::time::timeout(backend.server_timeout, sender.try_send_request(request)).await {
+            Err(_) => {
+                let message = format!(
+                    "server `{}` did not answer within {:?}",
+                    server.name, backend.server_timeout
+                );
+                return local_response(StatusCode::GATEWAY_TIMEOUT, &message, exchange, false);
+            }
+            Ok(Ok(response)) => break response,
+            Ok(Err(mut failed)) => {
+                // A pooled connection the server closed while idle fails before
+                // anything is sent: try once more on a fresh connection.
+                if let (true, Some(request)) = (reused, failed.take_message()) {
+                    match open(server.address, backend, websocket).await {
+                        Ok(fresh) => {
+                            sender = fresh;
+                            reused = false;
+                            pending = Some(request);
+                            continue;
+                        }
+                        Err(err) => {
+                            let message = format!(
+                                "server `{}` could not be reached again: {err}",
+                                server.name
+                            );
+                            return local_response(
+                                StatusCode::BAD_GATEWAY,
+                                &message,
+                                exchange,
+                                false,
+                            );
+                        }
+                    }
+                }
+                let message = format!(
+                    "server `{}` failed before answering: {}",
+                    server.name,
+                    failed.error()
+                );
+                return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
+            }
+        }
+    };
+    exchange.log.status = response.status().as_u16();
+    *response.version_mut() = Version::HTTP_11;
+
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+        (client_upgrade, response.status())
+    {
+        let server_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _empty) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        set_websocket_upgrade(&mut parts.headers);
+        exchange.upgraded = true;
+        let tunnel = TunnelJob {
+            token: context.shared.open.enter(),
+            shared: context.shared.clone(),
+            client: context.client,
+            request_id: exchange.log.request_id,
+            frontend: frontend.name.clone(),
+            backend: backend.name.clone(),
+            server: server.name.clone(),
+            idle: backend.tunnel_timeout,
+            guard,
+        };
+        tokio::spawn(tunnel.run(client_upgrade, server_upgrade));
+        return Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange));
+    }
+
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    exchange.guard = Some(guard);
+    if !websocket {
+        exchange.keep_alive = Some(sender);
+    }
+    Response::from_parts(parts, ResponseBody::upstream(body, exchange))
+}
+
+/// Picks a server and connects, moving on to another server when a connect
+/// fails, at most `retries` times, so a dead port costs the client nothing.
+async fn connect_with_retries(
+    backend: &Backend,
+    key: &RequestKey<'_>,
+    websocket: bool,
+    request_id: RequestId,
+) -> Result<Upstream, NoUpstream> {
+    let mut tried: Vec<ServerId> = Vec::new();
+    let mut last_error = String::new();
+    loop {
+        let Some((id, guard)) = pick(backend, key, &tried) else {
+            return Err(if tried.is_empty() {
+                NoUpstream::NoServer
+            } else {
+                NoUpstream::AllFailed(last_error)
+            });
+        };
+        let server = &backend.servers[id];
+        if !websocket {
+            if let Some(sender) = server.state.pool.take().await {
+                return Ok(Upstream {
+                    server: id,
+                    guard,
+                    sender,
+                    reused: true,
+                });
+            }
+        }
+        match open(server.address, backend, websocket).await {
+            Ok(sender) => {
+                return Ok(Upstream {
+                    server: id,
+                    guard,
+                    sender,
+                    reused: false,
+                })
+            }
+            Err(err) => {
+                server
+                    .state
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    request_id = %request_id,
+                    backend = %backend.name,
+                    server = %server.name,
+                    cause = %err,
+                    "connect to server failed"
+                );
+                last_error = format!("`{}`: {err}", server.name);
+                tried.push(id);
+                if tried.len() > backend.retries as usize {
+                    return Err(NoUpstream::AllFailed(last_error));
+                }
+            }
+        }
+    }
+}
+
+/// Asks the algorithm for a server and takes a slot on it; a server that
+/// filled up in the meantime is skipped.
+fn pick(
+    backend: &Backend,
+    key: &RequestKey<'_>,
+    tried: &[ServerId],
+) -> Option<(ServerId, ActiveGuard)> {
+    let mut excluded = tried.to_vec();
+    loop {
+        let id = backend
+            .balancer
+            .pick(&Candidates::new(&backend.candidates, &excluded), key)?;
+        let server = &backend.servers[id];
+        if let Some(guard) = server.state.try_acquire(server.maxconn) {
+            return Some((id, guard));
+        }
+        excluded.push(id);
+    }
+}
+
+async fn open(
+    address: SocketAddr,
+    backend: &Backend,
+    upgrades: bool,
+) -> Result<UpstreamSender, pool::ConnectError> {
+    let stream = pool::connect(address, backend.connect_timeout).await?;
+    pool::handshake(stream, upgrades).await
+}
+
+/// Rewrites the client's request for the server: hop-by-hop headers out,
+/// forwarding headers in, origin-form target, Host kept.
+fn prepare_request(
+    request: Request<Incoming>,
+    frontend: &Frontend,
+    context: &ConnContext,
+    websocket: bool,
+    received: Arc<AtomicU64>,
+) -> Request<RequestBody> {
+    let (mut parts, body) = request.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    if websocket {
+        set_websocket_upgrade(&mut parts.headers);
+    }
+    if let Some(authority) = parts.uri.authority() {
+        // An absolute-form target: the server gets origin-form plus Host.
+        if !parts.headers.contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(HOST, host);
+            }
+        }
+        let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    add_forwarding(
+        &mut parts.headers,
+        &frontend.forward,
+        context.client.ip(),
+        context.https,
+    );
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, RequestBody::new(body, received))
+}
+
+/// A short plain-text response written by tether itself, naming what
+/// happened and the request id (also in the access log).
+fn local_response(
+    status: StatusCode,
+    message: &str,
+    mut exchange: Box<Exchange>,
+    close: bool,
+) -> Response<ResponseBody> {
+    let request_id = exchange.log.request_id;
+    exchange.log.status = status.as_u16();
+    exchange.log.error = Some(message.to_string());
+    if status.is_server_error() {
+        tracing::warn!(request_id = %request_id, status = status.as_u16(), cause = message, "request failed");
+    }
+    let body = format!(
+        "{} {}: {message}\nrequest id: {request_id}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(ResponseBody::local(Bytes::from(body), exchange));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(id) = HeaderValue::from_str(&request_id.to_string()) {
+        headers.insert(REQUEST_ID_HEADER, id);
+    }
+    if close {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Everything a tunnel task needs once both sides have switched protocols.
+struct TunnelJob {
+    /// Keeps a graceful stop waiting for this tunnel.
+    token: TrackerToken,
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    request_id: RequestId,
+    frontend: Arc<str>,
+    backend: Arc<str>,
+    server: Arc<str>,
+    idle: std::time::Duration,
+    /// The server slot, held for the tunnel's whole life (leastconn counts it).
+    guard: ActiveGuard,
+}
+
+impl TunnelJob {
+    async fn run(self, client: OnUpgrade, server: OnUpgrade) {
+        let (client, server) = match tokio::try_join!(client, server) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(request_id = %self.request_id, cause = %err, "upgrade did not complete");
+                return;
+            }
+        };
+        let state = self.guard.state().clone();
+        state.tunnels.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let stop = self.shared.stop.hard();
+        // The usual case: pump between the raw sockets, no extra layers. The
+        // layered fallback keeps any other transport working.
+        let client = client
+            .downcast::<TokioIo<WatchedIo<TcpStream>>>()
+            .map(|p| (p.io.into_inner().into_inner(), p.read_buf));
+        let server = server
+            .downcast::<TokioIo<TcpStream>>()
+            .map(|p| (p.io.into_inner(), p.read_buf));
+        let idle = self.idle;
+        let end = match (client, server) {
+            (Ok((c, c_buf)), Ok((s, s_buf))) => tunnel::run(c, c_buf, s, s_buf, idle, stop).await,
+            (Ok((c, c_buf)), Err(s)) => {
+                tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), idle, stop).await
+            }
+            (Err(c), Ok((s, s_buf))) => {
+                tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, idle, stop).await
+            }
+            (Err(c), Err(s)) => {
+                tunnel::run(
+                    TokioIo::new(c),
+                    Bytes::new(),
+                    TokioIo::new(s),
+                    Bytes::new(),
+                    idle,
+                    stop,
+                )
+                .await
+            }
+        };
+        state.tunnels.fetch_sub(1, Ordering::Relaxed);
+        TunnelLog {
+            request_id: self.request_id,
+            client: self.client,
+            frontend: &self.frontend,
+            backend: &self.backend,
+            server: &self.server,
+            bytes_in: end.client_to_server,
+            bytes_out: end.server_to_client,
+            started,
+            close: &end.reason,
+        }
+        .emit();
+        drop(self.guard);
+        drop(self.token);
+    }
+}

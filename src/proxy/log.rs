@@ -1,0 +1,149 @@
+//! Request ids and access-log lines (one per HTTP exchange, one per finished tunnel).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use http::{Method, Uri};
+
+/// The tracing target of access-log lines, so operators can route or filter them.
+pub const ACCESS_TARGET: &str = "tether::access";
+
+/// A per-process unique id for one request, shown in error responses and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// The next id: a bijective mix of a counter and a per-process random salt,
+    /// so ids never repeat within a process and do not reveal request counts.
+    pub fn next() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        static SALT: OnceLock<u64> = OnceLock::new();
+        let salt = *SALT.get_or_init(|| {
+            use std::hash::{BuildHasher, RandomState};
+            RandomState::new().hash_one(std::process::id())
+        });
+        let mut z = salt.wrapping_add(
+            COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        RequestId(z ^ (z >> 31))
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What an access-log line says about one HTTP exchange.
+#[derive(Debug)]
+pub struct HttpLog {
+    /// The request's id.
+    pub request_id: RequestId,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The frontend that accepted it.
+    pub frontend: Arc<str>,
+    /// The backend chosen, once known.
+    pub backend: Option<Arc<str>>,
+    /// The server chosen, once known.
+    pub server: Option<Arc<str>>,
+    /// Request method.
+    pub method: Method,
+    /// Request target.
+    pub uri: Uri,
+    /// Response status sent to the client.
+    pub status: u16,
+    /// When the request head was received.
+    pub started: Instant,
+    /// Request body bytes read from the client.
+    pub bytes_in: Arc<AtomicU64>,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// Why the exchange ended early, if it did.
+    pub error: Option<String>,
+}
+
+impl HttpLog {
+    /// Writes the line.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: ACCESS_TARGET,
+            kind = "http",
+            request_id = %self.request_id,
+            client = %self.client,
+            frontend = %self.frontend,
+            backend = self.backend.as_deref().unwrap_or("-"),
+            server = self.server.as_deref().unwrap_or("-"),
+            method = %self.method,
+            uri = %self.uri,
+            status = self.status,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            error = self.error.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+/// What an access-log line says about one finished WebSocket tunnel.
+pub struct TunnelLog<'a> {
+    /// The handshake's request id.
+    pub request_id: RequestId,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Frontend, backend and server names.
+    pub frontend: &'a str,
+    /// The backend.
+    pub backend: &'a str,
+    /// The server.
+    pub server: &'a str,
+    /// Bytes client → server.
+    pub bytes_in: u64,
+    /// Bytes server → client.
+    pub bytes_out: u64,
+    /// When the tunnel opened.
+    pub started: Instant,
+    /// Why it ended.
+    pub close: &'a dyn fmt::Display,
+}
+
+impl TunnelLog<'_> {
+    /// Writes the line.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: ACCESS_TARGET,
+            kind = "tunnel",
+            request_id = %self.request_id,
+            client = %self.client,
+            frontend = self.frontend,
+            backend = self.backend,
+            server = self.server,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            close = %self.close,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_sixteen_hex_digits() {
+        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| RequestId::next()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let text = RequestId::next().to_string();
+        assert_eq!(text.len(), 16);
+        assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}

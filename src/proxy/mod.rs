@@ -1,0 +1,135 @@
+//! The data path: accepting client connections, forwarding HTTP, upgrading
+//! to WebSocket tunnels, and the upstream pool.
+
+pub mod body;
+pub mod conn;
+pub mod headers;
+pub mod http;
+pub mod listener;
+pub mod log;
+pub mod pool;
+pub mod tunnel;
+pub mod upgrade;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+
+use crate::snapshot::Snapshot;
+
+/// State shared by every connection of one tether instance.
+pub struct Shared {
+    /// The configuration in force; each request loads it once and keeps it.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Stop signals.
+    pub stop: Stop,
+    /// Open client connections and tunnels, so a graceful stop knows when all are done.
+    pub open: Arc<Tracker>,
+}
+
+impl Shared {
+    /// Shared state serving `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            stop: Stop::default(),
+            open: Arc::new(Tracker::default()),
+        }
+    }
+}
+
+/// The two stages of stopping: `graceful` (stop accepting, finish what is
+/// in flight) and `hard` (the grace period is over: close everything).
+#[derive(Debug)]
+pub struct Stop {
+    graceful: watch::Sender<bool>,
+    hard: watch::Sender<bool>,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self {
+            graceful: watch::channel(false).0,
+            hard: watch::channel(false).0,
+        }
+    }
+}
+
+impl Stop {
+    /// Starts the graceful stage.
+    pub fn begin_graceful(&self) {
+        self.graceful.send_replace(true);
+    }
+
+    /// Starts the hard stage.
+    pub fn begin_hard(&self) {
+        self.graceful.send_replace(true);
+        self.hard.send_replace(true);
+    }
+
+    /// Resolves once the graceful stage began.
+    pub fn graceful(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        wait_true(self.graceful.subscribe())
+    }
+
+    /// Resolves once the hard stage began.
+    pub fn hard(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        wait_true(self.hard.subscribe())
+    }
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone, i.e. the instance was dropped: stop too.
+    let _ = rx.wait_for(|stopping| *stopping).await;
+}
+
+/// Counts open connections and tunnels; `wait_idle` resolves when none are left.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Tracker {
+    /// Registers one open connection until the returned token drops.
+    pub fn enter(self: &Arc<Self>) -> TrackerToken {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        TrackerToken {
+            tracker: self.clone(),
+        }
+    }
+
+    /// Open connections and tunnels now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves when nothing is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One registered connection; unregisters on drop.
+#[derive(Debug)]
+pub struct TrackerToken {
+    tracker: Arc<Tracker>,
+}
+
+impl Drop for TrackerToken {
+    fn drop(&mut self) {
+        if self.tracker.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tracker.idle.notify_waiters();
+        }
+    }
+}

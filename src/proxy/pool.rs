@@ -1,0 +1,113 @@
+//! Upstream connections: TCP connect with a timeout, the HTTP/1 client
+//! handshake, and a small per-server pool of idle keep-alive connections.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::RequestBody;
+
+/// A ready-to-use HTTP/1 connection to one server.
+pub type UpstreamSender = SendRequest<RequestBody>;
+
+/// How many idle connections one server keeps at most.
+const MAX_IDLE_PER_SERVER: usize = 128;
+/// How long a pooled connection may take to become ready before it is dropped.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+/// Why a connection to a server could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect did not finish within the backend's `connect` timeout.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The TCP connect failed (refused, unreachable, …).
+    #[error("connect failed: {0}")]
+    Io(#[from] io::Error),
+    /// The HTTP/1 client could not start on the connection.
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// Idle keep-alive connections to one server, most recently used last.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// A plain mutex: it is held for a push or a pop, once per request, never across an await.
+    idle: Mutex<Vec<UpstreamSender>>,
+}
+
+impl Pool {
+    /// An idle connection that is still open and ready, if there is one.
+    pub async fn take(&self) -> Option<UpstreamSender> {
+        loop {
+            let mut sender = self.lock().pop()?;
+            if sender.is_closed() {
+                continue;
+            }
+            // A connection is put back when its last response body ended; the
+            // client task may need a moment to mark it idle again.
+            match tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                Ok(Ok(())) => return Some(sender),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Returns a connection whose exchange completed.
+    pub fn put(&self, sender: UpstreamSender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE_PER_SERVER {
+            idle.push(sender);
+        }
+    }
+
+    /// Number of idle connections (for stats and tests).
+    pub fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UpstreamSender>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Opens a TCP connection to `address` within `timeout`, with Nagle off.
+pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Starts an HTTP/1 client on `stream`; its connection task runs on its own.
+/// With `upgrades`, the connection can be handed over to a tunnel after a 101.
+pub async fn handshake(stream: TcpStream, upgrades: bool) -> Result<UpstreamSender, ConnectError> {
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    if upgrades {
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(cause = %err, "upstream connection ended with an error");
+            }
+        });
+    } else {
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(cause = %err, "upstream connection ended with an error");
+            }
+        });
+    }
+    Ok(sender)
+}

@@ -1,0 +1,307 @@
+//! The byte pump of an upgraded connection: bytes both ways until either
+//! side closes, half-close passed on, an idle timeout, bytes counted.
+//!
+//! Each direction is a small state machine (read into its buffer, write it
+//! out, pass EOF on as a write shutdown) polled from one task, so a tunnel
+//! costs one task and two buffers. Frame tracking for tether's own Close
+//! frames will sit in `Half::poll_pump` on the server → client side, where
+//! every chunk already passes through `buf`.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{sleep_until, Instant};
+
+/// Buffer per direction.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// Why a tunnel ended.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The client closed first; the server's side was then finished too.
+    ClientClosed,
+    /// The server closed first; the client's side was then finished too.
+    ServerClosed,
+    /// No byte moved either way for the tunnel timeout.
+    IdleTimeout(Duration),
+    /// Reading from or writing to the client failed.
+    ClientError(io::Error),
+    /// Reading from or writing to the server failed.
+    ServerError(io::Error),
+    /// tether was stopping and its grace period ended.
+    Shutdown,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::ClientClosed => f.write_str("client closed"),
+            CloseReason::ServerClosed => f.write_str("server closed"),
+            CloseReason::IdleTimeout(d) => write!(f, "idle for {d:?}"),
+            CloseReason::ClientError(e) => write!(f, "client error: {e}"),
+            CloseReason::ServerError(e) => write!(f, "server error: {e}"),
+            CloseReason::Shutdown => f.write_str("tether shutting down"),
+        }
+    }
+}
+
+/// What a finished tunnel reports.
+#[derive(Debug)]
+pub struct TunnelEnd {
+    /// Bytes from the client to the server.
+    pub client_to_server: u64,
+    /// Bytes from the server to the client.
+    pub server_to_client: u64,
+    /// Why it ended.
+    pub reason: CloseReason,
+}
+
+/// Which peer an I/O error came from.
+enum Side {
+    Reader,
+    Writer,
+}
+
+/// One direction of the tunnel.
+struct Half {
+    buf: Box<[u8]>,
+    /// Bytes `buf[start..end]` are read and not yet written.
+    start: usize,
+    end: usize,
+    /// The reader reached EOF.
+    read_eof: bool,
+    /// EOF was passed on with a write shutdown: this direction is finished.
+    done: bool,
+    /// Bytes written to the other side.
+    moved: u64,
+    /// Something was read since the last idle check.
+    active: bool,
+}
+
+impl Half {
+    fn new(pending: Bytes) -> Self {
+        let mut buf = vec![0u8; BUF_SIZE.max(pending.len())].into_boxed_slice();
+        buf[..pending.len()].copy_from_slice(&pending);
+        Self {
+            buf,
+            start: 0,
+            end: pending.len(),
+            read_eof: false,
+            done: false,
+            moved: 0,
+            active: false,
+        }
+    }
+
+    /// Moves bytes from `reader` to `writer` until both would block or EOF was passed on.
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<Result<(), (Side, io::Error)>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.start < self.end {
+                let n =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]))
+                        .map_err(|e| (Side::Writer, e))?;
+                if n == 0 {
+                    return Poll::Ready(Err((Side::Writer, io::ErrorKind::WriteZero.into())));
+                }
+                self.start += n;
+                self.moved += n as u64;
+                if self.start < self.end {
+                    continue;
+                }
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|e| (Side::Writer, e))?;
+            }
+            if self.read_eof {
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(|e| (Side::Writer, e))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let mut read_buf = ReadBuf::new(&mut self.buf);
+            ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf))
+                .map_err(|e| (Side::Reader, e))?;
+            let n = read_buf.filled().len();
+            self.start = 0;
+            self.end = n;
+            if n == 0 {
+                self.read_eof = true;
+            } else {
+                self.active = true;
+            }
+        }
+    }
+}
+
+/// Pumps bytes between `client` and `server` until both directions finished,
+/// one side failed, `idle` passed without traffic, or `stop` resolved.
+/// `client_pending` / `server_pending` are bytes each side sent right after
+/// the handshake, already read by the HTTP layer; they go first.
+pub async fn run<C, S>(
+    mut client: C,
+    client_pending: Bytes,
+    mut server: S,
+    server_pending: Bytes,
+    idle: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> TunnelEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Half::new(client_pending);
+    let mut down = Half::new(server_pending);
+    let mut first_closer: Option<CloseReason> = None;
+    let mut last_activity = Instant::now();
+    let timer = sleep_until(last_activity + idle);
+    tokio::pin!(timer);
+    tokio::pin!(stop);
+
+    let reason = poll_fn(|cx| {
+        if !up.done {
+            match up.poll_pump(cx, &mut client, &mut server) {
+                Poll::Ready(Ok(())) => {
+                    first_closer.get_or_insert(CloseReason::ClientClosed);
+                }
+                Poll::Ready(Err((Side::Reader, e))) => {
+                    return Poll::Ready(CloseReason::ClientError(e))
+                }
+                Poll::Ready(Err((Side::Writer, e))) => {
+                    return Poll::Ready(CloseReason::ServerError(e))
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !down.done {
+            match down.poll_pump(cx, &mut server, &mut client) {
+                Poll::Ready(Ok(())) => {
+                    first_closer.get_or_insert(CloseReason::ServerClosed);
+                }
+                Poll::Ready(Err((Side::Reader, e))) => {
+                    return Poll::Ready(CloseReason::ServerError(e))
+                }
+                Poll::Ready(Err((Side::Writer, e))) => {
+                    return Poll::Ready(CloseReason::ClientError(e))
+                }
+                Poll::Pending => {}
+            }
+        }
+        if up.done && down.done {
+            return Poll::Ready(first_closer.take().unwrap_or(CloseReason::ClientClosed));
+        }
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(CloseReason::Shutdown);
+        }
+        if up.active || down.active {
+            up.active = false;
+            down.active = false;
+            last_activity = Instant::now();
+        }
+        // The timer is only re-armed when it fires, not on every read.
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last_activity + idle;
+            if deadline <= Instant::now() {
+                return Poll::Ready(CloseReason::IdleTimeout(idle));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
+
+    TunnelEnd {
+        client_to_server: up.moved,
+        server_to_client: down.moved,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_with_pending_first_and_half_close() {
+        let (client_outer, client_inner) = duplex(64);
+        let (server_inner, server_outer) = duplex(64);
+        let tunnel = tokio::spawn(run(
+            client_inner,
+            Bytes::from_static(b"early-"),
+            server_inner,
+            Bytes::from_static(b"hello-"),
+            Duration::from_secs(60),
+            std::future::pending(),
+        ));
+        let (mut c_read, mut c_write) = tokio::io::split(client_outer);
+        let (mut s_read, mut s_write) = tokio::io::split(server_outer);
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            c_write.write_all(&sent).await.unwrap();
+            c_write.shutdown().await.unwrap();
+        });
+        let mut at_server = Vec::new();
+        s_read.read_to_end(&mut at_server).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(&at_server[..6], b"early-");
+        assert_eq!(&at_server[6..], &payload[..]);
+        // The client half-closed; the server can still answer.
+        s_write.write_all(b"bye").await.unwrap();
+        s_write.shutdown().await.unwrap();
+        let mut at_client = Vec::new();
+        c_read.read_to_end(&mut at_client).await.unwrap();
+        assert_eq!(at_client, b"hello-bye");
+        let end = tunnel.await.unwrap();
+        assert!(
+            matches!(end.reason, CloseReason::ClientClosed),
+            "{}",
+            end.reason
+        );
+        assert_eq!(end.client_to_server, 100_006);
+        assert_eq!(end.server_to_client, 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tunnel_is_closed_after_its_timeout() {
+        let (_client_outer, client_inner) = duplex(64);
+        let (server_inner, mut server_outer) = duplex(64);
+        let tunnel = tokio::spawn(run(
+            client_inner,
+            Bytes::from_static(b"x"),
+            server_inner,
+            Bytes::new(),
+            Duration::from_secs(30),
+            std::future::pending(),
+        ));
+        let mut one = [0u8; 1];
+        server_outer.read_exact(&mut one).await.unwrap();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        server_outer.write_all(b"y").await.unwrap();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        tokio::task::yield_now().await;
+        assert!(
+            !tunnel.is_finished(),
+            "traffic at 20 s must push the deadline to 50 s"
+        );
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let end = tunnel.await.unwrap();
+        assert!(
+            matches!(end.reason, CloseReason::IdleTimeout(_)),
+            "{}",
+            end.reason
+        );
+    }
+}

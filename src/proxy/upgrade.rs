@@ -1,0 +1,126 @@
+//! Recognising and checking a WebSocket opening handshake (RFC 6455 §4.1).
+
+use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{Method, Request};
+
+use super::headers::has_token;
+
+/// What kind of request this is, as far as upgrades go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// A plain HTTP request (any non-WebSocket `Upgrade` is dropped as hop-by-hop).
+    Plain,
+    /// A well-formed WebSocket handshake.
+    WebSocket,
+}
+
+/// Why a WebSocket handshake was refused with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadHandshake {
+    /// RFC 6455 §4.1: the handshake must be a GET.
+    #[error("a WebSocket handshake must use GET")]
+    NotGet,
+    /// RFC 6455 §4.1: a 16-byte nonce, base64-encoded.
+    #[error("Sec-WebSocket-Key is missing or is not 16 base64-encoded bytes")]
+    BadKey,
+    /// RFC 6455 §4.4: only version 13 is defined.
+    #[error("Sec-WebSocket-Version must be 13")]
+    BadVersion,
+}
+
+/// Classifies `request`. `Connection` is read as a token list, so
+/// `Connection: keep-alive, Upgrade` is a handshake too, in any case.
+pub fn classify<B>(request: &Request<B>) -> Result<Handshake, BadHandshake> {
+    let headers = request.headers();
+    if !has_token(headers, &CONNECTION, "upgrade") || !has_token(headers, &UPGRADE, "websocket") {
+        return Ok(Handshake::Plain);
+    }
+    if request.method() != Method::GET {
+        return Err(BadHandshake::NotGet);
+    }
+    if !headers
+        .get(SEC_WEBSOCKET_KEY)
+        .is_some_and(|k| is_websocket_key(k.as_bytes()))
+    {
+        return Err(BadHandshake::BadKey);
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes().trim_ascii() != b"13")
+    {
+        return Err(BadHandshake::BadVersion);
+    }
+    Ok(Handshake::WebSocket)
+}
+
+/// 16 bytes in base64 are exactly 22 alphabet characters followed by `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    let key = key.trim_ascii();
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake(connection: &str, extra: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::get("/ws")
+            .header("connection", connection)
+            .header("upgrade", "WebSocket");
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    const KEY: (&str, &str) = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    const V13: (&str, &str) = ("sec-websocket-version", "13");
+
+    #[test]
+    fn connection_is_a_token_list_in_any_case() {
+        assert_eq!(
+            classify(&handshake("keep-alive, Upgrade", &[KEY, V13])),
+            Ok(Handshake::WebSocket)
+        );
+        assert_eq!(
+            classify(&handshake("UPGRADE", &[KEY, V13])),
+            Ok(Handshake::WebSocket)
+        );
+        assert_eq!(
+            classify(&handshake("keep-alive", &[KEY, V13])),
+            Ok(Handshake::Plain)
+        );
+    }
+
+    #[test]
+    fn malformed_handshakes_are_refused() {
+        assert_eq!(
+            classify(&handshake("upgrade", &[V13])),
+            Err(BadHandshake::BadKey)
+        );
+        assert_eq!(
+            classify(&handshake(
+                "upgrade",
+                &[("sec-websocket-key", "short"), V13]
+            )),
+            Err(BadHandshake::BadKey)
+        );
+        assert_eq!(
+            classify(&handshake(
+                "upgrade",
+                &[KEY, ("sec-websocket-version", "8")]
+            )),
+            Err(BadHandshake::BadVersion)
+        );
+        let post = Request::post("/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert_eq!(classify(&post), Err(BadHandshake::NotGet));
+    }
+}

@@ -1,0 +1,202 @@
+//! The immutable runtime model every request is decided from: frontends with
+//! compiled rules, backends with their algorithm, servers with live state.
+//!
+//! A reload builds a new `Snapshot` and swaps it in; running requests and
+//! tunnels keep the one they started with. Live per-server state is carried
+//! from the old snapshot to the new one by backend and server name.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balance::{self, Balancer, Candidate, KeySource};
+use crate::config::types::{self, ForwardHeader};
+use crate::config::Config;
+use crate::route::{Condition, Route};
+use crate::state::ServerState;
+
+/// Index of a backend within the snapshot.
+pub type BackendId = usize;
+
+/// Everything a request needs to be routed and balanced.
+pub struct Snapshot {
+    /// Public listeners and their rules.
+    pub frontends: Vec<Frontend>,
+    /// Backends, referenced by index from routes.
+    pub backends: Vec<Backend>,
+    /// Worker threads requested (`None`: one per core).
+    pub workers: Option<usize>,
+    /// How long a graceful stop waits for open connections.
+    pub shutdown_grace: Duration,
+}
+
+/// A public listener's routing and client-side settings.
+pub struct Frontend {
+    /// Name for logs (shared, so a log line costs no copy).
+    pub name: Arc<str>,
+    /// Addresses to listen on.
+    pub binds: Vec<SocketAddr>,
+    /// Ordered rules.
+    pub routes: Vec<Route>,
+    /// Backend when no rule matches.
+    pub default_backend: Option<BackendId>,
+    /// Forwarding headers to add.
+    pub forward: Vec<ForwardHeader>,
+    /// Keep-alive idle limit between requests.
+    pub client_timeout: Duration,
+    /// Time allowed for a request head once it started arriving.
+    pub http_request_timeout: Duration,
+}
+
+/// A group of servers with its algorithm.
+pub struct Backend {
+    /// Name for logs (shared, so a log line costs no copy).
+    pub name: Arc<str>,
+    /// The servers, in config order.
+    pub servers: Vec<Server>,
+    /// What each algorithm sees of the servers (same order as `servers`).
+    pub candidates: Vec<Candidate>,
+    /// The algorithm.
+    pub balancer: Box<dyn Balancer>,
+    /// Where a hashing algorithm's key comes from.
+    pub key_source: KeySource,
+    /// Other servers to try after a failed connect.
+    pub retries: u32,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Time for a server to start its response.
+    pub server_timeout: Duration,
+    /// Idle limit of a WebSocket tunnel.
+    pub tunnel_timeout: Duration,
+}
+
+/// One server of a backend.
+pub struct Server {
+    /// Name for logs (shared, so a log line costs no copy).
+    pub name: Arc<str>,
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// `maxconn`, if any.
+    pub maxconn: Option<u32>,
+    /// Id in a stickiness cookie.
+    pub cookie: Option<String>,
+    /// Live state shared across snapshots.
+    pub state: Arc<ServerState>,
+}
+
+impl Snapshot {
+    /// Builds the runtime model from a validated config, reusing the live
+    /// state of servers that `previous` already had (same backend and server name).
+    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
+        let backend_index =
+            |name: &str| config.backend.iter().position(|b| b.name.get_ref() == name);
+        let backends = config
+            .backend
+            .iter()
+            .map(|b| build_backend(b, previous.and_then(|p| p.backend(b.name.get_ref()))))
+            .collect();
+        let frontends = config
+            .frontend
+            .iter()
+            .map(|f| Frontend {
+                name: Arc::from(f.name.get_ref().as_str()),
+                binds: f.bind.get_ref().iter().map(|a| a.get_ref().0).collect(),
+                routes: f
+                    .route
+                    .iter()
+                    .filter_map(|r| {
+                        Some(Route {
+                            backend: backend_index(r.backend.get_ref())?,
+                            any: r
+                                .any
+                                .iter()
+                                .map(|c| Condition::from_config(c.get_ref()))
+                                .collect(),
+                            all: r
+                                .all
+                                .iter()
+                                .map(|c| Condition::from_config(c.get_ref()))
+                                .collect(),
+                        })
+                    })
+                    .collect(),
+                default_backend: f
+                    .default_backend
+                    .as_ref()
+                    .and_then(|d| backend_index(d.get_ref())),
+                forward: f.forward_headers.clone(),
+                client_timeout: f.timeouts.client.get(),
+                http_request_timeout: f.timeouts.http_request.get(),
+            })
+            .collect();
+        Snapshot {
+            frontends,
+            backends,
+            workers: config.workers.as_ref().map(|w| *w.get_ref()),
+            shutdown_grace: config.shutdown_grace.get(),
+        }
+    }
+
+    /// The backend named `name`.
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| &*b.name == name)
+    }
+
+    /// The index of the frontend named `name`.
+    pub fn frontend_index(&self, name: &str) -> Option<usize> {
+        self.frontends.iter().position(|f| &*f.name == name)
+    }
+}
+
+fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend {
+    let servers: Vec<Server> = config
+        .server
+        .iter()
+        .map(|s| {
+            let name: Arc<str> = Arc::from(s.name.get_ref().as_str());
+            let weight = *s.weight.get_ref();
+            let state = previous
+                .and_then(|p| {
+                    p.servers
+                        .iter()
+                        .find(|old| *old.name == *name && old.address == s.address.get_ref().0)
+                })
+                .map(|old| {
+                    old.state
+                        .weight
+                        .store(weight, std::sync::atomic::Ordering::Relaxed);
+                    old.state.clone()
+                })
+                .unwrap_or_else(|| Arc::new(ServerState::new(weight)));
+            Server {
+                name,
+                address: s.address.get_ref().0,
+                maxconn: s.maxconn.as_ref().map(|m| *m.get_ref()),
+                cookie: s.cookie.clone(),
+                state,
+            }
+        })
+        .collect();
+    let candidates = servers
+        .iter()
+        .map(|s| Candidate {
+            state: s.state.clone(),
+            maxconn: s.maxconn,
+        })
+        .collect();
+    let balance = *config.balance.get_ref();
+    Backend {
+        name: Arc::from(config.name.get_ref().as_str()),
+        balancer: balance::build(balance, servers.len()),
+        key_source: KeySource::new(
+            balance,
+            config.hash_key.as_ref().map(|k| k.get_ref().as_str()),
+        ),
+        servers,
+        candidates,
+        retries: config.retries,
+        connect_timeout: config.timeouts.connect.get(),
+        server_timeout: config.timeouts.server.get(),
+        tunnel_timeout: config.timeouts.tunnel.get(),
+    }
+}
