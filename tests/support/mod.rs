@@ -1,0 +1,416 @@
+//! Helpers for integration tests: real backends that announce their name,
+//! a real tether on 127.0.0.1:0, and small HTTP/WebSocket clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A body type for test requests and backend responses.
+pub type TestBody = BoxBody<Bytes, hyper::Error>;
+
+/// Builds a test backend.
+pub fn backend(name: &str) -> BackendBuilder {
+    BackendBuilder {
+        name: name.to_string(),
+        upgrade_status: None,
+        response_delay: None,
+    }
+}
+
+/// Options of a test backend.
+pub struct BackendBuilder {
+    name: String,
+    upgrade_status: Option<StatusCode>,
+    response_delay: Option<Duration>,
+}
+
+impl BackendBuilder {
+    /// Answer WebSocket handshakes with this status instead of 101.
+    pub fn refuse_upgrades_with(mut self, status: StatusCode) -> Self {
+        self.upgrade_status = Some(status);
+        self
+    }
+
+    /// Wait this long before answering plain requests.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.response_delay = Some(delay);
+        self
+    }
+
+    /// Starts the backend on 127.0.0.1:0.
+    pub async fn start(self) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend address");
+        let shared = Arc::new(BackendShared {
+            name: self.name.clone(),
+            upgrade_status: self.upgrade_status,
+            response_delay: self.response_delay,
+            connections: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            last_headers: Mutex::new(HeaderMap::new()),
+        });
+        let accept_shared = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                accept_shared.connections.fetch_add(1, Ordering::SeqCst);
+                let shared = accept_shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| serve(shared.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestBackend { addr, shared, task }
+    }
+}
+
+struct BackendShared {
+    name: String,
+    upgrade_status: Option<StatusCode>,
+    response_delay: Option<Duration>,
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+    last_headers: Mutex<HeaderMap>,
+}
+
+/// A running test backend.
+pub struct TestBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<BackendShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestBackend {
+    /// TCP connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+    /// Requests (and handshakes) it served.
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+    /// Headers of the last request it received.
+    pub fn last_headers(&self) -> HeaderMap {
+        self.shared.last_headers.lock().unwrap().clone()
+    }
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Behaviour: WebSocket handshakes → 101 (name as first message, then echo);
+/// `/status/NNN` → that status; POST/PUT → the body streamed back;
+/// anything else → 200 with the name as body. Every response has `x-server`.
+async fn serve(
+    shared: Arc<BackendShared>,
+    mut req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    *shared.last_headers.lock().unwrap() = req.headers().clone();
+    let name = shared.name.clone();
+    let builder = Response::builder().header("x-server", name.as_str());
+    if let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() {
+        if let Some(status) = shared.upgrade_status {
+            return Ok(builder
+                .status(status)
+                .body(full(format!("{name} refuses upgrades")))
+                .unwrap());
+        }
+        let protocol = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_string());
+        let extensions = req.headers().get(header::SEC_WEBSOCKET_EXTENSIONS).cloned();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let announce = name.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            if ws.send(Message::text(announce)).await.is_err() {
+                return;
+            }
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    Message::Text(_) | Message::Binary(_) => {
+                        if ws.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        });
+        let mut response = builder
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(
+                header::SEC_WEBSOCKET_ACCEPT,
+                derive_accept_key(key.as_bytes()),
+            );
+        if let Some(protocol) = protocol {
+            response = response.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        if let Some(extensions) = extensions {
+            response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+        }
+        return Ok(response.body(full(Bytes::new())).unwrap());
+    }
+    if let Some(delay) = shared.response_delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(code) = req.uri().path().strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        return Ok(builder
+            .status(status)
+            .body(full(format!("{name} says {status}")))
+            .unwrap());
+    }
+    if req.method() == http::Method::POST || req.method() == http::Method::PUT {
+        let body = req.into_body().boxed();
+        return Ok(builder.body(body).unwrap());
+    }
+    Ok(builder.body(full(name)).unwrap())
+}
+
+/// A tether running in this test's runtime.
+pub struct RunningTether {
+    /// The first address of the first frontend.
+    pub addr: SocketAddr,
+    /// Its handle.
+    pub handle: tether::Handle,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningTether {
+    /// The address of frontend `name` (for configs with several).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for RunningTether {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts tether with `toml` (frontend binds should be "127.0.0.1:0").
+pub async fn start_tether(toml: &str) -> RunningTether {
+    let config =
+        tether::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
+    let tether = tether::Tether::bind(&config).expect("bind tether");
+    let first = config.frontend[0].name.get_ref().clone();
+    let addr = tether.local_addrs(&first)[0];
+    let handle = tether.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(tether.run(async move {
+        let _ = stopped.await;
+    }));
+    RunningTether {
+        addr,
+        handle,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A config with one frontend (`public`) whose default backend `pool` holds
+/// `servers`; `backend_extra` and `server_extra` are inserted verbatim.
+pub fn simple_config(
+    balance: &str,
+    backend_extra: &str,
+    servers: &[(&str, SocketAddr, &str)],
+) -> String {
+    let mut text = format!(
+        "shutdown_grace = \"2s\"\n[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"pool\"\n\n\
+         [[backend]]\nname = \"pool\"\nbalance = \"{balance}\"\n{backend_extra}\n"
+    );
+    for (name, addr, extra) in servers {
+        text.push_str(&format!(
+            "[[backend.server]]\nname = \"{name}\"\naddress = \"{addr}\"\n{extra}\n"
+        ));
+    }
+    text
+}
+
+/// An HTTP/1 client connection to `addr`.
+pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr).await.expect("connect to tether");
+    http_client_on(stream).await
+}
+
+/// An HTTP/1 client connection over `stream`.
+pub async fn http_client_on(
+    stream: TcpStream,
+) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender
+}
+
+/// Sends `req` and reads the whole response.
+pub async fn send(
+    client: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    req: Request<TestBody>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    client.ready().await.expect("client ready");
+    let response = client.send_request(req).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+/// A GET of `path` with an empty body.
+pub fn get_request(path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header(header::HOST, "tether.test")
+        .body(Empty::new().map_err(|never| match never {}).boxed())
+        .unwrap()
+}
+
+/// GET `path` on a fresh connection: status, headers, body.
+pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    let mut client = http_client(addr).await;
+    send(&mut client, get_request(path)).await
+}
+
+/// GET `path` on a fresh connection and return the backend name (`x-server`).
+pub async fn server_of(addr: SocketAddr, path: &str) -> String {
+    let (status, headers, _) = get(addr, path).await;
+    assert_eq!(status, StatusCode::OK, "GET {path}");
+    headers["x-server"].to_str().unwrap().to_string()
+}
+
+/// A WebSocket client stream.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket to `addr` + `path`; returns it and the name the server announced.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> (Ws, String) {
+    let request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("request");
+    ws_connect_with(request).await
+}
+
+/// Opens a WebSocket with a prepared handshake request.
+pub async fn ws_connect_with(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> (Ws, String) {
+    let (mut ws, _response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket handshake");
+    let name = next_text(&mut ws).await;
+    (ws, name)
+}
+
+/// The next text message.
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return text.to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Writes raw bytes on a new connection and reads until the peer closes or 5 s pass.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TCP connection to `addr` from source address `source` (127.0.0.x).
+pub async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().unwrap())
+        .expect("bind source");
+    socket.connect(addr).await.expect("connect from source")
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Runs `test` with logs from tether visible under `--nocapture` (TETHER_LOG=debug).
+pub fn init_logs() {
+    let filter = std::env::var("TETHER_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
