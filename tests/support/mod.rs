@@ -143,7 +143,8 @@ fn full(bytes: impl Into<Bytes>) -> TestBody {
 
 /// Behaviour: WebSocket handshakes → 101 (name as first message, then echo);
 /// `/status/NNN` → that status; POST/PUT → the body streamed back;
-/// anything else → 200 with the name as body. Every response has `x-server`.
+/// anything else → 200 with the name as body. Every response has `x-server`;
+/// a request with `x-close` gets `Connection: close`.
 async fn serve(
     shared: Arc<BackendShared>,
     mut req: Request<Incoming>,
@@ -151,7 +152,11 @@ async fn serve(
     shared.requests.fetch_add(1, Ordering::SeqCst);
     *shared.last_headers.lock().unwrap() = req.headers().clone();
     let name = shared.name.clone();
-    let builder = Response::builder().header("x-server", name.as_str());
+    let mut builder = Response::builder().header("x-server", name.as_str());
+    if req.headers().contains_key("x-close") {
+        // hyper closes the connection after a response marked `Connection: close`.
+        builder = builder.header(header::CONNECTION, "close");
+    }
     if let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() {
         if let Some(status) = shared.upgrade_status {
             return Ok(builder
