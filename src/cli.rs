@@ -10,11 +10,7 @@ use tether::config;
 use tether::Tether;
 
 #[derive(Parser)]
-#[command(
-    name = "tether",
-    version,
-    about = "A load balancer for WebSocket traffic"
-)]
+#[command(name = "tether", version, about = "A load balancer for WebSocket traffic")]
 struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -99,10 +95,7 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     if let Some(workers) = workers {
         builder.worker_threads(workers);
     }
-    builder
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")
+    builder.enable_all().build().context("cannot start the runtime")
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {

@@ -61,10 +61,7 @@ pub async fn start_echo_server(name: &'static str) -> std::io::Result<SocketAddr
     Ok(address)
 }
 
-async fn serve(
-    name: &'static str,
-    mut request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve(name: &'static str, mut request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let key = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let Some(key) = key else {
         let page = PAGE.replace("{{SERVER}}", name);
@@ -79,20 +76,16 @@ async fn serve(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         if ws.send(Message::text(name)).await.is_err() {
             return;
         }
         while let Some(Ok(message)) = ws.next().await {
-            match message {
-                Message::Text(_) | Message::Binary(_) => {
-                    if ws.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                _ => {}
+            if message.is_close() {
+                break;
+            }
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
             }
         }
     });
@@ -100,19 +93,13 @@ async fn serve(
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(
-            header::SEC_WEBSOCKET_ACCEPT,
-            derive_accept_key(key.as_bytes()),
-        )
+        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
         .body(Full::new(Bytes::new()))
         .unwrap_or_default())
 }
 
 /// The demo's configuration: one frontend on `listen`, `leastconn` over the servers.
-pub fn demo_config(
-    listen: SocketAddr,
-    servers: &[(&str, SocketAddr)],
-) -> Result<Config, ConfigError> {
+pub fn demo_config(listen: SocketAddr, servers: &[(&str, SocketAddr)]) -> Result<Config, ConfigError> {
     let mut text = format!(
         "[[frontend]]\nname = \"demo\"\nbind = [\"{listen}\"]\ndefault_backend = \"echo\"\n\n\
          [[backend]]\nname = \"echo\"\nbalance = \"leastconn\"\n"

@@ -101,10 +101,7 @@ impl Tether {
         let open = self.shared.open.count();
         tracing::info!(open, grace = ?grace, "stopping: no new connections, waiting for open ones");
         self.shared.stop.begin_graceful();
-        if tokio::time::timeout(grace, self.shared.open.wait_idle())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.shared.open.wait_idle()).await.is_err() {
             tracing::warn!(
                 open = self.shared.open.count(),
                 "grace period over: closing what is still open"
@@ -112,8 +109,7 @@ impl Tether {
         }
         self.shared.stop.begin_hard();
         // Give closing tasks a moment to log their last lines.
-        let _ =
-            tokio::time::timeout(Duration::from_millis(200), self.shared.open.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.shared.open.wait_idle()).await;
         tracing::info!("stopped");
     }
 }

@@ -13,5 +13,6 @@ pub mod proxy;
 pub mod route;
 pub mod snapshot;
 pub mod state;
+pub mod sticky;
 
 pub use instance::{Handle, StartError, Tether};

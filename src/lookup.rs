@@ -37,10 +37,7 @@ pub fn host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
-        return host
-            .split_once(']')
-            .map(|(h, _)| &host[..h.len() + 1])
-            .unwrap_or(host);
+        return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
     }
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
@@ -51,9 +48,7 @@ mod tests {
 
     #[test]
     fn query_params_are_found_with_and_without_values() {
-        let uri: Uri = "/socket.io/?EIO=4&transport=polling&sid=abc&flag"
-            .parse()
-            .unwrap();
+        let uri: Uri = "/socket.io/?EIO=4&transport=polling&sid=abc&flag".parse().unwrap();
         assert_eq!(query_param(&uri, "sid"), Some("abc"));
         assert_eq!(query_param(&uri, "flag"), Some(""));
         assert_eq!(query_param(&uri, "si"), None);
@@ -73,15 +68,9 @@ mod tests {
     fn host_drops_the_port() {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, "ws.example.com:8080".parse().unwrap());
-        assert_eq!(
-            host(&"/".parse().unwrap(), &headers),
-            Some("ws.example.com")
-        );
+        assert_eq!(host(&"/".parse().unwrap(), &headers), Some("ws.example.com"));
         headers.insert(HOST, "[::1]:80".parse().unwrap());
         assert_eq!(host(&"/".parse().unwrap(), &headers), Some("[::1]"));
-        assert_eq!(
-            host(&"http://a.b:1/x".parse().unwrap(), &headers),
-            Some("a.b")
-        );
+        assert_eq!(host(&"http://a.b:1/x".parse().unwrap(), &headers), Some("a.b"));
     }
 }

@@ -56,9 +56,7 @@ impl Condition {
         } else if let Some(h) = &c.host_prefix {
             Condition::HostPrefix(lower(h))
         } else if let Some(name) = &c.method {
-            Condition::Method(
-                Method::from_bytes(name.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET),
-            )
+            Condition::Method(Method::from_bytes(name.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET))
         } else if let Some(name) = &c.query {
             Condition::Query(name.clone(), c.equals.clone())
         } else {
@@ -70,8 +68,7 @@ impl Condition {
             };
             // Validation checked the name; an impossible name simply never matches.
             Condition::Header(
-                HeaderName::from_bytes(name.as_bytes())
-                    .unwrap_or(HeaderName::from_static("x-tether-invalid")),
+                HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("x-tether-invalid")),
                 test,
             )
         }
@@ -84,10 +81,12 @@ impl Condition {
             Condition::PathPrefix(prefix) => path.starts_with(prefix.as_str()),
             Condition::Path(exact) => path == exact,
             Condition::PathRegex(regex) => regex.is_match(path),
-            Condition::Host(host) => lookup::host(request.uri(), request.headers())
-                .is_some_and(|h| h.eq_ignore_ascii_case(host)),
-            Condition::HostPrefix(prefix) => lookup::host(request.uri(), request.headers())
-                .is_some_and(|h| starts_with_ignore_case(h, prefix)),
+            Condition::Host(host) => {
+                lookup::host(request.uri(), request.headers()).is_some_and(|h| h.eq_ignore_ascii_case(host))
+            }
+            Condition::HostPrefix(prefix) => {
+                lookup::host(request.uri(), request.headers()).is_some_and(|h| starts_with_ignore_case(h, prefix))
+            }
             Condition::Method(method) => request.method() == method,
             Condition::Query(name, equals) => match lookup::query_param(request.uri(), name) {
                 None => false,
@@ -97,21 +96,15 @@ impl Condition {
                 let mut values = request.headers().get_all(name).iter().peekable();
                 match test {
                     ValueTest::Present => values.peek().is_some(),
-                    ValueTest::Equals(want) => {
-                        header_elements(values).any(|e| e.eq_ignore_ascii_case(want))
-                    }
-                    ValueTest::Prefix(want) => {
-                        header_elements(values).any(|e| starts_with_ignore_case(e, want))
-                    }
+                    ValueTest::Equals(want) => header_elements(values).any(|e| e.eq_ignore_ascii_case(want)),
+                    ValueTest::Prefix(want) => header_elements(values).any(|e| starts_with_ignore_case(e, want)),
                 }
             }
         }
     }
 }
 
-fn header_elements<'a>(
-    values: impl Iterator<Item = &'a http::HeaderValue>,
-) -> impl Iterator<Item = &'a str> {
+fn header_elements<'a>(values: impl Iterator<Item = &'a http::HeaderValue>) -> impl Iterator<Item = &'a str> {
     values
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -119,8 +112,7 @@ fn header_elements<'a>(
 }
 
 fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
-    text.len() >= prefix.len()
-        && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    text.len() >= prefix.len() && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 /// One rule of a frontend.
@@ -143,11 +135,7 @@ impl Route {
 }
 
 /// The backend for `request`: the first matching rule's, else `default`.
-pub fn select<B>(
-    routes: &[Route],
-    default: Option<BackendId>,
-    request: &Request<B>,
-) -> Option<BackendId> {
+pub fn select<B>(routes: &[Route], default: Option<BackendId>, request: &Request<B>) -> Option<BackendId> {
     routes
         .iter()
         .find(|route| route.matches(request))
@@ -196,8 +184,7 @@ mod tests {
         assert!(cond("path_prefix = \"/socket.io\"").matches(&get("/socket.io/?EIO=4", &[])));
         assert!(!cond("path = \"/a\"").matches(&get("/a/b", &[])));
         assert!(cond("path_regex = \"^/rooms/[0-9]+$\"").matches(&get("/rooms/42", &[])));
-        assert!(cond("host = \"WS.example.com\"")
-            .matches(&get("/", &[("host", "ws.example.com:8080")])));
+        assert!(cond("host = \"WS.example.com\"").matches(&get("/", &[("host", "ws.example.com:8080")])));
         assert!(cond("host_prefix = \"ws\"").matches(&get("/", &[("host", "WS2.example.com")])));
         assert!(!cond("method = \"post\"").matches(&get("/", &[])));
         assert!(cond("query = \"sid\"").matches(&get("/?sid=1", &[])));

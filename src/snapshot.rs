@@ -5,6 +5,7 @@
 //! tunnels keep the one they started with. Live per-server state is carried
 //! from the old snapshot to the new one by backend and server name.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::config::types::{self, ForwardHeader};
 use crate::config::Config;
 use crate::route::{Condition, Route};
 use crate::state::ServerState;
+use crate::sticky::StickyPolicy;
 
 /// Index of a backend within the snapshot.
 pub type BackendId = usize;
@@ -54,6 +56,10 @@ pub struct Backend {
     pub name: Arc<str>,
     /// The servers, in config order.
     pub servers: Vec<Server>,
+    /// Server index by name (stick tables store names, which survive reloads).
+    pub server_index: HashMap<Arc<str>, usize>,
+    /// Stickiness, asked before the algorithm.
+    pub sticky: Option<StickyPolicy>,
     /// What each algorithm sees of the servers (same order as `servers`).
     pub candidates: Vec<Candidate>,
     /// The algorithm.
@@ -88,8 +94,7 @@ impl Snapshot {
     /// Builds the runtime model from a validated config, reusing the live
     /// state of servers that `previous` already had (same backend and server name).
     pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
-        let backend_index =
-            |name: &str| config.backend.iter().position(|b| b.name.get_ref() == name);
+        let backend_index = |name: &str| config.backend.iter().position(|b| b.name.get_ref() == name);
         let backends = config
             .backend
             .iter()
@@ -107,23 +112,12 @@ impl Snapshot {
                     .filter_map(|r| {
                         Some(Route {
                             backend: backend_index(r.backend.get_ref())?,
-                            any: r
-                                .any
-                                .iter()
-                                .map(|c| Condition::from_config(c.get_ref()))
-                                .collect(),
-                            all: r
-                                .all
-                                .iter()
-                                .map(|c| Condition::from_config(c.get_ref()))
-                                .collect(),
+                            any: r.any.iter().map(|c| Condition::from_config(c.get_ref())).collect(),
+                            all: r.all.iter().map(|c| Condition::from_config(c.get_ref())).collect(),
                         })
                     })
                     .collect(),
-                default_backend: f
-                    .default_backend
-                    .as_ref()
-                    .and_then(|d| backend_index(d.get_ref())),
+                default_backend: f.default_backend.as_ref().and_then(|d| backend_index(d.get_ref())),
                 forward: f.forward_headers.clone(),
                 client_timeout: f.timeouts.client.get(),
                 http_request_timeout: f.timeouts.http_request.get(),
@@ -162,9 +156,7 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
                         .find(|old| *old.name == *name && old.address == s.address.get_ref().0)
                 })
                 .map(|old| {
-                    old.state
-                        .weight
-                        .store(weight, std::sync::atomic::Ordering::Relaxed);
+                    old.state.weight.store(weight, std::sync::atomic::Ordering::Relaxed);
                     old.state.clone()
                 })
                 .unwrap_or_else(|| Arc::new(ServerState::new(weight)));
@@ -185,13 +177,28 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         })
         .collect();
     let balance = *config.balance.get_ref();
+    let server_index = servers.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+    let sticky = config.sticky.as_ref().map(|sticky| {
+        let ids: Vec<(&str, Option<&str>)> = config
+            .server
+            .iter()
+            .map(|s| (s.name.get_ref().as_str(), s.cookie.as_deref()))
+            .collect();
+        let previous_table = previous.and_then(|p| p.sticky.as_ref()).and_then(|p| p.table.clone());
+        StickyPolicy::build(
+            sticky.get_ref(),
+            &ids,
+            previous_table,
+            config.redispatch,
+            config.sticky_respects_maxconn,
+        )
+    });
     Backend {
+        server_index,
+        sticky,
         name: Arc::from(config.name.get_ref().as_str()),
         balancer: balance::build(balance, servers.len()),
-        key_source: KeySource::new(
-            balance,
-            config.hash_key.as_ref().map(|k| k.get_ref().as_str()),
-        ),
+        key_source: KeySource::new(balance, config.hash_key.as_ref().map(|k| k.get_ref().as_str())),
         servers,
         candidates,
         retries: config.retries,

@@ -61,14 +61,10 @@ impl ServerState {
     pub fn try_acquire(self: &Arc<Self>, maxconn: Option<u32>) -> Option<ActiveGuard> {
         let limit = maxconn.unwrap_or(u32::MAX);
         self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < limit).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
             .ok()?;
         self.dispatched.fetch_add(1, Ordering::Relaxed);
-        Some(ActiveGuard {
-            state: self.clone(),
-        })
+        Some(ActiveGuard { state: self.clone() })
     }
 }
 

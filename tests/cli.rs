@@ -42,7 +42,10 @@ fn a_bad_config_fails_check_naming_file_line_and_fix() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{}:8:", path.display())), "{stderr}");
-    assert!(stderr.contains("leastconn"), "the error should list the valid names: {stderr}");
+    assert!(
+        stderr.contains("leastconn"),
+        "the error should list the valid names: {stderr}"
+    );
     let missing = tether().arg("check").arg(dir.join("missing.toml")).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
@@ -55,7 +58,12 @@ fn run_with_a_bad_config_exits_before_listening() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
     std::fs::write(&path, "workers = 0\n").unwrap();
-    let out = tether().arg("run").arg("--config").arg(&path).output().expect("run tether");
+    let out = tether()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run tether");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:1:"));
     std::fs::remove_dir_all(&dir).ok();

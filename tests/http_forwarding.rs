@@ -11,7 +11,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use support::*;
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8).collect()
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8)
+        .collect()
 }
 
 #[tokio::test]
@@ -36,7 +38,9 @@ async fn a_ten_mebibyte_content_length_body_is_forwarded_byte_exact() {
 async fn a_chunked_body_is_streamed_byte_exact() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
-    let chunks: Vec<Bytes> = (0..64u32).map(|i| Bytes::from(pattern(1000 + i as usize * 37, i))).collect();
+    let chunks: Vec<Bytes> = (0..64u32)
+        .map(|i| Bytes::from(pattern(1000 + i as usize * 37, i)))
+        .collect();
     let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
     let frames = stream::iter(chunks.into_iter().map(|c| Ok::<_, hyper::Error>(Frame::data(c))));
     let request = Request::post("/chunked")
@@ -49,7 +53,10 @@ async fn a_chunked_body_is_streamed_byte_exact() {
     assert_eq!(body.len(), expected.len());
     assert!(body[..] == expected[..], "the chunked echo differs");
     let seen = s1.last_headers();
-    assert_eq!(seen["transfer-encoding"], "chunked", "a body of unknown length goes on chunked");
+    assert_eq!(
+        seen["transfer-encoding"], "chunked",
+        "a body of unknown length goes on chunked"
+    );
 }
 
 #[tokio::test]
@@ -125,13 +132,18 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
 #[tokio::test]
 async fn forwarding_headers_follow_the_frontend_setting() {
     let s1 = backend("s1").start().await;
-    let config = simple_config("roundrobin", "", &[("s1", s1.addr, "")])
-        .replace("default_backend = \"pool\"", "default_backend = \"pool\"\nforward_headers = []");
+    let config = simple_config("roundrobin", "", &[("s1", s1.addr, "")]).replace(
+        "default_backend = \"pool\"",
+        "default_backend = \"pool\"\nforward_headers = []",
+    );
     let tether = start_tether(&config).await;
     let (status, _, _) = get(tether.addr, "/").await;
     assert_eq!(status, StatusCode::OK);
     let seen = s1.last_headers();
-    assert!(!seen.contains_key("x-forwarded-for") && !seen.contains_key("forwarded"), "{seen:?}");
+    assert!(
+        !seen.contains_key("x-forwarded-for") && !seen.contains_key("forwarded"),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]

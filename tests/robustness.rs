@@ -35,7 +35,11 @@ async fn malformed_requests_get_400_and_tether_stays_up() {
     ];
     for case in cases {
         let reply = raw_exchange(tether.addr, case).await;
-        assert!(reply.starts_with("HTTP/1.1 400"), "{:?} got {reply:?}", String::from_utf8_lossy(case));
+        assert!(
+            reply.starts_with("HTTP/1.1 400"),
+            "{:?} got {reply:?}",
+            String::from_utf8_lossy(case)
+        );
     }
     assert_eq!(s1.requests(), 0, "no malformed request reached the server");
     assert_eq!(server_of(tether.addr, "/").await, "s1");
@@ -62,7 +66,10 @@ async fn a_head_that_dribbles_in_is_cut_at_the_http_request_timeout() {
     let started = Instant::now();
     writer.await;
     let waited = started.elapsed() + closes_within(&mut slow, Duration::from_secs(3)).await;
-    assert!(waited < Duration::from_millis(1500), "closed after {waited:?}, expected about 300ms");
+    assert!(
+        waited < Duration::from_millis(1500),
+        "closed after {waited:?}, expected about 300ms"
+    );
     assert_eq!(s1.requests(), 0);
     assert_eq!(server_of(tether.addr, "/").await, "s1", "other clients are served");
 }
@@ -100,8 +107,12 @@ async fn a_connection_in_use_is_not_cut_by_the_client_timeout() {
 #[tokio::test]
 async fn an_idle_tunnel_is_closed_at_the_tunnel_timeout() {
     let s1 = backend("s1").start().await;
-    let tether =
-        start_tether(&simple_config("roundrobin", "timeouts = { tunnel = \"400ms\" }", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&simple_config(
+        "roundrobin",
+        "timeouts = { tunnel = \"400ms\" }",
+        &[("s1", s1.addr, "")],
+    ))
+    .await;
     let (mut ws, _) = ws_connect(tether.addr, "/ws").await;
     let started = Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
@@ -124,5 +135,8 @@ async fn a_graceful_stop_lets_the_request_in_flight_finish() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(&body[..], b"s1");
     stopping.await.unwrap();
-    assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed after stop");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after stop"
+    );
 }

@@ -21,9 +21,7 @@ async fn ten_thousand_messages_arrive_in_order_both_ways() {
     let (mut sink, mut stream) = ws.split();
     let writer = tokio::spawn(async move {
         for i in 0..10_000u32 {
-            sink.send(Message::text(format!("message {i}")))
-                .await
-                .expect("send");
+            sink.send(Message::text(format!("message {i}"))).await.expect("send");
         }
         sink
     });
@@ -42,9 +40,7 @@ async fn ten_thousand_messages_arrive_in_order_both_ways() {
 async fn a_sixteen_mebibyte_message_is_byte_exact_both_ways() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
-    let request = format!("ws://{}/ws", tether.addr)
-        .into_client_request()
-        .unwrap();
+    let request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
@@ -69,8 +65,7 @@ async fn a_sixteen_mebibyte_message_is_byte_exact_both_ways() {
 async fn subprotocol_and_extension_headers_pass_through_untouched() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
-    let handshake =
-        "GET /ws HTTP/1.1\r\nHost: chat.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    let handshake = "GET /ws HTTP/1.1\r\nHost: chat.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Protocol: chat.v2, chat.v1\r\n\
          Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
@@ -109,9 +104,7 @@ async fn subprotocol_and_extension_headers_pass_through_untouched() {
 async fn a_keep_alive_upgrade_connection_header_is_a_handshake() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
-    let mut request = format!("ws://{}/ws", tether.addr)
-        .into_client_request()
-        .unwrap();
+    let mut request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
     request
         .headers_mut()
         .insert("connection", "keep-alive, Upgrade".parse().unwrap());
@@ -129,10 +122,7 @@ async fn refused_upgrade_keeps_http_going(status: StatusCode) {
     let headers = handshake.headers_mut();
     headers.insert("connection", "Upgrade".parse().unwrap());
     headers.insert("upgrade", "websocket".parse().unwrap());
-    headers.insert(
-        "sec-websocket-key",
-        "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
-    );
+    headers.insert("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
     headers.insert("sec-websocket-version", "13".parse().unwrap());
     let (got, _, body) = send(&mut client, handshake).await;
     assert_eq!(got, status);
@@ -157,7 +147,8 @@ async fn an_upgrade_answered_with_200_is_relayed_and_the_connection_goes_on() {
 async fn malformed_handshakes_get_400_and_never_reach_a_server() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
-    let no_key = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let no_key =
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let reply = raw_exchange(tether.addr, no_key.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("Sec-WebSocket-Key"), "{reply}");
@@ -183,8 +174,5 @@ async fn a_close_handshake_completes_through_the_tunnel() {
         }
     })
     .await;
-    assert!(
-        end.is_ok(),
-        "the close handshake did not complete through the tunnel"
-    );
+    assert!(end.is_ok(), "the close handshake did not complete through the tunnel");
 }

@@ -37,11 +37,7 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 }
 
 /// The server whose weight slice contains `hash % total`, among the servers `include` accepts.
-fn weighted_slot(
-    candidates: &Candidates<'_>,
-    hash: u64,
-    include: impl Fn(ServerId) -> bool,
-) -> Option<ServerId> {
+fn weighted_slot(candidates: &Candidates<'_>, hash: u64, include: impl Fn(ServerId) -> bool) -> Option<ServerId> {
     let total: u64 = (0..candidates.len())
         .filter(|id| include(*id))
         .map(|id| u64::from(candidates.weight(id)))

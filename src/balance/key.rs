@@ -102,10 +102,7 @@ mod tests {
         let key = |source: KeySource| source.extract(&request, &ip).map(|b| b.to_vec());
         assert_eq!(key(KeySource::Source), Some(ip.to_vec()));
         assert_eq!(key(KeySource::Uri), Some(b"/chat/room".to_vec()));
-        assert_eq!(
-            key(KeySource::UrlParam("session_id".into())),
-            Some(b"42".to_vec())
-        );
+        assert_eq!(key(KeySource::UrlParam("session_id".into())), Some(b"42".to_vec()));
         assert_eq!(
             key(KeySource::new(Balance::Header, Some("X-User"))),
             Some(b"alice".to_vec())

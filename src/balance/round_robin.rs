@@ -25,10 +25,7 @@ impl RoundRobin {
 
 impl Balancer for RoundRobin {
     fn pick(&self, candidates: &Candidates<'_>, _key: &RequestKey<'_>) -> Option<ServerId> {
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if current.len() < candidates.len() {
             current.resize(candidates.len(), 0);
         }
@@ -56,9 +53,7 @@ mod tests {
     fn counts(balancer: &RoundRobin, cands: &Candidates<'_>, picks: usize, n: usize) -> Vec<usize> {
         let mut counts = vec![0; n];
         for _ in 0..picks {
-            counts[balancer
-                .pick(cands, &RequestKey::default())
-                .expect("a server")] += 1;
+            counts[balancer.pick(cands, &RequestKey::default()).expect("a server")] += 1;
         }
         counts
     }

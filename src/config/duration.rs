@@ -27,9 +27,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("`{text}` has no unit: write it as \"{text}s\" or \"{text}ms\""))?;
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| {
-        format!("`{text}` must start with a whole number, like \"250ms\" or \"2s\"")
-    })?;
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` must start with a whole number, like \"250ms\" or \"2s\""))?;
     let millis = match unit {
         "ms" => Some(value),
         "s" => value.checked_mul(1_000),
@@ -78,9 +78,7 @@ mod tests {
     #[test]
     fn bad_durations_say_how_to_write_them() {
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
-        assert!(parse_duration("10 parsecs")
-            .unwrap_err()
-            .contains("unknown unit"));
+        assert!(parse_duration("10 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").unwrap_err().contains("whole number"));
     }
 }

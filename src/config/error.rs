@@ -41,20 +41,11 @@ impl<'a> SourceMap<'a> {
     }
 
     /// An error located at the start of `span` (the whole file when `None`).
-    pub(crate) fn error(
-        &self,
-        span: Option<Range<usize>>,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    pub(crate) fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
         let offset = span.map(|s| s.start).unwrap_or(0).min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
-        let column = before
-            .rsplit('\n')
-            .next()
-            .map(|l| l.chars().count())
-            .unwrap_or(0)
-            + 1;
+        let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
         ConfigError::Invalid {
             file: self.file.to_string(),
             line,

@@ -60,10 +60,7 @@ address = "127.0.0.1:8200"
     fn error_of(text: &str) -> (usize, String) {
         match parse(text, "test.toml") {
             Err(ConfigError::Invalid {
-                line,
-                message,
-                file,
-                ..
+                line, message, file, ..
             }) => {
                 assert_eq!(file, "test.toml");
                 (line, message)
@@ -107,10 +104,7 @@ address = "127.0.0.1:8200"
         let text = GOOD.replace("default_backend = \"web\"", "default_backend = \"wbe\"");
         let (line, message) = error_of(&text);
         assert_eq!(line, 5);
-        assert!(
-            message.contains("`wbe`") && message.contains("web"),
-            "{message}"
-        );
+        assert!(message.contains("`wbe`") && message.contains("web"), "{message}");
     }
 
     #[test]
@@ -148,8 +142,7 @@ address = "127.0.0.1:8200"
 
     #[test]
     fn duplicate_server_names_are_refused() {
-        let text =
-            format!("{GOOD}[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8201\"\n");
+        let text = format!("{GOOD}[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8201\"\n");
         let (line, message) = error_of(&text);
         assert_eq!(line, 13);
         assert!(message.contains("already has a server"), "{message}");

@@ -139,6 +139,23 @@ pub struct Backend {
     pub balance: Spanned<Balance>,
     /// The parameter, header or cookie name hashed by `url_param`, `header` and `cookie`.
     pub hash_key: Option<Spanned<String>>,
+    /// How the hash of `source`/`uri`/`url_param`/`header`/`cookie` maps to a server.
+    #[serde(default = "defaults::hash")]
+    pub hash: Spanned<HashMethod>,
+    /// With `hash = "consistent"` or `"maglev"`: no server takes more than this
+    /// multiple of the average active connections (consistent hashing with bounded loads).
+    pub balance_factor: Option<Spanned<f64>>,
+    /// With `hash = "maglev"`: the lookup table size, a prime.
+    pub maglev_table_size: Option<Spanned<usize>>,
+    /// Stickiness: keeps a client on its server before the algorithm is asked.
+    pub sticky: Option<Spanned<Sticky>>,
+    /// A stuck client whose server is down or draining goes to another server
+    /// (and is stuck there); without it the client gets 503.
+    #[serde(default = "defaults::yes")]
+    pub redispatch: bool,
+    /// Whether clients already stuck to a server are refused by its `maxconn`.
+    #[serde(default)]
+    pub sticky_respects_maxconn: bool,
     /// How many other servers to try when connecting to one fails.
     #[serde(default = "defaults::retries")]
     pub retries: u32,
@@ -171,6 +188,124 @@ pub enum Balance {
     Cookie,
     /// Power of two random choices on active connections.
     Random,
+}
+
+/// How a key's hash chooses a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashMethod {
+    /// Hash modulo the total weight: even, but most keys move when a server is added.
+    #[default]
+    Map,
+    /// A ring with virtual nodes: adding or removing a server moves only its share of keys.
+    Consistent,
+    /// Google's Maglev lookup table: even spread, minimal disruption, O(1) lookup.
+    Maglev,
+}
+
+/// Stickiness settings of a backend. Cookie stickiness (`cookie`, `mode`, …)
+/// and learned session ids (`learn`, `match`) may be combined; `preset`
+/// fills in the learned-id settings of a known protocol.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sticky {
+    /// Name of the stickiness cookie (`insert`) or of the server's own session cookie (`prefix`).
+    pub cookie: Option<String>,
+    /// How the cookie is handled.
+    #[serde(default)]
+    pub mode: CookieMode,
+    /// `insert`: remove tether's cookie from requests before they reach the server.
+    #[serde(default)]
+    pub indirect: bool,
+    /// `insert`: mark responses that set the cookie uncacheable.
+    #[serde(default)]
+    pub nocache: bool,
+    /// Cookie `Path` attribute.
+    #[serde(default = "defaults::cookie_path")]
+    pub path: String,
+    /// Cookie `Domain` attribute.
+    pub domain: Option<String>,
+    /// Cookie `Max-Age`; a session cookie when absent.
+    pub max_age: Option<ConfigDuration>,
+    /// Cookie `HttpOnly` attribute.
+    #[serde(default = "defaults::yes")]
+    pub httponly: bool,
+    /// Cookie `Secure` attribute; by default set on TLS frontends only.
+    pub secure: Option<bool>,
+    /// Cookie `SameSite` attribute.
+    pub samesite: Option<SameSite>,
+    /// The cookie value is a keyed hash of the server id, revealing no server name.
+    #[serde(default)]
+    pub opaque: bool,
+    /// The key of `opaque` cookies; instances sharing it accept each other's cookies.
+    pub secret: Option<String>,
+    /// Learn session ids from servers' responses.
+    pub learn: Option<Learn>,
+    /// Where requests carry a learned session id.
+    #[serde(default, rename = "match")]
+    pub match_: Vec<Spanned<MatchSource>>,
+    /// A learned id unused for this long is forgotten.
+    #[serde(default = "defaults::sticky_idle")]
+    pub idle_timeout: ConfigDuration,
+    /// At most this many learned ids; the least recently used go first.
+    #[serde(default = "defaults::sticky_entries")]
+    pub max_entries: Spanned<usize>,
+    /// Settings of a known protocol.
+    pub preset: Option<Preset>,
+}
+
+/// How tether uses the stickiness cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CookieMode {
+    /// tether sets its own cookie naming the server.
+    #[default]
+    Insert,
+    /// tether prefixes the server's own session cookie with the server id (`s1~value`).
+    Prefix,
+}
+
+/// The cookie `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SameSite {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax`.
+    Lax,
+    /// `SameSite=None` (requires `Secure` in browsers).
+    None,
+}
+
+/// Where a server hands out a session id.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Learn {
+    /// A cookie the server sets (`Set-Cookie: io=…`).
+    pub response_cookie: Option<String>,
+    /// A response header carrying the id.
+    pub response_header: Option<String>,
+}
+
+/// Where a request carries a session id. Exactly one key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSource {
+    /// A cookie of this name.
+    pub cookie: Option<String>,
+    /// A query parameter of this name.
+    pub url_param: Option<String>,
+    /// A header of this name.
+    pub header: Option<String>,
+}
+
+/// Stickiness presets for known protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Preset {
+    /// Socket.IO / Engine.IO: the `sid` of the handshake response (and the
+    /// `io` cookie) is learned and matched in `?sid=` and the `io` cookie.
+    #[serde(rename = "engine.io")]
+    EngineIo,
 }
 
 /// Server-side timeouts of a backend.
@@ -224,9 +359,9 @@ impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let text = String::deserialize(deserializer)?;
-        regex::Regex::new(&text).map(Pattern).map_err(|err| {
-            D::Error::custom(format!("`{text}` is not a valid regular expression: {err}"))
-        })
+        regex::Regex::new(&text)
+            .map(Pattern)
+            .map_err(|err| D::Error::custom(format!("`{text}` is not a valid regular expression: {err}")))
     }
 }
 
@@ -248,9 +383,10 @@ impl<'de> Deserialize<'de> for Address {
             )));
         }
         match text.to_socket_addrs() {
-            Ok(mut addrs) => addrs.next().map(Address).ok_or_else(|| {
-                D::Error::custom(format!("`{text}` resolves to no address"))
-            }),
+            Ok(mut addrs) => addrs
+                .next()
+                .map(Address)
+                .ok_or_else(|| D::Error::custom(format!("`{text}` resolves to no address"))),
             Err(err) => Err(D::Error::custom(format!(
                 "`{text}` is not an address tether can reach ({err}): write \"ip:port\" or \"host:port\""
             ))),
@@ -283,6 +419,21 @@ pub mod defaults {
     }
     pub(crate) fn balance() -> toml::Spanned<super::Balance> {
         toml::Spanned::new(0..0, super::Balance::Roundrobin)
+    }
+    pub(crate) fn hash() -> toml::Spanned<super::HashMethod> {
+        toml::Spanned::new(0..0, super::HashMethod::Map)
+    }
+    pub(crate) fn yes() -> bool {
+        true
+    }
+    pub(crate) fn cookie_path() -> String {
+        "/".to_string()
+    }
+    pub(crate) fn sticky_idle() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(30 * 60))
+    }
+    pub(crate) fn sticky_entries() -> toml::Spanned<usize> {
+        toml::Spanned::new(0..0, 100_000)
     }
     pub(crate) fn retries() -> u32 {
         3

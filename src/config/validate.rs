@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
-use super::types::{Balance, Condition, Config, Route};
+use super::types::{Balance, Condition, Config, CookieMode, HashMethod, Route, SameSite, Sticky};
 
 /// The largest weight a server may have (HAProxy allows 256; a little more room costs nothing).
 pub const MAX_WEIGHT: u32 = 1000;
@@ -93,11 +93,7 @@ fn check_backend_exists(
     ))
 }
 
-fn validate_route(
-    route: &Route,
-    backends: &HashSet<&str>,
-    source: &SourceMap<'_>,
-) -> Result<(), ConfigError> {
+fn validate_route(route: &Route, backends: &HashSet<&str>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     check_backend_exists(&route.backend, backends, source)?;
     if route.any.is_empty() && route.all.is_empty() {
         return Err(source.error(
@@ -111,10 +107,7 @@ fn validate_route(
     Ok(())
 }
 
-fn validate_condition(
-    condition: &Spanned<Condition>,
-    source: &SourceMap<'_>,
-) -> Result<(), ConfigError> {
+fn validate_condition(condition: &Spanned<Condition>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     let c = condition.get_ref();
     let at = Some(condition.span());
     let selectors = [
@@ -139,20 +132,14 @@ fn validate_condition(
         return Err(source.error(at, "`equals` only refines `header` or `query`"));
     }
     if c.prefix.is_some() && c.header.is_none() {
-        return Err(source.error(
-            at,
-            "`prefix` only refines `header` (for paths use `path_prefix`)",
-        ));
+        return Err(source.error(at, "`prefix` only refines `header` (for paths use `path_prefix`)"));
     }
     if c.equals.is_some() && c.prefix.is_some() {
         return Err(source.error(at, "use either `equals` or `prefix`, not both"));
     }
     if let Some(method) = &c.method {
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(source.error(
-                at,
-                format!("`{method}` is not an HTTP method: write GET, POST, …"),
-            ));
+            return Err(source.error(at, format!("`{method}` is not an HTTP method: write GET, POST, …")));
         }
     }
     if let Some(header) = &c.header {
@@ -163,15 +150,9 @@ fn validate_condition(
     Ok(())
 }
 
-fn validate_backend(
-    backend: &super::types::Backend,
-    source: &SourceMap<'_>,
-) -> Result<(), ConfigError> {
+fn validate_backend(backend: &super::types::Backend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     let balance = *backend.balance.get_ref();
-    let needs_key = matches!(
-        balance,
-        Balance::UrlParam | Balance::Header | Balance::Cookie
-    );
+    let needs_key = matches!(balance, Balance::UrlParam | Balance::Header | Balance::Cookie);
     match (&backend.hash_key, needs_key) {
         (None, true) => {
             return Err(source.error(
@@ -189,6 +170,10 @@ fn validate_backend(
             return Err(source.error(Some(key.span()), "`hash_key` is empty: name the parameter, header or cookie"))
         }
         _ => {}
+    }
+    validate_hashing(backend, source)?;
+    if let Some(sticky) = &backend.sticky {
+        validate_sticky(sticky, source)?;
     }
     if backend.server.is_empty() {
         return Err(source.error(
@@ -216,7 +201,10 @@ fn validate_backend(
             if !cookies.insert(cookie.as_str()) {
                 return Err(source.error(
                     Some(server.name.span()),
-                    format!("cookie id `{cookie}` is used by two servers of backend `{}`: make them unique", backend.name.get_ref()),
+                    format!(
+                        "cookie id `{cookie}` is used by two servers of backend `{}`: make them unique",
+                        backend.name.get_ref()
+                    ),
                 ));
             }
         }
@@ -234,6 +222,124 @@ fn validate_backend(
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_hashing(backend: &super::types::Backend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let balance = *backend.balance.get_ref();
+    let hashing = matches!(
+        balance,
+        Balance::Source | Balance::Uri | Balance::UrlParam | Balance::Header | Balance::Cookie
+    );
+    let method = *backend.hash.get_ref();
+    if method != HashMethod::Map && !hashing {
+        return Err(source.error(
+            Some(backend.hash.span()),
+            "`hash` applies to hashing balances only (source, uri, url_param, header, cookie)",
+        ));
+    }
+    if let Some(factor) = &backend.balance_factor {
+        if method == HashMethod::Map {
+            return Err(source.error(
+                Some(factor.span()),
+                "`balance_factor` bounds consistent hashing: add hash = \"consistent\" or \"maglev\"",
+            ));
+        }
+        if !(*factor.get_ref() >= 1.0 && factor.get_ref().is_finite()) {
+            return Err(source.error(
+                Some(factor.span()),
+                "`balance_factor` must be at least 1.0 (1.25 lets a server take 125% of the average load)",
+            ));
+        }
+    }
+    if let Some(size) = &backend.maglev_table_size {
+        if method != HashMethod::Maglev {
+            return Err(source.error(Some(size.span()), "`maglev_table_size` needs hash = \"maglev\""));
+        }
+        let n = *size.get_ref();
+        if !(is_prime(n) && (backend.server.len()..=10_000_019).contains(&n)) {
+            return Err(source.error(
+                Some(size.span()),
+                "`maglev_table_size` must be a prime larger than the number of servers, at most 10000019 (default 65537)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_prime(n: usize) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+fn validate_sticky(sticky: &Spanned<Sticky>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let at = Some(sticky.span());
+    let s = sticky.get_ref();
+    let learns = s.learn.is_some() || s.preset.is_some();
+    if s.cookie.is_none() && !learns && s.match_.is_empty() {
+        return Err(source.error(
+            at,
+            "`sticky` needs a `cookie = \"SERVERID\"`, a `learn` with `match`, or `preset = \"engine.io\"`",
+        ));
+    }
+    if let Some(cookie) = &s.cookie {
+        if cookie.is_empty() || http::HeaderName::from_bytes(cookie.as_bytes()).is_err() {
+            return Err(source.error(at, format!("`{cookie}` is not a valid cookie name")));
+        }
+    }
+    if s.opaque {
+        if s.mode != CookieMode::Insert || s.cookie.is_none() {
+            return Err(source.error(
+                at,
+                "`opaque` applies to an inserted cookie: set `cookie` and mode = \"insert\"",
+            ));
+        }
+        if s.secret.as_ref().is_none_or(|secret| secret.len() < 16) {
+            return Err(source.error(
+                at,
+                "`opaque = true` needs a `secret` of at least 16 characters, the same on every tether instance",
+            ));
+        }
+    } else if s.secret.is_some() {
+        return Err(source.error(at, "`secret` is only used with `opaque = true`"));
+    }
+    if s.samesite == Some(SameSite::None) && s.secure == Some(false) {
+        return Err(source.error(
+            at,
+            "browsers refuse `SameSite=None` without `Secure`: remove `secure = false`",
+        ));
+    }
+    if s.learn.is_some() && s.match_.is_empty() {
+        return Err(source.error(
+            at,
+            "`learn` needs `match = [...]` saying where requests carry the id, e.g. [{ cookie = \"io\" }, { url_param = \"sid\" }]",
+        ));
+    }
+    if let Some(learn) = &s.learn {
+        if learn.response_cookie.is_none() && learn.response_header.is_none() {
+            return Err(source.error(at, "`learn` needs `response_cookie` or `response_header`"));
+        }
+    }
+    for m in &s.match_ {
+        let v = m.get_ref();
+        let count = [v.cookie.is_some(), v.url_param.is_some(), v.header.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if count != 1 {
+            return Err(source.error(
+                Some(m.span()),
+                "each `match` entry needs exactly one of cookie, url_param, header",
+            ));
+        }
+        if let Some(h) = &v.header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(source.error(Some(m.span()), format!("`{h}` is not a valid header name")));
+            }
+        }
+    }
+    if *s.max_entries.get_ref() == 0 {
+        return Err(source.error(Some(s.max_entries.span()), "`max_entries` must be at least 1"));
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use super::conn::ConnActivity;
 use super::log::HttpLog;
 use super::pool::UpstreamSender;
 use crate::state::ActiveGuard;
+use crate::sticky::SidLearner;
 
 /// A client's request body streamed to the server, counted for the access log.
 #[derive(Debug)]
@@ -34,15 +35,11 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
-                self.received
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.received.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
         Poll::Ready(frame)
@@ -68,6 +65,8 @@ pub struct Exchange {
     pub keep_alive: Option<UpstreamSender>,
     /// The connection became a tunnel: it will not take another request.
     pub upgraded: bool,
+    /// Learns a session id from the body as it streams (Engine.IO handshakes).
+    pub learner: Option<SidLearner>,
 }
 
 impl Exchange {
@@ -79,6 +78,7 @@ impl Exchange {
             guard: None,
             keep_alive: None,
             upgraded: false,
+            learner: None,
         }
     }
 
@@ -136,9 +136,12 @@ impl ResponseBody {
         }
     }
 
-    fn count(&mut self, len: usize) {
+    fn observe(&mut self, data: &[u8]) {
         if let Some(exchange) = &mut self.exchange {
-            exchange.log.bytes_out += len as u64;
+            exchange.log.bytes_out += data.len() as u64;
+            if let Some(learner) = &mut exchange.learner {
+                learner.feed(data);
+            }
         }
     }
 
@@ -162,10 +165,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let frame = match &mut this.source {
             Source::Local(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
@@ -174,8 +174,7 @@ impl Body for ResponseBody {
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    let len = data.len();
-                    this.count(len);
+                    this.observe(data);
                 }
             }
             Some(Err(_)) => {
@@ -198,9 +197,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Local(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            Source::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Source::Upstream(inner) => inner.size_hint(),
         }
     }

@@ -40,14 +40,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        CONNECTION,
-        PROXY_CONNECTION,
-        KEEP_ALIVE,
-        TE,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    for name in [CONNECTION, PROXY_CONNECTION, KEEP_ALIVE, TE, TRANSFER_ENCODING, UPGRADE] {
         headers.remove(name);
     }
 }
@@ -60,20 +53,13 @@ pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
 
 /// Adds the forwarding headers the frontend asks for. `X-Forwarded-For` and
 /// `Forwarded` append to what the client sent; proto and host are set.
-pub fn add_forwarding(
-    headers: &mut HeaderMap,
-    which: &[ForwardHeader],
-    client: IpAddr,
-    https: bool,
-) {
+pub fn add_forwarding(headers: &mut HeaderMap, which: &[ForwardHeader], client: IpAddr, https: bool) {
     let client = client.to_canonical();
     let proto = if https { "https" } else { "http" };
     let host = headers.get(HOST).cloned();
     for header in which {
         match header {
-            ForwardHeader::XForwardedFor => {
-                append_list(headers, X_FORWARDED_FOR, &client.to_string())
-            }
+            ForwardHeader::XForwardedFor => append_list(headers, X_FORWARDED_FOR, &client.to_string()),
             ForwardHeader::XForwardedProto => {
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
             }
@@ -140,9 +126,6 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, ::1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "chat.example.com");
-        assert_eq!(
-            h[FORWARDED],
-            "for=\"[::1]\";proto=http;host=\"chat.example.com\""
-        );
+        assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http;host=\"chat.example.com\"");
     }
 }

@@ -25,8 +25,9 @@ use super::upgrade::{self, Handshake};
 use super::{tunnel, Shared, TrackerToken};
 use crate::balance::{ip_octets_of, Candidates, RequestKey, ServerId};
 use crate::route;
-use crate::snapshot::{Backend, Frontend, Snapshot};
+use crate::snapshot::{Backend, Frontend, Server, Snapshot};
 use crate::state::ActiveGuard;
+use crate::sticky::StickyPolicy;
 
 /// The header carrying tether's request id in its own responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -91,6 +92,8 @@ enum NoUpstream {
     NoServer,
     /// Servers were tried and every connect failed: 502.
     AllFailed(String),
+    /// The client is stuck to a server that is unavailable and `redispatch` is off: 503.
+    StuckUnavailable(Arc<str>),
 }
 
 /// A connection to the chosen server, with the slot held on it.
@@ -111,13 +114,10 @@ async fn forward(
 ) -> Response<ResponseBody> {
     let handshake = match upgrade::classify(&request) {
         Ok(handshake) => handshake,
-        Err(bad) => {
-            return local_response(StatusCode::BAD_REQUEST, &bad.to_string(), exchange, true)
-        }
+        Err(bad) => return local_response(StatusCode::BAD_REQUEST, &bad.to_string(), exchange, true),
     };
     let websocket = handshake == Handshake::WebSocket;
-    let Some(backend_id) = route::select(&frontend.routes, frontend.default_backend, &request)
-    else {
+    let Some(backend_id) = route::select(&frontend.routes, frontend.default_backend, &request) else {
         return local_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "no route matches this request and the frontend has no default_backend",
@@ -132,47 +132,57 @@ async fn forward(
     let key = RequestKey {
         hash_input: backend.key_source.extract(&request, client_ip.as_slice()),
     };
-    let upstream =
-        match connect_with_retries(backend, &key, websocket, exchange.log.request_id).await {
-            Ok(upstream) => upstream,
-            Err(NoUpstream::NoServer) => {
-                let message = format!("no server of backend `{}` is available", backend.name);
-                return local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
-            }
-            Err(NoUpstream::AllFailed(cause)) => {
-                let message = format!(
-                    "no server of backend `{}` accepted the connection ({cause})",
-                    backend.name
-                );
-                return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
-            }
-        };
+    let sticky = backend
+        .sticky
+        .as_ref()
+        .map(|policy| (policy, policy.lookup(&request, &backend.server_index)));
+    let stuck = sticky
+        .as_ref()
+        .and_then(|(policy, lookup)| Some((*policy, lookup.target?)));
+    let upstream = match connect_with_retries(backend, &key, websocket, stuck, exchange.log.request_id).await {
+        Ok(upstream) => upstream,
+        Err(NoUpstream::NoServer) => {
+            let message = format!("no server of backend `{}` is available", backend.name);
+            return local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
+        }
+        Err(NoUpstream::StuckUnavailable(name)) => {
+            let message = format!(
+                "this session is stuck to server `{name}` of backend `{}`, which is unavailable, and redispatch is off",
+                backend.name
+            );
+            return local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
+        }
+        Err(NoUpstream::AllFailed(cause)) => {
+            let message = format!(
+                "no server of backend `{}` accepted the connection ({cause})",
+                backend.name
+            );
+            return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
+        }
+    };
     let server = &backend.servers[upstream.server];
     exchange.log.server = Some(server.name.clone());
 
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+    let policy = sticky.as_ref().map(|(policy, _)| *policy);
     let request = prepare_request(
         request,
         frontend,
         context,
         websocket,
+        policy,
         exchange.log.bytes_in.clone(),
     );
     let Upstream {
+        server: server_id,
         guard,
         mut sender,
         mut reused,
-        ..
     } = upstream;
     let mut pending = Some(request);
     let mut response = loop {
         let Some(request) = pending.take() else {
-            return local_response(
-                StatusCode::BAD_GATEWAY,
-                "internal error: request lost",
-                exchange,
-                true,
-            );
+            return local_response(StatusCode::BAD_GATEWAY, "internal error: request lost", exchange, true);
         };
         match tokio::time::timeout(backend.server_timeout, sender.try_send_request(request)).await {
             Err(_) => {
@@ -195,24 +205,12 @@ async fn forward(
                             continue;
                         }
                         Err(err) => {
-                            let message = format!(
-                                "server `{}` could not be reached again: {err}",
-                                server.name
-                            );
-                            return local_response(
-                                StatusCode::BAD_GATEWAY,
-                                &message,
-                                exchange,
-                                false,
-                            );
+                            let message = format!("server `{}` could not be reached again: {err}", server.name);
+                            return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
                         }
                     }
                 }
-                let message = format!(
-                    "server `{}` failed before answering: {}",
-                    server.name,
-                    failed.error()
-                );
+                let message = format!("server `{}` failed before answering: {}", server.name, failed.error());
                 return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
             }
         }
@@ -220,13 +218,14 @@ async fn forward(
     exchange.log.status = response.status().as_u16();
     *response.version_mut() = Version::HTTP_11;
 
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
-        (client_upgrade, response.status())
-    {
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
         let server_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _empty) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         set_websocket_upgrade(&mut parts.headers);
+        if let Some((policy, lookup)) = &sticky {
+            policy.on_response(&mut parts.headers, server_id, &server.name, lookup, context.https);
+        }
         exchange.upgraded = true;
         let tunnel = TunnelJob {
             token: context.shared.open.enter(),
@@ -245,6 +244,9 @@ async fn forward(
 
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if let Some((policy, lookup)) = &sticky {
+        exchange.learner = policy.on_response(&mut parts.headers, server_id, &server.name, lookup, context.https);
+    }
     exchange.guard = Some(guard);
     if !websocket {
         exchange.keep_alive = Some(sender);
@@ -254,14 +256,47 @@ async fn forward(
 
 /// Picks a server and connects, moving on to another server when a connect
 /// fails, at most `retries` times, so a dead port costs the client nothing.
+/// A client `stuck` to a server goes there first; if that server is
+/// unavailable or fails, it is balanced normally when the policy redispatches.
 async fn connect_with_retries(
     backend: &Backend,
     key: &RequestKey<'_>,
     websocket: bool,
+    stuck: Option<(&StickyPolicy, ServerId)>,
     request_id: RequestId,
 ) -> Result<Upstream, NoUpstream> {
     let mut tried: Vec<ServerId> = Vec::new();
     let mut last_error = String::new();
+    if let Some((policy, id)) = stuck {
+        let server = &backend.servers[id];
+        let limit = if policy.respects_maxconn { server.maxconn } else { None };
+        let guard = if server.state.is_up() {
+            server.state.try_acquire(limit)
+        } else {
+            None
+        };
+        match guard {
+            Some(guard) => match connection_to(server, backend, websocket).await {
+                Ok((sender, reused)) => {
+                    return Ok(Upstream {
+                        server: id,
+                        guard,
+                        sender,
+                        reused,
+                    })
+                }
+                Err(err) => {
+                    last_error = connect_failed(backend, server, &err, request_id);
+                    tried.push(id);
+                    if !policy.redispatch {
+                        return Err(NoUpstream::AllFailed(last_error));
+                    }
+                }
+            },
+            None if !policy.redispatch => return Err(NoUpstream::StuckUnavailable(server.name.clone())),
+            None => {}
+        }
+    }
     loop {
         let Some((id, guard)) = pick(backend, key, &tried) else {
             return Err(if tried.is_empty() {
@@ -271,38 +306,17 @@ async fn connect_with_retries(
             });
         };
         let server = &backend.servers[id];
-        if !websocket {
-            if let Some(sender) = server.state.pool.take().await {
+        match connection_to(server, backend, websocket).await {
+            Ok((sender, reused)) => {
                 return Ok(Upstream {
                     server: id,
                     guard,
                     sender,
-                    reused: true,
-                });
-            }
-        }
-        match open(server.address, backend, websocket).await {
-            Ok(sender) => {
-                return Ok(Upstream {
-                    server: id,
-                    guard,
-                    sender,
-                    reused: false,
+                    reused,
                 })
             }
             Err(err) => {
-                server
-                    .state
-                    .connect_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    request_id = %request_id,
-                    backend = %backend.name,
-                    server = %server.name,
-                    cause = %err,
-                    "connect to server failed"
-                );
-                last_error = format!("`{}`: {err}", server.name);
+                last_error = connect_failed(backend, server, &err, request_id);
                 tried.push(id);
                 if tried.len() > backend.retries as usize {
                     return Err(NoUpstream::AllFailed(last_error));
@@ -312,13 +326,37 @@ async fn connect_with_retries(
     }
 }
 
+/// A pooled keep-alive connection to `server` (plain HTTP only), or a new one.
+/// The flag says whether it came from the pool.
+async fn connection_to(
+    server: &Server,
+    backend: &Backend,
+    websocket: bool,
+) -> Result<(UpstreamSender, bool), pool::ConnectError> {
+    if !websocket {
+        if let Some(sender) = server.state.pool.take().await {
+            return Ok((sender, true));
+        }
+    }
+    Ok((open(server.address, backend, websocket).await?, false))
+}
+
+/// Counts and logs a failed connect; returns the cause for the client's error.
+fn connect_failed(backend: &Backend, server: &Server, err: &pool::ConnectError, request_id: RequestId) -> String {
+    server.state.connect_failures.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        request_id = %request_id,
+        backend = %backend.name,
+        server = %server.name,
+        cause = %err,
+        "connect to server failed"
+    );
+    format!("`{}`: {err}", server.name)
+}
+
 /// Asks the algorithm for a server and takes a slot on it; a server that
 /// filled up in the meantime is skipped.
-fn pick(
-    backend: &Backend,
-    key: &RequestKey<'_>,
-    tried: &[ServerId],
-) -> Option<(ServerId, ActiveGuard)> {
+fn pick(backend: &Backend, key: &RequestKey<'_>, tried: &[ServerId]) -> Option<(ServerId, ActiveGuard)> {
     let mut excluded = tried.to_vec();
     loop {
         let id = backend
@@ -332,11 +370,7 @@ fn pick(
     }
 }
 
-async fn open(
-    address: SocketAddr,
-    backend: &Backend,
-    upgrades: bool,
-) -> Result<UpstreamSender, pool::ConnectError> {
+async fn open(address: SocketAddr, backend: &Backend, upgrades: bool) -> Result<UpstreamSender, pool::ConnectError> {
     let stream = pool::connect(address, backend.connect_timeout).await?;
     pool::handshake(stream, upgrades).await
 }
@@ -348,10 +382,14 @@ fn prepare_request(
     frontend: &Frontend,
     context: &ConnContext,
     websocket: bool,
+    sticky: Option<&StickyPolicy>,
     received: Arc<AtomicU64>,
 ) -> Request<RequestBody> {
     let (mut parts, body) = request.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if let Some(policy) = sticky {
+        policy.rewrite_request(&mut parts.headers);
+    }
     if websocket {
         set_websocket_upgrade(&mut parts.headers);
     }
@@ -397,10 +435,7 @@ fn local_response(
     let mut response = Response::new(ResponseBody::local(Bytes::from(body), exchange));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(id) = HeaderValue::from_str(&request_id.to_string()) {
         headers.insert(REQUEST_ID_HEADER, id);
@@ -450,22 +485,10 @@ impl TunnelJob {
         let idle = self.idle;
         let end = match (client, server) {
             (Ok((c, c_buf)), Ok((s, s_buf))) => tunnel::run(c, c_buf, s, s_buf, idle, stop).await,
-            (Ok((c, c_buf)), Err(s)) => {
-                tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), idle, stop).await
-            }
-            (Err(c), Ok((s, s_buf))) => {
-                tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, idle, stop).await
-            }
+            (Ok((c, c_buf)), Err(s)) => tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), idle, stop).await,
+            (Err(c), Ok((s, s_buf))) => tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, idle, stop).await,
             (Err(c), Err(s)) => {
-                tunnel::run(
-                    TokioIo::new(c),
-                    Bytes::new(),
-                    TokioIo::new(s),
-                    Bytes::new(),
-                    idle,
-                    stop,
-                )
-                .await
+                tunnel::run(TokioIo::new(c), Bytes::new(), TokioIo::new(s), Bytes::new(), idle, stop).await
             }
         };
         state.tunnels.fetch_sub(1, Ordering::Relaxed);

@@ -65,10 +65,7 @@ async fn serve_connection(
     let service = service_fn(move |request| handle(context.clone(), request));
     let connection = http1::Builder::new()
         .keep_alive(true)
-        .serve_connection(
-            TokioIo::new(WatchedIo::new(stream, activity.clone())),
-            service,
-        )
+        .serve_connection(TokioIo::new(WatchedIo::new(stream, activity.clone())), service)
         .with_upgrades();
     tokio::pin!(connection);
     let graceful = shared.stop.graceful();

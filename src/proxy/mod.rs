@@ -96,9 +96,7 @@ impl Tracker {
     /// Registers one open connection until the returned token drops.
     pub fn enter(self: &Arc<Self>) -> TrackerToken {
         self.count.fetch_add(1, Ordering::AcqRel);
-        TrackerToken {
-            tracker: self.clone(),
-        }
+        TrackerToken { tracker: self.clone() }
     }
 
     /// Open connections and tunnels now.

@@ -75,9 +75,7 @@ impl Pool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UpstreamSender>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -93,9 +91,7 @@ pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream
 /// Starts an HTTP/1 client on `stream`; its connection task runs on its own.
 /// With `upgrades`, the connection can be handed over to a tunnel after a 101.
 pub async fn handshake(stream: TcpStream, upgrades: bool) -> Result<UpstreamSender, ConnectError> {
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await?;
+    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
     if upgrades {
         tokio::spawn(async move {
             if let Err(err) = connection.with_upgrades().await {

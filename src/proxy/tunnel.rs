@@ -112,9 +112,8 @@ impl Half {
     {
         loop {
             if self.start < self.end {
-                let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]))
-                        .map_err(|e| (Side::Writer, e))?;
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]))
+                    .map_err(|e| (Side::Writer, e))?;
                 if n == 0 {
                     return Poll::Ready(Err((Side::Writer, io::ErrorKind::WriteZero.into())));
                 }
@@ -131,8 +130,7 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
             let mut read_buf = ReadBuf::new(&mut self.buf);
-            ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf))
-                .map_err(|e| (Side::Reader, e))?;
+            ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf)).map_err(|e| (Side::Reader, e))?;
             let n = read_buf.filled().len();
             self.start = 0;
             self.end = n;
@@ -175,12 +173,8 @@ where
                 Poll::Ready(Ok(())) => {
                     first_closer.get_or_insert(CloseReason::ClientClosed);
                 }
-                Poll::Ready(Err((Side::Reader, e))) => {
-                    return Poll::Ready(CloseReason::ClientError(e))
-                }
-                Poll::Ready(Err((Side::Writer, e))) => {
-                    return Poll::Ready(CloseReason::ServerError(e))
-                }
+                Poll::Ready(Err((Side::Reader, e))) => return Poll::Ready(CloseReason::ClientError(e)),
+                Poll::Ready(Err((Side::Writer, e))) => return Poll::Ready(CloseReason::ServerError(e)),
                 Poll::Pending => {}
             }
         }
@@ -189,12 +183,8 @@ where
                 Poll::Ready(Ok(())) => {
                     first_closer.get_or_insert(CloseReason::ServerClosed);
                 }
-                Poll::Ready(Err((Side::Reader, e))) => {
-                    return Poll::Ready(CloseReason::ServerError(e))
-                }
-                Poll::Ready(Err((Side::Writer, e))) => {
-                    return Poll::Ready(CloseReason::ClientError(e))
-                }
+                Poll::Ready(Err((Side::Reader, e))) => return Poll::Ready(CloseReason::ServerError(e)),
+                Poll::Ready(Err((Side::Writer, e))) => return Poll::Ready(CloseReason::ClientError(e)),
                 Poll::Pending => {}
             }
         }
@@ -265,11 +255,7 @@ mod tests {
         c_read.read_to_end(&mut at_client).await.unwrap();
         assert_eq!(at_client, b"hello-bye");
         let end = tunnel.await.unwrap();
-        assert!(
-            matches!(end.reason, CloseReason::ClientClosed),
-            "{}",
-            end.reason
-        );
+        assert!(matches!(end.reason, CloseReason::ClientClosed), "{}", end.reason);
         assert_eq!(end.client_to_server, 100_006);
         assert_eq!(end.server_to_client, 9);
     }
@@ -292,16 +278,9 @@ mod tests {
         server_outer.write_all(b"y").await.unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
         tokio::task::yield_now().await;
-        assert!(
-            !tunnel.is_finished(),
-            "traffic at 20 s must push the deadline to 50 s"
-        );
+        assert!(!tunnel.is_finished(), "traffic at 20 s must push the deadline to 50 s");
         tokio::time::advance(Duration::from_secs(15)).await;
         let end = tunnel.await.unwrap();
-        assert!(
-            matches!(end.reason, CloseReason::IdleTimeout(_)),
-            "{}",
-            end.reason
-        );
+        assert!(matches!(end.reason, CloseReason::IdleTimeout(_)), "{}", end.reason);
     }
 }

@@ -60,9 +60,7 @@ impl BackendBuilder {
 
     /// Starts the backend on 127.0.0.1:0.
     pub async fn start(self) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         let addr = listener.local_addr().expect("backend address");
         let shared = Arc::new(BackendShared {
             name: self.name.clone(),
@@ -136,19 +134,17 @@ impl Drop for TestBackend {
 }
 
 fn full(bytes: impl Into<Bytes>) -> TestBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 /// Behaviour: WebSocket handshakes → 101 (name as first message, then echo);
 /// `/status/NNN` → that status; POST/PUT → the body streamed back;
 /// anything else → 200 with the name as body. Every response has `x-server`;
-/// a request with `x-close` gets `Connection: close`.
-async fn serve(
-    shared: Arc<BackendShared>,
-    mut req: Request<Incoming>,
-) -> Result<Response<TestBody>, Infallible> {
+/// a request with `x-close` gets `Connection: close`; `?set_cookie=N=V` sets
+/// that cookie; the request's `Cookie` comes back as `x-seen-cookie`; an
+/// Engine.IO handshake (`?EIO=4&transport=polling` without `sid`) gets
+/// `0{"sid":"<name>-sid-<n>",…}`.
+async fn serve(shared: Arc<BackendShared>, mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     shared.requests.fetch_add(1, Ordering::SeqCst);
     *shared.last_headers.lock().unwrap() = req.headers().clone();
     let name = shared.name.clone();
@@ -156,6 +152,25 @@ async fn serve(
     if req.headers().contains_key("x-close") {
         // hyper closes the connection after a response marked `Connection: close`.
         builder = builder.header(header::CONNECTION, "close");
+    }
+    if let Some(cookie) = req.headers().get(header::COOKIE) {
+        builder = builder.header("x-seen-cookie", cookie.clone());
+    }
+    let query = req.uri().query().unwrap_or_default().to_string();
+    for pair in query.split('&') {
+        if let Some(cookie) = pair.strip_prefix("set_cookie=") {
+            builder = builder.header(header::SET_COOKIE, format!("{cookie}; Path=/"));
+        }
+    }
+    let engine_io_handshake = query.contains("EIO=") && query.contains("transport=polling") && !query.contains("sid=");
+    if engine_io_handshake && req.headers().get(header::SEC_WEBSOCKET_KEY).is_none() {
+        let n = shared.requests.load(Ordering::SeqCst);
+        let body =
+            format!(r#"0{{"sid":"{name}-sid-{n}","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000}}"#);
+        return Ok(builder
+            .header(header::CONTENT_TYPE, "text/plain; charset=UTF-8")
+            .body(full(body))
+            .unwrap());
     }
     if let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() {
         if let Some(status) = shared.upgrade_status {
@@ -177,20 +192,16 @@ async fn serve(
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let mut ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             if ws.send(Message::text(announce)).await.is_err() {
                 return;
             }
             while let Some(Ok(message)) = ws.next().await {
-                match message {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.send(message).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    _ => {}
+                if message.is_close() {
+                    break;
+                }
+                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                    break;
                 }
             }
         });
@@ -198,10 +209,7 @@ async fn serve(
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "Upgrade")
             .header(header::UPGRADE, "websocket")
-            .header(
-                header::SEC_WEBSOCKET_ACCEPT,
-                derive_accept_key(key.as_bytes()),
-            );
+            .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()));
         if let Some(protocol) = protocol {
             response = response.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
@@ -263,8 +271,7 @@ impl Drop for RunningTether {
 
 /// Starts tether with `toml` (frontend binds should be "127.0.0.1:0").
 pub async fn start_tether(toml: &str) -> RunningTether {
-    let config =
-        tether::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
+    let config = tether::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
     let tether = tether::Tether::bind(&config).expect("bind tether");
     let first = config.frontend[0].name.get_ref().clone();
     let addr = tether.local_addrs(&first)[0];
@@ -283,11 +290,7 @@ pub async fn start_tether(toml: &str) -> RunningTether {
 
 /// A config with one frontend (`public`) whose default backend `pool` holds
 /// `servers`; `backend_extra` and `server_extra` are inserted verbatim.
-pub fn simple_config(
-    balance: &str,
-    backend_extra: &str,
-    servers: &[(&str, SocketAddr, &str)],
-) -> String {
+pub fn simple_config(balance: &str, backend_extra: &str, servers: &[(&str, SocketAddr, &str)]) -> String {
     let mut text = format!(
         "shutdown_grace = \"2s\"\n[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"pool\"\n\n\
          [[backend]]\nname = \"pool\"\nbalance = \"{balance}\"\n{backend_extra}\n"
@@ -307,9 +310,7 @@ pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRe
 }
 
 /// An HTTP/1 client connection over `stream`.
-pub async fn http_client_on(
-    stream: TcpStream,
-) -> hyper::client::conn::http1::SendRequest<TestBody> {
+pub async fn http_client_on(stream: TcpStream) -> hyper::client::conn::http1::SendRequest<TestBody> {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -357,16 +358,12 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens a WebSocket to `addr` + `path`; returns it and the name the server announced.
 pub async fn ws_connect(addr: SocketAddr, path: &str) -> (Ws, String) {
-    let request = format!("ws://{addr}{path}")
-        .into_client_request()
-        .expect("request");
+    let request = format!("ws://{addr}{path}").into_client_request().expect("request");
     ws_connect_with(request).await
 }
 
 /// Opens a WebSocket with a prepared handshake request.
-pub async fn ws_connect_with(
-    request: tokio_tungstenite::tungstenite::handshake::client::Request,
-) -> (Ws, String) {
+pub async fn ws_connect_with(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> (Ws, String) {
     let (mut ws, _response) = tokio_tungstenite::connect_async(request)
         .await
         .expect("websocket handshake");

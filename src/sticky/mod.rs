@@ -1,0 +1,248 @@
+//! Stickiness, a layer before the balancing algorithm: a client that already
+//! has a server (by cookie or by a learned session id) goes back to it.
+//!
+//! - `cookie`: tether's cookie naming the server, or the server's own session
+//!   cookie prefixed with the server id, plain or opaque (HMAC).
+//! - `table`: session ids learned from servers' responses, matched in later
+//!   requests' cookies, URL parameters or headers.
+//! - `engineio`: the Socket.IO handshake, whose `sid` is learned from its body.
+
+pub mod cookie;
+pub mod engineio;
+pub mod table;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::header::SET_COOKIE;
+use http::{HeaderMap, HeaderName, Request};
+
+use crate::balance::ServerId;
+use crate::config::types::{Preset, Sticky};
+use crate::lookup;
+use cookie::{CookieState, CookieSticky};
+use engineio::SidSniffer;
+use table::{MemoryTable, StickTable, MAX_KEY_LEN};
+
+/// Where a request may carry a learned session id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchKey {
+    /// A cookie.
+    Cookie(String),
+    /// A query parameter.
+    UrlParam(String),
+    /// A header.
+    Header(HeaderName),
+}
+
+impl MatchKey {
+    fn extract<'a, B>(&self, request: &'a Request<B>) -> Option<&'a str> {
+        let value = match self {
+            MatchKey::Cookie(name) => lookup::cookie(request.headers(), name)?,
+            MatchKey::UrlParam(name) => lookup::query_param(request.uri(), name)?,
+            MatchKey::Header(name) => request.headers().get(name)?.to_str().ok()?.trim(),
+        };
+        (!value.is_empty() && value.len() <= MAX_KEY_LEN).then_some(value)
+    }
+}
+
+/// The stickiness of one backend, built from its `sticky` settings.
+pub struct StickyPolicy {
+    /// Cookie stickiness, if configured.
+    pub cookie: Option<CookieSticky>,
+    /// Learn ids from this response cookie.
+    learn_cookie: Option<String>,
+    /// Learn ids from this response header.
+    learn_header: Option<HeaderName>,
+    /// Where requests carry learned ids, tried in order.
+    matches: Vec<MatchKey>,
+    /// Learn the `sid` of Engine.IO handshake responses.
+    engine_io: bool,
+    /// Learned ids; carried across reloads with the backend.
+    pub table: Option<Arc<dyn StickTable>>,
+    /// A stuck client whose server is unavailable goes elsewhere (else 503).
+    pub redispatch: bool,
+    /// Stuck clients count against `maxconn` too.
+    pub respects_maxconn: bool,
+}
+
+/// What stickiness says about one request.
+#[derive(Debug, Default)]
+pub struct Lookup {
+    /// The server the client is stuck to, if any.
+    pub target: Option<ServerId>,
+    /// What the stickiness cookie said.
+    pub cookie: Option<CookieState>,
+    /// Session ids the request carried that the table knows.
+    pub known_ids: Vec<String>,
+    /// The server the table named for them.
+    pub table_target: Option<ServerId>,
+    /// The request opens an Engine.IO session whose `sid` is to be learned.
+    pub engine_io_handshake: bool,
+}
+
+impl StickyPolicy {
+    /// Builds the policy for `servers` (name, cookie id) in `ServerId` order,
+    /// reusing `previous_table` (from before a reload) when there is one.
+    pub fn build(
+        config: &Sticky,
+        servers: &[(&str, Option<&str>)],
+        previous_table: Option<Arc<dyn StickTable>>,
+        redispatch: bool,
+        respects_maxconn: bool,
+    ) -> Self {
+        let cookie = config
+            .cookie
+            .as_deref()
+            .map(|name| CookieSticky::new(config, name, servers));
+        let learn = config.learn.as_ref();
+        let mut learn_cookie = learn.and_then(|l| l.response_cookie.clone());
+        let learn_header = learn
+            .and_then(|l| l.response_header.as_deref())
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        let mut matches: Vec<MatchKey> = config
+            .match_
+            .iter()
+            .filter_map(|m| {
+                let m = m.get_ref();
+                if let Some(c) = &m.cookie {
+                    Some(MatchKey::Cookie(c.clone()))
+                } else if let Some(p) = &m.url_param {
+                    Some(MatchKey::UrlParam(p.clone()))
+                } else {
+                    m.header
+                        .as_deref()
+                        .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                        .map(MatchKey::Header)
+                }
+            })
+            .collect();
+        let engine_io = config.preset == Some(Preset::EngineIo);
+        if engine_io {
+            learn_cookie.get_or_insert_with(|| "io".to_string());
+            for key in [MatchKey::UrlParam("sid".into()), MatchKey::Cookie("io".into())] {
+                if !matches.contains(&key) {
+                    matches.push(key);
+                }
+            }
+        }
+        let table = (!matches.is_empty()).then(|| {
+            previous_table.unwrap_or_else(|| {
+                Arc::new(MemoryTable::new(
+                    config.idle_timeout.get(),
+                    *config.max_entries.get_ref(),
+                )) as Arc<dyn StickTable>
+            })
+        });
+        Self {
+            cookie,
+            learn_cookie,
+            learn_header,
+            matches,
+            engine_io,
+            table,
+            redispatch,
+            respects_maxconn,
+        }
+    }
+
+    /// Finds the server `request` is stuck to: its cookie first, then the
+    /// session ids the table knows. `servers` maps names to ids.
+    pub fn lookup<B>(&self, request: &Request<B>, servers: &HashMap<Arc<str>, ServerId>) -> Lookup {
+        let mut found = Lookup::default();
+        if let Some(cookie) = &self.cookie {
+            let state = cookie.state(request.headers());
+            if let CookieState::Server(id) = state {
+                found.target = Some(id);
+            }
+            found.cookie = Some(state);
+        }
+        if let Some(table) = &self.table {
+            for key in &self.matches {
+                let Some(id) = key.extract(request) else { continue };
+                let Some(name) = table.get(id) else { continue };
+                if let Some(server) = servers.get(&name) {
+                    found.table_target.get_or_insert(*server);
+                    found.known_ids.push(id.to_string());
+                }
+            }
+            found.target = found.target.or(found.table_target);
+            found.engine_io_handshake = self.engine_io && engineio::is_handshake(request);
+        }
+        found
+    }
+
+    /// Rewrites the request's cookies before it goes to the server.
+    pub fn rewrite_request(&self, headers: &mut HeaderMap) {
+        if let Some(cookie) = &self.cookie {
+            cookie.rewrite_request(headers);
+        }
+    }
+
+    /// Applies stickiness to the response of `server`: sets or rewrites the
+    /// cookie, re-sticks ids that pointed elsewhere (after a redispatch),
+    /// learns ids the server handed out. Returns a learner for the body of an
+    /// Engine.IO handshake.
+    pub fn on_response(
+        &self,
+        headers: &mut HeaderMap,
+        server: ServerId,
+        server_name: &Arc<str>,
+        lookup: &Lookup,
+        https: bool,
+    ) -> Option<SidLearner> {
+        if let (Some(cookie), Some(state)) = (&self.cookie, lookup.cookie) {
+            cookie.rewrite_response(headers, server, state, https);
+        }
+        let table = self.table.as_ref()?;
+        if lookup.table_target.is_some_and(|t| t != server) {
+            for id in &lookup.known_ids {
+                table.insert(id, server_name.clone());
+            }
+        }
+        if let Some(name) = &self.learn_cookie {
+            for value in headers.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+                let pair = value.split(';').next().unwrap_or_default();
+                if let Some((cookie_name, id)) = pair.split_once('=') {
+                    if cookie_name.trim() == name && !id.trim().is_empty() {
+                        table.insert(id.trim(), server_name.clone());
+                    }
+                }
+            }
+        }
+        if let Some(header) = &self.learn_header {
+            if let Some(id) = headers.get(header).and_then(|v| v.to_str().ok()) {
+                table.insert(id.trim(), server_name.clone());
+            }
+        }
+        lookup.engine_io_handshake.then(|| SidLearner {
+            sniffer: SidSniffer::default(),
+            table: table.clone(),
+            server: server_name.clone(),
+        })
+    }
+}
+
+/// Learns the `sid` of an Engine.IO handshake as its body streams to the client.
+pub struct SidLearner {
+    sniffer: SidSniffer,
+    table: Arc<dyn StickTable>,
+    server: Arc<str>,
+}
+
+impl SidLearner {
+    /// Looks at the next body chunk.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if let Some(sid) = self.sniffer.feed(chunk) {
+            self.table.insert(&sid, self.server.clone());
+        }
+    }
+}
+
+impl std::fmt::Debug for SidLearner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidLearner")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}

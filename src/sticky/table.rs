@@ -1,0 +1,213 @@
+//! The stick table: session ids learned from servers, mapped to the server
+//! that issued them, forgotten after `idle_timeout` without use, bounded by
+//! `max_entries` with least-recently-used eviction.
+//!
+//! As in mini-redis, one ordered set `(last_use, seq, key)` serves both
+//! expiry (its front is the oldest) and LRU eviction (the same front).
+//! Expired entries are purged lazily on each access, so no background task
+//! is needed and a paused tokio clock drives the tests.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The longest session id tether stores; longer ones are ignored.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// A map from session id to server name, shared by the requests of one backend.
+///
+/// Synchronous on purpose: the in-memory table answers in nanoseconds; the
+/// Redis-shared table (scale-out issue) keeps a local table like this one in
+/// front and talks to Redis off the request path.
+pub trait StickTable: Send + Sync {
+    /// The server `key` is stuck to, refreshing its idle timer.
+    fn get(&self, key: &str) -> Option<Arc<str>>;
+    /// Sticks `key` to `server` (replacing any previous server).
+    fn insert(&self, key: &str, server: Arc<str>);
+    /// Forgets `key`.
+    fn remove(&self, key: &str);
+    /// Entries currently held (expired ones excluded).
+    fn len(&self) -> usize;
+    /// Whether the table holds no entry.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Entry {
+    server: Arc<str>,
+    last_use: Instant,
+    seq: u64,
+}
+
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// `(last_use, seq, key)`: oldest first; `seq` makes equal instants distinct.
+    order: BTreeSet<(Instant, u64, String)>,
+    next_seq: u64,
+}
+
+/// The in-memory stick table.
+pub struct MemoryTable {
+    idle_timeout: Duration,
+    max_entries: usize,
+    /// One short lock per lookup (per request, never per message).
+    inner: Mutex<Inner>,
+}
+
+impl MemoryTable {
+    /// A table forgetting ids after `idle_timeout` and holding at most `max_entries`.
+    pub fn new(idle_timeout: Duration, max_entries: usize) -> Self {
+        Self {
+            idle_timeout,
+            max_entries: max_entries.max(1),
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                order: BTreeSet::new(),
+                next_seq: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    fn purge_expired(&mut self, now: Instant, idle: Duration) {
+        while let Some((last_use, _, _)) = self.order.first() {
+            if *last_use + idle > now {
+                break;
+            }
+            if let Some((_, _, key)) = self.order.pop_first() {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    fn touch(&mut self, key: &str, now: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(entry) = self.entries.get_mut(key) {
+            self.order.remove(&(entry.last_use, entry.seq, key.to_string()));
+            entry.last_use = now;
+            entry.seq = seq;
+            self.order.insert((now, seq, key.to_string()));
+        }
+    }
+}
+
+impl StickTable for MemoryTable {
+    fn get(&self, key: &str) -> Option<Arc<str>> {
+        if key.len() > MAX_KEY_LEN {
+            return None;
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.purge_expired(now, self.idle_timeout);
+        let server = inner.entries.get(key)?.server.clone();
+        inner.touch(key, now);
+        Some(server)
+    }
+
+    fn insert(&self, key: &str, server: Arc<str>) {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return;
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.purge_expired(now, self.idle_timeout);
+        if let Some(entry) = inner.entries.get_mut(key) {
+            entry.server = server;
+            inner.touch(key, now);
+            return;
+        }
+        while inner.entries.len() >= self.max_entries {
+            match inner.order.pop_first() {
+                Some((_, _, oldest)) => {
+                    inner.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.entries.insert(
+            key.to_string(),
+            Entry {
+                server,
+                last_use: now,
+                seq,
+            },
+        );
+        inner.order.insert((now, seq, key.to_string()));
+    }
+
+    fn remove(&self, key: &str) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.entries.remove(key) {
+            inner.order.remove(&(entry.last_use, entry.seq, key.to_string()));
+        }
+    }
+
+    fn len(&self) -> usize {
+        let mut inner = self.lock();
+        inner.purge_expired(Instant::now(), self.idle_timeout);
+        inner.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_idle_timeout_without_use() {
+        let table = MemoryTable::new(Duration::from_secs(60), 100);
+        table.insert("abc", name("s1"));
+        table.insert("def", name("s2"));
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert_eq!(table.get("abc").as_deref(), Some("s1"), "use refreshes the timer");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(table.get("abc").as_deref(), Some("s1"));
+        assert_eq!(table.get("def"), None, "unused for 70 s: forgotten");
+        assert_eq!(table.len(), 1);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(table.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_least_recently_used_entry_is_evicted_at_max_entries() {
+        let table = MemoryTable::new(Duration::from_secs(3600), 3);
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            table.insert(key, name(&format!("s{i}")));
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert!(table.get("a").is_some()); // "b" is now the least recently used
+        table.insert("d", name("s3"));
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.get("b"), None);
+        assert!(table.get("a").is_some() && table.get("c").is_some() && table.get("d").is_some());
+    }
+
+    #[tokio::test]
+    async fn reinserting_moves_a_key_and_overlong_keys_are_ignored() {
+        let table = MemoryTable::new(Duration::from_secs(60), 10);
+        table.insert("k", name("s1"));
+        table.insert("k", name("s2"));
+        assert_eq!(table.get("k").as_deref(), Some("s2"));
+        assert_eq!(table.len(), 1);
+        let long = "x".repeat(MAX_KEY_LEN + 1);
+        table.insert(&long, name("s1"));
+        assert_eq!(table.get(&long), None);
+        table.remove("k");
+        assert!(table.is_empty());
+    }
+}

@@ -1,0 +1,359 @@
+//! Stickiness through a real tether: inserted, prefixed and opaque cookies,
+//! learned session ids, the Engine.IO preset, stale and hostile cookies.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
+use http::{HeaderMap, StatusCode};
+use support::*;
+
+/// GET with extra headers on a fresh connection.
+async fn get_with(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap) {
+    let mut client = http_client(addr).await;
+    let mut request = get_request(path);
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        request.headers_mut().insert(name, v.parse().unwrap());
+    }
+    let (status, headers, _) = send(&mut client, request).await;
+    (status, headers)
+}
+
+fn set_cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}="))?.split(';').next())
+}
+
+async fn three() -> (TestBackend, TestBackend, TestBackend) {
+    (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    )
+}
+
+fn insert_config(a: &TestBackend, b: &TestBackend, c: &TestBackend, sticky: &str, extra: &str) -> String {
+    simple_config(
+        "roundrobin",
+        &format!("sticky = {sticky}\n{extra}"),
+        &[
+            ("s1", a.addr, "cookie = \"s1\""),
+            ("s2", b.addr, "cookie = \"s2\""),
+            ("s3", c.addr, "cookie = \"s3\""),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn an_inserted_cookie_keeps_the_client_on_its_server() {
+    let (a, b, c) = three().await;
+    let sticky = r#"{ cookie = "SERVERID", mode = "insert", indirect = true, nocache = true }"#;
+    let tether = start_tether(&insert_config(&a, &b, &c, sticky, "")).await;
+    let (status, headers) = get_with(tether.addr, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let first = headers["x-server"].to_str().unwrap().to_string();
+    let all: Vec<_> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(all, vec![format!("SERVERID={first}; Path=/; HttpOnly")]);
+    assert_eq!(headers[CACHE_CONTROL], "no-cache=\"set-cookie\"");
+    let cookie = format!("SERVERID={first}; theme=dark");
+    for _ in 0..12 {
+        let (_, headers) = get_with(tether.addr, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(
+            headers["x-server"],
+            first.as_str(),
+            "roundrobin would rotate; the cookie must win"
+        );
+        assert!(headers.get(SET_COOKIE).is_none(), "a valid cookie is not set again");
+        assert_eq!(
+            headers["x-seen-cookie"], "theme=dark",
+            "indirect: the server never sees SERVERID"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_websocket_handshake_response_carries_the_cookie_and_honours_it() {
+    let (a, b, c) = three().await;
+    let sticky = r#"{ cookie = "SERVERID" }"#;
+    let tether = start_tether(&insert_config(&a, &b, &c, sticky, "")).await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let name = next_text(&mut ws).await;
+    let value = set_cookie_value(response.headers(), "SERVERID")
+        .expect("Set-Cookie on the 101")
+        .to_string();
+    assert_eq!(value, name);
+    for _ in 0..6 {
+        let mut request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert(COOKIE, format!("SERVERID={value}").parse().unwrap());
+        let (_, again) = ws_connect_with(request).await;
+        assert_eq!(again, name);
+    }
+}
+
+#[tokio::test]
+async fn garbage_unknown_and_overlong_cookies_are_ignored_and_replaced() {
+    let (a, b, c) = three().await;
+    let tether = start_tether(&insert_config(&a, &b, &c, r#"{ cookie = "SERVERID" }"#, "")).await;
+    let long = format!("SERVERID={}", "s1".repeat(200));
+    for cookie in [
+        "SERVERID=nonsense",
+        "SERVERID=",
+        "SERVERID=s9",
+        long.as_str(),
+        "SERVERID=%00%ff",
+    ] {
+        let (status, headers) = get_with(tether.addr, "/", &[("cookie", cookie)]).await;
+        assert_eq!(status, StatusCode::OK, "{cookie}");
+        let server = headers["x-server"].to_str().unwrap();
+        assert_eq!(
+            set_cookie_value(&headers, "SERVERID"),
+            Some(server),
+            "a fresh cookie for {cookie}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cookie_for_a_dead_server_is_redispatched_and_re_set() {
+    let (a, _b, c) = three().await;
+    let dead = closed_port().await;
+    let config = simple_config(
+        "roundrobin",
+        "sticky = { cookie = \"SERVERID\" }",
+        &[
+            ("s1", a.addr, "cookie = \"s1\""),
+            ("gone", dead, "cookie = \"gone\""),
+            ("s3", c.addr, "cookie = \"s3\""),
+        ],
+    );
+    let tether = start_tether(&config).await;
+    for _ in 0..5 {
+        let (status, headers) = get_with(tether.addr, "/", &[("cookie", "SERVERID=gone")]).await;
+        assert_eq!(status, StatusCode::OK);
+        let server = headers["x-server"].to_str().unwrap();
+        assert_ne!(server, "gone");
+        assert_eq!(
+            set_cookie_value(&headers, "SERVERID"),
+            Some(server),
+            "re-stuck to its new server"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cookie_for_a_down_server_gets_503_without_redispatch() {
+    let (a, b, c) = three().await;
+    let config = insert_config(&a, &b, &c, r#"{ cookie = "SERVERID" }"#, "redispatch = false");
+    let tether = start_tether(&config).await;
+    let snapshot = tether.handle.snapshot();
+    snapshot.backends[0].servers[1].state.up.store(false, Ordering::Relaxed);
+    let (status, headers) = get_with(tether.addr, "/", &[("cookie", "SERVERID=s2")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("x-request-id"));
+    let (status, _) = get_with(tether.addr, "/", &[("cookie", "SERVERID=s1")]).await;
+    assert_eq!(status, StatusCode::OK, "other stuck clients are unaffected");
+    let (status, headers) = get_with(tether.addr, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(headers["x-server"], "s2");
+}
+
+#[tokio::test]
+async fn a_stuck_client_ignores_maxconn_unless_told_to_respect_it() {
+    let (a, b, c) = three().await;
+    let servers = |extra: &str| {
+        simple_config(
+            "roundrobin",
+            &format!("sticky = {{ cookie = \"SERVERID\" }}\n{extra}"),
+            &[
+                ("s1", a.addr, "cookie = \"s1\"\nmaxconn = 1"),
+                ("s2", b.addr, "cookie = \"s2\""),
+                ("s3", c.addr, "cookie = \"s3\""),
+            ],
+        )
+    };
+    for (extra, expect_s1) in [("", true), ("sticky_respects_maxconn = true", false)] {
+        let tether = start_tether(&servers(extra)).await;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut first = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
+        first.headers_mut().insert(COOKIE, "SERVERID=s1".parse().unwrap());
+        let (_ws, name) = ws_connect_with(first).await; // s1 now holds its one slot
+        assert_eq!(name, "s1");
+        let (status, headers) = get_with(tether.addr, "/", &[("cookie", "SERVERID=s1")]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-server"] == "s1", expect_s1, "extra = {extra:?}");
+    }
+}
+
+#[tokio::test]
+async fn prefix_mode_prefixes_the_servers_cookie_and_hides_the_prefix_from_it() {
+    let (a, b, c) = three().await;
+    let tether = start_tether(&insert_config(
+        &a,
+        &b,
+        &c,
+        r#"{ cookie = "JSESSIONID", mode = "prefix" }"#,
+        "",
+    ))
+    .await;
+    let (_, headers) = get_with(tether.addr, "/login?set_cookie=JSESSIONID=abc123", &[]).await;
+    let server = headers["x-server"].to_str().unwrap().to_string();
+    let value = set_cookie_value(&headers, "JSESSIONID").unwrap().to_string();
+    assert_eq!(value, format!("{server}~abc123"));
+    for _ in 0..6 {
+        let (_, headers) = get_with(tether.addr, "/", &[("cookie", &format!("JSESSIONID={value}"))]).await;
+        assert_eq!(headers["x-server"], server.as_str());
+        assert_eq!(
+            headers["x-seen-cookie"], "JSESSIONID=abc123",
+            "the server never sees the prefix"
+        );
+    }
+}
+
+#[tokio::test]
+async fn opaque_cookies_reveal_no_name_resist_forgery_and_work_across_instances() {
+    let (a, b, c) = three().await;
+    let sticky = r#"{ cookie = "SERVERID", opaque = true, secret = "a shared secret of some length" }"#;
+    let config = insert_config(&a, &b, &c, sticky, "");
+    let first = start_tether(&config).await;
+    let second = start_tether(&config).await;
+    let (_, headers) = get_with(first.addr, "/", &[]).await;
+    let server = headers["x-server"].to_str().unwrap().to_string();
+    let value = set_cookie_value(&headers, "SERVERID").unwrap().to_string();
+    assert!(
+        value.len() == 24 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+        "value {value} must be an opaque digest, not a server name like {server}"
+    );
+    for tether in [&first, &second] {
+        let (_, headers) = get_with(tether.addr, "/", &[("cookie", &format!("SERVERID={value}"))]).await;
+        assert_eq!(headers["x-server"], server.as_str());
+        assert!(headers.get(SET_COOKIE).is_none());
+    }
+    let mut tampered = value.clone().into_bytes();
+    tampered[0] = if tampered[0] == b'0' { b'1' } else { b'0' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for forged in [format!("SERVERID={tampered}"), "SERVERID=s1".to_string()] {
+        let (status, headers) = get_with(first.addr, "/", &[("cookie", &forged)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            set_cookie_value(&headers, "SERVERID").is_some(),
+            "{forged} is ignored and a real cookie set"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_learned_session_id_routes_by_cookie_or_url_param() {
+    let (a, b, c) = three().await;
+    let sticky = r#"{ learn = { response_cookie = "io" }, match = [{ cookie = "io" }, { url_param = "sid" }] }"#;
+    let tether = start_tether(&insert_config(&a, &b, &c, sticky, "")).await;
+    let (_, headers) = get_with(tether.addr, "/start?set_cookie=io=abc", &[]).await;
+    let owner = headers["x-server"].to_str().unwrap().to_string();
+    for i in 0..9 {
+        let (_, headers) = if i % 2 == 0 {
+            get_with(tether.addr, "/poll?sid=abc", &[]).await
+        } else {
+            get_with(tether.addr, "/poll", &[("cookie", "io=abc")]).await
+        };
+        assert_eq!(headers["x-server"], owner.as_str(), "request {i}");
+    }
+    let table = tether.handle.snapshot().backends[0]
+        .sticky
+        .as_ref()
+        .unwrap()
+        .table
+        .clone()
+        .unwrap();
+    assert_eq!(table.len(), 1);
+    // An unknown id is balanced normally and not stored.
+    let _ = get_with(tether.addr, "/poll?sid=unknown", &[]).await;
+    assert_eq!(table.len(), 1);
+}
+
+#[tokio::test]
+async fn the_stick_table_survives_a_reload() {
+    let (a, b, c) = three().await;
+    let sticky = r#"{ learn = { response_cookie = "io" }, match = [{ url_param = "sid" }] }"#;
+    let config = insert_config(&a, &b, &c, sticky, "");
+    let tether = start_tether(&config).await;
+    let (_, headers) = get_with(tether.addr, "/start?set_cookie=io=xyz", &[]).await;
+    let owner = headers["x-server"].to_str().unwrap().to_string();
+    tether
+        .handle
+        .reload(&tether::config::parse(&config, "reloaded.toml").unwrap());
+    for _ in 0..6 {
+        let (_, headers) = get_with(tether.addr, "/poll?sid=xyz", &[]).await;
+        assert_eq!(headers["x-server"], owner.as_str());
+    }
+}
+
+#[tokio::test]
+async fn the_engine_io_preset_learns_the_sid_from_the_handshake_body() {
+    let (a, b, c) = three().await;
+    let tether = start_tether(&insert_config(&a, &b, &c, r#"{ preset = "engine.io" }"#, "")).await;
+    for _ in 0..3 {
+        let mut client = http_client(tether.addr).await;
+        let (status, headers, body) = send(&mut client, get_request("/socket.io/?EIO=4&transport=polling")).await;
+        assert_eq!(status, StatusCode::OK);
+        let owner = headers["x-server"].to_str().unwrap().to_string();
+        let body = String::from_utf8_lossy(&body).to_string();
+        let sid = body
+            .split("\"sid\":\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        for _ in 0..6 {
+            let (_, headers) = get_with(
+                tether.addr,
+                &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+                &[],
+            )
+            .await;
+            assert_eq!(headers["x-server"], owner.as_str(), "polling with sid={sid}");
+        }
+        let (_, name) = ws_connect(tether.addr, &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}")).await;
+        assert_eq!(name, owner, "the upgrade reaches the session's server");
+    }
+}
+
+#[tokio::test]
+async fn url_param_hashing_keeps_a_session_through_reconnects_and_moves_once_when_its_server_dies() {
+    let (a, b, c) = three().await;
+    let config = simple_config(
+        "url_param",
+        "hash_key = \"session_id\"",
+        &[("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")],
+    );
+    let tether = start_tether(&config).await;
+    let (_, first) = ws_connect(tether.addr, "/ws?session_id=player-42").await;
+    for _ in 0..50 {
+        let (_, name) = ws_connect(tether.addr, "/ws?session_id=player-42").await;
+        assert_eq!(name, first);
+    }
+    let mut servers = vec![a, b, c];
+    let index = servers.iter().position(|s| s.name() == first).unwrap();
+    let dead = servers.remove(index);
+    drop(dead);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (_, moved) = ws_connect(tether.addr, "/ws?session_id=player-42").await;
+    assert_ne!(moved, first);
+    for _ in 0..20 {
+        let (_, name) = ws_connect(tether.addr, "/ws?session_id=player-42").await;
+        assert_eq!(name, moved, "after moving once it stays");
+    }
+}
