@@ -131,6 +131,29 @@ async fn leastconn_keeps_300_long_lived_websockets_within_one_per_server() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leastconn_keeps_300_websockets_opened_concurrently_within_one_per_server() {
+    let backends = three_backends().await;
+    let tether = start_tether(&config_for("leastconn", "", &backends)).await;
+    let addr = tether.addr;
+    let opening: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(async move { ws_connect(addr, "/ws").await }))
+        .collect();
+    let mut open: HashMap<String, Vec<Ws>> = HashMap::new();
+    for task in opening {
+        let (ws, name) = task.await.expect("open task");
+        open.entry(name).or_default().push(ws);
+    }
+    let counts: BTreeMap<&str, usize> = open.iter().map(|(n, v)| (n.as_str(), v.len())).collect();
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (name, count) in &counts {
+        assert!(
+            (99..=101).contains(count),
+            "{name} holds {count} of 300 WebSockets: {counts:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn leastconn_sends_new_websockets_to_the_server_whose_sockets_all_closed() {
     let backends = three_backends().await;
@@ -148,10 +171,7 @@ async fn leastconn_sends_new_websockets_to_the_server_whose_sockets_all_closed()
     wait_active(&tether, emptied, 0).await;
     for i in 0..20 {
         let (ws, name) = ws_connect(tether.addr, "/ws").await;
-        assert_eq!(
-            name, emptied,
-            "new WebSocket {i} should go to the emptied server"
-        );
+        assert_eq!(name, emptied, "new WebSocket {i} should go to the emptied server");
         open.entry(name).or_default().push(ws);
     }
 }
@@ -175,21 +195,13 @@ async fn source_hash_keeps_each_client_address_on_one_server() {
         assert_eq!(seen.len(), 1, "{source} reached {seen:?}");
         reached.extend(seen);
     }
-    assert!(
-        reached.len() > 1,
-        "8 client addresses all reached {reached:?}"
-    );
+    assert!(reached.len() > 1, "8 client addresses all reached {reached:?}");
 }
 
 #[tokio::test]
 async fn url_param_hash_keeps_each_session_id_on_one_server_and_spreads_ids() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for(
-        "url_param",
-        "hash_key = \"session_id\"",
-        &backends,
-    ))
-    .await;
+    let tether = start_tether(&config_for("url_param", "hash_key = \"session_id\"", &backends)).await;
     let mut client = http_client(tether.addr).await;
     let mut reached = BTreeSet::new();
     for id in 0..20 {
@@ -207,28 +219,13 @@ async fn url_param_hash_keeps_each_session_id_on_one_server_and_spreads_ids() {
 #[tokio::test]
 async fn url_param_hash_without_the_param_falls_back_to_round_robin() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for(
-        "url_param",
-        "hash_key = \"session_id\"",
-        &backends,
-    ))
-    .await;
+    let tether = start_tether(&config_for("url_param", "hash_key = \"session_id\"", &backends)).await;
     let mut client = http_client(tether.addr).await;
     let mut reached = BTreeSet::new();
-    for path in [
-        "/chat",
-        "/chat?other=1",
-        "/chat?session_id=",
-        "/",
-        "/x",
-        "/y",
-    ] {
+    for path in ["/chat", "/chat?other=1", "/chat?session_id=", "/", "/x", "/y"] {
         reached.insert(served_by(&mut client, get_request(path)).await);
     }
-    assert!(
-        reached.len() > 1,
-        "requests without the key all reached {reached:?}"
-    );
+    assert!(reached.len() > 1, "requests without the key all reached {reached:?}");
 }
 
 #[tokio::test]
@@ -253,10 +250,7 @@ async fn header_hash_keeps_each_user_on_one_server_and_spreads_users() {
     for _ in 0..6 {
         keyless.insert(served_by(&mut client, get_request("/")).await);
     }
-    assert!(
-        keyless.len() > 1,
-        "keyless requests all reached {keyless:?}"
-    );
+    assert!(keyless.len() > 1, "keyless requests all reached {keyless:?}");
 }
 
 #[tokio::test]
@@ -277,11 +271,7 @@ async fn cookie_hash_keeps_each_sid_on_one_server_and_spreads_sids() {
     }
     assert!(reached.len() > 1, "20 sids all reached {reached:?}");
     let (status, _, _) = send(&mut client, get_with("/", "cookie", "theme=dark")).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "a request without the cookie is served"
-    );
+    assert_eq!(status, StatusCode::OK, "a request without the cookie is served");
 }
 
 #[tokio::test]
@@ -321,17 +311,11 @@ async fn a_server_with_weight_0_gets_no_traffic_under_any_algorithm() {
         let mut ws_open = Vec::new();
         for i in 0..60 {
             let name = served_by(&mut client, get_request(&format!("/?session_id=k{i}"))).await;
-            assert_ne!(
-                name, "s1",
-                "{balance}: request {i} reached the weight-0 server"
-            );
+            assert_ne!(name, "s1", "{balance}: request {i} reached the weight-0 server");
         }
         for i in 0..10 {
             let (ws, name) = ws_connect(tether.addr, &format!("/ws?session_id=w{i}")).await;
-            assert_ne!(
-                name, "s1",
-                "{balance}: WebSocket {i} reached the weight-0 server"
-            );
+            assert_ne!(name, "s1", "{balance}: WebSocket {i} reached the weight-0 server");
             ws_open.push(ws);
         }
         for ws in ws_open {
