@@ -5,6 +5,7 @@
 //! their server. See `DESIGN.md` in the shared folder for the architecture.
 
 pub mod balance;
+pub mod cidr;
 pub mod config;
 pub mod demo;
 pub mod instance;

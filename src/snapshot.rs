@@ -44,6 +44,10 @@ pub struct Frontend {
     pub default_backend: Option<BackendId>,
     /// Forwarding headers to add.
     pub forward: Vec<ForwardHeader>,
+    /// Peers whose `X-Forwarded-For` / PROXY header name the real client.
+    pub trusted_proxies: Vec<crate::cidr::Cidr>,
+    /// Trusted peers send a PROXY protocol header first.
+    pub proxy_protocol: bool,
     /// Keep-alive idle limit between requests.
     pub client_timeout: Duration,
     /// Time allowed for a request head once it started arriving.
@@ -119,6 +123,8 @@ impl Snapshot {
                     .collect(),
                 default_backend: f.default_backend.as_ref().and_then(|d| backend_index(d.get_ref())),
                 forward: f.forward_headers.clone(),
+                trusted_proxies: f.trusted_proxies.clone(),
+                proxy_protocol: *f.proxy_protocol.get_ref(),
                 client_timeout: f.timeouts.client.get(),
                 http_request_timeout: f.timeouts.http_request.get(),
             })

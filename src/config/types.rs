@@ -41,6 +41,12 @@ pub struct Frontend {
     /// Ordered rules; the first that matches chooses the backend.
     #[serde(default)]
     pub route: Vec<Route>,
+    /// Peers (load balancers, CDNs) whose `X-Forwarded-For` and PROXY headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<crate::cidr::Cidr>,
+    /// Trusted peers start every connection with a PROXY protocol v1 or v2 header.
+    #[serde(default = "defaults::off")]
+    pub proxy_protocol: Spanned<bool>,
     /// Which forwarding headers tether adds to requests sent to servers.
     #[serde(default = "defaults::forward_headers")]
     pub forward_headers: Vec<ForwardHeader>,
@@ -422,6 +428,9 @@ pub mod defaults {
     }
     pub(crate) fn hash() -> toml::Spanned<super::HashMethod> {
         toml::Spanned::new(0..0, super::HashMethod::Map)
+    }
+    pub(crate) fn off() -> toml::Spanned<bool> {
+        toml::Spanned::new(0..0, false)
     }
     pub(crate) fn yes() -> bool {
         true

@@ -59,6 +59,12 @@ pub(crate) fn validate(config: &Config, source: &SourceMap<'_>) -> Result<(), Co
                 "`bind` is empty: list at least one address, like [\"0.0.0.0:8080\"]",
             ));
         }
+        if *frontend.proxy_protocol.get_ref() && frontend.trusted_proxies.is_empty() {
+            return Err(source.error(
+                Some(frontend.proxy_protocol.span()),
+                "`proxy_protocol` is only accepted from trusted peers: list them in `trusted_proxies = [\"10.0.0.0/8\"]`",
+            ));
+        }
         if let Some(default) = &frontend.default_backend {
             check_backend_exists(default, &backend_names, source)?;
         }

@@ -22,7 +22,7 @@ use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, RequestId, TunnelLog};
 use super::pool::{self, UpstreamSender};
 use super::upgrade::{self, Handshake};
-use super::{tunnel, Shared, TrackerToken};
+use super::{client_addr, tunnel, Shared, TrackerToken};
 use crate::balance::{ip_octets_of, Candidates, RequestKey, ServerId};
 use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
@@ -47,22 +47,22 @@ pub struct ConnContext {
 }
 
 /// hyper's service function: forwards `request` and never fails (errors become responses).
-pub async fn handle(
-    context: Arc<ConnContext>,
-    request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(context: Arc<ConnContext>, request: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
     context.activity.request_started();
     let snapshot = context.shared.snapshot.load_full();
-    let frontend_name = snapshot
-        .frontends
-        .get(context.frontend)
-        .map(|f| f.name.clone())
-        .unwrap_or_else(|| Arc::from("-"));
+    let frontend = snapshot.frontends.get(context.frontend);
+    // Behind trusted proxies the client is the rightmost untrusted X-Forwarded-For hop.
+    let client_ip = match frontend {
+        Some(f) if !f.trusted_proxies.is_empty() => {
+            client_addr::client_ip(context.client.ip(), request.headers(), &f.trusted_proxies)
+        }
+        _ => context.client.ip(),
+    };
     let exchange = Box::new(Exchange::new(
         HttpLog {
             request_id: RequestId::next(),
-            client: context.client,
-            frontend: frontend_name,
+            client: SocketAddr::new(client_ip, context.client.port()),
+            frontend: frontend.map_or_else(|| Arc::from("-"), |f| f.name.clone()),
             backend: None,
             server: None,
             method: request.method().clone(),
@@ -75,13 +75,8 @@ pub async fn handle(
         },
         context.activity.clone(),
     ));
-    let Some(frontend) = snapshot.frontends.get(context.frontend) else {
-        return Ok(local_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this frontend is no longer configured",
-            exchange,
-            true,
-        ));
+    let Some(frontend) = frontend else {
+        return Ok(local_response(StatusCode::SERVICE_UNAVAILABLE, "this frontend is no longer configured", exchange, true));
     };
     Ok(forward(&context, &snapshot, frontend, request, exchange).await)
 }
@@ -128,7 +123,7 @@ async fn forward(
     let backend = &snapshot.backends[backend_id];
     exchange.log.backend = Some(backend.name.clone());
 
-    let client_ip = ip_octets_of(context.client.ip());
+    let client_ip = ip_octets_of(exchange.log.client.ip());
     let key = RequestKey {
         hash_input: backend.key_source.extract(&request, client_ip.as_slice()),
     };
@@ -230,7 +225,7 @@ async fn forward(
         let tunnel = TunnelJob {
             token: context.shared.open.enter(),
             shared: context.shared.clone(),
-            client: context.client,
+            client: exchange.log.client,
             request_id: exchange.log.request_id,
             frontend: frontend.name.clone(),
             backend: backend.name.clone(),

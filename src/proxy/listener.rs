@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::sleep_until;
 
+use super::client_addr::{is_trusted, read_proxy_header};
 use super::conn::{ConnActivity, WatchedIo};
 use super::http::{handle, ConnContext};
 use super::{Shared, TrackerToken};
@@ -40,20 +41,38 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: u
 }
 
 async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
     shared: Arc<Shared>,
     frontend: usize,
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (client_timeout, head_timeout) = {
+    let (client_timeout, head_timeout, expects_proxy_header) = {
         let snapshot = shared.snapshot.load();
         match snapshot.frontends.get(frontend) {
-            Some(f) => (f.client_timeout, f.http_request_timeout),
+            Some(f) => (
+                f.client_timeout,
+                f.http_request_timeout,
+                f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
+            ),
             None => return,
         }
     };
+    if expects_proxy_header {
+        match tokio::time::timeout(head_timeout, read_proxy_header(&mut stream)).await {
+            Ok(Ok(Some(client))) => peer = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(peer = %peer, cause = %err, "PROXY header refused: connection closed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(peer = %peer, "no PROXY header in time: connection closed");
+                return;
+            }
+        }
+    }
     let activity = Arc::new(ConnActivity::new());
     let context = Arc::new(ConnContext {
         shared: shared.clone(),

@@ -2,6 +2,7 @@
 //! to WebSocket tunnels, and the upstream pool.
 
 pub mod body;
+pub mod client_addr;
 pub mod conn;
 pub mod headers;
 pub mod http;
