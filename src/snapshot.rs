@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balance::{self, Balancer, Candidate, KeySource};
-use crate::config::types::{self, ForwardHeader};
+use crate::balance::{self, Balancer, Candidate, HashSettings, KeySource, DEFAULT_TABLE_SIZE};
+use crate::config::types::{self, ForwardHeader, HashMethod};
 use crate::config::Config;
 use crate::route::{Condition, Route};
 use crate::state::ServerState;
@@ -183,6 +183,11 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         })
         .collect();
     let balance = *config.balance.get_ref();
+    let weights: Vec<(&str, u32)> = config
+        .server
+        .iter()
+        .map(|s| (s.name.get_ref().as_str(), *s.weight.get_ref()))
+        .collect();
     let server_index = servers.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
     let sticky = config.sticky.as_ref().map(|sticky| {
         let ids: Vec<(&str, Option<&str>)> = config
@@ -203,7 +208,7 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         server_index,
         sticky,
         name: Arc::from(config.name.get_ref().as_str()),
-        balancer: balance::build(balance, servers.len()),
+        balancer: balance::build(balance, hash_settings(config), &weights),
         key_source: KeySource::new(balance, config.hash_key.as_ref().map(|k| k.get_ref().as_str())),
         servers,
         candidates,
@@ -211,5 +216,20 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         connect_timeout: config.timeouts.connect.get(),
         server_timeout: config.timeouts.server.get(),
         tunnel_timeout: config.timeouts.tunnel.get(),
+    }
+}
+
+fn hash_settings(config: &types::Backend) -> HashSettings {
+    let balance_factor = config.balance_factor.as_ref().map(|f| *f.get_ref());
+    match config.hash.get_ref() {
+        HashMethod::Map => HashSettings::Map,
+        HashMethod::Consistent => HashSettings::Consistent { balance_factor },
+        HashMethod::Maglev => HashSettings::Maglev {
+            table_size: config
+                .maglev_table_size
+                .as_ref()
+                .map_or(DEFAULT_TABLE_SIZE, |s| *s.get_ref()),
+            balance_factor,
+        },
     }
 }

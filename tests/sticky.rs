@@ -357,3 +357,26 @@ async fn url_param_hashing_keeps_a_session_through_reconnects_and_moves_once_whe
         assert_eq!(name, moved, "after moving once it stays");
     }
 }
+
+#[tokio::test]
+async fn consistent_and_maglev_hashing_agree_across_instances_without_shared_state() {
+    let (a, b, c) = three().await;
+    for hash in ["consistent", "maglev"] {
+        let config = simple_config(
+            "url_param",
+            &format!("hash_key = \"room\"\nhash = \"{hash}\"\nbalance_factor = 1.25"),
+            &[("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")],
+        );
+        let first = start_tether(&config).await;
+        let second = start_tether(&config).await;
+        let mut used = std::collections::HashSet::new();
+        for room in 0..30 {
+            let path = format!("/?room=r{room}");
+            let server = server_of(first.addr, &path).await;
+            assert_eq!(server_of(second.addr, &path).await, server, "{hash}: room r{room}");
+            assert_eq!(server_of(first.addr, &path).await, server, "{hash}: stable");
+            used.insert(server);
+        }
+        assert_eq!(used.len(), 3, "{hash}: keys spread over every server");
+    }
+}

@@ -7,7 +7,9 @@
 mod hash;
 mod key;
 mod least_conn;
+mod maglev;
 mod random;
+mod ring;
 mod round_robin;
 
 use std::sync::Arc;
@@ -18,7 +20,9 @@ use crate::state::ServerState;
 pub use hash::{hash_bytes, Hash};
 pub use key::{ip_octets_of, IpOctets, KeySource};
 pub use least_conn::LeastConn;
+pub use maglev::{is_prime, Maglev, DEFAULT_TABLE_SIZE};
 pub use random::PowerOfTwo;
+pub use ring::Ring;
 pub use round_robin::RoundRobin;
 
 /// Index of a server within its backend.
@@ -30,14 +34,40 @@ pub trait Balancer: Send + Sync {
     fn pick(&self, candidates: &Candidates<'_>, key: &RequestKey<'_>) -> Option<ServerId>;
 }
 
-/// Builds the algorithm named in the config.
-pub fn build(balance: Balance, servers: usize) -> Box<dyn Balancer> {
+/// How a hashing balance maps keys to servers, as configured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HashSettings {
+    /// Modulo the total weight.
+    Map,
+    /// A weighted ring with virtual nodes, optionally with bounded loads.
+    Consistent {
+        /// Bounded-loads factor (e.g. 1.25).
+        balance_factor: Option<f64>,
+    },
+    /// A Maglev lookup table, optionally with bounded loads.
+    Maglev {
+        /// Prime table size.
+        table_size: usize,
+        /// Bounded-loads factor.
+        balance_factor: Option<f64>,
+    },
+}
+
+/// Builds the algorithm named in the config over `servers` (name, weight),
+/// in `ServerId` order. Names seed the consistent structures, so instances
+/// with the same config map every key the same way.
+pub fn build(balance: Balance, hash: HashSettings, servers: &[(&str, u32)]) -> Box<dyn Balancer> {
     match balance {
-        Balance::Roundrobin => Box::new(RoundRobin::new(servers)),
+        Balance::Roundrobin => Box::new(RoundRobin::new(servers.len())),
         Balance::Leastconn => Box::new(LeastConn::default()),
-        Balance::Source | Balance::Uri | Balance::UrlParam | Balance::Header | Balance::Cookie => {
-            Box::new(Hash::new(servers))
-        }
+        Balance::Source | Balance::Uri | Balance::UrlParam | Balance::Header | Balance::Cookie => match hash {
+            HashSettings::Map => Box::new(Hash::new(servers.len())),
+            HashSettings::Consistent { balance_factor } => Box::new(Ring::new(servers, balance_factor)),
+            HashSettings::Maglev {
+                table_size,
+                balance_factor,
+            } => Box::new(Maglev::new(servers, table_size, balance_factor)),
+        },
         Balance::Random => Box::new(PowerOfTwo::default()),
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
+use crate::balance::is_prime;
 use super::types::{Balance, Condition, Config, CookieMode, HashMethod, Route, SameSite, Sticky};
 
 /// The largest weight a server may have (HAProxy allows 256; a little more room costs nothing).
@@ -264,18 +265,14 @@ fn validate_hashing(backend: &super::types::Backend, source: &SourceMap<'_>) -> 
             return Err(source.error(Some(size.span()), "`maglev_table_size` needs hash = \"maglev\""));
         }
         let n = *size.get_ref();
-        if !(is_prime(n) && (backend.server.len()..=10_000_019).contains(&n)) {
+        if !(is_prime(n) && (backend.server.len()..=1_000_003).contains(&n)) {
             return Err(source.error(
                 Some(size.span()),
-                "`maglev_table_size` must be a prime larger than the number of servers, at most 10000019 (default 65537)",
+                "`maglev_table_size` must be a prime larger than the number of servers, at most 1000003 (default 65537)",
             ));
         }
     }
     Ok(())
-}
-
-fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 fn validate_sticky(sticky: &Spanned<Sticky>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
