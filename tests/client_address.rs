@@ -7,8 +7,10 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn source_config(servers: &[(&str, std::net::SocketAddr, &str)], frontend_extra: &str) -> String {
-    simple_config("source", "", servers)
-        .replace("default_backend = \"pool\"", &format!("default_backend = \"pool\"\n{frontend_extra}"))
+    simple_config("source", "", servers).replace(
+        "default_backend = \"pool\"",
+        &format!("default_backend = \"pool\"\n{frontend_extra}"),
+    )
 }
 
 async fn server_from(source: &str, addr: std::net::SocketAddr, xff: &str) -> String {
@@ -22,7 +24,11 @@ async fn server_from(source: &str, addr: std::net::SocketAddr, xff: &str) -> Str
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_forwarded_client_is_hashed() {
-    let (a, b, c) = (backend("s1").start().await, backend("s2").start().await, backend("s3").start().await);
+    let (a, b, c) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
     let servers = [("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")];
     let tether = start_tether(&source_config(&servers, "trusted_proxies = [\"127.0.0.0/8\"]")).await;
     let mut seen = std::collections::HashSet::new();
@@ -31,20 +37,33 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_hashed() {
         let expected = server_from("127.0.0.2", tether.addr, &client).await;
         // Another proxy address, and a trusted hop appended: the same client, the same server.
         assert_eq!(server_from("127.0.0.3", tether.addr, &client).await, expected);
-        assert_eq!(server_from("127.0.0.4", tether.addr, &format!("{client}, 127.0.0.9")).await, expected);
+        assert_eq!(
+            server_from("127.0.0.4", tether.addr, &format!("{client}, 127.0.0.9")).await,
+            expected
+        );
         seen.insert(expected);
     }
-    assert!(seen.len() > 1, "different clients behind one proxy must spread: {seen:?}");
+    assert!(
+        seen.len() > 1,
+        "different clients behind one proxy must spread: {seen:?}"
+    );
 }
 
 #[tokio::test]
 async fn an_untrusted_peer_cannot_choose_its_address() {
-    let (a, b, c) = (backend("s1").start().await, backend("s2").start().await, backend("s3").start().await);
+    let (a, b, c) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
     let servers = [("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")];
     let tether = start_tether(&source_config(&servers, "trusted_proxies = [\"10.0.0.0/8\"]")).await;
     let first = server_from("127.0.0.2", tether.addr, "198.51.100.1").await;
     for n in 2..=12 {
-        assert_eq!(server_from("127.0.0.2", tether.addr, &format!("198.51.100.{n}")).await, first);
+        assert_eq!(
+            server_from("127.0.0.2", tether.addr, &format!("198.51.100.{n}")).await,
+            first
+        );
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
-use crate::balance::is_prime;
 use super::types::{Balance, Condition, Config, CookieMode, HashMethod, Route, SameSite, Sticky};
+use crate::balance::is_prime;
 
 /// The largest weight a server may have (HAProxy allows 256; a little more room costs nothing).
 pub const MAX_WEIGHT: u32 = 1000;

@@ -135,14 +135,20 @@ fn parse_v1(line: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError> {
     match parts.as_slice() {
         ["PROXY", "UNKNOWN", ..] => Ok(None),
         ["PROXY", family @ ("TCP4" | "TCP6"), source, _destination, source_port, _destination_port] => {
-            let ip: IpAddr = source.parse().map_err(|_| ProxyHeaderError::Malformed("bad source address"))?;
+            let ip: IpAddr = source
+                .parse()
+                .map_err(|_| ProxyHeaderError::Malformed("bad source address"))?;
             if (*family == "TCP4") != ip.is_ipv4() {
                 return Err(ProxyHeaderError::Malformed("address does not match the family"));
             }
-            let port: u16 = source_port.parse().map_err(|_| ProxyHeaderError::Malformed("bad source port"))?;
+            let port: u16 = source_port
+                .parse()
+                .map_err(|_| ProxyHeaderError::Malformed("bad source port"))?;
             Ok(Some(SocketAddr::new(ip, port)))
         }
-        _ => Err(ProxyHeaderError::Malformed("v1 line is not `PROXY TCP4|TCP6 src dst sport dport`")),
+        _ => Err(ProxyHeaderError::Malformed(
+            "v1 line is not `PROXY TCP4|TCP6 src dst sport dport`",
+        )),
     }
 }
 
@@ -158,11 +164,18 @@ mod tests {
     fn the_rightmost_untrusted_hop_is_the_client() {
         let trusted = cidrs(&["10.0.0.0/8"]);
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.0.0.5".parse().unwrap());
+        h.insert(
+            "x-forwarded-for",
+            "198.51.100.1, 203.0.113.9, 10.0.0.5".parse().unwrap(),
+        );
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(client_ip(peer, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
         let outsider: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(client_ip(outsider, &h, &trusted), outsider, "an untrusted peer's header is ignored");
+        assert_eq!(
+            client_ip(outsider, &h, &trusted),
+            outsider,
+            "an untrusted peer's header is ignored"
+        );
         h.insert("x-forwarded-for", "not-an-ip".parse().unwrap());
         assert_eq!(client_ip(peer, &h, &trusted), peer, "a garbled list is ignored");
         assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);

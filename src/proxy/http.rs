@@ -47,7 +47,10 @@ pub struct ConnContext {
 }
 
 /// hyper's service function: forwards `request` and never fails (errors become responses).
-pub async fn handle(context: Arc<ConnContext>, request: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    context: Arc<ConnContext>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     context.activity.request_started();
     let snapshot = context.shared.snapshot.load_full();
     let frontend = snapshot.frontends.get(context.frontend);
@@ -76,7 +79,12 @@ pub async fn handle(context: Arc<ConnContext>, request: Request<Incoming>) -> Re
         context.activity.clone(),
     ));
     let Some(frontend) = frontend else {
-        return Ok(local_response(StatusCode::SERVICE_UNAVAILABLE, "this frontend is no longer configured", exchange, true));
+        return Ok(local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this frontend is no longer configured",
+            exchange,
+            true,
+        ));
     };
     Ok(forward(&context, &snapshot, frontend, request, exchange).await)
 }
