@@ -1,0 +1,329 @@
+//! Turns the JSON result lines of a run into one markdown table: per target
+//! and mode the median figure with its min–max over rounds, the ratio to
+//! `direct`, and tether's ratio to HAProxy and NGINX.
+//!
+//! Every result line carries `target` (`direct`, `tether`, `haproxy`,
+//! `nginx`), `workers` (0 for `direct`), `mode` and `ok`; a line with
+//! `ok: false` marks a run that failed, and its `first_error` is listed under
+//! the table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// The proxies compared, in table order.
+pub const PROXIES: [&str; 3] = ["tether", "haproxy", "nginx"];
+
+/// Median, minimum and maximum of a set of figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// The median (mean of the two middle values for an even count).
+    pub median: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// How many values.
+    pub n: usize,
+}
+
+impl Spread {
+    /// The spread of `values`, or `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        })
+    }
+}
+
+/// Formats with thousands separators and `decimals` digits after the point.
+pub fn fmt_num(x: f64, decimals: usize) -> String {
+    let s = format!("{:.*}", decimals, x.abs());
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i.to_string(), Some(f.to_string())),
+        None => (s.clone(), None),
+    };
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    let sign = if x < 0.0 { "-" } else { "" };
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+fn fmt_spread(s: &Spread, decimals: usize) -> String {
+    if s.n > 1 && s.min != s.max {
+        format!(
+            "{} ({}–{})",
+            fmt_num(s.median, decimals),
+            fmt_num(s.min, decimals),
+            fmt_num(s.max, decimals)
+        )
+    } else {
+        fmt_num(s.median, decimals)
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "—".to_string(),
+    }
+}
+
+/// The runs of one target, worker count and mode.
+#[derive(Debug, Default)]
+struct Cell {
+    /// Runs that produced a figure.
+    ok: Vec<Value>,
+    /// Of those, runs that also had errors (lost connections, failed cycles).
+    flagged: usize,
+    /// Runs without a figure.
+    failed: usize,
+}
+
+impl Cell {
+    fn spread(&self, field: &str) -> Option<Spread> {
+        let v: Vec<f64> = self
+            .ok
+            .iter()
+            .filter_map(|r| r.get(field).and_then(Value::as_f64))
+            .collect();
+        Spread::of(&v)
+    }
+
+    fn median(&self, field: &str) -> Option<f64> {
+        self.spread(field).map(|s| s.median)
+    }
+
+    /// The figure, "failed" if every run failed, "—" if none ran.
+    fn show(&self, field: &str, decimals: usize) -> String {
+        match self.spread(field) {
+            Some(s) => {
+                let mut out = fmt_spread(&s, decimals);
+                if self.flagged > 0 {
+                    out.push_str(" *");
+                }
+                if self.failed > 0 {
+                    let _ = write!(out, " ({} failed)", self.failed);
+                }
+                out
+            }
+            None if self.failed > 0 => "failed".to_string(),
+            None => "—".to_string(),
+        }
+    }
+}
+
+type Key = (String, u64, String);
+
+fn group(records: &[Value]) -> BTreeMap<Key, Cell> {
+    let mut cells: BTreeMap<Key, Cell> = BTreeMap::new();
+    for r in records {
+        let (Some(target), Some(mode)) = (
+            r.get("target").and_then(Value::as_str),
+            r.get("mode").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let workers = r.get("workers").and_then(Value::as_u64).unwrap_or(0);
+        let cell = cells
+            .entry((target.to_string(), workers, mode.to_string()))
+            .or_default();
+        let ok = r.get("ok").and_then(Value::as_bool).unwrap_or(false);
+        let positive = |f: &str| r.get(f).and_then(Value::as_f64).is_some_and(|x| x > 0.0);
+        if positive("rate") || positive("opened") {
+            if !ok {
+                cell.flagged += 1;
+            }
+            cell.ok.push(r.clone());
+        } else {
+            cell.failed += 1;
+        }
+    }
+    cells
+}
+
+/// Renders the table (and a list of failures under it) from result lines.
+pub fn render(records: &[Value]) -> String {
+    let cells = group(records);
+    let empty = Cell::default();
+    let cell = |t: &str, w: u64, m: &str| cells.get(&(t.to_string(), w, m.to_string())).unwrap_or(&empty);
+    let mut workers: Vec<u64> = cells.keys().filter(|k| k.0 != "direct").map(|k| k.1).collect();
+    workers.sort_unstable();
+    workers.dedup();
+
+    // Proxies that appear in the results at all (a subset may have been run).
+    let present: Vec<&str> = PROXIES
+        .iter()
+        .copied()
+        .filter(|p| cells.keys().any(|k| k.0 == *p))
+        .collect();
+    let direct = |m: &str, f: &str| cell("direct", 0, m).median(f);
+    let mut out = String::new();
+    out.push_str("| workers | target | echo msg/s | × direct | echo p50 / p99 / p99.9 µs | handshakes/s | × direct | handshake p50 / p99 µs | http req/s | × direct | idle KiB/conn | idle alive / opened |\n");
+    out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+
+    let row = |out: &mut String, label_w: &str, t: &str, w: u64| {
+        let echo = cell(t, w, "echo");
+        let conn = cell(t, w, "connect");
+        let http = cell(t, w, "http");
+        let idle = cell(t, w, "idle");
+        let lat = match (echo.median("p50_us"), echo.median("p99_us"), echo.median("p999_us")) {
+            (Some(a), Some(b), Some(c)) => format!("{a:.0} / {b:.0} / {c:.0}"),
+            _ => echo.show("p99_us", 0),
+        };
+        let hlat = match (conn.median("p50_us"), conn.median("p99_us")) {
+            (Some(a), Some(b)) => format!("{a:.0} / {b:.0}"),
+            _ => conn.show("p99_us", 0),
+        };
+        let alive = match (idle.median("alive"), idle.median("opened"), idle.median("count")) {
+            (Some(a), Some(o), Some(n)) if o < n => {
+                format!("{} / {} (of {})", fmt_num(a, 0), fmt_num(o, 0), fmt_num(n, 0))
+            }
+            (Some(a), Some(o), _) => format!("{} / {}", fmt_num(a, 0), fmt_num(o, 0)),
+            _ => idle.show("alive", 0),
+        };
+        let x = |c: &Cell, m: &str| {
+            if t == "direct" {
+                if c.ok.is_empty() { "—" } else { "1.00" }.to_string()
+            } else {
+                ratio(c.median("rate"), direct(m, "rate"))
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {label_w} | {t} | {} | {} | {lat} | {} | {} | {hlat} | {} | {} | {} | {alive} |",
+            echo.show("rate", 0),
+            x(echo, "echo"),
+            conn.show("rate", 0),
+            x(conn, "connect"),
+            http.show("rate", 0),
+            x(http, "http"),
+            idle.show("kib_per_conn", 2),
+        );
+    };
+
+    row(&mut out, "–", "direct", 0);
+    for &w in &workers {
+        for &t in &present {
+            row(&mut out, &w.to_string(), t, w);
+        }
+        if !present.contains(&"tether") {
+            continue;
+        }
+        for other in ["haproxy", "nginx"].into_iter().filter(|o| present.contains(o)) {
+            let m = |t: &str, mode: &str, f: &str| cell(t, w, mode).median(f);
+            let _ = writeln!(
+                out,
+                "| {w} | **tether ÷ {other}** | **{}** | | p99 {} | **{}** | | p99 {} | **{}** | | {} | |",
+                ratio(m("tether", "echo", "rate"), m(other, "echo", "rate")),
+                ratio(m("tether", "echo", "p99_us"), m(other, "echo", "p99_us")),
+                ratio(m("tether", "connect", "rate"), m(other, "connect", "rate")),
+                ratio(m("tether", "connect", "p99_us"), m(other, "connect", "p99_us")),
+                ratio(m("tether", "http", "rate"), m(other, "http", "rate")),
+                ratio(m("tether", "idle", "kib_per_conn"), m(other, "idle", "kib_per_conn")),
+            );
+        }
+    }
+
+    // The same failure in several rounds is listed once, with its count.
+    let mut notes: Vec<(String, usize)> = Vec::new();
+    for r in records {
+        let ok = r.get("ok").and_then(Value::as_bool).unwrap_or(false);
+        let err = r.get("first_error").and_then(Value::as_str);
+        if !ok || err.is_some() {
+            let t = r.get("target").and_then(Value::as_str).unwrap_or("?");
+            let w = r.get("workers").and_then(Value::as_u64).unwrap_or(0);
+            let m = r.get("mode").and_then(Value::as_str).unwrap_or("?");
+            let positive = |f: &str| r.get(f).and_then(Value::as_f64).is_some_and(|x| x > 0.0);
+            let what = if positive("rate") || positive("opened") {
+                "had errors"
+            } else {
+                "failed"
+            };
+            let line = format!("{t}/{w} {m} {what}: {}", err.unwrap_or("no result"));
+            match notes.iter_mut().find(|(l, _)| *l == line) {
+                Some((_, n)) => *n += 1,
+                None => notes.push((line, 1)),
+            }
+        }
+    }
+    if !notes.is_empty() {
+        out.push_str("\nRuns with errors (a figure marked * includes such runs):\n");
+        for (line, n) in notes {
+            let runs = if n == 1 {
+                "1 run".to_string()
+            } else {
+                format!("{n} runs")
+            };
+            let _ = writeln!(out, "- {line} ({runs})");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn median_and_range() {
+        let s = Spread::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert_eq!(Spread::of(&[1.0, 2.0, 4.0, 10.0]).unwrap().median, 3.0);
+        assert!(Spread::of(&[]).is_none());
+    }
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(fmt_num(1234567.0, 0), "1,234,567");
+        assert_eq!(fmt_num(999.0, 0), "999");
+        assert_eq!(fmt_num(4.456, 2), "4.46");
+        assert_eq!(fmt_num(-1500.0, 0), "-1,500");
+    }
+
+    #[test]
+    fn table_has_ratios_and_failures() {
+        let records = vec![
+            json!({"target":"direct","workers":0,"mode":"echo","ok":true,"rate":100.0,"p50_us":10.0,"p99_us":20.0,"p999_us":30.0}),
+            json!({"target":"haproxy","workers":1,"mode":"echo","ok":true,"rate":50.0,"p50_us":20.0,"p99_us":40.0,"p999_us":60.0}),
+            json!({"target":"haproxy","workers":1,"mode":"echo","ok":true,"rate":40.0,"p50_us":20.0,"p99_us":40.0,"p999_us":60.0}),
+            json!({"target":"haproxy","workers":1,"mode":"echo","ok":true,"rate":60.0,"p50_us":20.0,"p99_us":40.0,"p999_us":60.0}),
+            json!({"target":"tether","workers":1,"mode":"echo","ok":false,"first_error":"did not start"}),
+            json!({"target":"nginx","workers":1,"mode":"echo","ok":true,"rate":45.0,"p50_us":20.0,"p99_us":40.0,"p999_us":60.0}),
+            json!({"target":"nginx","workers":1,"mode":"connect","ok":false,"rate":45.0,"p50_us":20.0,"p99_us":40.0,"errors":1,"first_error":"no message"}),
+        ];
+        let t = render(&records);
+        assert!(t.contains("| – | direct | 100 | 1.00 |"), "{t}");
+        assert!(t.contains("| 1 | haproxy | 50 (40–60) | 0.50 |"), "{t}");
+        assert!(t.contains("| 1 | tether | failed |"), "{t}");
+        assert!(t.contains("- tether/1 echo failed: did not start (1 run)"), "{t}");
+        assert!(t.contains("- nginx/1 connect had errors: no message (1 run)"), "{t}");
+        assert!(t.contains("| – | direct | 100 | 1.00 | 10 / 20 / 30 | — | — |"), "{t}");
+        assert_eq!(t.lines().filter(|l| l.starts_with("| 1 |")).count(), 5);
+        assert!(t.contains("| 45 * |"), "{t}");
+    }
+}

@@ -1,0 +1,135 @@
+//! The echo server checked against an independent WebSocket client
+//! (tungstenite), and every load mode run briefly against the echo server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tether_bench::load::{self, ConnectParams, EchoParams, HttpParams, IdleParams, Target};
+use tether_bench::server::{serve, ServerConfig};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn start_server(name: &str) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let config = ServerConfig {
+        name: Arc::from(name),
+        max_message: 1 << 20,
+    };
+    tokio::spawn(serve(listener, config, async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+#[tokio::test]
+async fn echo_server_speaks_websocket_to_tungstenite() {
+    let (addr, _stop) = start_server("s1").await;
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{addr}/any/path?x=1"))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-echo-server"], "s1");
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    let big: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+    ws.send(Message::Ping(b"p".to_vec().into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"p".to_vec().into()));
+    ws.close(None).await.unwrap();
+    while let Some(msg) = ws.next().await {
+        if msg.is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn echo_server_closes_on_a_too_big_message() {
+    let (addr, _stop) = start_server("s1").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+    ws.send(Message::binary(vec![0u8; (1 << 20) + 1])).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_load_mode_runs_against_the_echo_server() {
+    let (addr, _stop) = start_server("s1").await;
+    let target = Target {
+        addr,
+        path: "/ws".into(),
+    };
+    let short = Duration::from_millis(300);
+
+    let echo = load::echo(
+        &target,
+        &EchoParams {
+            connections: 4,
+            size: 64,
+            duration: short,
+            warmup: Duration::ZERO,
+        },
+    )
+    .await;
+    assert_eq!(echo["ok"], true, "{echo}");
+    assert!(echo["messages"].as_u64().unwrap() > 10, "{echo}");
+
+    let connect = load::connect(
+        &target,
+        &ConnectParams {
+            count: 30,
+            concurrency: 5,
+            size: 16,
+        },
+    )
+    .await;
+    assert_eq!(connect["ok"], true, "{connect}");
+    assert_eq!(connect["handshakes"], 30, "{connect}");
+
+    let http = load::http(
+        &target,
+        &HttpParams {
+            connections: 3,
+            duration: short,
+            warmup: Duration::ZERO,
+        },
+    )
+    .await;
+    assert_eq!(http["ok"], true, "{http}");
+
+    let pid = std::process::id();
+    let idle = load::idle(
+        &target,
+        &IdleParams {
+            count: 40,
+            hold: Duration::from_millis(400),
+            ping_interval: Duration::from_millis(100),
+            open_concurrency: 8,
+            sources: 2,
+            ready_file: None,
+            rss_pids: vec![pid],
+        },
+    )
+    .await;
+    assert_eq!(idle["ok"], true, "{idle}");
+    assert_eq!(idle["alive"], 40, "{idle}");
+    assert!(idle["pongs"].as_u64().unwrap() >= 40, "{idle}");
+    assert!(idle["kib_per_conn"].is_number(), "{idle}");
+}
+
+#[tokio::test]
+async fn plain_get_is_answered_and_kept_alive() {
+    let (addr, _stop) = start_server("s2").await;
+    let mut c = tether_bench::client::HttpClient::connect(addr, "/").await.unwrap();
+    for _ in 0..3 {
+        let r = c.get().await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.keep_alive);
+    }
+}
