@@ -55,6 +55,13 @@ impl ServerState {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// Marks the server up or down; returns whether that changed anything.
+    /// Health checks and passive detection call this: it is the one place a
+    /// server's availability flips.
+    pub fn set_up(&self, up: bool) -> bool {
+        self.up.swap(up, Ordering::AcqRel) != up
+    }
+
     /// Takes one active slot if the server is under `maxconn`; the slot is
     /// given back when the returned guard drops. Exact under concurrency: two
     /// requests racing for the last slot cannot both get it.
