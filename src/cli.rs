@@ -40,6 +40,15 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Run one WebSocket echo server (announces its name, echoes every message) to try tether against.
+    Echo {
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:8201")]
+        listen: SocketAddr,
+        /// The name it announces.
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
     /// Start three demo WebSocket echo servers behind tether and serve a page showing the balancing.
     Demo {
         /// Where the demo balancer listens.
@@ -56,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Check { file } => check(&file),
         Command::Run { config } => run(&config),
         Command::Demo { listen } => demo(listen),
+        Command::Echo { listen, name } => echo(listen, name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +133,17 @@ fn demo(listen: SocketAddr) -> anyhow::Result<()> {
             tether::demo::SERVER_NAMES.join(", ")
         );
         tether.run(stop_signal()).await;
+        Ok(())
+    })
+}
+
+fn echo(listen: SocketAddr, name: String) -> anyhow::Result<()> {
+    runtime(Some(1))?.block_on(async {
+        // Lives as long as the process: leaking the name gives the server its `'static` str.
+        let name: &'static str = Box::leak(name.into_boxed_str());
+        let address = tether::demo::start_echo_server_on(listen, name).await?;
+        println!("LISTENING {address}");
+        stop_signal().await;
         Ok(())
     })
 }

@@ -39,10 +39,16 @@ pub enum DemoError {
     Start(#[from] StartError),
 }
 
-/// A WebSocket echo server that sends its name first, then echoes every
-/// message; plain GETs get the demo page. Returns the address it listens on.
+/// A WebSocket echo server on 127.0.0.1 (a free port) that sends its name
+/// first, then echoes every message; plain GETs get the demo page. Returns
+/// the address it listens on.
 pub async fn start_echo_server(name: &'static str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_echo_server_on("127.0.0.1:0".parse().expect("a literal address"), name).await
+}
+
+/// `start_echo_server` on a chosen address (`tether echo`).
+pub async fn start_echo_server_on(address: SocketAddr, name: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::proxy::pool::Pool;
 
 /// What tether knows about one server right now.
@@ -24,6 +26,8 @@ pub struct ServerState {
     pub connect_failures: AtomicU64,
     /// Idle keep-alive connections to this server.
     pub pool: Pool,
+    /// Bumped when the server is taken out, so its tunnels close with 1012.
+    tunnel_close: watch::Sender<u64>,
 }
 
 impl ServerState {
@@ -37,6 +41,7 @@ impl ServerState {
             dispatched: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             pool: Pool::default(),
+            tunnel_close: watch::channel(0).0,
         }
     }
 
@@ -58,8 +63,31 @@ impl ServerState {
     /// Marks the server up or down; returns whether that changed anything.
     /// Health checks and passive detection call this: it is the one place a
     /// server's availability flips.
+    /// A server going down also closes its open tunnels (with 1012, so
+    /// their clients reconnect to a healthy server).
     pub fn set_up(&self, up: bool) -> bool {
-        self.up.swap(up, Ordering::AcqRel) != up
+        let flipped = self.up.swap(up, Ordering::AcqRel) != up;
+        if flipped && !up {
+            self.close_tunnels();
+        }
+        flipped
+    }
+
+    /// Asks every open tunnel of this server to close with 1012.
+    pub fn close_tunnels(&self) {
+        self.tunnel_close.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// Resolves when this server's tunnels must close. Registered at once,
+    /// so a call to `close_tunnels` right after this returns is not missed.
+    pub fn tunnels_must_close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut epoch = self.tunnel_close.subscribe();
+        async move {
+            if epoch.changed().await.is_err() {
+                // The state is gone, so is the server: nothing will ever ask again.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Takes one active slot if the server is under `maxconn`; the slot is

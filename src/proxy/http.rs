@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::body::{Exchange, RequestBody, ResponseBody};
 use super::conn::{ConnActivity, WatchedIo};
+use super::frames::CloseCode;
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, RequestId, TunnelLog};
 use super::pool::{self, UpstreamSender};
@@ -476,7 +477,7 @@ impl TunnelJob {
         let state = self.guard.state().clone();
         state.tunnels.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let stop = self.shared.stop.hard();
+        let stop = close_signal(&self.shared, &state, self.request_id);
         // The usual case: pump between the raw sockets, no extra layers. The
         // layered fallback keeps any other transport working.
         let client = client
@@ -503,6 +504,8 @@ impl TunnelJob {
             server: &self.server,
             bytes_in: end.client_to_server,
             bytes_out: end.server_to_client,
+            messages_in: end.messages_in,
+            messages_out: end.messages_out,
             started,
             close: &end.reason,
         }
@@ -510,4 +513,37 @@ impl TunnelJob {
         drop(self.guard);
         drop(self.token);
     }
+}
+
+/// Resolves with the Close code tether should send this tunnel's client:
+/// 1012 when its server is taken out (marked down), 1001 when tether stops.
+/// On a graceful stop each tunnel waits a random part of `shutdown_grace`
+/// first, so clients do not all reconnect (elsewhere) at the same instant.
+fn close_signal(
+    shared: &Arc<Shared>,
+    state: &Arc<crate::state::ServerState>,
+    request_id: RequestId,
+) -> impl std::future::Future<Output = CloseCode> + Send + 'static {
+    let server_out = state.tunnels_must_close();
+    let graceful = shared.stop.graceful();
+    let hard = shared.stop.hard();
+    let shared = shared.clone();
+    async move {
+        let spread_shutdown = async {
+            graceful.await;
+            let grace = shared.snapshot.load().shutdown_grace;
+            // Spread over 80 % of the grace period; the rest is margin for the closes to go out.
+            tokio::time::sleep(grace.mul_f64(0.8 * unit_fraction(request_id))).await;
+        };
+        tokio::select! {
+            _ = server_out => CloseCode::ServiceRestart,
+            _ = spread_shutdown => CloseCode::GoingAway,
+            _ = hard => CloseCode::GoingAway,
+        }
+    }
+}
+
+/// A number in [0, 1) derived from a request id (already well mixed).
+pub(crate) fn unit_fraction(request_id: RequestId) -> f64 {
+    (request_id.as_u64() >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -36,6 +36,13 @@ impl RequestId {
     }
 }
 
+impl RequestId {
+    /// The id as a number (well mixed: usable as a random value).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
@@ -109,6 +116,10 @@ pub struct TunnelLog<'a> {
     pub bytes_in: u64,
     /// Bytes server → client.
     pub bytes_out: u64,
+    /// WebSocket messages client → server.
+    pub messages_in: u64,
+    /// WebSocket messages server → client.
+    pub messages_out: u64,
     /// When the tunnel opened.
     pub started: Instant,
     /// Why it ended.
@@ -128,6 +139,8 @@ impl TunnelLog<'_> {
             server = self.server,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
+            messages_in = self.messages_in,
+            messages_out = self.messages_out,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             close = %self.close,
         );

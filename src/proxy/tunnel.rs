@@ -3,9 +3,10 @@
 //!
 //! Each direction is a small state machine (read into its buffer, write it
 //! out, pass EOF on as a write shutdown) polled from one task, so a tunnel
-//! costs one task and two buffers. Frame tracking for tether's own Close
-//! frames will sit in `Half::poll_pump` on the server → client side, where
-//! every chunk already passes through `buf`.
+//! costs one task and two buffers. Both directions follow WebSocket frame
+//! headers as bytes are written (`frames`), so tether can put its own Close
+//! frame in front of the client at a frame boundary: 1012 when the server
+//! connection dies or the server is taken out, 1001 when tether stops.
 
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -18,8 +19,13 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
+use super::frames::{CloseCode, FrameTracker};
+
 /// Buffer per direction.
 const BUF_SIZE: usize = 16 * 1024;
+
+/// How long tether waits for a frame boundary before closing without a Close frame.
+const CLOSE_BOUNDARY_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a tunnel ended.
 #[derive(Debug)]
@@ -28,14 +34,16 @@ pub enum CloseReason {
     ClientClosed,
     /// The server closed first; the client's side was then finished too.
     ServerClosed,
+    /// The server connection ended without a WebSocket Close: tether sent the client 1012.
+    ServerLost,
+    /// tether closed the tunnel with this code (shutdown, drain, server taken out).
+    ClosedByTether(CloseCode),
     /// No byte moved either way for the tunnel timeout.
     IdleTimeout(Duration),
     /// Reading from or writing to the client failed.
     ClientError(io::Error),
     /// Reading from or writing to the server failed.
     ServerError(io::Error),
-    /// tether was stopping and its grace period ended.
-    Shutdown,
 }
 
 impl fmt::Display for CloseReason {
@@ -43,10 +51,11 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::ClientClosed => f.write_str("client closed"),
             CloseReason::ServerClosed => f.write_str("server closed"),
+            CloseReason::ServerLost => f.write_str("server connection lost: sent 1012"),
+            CloseReason::ClosedByTether(code) => write!(f, "closed by tether with {}", code.code()),
             CloseReason::IdleTimeout(d) => write!(f, "idle for {d:?}"),
             CloseReason::ClientError(e) => write!(f, "client error: {e}"),
             CloseReason::ServerError(e) => write!(f, "server error: {e}"),
-            CloseReason::Shutdown => f.write_str("tether shutting down"),
         }
     }
 }
@@ -58,6 +67,10 @@ pub struct TunnelEnd {
     pub client_to_server: u64,
     /// Bytes from the server to the client.
     pub server_to_client: u64,
+    /// WebSocket messages from the client to the server.
+    pub messages_in: u64,
+    /// WebSocket messages from the server to the client.
+    pub messages_out: u64,
     /// Why it ended.
     pub reason: CloseReason,
 }
@@ -82,10 +95,19 @@ struct Half {
     moved: u64,
     /// Something was read since the last idle check.
     active: bool,
+    /// Frame boundaries of what was written so far.
+    frames: FrameTracker,
+    /// Server → client only: when the reader fails or ends without a
+    /// WebSocket Close, put a 1012 Close in front of the client first.
+    close_on_loss: bool,
+    /// tether's own Close frame is queued or written.
+    close_queued: bool,
+    /// The read error that ended this direction, when `close_on_loss` turned it into a Close.
+    lost: Option<io::Error>,
 }
 
 impl Half {
-    fn new(pending: Bytes) -> Self {
+    fn new(pending: Bytes, close_on_loss: bool) -> Self {
         let mut buf = vec![0u8; BUF_SIZE.max(pending.len())].into_boxed_slice();
         buf[..pending.len()].copy_from_slice(&pending);
         Self {
@@ -96,7 +118,26 @@ impl Half {
             done: false,
             moved: 0,
             active: false,
+            frames: FrameTracker::default(),
+            close_on_loss,
+            close_queued: false,
+            lost: None,
         }
+    }
+
+    /// Whether tether may put a frame of its own into this direction now.
+    fn at_boundary(&self) -> bool {
+        self.start == self.end && self.frames.at_boundary()
+    }
+
+    /// Queues tether's Close frame; after it is written the writer is shut down.
+    fn queue_close(&mut self, code: CloseCode) {
+        let frame = code.frame();
+        self.buf[..frame.len()].copy_from_slice(&frame);
+        self.start = 0;
+        self.end = frame.len();
+        self.read_eof = true;
+        self.close_queued = true;
     }
 
     /// Moves bytes from `reader` to `writer` until both would block or EOF was passed on.
@@ -117,6 +158,7 @@ impl Half {
                 if n == 0 {
                     return Poll::Ready(Err((Side::Writer, io::ErrorKind::WriteZero.into())));
                 }
+                self.frames.observe(&self.buf[self.start..self.start + n]);
                 self.start += n;
                 self.moved += n as u64;
                 if self.start < self.end {
@@ -130,44 +172,75 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
             let mut read_buf = ReadBuf::new(&mut self.buf);
-            ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf)).map_err(|e| (Side::Reader, e))?;
+            let read = ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf));
             let n = read_buf.filled().len();
+            if let Err(err) = read {
+                if !self.close_on_loss {
+                    return Poll::Ready(Err((Side::Reader, err)));
+                }
+                self.lost = Some(err);
+            }
             self.start = 0;
             self.end = n;
-            if n == 0 {
-                self.read_eof = true;
-            } else {
+            if n > 0 && self.lost.is_none() {
                 self.active = true;
+                continue;
+            }
+            // End of stream (or a failed read): a server that vanished without
+            // a WebSocket Close leaves the client a 1012 instead of a bare close.
+            if self.close_on_loss && !self.frames.saw_close() && self.frames.at_boundary() {
+                self.queue_close(CloseCode::ServiceRestart);
+            } else {
+                self.end = 0;
+                self.read_eof = true;
             }
         }
     }
 }
 
 /// Pumps bytes between `client` and `server` until both directions finished,
-/// one side failed, `idle` passed without traffic, or `stop` resolved.
-/// `client_pending` / `server_pending` are bytes each side sent right after
-/// the handshake, already read by the HTTP layer; they go first.
+/// one side failed, or `idle` passed without traffic. When `close` resolves
+/// with a code, tether sends the client that Close frame at the next frame
+/// boundary and ends the tunnel. `client_pending` / `server_pending` are
+/// bytes each side sent right after the handshake, already read by the HTTP
+/// layer; they go first.
 pub async fn run<C, S>(
     mut client: C,
     client_pending: Bytes,
     mut server: S,
     server_pending: Bytes,
     idle: Duration,
-    stop: impl std::future::Future<Output = ()>,
+    close: impl std::future::Future<Output = CloseCode>,
 ) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Half::new(client_pending);
-    let mut down = Half::new(server_pending);
+    let mut up = Half::new(client_pending, false);
+    let mut down = Half::new(server_pending, true);
     let mut first_closer: Option<CloseReason> = None;
     let mut last_activity = Instant::now();
     let timer = sleep_until(last_activity + idle);
-    tokio::pin!(timer);
-    tokio::pin!(stop);
+    let mut closing: Option<CloseCode> = None;
+    let boundary_wait = sleep_until(Instant::now() + Duration::from_secs(86_400 * 365));
+    tokio::pin!(timer, close, boundary_wait);
 
     let reason = poll_fn(|cx| {
+        if closing.is_none() {
+            if let Poll::Ready(code) = close.as_mut().poll(cx) {
+                closing = Some(code);
+                boundary_wait.as_mut().reset(Instant::now() + CLOSE_BOUNDARY_WAIT);
+            }
+        }
+        if let Some(code) = closing {
+            if !down.close_queued && !down.done && down.at_boundary() {
+                down.queue_close(code);
+            }
+            if !down.close_queued && boundary_wait.as_mut().poll(cx).is_ready() {
+                // The server is in the middle of a frame it does not finish: close bare.
+                return Poll::Ready(CloseReason::ClosedByTether(code));
+            }
+        }
         if !up.done {
             match up.poll_pump(cx, &mut client, &mut server) {
                 Poll::Ready(Ok(())) => {
@@ -180,6 +253,13 @@ where
         }
         if !down.done {
             match down.poll_pump(cx, &mut server, &mut client) {
+                Poll::Ready(Ok(())) if down.close_queued => {
+                    // tether's Close is out: the client will reconnect; nothing more to carry.
+                    return Poll::Ready(match closing {
+                        Some(code) => CloseReason::ClosedByTether(code),
+                        None => CloseReason::ServerLost,
+                    });
+                }
                 Poll::Ready(Ok(())) => {
                     first_closer.get_or_insert(CloseReason::ServerClosed);
                 }
@@ -190,9 +270,6 @@ where
         }
         if up.done && down.done {
             return Poll::Ready(first_closer.take().unwrap_or(CloseReason::ClientClosed));
-        }
-        if stop.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(CloseReason::Shutdown);
         }
         if up.active || down.active {
             up.active = false;
@@ -214,6 +291,8 @@ where
     TunnelEnd {
         client_to_server: up.moved,
         server_to_client: down.moved,
+        messages_in: up.frames.messages(),
+        messages_out: down.frames.messages(),
         reason,
     }
 }
@@ -233,7 +312,7 @@ mod tests {
             server_inner,
             Bytes::from_static(b"hello-"),
             Duration::from_secs(60),
-            std::future::pending(),
+            std::future::pending::<CloseCode>(),
         ));
         let (mut c_read, mut c_write) = tokio::io::split(client_outer);
         let (mut s_read, mut s_write) = tokio::io::split(server_outer);
@@ -270,7 +349,7 @@ mod tests {
             server_inner,
             Bytes::new(),
             Duration::from_secs(30),
-            std::future::pending(),
+            std::future::pending::<CloseCode>(),
         ));
         let mut one = [0u8; 1];
         server_outer.read_exact(&mut one).await.unwrap();

@@ -1,0 +1,200 @@
+//! WebSocket frame boundaries as bytes stream through a tunnel (RFC 6455
+//! §5.2): headers only (opcode, length), no unmasking and no copy of
+//! payloads, so tether knows when it may inject a Close frame of its own and
+//! how many messages passed.
+
+/// Status codes tether sends in its own Close frames (RFC 6455 §7.4.1 and IANA registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1001: the endpoint is going away (tether shutting down).
+    GoingAway,
+    /// 1012: the service is restarting (server died, drained or taken out).
+    ServiceRestart,
+}
+
+impl CloseCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::GoingAway => 1001,
+            CloseCode::ServiceRestart => 1012,
+        }
+    }
+
+    fn reason(self) -> &'static [u8] {
+        match self {
+            CloseCode::GoingAway => b"tether is shutting down",
+            CloseCode::ServiceRestart => b"server restarting: reconnect",
+        }
+    }
+
+    /// The unmasked server-to-client Close frame carrying this code and a short reason.
+    pub fn frame(self) -> Vec<u8> {
+        let reason = self.reason();
+        let mut frame = Vec::with_capacity(4 + reason.len());
+        frame.push(0x88); // FIN + opcode 8 (Close)
+        frame.push((2 + reason.len()) as u8); // unmasked, < 126
+        frame.extend_from_slice(&self.code().to_be_bytes());
+        frame.extend_from_slice(reason);
+        frame
+    }
+}
+
+/// Follows frame headers in one direction of a WebSocket stream.
+#[derive(Debug, Default, Clone)]
+pub struct FrameTracker {
+    /// Header bytes of the frame being parsed (at most 14).
+    header: [u8; 14],
+    /// How many header bytes are held.
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    remaining: u64,
+    /// A Close frame passed in this direction.
+    saw_close: bool,
+    /// Complete messages passed (frames with FIN set, control frames excluded).
+    messages: u64,
+}
+
+impl FrameTracker {
+    /// Accounts for `data`, the next bytes of the stream in this direction.
+    pub fn observe(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let skip = self.remaining.min(data.len() as u64);
+                self.remaining -= skip;
+                data = &data[skip as usize..];
+                continue;
+            }
+            let needed = self.header_len().unwrap_or(2);
+            let take = (needed - self.have).min(data.len());
+            self.header[self.have..self.have + take].copy_from_slice(&data[..take]);
+            self.have += take;
+            data = &data[take..];
+            match self.header_len() {
+                Some(len) if self.have == len => self.finish_header(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Length of the current header, once its first two bytes are known.
+    fn header_len(&self) -> Option<usize> {
+        if self.have < 2 {
+            return None;
+        }
+        let masked = self.header[1] & 0x80 != 0;
+        let extended = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        Some(2 + extended + if masked { 4 } else { 0 })
+    }
+
+    fn finish_header(&mut self) {
+        let opcode = self.header[0] & 0x0f;
+        let fin = self.header[0] & 0x80 != 0;
+        self.remaining = match self.header[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0; 8])),
+            n => u64::from(n),
+        };
+        if opcode == 0x8 {
+            self.saw_close = true;
+        }
+        if fin && opcode < 0x8 {
+            self.messages += 1;
+        }
+        self.have = 0;
+    }
+
+    /// Whether the bytes so far end exactly at a frame boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.have == 0
+    }
+
+    /// Whether a Close frame passed.
+    pub fn saw_close(&self) -> bool {
+        self.saw_close
+    }
+
+    /// Complete messages passed.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(opcode: u8, fin: bool, payload_len: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload_len {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(0xAB, payload_len));
+        f
+    }
+
+    #[test]
+    fn boundaries_are_found_whatever_the_chunking() {
+        let mut stream = Vec::new();
+        stream.extend(frame(0x1, true, 5, false));
+        stream.extend(frame(0x2, false, 300, true));
+        stream.extend(frame(0x0, true, 70_000, true));
+        stream.extend(frame(0x9, true, 0, false));
+        stream.extend(frame(0x8, true, 2, false));
+        for chunk in [1, 2, 3, 7, 64, 4096, stream.len()] {
+            let mut t = FrameTracker::default();
+            for (i, piece) in stream.chunks(chunk).enumerate() {
+                t.observe(piece);
+                let consumed = (i * chunk + piece.len()).min(stream.len());
+                if consumed == 5 + 2 || consumed == stream.len() {
+                    assert!(t.at_boundary(), "chunk {chunk}: boundary after {consumed}");
+                }
+            }
+            assert!(t.at_boundary());
+            assert!(t.saw_close());
+            assert_eq!(
+                t.messages(),
+                2,
+                "text + fragmented binary; ping and close are not messages"
+            );
+        }
+    }
+
+    #[test]
+    fn mid_frame_is_not_a_boundary() {
+        let mut t = FrameTracker::default();
+        let f = frame(0x2, true, 1000, false);
+        t.observe(&f[..10]);
+        assert!(!t.at_boundary());
+        t.observe(&f[10..]);
+        assert!(t.at_boundary());
+        t.observe(&f[..1]);
+        assert!(!t.at_boundary(), "half a header");
+    }
+
+    #[test]
+    fn close_frames_carry_code_and_reason() {
+        let f = CloseCode::ServiceRestart.frame();
+        assert_eq!(&f[..4], &[0x88, f.len() as u8 - 2, 0x03, 0xf4]);
+        let mut t = FrameTracker::default();
+        t.observe(&f);
+        assert!(t.at_boundary() && t.saw_close());
+        assert_eq!(&CloseCode::GoingAway.frame()[2..4], &1001u16.to_be_bytes());
+    }
+}

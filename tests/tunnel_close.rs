@@ -1,0 +1,199 @@
+//! tether closing tunnels itself, with a WebSocket Close at a frame boundary:
+//! 1012 when a server dies or is taken out, 1001 when tether stops.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+/// `tether echo` in its own process; returns the child and its address.
+async fn echo_process(name: &str) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["echo", "--listen", "127.0.0.1:0", "--name", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tether echo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("echo server started in time")
+        .expect("read stdout")
+        .expect("a LISTENING line");
+    let addr = line
+        .strip_prefix("LISTENING ")
+        .expect("LISTENING <addr>")
+        .parse()
+        .expect("address");
+    (child, addr)
+}
+
+/// The next close code the client sees (messages before it are skipped), or None on a bare close.
+async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the client was left hanging")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_leaves_its_clients_a_1012_and_new_clients_see_no_error() {
+    let (mut doomed, doomed_addr) = echo_process("s1").await;
+    let (_survivor, survivor_addr) = echo_process("s2").await;
+    let config = simple_config("leastconn", "", &[("s1", doomed_addr, ""), ("s2", survivor_addr, "")]);
+    let tether = start_tether(&config).await;
+    let mut on_doomed = Vec::new();
+    let mut on_survivor = Vec::new();
+    for _ in 0..200 {
+        let (ws, name) = ws_connect(tether.addr, "/ws").await;
+        if name == "s1" {
+            on_doomed.push(ws)
+        } else {
+            on_survivor.push(ws)
+        }
+    }
+    assert_eq!((on_doomed.len(), on_survivor.len()), (100, 100));
+
+    let addr = tether.addr;
+    let newcomers = tokio::spawn(async move {
+        let mut errors = 0;
+        for _ in 0..60 {
+            let request = format!("ws://{addr}/ws");
+            match tokio_tungstenite::connect_async(request).await {
+                Ok((mut ws, _)) => {
+                    if !matches!(ws.next().await, Some(Ok(Message::Text(_)))) {
+                        errors += 1;
+                    }
+                }
+                Err(_) => errors += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        errors
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    doomed.kill().await.expect("SIGKILL the server");
+    let killed = Instant::now();
+    for (i, ws) in on_doomed.iter_mut().enumerate() {
+        assert_eq!(close_code(ws, Duration::from_secs(3)).await, Some(1012), "client {i}");
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "closes took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        newcomers.await.unwrap(),
+        0,
+        "new connections during and after the kill failed"
+    );
+    for ws in on_survivor.iter_mut().take(10) {
+        ws.send(Message::text("still here?")).await.unwrap();
+        assert_eq!(next_text(ws).await, "still here?");
+    }
+}
+
+#[tokio::test]
+async fn a_server_taken_out_closes_its_tunnels_with_1012_and_only_those() {
+    let (a, b) = (backend("s1").start().await, backend("s2").start().await);
+    let tether = start_tether(&simple_config(
+        "leastconn",
+        "",
+        &[("s1", a.addr, ""), ("s2", b.addr, "")],
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(ws_connect(tether.addr, "/ws").await);
+    }
+    let snapshot = tether.handle.snapshot();
+    assert!(snapshot.backends[0].servers[0].state.set_up(false));
+    for (ws, name) in clients.iter_mut() {
+        if name == "s1" {
+            assert_eq!(close_code(ws, Duration::from_secs(2)).await, Some(1012));
+        } else {
+            ws.send(Message::text("ok?")).await.unwrap();
+            assert_eq!(next_text(ws).await, "ok?");
+        }
+    }
+    let (_, name) = ws_connect(tether.addr, "/ws").await;
+    assert_eq!(name, "s2", "a down server takes no new tunnel");
+}
+
+#[tokio::test]
+async fn stopping_tether_sends_1001_spread_over_the_grace_period_and_exits_zero() {
+    let s1 = backend("s1").start().await;
+    let port = closed_port().await.port();
+    let dir = std::env::temp_dir().join(format!("tether-stop-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("tether.toml");
+    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"2s\"\nworkers = 1");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .env("TETHER_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tether");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "tether did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        clients.push(ws_connect(addr, "/ws").await.0);
+    }
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = Instant::now();
+    let mut arrivals = Vec::new();
+    for ws in clients.iter_mut() {
+        assert_eq!(close_code(ws, Duration::from_secs(4)).await, Some(1001));
+        arrivals.push(signalled.elapsed());
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("tether exited")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let last = arrivals.iter().max().unwrap();
+    assert!(
+        *last < Duration::from_millis(2500),
+        "closes must fit in the grace period: {last:?}"
+    );
+    // Clients read their Close in order, so measure the spread on the arrival times seen.
+    assert!(
+        *last > Duration::from_millis(400),
+        "closes should be spread over the grace period, last at {last:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
