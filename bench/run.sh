@@ -288,7 +288,7 @@ start_instance() {
     PROXY_PID=""
     if [[ $t == direct ]]; then
         ADDR=127.0.0.1:${SERVER_PORTS[0]}
-        RSS_PIDS=(${SERVER_PIDS[0]})
+        RSS_PIDS=("${SERVER_PIDS[0]}")
         return 0
     fi
     ADDR=127.0.0.1:${PROXY_PORT[$t]}
@@ -313,7 +313,9 @@ start_instance() {
     fi
     sleep 0.2
     # NGINX: the master and its workers.
-    RSS_PIDS=("$PROXY_PID" $(pgrep -P "$PROXY_PID" || true))
+    local children
+    mapfile -t children < <(pgrep -P "$PROXY_PID" || true)
+    RSS_PIDS=("$PROXY_PID" "${children[@]}")
     return 0
 }
 
