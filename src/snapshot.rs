@@ -78,6 +78,14 @@ pub struct Backend {
     pub server_timeout: Duration,
     /// Idle limit of a WebSocket tunnel.
     pub tunnel_timeout: Duration,
+    /// How long a request may wait for a free slot (zero: no queue).
+    pub queue_timeout: Duration,
+    /// How long a drained server's tunnels may stay open.
+    pub drain_timeout: Duration,
+    /// Over how long drained tunnels' closes are spread.
+    pub drain_spread: Duration,
+    /// A draining server still takes clients stuck to it.
+    pub drain_sticky: bool,
 }
 
 /// One server of a backend.
@@ -166,6 +174,8 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
                     old.state.clone()
                 })
                 .unwrap_or_else(|| Arc::new(ServerState::new(weight)));
+            // The config's admin state wins at every load (as in HAProxy without a state file).
+            state.set_admin(s.state);
             Server {
                 name,
                 address: s.address.get_ref().0,
@@ -180,6 +190,7 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         .map(|s| Candidate {
             state: s.state.clone(),
             maxconn: s.maxconn,
+            slowstart: config.slowstart.map(|d| d.get()),
         })
         .collect();
     let balance = *config.balance.get_ref();
@@ -216,6 +227,10 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         connect_timeout: config.timeouts.connect.get(),
         server_timeout: config.timeouts.server.get(),
         tunnel_timeout: config.timeouts.tunnel.get(),
+        queue_timeout: config.queue_timeout.unwrap_or(config.timeouts.connect).get(),
+        drain_timeout: config.drain_timeout.get(),
+        drain_spread: config.drain_spread.get(),
+        drain_sticky: config.drain_sticky,
     }
 }
 

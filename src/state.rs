@@ -2,12 +2,53 @@
 //! active connections, weight, health and counters, all atomics so the
 //! request path never takes a lock to read or update them.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 use crate::proxy::pool::Pool;
+
+/// The operator's intent for a server (HAProxy's admin states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    /// Takes traffic.
+    #[default]
+    Ready,
+    /// Takes no new clients except those stuck to it (with `drain_sticky`);
+    /// its tunnels are closed after `drain_timeout`, spread over `drain_spread`.
+    Drain,
+    /// Takes nothing; its tunnels are closed like a drain's.
+    Maint,
+}
+
+impl AdminState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    /// The name used in config, logs and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// Milliseconds since a process-wide origin, on tokio's clock (so paused-time tests drive it).
+fn clock_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 /// What tether knows about one server right now.
 #[derive(Debug)]
@@ -28,6 +69,14 @@ pub struct ServerState {
     pub pool: Pool,
     /// Bumped when the server is taken out, so its tunnels close with 1012.
     tunnel_close: watch::Sender<u64>,
+    /// `AdminState` as a number, read on every pick.
+    admin: AtomicU8,
+    /// The same, for tunnels waiting to be drained.
+    admin_watch: watch::Sender<AdminState>,
+    /// When the server last came up (`clock_ms`), for slow start; 0: not since start.
+    up_since_ms: AtomicU64,
+    /// Wakes requests queued for a slot when one is freed.
+    freed: Notify,
 }
 
 impl ServerState {
@@ -42,7 +91,56 @@ impl ServerState {
             connect_failures: AtomicU64::new(0),
             pool: Pool::default(),
             tunnel_close: watch::channel(0).0,
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            admin_watch: watch::channel(AdminState::Ready).0,
+            up_since_ms: AtomicU64::new(0),
+            freed: Notify::new(),
         }
+    }
+
+    /// The operator's intent for this server.
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
+    /// Sets the operator's intent; returns whether it changed. Draining
+    /// tunnels watch it (`admin_changes`).
+    pub fn set_admin(&self, state: AdminState) -> bool {
+        let changed = self.admin.swap(state as u8, Ordering::AcqRel) != state as u8;
+        if changed {
+            self.admin_watch.send_replace(state);
+        }
+        changed
+    }
+
+    /// A receiver of admin state changes (for tunnels that drain).
+    pub fn admin_changes(&self) -> watch::Receiver<AdminState> {
+        self.admin_watch.subscribe()
+    }
+
+    /// The weight the algorithm should use now: the current weight, ramped
+    /// up over `slowstart` after the server came (back) up, from about 1/20th.
+    pub fn effective_weight(&self, slowstart: Option<Duration>) -> u32 {
+        let weight = self.weight();
+        let Some(ramp) = slowstart.filter(|r| !r.is_zero()) else {
+            return weight;
+        };
+        let since = self.up_since_ms.load(Ordering::Relaxed);
+        if since == 0 || weight == 0 {
+            return weight;
+        }
+        let elapsed = clock_ms().saturating_sub(since) as f64;
+        let ramp_ms = ramp.as_millis() as f64;
+        if elapsed >= ramp_ms {
+            return weight;
+        }
+        let share = (0.05 + 0.95 * elapsed / ramp_ms).min(1.0);
+        ((f64::from(weight) * share).ceil() as u32).clamp(1, weight)
+    }
+
+    /// Waits until a slot may have been freed on this server.
+    pub fn slot_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
     }
 
     /// Active requests and tunnels right now.
@@ -69,6 +167,10 @@ impl ServerState {
         let flipped = self.up.swap(up, Ordering::AcqRel) != up;
         if flipped && !up {
             self.close_tunnels();
+        }
+        if flipped && up {
+            // Never 0, which means "up since start" (no slow start then).
+            self.up_since_ms.store(clock_ms().max(1), Ordering::Relaxed);
         }
         flipped
     }
@@ -120,12 +222,39 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.state.active.fetch_sub(1, Ordering::AcqRel);
+        // Cheap when nobody waits: one atomic read.
+        self.state.freed.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_the_weight_after_coming_back_up() {
+        let state = ServerState::new(100);
+        let ramp = Some(Duration::from_secs(10));
+        assert_eq!(state.effective_weight(ramp), 100, "up since start: no ramp");
+        state.set_up(false);
+        state.set_up(true);
+        assert_eq!(state.effective_weight(ramp), 5);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(state.effective_weight(ramp), 53);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(state.effective_weight(ramp), 100);
+        assert_eq!(state.effective_weight(None), 100);
+    }
+
+    #[test]
+    fn admin_state_changes_are_reported_once() {
+        let state = ServerState::new(1);
+        let rx = state.admin_changes();
+        assert!(state.set_admin(AdminState::Drain));
+        assert!(!state.set_admin(AdminState::Drain));
+        assert_eq!(state.admin(), AdminState::Drain);
+        assert_eq!(*rx.borrow(), AdminState::Drain);
+    }
 
     #[test]
     fn acquire_stops_at_maxconn_and_guards_give_slots_back() {

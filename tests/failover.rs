@@ -204,7 +204,8 @@ async fn maxconn_1_on_both_servers_refuses_a_third_client_with_503_until_one_clo
     let s1 = backend("s1").start().await;
     let s2 = backend("s2").start().await;
     let servers = [("s1", s1.addr, "maxconn = 1"), ("s2", s2.addr, "maxconn = 1")];
-    let tether = start_tether(&simple_config("roundrobin", "", &servers)).await;
+    // A short queue: the 503 comes once it times out (queueing itself is tested in tests/draining.rs).
+    let tether = start_tether(&simple_config("roundrobin", "queue_timeout = \"100ms\"", &servers)).await;
     let (first, first_name) = ws_connect(tether.addr, "/ws").await;
     let (_second, second_name) = ws_connect(tether.addr, "/ws").await;
     assert_ne!(first_name, second_name, "maxconn = 1 puts one tunnel on each");

@@ -79,6 +79,8 @@ pub struct Candidate {
     pub state: Arc<ServerState>,
     /// The server's `maxconn`, if any.
     pub maxconn: Option<u32>,
+    /// The backend's `slowstart` ramp, if any.
+    pub slowstart: Option<std::time::Duration>,
 }
 
 /// The servers of a backend as an algorithm sees them, with the ones
@@ -104,9 +106,10 @@ impl<'a> Candidates<'a> {
         self.servers.is_empty()
     }
 
-    /// Current weight of server `id` (0 means no new traffic).
+    /// Current weight of server `id` (0 means no new traffic), ramped during slow start.
     pub fn weight(&self, id: ServerId) -> u32 {
-        self.servers[id].state.weight()
+        let server = &self.servers[id];
+        server.state.effective_weight(server.slowstart)
     }
 
     /// Active requests and tunnels of server `id`.
@@ -114,12 +117,13 @@ impl<'a> Candidates<'a> {
         self.servers[id].state.active()
     }
 
-    /// Whether server `id` can take this request: weight above 0, up, under
-    /// `maxconn`, and not already tried.
+    /// Whether server `id` can take this request: weight above 0, up, ready
+    /// (not draining or in maintenance), under `maxconn`, and not already tried.
     pub fn is_available(&self, id: ServerId) -> bool {
         let server = &self.servers[id];
         server.state.weight() > 0
             && server.state.is_up()
+            && server.state.admin() == crate::state::AdminState::Ready
             && server.maxconn.is_none_or(|max| server.state.active() < max)
             && !self.excluded.contains(&id)
     }
@@ -163,6 +167,7 @@ pub(crate) mod testing {
             .map(|w| Candidate {
                 state: Arc::new(ServerState::new(*w)),
                 maxconn: None,
+                slowstart: None,
             })
             .collect()
     }

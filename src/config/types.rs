@@ -165,6 +165,20 @@ pub struct Backend {
     /// How many other servers to try when connecting to one fails.
     #[serde(default = "defaults::retries")]
     pub retries: u32,
+    /// How long a request may wait for a slot when every server is at `maxconn`
+    /// (then 503 with `Retry-After`); the `connect` timeout when absent, `"0s"` for no queue.
+    pub queue_timeout: Option<ConfigDuration>,
+    /// A server that comes (back) up ramps its weight from ~5 % to full over this long.
+    pub slowstart: Option<ConfigDuration>,
+    /// How long a drained server's tunnels may stay open before tether closes them with 1012.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: ConfigDuration,
+    /// Over how long those closes are spread, so clients do not reconnect all at once.
+    #[serde(default = "defaults::drain_spread")]
+    pub drain_spread: ConfigDuration,
+    /// Whether a draining server still takes clients stuck to it.
+    #[serde(default = "defaults::yes")]
+    pub drain_sticky: bool,
     /// Server-side timeouts.
     #[serde(default)]
     pub timeouts: BackendTimeouts,
@@ -354,6 +368,9 @@ pub struct Server {
     pub maxconn: Option<Spanned<u32>>,
     /// The id this server is known by in a stickiness cookie.
     pub cookie: Option<String>,
+    /// `ready`, `drain` (no new clients but stuck ones) or `maint` (nothing).
+    #[serde(default)]
+    pub state: crate::state::AdminState,
 }
 
 /// A regular expression compiled while the file is read, so a bad one is
@@ -431,6 +448,12 @@ pub mod defaults {
     }
     pub(crate) fn off() -> toml::Spanned<bool> {
         toml::Spanned::new(0..0, false)
+    }
+    pub(crate) fn drain_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(300))
+    }
+    pub(crate) fn drain_spread() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
     }
     pub(crate) fn yes() -> bool {
         true

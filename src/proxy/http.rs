@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -27,7 +27,7 @@ use super::{client_addr, tunnel, Shared, TrackerToken};
 use crate::balance::{ip_octets_of, Candidates, RequestKey, ServerId};
 use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
-use crate::state::ActiveGuard;
+use crate::state::{ActiveGuard, AdminState};
 use crate::sticky::StickyPolicy;
 
 /// The header carrying tether's request id in its own responses.
@@ -98,6 +98,8 @@ enum NoUpstream {
     AllFailed(String),
     /// The client is stuck to a server that is unavailable and `redispatch` is off: 503.
     StuckUnavailable(Arc<str>),
+    /// Every server stayed at `maxconn` for the whole `queue_timeout`: 503 with `Retry-After`.
+    QueueTimeout,
 }
 
 /// A connection to the chosen server, with the slot held on it.
@@ -155,6 +157,19 @@ async fn forward(
                 backend.name
             );
             return local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
+        }
+        Err(NoUpstream::QueueTimeout) => {
+            let message = format!(
+                "every server of backend `{}` stayed at maxconn for {:?}: try again shortly",
+                backend.name, backend.queue_timeout
+            );
+            // 1–5 s, varied per request so refused clients do not come back together.
+            let retry_after = 1 + unit_fraction_scaled(exchange.log.request_id, 5);
+            let mut response = local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            return response;
         }
         Err(NoUpstream::AllFailed(cause)) => {
             let message = format!(
@@ -240,6 +255,7 @@ async fn forward(
             backend: backend.name.clone(),
             server: server.name.clone(),
             idle: backend.tunnel_timeout,
+            drain: (backend.drain_timeout, backend.drain_spread),
             guard,
         };
         tokio::spawn(tunnel.run(client_upgrade, server_upgrade));
@@ -274,7 +290,12 @@ async fn connect_with_retries(
     if let Some((policy, id)) = stuck {
         let server = &backend.servers[id];
         let limit = if policy.respects_maxconn { server.maxconn } else { None };
-        let guard = if server.state.is_up() {
+        let admitted = match server.state.admin() {
+            AdminState::Ready => true,
+            AdminState::Drain => backend.drain_sticky,
+            AdminState::Maint => false,
+        };
+        let guard = if server.state.is_up() && admitted {
             server.state.try_acquire(limit)
         } else {
             None
@@ -301,13 +322,19 @@ async fn connect_with_retries(
             None => {}
         }
     }
+    let queue_deadline = tokio::time::Instant::now() + backend.queue_timeout;
     loop {
         let Some((id, guard)) = pick(backend, key, &tried) else {
-            return Err(if tried.is_empty() {
-                NoUpstream::NoServer
-            } else {
-                NoUpstream::AllFailed(last_error)
-            });
+            if !tried.is_empty() {
+                return Err(NoUpstream::AllFailed(last_error));
+            }
+            if !only_full(backend) {
+                return Err(NoUpstream::NoServer);
+            }
+            if !wait_for_slot(backend, key, queue_deadline).await {
+                return Err(NoUpstream::QueueTimeout);
+            }
+            continue;
         };
         let server = &backend.servers[id];
         match connection_to(server, backend, websocket).await {
@@ -326,6 +353,40 @@ async fn connect_with_retries(
                     return Err(NoUpstream::AllFailed(last_error));
                 }
             }
+        }
+    }
+}
+
+/// Whether the backend has servers that could take the request but for
+/// `maxconn` (then a request may queue rather than fail).
+fn only_full(backend: &Backend) -> bool {
+    backend
+        .servers
+        .iter()
+        .any(|s| s.state.is_up() && s.state.admin() == AdminState::Ready && s.state.weight() > 0 && s.maxconn.is_some())
+}
+
+/// Waits in the backend's queue until a slot frees on some server and the
+/// algorithm can pick again, or `deadline` passes (false).
+async fn wait_for_slot(backend: &Backend, key: &RequestKey<'_>, deadline: tokio::time::Instant) -> bool {
+    loop {
+        // Register on every server before looking again, so no release is missed.
+        let mut waits: Vec<_> = backend.servers.iter().map(|s| Box::pin(s.state.slot_freed())).collect();
+        for wait in &mut waits {
+            wait.as_mut().enable();
+        }
+        if backend
+            .balancer
+            .pick(&Candidates::new(&backend.candidates, &[]), key)
+            .is_some()
+        {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, futures_util::future::select_all(waits))
+            .await
+            .is_err()
+        {
+            return false;
         }
     }
 }
@@ -461,6 +522,8 @@ struct TunnelJob {
     backend: Arc<str>,
     server: Arc<str>,
     idle: std::time::Duration,
+    /// `drain_timeout` and `drain_spread` of the backend.
+    drain: (std::time::Duration, std::time::Duration),
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     guard: ActiveGuard,
 }
@@ -477,7 +540,7 @@ impl TunnelJob {
         let state = self.guard.state().clone();
         state.tunnels.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let stop = close_signal(&self.shared, &state, self.request_id);
+        let stop = close_signal(&self.shared, &state, self.request_id, self.drain);
         // The usual case: pump between the raw sockets, no extra layers. The
         // layered fallback keeps any other transport working.
         let client = client
@@ -516,15 +579,36 @@ impl TunnelJob {
 }
 
 /// Resolves with the Close code tether should send this tunnel's client:
-/// 1012 when its server is taken out (marked down), 1001 when tether stops.
-/// On a graceful stop each tunnel waits a random part of `shutdown_grace`
-/// first, so clients do not all reconnect (elsewhere) at the same instant.
+/// 1012 when its server is taken out (marked down) or has drained for
+/// `drain_timeout` (plus this tunnel's share of `drain_spread`), 1001 when
+/// tether stops. On a graceful stop each tunnel waits a random part of
+/// `shutdown_grace` first, so clients do not all reconnect at the same instant.
 fn close_signal(
     shared: &Arc<Shared>,
     state: &Arc<crate::state::ServerState>,
     request_id: RequestId,
+    (drain_timeout, drain_spread): (std::time::Duration, std::time::Duration),
 ) -> impl std::future::Future<Output = CloseCode> + Send + 'static {
     let server_out = state.tunnels_must_close();
+    let mut admin = state.admin_changes();
+    let drained = async move {
+        let delay = drain_timeout + drain_spread.mul_f64(unit_fraction(request_id));
+        loop {
+            let draining = admin.wait_for(|a| *a != AdminState::Ready).await.map(|_| ());
+            if draining.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => return,
+                // Enabled again before the deadline: keep the tunnel.
+                enabled = async { admin.wait_for(|a| *a == AdminState::Ready).await.map(|_| ()) } => {
+                    if enabled.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+            }
+        }
+    };
     let graceful = shared.stop.graceful();
     let hard = shared.stop.hard();
     let shared = shared.clone();
@@ -537,10 +621,16 @@ fn close_signal(
         };
         tokio::select! {
             _ = server_out => CloseCode::ServiceRestart,
+            _ = drained => CloseCode::ServiceRestart,
             _ = spread_shutdown => CloseCode::GoingAway,
             _ = hard => CloseCode::GoingAway,
         }
     }
+}
+
+/// An integer in `0..n` derived from a request id.
+fn unit_fraction_scaled(request_id: RequestId, n: u64) -> u64 {
+    ((unit_fraction(request_id) * n as f64) as u64).min(n.saturating_sub(1))
 }
 
 /// A number in [0, 1) derived from a request id (already well mixed).

@@ -1,0 +1,243 @@
+//! Surviving reconnect storms and operator actions: the maxconn queue,
+//! draining with spread closes, maintenance, removal on reload.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use http::StatusCode;
+use support::*;
+use tether::state::AdminState;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or(None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_handshakes_queue_for_ten_slots_and_all_succeed() {
+    let s1 = backend("s1").start().await;
+    let config = simple_config(
+        "leastconn",
+        "queue_timeout = \"10s\"",
+        &[("s1", s1.addr, "maxconn = 10")],
+    );
+    let tether = start_tether(&config).await;
+    let addr = tether.addr;
+    let mut tasks = Vec::new();
+    for i in 0..50u64 {
+        tasks.push(tokio::spawn(async move {
+            let (mut ws, name) = ws_connect(addr, "/ws").await;
+            // Hold the slot a little, so later handshakes must wait for it.
+            tokio::time::sleep(Duration::from_millis(50 + i % 5 * 10)).await;
+            ws.close(None).await.ok();
+            while let Some(Ok(_)) = ws.next().await {}
+            name
+        }));
+    }
+    let started = Instant::now();
+    for task in tasks {
+        assert_eq!(task.await.expect("every queued handshake succeeds"), "s1");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(s1.requests() >= 50);
+    let active_now = tether.handle.snapshot().backends[0].servers[0].state.active();
+    assert_eq!(active_now, 0, "every slot given back");
+}
+
+#[tokio::test]
+async fn past_the_queue_timeout_the_client_gets_503_with_retry_after() {
+    let s1 = backend("s1").start().await;
+    let config = simple_config(
+        "leastconn",
+        "queue_timeout = \"300ms\"",
+        &[("s1", s1.addr, "maxconn = 1")],
+    );
+    let tether = start_tether(&config).await;
+    let (_held, _) = ws_connect(tether.addr, "/ws").await;
+    let started = Instant::now();
+    let (status, headers, body) = get(tether.addr, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it waited in the queue first"
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry));
+    assert!(String::from_utf8_lossy(&body).contains("maxconn"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_server_takes_no_new_clients_and_closes_its_tunnels_spread_out() {
+    let (a, b) = (backend("s1").start().await, backend("s2").start().await);
+    let config = simple_config(
+        "leastconn",
+        "drain_timeout = \"200ms\"\ndrain_spread = \"3s\"",
+        &[("s1", a.addr, ""), ("s2", b.addr, "")],
+    );
+    let tether = start_tether(&config).await;
+    let mut on_s1 = Vec::new();
+    let mut on_s2 = Vec::new();
+    while on_s1.len() < 150 || on_s2.len() < 150 {
+        let (ws, name) = ws_connect(tether.addr, "/ws").await;
+        if name == "s1" {
+            on_s1.push(ws)
+        } else {
+            on_s2.push(ws)
+        }
+    }
+    let state = tether.handle.snapshot().backends[0].servers[0].state.clone();
+    assert!(state.set_admin(AdminState::Drain));
+    let drained_at = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(
+            ws_connect(tether.addr, "/ws").await.1,
+            "s2",
+            "no new client lands on a draining server"
+        );
+    }
+    let mut closes = Vec::new();
+    let mut waits = Vec::new();
+    for mut ws in on_s1 {
+        waits.push(tokio::spawn(async move {
+            let code = close_code(&mut ws, Duration::from_secs(6)).await;
+            (code, Instant::now())
+        }));
+    }
+    for wait in waits {
+        let (code, at) = wait.await.unwrap();
+        assert_eq!(code, Some(1012));
+        closes.push(at.duration_since(drained_at));
+    }
+    // 150 closes over 200 ms + 3 s: no second may see more than about a third of them.
+    for second in 0..4 {
+        let lo = Duration::from_millis(200 + second * 1000);
+        let in_window = closes
+            .iter()
+            .filter(|d| **d >= lo && **d < lo + Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 65, "{in_window} closes in second {second}: not spread");
+    }
+    assert!(
+        closes.iter().all(|d| *d >= Duration::from_millis(190)),
+        "nothing closes before drain_timeout"
+    );
+    assert_eq!(state.active(), 0);
+    assert_eq!(on_s2.len(), 150);
+    for ws in on_s2.iter_mut().take(5) {
+        futures_util::SinkExt::send(ws, Message::text("alive")).await.unwrap();
+        assert_eq!(next_text(ws).await, "alive");
+    }
+}
+
+#[tokio::test]
+async fn a_draining_server_still_takes_stuck_clients_and_maint_takes_nothing() {
+    let (a, b) = (backend("s1").start().await, backend("s2").start().await);
+    let config = simple_config(
+        "roundrobin",
+        "sticky = { cookie = \"SERVERID\" }",
+        &[("s1", a.addr, "cookie = \"s1\""), ("s2", b.addr, "cookie = \"s2\"")],
+    );
+    let tether = start_tether(&config).await;
+    let state = tether.handle.snapshot().backends[0].servers[0].state.clone();
+    state.set_admin(AdminState::Drain);
+    let stuck = |addr| async move {
+        let mut client = http_client(addr).await;
+        let mut request = get_request("/");
+        request.headers_mut().insert("cookie", "SERVERID=s1".parse().unwrap());
+        send(&mut client, request).await.1["x-server"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        stuck(tether.addr).await,
+        "s1",
+        "drain_sticky: stuck clients still reach it"
+    );
+    for _ in 0..4 {
+        assert_eq!(server_of(tether.addr, "/").await, "s2");
+    }
+    state.set_admin(AdminState::Maint);
+    assert_eq!(
+        stuck(tether.addr).await,
+        "s2",
+        "maint: even stuck clients are redispatched"
+    );
+    state.set_admin(AdminState::Ready);
+    let names: std::collections::HashSet<_> =
+        futures_util::future::join_all((0..4).map(|_| server_of(tether.addr, "/")))
+            .await
+            .into_iter()
+            .collect();
+    assert_eq!(names.len(), 2, "ready again: back in rotation");
+}
+
+#[tokio::test]
+async fn config_state_drain_and_maint_apply_at_start() {
+    let (a, b, c) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let config = simple_config(
+        "roundrobin",
+        "",
+        &[
+            ("s1", a.addr, "state = \"drain\""),
+            ("s2", b.addr, "state = \"maint\""),
+            ("s3", c.addr, ""),
+        ],
+    );
+    let tether = start_tether(&config).await;
+    for _ in 0..6 {
+        assert_eq!(server_of(tether.addr, "/").await, "s3");
+    }
+    let bad = config.replace("state = \"maint\"", "state = \"sleeping\"");
+    let err = tether::config::parse(&bad, "bad.toml").unwrap_err().to_string();
+    assert!(err.contains("bad.toml:") && err.contains("ready"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_returning_server_from_a_trickle_to_its_share() {
+    let (a, b) = (backend("s1").start().await, backend("s2").start().await);
+    let config = simple_config(
+        "roundrobin",
+        "slowstart = \"10s\"",
+        &[("s1", a.addr, "weight = 20"), ("s2", b.addr, "weight = 20")],
+    );
+    let tether = start_tether(&config).await;
+    let state = tether.handle.snapshot().backends[0].servers[0].state.clone();
+    state.set_up(false);
+    state.set_up(true);
+    let share = |picks: &[String]| picks.iter().filter(|n| *n == "s1").count();
+    let mut early = Vec::new();
+    for _ in 0..42 {
+        early.push(server_of(tether.addr, "/").await);
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let mut late = Vec::new();
+    for _ in 0..40 {
+        late.push(server_of(tether.addr, "/").await);
+    }
+    assert!(
+        share(&early) <= 3,
+        "just back: about 1/21 of the traffic, got {}",
+        share(&early)
+    );
+    assert_eq!(share(&late), 20, "after the ramp: its full half");
+    assert_eq!(state.dispatched.load(Ordering::Relaxed) as usize, share(&early) + 20);
+}
