@@ -181,10 +181,10 @@ async fn reload_on_hangup(handle: tether::Handle, path: PathBuf) {
         };
         while hangup.recv().await.is_some() {
             match config::load_file(&path) {
-                Ok(config) => {
-                    handle.reload(&config);
-                    tracing::info!(file = %path.display(), "configuration reloaded");
-                }
+                Ok(config) => match handle.reload(&config) {
+                    Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+                    Err(err) => tracing::error!(cause = %err, "reload refused: the running configuration stays"),
+                },
                 Err(err) => {
                     tracing::error!(cause = %err, "reload refused: the running configuration stays")
                 }

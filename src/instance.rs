@@ -1,27 +1,34 @@
-//! One running tether: its listeners, its snapshot, and how it stops.
+//! One running tether: its listeners, its snapshot, reloads, and how it stops.
 //!
 //! As in mini-redis, the library entry takes what the binary or a test
 //! prepared and a shutdown future: `Tether::bind(&config)` binds every
 //! frontend address (port 0 works, `local_addrs` tells what was chosen),
 //! then `run(shutdown)` serves until the future resolves.
+//!
+//! Listening sockets use `SO_REUSEPORT`, so a new tether process can bind the
+//! same ports while an old one drains (binary upgrade), and a reload can open
+//! a moved address before closing the old one.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::proxy::listener::accept_loop;
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
+use crate::state::AdminState;
 
 /// Backlog of each listening socket: beyond it, new clients wait in the
 /// kernel rather than consume tether's memory.
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Why tether could not start.
+/// Why tether could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A frontend address could not be bound.
@@ -36,80 +43,87 @@ pub enum StartError {
     },
 }
 
+/// One bound address: which frontend it serves and how to close it.
+struct Bound {
+    frontend: Arc<str>,
+    local: SocketAddr,
+    /// The socket until `run` starts accepting on it.
+    listener: Option<TcpListener>,
+    /// Closes the accept loop (a reload removed the address).
+    close: Option<oneshot::Sender<()>>,
+}
+
+/// The listening sockets, keyed by (frontend, configured address).
+#[derive(Default)]
+struct Listeners {
+    bound: Mutex<HashMap<(Arc<str>, SocketAddr), Bound>>,
+    /// Set once `run` started, so sockets a reload adds are served at once.
+    running: std::sync::atomic::AtomicBool,
+}
+
 /// A tether instance with its listeners bound, ready to run.
 pub struct Tether {
-    shared: Arc<Shared>,
-    listeners: Vec<(usize, TcpListener)>,
+    handle: Handle,
 }
 
 /// A cheap handle to a running instance, for signals, reloads and tests.
 #[derive(Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
+    listeners: Arc<Listeners>,
 }
 
 impl Tether {
     /// Builds the snapshot from `config` and binds every frontend address.
     pub fn bind(config: &Config) -> Result<Tether, StartError> {
         let snapshot = Snapshot::build(config, None);
-        let mut listeners = Vec::new();
-        for (index, frontend) in snapshot.frontends.iter().enumerate() {
-            for address in &frontend.binds {
-                let listener = listen(*address).map_err(|source| StartError::Bind {
-                    frontend: frontend.name.to_string(),
-                    address: *address,
-                    source,
-                })?;
-                listeners.push((index, listener));
-            }
-        }
-        Ok(Tether {
+        let listeners = Arc::new(Listeners::default());
+        let handle = Handle {
             shared: Arc::new(Shared::new(snapshot)),
             listeners,
-        })
+        };
+        handle.sync_listeners(&handle.snapshot())?;
+        Ok(Tether { handle })
     }
 
     /// The addresses frontend `name` actually listens on (useful after binding port 0).
     pub fn local_addrs(&self, name: &str) -> Vec<SocketAddr> {
-        let snapshot = self.shared.snapshot.load();
-        let Some(index) = snapshot.frontend_index(name) else {
-            return Vec::new();
-        };
-        self.listeners
-            .iter()
-            .filter(|(i, _)| *i == index)
-            .filter_map(|(_, l)| l.local_addr().ok())
-            .collect()
+        self.handle.local_addrs(name)
     }
 
     /// A handle to this instance.
     pub fn handle(&self) -> Handle {
-        Handle {
-            shared: self.shared.clone(),
-        }
+        self.handle.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops gracefully: no new
     /// connections, requests in flight finish, idle keep-alive connections
-    /// close; whatever is still open after `shutdown_grace` is closed.
+    /// close, tunnels get Close 1001 spread over `shutdown_grace`; whatever
+    /// is still open at its end is closed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        for (frontend, listener) in self.listeners {
-            tokio::spawn(accept_loop(listener, self.shared.clone(), frontend));
-        }
+        let handle = self.handle;
+        handle
+            .listeners
+            .running
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        handle.start_accepting();
+        // Health checks run on their own tasks until this function ends.
+        let _checkers = handle.shared.checkers.start(&handle.shared.snapshot);
         shutdown.await;
-        let grace = self.shared.snapshot.load().shutdown_grace;
-        let open = self.shared.open.count();
+        let shared = &handle.shared;
+        let grace = shared.snapshot.load().shutdown_grace;
+        let open = shared.open.count();
         tracing::info!(open, grace = ?grace, "stopping: no new connections, waiting for open ones");
-        self.shared.stop.begin_graceful();
-        if tokio::time::timeout(grace, self.shared.open.wait_idle()).await.is_err() {
+        shared.stop.begin_graceful();
+        if tokio::time::timeout(grace, shared.open.wait_idle()).await.is_err() {
             tracing::warn!(
-                open = self.shared.open.count(),
+                open = shared.open.count(),
                 "grace period over: closing what is still open"
             );
         }
-        self.shared.stop.begin_hard();
-        // Give closing tasks a moment to log their last lines.
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.shared.open.wait_idle()).await;
+        shared.stop.begin_hard();
+        // Give closing tasks a moment to send their Close frames and log their last lines.
+        let _ = tokio::time::timeout(Duration::from_millis(500), shared.open.wait_idle()).await;
         tracing::info!("stopped");
     }
 }
@@ -120,18 +134,134 @@ impl Handle {
         self.shared.snapshot.load_full()
     }
 
-    /// Swaps in a new configuration. Running requests and tunnels keep the
-    /// snapshot they started with; server state carries over by name.
-    /// Listener addresses are not changed by a reload.
-    pub fn reload(&self, config: &Config) {
+    /// The addresses frontend `name` listens on.
+    pub fn local_addrs(&self, name: &str) -> Vec<SocketAddr> {
+        let bound = self.listeners.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut addrs: Vec<SocketAddr> = bound
+            .iter()
+            .filter(|((f, _), _)| &**f == name)
+            .map(|(_, b)| b.local)
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// Swaps in a new, already validated configuration. Addresses it adds
+    /// are bound first: if one cannot be, nothing changes and the error is
+    /// returned. Then the snapshot is swapped (server state and stick tables
+    /// carry over by name), removed addresses stop accepting, and servers
+    /// that disappeared are drained. Running requests and tunnels keep the
+    /// snapshot they started with.
+    pub fn reload(&self, config: &Config) -> Result<(), StartError> {
         let previous = self.shared.snapshot.load_full();
-        let next = Snapshot::build(config, Some(&previous));
-        self.shared.snapshot.store(Arc::new(next));
+        let next = Arc::new(Snapshot::build(config, Some(&previous)));
+        self.sync_listeners(&next)?;
+        self.shared.snapshot.store(next.clone());
+        // Checker tasks of the old snapshot stop; the new one's start (state carries over by name).
+        self.shared.checkers.refresh(&self.shared.snapshot);
+        drain_removed_servers(&previous, &next);
+        Ok(())
     }
 
     /// Open client connections and tunnels.
     pub fn open_connections(&self) -> usize {
         self.shared.open.count()
+    }
+
+    /// Health checker tasks running now (one per server of each backend with checks).
+    pub fn health_checkers(&self) -> usize {
+        self.shared.checkers.running()
+    }
+
+    /// Binds what `snapshot` lists and is not bound yet, then closes what it no
+    /// longer lists. Binding happens first, so a failure changes nothing.
+    fn sync_listeners(&self, snapshot: &Snapshot) -> Result<(), StartError> {
+        let wanted: Vec<(Arc<str>, SocketAddr)> = snapshot
+            .frontends
+            .iter()
+            .flat_map(|f| f.binds.iter().map(|a| (f.name.clone(), *a)))
+            .collect();
+        let mut bound = self.listeners.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = Vec::new();
+        for key in &wanted {
+            if bound.contains_key(key) || fresh.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            let listener = listen(key.1).map_err(|source| StartError::Bind {
+                frontend: key.0.to_string(),
+                address: key.1,
+                source,
+            })?;
+            fresh.push((key.clone(), listener));
+        }
+        for (key, listener) in fresh {
+            let local = listener.local_addr().unwrap_or(key.1);
+            if self.listeners.running.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!(frontend = %key.0, address = %local, "listening (added by reload)");
+            }
+            bound.insert(
+                key.clone(),
+                Bound {
+                    frontend: key.0.clone(),
+                    local,
+                    listener: Some(listener),
+                    close: None,
+                },
+            );
+        }
+        bound.retain(|key, entry| {
+            let keep = wanted.contains(key);
+            if !keep {
+                tracing::info!(frontend = %key.0, address = %entry.local, "no longer listening");
+                if let Some(close) = entry.close.take() {
+                    let _ = close.send(());
+                }
+            }
+            keep
+        });
+        drop(bound);
+        if self.listeners.running.load(std::sync::atomic::Ordering::SeqCst) {
+            self.start_accepting();
+        }
+        Ok(())
+    }
+
+    /// Starts an accept loop on every bound socket that has none yet.
+    fn start_accepting(&self) {
+        let mut bound = self.listeners.bound.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in bound.values_mut() {
+            let Some(listener) = entry.listener.take() else {
+                continue;
+            };
+            let (close, closed) = oneshot::channel::<()>();
+            entry.close = Some(close);
+            let removed = async move {
+                let _ = closed.await;
+            };
+            tokio::spawn(accept_loop(
+                listener,
+                self.shared.clone(),
+                entry.frontend.clone(),
+                removed,
+            ));
+        }
+    }
+}
+
+/// Servers of `previous` whose state `next` does not carry over (removed, or
+/// moved to another address) are drained: their tunnels close after `drain_timeout`.
+fn drain_removed_servers(previous: &Snapshot, next: &Snapshot) {
+    for backend in &previous.backends {
+        for server in &backend.servers {
+            let kept = next
+                .backends
+                .iter()
+                .flat_map(|b| &b.servers)
+                .any(|s| Arc::ptr_eq(&s.state, &server.state));
+            if !kept && server.state.set_admin(AdminState::Drain) {
+                tracing::info!(backend = %backend.name, server = %server.name, "server removed by reload: draining");
+            }
+        }
     }
 }
 
@@ -142,6 +272,8 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)

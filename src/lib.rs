@@ -8,6 +8,7 @@ pub mod balance;
 pub mod cidr;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod instance;
 pub mod lookup;
 pub mod proxy;

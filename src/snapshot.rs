@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::balance::{self, Balancer, Candidate, HashSettings, KeySource, DEFAULT_TABLE_SIZE};
 use crate::config::types::{self, ForwardHeader, HashMethod};
 use crate::config::Config;
+use crate::health::HealthCheck;
 use crate::route::{Condition, Route};
 use crate::state::ServerState;
 use crate::sticky::StickyPolicy;
@@ -86,6 +87,8 @@ pub struct Backend {
     pub drain_spread: Duration,
     /// A draining server still takes clients stuck to it.
     pub drain_sticky: bool,
+    /// Health checks; `None`: the servers are always up.
+    pub health: Option<Arc<HealthCheck>>,
 }
 
 /// One server of a backend.
@@ -150,6 +153,11 @@ impl Snapshot {
         self.backends.iter().find(|b| &*b.name == name)
     }
 
+    /// The frontend named `name`.
+    pub fn frontend(&self, name: &str) -> Option<&Frontend> {
+        self.frontends.iter().find(|f| &*f.name == name)
+    }
+
     /// The index of the frontend named `name`.
     pub fn frontend_index(&self, name: &str) -> Option<usize> {
         self.frontends.iter().position(|f| &*f.name == name)
@@ -157,6 +165,11 @@ impl Snapshot {
 }
 
 fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend {
+    let health = config
+        .health
+        .as_ref()
+        .and_then(|h| HealthCheck::from_config(h.get_ref()))
+        .map(Arc::new);
     let servers: Vec<Server> = config
         .server
         .iter()
@@ -173,7 +186,11 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
                     old.state.weight.store(weight, std::sync::atomic::Ordering::Relaxed);
                     old.state.clone()
                 })
-                .unwrap_or_else(|| Arc::new(ServerState::new(weight)));
+                // A new server with checks takes no traffic before one passed.
+                .unwrap_or_else(|| match health {
+                    Some(_) => Arc::new(ServerState::awaiting_first_check(weight)),
+                    None => Arc::new(ServerState::new(weight)),
+                });
             // The config's admin state wins at every load (as in HAProxy without a state file).
             state.set_admin(s.state);
             Server {
@@ -231,6 +248,7 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         drain_timeout: config.drain_timeout.get(),
         drain_spread: config.drain_spread.get(),
         drain_sticky: config.drain_sticky,
+        health,
     }
 }
 

@@ -3,12 +3,13 @@
 //! request path never takes a lock to read or update them.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::health::HealthStatus;
 use crate::proxy::pool::Pool;
 
 /// The operator's intent for a server (HAProxy's admin states).
@@ -67,6 +68,12 @@ pub struct ServerState {
     pub connect_failures: AtomicU64,
     /// Idle keep-alive connections to this server.
     pub pool: Pool,
+    /// Health-check counters and the last result. A small mutex: only checker
+    /// tasks and failed connects take it, never a request that goes well.
+    health: Mutex<HealthStatus>,
+    /// Set while passive failures are counted, so that a successful connect
+    /// (every new upstream connection) reads one atomic and takes no lock.
+    pub(crate) passive_pending: AtomicBool,
     /// Bumped when the server is taken out, so its tunnels close with 1012.
     tunnel_close: watch::Sender<u64>,
     /// `AdminState` as a number, read on every pick.
@@ -90,11 +97,40 @@ impl ServerState {
             dispatched: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             pool: Pool::default(),
+            health: Mutex::new(HealthStatus::default()),
+            passive_pending: AtomicBool::new(false),
             tunnel_close: watch::channel(0).0,
             admin: AtomicU8::new(AdminState::Ready as u8),
             admin_watch: watch::channel(AdminState::Ready).0,
             up_since_ms: AtomicU64::new(0),
             freed: Notify::new(),
+        }
+    }
+
+    /// A fresh state for a server of a backend with health checks: down
+    /// until its first check passes, so it gets no traffic before that.
+    pub fn awaiting_first_check(weight: u32) -> Self {
+        let state = Self::new(weight);
+        state.up.store(false, Ordering::Relaxed);
+        state.health_lock().governed = true;
+        state
+    }
+
+    /// A copy of the health-check counters and last results (for stats and tests).
+    pub fn health(&self) -> HealthStatus {
+        self.health_lock().clone()
+    }
+
+    /// The health-check state, for the checker and passive detection.
+    pub(crate) fn health_lock(&self) -> MutexGuard<'_, HealthStatus> {
+        self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new connection to the server was made: clears the passive failure
+    /// count. One relaxed load when there is nothing to clear.
+    pub fn connect_succeeded(&self) {
+        if self.passive_pending.load(Ordering::Relaxed) && self.passive_pending.swap(false, Ordering::AcqRel) {
+            self.health_lock().machine.passive_success();
         }
     }
 

@@ -292,7 +292,8 @@ async fn the_stick_table_survives_a_reload() {
     let owner = headers["x-server"].to_str().unwrap().to_string();
     tether
         .handle
-        .reload(&tether::config::parse(&config, "reloaded.toml").unwrap());
+        .reload(&tether::config::parse(&config, "reloaded.toml").unwrap())
+        .unwrap();
     for _ in 0..6 {
         let (_, headers) = get_with(tether.addr, "/poll?sid=xyz", &[]).await;
         assert_eq!(headers["x-server"], owner.as_str());

@@ -182,6 +182,8 @@ pub struct Backend {
     /// Server-side timeouts.
     #[serde(default)]
     pub timeouts: BackendTimeouts,
+    /// Active health checks (and passive detection); without them servers are always up.
+    pub health: Option<Spanned<Health>>,
     /// The servers.
     #[serde(default)]
     pub server: Vec<Server>,
@@ -353,6 +355,129 @@ impl Default for BackendTimeouts {
     }
 }
 
+/// Health checks of a backend's servers. Keys that do not apply to the
+/// `check` kind are refused in `validate`, so they are options here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// What a check does; required (an option so its absence gets a helpful error).
+    pub check: Option<Spanned<CheckKind>>,
+    /// `http`/`websocket`: the request target (path and query); `/` when absent.
+    pub path: Option<Spanned<String>>,
+    /// `http`: the request method; `GET` when absent.
+    pub method: Option<Spanned<String>>,
+    /// `http`/`websocket`: the Host header; the server's `ip:port` when absent.
+    pub host: Option<Spanned<String>>,
+    /// `http`: the statuses that pass; `200-399` when absent.
+    pub expect_status: Option<Spanned<StatusRange>>,
+    /// `http`: a substring the first few KiB of the body must contain.
+    pub expect_body: Option<Spanned<String>>,
+    /// Time between two checks of one server (each jittered by ±10 %).
+    #[serde(default = "defaults::check_interval")]
+    pub interval: Spanned<ConfigDuration>,
+    /// How long one check may take; the smaller of 1s and `interval` when absent.
+    pub timeout: Option<Spanned<ConfigDuration>>,
+    /// Consecutive passed checks that bring a down server up.
+    #[serde(default = "defaults::rise")]
+    pub rise: Spanned<u32>,
+    /// Consecutive failed checks (and failed connects, with `observe`) that take an up server down.
+    #[serde(default = "defaults::fall")]
+    pub fall: Spanned<u32>,
+    /// Count connect failures and timeouts of live traffic toward `fall`.
+    #[serde(default = "defaults::off")]
+    pub observe: Spanned<bool>,
+}
+
+/// The kind of an active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP/1.1 request whose status (and optionally body) is checked.
+    Http,
+    /// A WebSocket handshake that must get 101, followed by a Close frame.
+    Websocket,
+}
+
+/// An inclusive range of HTTP status codes, written `200`, `"200"` or `"200-399"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    /// Lowest status that passes.
+    pub low: u16,
+    /// Highest status that passes.
+    pub high: u16,
+}
+
+impl StatusRange {
+    /// Whether `status` is in the range.
+    pub fn contains(&self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let code = |part: &str| -> Result<u16, String> {
+            part.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| {
+                    format!(
+                        "`{text}` is not a status or range of statuses: write \"200\" or \"200-399\" (codes 100-599)"
+                    )
+                })
+        };
+        let range = match text.split_once('-') {
+            Some((low, high)) => StatusRange {
+                low: code(low)?,
+                high: code(high)?,
+            },
+            None => {
+                let c = code(text)?;
+                StatusRange { low: c, high: c }
+            }
+        };
+        if range.low > range.high {
+            return Err(format!(
+                "`{text}` is an empty range: write the lower code first, like \"200-399\""
+            ));
+        }
+        Ok(range)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RangeVisitor;
+        impl serde::de::Visitor<'_> for RangeVisitor {
+            type Value = StatusRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a status code such as 200 or a range such as \"200-399\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                StatusRange::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                StatusRange::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                StatusRange::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(RangeVisitor)
+    }
+}
+
 /// One backend server.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -469,6 +594,19 @@ pub mod defaults {
     }
     pub(crate) fn retries() -> u32 {
         3
+    }
+    pub(crate) fn check_interval() -> toml::Spanned<ConfigDuration> {
+        toml::Spanned::new(0..0, ConfigDuration(Duration::from_secs(2)))
+    }
+    /// The check timeout when none is given: this, or `interval` if shorter.
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+    /// The HTTP check's statuses when `expect_status` is absent.
+    pub const EXPECT_STATUS: super::StatusRange = super::StatusRange { low: 200, high: 399 };
+    pub(crate) fn rise() -> toml::Spanned<u32> {
+        toml::Spanned::new(0..0, 2)
+    }
+    pub(crate) fn fall() -> toml::Spanned<u32> {
+        toml::Spanned::new(0..0, 3)
     }
     pub(crate) fn weight() -> toml::Spanned<u32> {
         toml::Spanned::new(0..0, 1)

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
-use super::types::{Balance, Condition, Config, CookieMode, HashMethod, Route, SameSite, Sticky};
+use super::types::{Balance, CheckKind, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky};
 use crate::balance::is_prime;
 
 /// The largest weight a server may have (HAProxy allows 256; a little more room costs nothing).
@@ -182,6 +182,9 @@ fn validate_backend(backend: &super::types::Backend, source: &SourceMap<'_>) -> 
     if let Some(sticky) = &backend.sticky {
         validate_sticky(sticky, source)?;
     }
+    if let Some(health) = &backend.health {
+        validate_health(health, source)?;
+    }
     if backend.server.is_empty() {
         return Err(source.error(
             Some(backend.name.span()),
@@ -345,4 +348,285 @@ fn validate_sticky(sticky: &Spanned<Sticky>, source: &SourceMap<'_>) -> Result<(
         return Err(source.error(Some(s.max_entries.span()), "`max_entries` must be at least 1"));
     }
     Ok(())
+}
+
+/// The shortest `interval` between health checks.
+pub const MIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+/// The largest `rise` or `fall`.
+pub const MAX_RISE_FALL: u32 = 1000;
+/// The longest `expect_body`: it must fit in what a check reads of a body.
+pub const MAX_EXPECT_BODY: usize = 1024;
+
+fn validate_health(health: &Spanned<Health>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let h = health.get_ref();
+    // Defaults carry an empty span: point at the whole `health` table then.
+    let at = |span: std::ops::Range<usize>| Some(if span.is_empty() { health.span() } else { span });
+    let Some(check) = &h.check else {
+        let message = if *h.observe.get_ref() {
+            "`observe = true` needs an active check too, since only a check can bring a server back: \
+             add check = \"tcp\", \"http\" or \"websocket\""
+        } else {
+            "`health` needs `check = \"tcp\"`, `\"http\"` or `\"websocket\"`"
+        };
+        return Err(source.error(Some(health.span()), message));
+    };
+    let kind = *check.get_ref();
+    let refuse = |key: &str, span: std::ops::Range<usize>, why: &str| {
+        Err(source.error(Some(span), format!("`{key}` does not apply to a {why}: remove it")))
+    };
+    match kind {
+        CheckKind::Tcp => {
+            let why = "TCP check (it only connects); use check = \"http\" to send a request";
+            if let Some(v) = &h.path {
+                return refuse("path", v.span(), why);
+            }
+            if let Some(v) = &h.method {
+                return refuse("method", v.span(), why);
+            }
+            if let Some(v) = &h.host {
+                return refuse("host", v.span(), why);
+            }
+            if let Some(v) = &h.expect_status {
+                return refuse("expect_status", v.span(), why);
+            }
+            if let Some(v) = &h.expect_body {
+                return refuse("expect_body", v.span(), why);
+            }
+        }
+        CheckKind::Websocket => {
+            let why = "WebSocket check (it always sends GET and expects 101)";
+            if let Some(v) = &h.method {
+                return refuse("method", v.span(), why);
+            }
+            if let Some(v) = &h.expect_status {
+                return refuse("expect_status", v.span(), why);
+            }
+            if let Some(v) = &h.expect_body {
+                return refuse("expect_body", v.span(), why);
+            }
+        }
+        CheckKind::Http => {}
+    }
+    if let Some(path) = &h.path {
+        let text = path.get_ref();
+        if !text.starts_with('/') || text.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(source.error(
+                Some(path.span()),
+                format!("`{text}` is not a request path: write it like \"/health\" or \"/ws?probe=1\""),
+            ));
+        }
+    }
+    if let Some(method) = &h.method {
+        let text = method.get_ref();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_uppercase()) || text == "CONNECT" {
+            return Err(source.error(
+                Some(method.span()),
+                format!("`{text}` is not a method a check can send: write it in capitals, like GET or HEAD"),
+            ));
+        }
+        if text == "HEAD" && h.expect_body.is_some() {
+            return Err(source.error(
+                Some(method.span()),
+                "a HEAD response has no body to search: remove `expect_body` or use method = \"GET\"",
+            ));
+        }
+    }
+    if let Some(host) = &h.host {
+        let text = host.get_ref();
+        if text.is_empty() || text.contains('@') || text.parse::<http::uri::Authority>().is_err() {
+            return Err(source.error(
+                Some(host.span()),
+                format!("`{text}` is not a Host header value: write a name, optionally with a port, like \"app.example.com\""),
+            ));
+        }
+    }
+    if let Some(body) = &h.expect_body {
+        let len = body.get_ref().len();
+        if len == 0 || len > MAX_EXPECT_BODY {
+            return Err(source.error(
+                Some(body.span()),
+                format!(
+                    "`expect_body` must be 1 to {MAX_EXPECT_BODY} bytes long (it is searched in the first {} KiB of the body)",
+                    crate::health::BODY_LIMIT / 1024
+                ),
+            ));
+        }
+    }
+    let interval = h.interval.get_ref().get();
+    if interval < MIN_CHECK_INTERVAL {
+        return Err(source.error(
+            at(h.interval.span()),
+            format!("`interval` must be at least {MIN_CHECK_INTERVAL:?}, like \"2s\""),
+        ));
+    }
+    if let Some(timeout) = &h.timeout {
+        let t = timeout.get_ref().get();
+        if t.is_zero() {
+            return Err(source.error(Some(timeout.span()), "`timeout` must be longer than 0, like \"1s\""));
+        }
+        if t > interval {
+            return Err(source.error(
+                Some(timeout.span()),
+                format!("`timeout` ({t:?}) is longer than `interval` ({interval:?}): a check must end before the next one starts"),
+            ));
+        }
+    }
+    for (key, value) in [("rise", &h.rise), ("fall", &h.fall)] {
+        if !(1..=MAX_RISE_FALL).contains(value.get_ref()) {
+            return Err(source.error(
+                at(value.span()),
+                format!("`{key}` must be between 1 and {MAX_RISE_FALL} (consecutive results)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod health_tests {
+    use crate::config::{parse, ConfigError};
+    use crate::health::{HealthCheck, Probe};
+    use std::time::Duration;
+
+    /// A config whose backend has `health = { <health> }` on line 9.
+    fn with_health(health: &str) -> String {
+        format!(
+            "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"web\"\n\n\
+             [[backend]]\nname = \"web\"\n\nhealth = {{ {health} }}\n[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8200\"\n"
+        )
+    }
+
+    fn settings(health: &str) -> HealthCheck {
+        let config = parse(&with_health(health), "test.toml").unwrap_or_else(|e| panic!("{health}: {e}"));
+        HealthCheck::from_config(config.backend[0].health.as_ref().unwrap().get_ref()).unwrap()
+    }
+
+    fn error_of(health: &str) -> (usize, usize, String) {
+        match parse(&with_health(health), "test.toml") {
+            Err(ConfigError::Invalid {
+                line, column, message, ..
+            }) => (line, column, message),
+            other => panic!("{health}: expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in_what_is_left_out() {
+        let tcp = settings("check = \"tcp\"");
+        assert!(matches!(tcp.probe, Probe::Tcp));
+        assert_eq!(
+            (tcp.interval, tcp.timeout),
+            (Duration::from_secs(2), Duration::from_secs(1))
+        );
+        assert_eq!((tcp.thresholds.rise, tcp.thresholds.fall, tcp.observe), (2, 3, false));
+        let Probe::Http(http) = settings("check = \"http\"").probe else {
+            panic!("http")
+        };
+        assert_eq!((http.method.as_str(), http.path.as_str()), ("GET", "/"));
+        assert_eq!((http.expect_status.low, http.expect_status.high), (200, 399));
+        assert!(http.host.is_none() && http.expect_body.is_none());
+        // A short interval shortens the default timeout with it.
+        assert_eq!(
+            settings("check = \"tcp\", interval = \"300ms\"").timeout,
+            Duration::from_millis(300)
+        );
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let http = settings(
+            "check = \"http\", path = \"/healthz?full=1\", method = \"HEAD\", host = \"app.example.com\", \
+             expect_status = \"200-204\", interval = \"5s\", timeout = \"2s\", rise = 1, fall = 5, observe = true",
+        );
+        assert_eq!(
+            (http.interval, http.timeout),
+            (Duration::from_secs(5), Duration::from_secs(2))
+        );
+        assert_eq!((http.thresholds.rise, http.thresholds.fall, http.observe), (1, 5, true));
+        let Probe::Http(probe) = http.probe else { panic!("http") };
+        assert_eq!(
+            (probe.method.as_str(), probe.path.as_str()),
+            ("HEAD", "/healthz?full=1")
+        );
+        assert_eq!(probe.host.as_deref(), Some("app.example.com"));
+        assert!(probe.expect_status.contains(204) && !probe.expect_status.contains(205));
+        let Probe::Http(probe) = settings("check = \"http\", expect_status = 200, expect_body = \"ok\"").probe else {
+            panic!("http")
+        };
+        assert!(probe.expect_status.contains(200) && !probe.expect_status.contains(201));
+        assert_eq!(probe.expect_body.as_deref(), Some("ok"));
+        let ws = settings("check = \"websocket\", path = \"/ws\", host = \"chat.example.com:8080\"").probe;
+        assert!(
+            matches!(ws, Probe::WebSocket { ref path, ref host } if path == "/ws" && host.as_deref() == Some("chat.example.com:8080"))
+        );
+    }
+
+    #[test]
+    fn keys_that_do_not_apply_to_the_check_kind_are_refused_at_their_column() {
+        let (line, column, message) = error_of("check = \"tcp\", expect_body = \"ok\"");
+        assert_eq!((line, column), (9, 41), "points at the value");
+        assert!(
+            message.contains("`expect_body` does not apply to a TCP check"),
+            "{message}"
+        );
+        for key in [
+            "path = \"/\"",
+            "method = \"GET\"",
+            "host = \"x\"",
+            "expect_status = \"200\"",
+        ] {
+            let (_, _, message) = error_of(&format!("check = \"tcp\", {key}"));
+            assert!(message.contains("TCP check"), "{key}: {message}");
+        }
+        for key in ["method = \"POST\"", "expect_status = \"101\"", "expect_body = \"x\""] {
+            let (_, _, message) = error_of(&format!("check = \"websocket\", {key}"));
+            assert!(message.contains("WebSocket check"), "{key}: {message}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_fix() {
+        let cases = [
+            ("check = \"http\", rise = 0", "`rise` must be between 1"),
+            ("check = \"http\", fall = 0", "`fall` must be between 1"),
+            (
+                "check = \"tcp\", interval = \"1s\", timeout = \"2s\"",
+                "longer than `interval`",
+            ),
+            ("check = \"tcp\", timeout = \"0ms\"", "longer than 0"),
+            ("check = \"tcp\", interval = \"1ms\"", "at least"),
+            ("check = \"http\", path = \"health\"", "not a request path"),
+            ("check = \"http\", method = \"get\"", "capitals"),
+            (
+                "check = \"http\", method = \"HEAD\", expect_body = \"x\"",
+                "HEAD response has no body",
+            ),
+            ("check = \"http\", expect_body = \"\"", "`expect_body` must be 1 to"),
+            ("check = \"http\", host = \"a b\"", "not a Host header value"),
+            ("interval = \"2s\"", "needs `check ="),
+            ("observe = true", "only a check can bring a server back"),
+        ];
+        for (health, expected) in cases {
+            let (line, _, message) = error_of(health);
+            assert_eq!(line, 9, "{health}");
+            assert!(message.contains(expected), "{health}: {message}");
+        }
+    }
+
+    #[test]
+    fn bad_status_ranges_and_kinds_are_reported_by_the_parser() {
+        for (range, expected) in [
+            ("\"399-200\"", "empty range"),
+            ("\"2xx\"", "not a status"),
+            ("700", "not a status"),
+        ] {
+            let (line, _, message) = error_of(&format!("check = \"http\", expect_status = {range}"));
+            assert_eq!(line, 9);
+            assert!(message.contains(expected), "{range}: {message}");
+        }
+        let (_, _, message) = error_of("check = \"icmp\"");
+        assert!(message.contains("unknown variant `icmp`"), "{message}");
+        let (_, _, message) = error_of("check = \"tcp\", intervall = \"2s\"");
+        assert!(message.contains("intervall"), "{message}");
+    }
 }

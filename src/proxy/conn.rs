@@ -33,6 +33,8 @@ pub struct ConnActivity {
     phase_changed: Notify,
     /// Requests in flight (pipelining keeps it at most one in practice).
     in_flight: AtomicU64,
+    /// Requests received so far.
+    served: AtomicU64,
 }
 
 impl Default for ConnActivity {
@@ -50,6 +52,7 @@ impl ConnActivity {
             epoch: Instant::now(),
             phase_changed: Notify::new(),
             in_flight: AtomicU64::new(0),
+            served: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +81,7 @@ impl ConnActivity {
     /// A request head was parsed and is being served.
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.fetch_add(1, Ordering::Relaxed);
         self.enter(BUSY);
     }
 
@@ -103,6 +107,21 @@ impl ConnActivity {
             HEAD => Some((since + http_request, true)),
             _ => None,
         }
+    }
+
+    /// Whether a graceful stop may close this connection now: it has served
+    /// a request and is between requests. A busy connection finishes first
+    /// (hyper would otherwise mark its response `Connection: close`, which
+    /// breaks a WebSocket 101). A connection that was just accepted and has
+    /// not yet sent its first request is given a moment (`fresh_may_stop`),
+    /// so a client that connected right before the stop is answered.
+    pub fn may_stop_now(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == IDLE && self.served.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a request is being served (or the connection became a tunnel).
+    pub fn is_busy(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == BUSY
     }
 
     /// Resolves when the deadline may have changed kind.

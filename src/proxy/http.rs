@@ -37,8 +37,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct ConnContext {
     /// The instance's shared state.
     pub shared: Arc<Shared>,
-    /// Index of the frontend that accepted the connection.
-    pub frontend: usize,
+    /// Name of the frontend that accepted the connection (looked up in each
+    /// request's snapshot, so reloads that reorder frontends are harmless).
+    pub frontend: Arc<str>,
     /// The client's address.
     pub client: SocketAddr,
     /// The connection's phase tracker (for its timeouts).
@@ -54,7 +55,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     context.activity.request_started();
     let snapshot = context.shared.snapshot.load_full();
-    let frontend = snapshot.frontends.get(context.frontend);
+    let frontend = snapshot.frontend(&context.frontend);
     // Behind trusted proxies the client is the rightmost untrusted X-Forwarded-For hop.
     let client_ip = match frontend {
         Some(f) if !f.trusted_proxies.is_empty() => {
@@ -403,12 +404,19 @@ async fn connection_to(
             return Ok((sender, true));
         }
     }
-    Ok((open(server.address, backend, websocket).await?, false))
+    let sender = open(server.address, backend, websocket).await?;
+    // Clears passive failures counted against the server (one atomic load when there are none).
+    server.state.connect_succeeded();
+    Ok((sender, false))
 }
 
 /// Counts and logs a failed connect; returns the cause for the client's error.
 fn connect_failed(backend: &Backend, server: &Server, err: &pool::ConnectError, request_id: RequestId) -> String {
     server.state.connect_failures.fetch_add(1, Ordering::Relaxed);
+    if let Some(health) = &backend.health {
+        // Passive detection (`observe`): counts toward `fall`, may take the server out now.
+        crate::health::connect_failed(&backend.name, &server.name, &server.state, health, &err.to_string());
+    }
     tracing::warn!(
         request_id = %request_id,
         backend = %backend.name,

@@ -17,18 +17,28 @@ use super::conn::{ConnActivity, WatchedIo};
 use super::http::{handle, ConnContext};
 use super::{Shared, TrackerToken};
 
-/// Accepts connections for frontend `frontend` until the graceful stop begins.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, frontend: usize) {
+/// How long a graceful stop waits for a just-accepted connection's first request.
+const FRESH_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Accepts connections for frontend `frontend` until the graceful stop
+/// begins or `removed` resolves (a reload dropped this address).
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    frontend: Arc<str>,
+    removed: impl std::future::Future<Output = ()>,
+) {
     let stopping = shared.stop.graceful();
-    tokio::pin!(stopping);
+    tokio::pin!(stopping, removed);
     loop {
         tokio::select! {
             biased;
             _ = &mut stopping => break,
+            _ = &mut removed => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let token = shared.open.enter();
-                    tokio::spawn(serve_connection(stream, peer, shared.clone(), frontend, token));
+                    tokio::spawn(serve_connection(stream, peer, shared.clone(), frontend.clone(), token));
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -44,13 +54,13 @@ async fn serve_connection(
     mut stream: TcpStream,
     mut peer: SocketAddr,
     shared: Arc<Shared>,
-    frontend: usize,
+    frontend: Arc<str>,
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
     let (client_timeout, head_timeout, expects_proxy_header) = {
         let snapshot = shared.snapshot.load();
-        match snapshot.frontends.get(frontend) {
+        match snapshot.frontend(&frontend) {
             Some(f) => (
                 f.client_timeout,
                 f.http_request_timeout,
@@ -90,12 +100,23 @@ async fn serve_connection(
     let graceful = shared.stop.graceful();
     let hard = shared.stop.hard();
     tokio::pin!(graceful, hard);
-    let mut draining = false;
+    let mut stop_requested: Option<std::time::Instant> = None;
+    let mut stop_sent = false;
     loop {
-        let deadline = activity.deadline(client_timeout, head_timeout);
+        if let (Some(since), false) = (stop_requested, stop_sent) {
+            if activity.may_stop_now() || (!activity.is_busy() && since.elapsed() >= FRESH_CONNECTION_GRACE) {
+                stop_sent = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+        let mut deadline = activity.deadline(client_timeout, head_timeout).map(|(at, _)| at);
+        if let (Some(since), false, false) = (stop_requested, stop_sent, activity.is_busy()) {
+            let stop_at = since + FRESH_CONNECTION_GRACE;
+            deadline = Some(deadline.map_or(stop_at, |d| d.min(stop_at)));
+        }
         let timer = async {
             match deadline {
-                Some((at, _)) => sleep_until(at.into()).await,
+                Some(at) => sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -117,9 +138,8 @@ async fn serve_connection(
                 }
             }
             _ = activity.phase_changed() => {}
-            _ = &mut graceful, if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
+            _ = &mut graceful, if stop_requested.is_none() => {
+                stop_requested = Some(std::time::Instant::now());
             }
             _ = &mut hard => break,
         }

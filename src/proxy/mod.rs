@@ -29,6 +29,8 @@ pub struct Shared {
     pub stop: Stop,
     /// Open client connections and tunnels, so a graceful stop knows when all are done.
     pub open: Arc<Tracker>,
+    /// The health checker tasks, replaced with the snapshot on reload.
+    pub checkers: crate::health::Checkers,
 }
 
 impl Shared {
@@ -38,6 +40,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             stop: Stop::default(),
             open: Arc::new(Tracker::default()),
+            checkers: crate::health::Checkers::default(),
         }
     }
 }

@@ -83,10 +83,10 @@ enum Side {
 
 /// One direction of the tunnel.
 struct Half {
-    buf: Box<[u8]>,
-    /// Bytes `buf[start..end]` are read and not yet written.
+    /// Bytes read but not yet written (`pending[start..]`). Empty, with no
+    /// allocation, whenever the writer keeps up: an idle tunnel holds no buffer.
+    pending: Vec<u8>,
     start: usize,
-    end: usize,
     /// The reader reached EOF.
     read_eof: bool,
     /// EOF was passed on with a write shutdown: this direction is finished.
@@ -104,16 +104,32 @@ struct Half {
     close_queued: bool,
     /// The read error that ended this direction, when `close_on_loss` turned it into a Close.
     lost: Option<io::Error>,
+    /// Bytes were written since the last flush (a no-op for TCP, needed for layered streams).
+    unflushed: bool,
+}
+
+thread_local! {
+    /// One read buffer per worker thread, shared by every tunnel it runs:
+    /// bytes are read into it and written on at once, so tunnels own no
+    /// buffer of their own unless a writer is slower than its reader.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
+}
+
+/// What one read into the scratch buffer gave.
+enum Read {
+    /// Bytes were read and all written on.
+    Moved,
+    /// Bytes were read; some are kept in `pending` for a writer that is not ready.
+    Kept,
+    /// End of stream, or (with `close_on_loss`) a failed read.
+    End,
 }
 
 impl Half {
     fn new(pending: Bytes, close_on_loss: bool) -> Self {
-        let mut buf = vec![0u8; BUF_SIZE.max(pending.len())].into_boxed_slice();
-        buf[..pending.len()].copy_from_slice(&pending);
         Self {
-            buf,
+            pending: pending.to_vec(),
             start: 0,
-            end: pending.len(),
             read_eof: false,
             done: false,
             moved: 0,
@@ -122,22 +138,28 @@ impl Half {
             close_on_loss,
             close_queued: false,
             lost: None,
+            unflushed: false,
         }
     }
 
     /// Whether tether may put a frame of its own into this direction now.
     fn at_boundary(&self) -> bool {
-        self.start == self.end && self.frames.at_boundary()
+        self.start == self.pending.len() && self.frames.at_boundary()
     }
 
     /// Queues tether's Close frame; after it is written the writer is shut down.
     fn queue_close(&mut self, code: CloseCode) {
-        let frame = code.frame();
-        self.buf[..frame.len()].copy_from_slice(&frame);
+        self.pending = code.frame();
         self.start = 0;
-        self.end = frame.len();
         self.read_eof = true;
         self.close_queued = true;
+    }
+
+    /// Accounts for `n` bytes of `data` written on.
+    fn wrote(&mut self, data: &[u8], n: usize) {
+        self.frames.observe(&data[..n]);
+        self.moved += n as u64;
+        self.unflushed |= n > 0;
     }
 
     /// Moves bytes from `reader` to `writer` until both would block or EOF was passed on.
@@ -152,26 +174,62 @@ impl Half {
         W: AsyncWrite + Unpin,
     {
         loop {
-            if self.start < self.end {
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]))
+            while self.start < self.pending.len() {
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.pending[self.start..]))
                     .map_err(|e| (Side::Writer, e))?;
                 if n == 0 {
                     return Poll::Ready(Err((Side::Writer, io::ErrorKind::WriteZero.into())));
                 }
-                self.frames.observe(&self.buf[self.start..self.start + n]);
+                let pending = std::mem::take(&mut self.pending);
+                self.wrote(&pending[self.start..], n);
+                self.pending = pending;
                 self.start += n;
-                self.moved += n as u64;
-                if self.start < self.end {
-                    continue;
-                }
+            }
+            if !self.pending.is_empty() {
+                // Caught up: give the memory back.
+                self.pending = Vec::new();
+                self.start = 0;
+            }
+            if self.unflushed {
                 ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|e| (Side::Writer, e))?;
+                self.unflushed = false;
             }
             if self.read_eof {
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(|e| (Side::Writer, e))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            let mut read_buf = ReadBuf::new(&mut self.buf);
+            match ready!(self.read_and_forward(cx, reader, writer))? {
+                Read::Moved => continue,
+                Read::Kept => continue, // the write loop above registers the waker
+                Read::End => {
+                    // A server that vanished without a WebSocket Close leaves
+                    // the client a 1012 instead of a bare close.
+                    if self.close_on_loss && !self.frames.saw_close() && self.frames.at_boundary() {
+                        self.queue_close(CloseCode::ServiceRestart);
+                    } else {
+                        self.read_eof = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads once into the worker's scratch buffer and writes what it can at
+    /// once; the rest is kept in `pending`.
+    fn read_and_forward<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<Result<Read, (Side, io::Error)>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut read_buf = ReadBuf::new(&mut scratch[..]);
             let read = ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf));
             let n = read_buf.filled().len();
             if let Err(err) = read {
@@ -179,22 +237,29 @@ impl Half {
                     return Poll::Ready(Err((Side::Reader, err)));
                 }
                 self.lost = Some(err);
+                return Poll::Ready(Ok(Read::End));
             }
+            if n == 0 {
+                return Poll::Ready(Ok(Read::End));
+            }
+            self.active = true;
+            let data = &scratch[..n];
+            let written = match Pin::new(&mut *writer).poll_write(cx, data) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err((Side::Writer, io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(w)) => w,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::Writer, e))),
+                Poll::Pending => 0,
+            };
+            self.wrote(data, written);
+            if written == n {
+                return Poll::Ready(Ok(Read::Moved));
+            }
+            self.pending = data[written..].to_vec();
             self.start = 0;
-            self.end = n;
-            if n > 0 && self.lost.is_none() {
-                self.active = true;
-                continue;
-            }
-            // End of stream (or a failed read): a server that vanished without
-            // a WebSocket Close leaves the client a 1012 instead of a bare close.
-            if self.close_on_loss && !self.frames.saw_close() && self.frames.at_boundary() {
-                self.queue_close(CloseCode::ServiceRestart);
-            } else {
-                self.end = 0;
-                self.read_eof = true;
-            }
-        }
+            Poll::Ready(Ok(Read::Kept))
+        })
     }
 }
 
@@ -222,21 +287,25 @@ where
     let mut last_activity = Instant::now();
     let timer = sleep_until(last_activity + idle);
     let mut closing: Option<CloseCode> = None;
-    let boundary_wait = sleep_until(Instant::now() + Duration::from_secs(86_400 * 365));
-    tokio::pin!(timer, close, boundary_wait);
+    // Only made when tether starts closing: an idle tunnel carries one timer, not two.
+    let mut boundary_wait: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    tokio::pin!(timer, close);
 
     let reason = poll_fn(|cx| {
         if closing.is_none() {
             if let Poll::Ready(code) = close.as_mut().poll(cx) {
                 closing = Some(code);
-                boundary_wait.as_mut().reset(Instant::now() + CLOSE_BOUNDARY_WAIT);
+                boundary_wait = Some(Box::pin(sleep_until(Instant::now() + CLOSE_BOUNDARY_WAIT)));
             }
         }
         if let Some(code) = closing {
             if !down.close_queued && !down.done && down.at_boundary() {
                 down.queue_close(code);
             }
-            if !down.close_queued && boundary_wait.as_mut().poll(cx).is_ready() {
+            let waited_out = boundary_wait
+                .as_mut()
+                .is_some_and(|wait| wait.as_mut().poll(cx).is_ready());
+            if !down.close_queued && waited_out {
                 // The server is in the middle of a frame it does not finish: close bare.
                 return Poll::Ready(CloseReason::ClosedByTether(code));
             }

@@ -1,0 +1,528 @@
+//! Health: active checks (TCP, HTTP, WebSocket handshake) on their own
+//! tasks, the rise/fall state machine, and passive marking from failed
+//! connects of live traffic.
+//!
+//! The pieces, each with one job: `machine` counts consecutive results and
+//! says when a server flips (pure); `probe` runs one check (I/O only);
+//! this module applies results to a server's live state, flipping it with
+//! `ServerState::set_up` and logging each flip once; `Checkers` owns the
+//! checker tasks of one instance (one per server) and replaces them on reload.
+//!
+//! A server of a backend with checks starts down and its first check decides
+//! at once (so it gets no traffic before a check passed, and does not wait
+//! `rise` intervals for its first); after that `rise` and `fall` apply. A
+//! server whose state carries over a reload keeps its up/down and counters.
+
+mod machine;
+mod probe;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
+
+use crate::config::types::{self, CheckKind};
+use crate::snapshot::Snapshot;
+use crate::state::ServerState;
+
+pub use machine::{Flip, Machine, Thresholds};
+pub use probe::{check, CheckError, HttpProbe, Probe, BODY_LIMIT};
+
+/// The health settings of one backend, resolved from the config with defaults.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// What a check does.
+    pub probe: Probe,
+    /// Time between the starts of two checks of one server, before jitter.
+    pub interval: Duration,
+    /// Limit of one check, connect included.
+    pub timeout: Duration,
+    /// Consecutive results that flip a server.
+    pub thresholds: Thresholds,
+    /// Failed connects of live traffic count toward `fall`.
+    pub observe: bool,
+}
+
+impl HealthCheck {
+    /// The runtime settings of a validated `health` table (`None` if it has no `check`,
+    /// which validation refuses).
+    pub fn from_config(config: &types::Health) -> Option<HealthCheck> {
+        let path = || {
+            config
+                .path
+                .as_ref()
+                .map_or_else(|| "/".to_string(), |p| p.get_ref().clone())
+        };
+        let host = config.host.as_ref().map(|h| h.get_ref().clone());
+        let probe = match *config.check.as_ref()?.get_ref() {
+            CheckKind::Tcp => Probe::Tcp,
+            CheckKind::Websocket => Probe::WebSocket { path: path(), host },
+            CheckKind::Http => Probe::Http(HttpProbe {
+                method: config
+                    .method
+                    .as_ref()
+                    .and_then(|m| http::Method::from_bytes(m.get_ref().as_bytes()).ok())
+                    .unwrap_or(http::Method::GET),
+                path: path(),
+                host,
+                expect_status: config
+                    .expect_status
+                    .as_ref()
+                    .map_or(types::defaults::EXPECT_STATUS, |s| *s.get_ref()),
+                expect_body: config.expect_body.as_ref().map(|b| b.get_ref().clone()),
+            }),
+        };
+        let interval = config.interval.get_ref().get();
+        Some(HealthCheck {
+            probe,
+            interval,
+            timeout: config
+                .timeout
+                .as_ref()
+                .map_or(types::defaults::CHECK_TIMEOUT.min(interval), |t| t.get_ref().get()),
+            thresholds: Thresholds {
+                rise: *config.rise.get_ref(),
+                fall: *config.fall.get_ref(),
+            },
+            observe: *config.observe.get_ref(),
+        })
+    }
+}
+
+/// Health of one server as the checks see it, kept in its `ServerState`.
+#[derive(Debug, Clone, Default)]
+pub struct HealthStatus {
+    /// Consecutive results.
+    pub machine: Machine,
+    /// Whether health checks govern this server now (its backend has them).
+    pub governed: bool,
+    /// Checks run since tether started.
+    pub checks: u64,
+    /// Of those, the ones that failed.
+    pub failed_checks: u64,
+    /// The latest check result.
+    pub last_check: Option<CheckReport>,
+    /// The latest flip.
+    pub last_flip: Option<FlipReport>,
+}
+
+/// One check result.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// When the check ended.
+    pub at: Instant,
+    /// How long it took.
+    pub latency: Duration,
+    /// Why it failed; `None` when it passed.
+    pub failure: Option<String>,
+}
+
+/// One flip of a server's availability.
+#[derive(Debug, Clone)]
+pub struct FlipReport {
+    /// When it happened.
+    pub at: Instant,
+    /// Which way.
+    pub flip: Flip,
+    /// What decided: the check kind (`tcp`, `http`, `websocket`) or `passive`.
+    pub check: &'static str,
+    /// Consecutive results that caused it (1 for a server's first check).
+    pub after: u32,
+    /// The last result's cause, for a flip down.
+    pub cause: String,
+}
+
+/// Names of a server for logs.
+#[derive(Debug, Clone)]
+struct Names {
+    backend: Arc<str>,
+    server: Arc<str>,
+}
+
+/// Applies one active check result to `state`; flips and logs if the machine says so.
+fn record_check(
+    names: &Names,
+    state: &ServerState,
+    settings: &HealthCheck,
+    outcome: Result<Duration, CheckError>,
+    took: Duration,
+) {
+    let check = settings.probe.kind();
+    let passed = outcome.is_ok();
+    let failure = outcome.err().map(|err| err.to_string());
+    let flipped = {
+        let mut status = state.health_lock();
+        status.governed = true;
+        status.checks += 1;
+        status.failed_checks += u64::from(!passed);
+        status.last_check = Some(CheckReport {
+            at: Instant::now(),
+            latency: took,
+            failure: failure.clone(),
+        });
+        let first = !status.machine.is_checked();
+        let flip = status.machine.observe(state.is_up(), passed, settings.thresholds);
+        flip.filter(|flip| state.set_up(flip.is_up())).map(|flip| {
+            let report = FlipReport {
+                at: Instant::now(),
+                flip,
+                check,
+                after: if first {
+                    1
+                } else if flip.is_up() {
+                    status.machine.successes()
+                } else {
+                    status.machine.failure_streak()
+                },
+                cause: failure.clone().unwrap_or_else(|| "check passed".to_string()),
+            };
+            status.last_flip = Some(report.clone());
+            report
+        })
+    };
+    match flipped {
+        Some(report) => log_flip(names, &report),
+        None => {
+            if let Some(cause) = &failure {
+                tracing::debug!(backend = %names.backend, server = %names.server, check, cause = %cause, "health check failed");
+            }
+        }
+    }
+}
+
+fn log_flip(names: &Names, report: &FlipReport) {
+    match report.flip {
+        Flip::Down => tracing::warn!(
+            backend = %names.backend,
+            server = %names.server,
+            check = report.check,
+            cause = %report.cause,
+            after = report.after,
+            "server is down"
+        ),
+        Flip::Up => tracing::info!(
+            backend = %names.backend,
+            server = %names.server,
+            check = report.check,
+            cause = %report.cause,
+            after = report.after,
+            "server is up"
+        ),
+    }
+}
+
+/// Passive detection: a connect of live traffic to `server` failed. With
+/// `observe` on, it counts toward `fall` and may take the server down at once.
+pub fn connect_failed(backend: &Arc<str>, server: &Arc<str>, state: &ServerState, settings: &HealthCheck, cause: &str) {
+    if !settings.observe {
+        return;
+    }
+    let flipped = {
+        let mut status = state.health_lock();
+        state.passive_pending.store(true, std::sync::atomic::Ordering::Release);
+        let flip = status
+            .machine
+            .observe_passive_failure(state.is_up(), settings.thresholds);
+        flip.filter(|flip| state.set_up(flip.is_up())).map(|flip| {
+            let report = FlipReport {
+                at: Instant::now(),
+                flip,
+                check: "passive",
+                after: status.machine.failure_streak(),
+                cause: cause.to_string(),
+            };
+            status.last_flip = Some(report.clone());
+            report
+        })
+    };
+    if let Some(report) = flipped {
+        let names = Names {
+            backend: backend.clone(),
+            server: server.clone(),
+        };
+        log_flip(&names, &report);
+    }
+}
+
+/// ±10 % of `interval`, `unit` in [0, 1): checks of many servers drift apart
+/// instead of arriving at the same instant.
+pub fn jittered(interval: Duration, unit: f64) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * unit.clamp(0.0, 1.0))
+}
+
+/// SplitMix64: a tiny generator per checker task, seeded from the server's names.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(names: &Names) -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        Jitter(RandomState::new().hash_one((&*names.backend, &*names.server)))
+    }
+
+    /// A number in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Checks one server forever (until its task is aborted).
+async fn watch_server(names: Names, address: SocketAddr, state: Arc<ServerState>, settings: Arc<HealthCheck>) {
+    let mut jitter = Jitter::new(&names);
+    // A server not checked yet is checked at once; the others start at a
+    // random point of the interval, so a reload does not align them all.
+    if state.health_lock().machine.is_checked() {
+        tokio::time::sleep(settings.interval.mul_f64(jitter.unit())).await;
+    }
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = check(&settings.probe, address, settings.timeout).await;
+        record_check(&names, &state, &settings, outcome, started.elapsed());
+        tokio::time::sleep_until(started + jittered(settings.interval, jitter.unit())).await;
+    }
+}
+
+/// The checker tasks of one tether instance: one per server of every
+/// backend with checks. Started by `Tether::run`, replaced on each reload,
+/// stopped when the instance stops.
+#[derive(Debug, Default)]
+pub struct Checkers {
+    inner: Mutex<Generation>,
+}
+
+/// The tasks of the snapshot in force.
+#[derive(Debug, Default)]
+struct Generation {
+    /// Where to spawn; `None` until started and after stopping.
+    runtime: Option<tokio::runtime::Handle>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Generation {
+    fn stop_tasks(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Stops the checkers when dropped (when `Tether::run` returns or is cancelled).
+#[must_use = "the checkers stop when this is dropped"]
+#[derive(Debug)]
+pub struct Running<'a> {
+    checkers: &'a Checkers,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.checkers.stop();
+    }
+}
+
+impl Checkers {
+    /// Starts checking the servers of the snapshot in force, on the current
+    /// runtime; they are checked until the returned guard drops. Must be
+    /// called within a tokio runtime.
+    pub fn start<'a>(&'a self, snapshot: &ArcSwap<Snapshot>) -> Running<'a> {
+        let mut generation = self.lock();
+        generation.runtime = Some(tokio::runtime::Handle::current());
+        // Loaded under the lock, so a concurrent reload cannot be missed.
+        spawn_generation(&mut generation, &snapshot.load());
+        Running { checkers: self }
+    }
+
+    /// After a reload: stops the previous snapshot's tasks and starts the
+    /// new one's. Does nothing if the instance is not running.
+    pub fn refresh(&self, snapshot: &ArcSwap<Snapshot>) {
+        let mut generation = self.lock();
+        if generation.runtime.is_some() {
+            spawn_generation(&mut generation, &snapshot.load());
+        }
+    }
+
+    /// Stops every checker task.
+    pub fn stop(&self) {
+        let mut generation = self.lock();
+        generation.runtime = None;
+        generation.stop_tasks();
+    }
+
+    /// Checker tasks running now (one per checked server).
+    pub fn running(&self) -> usize {
+        self.lock().tasks.iter().filter(|t| !t.is_finished()).count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generation> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn spawn_generation(generation: &mut Generation, snapshot: &Snapshot) {
+    generation.stop_tasks();
+    let Some(runtime) = generation.runtime.clone() else {
+        return;
+    };
+    for backend in &snapshot.backends {
+        let Some(settings) = &backend.health else {
+            release_unchecked(backend);
+            continue;
+        };
+        for server in &backend.servers {
+            server.state.health_lock().governed = true;
+            let names = Names {
+                backend: backend.name.clone(),
+                server: server.name.clone(),
+            };
+            let task = watch_server(names, server.address, server.state.clone(), settings.clone());
+            generation.tasks.push(runtime.spawn(task));
+        }
+    }
+}
+
+/// Servers of a backend whose checks were removed by a reload are up again,
+/// and a later check starts afresh.
+fn release_unchecked(backend: &crate::snapshot::Backend) {
+    for server in &backend.servers {
+        let mut status = server.state.health_lock();
+        if !std::mem::replace(&mut status.governed, false) {
+            continue;
+        }
+        status.machine.reset();
+        if server.state.set_up(true) {
+            let report = FlipReport {
+                at: Instant::now(),
+                flip: Flip::Up,
+                check: "none",
+                after: 0,
+                cause: "health checks removed from the backend".to_string(),
+            };
+            status.last_flip = Some(report.clone());
+            drop(status);
+            let names = Names {
+                backend: backend.name.clone(),
+                server: server.name.clone(),
+            };
+            log_flip(&names, &report);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let interval = Duration::from_secs(2);
+        assert_eq!(jittered(interval, 0.0), Duration::from_millis(1800));
+        assert_eq!(jittered(interval, 0.5), interval);
+        assert!(jittered(interval, 0.999_999) <= Duration::from_millis(2200));
+        let names = Names {
+            backend: "b".into(),
+            server: "s".into(),
+        };
+        let mut jitter = Jitter::new(&names);
+        let units: Vec<f64> = (0..1000).map(|_| jitter.unit()).collect();
+        assert!(units.iter().all(|u| (0.0..1.0).contains(u)));
+        let mean = units.iter().sum::<f64>() / units.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "mean {mean}");
+    }
+
+    fn settings(rise: u32, fall: u32, observe: bool) -> HealthCheck {
+        HealthCheck {
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            thresholds: Thresholds { rise, fall },
+            observe,
+        }
+    }
+
+    fn failed() -> Result<Duration, CheckError> {
+        Err(CheckError::Timeout(Duration::from_millis(500)))
+    }
+
+    #[test]
+    fn a_new_checked_server_is_down_until_its_first_check_passes_then_rise_and_fall_apply() {
+        let names = Names {
+            backend: "b".into(),
+            server: "s".into(),
+        };
+        let state = ServerState::awaiting_first_check(1);
+        let s = settings(3, 2, false);
+        assert!(!state.is_up());
+        record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO);
+        assert!(state.is_up(), "the first check decides at once despite rise = 3");
+        assert_eq!(state.health().last_flip.map(|f| (f.flip, f.after)), Some((Flip::Up, 1)));
+        record_check(&names, &state, &s, failed(), Duration::ZERO);
+        assert!(state.is_up());
+        record_check(&names, &state, &s, failed(), Duration::ZERO);
+        assert!(!state.is_up());
+        let flip = state.health().last_flip.unwrap();
+        assert_eq!((flip.flip, flip.after, flip.check), (Flip::Down, 2, "tcp"));
+        assert!(flip.cause.contains("no answer"), "{}", flip.cause);
+        for _ in 0..2 {
+            record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO);
+            assert!(!state.is_up());
+        }
+        record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO);
+        assert!(state.is_up());
+        let health = state.health();
+        assert_eq!((health.checks, health.failed_checks), (6, 2));
+    }
+
+    #[test]
+    fn passive_failures_only_count_with_observe_and_a_good_connect_clears_them() {
+        let (backend, server): (Arc<str>, Arc<str>) = ("b".into(), "s".into());
+        let state = ServerState::new(1);
+        connect_failed(&backend, &server, &state, &settings(1, 2, false), "refused");
+        connect_failed(&backend, &server, &state, &settings(1, 2, false), "refused");
+        assert!(state.is_up(), "observe is off");
+        let s = settings(1, 2, true);
+        connect_failed(&backend, &server, &state, &s, "refused");
+        state.connect_succeeded();
+        connect_failed(&backend, &server, &state, &s, "refused");
+        assert!(state.is_up(), "a good connect in between restarts the count");
+        connect_failed(&backend, &server, &state, &s, "refused");
+        assert!(!state.is_up());
+        let flip = state.health().last_flip.unwrap();
+        assert_eq!((flip.check, flip.after, flip.cause.as_str()), ("passive", 2, "refused"));
+    }
+
+    #[tokio::test]
+    async fn a_checker_waits_about_one_interval_between_checks() {
+        tokio::time::pause();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let state = Arc::new(ServerState::awaiting_first_check(1));
+        let names = Names {
+            backend: "b".into(),
+            server: "s".into(),
+        };
+        let task = tokio::spawn(watch_server(
+            names,
+            address,
+            state.clone(),
+            Arc::new(settings(1, 1, false)),
+        ));
+        // The first check runs at once; then one per interval ± 10 %.
+        let mut seen = Vec::new();
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen.push(state.health().checks);
+        }
+        task.abort();
+        assert!(seen[0] >= 1, "the first check is immediate: {seen:?}");
+        // 4 s of checks at 0.9–1.1 s apart: 4 or 5 checks in all.
+        let total = *seen.last().unwrap();
+        assert!((4..=5).contains(&total), "{total} checks in 4s: {seen:?}");
+        assert!(!state.is_up());
+    }
+}
