@@ -100,11 +100,19 @@ fn check(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime: `workers = 1` runs everything on one thread (tokio's
+/// current-thread scheduler, no cross-thread wake-ups: measured faster per
+/// message in `bench/`); more workers use the work-stealing scheduler.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers);
-    }
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all().build().context("cannot start the runtime")
 }
 
