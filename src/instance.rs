@@ -19,10 +19,12 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 
 use crate::config::Config;
+use crate::proxy::control::{close_spread, TunnelControl};
+use crate::proxy::frames::CloseCode;
 use crate::proxy::listener::accept_loop;
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
-use crate::state::AdminState;
+use crate::state::{AdminState, ServerState};
 
 /// Backlog of each listening socket: beyond it, new clients wait in the
 /// kernel rather than consume tether's memory.
@@ -59,6 +61,9 @@ struct Listeners {
     bound: Mutex<HashMap<(Arc<str>, SocketAddr), Bound>>,
     /// Set once `run` started, so sockets a reload adds are served at once.
     running: std::sync::atomic::AtomicBool,
+    /// Servers a reload removed, kept while they may still have tunnels, so a
+    /// shutdown closes those tunnels too.
+    retired: Mutex<Vec<Arc<ServerState>>>,
 }
 
 /// A tether instance with its listeners bound, ready to run.
@@ -115,11 +120,23 @@ impl Tether {
         let open = shared.open.count();
         tracing::info!(open, grace = ?grace, "stopping: no new connections, waiting for open ones");
         shared.stop.begin_graceful();
+        // Tunnels get Close 1001 one after another over most of the grace
+        // period, so their clients do not all reconnect at the same instant.
+        let closing = tokio::spawn(close_spread(
+            handle.tunnel_controls(),
+            CloseCode::GoingAway,
+            grace.mul_f64(0.8),
+            || true,
+        ));
         if tokio::time::timeout(grace, shared.open.wait_idle()).await.is_err() {
             tracing::warn!(
                 open = shared.open.count(),
                 "grace period over: closing what is still open"
             );
+        }
+        closing.abort();
+        for control in handle.tunnel_controls() {
+            control.request(CloseCode::GoingAway);
         }
         shared.stop.begin_hard();
         // Give closing tasks a moment to send their Close frames and log their last lines.
@@ -159,8 +176,24 @@ impl Handle {
         self.shared.snapshot.store(next.clone());
         // Checker tasks of the old snapshot stop; the new one's start (state carries over by name).
         self.shared.checkers.refresh(&self.shared.snapshot);
-        drain_removed_servers(&previous, &next);
+        let removed = drain_removed_servers(&previous, &next);
+        let mut retired = self.listeners.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|state| state.tunnels.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        retired.extend(removed);
         Ok(())
+    }
+
+    /// The controls of every open tunnel, on current and removed servers.
+    fn tunnel_controls(&self) -> Vec<Arc<TunnelControl>> {
+        let snapshot = self.snapshot();
+        let retired = self.listeners.retired.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        snapshot
+            .backends
+            .iter()
+            .flat_map(|b| b.servers.iter().map(|s| s.state.clone()))
+            .chain(retired)
+            .flat_map(|state| state.tunnel_controls())
+            .collect()
     }
 
     /// Open client connections and tunnels.
@@ -250,7 +283,8 @@ impl Handle {
 
 /// Servers of `previous` whose state `next` does not carry over (removed, or
 /// moved to another address) are drained: their tunnels close after `drain_timeout`.
-fn drain_removed_servers(previous: &Snapshot, next: &Snapshot) {
+fn drain_removed_servers(previous: &Snapshot, next: &Snapshot) -> Vec<Arc<ServerState>> {
+    let mut removed = Vec::new();
     for backend in &previous.backends {
         for server in &backend.servers {
             let kept = next
@@ -258,11 +292,15 @@ fn drain_removed_servers(previous: &Snapshot, next: &Snapshot) {
                 .iter()
                 .flat_map(|b| &b.servers)
                 .any(|s| Arc::ptr_eq(&s.state, &server.state));
-            if !kept && server.state.set_admin(AdminState::Drain) {
-                tracing::info!(backend = %backend.name, server = %server.name, "server removed by reload: draining");
+            if !kept {
+                if server.state.set_admin(AdminState::Drain) {
+                    tracing::info!(backend = %backend.name, server = %server.name, "server removed by reload: draining");
+                }
+                removed.push(server.state.clone());
             }
         }
     }
+    removed
 }
 
 fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {

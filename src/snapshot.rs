@@ -192,6 +192,7 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
                     None => Arc::new(ServerState::new(weight)),
                 });
             // The config's admin state wins at every load (as in HAProxy without a state file).
+            state.set_drain_timing(config.drain_timeout.get(), config.drain_spread.get());
             state.set_admin(s.state);
             Server {
                 name,

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::health::HealthStatus;
+use crate::proxy::control::{close_spread, TunnelControl, TunnelRegistration, TunnelSet};
+use crate::proxy::frames::CloseCode;
 use crate::proxy::pool::Pool;
 
 /// The operator's intent for a server (HAProxy's admin states).
@@ -74,12 +76,16 @@ pub struct ServerState {
     /// Set while passive failures are counted, so that a successful connect
     /// (every new upstream connection) reads one atomic and takes no lock.
     pub(crate) passive_pending: AtomicBool,
-    /// Bumped when the server is taken out, so its tunnels close with 1012.
-    tunnel_close: watch::Sender<u64>,
+    /// The open tunnels, so a server taken out, drained or stopping can close them.
+    open_tunnels: Arc<TunnelSet>,
     /// `AdminState` as a number, read on every pick.
     admin: AtomicU8,
-    /// The same, for tunnels waiting to be drained.
-    admin_watch: watch::Sender<AdminState>,
+    /// Bumped on every admin change, so a drain that was cancelled or
+    /// superseded stops closing tunnels.
+    admin_generation: AtomicU64,
+    /// The backend's `drain_timeout` and `drain_spread`, in milliseconds.
+    drain_timeout_ms: AtomicU64,
+    drain_spread_ms: AtomicU64,
     /// When the server last came up (`clock_ms`), for slow start; 0: not since start.
     up_since_ms: AtomicU64,
     /// Wakes requests queued for a slot when one is freed.
@@ -99,9 +105,11 @@ impl ServerState {
             pool: Pool::default(),
             health: Mutex::new(HealthStatus::default()),
             passive_pending: AtomicBool::new(false),
-            tunnel_close: watch::channel(0).0,
+            open_tunnels: Arc::new(TunnelSet::default()),
             admin: AtomicU8::new(AdminState::Ready as u8),
-            admin_watch: watch::channel(AdminState::Ready).0,
+            admin_generation: AtomicU64::new(0),
+            drain_timeout_ms: AtomicU64::new(300_000),
+            drain_spread_ms: AtomicU64::new(60_000),
             up_since_ms: AtomicU64::new(0),
             freed: Notify::new(),
         }
@@ -140,18 +148,37 @@ impl ServerState {
     }
 
     /// Sets the operator's intent; returns whether it changed. Draining
-    /// tunnels watch it (`admin_changes`).
-    pub fn set_admin(&self, state: AdminState) -> bool {
+    /// (or maintenance) schedules this server's tunnels to close with 1012
+    /// after `drain_timeout`, spread over `drain_spread`; going back to
+    /// ready before then cancels that.
+    pub fn set_admin(self: &Arc<Self>, state: AdminState) -> bool {
         let changed = self.admin.swap(state as u8, Ordering::AcqRel) != state as u8;
         if changed {
-            self.admin_watch.send_replace(state);
+            let generation = self.admin_generation.fetch_add(1, Ordering::AcqRel) + 1;
+            if state != AdminState::Ready {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(drain_tunnels(self.clone(), generation));
+                }
+            }
         }
         changed
     }
 
-    /// A receiver of admin state changes (for tunnels that drain).
-    pub fn admin_changes(&self) -> watch::Receiver<AdminState> {
-        self.admin_watch.subscribe()
+    /// Sets the backend's drain timing used by `set_admin`.
+    pub fn set_drain_timing(&self, timeout: Duration, spread: Duration) {
+        self.drain_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+        self.drain_spread_ms.store(spread.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Registers a tunnel to this server, so it can be asked to close.
+    pub fn register_tunnel(&self) -> TunnelRegistration {
+        self.open_tunnels.register()
+    }
+
+    /// The open tunnels' controls (for a shutdown that spreads its closes).
+    pub fn tunnel_controls(&self) -> Vec<Arc<TunnelControl>> {
+        self.open_tunnels.controls()
     }
 
     /// The weight the algorithm should use now: the current weight, ramped
@@ -213,19 +240,7 @@ impl ServerState {
 
     /// Asks every open tunnel of this server to close with 1012.
     pub fn close_tunnels(&self) {
-        self.tunnel_close.send_modify(|epoch| *epoch += 1);
-    }
-
-    /// Resolves when this server's tunnels must close. Registered at once,
-    /// so a call to `close_tunnels` right after this returns is not missed.
-    pub fn tunnels_must_close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut epoch = self.tunnel_close.subscribe();
-        async move {
-            if epoch.changed().await.is_err() {
-                // The state is gone, so is the server: nothing will ever ask again.
-                std::future::pending::<()>().await;
-            }
-        }
+        self.open_tunnels.close_all(CloseCode::ServiceRestart);
     }
 
     /// Takes one active slot if the server is under `maxconn`; the slot is
@@ -238,6 +253,19 @@ impl ServerState {
             .ok()?;
         self.dispatched.fetch_add(1, Ordering::Relaxed);
         Some(ActiveGuard { state: self.clone() })
+    }
+}
+
+/// After `drain_timeout`, closes the tunnels of a drained server evenly over
+/// `drain_spread`, unless the admin state changed again meanwhile.
+async fn drain_tunnels(state: Arc<ServerState>, generation: u64) {
+    let timeout = Duration::from_millis(state.drain_timeout_ms.load(Ordering::Relaxed));
+    let spread = Duration::from_millis(state.drain_spread_ms.load(Ordering::Relaxed));
+    tokio::time::sleep(timeout).await;
+    let current = || state.admin_generation.load(Ordering::Acquire) == generation;
+    if current() {
+        let controls = state.tunnel_controls();
+        close_spread(controls, CloseCode::ServiceRestart, spread, current).await;
     }
 }
 
@@ -284,12 +312,10 @@ mod tests {
 
     #[test]
     fn admin_state_changes_are_reported_once() {
-        let state = ServerState::new(1);
-        let rx = state.admin_changes();
+        let state = Arc::new(ServerState::new(1));
         assert!(state.set_admin(AdminState::Drain));
         assert!(!state.set_admin(AdminState::Drain));
         assert_eq!(state.admin(), AdminState::Drain);
-        assert_eq!(*rx.borrow(), AdminState::Drain);
     }
 
     #[test]

@@ -21,6 +21,15 @@ impl CloseCode {
         }
     }
 
+    /// The variant of a numeric code tether sends (None for 0 or others).
+    pub fn from_code(code: u16) -> Option<Self> {
+        match code {
+            1001 => Some(CloseCode::GoingAway),
+            1012 => Some(CloseCode::ServiceRestart),
+            _ => None,
+        }
+    }
+
     fn reason(self) -> &'static [u8] {
         match self {
             CloseCode::GoingAway => b"tether is shutting down",

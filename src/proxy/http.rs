@@ -18,7 +18,6 @@ use tokio::net::TcpStream;
 
 use super::body::{Exchange, RequestBody, ResponseBody};
 use super::conn::{ConnActivity, WatchedIo};
-use super::frames::CloseCode;
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, RequestId, TunnelLog};
 use super::pool::{self, UpstreamSender};
@@ -249,14 +248,12 @@ async fn forward(
         exchange.upgraded = true;
         let tunnel = TunnelJob {
             token: context.shared.open.enter(),
-            shared: context.shared.clone(),
             client: exchange.log.client,
             request_id: exchange.log.request_id,
             frontend: frontend.name.clone(),
             backend: backend.name.clone(),
             server: server.name.clone(),
             idle: backend.tunnel_timeout,
-            drain: (backend.drain_timeout, backend.drain_spread),
             guard,
         };
         tokio::spawn(tunnel.run(client_upgrade, server_upgrade));
@@ -523,15 +520,12 @@ fn local_response(
 struct TunnelJob {
     /// Keeps a graceful stop waiting for this tunnel.
     token: TrackerToken,
-    shared: Arc<Shared>,
     client: SocketAddr,
     request_id: RequestId,
     frontend: Arc<str>,
     backend: Arc<str>,
     server: Arc<str>,
     idle: std::time::Duration,
-    /// `drain_timeout` and `drain_spread` of the backend.
-    drain: (std::time::Duration, std::time::Duration),
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     guard: ActiveGuard,
 }
@@ -548,7 +542,9 @@ impl TunnelJob {
         let state = self.guard.state().clone();
         state.tunnels.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let stop = close_signal(&self.shared, &state, self.request_id, self.drain);
+        // Server down, drain and shutdown ask through this registration.
+        let registration = state.register_tunnel();
+        let stop = registration.control();
         // The usual case: pump between the raw sockets, no extra layers. The
         // layered fallback keeps any other transport working.
         let client = client
@@ -583,56 +579,6 @@ impl TunnelJob {
         .emit();
         drop(self.guard);
         drop(self.token);
-    }
-}
-
-/// Resolves with the Close code tether should send this tunnel's client:
-/// 1012 when its server is taken out (marked down) or has drained for
-/// `drain_timeout` (plus this tunnel's share of `drain_spread`), 1001 when
-/// tether stops. On a graceful stop each tunnel waits a random part of
-/// `shutdown_grace` first, so clients do not all reconnect at the same instant.
-fn close_signal(
-    shared: &Arc<Shared>,
-    state: &Arc<crate::state::ServerState>,
-    request_id: RequestId,
-    (drain_timeout, drain_spread): (std::time::Duration, std::time::Duration),
-) -> impl std::future::Future<Output = CloseCode> + Send + 'static {
-    let server_out = state.tunnels_must_close();
-    let mut admin = state.admin_changes();
-    let drained = async move {
-        let delay = drain_timeout + drain_spread.mul_f64(unit_fraction(request_id));
-        loop {
-            let draining = admin.wait_for(|a| *a != AdminState::Ready).await.map(|_| ());
-            if draining.is_err() {
-                return std::future::pending().await;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => return,
-                // Enabled again before the deadline: keep the tunnel.
-                enabled = async { admin.wait_for(|a| *a == AdminState::Ready).await.map(|_| ()) } => {
-                    if enabled.is_err() {
-                        return std::future::pending().await;
-                    }
-                }
-            }
-        }
-    };
-    let graceful = shared.stop.graceful();
-    let hard = shared.stop.hard();
-    let shared = shared.clone();
-    async move {
-        let spread_shutdown = async {
-            graceful.await;
-            let grace = shared.snapshot.load().shutdown_grace;
-            // Spread over 80 % of the grace period; the rest is margin for the closes to go out.
-            tokio::time::sleep(grace.mul_f64(0.8 * unit_fraction(request_id))).await;
-        };
-        tokio::select! {
-            _ = server_out => CloseCode::ServiceRestart,
-            _ = drained => CloseCode::ServiceRestart,
-            _ = spread_shutdown => CloseCode::GoingAway,
-            _ = hard => CloseCode::GoingAway,
-        }
     }
 }
 

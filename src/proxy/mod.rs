@@ -4,6 +4,7 @@
 pub mod body;
 pub mod client_addr;
 pub mod conn;
+pub mod control;
 pub mod frames;
 pub mod headers;
 pub mod http;

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
+use super::control::TunnelControl;
 use super::frames::{CloseCode, FrameTracker};
 
 /// Buffer per direction.
@@ -264,8 +265,8 @@ impl Half {
 }
 
 /// Pumps bytes between `client` and `server` until both directions finished,
-/// one side failed, or `idle` passed without traffic. When `close` resolves
-/// with a code, tether sends the client that Close frame at the next frame
+/// one side failed, or `idle` passed without traffic. When `close` is asked
+/// for a code, tether sends the client that Close frame at the next frame
 /// boundary and ends the tunnel. `client_pending` / `server_pending` are
 /// bytes each side sent right after the handshake, already read by the HTTP
 /// layer; they go first.
@@ -275,7 +276,7 @@ pub async fn run<C, S>(
     mut server: S,
     server_pending: Bytes,
     idle: Duration,
-    close: impl std::future::Future<Output = CloseCode>,
+    close: &TunnelControl,
 ) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -289,11 +290,11 @@ where
     let mut closing: Option<CloseCode> = None;
     // Only made when tether starts closing: an idle tunnel carries one timer, not two.
     let mut boundary_wait: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    tokio::pin!(timer, close);
+    tokio::pin!(timer);
 
     let reason = poll_fn(|cx| {
         if closing.is_none() {
-            if let Poll::Ready(code) = close.as_mut().poll(cx) {
+            if let Poll::Ready(code) = close.poll_requested(cx) {
                 closing = Some(code);
                 boundary_wait = Some(Box::pin(sleep_until(Instant::now() + CLOSE_BOUNDARY_WAIT)));
             }
@@ -375,14 +376,19 @@ mod tests {
     async fn bytes_flow_both_ways_with_pending_first_and_half_close() {
         let (client_outer, client_inner) = duplex(64);
         let (server_inner, server_outer) = duplex(64);
-        let tunnel = tokio::spawn(run(
-            client_inner,
-            Bytes::from_static(b"early-"),
-            server_inner,
-            Bytes::from_static(b"hello-"),
-            Duration::from_secs(60),
-            std::future::pending::<CloseCode>(),
-        ));
+        let tunnel = tokio::spawn(async move {
+            let never_asked = TunnelControl::default();
+            let early = Bytes::from_static(b"early-");
+            run(
+                client_inner,
+                early,
+                server_inner,
+                Bytes::from_static(b"hello-"),
+                Duration::from_secs(60),
+                &never_asked,
+            )
+            .await
+        });
         let (mut c_read, mut c_write) = tokio::io::split(client_outer);
         let (mut s_read, mut s_write) = tokio::io::split(server_outer);
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -412,14 +418,18 @@ mod tests {
     async fn an_idle_tunnel_is_closed_after_its_timeout() {
         let (_client_outer, client_inner) = duplex(64);
         let (server_inner, mut server_outer) = duplex(64);
-        let tunnel = tokio::spawn(run(
-            client_inner,
-            Bytes::from_static(b"x"),
-            server_inner,
-            Bytes::new(),
-            Duration::from_secs(30),
-            std::future::pending::<CloseCode>(),
-        ));
+        let tunnel = tokio::spawn(async move {
+            let never_asked = TunnelControl::default();
+            run(
+                client_inner,
+                Bytes::from_static(b"x"),
+                server_inner,
+                Bytes::new(),
+                Duration::from_secs(30),
+                &never_asked,
+            )
+            .await
+        });
         let mut one = [0u8; 1];
         server_outer.read_exact(&mut one).await.unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
