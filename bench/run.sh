@@ -176,8 +176,7 @@ done
 # --- configs ---------------------------------------------------------------------
 write_configs() {
     local w=$1 s i
-    # tether (TOML). TODO(sticky cookies): tether has no cookie stickiness yet;
-    # uncomment the `sticky` line once it lands so tether does what HAProxy does.
+    # tether (TOML): leastconn with the same cookie insertion HAProxy does.
     {
         echo "workers = $w"
         echo
@@ -189,7 +188,7 @@ write_configs() {
         echo "[[backend]]"
         echo 'name = "echo"'
         echo 'balance = "leastconn"'
-        echo '# sticky = { cookie = "SERVERID", mode = "insert", indirect = true, nocache = true }'
+        echo 'sticky = { cookie = "SERVERID", mode = "insert", indirect = true, nocache = true }'
         echo 'timeouts = { connect = "3s", server = "30s", tunnel = "1h" }'
         for i in 1 2 3; do
             echo
