@@ -49,6 +49,8 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+    /// Read a password from standard input and print its argon2id hash for `[admin] users`.
+    HashPassword,
     /// Start three demo WebSocket echo servers behind tether and serve a page showing the balancing.
     Demo {
         /// Where the demo balancer listens.
@@ -66,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Demo { listen } => demo(listen),
         Command::Echo { listen, name } => echo(listen, name),
+        Command::HashPassword => hash_password(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +89,25 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// Reads one line (the password) from standard input and prints its hash.
+fn hash_password() -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("password (it is shown as you type; or pipe it in):");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    let hash = tether::admin::auth::hash_password(password)?;
+    println!("{hash}");
+    Ok(())
 }
 
 fn check(file: &Path) -> anyhow::Result<()> {
@@ -124,9 +146,12 @@ fn run(path: &Path) -> anyhow::Result<()> {
         for frontend in &config.frontend {
             tracing::info!(frontend = %frontend.name.get_ref(), addresses = ?tether.local_addrs(frontend.name.get_ref()), "listening");
         }
+        if let Some(address) = tether.admin_addr() {
+            tracing::info!(address = %address, "admin listening: stats page at /, /metrics, /api/v1/");
+        }
         let handle = tether.handle();
-        let reload_path = path.to_path_buf();
-        tokio::spawn(async move { reload_on_hangup(handle, reload_path).await });
+        handle.set_config_path(path.to_path_buf());
+        tokio::spawn(async move { reload_on_hangup(handle).await });
         tether.run(stop_signal()).await;
         Ok(())
     })
@@ -180,7 +205,7 @@ async fn stop_signal() {
 }
 
 /// Reloads the configuration on SIGHUP; a bad file is logged and the old one kept.
-async fn reload_on_hangup(handle: tether::Handle, path: PathBuf) {
+async fn reload_on_hangup(handle: tether::Handle) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -188,19 +213,12 @@ async fn reload_on_hangup(handle: tether::Handle, path: PathBuf) {
             return;
         };
         while hangup.recv().await.is_some() {
-            match config::load_file(&path) {
-                Ok(config) => match handle.reload(&config) {
-                    Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
-                    Err(err) => tracing::error!(cause = %err, "reload refused: the running configuration stays"),
-                },
-                Err(err) => {
-                    tracing::error!(cause = %err, "reload refused: the running configuration stays")
-                }
-            }
+            // Logs and counts the outcome (`tether_config_reloads_total`); a bad file keeps the old config.
+            let _ = handle.reload_config_file();
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (handle, path);
+        let _ = handle;
     }
 }

@@ -77,24 +77,7 @@ async fn serve(name: &'static str, mut request: Request<Incoming>) -> Result<Res
             .body(Full::new(Bytes::from(page)))
             .unwrap_or_default());
     };
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        if ws.send(Message::text(name)).await.is_err() {
-            return;
-        }
-        while let Some(Ok(message)) = ws.next().await {
-            if message.is_close() {
-                break;
-            }
-            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
-                break;
-            }
-        }
-    });
+    tokio::spawn(announce_and_echo(hyper::upgrade::on(&mut request), name.to_string()));
     Ok(Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
@@ -102,6 +85,27 @@ async fn serve(name: &'static str, mut request: Request<Incoming>) -> Result<Res
         .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
         .body(Full::new(Bytes::new()))
         .unwrap_or_default())
+}
+
+/// Once `on_upgrade` completes (after a 101), speaks WebSocket as a server:
+/// sends `name` as the first message, then echoes every text and binary
+/// message until the client closes. The demo's and the tests' echo servers.
+pub async fn announce_and_echo(on_upgrade: hyper::upgrade::OnUpgrade, name: String) {
+    let Ok(upgraded) = on_upgrade.await else {
+        return;
+    };
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    if ws.send(Message::text(name)).await.is_err() {
+        return;
+    }
+    while let Some(Ok(message)) = ws.next().await {
+        if message.is_close() {
+            break;
+        }
+        if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// The demo's configuration: one frontend on `listen`, `leastconn` over the servers.

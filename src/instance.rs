@@ -43,6 +43,14 @@ pub enum StartError {
         /// What the system said (address in use, permission denied, …).
         source: std::io::Error,
     },
+    /// The admin listener's address could not be bound.
+    #[error("the admin listener cannot listen on {address}: {source}")]
+    AdminBind {
+        /// The address `[admin] bind` asked for.
+        address: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
 }
 
 /// One bound address: which frontend it serves and how to close it.
@@ -88,6 +96,14 @@ impl Tether {
             listeners,
         };
         handle.sync_listeners(&handle.snapshot())?;
+        crate::admin::bind(&handle).map_err(|source| StartError::AdminBind {
+            address: handle
+                .snapshot()
+                .admin
+                .as_ref()
+                .map_or(([0, 0, 0, 0], 0).into(), |a| a.bind),
+            source,
+        })?;
         Ok(Tether { handle })
     }
 
@@ -114,6 +130,8 @@ impl Tether {
         handle.start_accepting();
         // Health checks run on their own tasks until this function ends.
         let _checkers = handle.shared.checkers.start(&handle.shared.snapshot);
+        // The admin listener (stats page, /metrics, API) stops with the graceful stop.
+        let _admin = crate::admin::start(&handle);
         shutdown.await;
         let shared = &handle.shared;
         let grace = shared.snapshot.load().shutdown_grace;
@@ -146,6 +164,11 @@ impl Tether {
 }
 
 impl Handle {
+    /// The state shared by this instance's connections (for the admin listener).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The snapshot in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()

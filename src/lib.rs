@@ -4,6 +4,7 @@
 //! routes by rules, balances by several algorithms and keeps clients on
 //! their server. See `DESIGN.md` in the shared folder for the architecture.
 
+pub mod admin;
 pub mod balance;
 pub mod cidr;
 pub mod config;

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub workers: Option<usize>,
     /// How long a graceful stop waits for open connections.
     pub shutdown_grace: Duration,
+    /// The `[admin]` settings (users, allow-lists), if any.
+    pub admin: Option<Arc<crate::admin::AdminSettings>>,
 }
 
 /// A public listener's routing and client-side settings.
@@ -145,6 +147,10 @@ impl Snapshot {
             backends,
             workers: config.workers.as_ref().map(|w| *w.get_ref()),
             shutdown_grace: config.shutdown_grace.get(),
+            admin: config
+                .admin
+                .as_ref()
+                .map(|a| Arc::new(crate::admin::AdminSettings::from_config(a.get_ref()))),
         }
     }
 

@@ -68,3 +68,45 @@ fn run_with_a_bad_config_exits_before_listening() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:1:"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn hash_password_prints_an_argon2id_hash_of_stdin() {
+    use std::io::Write;
+    let mut child = tether()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tether");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"correct horse\n")
+        .expect("write password");
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(tether::admin::auth::verify_password("correct horse", hash.trim()));
+}
+
+#[test]
+fn check_refuses_an_admin_listener_without_users_off_loopback() {
+    let dir = std::env::temp_dir().join(format!("tether-cli-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("admin.toml");
+    std::fs::write(
+        &path,
+        "[admin]\nbind = \"0.0.0.0:9000\"\n\n[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let out = tether().arg("check").arg(&path).output().expect("run tether");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("admin.toml:2:") && stderr.contains("loopback"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,21 +12,6 @@ use support::*;
 use tether::state::AdminState;
 use tokio_tungstenite::tungstenite::Message;
 
-async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
-    tokio::time::timeout(within, async {
-        while let Some(message) = ws.next().await {
-            match message {
-                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
-    })
-    .await
-    .unwrap_or(None)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_handshakes_queue_for_ten_slots_and_all_succeed() {
     let s1 = backend("s1").start().await;

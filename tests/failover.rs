@@ -275,3 +275,38 @@ async fn a_backend_whose_servers_all_have_weight_0_gives_503() {
     }
     assert_eq!(s1.connections() + s2.connections(), 0);
 }
+
+/// A server that reads a request head and hangs up without answering (a server dying mid-handshake).
+async fn hang_up_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_handshake_the_server_drops_unanswered_is_sent_to_another_server() {
+    let s2 = backend("s2").start().await;
+    let dropper = hang_up_server().await;
+    let servers = [("dropper", dropper, ""), ("s2", s2.addr, "")];
+    let tether = start_tether(&simple_config("roundrobin", "", &servers)).await;
+    for _ in 0..10 {
+        let (_ws, name) = ws_connect(tether.addr, "/ws").await;
+        assert_eq!(name, "s2");
+    }
+    // A plain request is not replayed (it may have had effects): the client gets 502.
+    let (status, _, _) = get(tether.addr, "/").await;
+    let (status2, _, _) = get(tether.addr, "/").await;
+    assert!(status == StatusCode::BAD_GATEWAY || status2 == StatusCode::BAD_GATEWAY);
+}

@@ -28,7 +28,7 @@
 //! they spread over the others in proportion to their slots.
 
 use super::ring::{LoadBound, LoadTotals};
-use super::{hash_bytes, Balancer, Candidates, RequestKey, RoundRobin, ServerId};
+use super::{first_acceptable, hash_bytes, Balancer, Candidates, RequestKey, RoundRobin, ServerId};
 
 /// Default lookup table size: a prime, and large enough (Google's paper uses
 /// 65,537) that with up to a few hundred servers every server's share is
@@ -201,33 +201,8 @@ impl Balancer for Maglev {
         if first < candidates.len() && candidates.is_available(first) && acceptable(first) {
             return Some(first);
         }
-        let mut seen = vec![false; candidates.len()];
-        let mut seen_count = 0;
-        // An available server over the bound, used only if every available
-        // server is over it (possible only through races on the counters).
-        let mut spill = None;
-        for probe in 0..size {
-            let id = self.table[(start + probe) % size] as ServerId;
-            let Some(slot) = seen.get_mut(id) else {
-                // A candidate list shorter than the config: skip unknown ids.
-                continue;
-            };
-            if *slot {
-                continue;
-            }
-            *slot = true;
-            seen_count += 1;
-            if candidates.is_available(id) {
-                if acceptable(id) {
-                    return Some(id);
-                }
-                spill = spill.or(Some(id));
-            }
-            if seen_count == self.owners {
-                break;
-            }
-        }
-        spill
+        let order = (0..size).map(|probe| self.table[(start + probe) % size] as ServerId);
+        first_acceptable(order, candidates, self.owners, acceptable)
     }
 }
 

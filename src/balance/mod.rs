@@ -150,6 +150,43 @@ impl<'a> RequestKey<'a> {
     }
 }
 
+/// Walks servers in `order` (ring points or Maglev slots, owners repeating)
+/// and returns the first distinct one that is available and `acceptable`;
+/// stops once all `owners` distinct servers were seen. If every available
+/// server fails `acceptable` (only through races on the load counters), the
+/// first available one is returned rather than none.
+pub(crate) fn first_acceptable(
+    order: impl Iterator<Item = ServerId>,
+    candidates: &Candidates<'_>,
+    owners: usize,
+    acceptable: impl Fn(ServerId) -> bool,
+) -> Option<ServerId> {
+    let mut seen = vec![false; candidates.len()];
+    let mut seen_count = 0;
+    let mut spill = None;
+    for id in order {
+        let Some(slot) = seen.get_mut(id) else {
+            // A candidate list shorter than the config: skip unknown ids.
+            continue;
+        };
+        if *slot {
+            continue;
+        }
+        *slot = true;
+        seen_count += 1;
+        if candidates.is_available(id) {
+            if acceptable(id) {
+                return Some(id);
+            }
+            spill = spill.or(Some(id));
+        }
+        if seen_count == owners {
+            break;
+        }
+    }
+    spill
+}
+
 /// Compares `active_a / weight_a` with `active_b / weight_b` without division.
 pub(crate) fn load_less(active_a: u32, weight_a: u32, active_b: u32, weight_b: u32) -> bool {
     u64::from(active_a) * u64::from(weight_b) < u64::from(active_b) * u64::from(weight_a)

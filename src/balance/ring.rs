@@ -20,7 +20,7 @@
 
 use std::fmt::Write as _;
 
-use super::{hash_bytes, Balancer, Candidates, RequestKey, RoundRobin, ServerId};
+use super::{first_acceptable, hash_bytes, Balancer, Candidates, RequestKey, RoundRobin, ServerId};
 
 /// Ring points a server gets per unit of weight.
 ///
@@ -173,34 +173,8 @@ impl Balancer for Ring {
         if first < candidates.len() && candidates.is_available(first) && acceptable(first) {
             return Some(first);
         }
-        let mut seen = vec![false; candidates.len()];
-        let mut seen_count = 0;
-        // An available server over the bound, used only if every available
-        // server is over it (possible only through races on the counters).
-        let mut spill = None;
-        let len = self.points.len();
-        for step in 0..len {
-            let id = self.owner_at(start + step);
-            let Some(slot) = seen.get_mut(id) else {
-                // A candidate list shorter than the config: skip unknown ids.
-                continue;
-            };
-            if *slot {
-                continue;
-            }
-            *slot = true;
-            seen_count += 1;
-            if candidates.is_available(id) {
-                if acceptable(id) {
-                    return Some(id);
-                }
-                spill = spill.or(Some(id));
-            }
-            if seen_count == self.owners {
-                break;
-            }
-        }
-        spill
+        let order = (0..self.points.len()).map(|step| self.owner_at(start + step));
+        first_acceptable(order, candidates, self.owners, acceptable)
     }
 }
 

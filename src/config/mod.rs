@@ -147,4 +147,48 @@ address = "127.0.0.1:8200"
         assert_eq!(line, 13);
         assert!(message.contains("already has a server"), "{message}");
     }
+
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$V7kVjzRN0VnZBxkIDhAsTg$rAMwVPk8xv3R+pRdzgOrvCjtMb2XYIVCyfjrBjq8ltI";
+
+    #[test]
+    fn an_admin_listener_without_users_must_be_on_loopback() {
+        let ok = format!("{GOOD}[admin]\nbind = \"127.0.0.1:9000\"\n");
+        parse(&ok, "test.toml").expect("loopback without users is fine");
+        let text = format!("{GOOD}[admin]\nbind = \"0.0.0.0:9000\"\n");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 13);
+        assert!(
+            message.contains("no `users`") && message.contains("loopback"),
+            "{message}"
+        );
+        let with_user = format!(
+            "{GOOD}[admin]\nbind = \"0.0.0.0:9000\"\nusers = [{{ name = \"admin\", password_hash = \"{HASH}\" }}]\n\
+             allow = [\"10.0.0.0/8\"]\nmetrics_allow = [\"192.0.2.0/24\"]\n"
+        );
+        let config = parse(&with_user, "test.toml").expect("a user allows any address");
+        let admin = config.admin.expect("admin").into_inner();
+        assert_eq!((admin.allow.len(), admin.metrics_allow.len()), (1, 1));
+    }
+
+    #[test]
+    fn admin_users_need_an_argon2_hash_and_distinct_names() {
+        let text = format!(
+            "{GOOD}[admin]\nbind = \"127.0.0.1:9000\"\nusers = [{{ name = \"admin\", password_hash = \"secret\" }}]\n"
+        );
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 14);
+        assert!(message.contains("hash-password"), "{message}");
+        let text = format!(
+            "{GOOD}[admin]\nbind = \"127.0.0.1:9000\"\nusers = [{{ name = \"a\", password_hash = \"{HASH}\" }},\n\
+             {{ name = \"a\", password_hash = \"{HASH}\" }}]\n"
+        );
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 15);
+        assert!(message.contains("already defined"), "{message}");
+        let text = format!("{GOOD}[admin]\nbind = \"127.0.0.1:9000\"\nallow = [\"10.0.0.0/40\"]\n");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 14);
+        assert!(message.contains("prefix length"), "{message}");
+    }
 }

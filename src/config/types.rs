@@ -26,6 +26,36 @@ pub struct Config {
     /// Groups of servers and how to balance between them.
     #[serde(default)]
     pub backend: Vec<Backend>,
+    /// The admin listener: stats page, `/metrics` and the JSON API; none when absent.
+    pub admin: Option<Spanned<Admin>>,
+}
+
+/// The admin listener's settings (`[admin]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `ip:port` of its own listener, never shared with a frontend; without
+    /// `users` it must be a loopback address.
+    pub bind: Spanned<Address>,
+    /// Who may log in (HTTP Basic); without users, no login is asked and only loopback is served.
+    #[serde(default)]
+    pub users: Vec<Spanned<AdminUser>>,
+    /// Client addresses allowed at all; every address when empty.
+    #[serde(default)]
+    pub allow: Vec<crate::cidr::Cidr>,
+    /// Client addresses (scrapers) that may read `/metrics` without a password.
+    #[serde(default)]
+    pub metrics_allow: Vec<crate::cidr::Cidr>,
+}
+
+/// One admin user.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUser {
+    /// The login name.
+    pub name: Spanned<String>,
+    /// An argon2 hash in PHC form (`$argon2id$v=19$...`), as `tether hash-password` prints.
+    pub password_hash: Spanned<String>,
 }
 
 /// One public entry point: addresses to listen on and rules choosing a backend.

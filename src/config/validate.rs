@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
-use super::types::{Balance, CheckKind, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky};
+use super::types::{
+    Admin, Balance, CheckKind, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky,
+};
 use crate::balance::is_prime;
 
 /// The largest weight a server may have (HAProxy allows 256; a little more room costs nothing).
@@ -71,6 +73,57 @@ pub(crate) fn validate(config: &Config, source: &SourceMap<'_>) -> Result<(), Co
         }
         for route in &frontend.route {
             validate_route(route, &backend_names, source)?;
+        }
+    }
+    if let Some(admin) = &config.admin {
+        validate_admin(admin, source)?;
+    }
+    Ok(())
+}
+
+fn validate_admin(admin: &Spanned<Admin>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let settings = admin.get_ref();
+    let bind = settings.bind.get_ref().0;
+    if settings.users.is_empty() && !bind.ip().is_loopback() {
+        return Err(source.error(
+            Some(settings.bind.span()),
+            format!(
+                "the admin listener has no `users`, so it only serves on loopback and cannot bind {bind}: \
+                 bind it to \"127.0.0.1:{port}\", or add users = [{{ name = \"admin\", password_hash = \"...\" }}] \
+                 (`tether hash-password` prints a hash)",
+                port = bind.port()
+            ),
+        ));
+    }
+    let mut names = HashSet::new();
+    for user in &settings.users {
+        let user = user.get_ref();
+        let name = user.name.get_ref();
+        if name.is_empty() || name.contains(':') {
+            return Err(source.error(
+                Some(user.name.span()),
+                "an admin user name must not be empty nor contain `:` (HTTP Basic separates name and password with it)",
+            ));
+        }
+        if !names.insert(name.as_str()) {
+            return Err(source.error(
+                Some(user.name.span()),
+                format!("an admin user named `{name}` is already defined: give each user their own name"),
+            ));
+        }
+        let hash = user.password_hash.get_ref();
+        let parsed = argon2::PasswordHash::new(hash);
+        let is_argon2 = parsed
+            .as_ref()
+            .is_ok_and(|h| ["argon2id", "argon2i", "argon2d"].contains(&h.algorithm.as_str()));
+        if !is_argon2 {
+            return Err(source.error(
+                Some(user.password_hash.span()),
+                format!(
+                    "the password hash of `{name}` is not an argon2 hash in PHC form (`$argon2id$v=19$m=...`): \
+                     run `tether hash-password` and paste what it prints"
+                ),
+            ));
         }
     }
     Ok(())

@@ -20,14 +20,23 @@ use crate::sticky::SidLearner;
 /// A client's request body streamed to the server, counted for the access log.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    /// The client's body; `None` for a request tether sends again without one.
+    inner: Option<Incoming>,
     received: Arc<AtomicU64>,
 }
 
 impl RequestBody {
     /// Wraps `inner`, adding each data frame's length to `received`.
     pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> Self {
-        Self { inner, received }
+        Self {
+            inner: Some(inner),
+            received,
+        }
+    }
+
+    /// No body (a replayed WebSocket handshake).
+    pub fn empty(received: Arc<AtomicU64>) -> Self {
+        Self { inner: None, received }
     }
 }
 
@@ -36,7 +45,10 @@ impl Body for RequestBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
                 self.received.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -45,10 +57,12 @@ impl Body for RequestBody {
         Poll::Ready(frame)
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|inner| inner.is_end_stream())
     }
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |inner| inner.size_hint())
     }
 }
 

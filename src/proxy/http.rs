@@ -145,41 +145,11 @@ async fn forward(
     let stuck = sticky
         .as_ref()
         .and_then(|(policy, lookup)| Some((*policy, lookup.target?)));
-    let upstream = match connect_with_retries(backend, &key, websocket, stuck, exchange.log.request_id).await {
+    let upstream = match connect_with_retries(backend, &key, websocket, stuck, exchange.log.request_id, &[]).await {
         Ok(upstream) => upstream,
-        Err(NoUpstream::NoServer) => {
-            let message = format!("no server of backend `{}` is available", backend.name);
-            return local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
-        }
-        Err(NoUpstream::StuckUnavailable(name)) => {
-            let message = format!(
-                "this session is stuck to server `{name}` of backend `{}`, which is unavailable, and redispatch is off",
-                backend.name
-            );
-            return local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
-        }
-        Err(NoUpstream::QueueTimeout) => {
-            let message = format!(
-                "every server of backend `{}` stayed at maxconn for {:?}: try again shortly",
-                backend.name, backend.queue_timeout
-            );
-            // 1–5 s, varied per request so refused clients do not come back together.
-            let retry_after = 1 + unit_fraction_scaled(exchange.log.request_id, 5);
-            let mut response = local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
-            return response;
-        }
-        Err(NoUpstream::AllFailed(cause)) => {
-            let message = format!(
-                "no server of backend `{}` accepted the connection ({cause})",
-                backend.name
-            );
-            return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
-        }
+        Err(failure) => return no_upstream_response(failure, backend, exchange),
     };
-    let server = &backend.servers[upstream.server];
+    let mut server = &backend.servers[upstream.server];
     exchange.log.server = Some(server.name.clone());
 
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
@@ -193,11 +163,14 @@ async fn forward(
         exchange.log.bytes_in.clone(),
     );
     let Upstream {
-        server: server_id,
-        guard,
+        server: mut server_id,
+        mut guard,
         mut sender,
         mut reused,
     } = upstream;
+    // A WebSocket handshake is a GET without a body: if the server drops it
+    // unanswered (it died mid-handshake), it can be sent once more elsewhere.
+    let mut replay = websocket.then(|| replay_of(&request, exchange.log.bytes_in.clone()));
     let mut pending = Some(request);
     let mut response = loop {
         let Some(request) = pending.take() else {
@@ -227,6 +200,29 @@ async fn forward(
                             let message = format!("server `{}` could not be reached again: {err}", server.name);
                             return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
                         }
+                    }
+                }
+                if let Some(again) = replay.take() {
+                    tracing::warn!(
+                        request_id = %exchange.log.request_id,
+                        server = %server.name,
+                        cause = %failed.error(),
+                        "server dropped the handshake unanswered: trying another server"
+                    );
+                    let key = RequestKey::default();
+                    let request_id = exchange.log.request_id;
+                    match connect_with_retries(backend, &key, true, None, request_id, &[server_id]).await {
+                        Ok(next) => {
+                            server_id = next.server;
+                            guard = next.guard;
+                            sender = next.sender;
+                            reused = next.reused;
+                            server = &backend.servers[server_id];
+                            exchange.log.server = Some(server.name.clone());
+                            pending = Some(again);
+                            continue;
+                        }
+                        Err(failure) => return no_upstream_response(failure, backend, exchange),
                     }
                 }
                 let message = format!("server `{}` failed before answering: {}", server.name, failed.error());
@@ -282,8 +278,9 @@ async fn connect_with_retries(
     websocket: bool,
     stuck: Option<(&StickyPolicy, ServerId)>,
     request_id: RequestId,
+    exclude: &[ServerId],
 ) -> Result<Upstream, NoUpstream> {
-    let mut tried: Vec<ServerId> = Vec::new();
+    let mut tried: Vec<ServerId> = exclude.to_vec();
     let mut last_error = String::new();
     if let Some((policy, id)) = stuck {
         let server = &backend.servers[id];
@@ -299,23 +296,19 @@ async fn connect_with_retries(
             None
         };
         match guard {
-            Some(guard) => match connection_to(server, backend, websocket).await {
-                Ok((sender, reused)) => {
-                    return Ok(Upstream {
-                        server: id,
-                        guard,
-                        sender,
-                        reused,
-                    })
+            Some(guard) => {
+                let attempt = Attempt {
+                    backend,
+                    websocket,
+                    request_id,
+                };
+                if let Some(upstream) = attempt.connect(id, guard, &mut tried, &mut last_error).await {
+                    return Ok(upstream);
                 }
-                Err(err) => {
-                    last_error = connect_failed(backend, server, &err, request_id);
-                    tried.push(id);
-                    if !policy.redispatch {
-                        return Err(NoUpstream::AllFailed(last_error));
-                    }
+                if !policy.redispatch {
+                    return Err(NoUpstream::AllFailed(last_error));
                 }
-            },
+            }
             None if !policy.redispatch => return Err(NoUpstream::StuckUnavailable(server.name.clone())),
             None => {}
         }
@@ -334,25 +327,99 @@ async fn connect_with_retries(
             }
             continue;
         };
-        let server = &backend.servers[id];
-        match connection_to(server, backend, websocket).await {
-            Ok((sender, reused)) => {
-                return Ok(Upstream {
-                    server: id,
-                    guard,
-                    sender,
-                    reused,
-                })
-            }
+        let attempt = Attempt {
+            backend,
+            websocket,
+            request_id,
+        };
+        if let Some(upstream) = attempt.connect(id, guard, &mut tried, &mut last_error).await {
+            return Ok(upstream);
+        }
+        if tried.len() > backend.retries as usize {
+            return Err(NoUpstream::AllFailed(last_error));
+        }
+    }
+}
+
+/// One connect attempt's context.
+struct Attempt<'a> {
+    backend: &'a Backend,
+    websocket: bool,
+    request_id: RequestId,
+}
+
+impl Attempt<'_> {
+    /// Connects to server `id` (holding its slot `guard`); a failure is
+    /// counted, logged, and recorded in `tried` and `last_error`.
+    async fn connect(
+        &self,
+        id: ServerId,
+        guard: ActiveGuard,
+        tried: &mut Vec<ServerId>,
+        last_error: &mut String,
+    ) -> Option<Upstream> {
+        let server = &self.backend.servers[id];
+        match connection_to(server, self.backend, self.websocket).await {
+            Ok((sender, reused)) => Some(Upstream {
+                server: id,
+                guard,
+                sender,
+                reused,
+            }),
             Err(err) => {
-                last_error = connect_failed(backend, server, &err, request_id);
+                *last_error = connect_failed(self.backend, server, &err, self.request_id);
                 tried.push(id);
-                if tried.len() > backend.retries as usize {
-                    return Err(NoUpstream::AllFailed(last_error));
-                }
+                None
             }
         }
     }
+}
+
+/// The response for a request no server could take.
+fn no_upstream_response(failure: NoUpstream, backend: &Backend, exchange: Box<Exchange>) -> Response<ResponseBody> {
+    match failure {
+        NoUpstream::NoServer => {
+            let message = format!("no server of backend `{}` is available", backend.name);
+            local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false)
+        }
+        NoUpstream::StuckUnavailable(name) => {
+            let message = format!(
+                "this session is stuck to server `{name}` of backend `{}`, which is unavailable, and redispatch is off",
+                backend.name
+            );
+            local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false)
+        }
+        NoUpstream::QueueTimeout => {
+            let message = format!(
+                "every server of backend `{}` stayed at maxconn for {:?}: try again shortly",
+                backend.name, backend.queue_timeout
+            );
+            // 1–5 s, varied per request so refused clients do not come back together.
+            let retry_after = 1 + unit_fraction_scaled(exchange.log.request_id, 5);
+            let mut response = local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            response
+        }
+        NoUpstream::AllFailed(cause) => {
+            let message = format!(
+                "no server of backend `{}` accepted the connection ({cause})",
+                backend.name
+            );
+            local_response(StatusCode::BAD_GATEWAY, &message, exchange, false)
+        }
+    }
+}
+
+/// A copy of a forwarded WebSocket handshake (a GET without body) to send again.
+fn replay_of(request: &Request<RequestBody>, received: Arc<AtomicU64>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty(received));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// Whether the backend has servers that could take the request but for

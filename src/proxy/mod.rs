@@ -32,6 +32,8 @@ pub struct Shared {
     pub open: Arc<Tracker>,
     /// The health checker tasks, replaced with the snapshot on reload.
     pub checkers: crate::health::Checkers,
+    /// The admin listener's socket, config file path, reload counts and login limits.
+    pub admin: crate::admin::AdminShared,
 }
 
 impl Shared {
@@ -42,6 +44,7 @@ impl Shared {
             stop: Stop::default(),
             open: Arc::new(Tracker::default()),
             checkers: crate::health::Checkers::default(),
+            admin: crate::admin::AdminShared::default(),
         }
     }
 }

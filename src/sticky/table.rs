@@ -30,10 +30,24 @@ pub trait StickTable: Send + Sync {
     fn remove(&self, key: &str);
     /// Entries currently held (expired ones excluded).
     fn len(&self) -> usize;
+    /// Up to `limit` entries after skipping `offset`, most recently used
+    /// first (for the admin API; does not refresh their idle timers).
+    fn entries(&self, offset: usize, limit: usize) -> Vec<StickEntry>;
     /// Whether the table holds no entry.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One entry of a stick table, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickEntry {
+    /// The session id.
+    pub key: String,
+    /// The server it is stuck to.
+    pub server: Arc<str>,
+    /// How long since it was last used.
+    pub idle: Duration,
 }
 
 struct Entry {
@@ -52,6 +66,10 @@ struct Inner {
 /// The in-memory stick table.
 pub struct MemoryTable {
     idle_timeout: Duration,
+    /// A hit moves an entry in the LRU order only when its last move is at
+    /// least this old (1/64 of `idle_timeout`, at most 1 s): a hot session
+    /// costs a hash lookup, not a reordering of a big ordered set per request.
+    refresh_every: Duration,
     max_entries: usize,
     /// One short lock per lookup (per request, never per message).
     inner: Mutex<Inner>,
@@ -62,6 +80,7 @@ impl MemoryTable {
     pub fn new(idle_timeout: Duration, max_entries: usize) -> Self {
         Self {
             idle_timeout,
+            refresh_every: (idle_timeout / 64).min(Duration::from_secs(1)),
             max_entries: max_entries.max(1),
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
@@ -108,8 +127,11 @@ impl StickTable for MemoryTable {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.purge_expired(now, self.idle_timeout);
-        let server = inner.entries.get(key)?.server.clone();
-        inner.touch(key, now);
+        let entry = inner.entries.get(key)?;
+        let server = entry.server.clone();
+        if now.saturating_duration_since(entry.last_use) >= self.refresh_every {
+            inner.touch(key, now);
+        }
         Some(server)
     }
 
@@ -158,6 +180,27 @@ impl StickTable for MemoryTable {
         inner.purge_expired(Instant::now(), self.idle_timeout);
         inner.entries.len()
     }
+
+    fn entries(&self, offset: usize, limit: usize) -> Vec<StickEntry> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.purge_expired(now, self.idle_timeout);
+        inner
+            .order
+            .iter()
+            .rev()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|(last_use, _, key)| {
+                let entry = inner.entries.get(key)?;
+                Some(StickEntry {
+                    key: key.clone(),
+                    server: entry.server.clone(),
+                    idle: now.saturating_duration_since(*last_use),
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +233,8 @@ mod tests {
             table.insert(key, name(&format!("s{i}")));
             tokio::time::advance(Duration::from_millis(10)).await;
         }
+        // Hits reorder at most once per second (1/64 of the idle timeout, capped).
+        tokio::time::advance(Duration::from_secs(2)).await;
         assert!(table.get("a").is_some()); // "b" is now the least recently used
         table.insert("d", name("s3"));
         assert_eq!(table.len(), 3);
@@ -209,5 +254,20 @@ mod tests {
         assert_eq!(table.get(&long), None);
         table.remove("k");
         assert!(table.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_are_paged_most_recent_first() {
+        let table = MemoryTable::new(Duration::from_secs(60), 10);
+        for key in ["a", "b", "c"] {
+            table.insert(key, name(&format!("s-{key}")));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let keys = |entries: Vec<StickEntry>| entries.into_iter().map(|e| e.key).collect::<Vec<_>>();
+        assert_eq!(keys(table.entries(0, 10)), ["c", "b", "a"]);
+        assert_eq!(keys(table.entries(1, 1)), ["b"]);
+        assert!(table.entries(3, 10).is_empty());
+        let first = &table.entries(0, 1)[0];
+        assert_eq!((&*first.server, first.idle), ("s-c", Duration::from_secs(1)));
     }
 }

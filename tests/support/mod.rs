@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -22,7 +22,6 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -186,25 +185,10 @@ async fn serve(shared: Arc<BackendShared>, mut req: Request<Incoming>) -> Result
             .and_then(|v| v.split(',').next())
             .map(|v| v.trim().to_string());
         let extensions = req.headers().get(header::SEC_WEBSOCKET_EXTENSIONS).cloned();
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let announce = name.clone();
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            if ws.send(Message::text(announce)).await.is_err() {
-                return;
-            }
-            while let Some(Ok(message)) = ws.next().await {
-                if message.is_close() {
-                    break;
-                }
-                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(tether::demo::announce_and_echo(
+            hyper::upgrade::on(&mut req),
+            name.clone(),
+        ));
         let mut response = builder
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "Upgrade")
@@ -380,6 +364,23 @@ pub async fn next_text(ws: &mut Ws) -> String {
             other => panic!("expected a text message, got {other:?}"),
         }
     }
+}
+
+/// The code of the next Close frame the client sees (other messages are
+/// skipped); `None` for a bare close or an error. Panics if nothing comes within `within`.
+pub async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the client was left hanging")
 }
 
 /// Writes raw bytes on a new connection and reads until the peer closes or 5 s pass.

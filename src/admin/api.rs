@@ -1,0 +1,216 @@
+//! The JSON API under `/api/v1/`: views of frontends, backends and servers
+//! with their live counters, and the operator actions. Documented in
+//! `docs/admin-api.md` and `docs/openapi.yaml`.
+
+use std::sync::atomic::Ordering;
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::{error_response, json_response, AdminBody};
+use crate::config::MAX_WEIGHT;
+use crate::instance::Handle;
+use crate::snapshot::{Backend, Server, Snapshot};
+use crate::state::AdminState;
+
+/// Stick-table entries returned when `limit` is absent.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` accepted.
+pub const MAX_PAGE: usize = 1000;
+
+/// A server's state for people: `maint` and `drain` (the operator's) win over `down` and `up` (the checks').
+pub fn state_name(server: &Server) -> &'static str {
+    match server.state.admin() {
+        AdminState::Maint => "maint",
+        AdminState::Drain => "drain",
+        AdminState::Ready if server.state.is_up() => "up",
+        AdminState::Ready => "down",
+    }
+}
+
+/// One server with its live state and counters.
+pub fn server_json(backend: &Backend, index: usize) -> Value {
+    let server = &backend.servers[index];
+    let state = &server.state;
+    let slowstart = backend.candidates.get(index).and_then(|c| c.slowstart);
+    let health = backend.health.as_ref().map(|check| {
+        let status = state.health();
+        json!({
+            "check": check.probe.kind(),
+            "checks": status.checks,
+            "failed_checks": status.failed_checks,
+            "last_check": status.last_check.as_ref().map(|c| json!({
+                "ago_ms": c.at.elapsed().as_millis() as u64,
+                "latency_ms": c.latency.as_secs_f64() * 1000.0,
+                "ok": c.failure.is_none(),
+                "failure": c.failure,
+            })),
+            "last_flip": status.last_flip.as_ref().map(|f| json!({
+                "ago_ms": f.at.elapsed().as_millis() as u64,
+                "up": f.flip.is_up(),
+                "cause": f.cause,
+            })),
+        })
+    });
+    json!({
+        "backend": &*backend.name,
+        "name": &*server.name,
+        "address": server.address.to_string(),
+        "state": state_name(server),
+        "admin": state.admin().as_str(),
+        "up": state.is_up(),
+        "weight": state.weight(),
+        "effective_weight": state.effective_weight(slowstart),
+        "maxconn": server.maxconn,
+        "active": state.active(),
+        "tunnels": state.tunnels.load(Ordering::Relaxed),
+        "dispatched": state.dispatched.load(Ordering::Relaxed),
+        "connect_failures": state.connect_failures.load(Ordering::Relaxed),
+        "health": health,
+    })
+}
+
+fn backend_json(backend: &Backend) -> Value {
+    let table = backend.sticky.as_ref().and_then(|s| s.table.as_ref());
+    json!({
+        "name": &*backend.name,
+        "health_check": backend.health.as_ref().map(|h| h.probe.kind()),
+        "sticky": backend.sticky.is_some(),
+        "stick_table_entries": table.map(|t| t.len()),
+        "servers": (0..backend.servers.len()).map(|i| server_json(backend, i)).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /api/v1/frontends`.
+pub fn frontends(snapshot: &Snapshot) -> Response<AdminBody> {
+    let list: Vec<Value> = snapshot
+        .frontends
+        .iter()
+        .map(|f| {
+            json!({
+                "name": &*f.name,
+                "binds": f.binds.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "default_backend": f.default_backend.and_then(|i| snapshot.backends.get(i)).map(|b| &*b.name),
+                "routes": f.routes.len(),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "frontends": list }))
+}
+
+/// `GET /api/v1/backends`.
+pub fn backends(snapshot: &Snapshot) -> Response<AdminBody> {
+    let list: Vec<Value> = snapshot.backends.iter().map(backend_json).collect();
+    json_response(StatusCode::OK, &json!({ "backends": list }))
+}
+
+/// `GET /api/v1/servers`.
+pub fn servers(snapshot: &Snapshot) -> Response<AdminBody> {
+    let list: Vec<Value> = snapshot
+        .backends
+        .iter()
+        .flat_map(|b| (0..b.servers.len()).map(move |i| server_json(b, i)))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "servers": list }))
+}
+
+/// The backend and server index named in a path, or the message of a 404 saying which is unknown.
+fn find<'a>(snapshot: &'a Snapshot, backend: &str, server: &str) -> Result<(&'a Backend, usize), String> {
+    let Some(b) = snapshot.backend(backend) else {
+        return Err(format!("there is no backend named `{backend}`"));
+    };
+    match b.server_index.get(server) {
+        Some(&index) => Ok((b, index)),
+        None => Err(format!("backend `{backend}` has no server named `{server}`")),
+    }
+}
+
+/// `POST …/drain`, `…/enable`, `…/disable`, `…/maint`: sets the server's admin state.
+pub fn server_action(snapshot: &Snapshot, backend: &str, server: &str, verb: &str, user: &str) -> Response<AdminBody> {
+    let (b, index) = match find(snapshot, backend, server) {
+        Ok(found) => found,
+        Err(message) => return error_response(StatusCode::NOT_FOUND, message),
+    };
+    let target = match verb {
+        "drain" => AdminState::Drain,
+        "enable" => AdminState::Ready,
+        "disable" | "maint" => AdminState::Maint,
+        other => return error_response(StatusCode::NOT_FOUND, format!("unknown action `{other}`")),
+    };
+    let state = &b.servers[index].state;
+    if state.set_admin(target) {
+        tracing::info!(backend = %b.name, server = %server, state = target.as_str(), user, "admin state set through the API");
+    }
+    json_response(StatusCode::OK, &server_json(b, index))
+}
+
+/// `PUT …/weight` with `{ "weight": n }`.
+pub fn set_weight(snapshot: &Snapshot, backend: &str, server: &str, body: &[u8], user: &str) -> Response<AdminBody> {
+    let (b, index) = match find(snapshot, backend, server) {
+        Ok(found) => found,
+        Err(message) => return error_response(StatusCode::NOT_FOUND, message),
+    };
+    let weight = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("weight").and_then(Value::as_u64))
+        .filter(|w| *w <= u64::from(MAX_WEIGHT));
+    let Some(weight) = weight else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!("send a JSON body like {{ \"weight\": 10 }} with a weight from 0 to {MAX_WEIGHT}"),
+        );
+    };
+    let weight = weight as u32;
+    let state = &b.servers[index].state;
+    let before = state.weight.swap(weight, Ordering::Relaxed);
+    tracing::info!(backend = %b.name, server = %server, weight, before, user, "weight set through the API");
+    json_response(StatusCode::OK, &server_json(b, index))
+}
+
+/// `POST /api/v1/reload`.
+pub fn reload(handle: &Handle, user: &str) -> Response<AdminBody> {
+    tracing::info!(user, "reload asked through the API");
+    match handle.reload_config_file() {
+        Ok(()) => json_response(StatusCode::OK, &json!({ "reloaded": true })),
+        Err(message) => error_response(StatusCode::UNPROCESSABLE_ENTITY, message),
+    }
+}
+
+/// `GET /api/v1/backends/{backend}/sticky?offset=&limit=`.
+pub fn sticky(snapshot: &Snapshot, backend: &str, query: Option<&str>) -> Response<AdminBody> {
+    let Some(b) = snapshot.backend(backend) else {
+        return error_response(StatusCode::NOT_FOUND, format!("there is no backend named `{backend}`"));
+    };
+    let mut offset = 0usize;
+    let mut limit = DEFAULT_PAGE;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = value.parse::<usize>();
+        match (key, number) {
+            ("offset", Ok(n)) => offset = n,
+            ("limit", Ok(n)) if (1..=MAX_PAGE).contains(&n) => limit = n,
+            ("offset" | "limit", _) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{key}` must be a number (limit from 1 to {MAX_PAGE})"),
+                )
+            }
+            _ => {}
+        }
+    }
+    let Some(table) = b.sticky.as_ref().and_then(|s| s.table.as_ref()) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("backend `{backend}` has no stick table (it learns no session ids: see `sticky.learn`)"),
+        );
+    };
+    let entries: Vec<Value> = table
+        .entries(offset, limit)
+        .into_iter()
+        .map(|e| json!({ "key": e.key, "server": &*e.server, "idle_ms": e.idle.as_millis() as u64 }))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "backend": backend, "total": table.len(), "offset": offset, "limit": limit, "entries": entries }),
+    )
+}

@@ -1,0 +1,191 @@
+//! `/metrics`: the Prometheus exposition (OpenMetrics text), collected from
+//! the snapshot's live server state at scrape time, so the request path
+//! keeps no second set of counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{error_response, AdminBody};
+use crate::instance::Handle;
+use crate::state::AdminState;
+
+/// The content type of the exposition (Prometheus negotiates it and parses it natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    backend: String,
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    backend: String,
+    server: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+type GaugeFamily<L> = Family<L, Gauge>;
+type FloatGaugeFamily<L> = Family<L, Gauge<f64, AtomicU64>>;
+type CounterFamily<L> = Family<L, Counter>;
+
+/// The exposition text of every metric, as of now.
+pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
+    let snapshot = handle.snapshot();
+    let up = GaugeFamily::<ServerLabels>::default();
+    let active = GaugeFamily::<ServerLabels>::default();
+    let tunnels = GaugeFamily::<ServerLabels>::default();
+    let weight = GaugeFamily::<ServerLabels>::default();
+    let admin = GaugeFamily::<StateLabels>::default();
+    let dispatched = CounterFamily::<ServerLabels>::default();
+    let failures = CounterFamily::<ServerLabels>::default();
+    let checks = CounterFamily::<ServerLabels>::default();
+    let failed_checks = CounterFamily::<ServerLabels>::default();
+    let check_latency = FloatGaugeFamily::<ServerLabels>::default();
+    let stick_entries = GaugeFamily::<BackendLabels>::default();
+    for backend in &snapshot.backends {
+        for (index, server) in backend.servers.iter().enumerate() {
+            let labels = ServerLabels {
+                backend: backend.name.to_string(),
+                server: server.name.to_string(),
+            };
+            let state = &server.state;
+            let slowstart = backend.candidates.get(index).and_then(|c| c.slowstart);
+            up.get_or_create(&labels).set(i64::from(state.is_up()));
+            active.get_or_create(&labels).set(i64::from(state.active()));
+            tunnels
+                .get_or_create(&labels)
+                .set(i64::from(state.tunnels.load(Ordering::Relaxed)));
+            weight
+                .get_or_create(&labels)
+                .set(i64::from(state.effective_weight(slowstart)));
+            for candidate in [AdminState::Ready, AdminState::Drain, AdminState::Maint] {
+                let labels = StateLabels {
+                    backend: labels.backend.clone(),
+                    server: labels.server.clone(),
+                    state: candidate.as_str().to_string(),
+                };
+                admin.get_or_create(&labels).set(i64::from(state.admin() == candidate));
+            }
+            dispatched
+                .get_or_create(&labels)
+                .inc_by(state.dispatched.load(Ordering::Relaxed));
+            failures
+                .get_or_create(&labels)
+                .inc_by(state.connect_failures.load(Ordering::Relaxed));
+            if backend.health.is_some() {
+                let health = state.health();
+                checks.get_or_create(&labels).inc_by(health.checks);
+                failed_checks.get_or_create(&labels).inc_by(health.failed_checks);
+                if let Some(last) = &health.last_check {
+                    check_latency.get_or_create(&labels).set(last.latency.as_secs_f64());
+                }
+            }
+        }
+        if let Some(table) = backend.sticky.as_ref().and_then(|s| s.table.as_ref()) {
+            stick_entries
+                .get_or_create(&BackendLabels {
+                    backend: backend.name.to_string(),
+                })
+                .set(table.len() as i64);
+        }
+    }
+    let reloads = CounterFamily::<ResultLabels>::default();
+    let (ok, refused) = handle.shared().admin.reloads();
+    for (result, count) in [("success", ok), ("failure", refused)] {
+        reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc_by(count);
+    }
+    let open: Gauge = Gauge::default();
+    open.set(handle.open_connections() as i64);
+
+    let mut registry = Registry::default();
+    registry.register(
+        "tether_server_up",
+        "Whether the server may take traffic (1) or is down (0)",
+        up,
+    );
+    registry.register(
+        "tether_server_active_connections",
+        "Requests in flight plus open WebSocket tunnels on the server",
+        active,
+    );
+    registry.register("tether_tunnels_open", "Open WebSocket tunnels on the server", tunnels);
+    registry.register(
+        "tether_server_weight",
+        "Weight the algorithm uses now (during slow start, less than configured)",
+        weight,
+    );
+    registry.register(
+        "tether_server_admin_state",
+        "The operator's state of the server: 1 for the one in force (ready, drain, maint)",
+        admin,
+    );
+    registry.register(
+        "tether_server_dispatched",
+        "Requests and tunnels dispatched to the server",
+        dispatched,
+    );
+    registry.register(
+        "tether_server_connect_failures",
+        "Failed connect attempts to the server",
+        failures,
+    );
+    registry.register("tether_health_checks", "Active health checks run", checks);
+    registry.register(
+        "tether_health_check_failures",
+        "Active health checks that failed",
+        failed_checks,
+    );
+    registry.register(
+        "tether_health_check_last_duration_seconds",
+        "How long the server's latest health check took",
+        check_latency,
+    );
+    registry.register(
+        "tether_stick_table_entries",
+        "Session ids in the backend's stick table",
+        stick_entries,
+    );
+    registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
+    registry.register("tether_open_connections", "Open client connections and tunnels", open);
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// The `/metrics` response.
+pub fn respond(handle: &Handle) -> Response<AdminBody> {
+    match render(handle) {
+        Ok(text) => {
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response
+        }
+        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
+    }
+}

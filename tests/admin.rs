@@ -1,0 +1,471 @@
+//! The admin listener: login, the JSON API's every endpoint, a drain that
+//! stops new connections, `/metrics` that parses and follows traffic, the
+//! stats page, and the OpenAPI file kept in step with the router.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use support::*;
+
+const USER: &str = "admin";
+const PASSWORD: &str = "correct horse";
+
+fn admin_section(users: bool, extra: &str) -> String {
+    let users = if users {
+        let hash = tether::admin::auth::hash_password(PASSWORD).expect("hash");
+        format!("users = [{{ name = \"{USER}\", password_hash = \"{hash}\" }}]\n")
+    } else {
+        String::new()
+    };
+    format!("[admin]\nbind = \"127.0.0.1:0\"\n{users}{extra}\n")
+}
+
+async fn three() -> (TestBackend, TestBackend, TestBackend) {
+    (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    )
+}
+
+fn config(servers: &(TestBackend, TestBackend, TestBackend), backend_extra: &str, admin: &str) -> String {
+    let (a, b, c) = servers;
+    let mut text = simple_config(
+        "roundrobin",
+        backend_extra,
+        &[("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")],
+    );
+    text.push_str(admin);
+    text
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+/// One request to the admin listener; `auth` is the Authorization value.
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut client = http_client(addr).await;
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string());
+    if let Some(auth) = auth {
+        builder = builder.header(header::AUTHORIZATION, auth);
+    }
+    let body = Full::new(Bytes::from(body.unwrap_or_default().to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    send(&mut client, builder.body(body).unwrap()).await
+}
+
+/// A logged-in JSON call.
+async fn api(addr: SocketAddr, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+    let auth = basic(USER, PASSWORD);
+    let (status, _, bytes) = call(addr, method, path, Some(&auth), body).await;
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{path}: not JSON: {bytes:?}"));
+    (status, value)
+}
+
+fn server<'a>(servers: &'a Value, name: &str) -> &'a Value {
+    servers["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no server {name} in {servers}"))
+}
+
+#[tokio::test]
+async fn the_admin_listener_asks_for_a_login_and_refuses_a_wrong_password() {
+    let servers = three().await;
+    let tether = start_tether(&config(&servers, "", &admin_section(true, ""))).await;
+    let admin = tether.handle.admin_addr().expect("admin listener");
+    for path in ["/", "/metrics", "/api/v1/servers"] {
+        let (status, headers, _) = call(admin, Method::GET, path, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} without login");
+        let challenge = headers[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(challenge.starts_with("Basic realm=\"tether admin\""), "{challenge}");
+    }
+    let (status, _, body) = call(admin, Method::GET, "/api/v1/servers", Some(&basic(USER, "wrong")), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert!(error["error"].as_str().unwrap().contains("wrong"), "{error}");
+    let (status, _, _) = call(
+        admin,
+        Method::GET,
+        "/api/v1/servers",
+        Some(&basic("root", PASSWORD)),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "unknown user");
+    let (status, body) = api(admin, Method::GET, "/api/v1/servers", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["servers"].as_array().unwrap().len(), 3);
+    tether.stop().await;
+}
+
+#[tokio::test]
+async fn failed_logins_are_rate_limited_per_address() {
+    let servers = three().await;
+    let tether = start_tether(&config(&servers, "", &admin_section(true, ""))).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let wrong = basic(USER, "guess");
+    for _ in 0..tether::admin::auth::MAX_FAILURES {
+        let (status, _, _) = call(admin, Method::GET, "/api/v1/servers", Some(&wrong), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, headers, _) = call(
+        admin,
+        Method::GET,
+        "/api/v1/servers",
+        Some(&basic(USER, PASSWORD)),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "even the right password waits");
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    tether.stop().await;
+}
+
+#[tokio::test]
+async fn every_api_endpoint_answers_with_json() {
+    let servers = three().await;
+    let dir = std::env::temp_dir().join(format!("tether-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tether.toml");
+    let text = config(
+        &servers,
+        "sticky = { preset = \"engine.io\" }",
+        &admin_section(true, ""),
+    );
+    std::fs::write(&file, &text).unwrap();
+    let tether = start_tether(&text).await;
+    tether.handle.set_config_path(file.clone());
+    let admin = tether.handle.admin_addr().unwrap();
+
+    let (status, body) = api(admin, Method::GET, "/api/v1/frontends", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["frontends"][0]["name"], "public");
+    assert_eq!(body["frontends"][0]["default_backend"], "pool");
+
+    let (status, body) = api(admin, Method::GET, "/api/v1/backends", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["backends"][0]["name"], "pool");
+    assert_eq!(body["backends"][0]["servers"].as_array().unwrap().len(), 3);
+
+    let (status, body) = api(admin, Method::GET, "/api/v1/servers", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server(&body, "s1")["state"], "up");
+    assert_eq!(server(&body, "s1")["weight"], 1);
+
+    // Sticky entries: learn one Engine.IO sid through the frontend.
+    let (status, _, _) = get(tether.addr, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api(
+        admin,
+        Method::GET,
+        "/api/v1/backends/pool/sticky?offset=0&limit=10",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 1);
+    assert!(body["entries"][0]["key"].as_str().unwrap().contains("-sid-"), "{body}");
+    let (status, body) = api(admin, Method::GET, "/api/v1/backends/pool/sticky?offset=1", None).await;
+    assert_eq!((status, body["entries"].as_array().unwrap().len()), (StatusCode::OK, 0));
+    let (status, body) = api(admin, Method::GET, "/api/v1/backends/pool/sticky?limit=x", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    for (verb, state) in [
+        ("drain", "drain"),
+        ("maint", "maint"),
+        ("enable", "up"),
+        ("disable", "maint"),
+    ] {
+        let path = format!("/api/v1/backends/pool/servers/s2/{verb}");
+        let (status, body) = api(admin, Method::POST, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{verb}: {body}");
+        assert_eq!(body["state"], state, "{verb}");
+    }
+    api(admin, Method::POST, "/api/v1/backends/pool/servers/s2/enable", None).await;
+
+    let weight = "/api/v1/backends/pool/servers/s3/weight";
+    let (status, body) = api(admin, Method::PUT, weight, Some(r#"{ "weight": 7 }"#)).await;
+    assert_eq!((status, &body["weight"]), (StatusCode::OK, &Value::from(7)));
+    let (status, body) = api(admin, Method::PUT, weight, Some(r#"{ "weight": 100000 }"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("weight"), "{body}");
+
+    let (status, body) = api(admin, Method::POST, "/api/v1/backends/pool/servers/nope/drain", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
+    let (status, _) = api(admin, Method::POST, "/api/v1/backends/nope/servers/s1/drain", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api(admin, Method::GET, "/api/v1/nothing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api(admin, Method::GET, "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Reload: the file gains a fourth server; then a broken file is refused with its error.
+    let s4 = backend("s4").start().await;
+    std::fs::write(
+        &file,
+        format!("{text}[[backend.server]]\nname = \"s4\"\naddress = \"{}\"\n", s4.addr),
+    )
+    .unwrap();
+    let (status, body) = api(admin, Method::POST, "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = api(admin, Method::GET, "/api/v1/servers", None).await;
+    assert_eq!(body["servers"].as_array().unwrap().len(), 4);
+    std::fs::write(&file, format!("{text}wieght = 3\n")).unwrap();
+    let (status, body) = api(admin, Method::POST, "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("wieght"), "{body}");
+
+    // A browser on another site cannot act with the remembered login.
+    let mut client = http_client(admin).await;
+    let request = Request::post("/api/v1/backends/pool/servers/s1/drain")
+        .header(header::HOST, admin.to_string())
+        .header(header::ORIGIN, "http://evil.example")
+        .header(header::AUTHORIZATION, basic(USER, PASSWORD))
+        .body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+        .unwrap();
+    let (status, _, _) = send(&mut client, request).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let _ = std::fs::remove_dir_all(&dir);
+    tether.stop().await;
+}
+
+#[tokio::test]
+async fn a_drain_through_the_api_stops_new_connections_to_that_server() {
+    let servers = three().await;
+    let tether = start_tether(&config(&servers, "", &admin_section(true, ""))).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let (status, body) = api(admin, Method::POST, "/api/v1/backends/pool/servers/s2/drain", None).await;
+    assert_eq!((status, &body["state"]), (StatusCode::OK, &Value::from("drain")));
+    let before = servers.1.requests();
+    let mut seen = BTreeSet::new();
+    for _ in 0..12 {
+        seen.insert(server_of(tether.addr, "/").await);
+    }
+    for _ in 0..3 {
+        let (_ws, name) = ws_connect(tether.addr, "/ws").await;
+        seen.insert(name);
+    }
+    assert_eq!(seen, BTreeSet::from(["s1".to_string(), "s3".to_string()]));
+    assert_eq!(servers.1.requests(), before, "the drained server got nothing new");
+    api(admin, Method::POST, "/api/v1/backends/pool/servers/s2/enable", None).await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(server_of(tether.addr, "/").await);
+    }
+    assert!(seen.contains("s2"), "enabled again: {seen:?}");
+    tether.stop().await;
+}
+
+/// Parses the text exposition into `series{labels} → value`, checking every line's shape.
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    let mut series = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            assert!(
+                line.is_empty()
+                    || line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || line.starts_with("# UNIT ")
+                    || line == "# EOF",
+                "bad comment line: {line}"
+            );
+            continue;
+        }
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let metric = name.split('{').next().unwrap();
+        assert!(
+            metric.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && metric.starts_with("tether_"),
+            "bad metric name: {line}"
+        );
+        if let Some(labels) = name.strip_prefix(metric) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        series.insert(name.to_string(), value);
+    }
+    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+    series
+}
+
+#[tokio::test]
+async fn metrics_parse_and_follow_traffic() {
+    let servers = three().await;
+    let admin_toml = admin_section(true, "metrics_allow = [\"127.0.0.1/32\"]");
+    let tether = start_tether(&config(&servers, "", &admin_toml)).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    // 127.0.0.1 is a scraper address: no login needed for /metrics only.
+    let (status, headers, body) = call(admin, Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .contains("openmetrics-text"));
+    let before = parse_exposition(std::str::from_utf8(&body).unwrap());
+    let s1 = r#"{backend="pool",server="s1"}"#;
+    for name in [
+        "tether_server_up",
+        "tether_server_active_connections",
+        "tether_tunnels_open",
+        "tether_server_weight",
+        "tether_server_dispatched_total",
+        "tether_server_connect_failures_total",
+    ] {
+        assert!(before.contains_key(&format!("{name}{s1}")), "{name} missing");
+    }
+    assert_eq!(before[&format!("tether_server_up{s1}")], 1.0);
+    assert_eq!(before[r#"tether_config_reloads_total{result="success"}"#], 0.0);
+    let (status, _, _) = call(admin, Method::GET, "/api/v1/servers", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the API still needs a login");
+
+    for _ in 0..6 {
+        server_of(tether.addr, "/").await;
+    }
+    let (mut ws, name) = ws_connect(tether.addr, "/ws").await;
+    let labels = format!(r#"{{backend="pool",server="{name}"}}"#);
+    let (_, _, body) = call(admin, Method::GET, "/metrics", None, None).await;
+    let after = parse_exposition(std::str::from_utf8(&body).unwrap());
+    let dispatched = |m: &HashMap<String, f64>| -> f64 {
+        ["s1", "s2", "s3"]
+            .iter()
+            .map(|s| m[&format!(r#"tether_server_dispatched_total{{backend="pool",server="{s}"}}"#)])
+            .sum()
+    };
+    assert_eq!(dispatched(&after) - dispatched(&before), 7.0);
+    assert_eq!(after[&format!("tether_tunnels_open{labels}")], 1.0);
+    assert_eq!(after[&format!("tether_server_active_connections{labels}")], 1.0);
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut open = 1.0;
+    for _ in 0..50 {
+        let (_, _, body) = call(admin, Method::GET, "/metrics", None, None).await;
+        open = parse_exposition(std::str::from_utf8(&body).unwrap())[&format!("tether_tunnels_open{labels}")];
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open, 0.0, "the closed tunnel is gone from the gauge");
+    tether.stop().await;
+}
+
+#[tokio::test]
+async fn without_users_the_loopback_listener_needs_no_login_and_shows_the_page() {
+    let servers = three().await;
+    let tether = start_tether(&config(&servers, "", &admin_section(false, ""))).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let (status, headers, body) = call(admin, Method::GET, "/", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    let html = String::from_utf8_lossy(&body);
+    for needle in ["s1", "s2", "s3", "pool", "name=\"viewport\"", "/api/v1/backends"] {
+        assert!(html.contains(needle), "page lacks {needle}");
+    }
+    let (status, _, _) = call(
+        admin,
+        Method::POST,
+        "/api/v1/backends/pool/servers/s1/drain",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    tether.stop().await;
+}
+
+#[tokio::test]
+async fn an_address_outside_allow_is_refused() {
+    let servers = three().await;
+    let tether = start_tether(&config(&servers, "", &admin_section(true, "allow = [\"10.0.0.0/8\"]"))).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let (status, _, body) = call(
+        admin,
+        Method::GET,
+        "/api/v1/servers",
+        Some(&basic(USER, PASSWORD)),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("allow"));
+    tether.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_listener_stops_with_the_instance() {
+    let servers = three().await;
+    let tether = start_tether(&config(&servers, "", &admin_section(false, ""))).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    tether.stop().await;
+    let refused = tokio::net::TcpStream::connect(admin).await;
+    assert!(refused.is_err(), "nothing listens on the admin address after the stop");
+}
+
+/// Reads `docs/openapi.yaml`'s `paths:` as (METHOD, path) pairs (two-space
+/// indented paths, four-space indented methods).
+fn openapi_routes() -> BTreeSet<(String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml")).expect("openapi");
+    let mut routes = BTreeSet::new();
+    let mut in_paths = false;
+    let mut current = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_paths = line.trim_end() == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(path) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+            current = Some(format!("/{}", path.trim_matches(['"', '\''])));
+        } else if let Some(method) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+            if ["get", "post", "put", "delete", "patch"].contains(&method) {
+                let path = current.clone().expect("a method under a path");
+                routes.insert((method.to_uppercase(), path));
+            }
+        }
+    }
+    routes
+}
+
+#[test]
+fn the_openapi_file_lists_exactly_the_routes_of_the_router() {
+    let router: BTreeSet<(String, String)> = tether::admin::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let documented = openapi_routes();
+    let missing: Vec<_> = router.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&router).collect();
+    assert!(missing.is_empty(), "routes missing from docs/openapi.yaml: {missing:?}");
+    assert!(
+        extra.is_empty(),
+        "docs/openapi.yaml lists routes the router lacks: {extra:?}"
+    );
+}
