@@ -210,31 +210,8 @@ impl Balancer for Maglev {
 mod tests {
     use super::super::ring::tests::bounded_load_walk;
     use super::super::testing::*;
-    use super::super::Candidate;
     use super::*;
     use proptest::prelude::*;
-
-    /// Server names `"<prefix>-<i>"` for `i` in `0..n`.
-    fn names(prefix: &str, n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("{prefix}-{i}")).collect()
-    }
-
-    /// `(name, weight)` pairs as `Maglev::new` takes them.
-    fn spec<'a>(names: &'a [String], weights: &[u32]) -> Vec<(&'a str, u32)> {
-        names.iter().map(String::as_str).zip(weights.iter().copied()).collect()
-    }
-
-    /// The server `maglev` picks for `key` over `servers`.
-    fn owner(maglev: &Maglev, servers: &[Candidate], key: &str) -> Option<ServerId> {
-        maglev.pick(&Candidates::new(servers, &[]), &RequestKey::hashed(key.as_bytes()))
-    }
-
-    /// Name of the owner of each of `keys` keys.
-    fn owners_by_name(maglev: &Maglev, names: &[String], servers: &[Candidate], keys: usize) -> Vec<String> {
-        (0..keys)
-            .map(|k| names[owner(maglev, servers, &format!("key-{k}")).expect("a server")].clone())
-            .collect()
-    }
 
     #[test]
     fn primes_are_told_apart() {

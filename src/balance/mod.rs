@@ -214,6 +214,34 @@ pub(crate) mod testing {
         servers[id].state.active.store(active, Ordering::Relaxed);
     }
 
+    /// Server names `"<prefix>-<i>"` for `i` in `0..n`.
+    pub fn names(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    }
+
+    /// `(name, weight)` pairs as `Ring::new` and `Maglev::new` take them.
+    pub fn spec<'a>(names: &'a [String], weights: &[u32]) -> Vec<(&'a str, u32)> {
+        names.iter().map(String::as_str).zip(weights.iter().copied()).collect()
+    }
+
+    /// The server `balancer` picks for `key` over `servers`.
+    pub fn owner(balancer: &dyn Balancer, servers: &[Candidate], key: &str) -> Option<ServerId> {
+        balancer.pick(&Candidates::new(servers, &[]), &RequestKey::hashed(key.as_bytes()))
+    }
+
+    /// Name of the owner of each of `keys` keys, so structures over different
+    /// server lists can be compared.
+    pub fn owners_by_name(
+        balancer: &dyn Balancer,
+        names: &[String],
+        servers: &[Candidate],
+        keys: usize,
+    ) -> Vec<String> {
+        (0..keys)
+            .map(|k| names[owner(balancer, servers, &format!("key-{k}")).expect("a server")].clone())
+            .collect()
+    }
+
     /// Marks server `id` down.
     pub fn set_down(servers: &[Candidate], id: ServerId) {
         servers[id].state.up.store(false, Ordering::Relaxed);

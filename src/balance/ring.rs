@@ -238,33 +238,9 @@ impl LoadTotals {
 #[cfg(test)]
 pub(super) mod tests {
     use super::super::testing::*;
-    use super::super::Candidate;
     use super::*;
     use crate::state::ActiveGuard;
     use proptest::prelude::*;
-
-    /// Server names `"<prefix>-<i>"` for `i` in `0..n`.
-    fn names(prefix: &str, n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("{prefix}-{i}")).collect()
-    }
-
-    /// `(name, weight)` pairs as `Ring::new` takes them.
-    fn spec<'a>(names: &'a [String], weights: &[u32]) -> Vec<(&'a str, u32)> {
-        names.iter().map(String::as_str).zip(weights.iter().copied()).collect()
-    }
-
-    /// The server `ring` picks for `key` over `servers`.
-    fn owner(ring: &Ring, servers: &[Candidate], key: &str) -> Option<ServerId> {
-        ring.pick(&Candidates::new(servers, &[]), &RequestKey::hashed(key.as_bytes()))
-    }
-
-    /// Name of the owner of each of `keys` keys, so rings over different
-    /// server lists can be compared.
-    fn owners_by_name(ring: &Ring, names: &[String], servers: &[Candidate], keys: usize) -> Vec<String> {
-        (0..keys)
-            .map(|k| names[owner(ring, servers, &format!("key-{k}")).expect("a server")].clone())
-            .collect()
-    }
 
     /// A small deterministic generator (SplitMix64) for the seeded loops.
     struct SplitMix(u64);
