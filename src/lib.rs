@@ -12,6 +12,7 @@ pub mod demo;
 pub mod health;
 pub mod instance;
 pub mod lookup;
+pub mod origin;
 pub mod proxy;
 pub mod route;
 pub mod snapshot;

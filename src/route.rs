@@ -124,6 +124,8 @@ pub struct Route {
     pub any: Vec<Condition>,
     /// All must hold.
     pub all: Vec<Condition>,
+    /// Origins allowed to open WebSockets through this rule (`None`: the frontend's list).
+    pub allowed_origins: Option<Vec<crate::origin::OriginPattern>>,
 }
 
 impl Route {
@@ -134,13 +136,17 @@ impl Route {
     }
 }
 
-/// The backend for `request`: the first matching rule's, else `default`.
-pub fn select<B>(routes: &[Route], default: Option<BackendId>, request: &Request<B>) -> Option<BackendId> {
-    routes
-        .iter()
-        .find(|route| route.matches(request))
-        .map(|route| route.backend)
-        .or(default)
+/// The backend for `request`: the first matching rule's (with the rule),
+/// else `default` (with no rule).
+pub fn select<'a, B>(
+    routes: &'a [Route],
+    default: Option<BackendId>,
+    request: &Request<B>,
+) -> Option<(BackendId, Option<&'a Route>)> {
+    match routes.iter().find(|route| route.matches(request)) {
+        Some(route) => Some((route.backend, Some(route))),
+        None => default.map(|backend| (backend, None)),
+    }
 }
 
 #[cfg(test)]
@@ -199,21 +205,25 @@ mod tests {
                 backend: 1,
                 any: vec![cond("path_prefix = \"/ws\"")],
                 all: vec![],
+                allowed_origins: None,
             },
             Route {
                 backend: 2,
                 any: vec![cond("path_prefix = \"/w\"")],
                 all: vec![],
+                allowed_origins: None,
             },
             Route {
                 backend: 3,
                 any: vec![],
                 all: vec![cond("method = \"POST\""), cond("path = \"/api\"")],
+                allowed_origins: None,
             },
         ];
-        assert_eq!(select(&routes, Some(0), &get("/ws/x", &[])), Some(1));
-        assert_eq!(select(&routes, Some(0), &get("/wx", &[])), Some(2));
-        assert_eq!(select(&routes, Some(0), &get("/api", &[])), Some(0));
-        assert_eq!(select(&routes, None, &get("/nothing", &[])), None);
+        let backend = |req: &Request<()>, default| select(&routes, default, req).map(|(b, _)| b);
+        assert_eq!(backend(&get("/ws/x", &[]), Some(0)), Some(1));
+        assert_eq!(backend(&get("/wx", &[]), Some(0)), Some(2));
+        assert_eq!(backend(&get("/api", &[]), Some(0)), Some(0));
+        assert_eq!(backend(&get("/nothing", &[]), None), None);
     }
 }

@@ -47,6 +47,10 @@ pub struct Frontend {
     pub default_backend: Option<BackendId>,
     /// Forwarding headers to add.
     pub forward: Vec<ForwardHeader>,
+    /// Origins allowed to open WebSockets (empty: any), unless a route says otherwise.
+    pub allowed_origins: Vec<crate::origin::OriginPattern>,
+    /// Request size limits.
+    pub limits: Limits,
     /// Peers whose `X-Forwarded-For` / PROXY header name the real client.
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
     /// Trusted peers send a PROXY protocol header first.
@@ -55,6 +59,19 @@ pub struct Frontend {
     pub client_timeout: Duration,
     /// Time allowed for a request head once it started arriving.
     pub http_request_timeout: Duration,
+}
+
+/// Size limits on what a client may send (see the config reference).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head, bytes.
+    pub max_request_head: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+    /// Longest request target, bytes.
+    pub max_uri: usize,
+    /// Largest declared body, bytes.
+    pub max_body: Option<u64>,
 }
 
 /// A group of servers with its algorithm.
@@ -131,12 +148,20 @@ impl Snapshot {
                             backend: backend_index(r.backend.get_ref())?,
                             any: r.any.iter().map(|c| Condition::from_config(c.get_ref())).collect(),
                             all: r.all.iter().map(|c| Condition::from_config(c.get_ref())).collect(),
+                            allowed_origins: r.allowed_origins.clone(),
                         })
                     })
                     .collect(),
                 default_backend: f.default_backend.as_ref().and_then(|d| backend_index(d.get_ref())),
                 forward: f.forward_headers.clone(),
                 trusted_proxies: f.trusted_proxies.clone(),
+                allowed_origins: f.allowed_origins.clone(),
+                limits: Limits {
+                    max_request_head: *f.limits.max_request_head.get_ref(),
+                    max_headers: *f.limits.max_headers.get_ref(),
+                    max_uri: f.limits.max_uri,
+                    max_body: f.limits.max_body,
+                },
                 proxy_protocol: *f.proxy_protocol.get_ref(),
                 client_timeout: f.timeouts.client.get(),
                 http_request_timeout: f.timeouts.http_request.get(),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -53,6 +54,50 @@ fn clock_ms() -> u64 {
     ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// Milliseconds since the Unix epoch, on the wall clock (for "since when" in stats).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Bytes and WebSocket messages carried to and from one server. Tunnels add
+/// their deltas at most about once a second and when they end; HTTP
+/// exchanges add theirs when they finish. Relaxed atomics: counters only.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Bytes from clients to the server (request bodies, tunnel bytes).
+    pub bytes_in: AtomicU64,
+    /// Bytes from the server to clients (response bodies, tunnel bytes).
+    pub bytes_out: AtomicU64,
+    /// WebSocket messages from clients to the server.
+    pub messages_in: AtomicU64,
+    /// WebSocket messages from the server to clients.
+    pub messages_out: AtomicU64,
+}
+
+impl Traffic {
+    /// Adds deltas; zeros cost nothing.
+    pub fn add(&self, bytes_in: u64, bytes_out: u64, messages_in: u64, messages_out: u64) {
+        for (counter, delta) in [
+            (&self.bytes_in, bytes_in),
+            (&self.bytes_out, bytes_out),
+            (&self.messages_in, messages_in),
+            (&self.messages_out, messages_out),
+        ] {
+            if delta > 0 {
+                counter.fetch_add(delta, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Histogram buckets of tunnel lifetimes, in seconds (a second to a day).
+const TUNNEL_BUCKETS: [f64; 10] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0];
+
+/// Histogram buckets of health-check latencies, in seconds.
+const CHECK_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];
+
 /// What tether knows about one server right now.
 #[derive(Debug)]
 pub struct ServerState {
@@ -68,6 +113,20 @@ pub struct ServerState {
     pub dispatched: AtomicU64,
     /// Connect attempts that failed.
     pub connect_failures: AtomicU64,
+    /// Bytes and WebSocket messages each way.
+    pub traffic: Traffic,
+    /// HTTP responses sent for exchanges with this server, by status class (1xx..5xx).
+    pub responses: [AtomicU64; 5],
+    /// Responses tether itself answered 502, 503 and 504 for this server.
+    pub http_502: AtomicU64,
+    pub http_503: AtomicU64,
+    pub http_504: AtomicU64,
+    /// How long tunnels to this server lasted.
+    pub tunnel_durations: Histogram,
+    /// How long active health checks of this server took.
+    pub check_durations: Histogram,
+    /// When (Unix ms) the server last went up or down or changed admin state; start time if never.
+    state_since_unix_ms: AtomicU64,
     /// Idle keep-alive connections to this server.
     pub pool: Pool,
     /// Health-check counters and the last result. A small mutex: only checker
@@ -102,6 +161,14 @@ impl ServerState {
             up: AtomicBool::new(true),
             dispatched: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            traffic: Traffic::default(),
+            responses: Default::default(),
+            http_502: AtomicU64::new(0),
+            http_503: AtomicU64::new(0),
+            http_504: AtomicU64::new(0),
+            tunnel_durations: Histogram::new(TUNNEL_BUCKETS),
+            check_durations: Histogram::new(CHECK_BUCKETS),
+            state_since_unix_ms: AtomicU64::new(unix_ms()),
             pool: Pool::default(),
             health: Mutex::new(HealthStatus::default()),
             passive_pending: AtomicBool::new(false),
@@ -154,6 +221,7 @@ impl ServerState {
     pub fn set_admin(self: &Arc<Self>, state: AdminState) -> bool {
         let changed = self.admin.swap(state as u8, Ordering::AcqRel) != state as u8;
         if changed {
+            self.state_since_unix_ms.store(unix_ms(), Ordering::Relaxed);
             let generation = self.admin_generation.fetch_add(1, Ordering::AcqRel) + 1;
             if state != AdminState::Ready {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -228,6 +296,9 @@ impl ServerState {
     /// their clients reconnect to a healthy server).
     pub fn set_up(&self, up: bool) -> bool {
         let flipped = self.up.swap(up, Ordering::AcqRel) != up;
+        if flipped {
+            self.state_since_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        }
         if flipped && !up {
             self.close_tunnels();
         }
@@ -236,6 +307,31 @@ impl ServerState {
             self.up_since_ms.store(clock_ms().max(1), Ordering::Relaxed);
         }
         flipped
+    }
+
+    /// When (Unix ms) the server last went up or down or changed admin
+    /// state; when its state was created if it never did.
+    pub fn state_since_unix_ms(&self) -> u64 {
+        self.state_since_unix_ms.load(Ordering::Relaxed)
+    }
+
+    /// Counts one HTTP response sent for an exchange with this server.
+    pub fn count_response(&self, status: u16) {
+        if let Some(class) = (status / 100).checked_sub(1).filter(|c| *c < 5) {
+            self.responses[class as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        let error = match status {
+            502 => &self.http_502,
+            503 => &self.http_503,
+            504 => &self.http_504,
+            _ => return,
+        };
+        error.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Responses by status class, `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub fn responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
     }
 
     /// Asks every open tunnel of this server to close with 1012.
@@ -308,6 +404,34 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(state.effective_weight(ramp), 100);
         assert_eq!(state.effective_weight(None), 100);
+    }
+
+    #[test]
+    fn responses_are_counted_by_class_and_gateway_errors_by_code() {
+        let state = ServerState::new(1);
+        for status in [101, 200, 204, 302, 404, 502, 503, 503, 504, 0, 600] {
+            state.count_response(status);
+        }
+        assert_eq!(state.responses(), [1, 2, 1, 1, 4]);
+        assert_eq!(state.http_502.load(Ordering::Relaxed), 1);
+        assert_eq!(state.http_503.load(Ordering::Relaxed), 2);
+        assert_eq!(state.http_504.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn state_changes_record_when() {
+        let state = Arc::new(ServerState::new(1));
+        let start = state.state_since_unix_ms();
+        assert!(start > 0);
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(state.set_admin(AdminState::Drain));
+        let drained = state.state_since_unix_ms();
+        assert!(drained > start);
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(!state.set_up(true), "already up: no change, no new time");
+        assert_eq!(state.state_since_unix_ms(), drained);
+        assert!(state.set_up(false));
+        assert!(state.state_since_unix_ms() > drained);
     }
 
     #[test]

@@ -375,6 +375,146 @@ async fn metrics_parse_and_follow_traffic() {
     tether.stop().await;
 }
 
+/// Scrapes `/metrics` (from a `metrics_allow` address) and parses it.
+async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
+    let (status, _, body) = call(admin, Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    parse_exposition(std::str::from_utf8(&body).unwrap())
+}
+
+/// Sums the series of `metric` whose label text contains every one of `labels`.
+fn sum_of(series: &HashMap<String, f64>, metric: &str, labels: &[&str]) -> f64 {
+    series
+        .iter()
+        .filter(|(name, _)| name.split('{').next() == Some(metric) && labels.iter().all(|l| name.contains(l)))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+#[tokio::test]
+async fn responses_bytes_messages_and_tunnel_durations_move_with_traffic() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let servers = three().await;
+    let admin_toml = admin_section(true, "metrics_allow = [\"127.0.0.1/32\"]");
+    let tether = start_tether(&config(&servers, "", &admin_toml)).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let before = scrape(admin).await;
+    for metric in [
+        "tether_requests_total",
+        "tether_server_error_responses_total",
+        "tether_server_bytes_total",
+        "tether_websocket_messages_total",
+        "tether_tunnel_duration_seconds_count",
+    ] {
+        assert!(
+            before.keys().any(|k| k.starts_with(&format!("{metric}{{"))),
+            "{metric} missing"
+        );
+    }
+    let s1 = r#"backend="pool",server="s1""#;
+    assert_eq!(before[&format!(r#"tether_requests_total{{{s1},code="2xx"}}"#)], 0.0);
+    assert_eq!(
+        before[&format!(r#"tether_server_bytes_total{{{s1},direction="out"}}"#)],
+        0.0
+    );
+
+    for _ in 0..6 {
+        server_of(tether.addr, "/").await;
+    }
+    let (status, _, _) = get(tether.addr, "/status/503").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let after_http = scrape(admin).await;
+    assert_eq!(sum_of(&after_http, "tether_requests_total", &["code=\"2xx\""]), 6.0);
+    assert_eq!(sum_of(&after_http, "tether_requests_total", &["code=\"5xx\""]), 1.0);
+    assert_eq!(
+        sum_of(&after_http, "tether_server_error_responses_total", &["code=\"503\""]),
+        1.0
+    );
+    assert!(sum_of(&after_http, "tether_server_bytes_total", &["direction=\"out\""]) >= 12.0);
+
+    // An open tunnel's messages show up while it is open (reported about once a second).
+    let (mut ws, name) = ws_connect(tether.addr, "/ws").await;
+    let label = format!(r#"server="{name}""#);
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, format!("hello {i}"));
+    }
+    let mut live = HashMap::new();
+    for _ in 0..60 {
+        live = scrape(admin).await;
+        if sum_of(&live, "tether_websocket_messages_total", &[&label, "direction=\"in\""]) >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sum_of(&live, "tether_websocket_messages_total", &[&label, "direction=\"in\""]),
+        3.0,
+        "messages in, counted while the tunnel is open"
+    );
+    // The server's announcement and three echoes.
+    assert_eq!(
+        sum_of(&live, "tether_websocket_messages_total", &[&label, "direction=\"out\""]),
+        4.0
+    );
+    assert!(sum_of(&live, "tether_server_bytes_total", &[&label, "direction=\"in\""]) > 0.0);
+    assert_eq!(sum_of(&live, "tether_requests_total", &[&label, "code=\"1xx\""]), 1.0);
+    assert_eq!(sum_of(&live, "tether_tunnel_duration_seconds_count", &[&label]), 0.0);
+
+    // The JSON API shows the same counters.
+    let (status, json) = api(admin, Method::GET, "/api/v1/servers", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let entry = server(&json, &name);
+    assert_eq!(entry["messages_in"], 3);
+    assert_eq!(entry["messages_out"], 4);
+    assert!(entry["bytes_in"].as_u64().unwrap() > 0);
+    assert!(entry["bytes_out"].as_u64().unwrap() > 0);
+    assert_eq!(entry["responses"]["1xx"], 1);
+    assert!(entry["errors"]["connect"].is_u64());
+    let since = entry["since_unix_ms"].as_u64().unwrap();
+    assert!(since > 0);
+
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut ended = HashMap::new();
+    for _ in 0..100 {
+        ended = scrape(admin).await;
+        if sum_of(&ended, "tether_tunnel_duration_seconds_count", &[&label]) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sum_of(&ended, "tether_tunnel_duration_seconds_count", &[&label]), 1.0);
+    assert_eq!(
+        sum_of(
+            &ended,
+            "tether_tunnel_duration_seconds_bucket",
+            &[&label, "le=\"+Inf\""]
+        ),
+        1.0,
+        "{:?}",
+        ended
+            .keys()
+            .filter(|k| k.contains("tunnel_duration"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sum_of(&ended, "tether_websocket_messages_total", &[&label, "direction=\"in\""]),
+        3.0,
+        "the end adds nothing twice"
+    );
+
+    // A drain records when the state changed.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let path = format!("/api/v1/backends/pool/servers/{name}/drain");
+    let (status, drained) = api(admin, Method::POST, &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(drained["since_unix_ms"].as_u64().unwrap() > since, "{drained}");
+    tether.stop().await;
+}
+
 #[tokio::test]
 async fn without_users_the_loopback_listener_needs_no_login_and_shows_the_page() {
     let servers = three().await;
@@ -468,4 +608,124 @@ fn the_openapi_file_lists_exactly_the_routes_of_the_router() {
         extra.is_empty(),
         "docs/openapi.yaml lists routes the router lacks: {extra:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// REAL BROWSER: headless Chromium (Debian package `chromium`) loads the stats
+// page of a running tether and the test reads the DOM its script rendered.
+// Skipped, with the reason printed, only when no Chromium binary is found;
+// with TETHER_REQUIRE_BROWSER=1 (CI) a missing browser fails the test instead.
+// ---------------------------------------------------------------------------
+
+/// The Chromium binary: `$CHROMIUM`, else the Debian package's.
+fn chromium() -> Result<std::path::PathBuf, String> {
+    let path = std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), std::path::PathBuf::from);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found (install it with `apt-get install -y chromium`, or set CHROMIUM)",
+            path.display()
+        ))
+    }
+}
+
+/// Runs headless Chromium on `url` with `extra` arguments; returns its stdout.
+async fn run_chromium(binary: &std::path::Path, profile: &std::path::Path, extra: &[String], url: &str) -> String {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--hide-scrollbars",
+                // Lets the page's polls and timers run before the DOM is dumped.
+                "--virtual-time-budget=6000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium took over 60 s")
+    .expect("chromium runs");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn browser_headless_chromium_shows_the_servers_their_tunnels_and_the_chart() {
+    let binary = match chromium() {
+        Ok(binary) => binary,
+        Err(reason) if std::env::var_os("TETHER_REQUIRE_BROWSER").is_none() => {
+            println!("SKIPPED browser test: {reason}");
+            eprintln!("SKIPPED browser test: {reason}");
+            return;
+        }
+        Err(reason) => panic!("TETHER_REQUIRE_BROWSER is set but {reason}"),
+    };
+    let servers = three().await;
+    // Without users the loopback listener asks for no login.
+    let tether = start_tether(&config(&servers, "", &admin_section(false, ""))).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        tunnels.push(ws_connect(tether.addr, "/ws").await);
+    }
+    let names: BTreeSet<String> = tunnels.iter().map(|(_, name)| name.clone()).collect();
+    assert_eq!(names.len(), 3, "roundrobin spreads three tunnels over three servers");
+    let url = format!("http://{admin}/");
+    let profile = std::env::temp_dir().join(format!("tether-chromium-{}", std::process::id()));
+
+    let dom = run_chromium(&binary, &profile, &["--dump-dom".to_string()], &url).await;
+    // Only the page's script draws the chart and the rate lines: their
+    // presence shows it ran and polled the API.
+    assert!(dom.contains("open tunnels, last 5 min"), "the chart is drawn:\n{dom}");
+    assert!(dom.contains("<polyline"), "the chart has lines:\n{dom}");
+    assert!(dom.contains("new conns"), "the cards are the script's:\n{dom}");
+    for name in ["s1", "s2", "s3"] {
+        let card = format!(r#"data-server="{name}""#);
+        let at = dom.find(&card).unwrap_or_else(|| panic!("no card for {name}:\n{dom}"));
+        let rest = &dom[at..];
+        let tunnels_cell = rest.find(r#"<dd class="tunnels">"#).expect("tunnels cell");
+        assert!(
+            rest[tunnels_cell..].starts_with(r#"<dd class="tunnels">1</dd>"#),
+            "{name} shows its open tunnel:\n{}",
+            &rest[..rest.len().min(600)]
+        );
+        assert!(rest.contains(r#"<span class="state up">up</span>"#), "{name} is up");
+    }
+
+    // A screenshot a person can look at.
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let shot = target.join("stats-page.png");
+    let _ = std::fs::remove_file(&shot);
+    run_chromium(
+        &binary,
+        &profile,
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,1100".to_string(),
+        ],
+        &url,
+    )
+    .await;
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot at {}", shot.display());
+    println!("stats page screenshot: {}", shot.display());
+    let _ = std::fs::remove_dir_all(&profile);
+    drop(tunnels);
+    tether.stop().await;
 }

@@ -33,6 +33,8 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
     let server = &backend.servers[index];
     let state = &server.state;
     let slowstart = backend.candidates.get(index).and_then(|c| c.slowstart);
+    let traffic = &state.traffic;
+    let responses = state.responses();
     let health = backend.health.as_ref().map(|check| {
         let status = state.health();
         json!({
@@ -66,6 +68,18 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
         "tunnels": state.tunnels.load(Ordering::Relaxed),
         "dispatched": state.dispatched.load(Ordering::Relaxed),
         "connect_failures": state.connect_failures.load(Ordering::Relaxed),
+        "since_unix_ms": state.state_since_unix_ms(),
+        "bytes_in": traffic.bytes_in.load(Ordering::Relaxed),
+        "bytes_out": traffic.bytes_out.load(Ordering::Relaxed),
+        "messages_in": traffic.messages_in.load(Ordering::Relaxed),
+        "messages_out": traffic.messages_out.load(Ordering::Relaxed),
+        "responses": { "1xx": responses[0], "2xx": responses[1], "3xx": responses[2], "4xx": responses[3], "5xx": responses[4] },
+        "errors": {
+            "connect": state.connect_failures.load(Ordering::Relaxed),
+            "502": state.http_502.load(Ordering::Relaxed),
+            "503": state.http_503.load(Ordering::Relaxed),
+            "504": state.http_504.load(Ordering::Relaxed),
+        },
         "health": health,
     })
 }

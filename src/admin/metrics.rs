@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{error_response, AdminBody};
@@ -44,6 +47,39 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    backend: String,
+    server: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    backend: String,
+    server: String,
+    direction: String,
+}
+
+/// Histograms kept in each server's state (they live across scrapes and
+/// reloads), encoded under one metric name at scrape time.
+#[derive(Debug)]
+struct ServerHistograms {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(ServerLabels, Histogram)>,
+}
+
+impl Collector for ServerHistograms {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
+        for (labels, histogram) in &self.series {
+            histogram.encode(family.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 type GaugeFamily<L> = Family<L, Gauge>;
 type FloatGaugeFamily<L> = Family<L, Gauge<f64, AtomicU64>>;
 type CounterFamily<L> = Family<L, Counter>;
@@ -62,6 +98,20 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
     let failed_checks = CounterFamily::<ServerLabels>::default();
     let check_latency = FloatGaugeFamily::<ServerLabels>::default();
     let stick_entries = GaugeFamily::<BackendLabels>::default();
+    let requests = CounterFamily::<CodeLabels>::default();
+    let error_responses = CounterFamily::<CodeLabels>::default();
+    let bytes = CounterFamily::<DirectionLabels>::default();
+    let messages = CounterFamily::<DirectionLabels>::default();
+    let mut tunnel_durations = ServerHistograms {
+        name: "tether_tunnel_duration_seconds",
+        help: "How long WebSocket tunnels lasted, recorded when they end",
+        series: Vec::new(),
+    };
+    let mut check_durations = ServerHistograms {
+        name: "tether_health_check_duration_seconds",
+        help: "How long active health checks took",
+        series: Vec::new(),
+    };
     for backend in &snapshot.backends {
         for (index, server) in backend.servers.iter().enumerate() {
             let labels = ServerLabels {
@@ -92,7 +142,40 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
             failures
                 .get_or_create(&labels)
                 .inc_by(state.connect_failures.load(Ordering::Relaxed));
+            for (class, count) in state.responses().into_iter().enumerate() {
+                let code = format!("{}xx", class + 1);
+                requests.get_or_create(&code_labels(&labels, code)).inc_by(count);
+            }
+            for (code, count) in [
+                ("502", &state.http_502),
+                ("503", &state.http_503),
+                ("504", &state.http_504),
+            ] {
+                error_responses
+                    .get_or_create(&code_labels(&labels, code.to_string()))
+                    .inc_by(count.load(Ordering::Relaxed));
+            }
+            let traffic = &state.traffic;
+            for (family, inbound, outbound) in [
+                (&bytes, &traffic.bytes_in, &traffic.bytes_out),
+                (&messages, &traffic.messages_in, &traffic.messages_out),
+            ] {
+                for (direction, counter) in [("in", inbound), ("out", outbound)] {
+                    let labels = DirectionLabels {
+                        backend: labels.backend.clone(),
+                        server: labels.server.clone(),
+                        direction: direction.to_string(),
+                    };
+                    family.get_or_create(&labels).inc_by(counter.load(Ordering::Relaxed));
+                }
+            }
+            tunnel_durations
+                .series
+                .push((labels.clone(), state.tunnel_durations.clone()));
             if backend.health.is_some() {
+                check_durations
+                    .series
+                    .push((labels.clone(), state.check_durations.clone()));
                 let health = state.health();
                 checks.get_or_create(&labels).inc_by(health.checks);
                 failed_checks.get_or_create(&labels).inc_by(health.failed_checks);
@@ -169,11 +252,41 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
         "Session ids in the backend's stick table",
         stick_entries,
     );
+    registry.register(
+        "tether_requests",
+        "HTTP responses sent for exchanges with the server, by status class (101 for WebSocket handshakes is 1xx)",
+        requests,
+    );
+    registry.register(
+        "tether_server_error_responses",
+        "502, 503 and 504 responses sent for exchanges with the server",
+        error_responses,
+    );
+    registry.register(
+        "tether_server_bytes",
+        "Bytes carried to (in) and from (out) the server: HTTP bodies and tunnel bytes, tunnels adding theirs about once a second",
+        bytes,
+    );
+    registry.register(
+        "tether_websocket_messages",
+        "WebSocket messages carried to (in) and from (out) the server, tunnels adding theirs about once a second",
+        messages,
+    );
+    registry.register_collector(Box::new(tunnel_durations));
+    registry.register_collector(Box::new(check_durations));
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
     registry.register("tether_open_connections", "Open client connections and tunnels", open);
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+fn code_labels(server: &ServerLabels, code: String) -> CodeLabels {
+    CodeLabels {
+        backend: server.backend.clone(),
+        server: server.server.clone(),
+        code,
+    }
 }
 
 /// The `/metrics` response.

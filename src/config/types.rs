@@ -71,6 +71,13 @@ pub struct Frontend {
     /// Ordered rules; the first that matches chooses the backend.
     #[serde(default)]
     pub route: Vec<Route>,
+    /// WebSocket handshakes must come from one of these origins (routes may
+    /// override); empty allows every origin.
+    #[serde(default)]
+    pub allowed_origins: Vec<crate::origin::OriginPattern>,
+    /// Request size limits.
+    #[serde(default)]
+    pub limits: Limits,
     /// Peers (load balancers, CDNs) whose `X-Forwarded-For` and PROXY headers are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
@@ -83,6 +90,34 @@ pub struct Frontend {
     /// Client-side timeouts.
     #[serde(default)]
     pub timeouts: FrontendTimeouts,
+}
+
+/// Size limits on what a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request head in bytes (431 beyond; at least 8192).
+    #[serde(default = "defaults::max_request_head")]
+    pub max_request_head: Spanned<usize>,
+    /// Most header fields in a request (431 beyond).
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: Spanned<usize>,
+    /// Longest request target in bytes (414 beyond).
+    #[serde(default = "defaults::max_uri")]
+    pub max_uri: usize,
+    /// Largest declared request body (`Content-Length`) in bytes (413 beyond); unlimited when absent.
+    pub max_body: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_head: defaults::max_request_head(),
+            max_headers: defaults::max_headers(),
+            max_uri: defaults::max_uri(),
+            max_body: None,
+        }
+    }
 }
 
 /// A header telling the server who the client was (RFC 7239 and the de-facto `X-Forwarded-*`).
@@ -135,6 +170,9 @@ pub struct Route {
     /// The rule matches only if every one of these holds (and one of `any`, if given).
     #[serde(default)]
     pub all: Vec<Spanned<Condition>>,
+    /// WebSocket handshakes through this rule must come from one of these
+    /// origins (overrides the frontend's list); others get 403.
+    pub allowed_origins: Option<Vec<crate::origin::OriginPattern>>,
 }
 
 /// One test on a request. Exactly one of the selector keys is set; `equals`
@@ -600,6 +638,15 @@ pub mod defaults {
     }
     pub(crate) fn hash() -> toml::Spanned<super::HashMethod> {
         toml::Spanned::new(0..0, super::HashMethod::Map)
+    }
+    pub(crate) fn max_request_head() -> toml::Spanned<usize> {
+        toml::Spanned::new(0..0, 32 * 1024)
+    }
+    pub(crate) fn max_headers() -> toml::Spanned<usize> {
+        toml::Spanned::new(0..0, 100)
+    }
+    pub(crate) fn max_uri() -> usize {
+        8 * 1024
     }
     pub(crate) fn off() -> toml::Spanned<bool> {
         toml::Spanned::new(0..0, false)

@@ -62,6 +62,20 @@ pub(crate) fn validate(config: &Config, source: &SourceMap<'_>) -> Result<(), Co
                 "`bind` is empty: list at least one address, like [\"0.0.0.0:8080\"]",
             ));
         }
+        let head = &frontend.limits.max_request_head;
+        if !(8192..=1 << 20).contains(head.get_ref()) {
+            return Err(source.error(
+                Some(head.span()),
+                "`max_request_head` must be between 8192 and 1048576 bytes (default 32768)",
+            ));
+        }
+        let headers = &frontend.limits.max_headers;
+        if !(1..=1000).contains(headers.get_ref()) {
+            return Err(source.error(
+                Some(headers.span()),
+                "`max_headers` must be between 1 and 1000 (default 100)",
+            ));
+        }
         if *frontend.proxy_protocol.get_ref() && frontend.trusted_proxies.is_empty() {
             return Err(source.error(
                 Some(frontend.proxy_protocol.span()),

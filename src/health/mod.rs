@@ -152,6 +152,7 @@ fn record_check(
     let check = settings.probe.kind();
     let passed = outcome.is_ok();
     let failure = outcome.err().map(|err| err.to_string());
+    state.check_durations.observe(took.as_secs_f64());
     let flipped = {
         let mut status = state.health_lock();
         status.governed = true;

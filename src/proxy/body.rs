@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use super::conn::ConnActivity;
 use super::log::HttpLog;
 use super::pool::UpstreamSender;
-use crate::state::ActiveGuard;
+use crate::state::{ActiveGuard, ServerState};
 use crate::sticky::SidLearner;
 
 /// A client's request body streamed to the server, counted for the access log.
@@ -81,6 +81,8 @@ pub struct Exchange {
     pub upgraded: bool,
     /// Learns a session id from the body as it streams (Engine.IO handshakes).
     pub learner: Option<SidLearner>,
+    /// The server chosen, once known: its response and byte counters move when the exchange ends.
+    pub server_state: Option<Arc<ServerState>>,
 }
 
 impl Exchange {
@@ -93,6 +95,7 @@ impl Exchange {
             keep_alive: None,
             upgraded: false,
             learner: None,
+            server_state: None,
         }
     }
 
@@ -111,6 +114,11 @@ impl Drop for Exchange {
             self.activity.upgraded();
         } else {
             self.activity.request_finished();
+        }
+        if let Some(state) = &self.server_state {
+            state.count_response(self.log.status);
+            let bytes_in = self.log.bytes_in.load(Ordering::Relaxed);
+            state.traffic.add(bytes_in, self.log.bytes_out, 0, 0);
         }
         self.log.emit();
     }

@@ -123,7 +123,10 @@ async fn forward(
         Err(bad) => return local_response(StatusCode::BAD_REQUEST, &bad.to_string(), exchange, true),
     };
     let websocket = handshake == Handshake::WebSocket;
-    let Some(backend_id) = route::select(&frontend.routes, frontend.default_backend, &request) else {
+    if let Some(refusal) = over_limits(&request, &frontend.limits) {
+        return local_response(refusal.0, refusal.1, exchange, true);
+    }
+    let Some((backend_id, matched)) = route::select(&frontend.routes, frontend.default_backend, &request) else {
         return local_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "no route matches this request and the frontend has no default_backend",
@@ -131,6 +134,29 @@ async fn forward(
             false,
         );
     };
+    if websocket {
+        let patterns = matched
+            .and_then(|r| r.allowed_origins.as_deref())
+            .unwrap_or(&frontend.allowed_origins);
+        let origin = request
+            .headers()
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if !crate::origin::allowed(patterns, origin) {
+            tracing::warn!(
+                request_id = %exchange.log.request_id,
+                client = %exchange.log.client,
+                origin = origin.unwrap_or("-"),
+                "WebSocket handshake from an origin that is not allowed"
+            );
+            return local_response(
+                StatusCode::FORBIDDEN,
+                "this origin may not open a WebSocket here",
+                exchange,
+                true,
+            );
+        }
+    }
     let backend = &snapshot.backends[backend_id];
     exchange.log.backend = Some(backend.name.clone());
 
@@ -151,6 +177,7 @@ async fn forward(
     };
     let mut server = &backend.servers[upstream.server];
     exchange.log.server = Some(server.name.clone());
+    exchange.server_state = Some(server.state.clone());
 
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
     let policy = sticky.as_ref().map(|(policy, _)| *policy);
@@ -219,6 +246,7 @@ async fn forward(
                             reused = next.reused;
                             server = &backend.servers[server_id];
                             exchange.log.server = Some(server.name.clone());
+                            exchange.server_state = Some(server.state.clone());
                             pending = Some(again);
                             continue;
                         }
@@ -281,6 +309,11 @@ async fn connect_with_retries(
     exclude: &[ServerId],
 ) -> Result<Upstream, NoUpstream> {
     let mut tried: Vec<ServerId> = exclude.to_vec();
+    let attempt = Attempt {
+        backend,
+        websocket,
+        request_id,
+    };
     let mut last_error = String::new();
     if let Some((policy, id)) = stuck {
         let server = &backend.servers[id];
@@ -297,11 +330,6 @@ async fn connect_with_retries(
         };
         match guard {
             Some(guard) => {
-                let attempt = Attempt {
-                    backend,
-                    websocket,
-                    request_id,
-                };
                 if let Some(upstream) = attempt.connect(id, guard, &mut tried, &mut last_error).await {
                     return Ok(upstream);
                 }
@@ -326,11 +354,6 @@ async fn connect_with_retries(
                 return Err(NoUpstream::QueueTimeout);
             }
             continue;
-        };
-        let attempt = Attempt {
-            backend,
-            websocket,
-            request_id,
         };
         if let Some(upstream) = attempt.connect(id, guard, &mut tried, &mut last_error).await {
             return Ok(upstream);
@@ -373,6 +396,32 @@ impl Attempt<'_> {
             }
         }
     }
+}
+
+/// The status and reason when `request` breaks the frontend's limits
+/// (hyper already refuses heads and header counts over theirs with 431).
+fn over_limits<B>(request: &Request<B>, limits: &crate::snapshot::Limits) -> Option<(StatusCode, &'static str)> {
+    let target_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri {
+        return Some((
+            StatusCode::URI_TOO_LONG,
+            "the request target is longer than this frontend accepts",
+        ));
+    }
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(max), Some(len)) = (limits.max_body, declared) {
+        if len > max {
+            return Some((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than this frontend accepts",
+            ));
+        }
+    }
+    None
 }
 
 /// The response for a request no server could take.
@@ -621,15 +670,18 @@ impl TunnelJob {
             .downcast::<TokioIo<TcpStream>>()
             .map(|p| (p.io.into_inner(), p.read_buf));
         let idle = self.idle;
+        let traffic = &state.traffic;
         let end = match (client, server) {
-            (Ok((c, c_buf)), Ok((s, s_buf))) => tunnel::run(c, c_buf, s, s_buf, idle, stop).await,
-            (Ok((c, c_buf)), Err(s)) => tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), idle, stop).await,
-            (Err(c), Ok((s, s_buf))) => tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, idle, stop).await,
+            (Ok((c, c_buf)), Ok((s, s_buf))) => tunnel::run(c, c_buf, s, s_buf, idle, stop, traffic).await,
+            (Ok((c, c_buf)), Err(s)) => tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), idle, stop, traffic).await,
+            (Err(c), Ok((s, s_buf))) => tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, idle, stop, traffic).await,
             (Err(c), Err(s)) => {
-                tunnel::run(TokioIo::new(c), Bytes::new(), TokioIo::new(s), Bytes::new(), idle, stop).await
+                let (c, s) = (TokioIo::new(c), TokioIo::new(s));
+                tunnel::run(c, Bytes::new(), s, Bytes::new(), idle, stop, traffic).await
             }
         };
         state.tunnels.fetch_sub(1, Ordering::Relaxed);
+        state.tunnel_durations.observe(started.elapsed().as_secs_f64());
         TunnelLog {
             request_id: self.request_id,
             client: self.client,

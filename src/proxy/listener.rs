@@ -58,13 +58,14 @@ async fn serve_connection(
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (client_timeout, head_timeout, expects_proxy_header) = {
+    let (client_timeout, head_timeout, expects_proxy_header, limits) = {
         let snapshot = shared.snapshot.load();
         match snapshot.frontend(&frontend) {
             Some(f) => (
                 f.client_timeout,
                 f.http_request_timeout,
                 f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
+                f.limits,
             ),
             None => return,
         }
@@ -92,8 +93,14 @@ async fn serve_connection(
         https: false,
     });
     let service = service_fn(move |request| handle(context.clone(), request));
-    let connection = http1::Builder::new()
-        .keep_alive(true)
+    let mut builder = http1::Builder::new();
+    // A head larger than the buffer, or with more fields, is answered 431 by hyper.
+    builder.keep_alive(true).max_buf_size(limits.max_request_head);
+    if limits.max_headers != 100 {
+        // hyper's default; any other count moves its header array to the heap.
+        builder.max_headers(limits.max_headers);
+    }
+    let connection = builder
         .serve_connection(TokioIo::new(WatchedIo::new(stream, activity.clone())), service)
         .with_upgrades();
     tokio::pin!(connection);

@@ -21,12 +21,17 @@ use tokio::time::{sleep_until, Instant};
 
 use super::control::TunnelControl;
 use super::frames::{CloseCode, FrameTracker};
+use crate::state::Traffic;
 
 /// Buffer per direction.
 const BUF_SIZE: usize = 16 * 1024;
 
 /// How long tether waits for a frame boundary before closing without a Close frame.
 const CLOSE_BOUNDARY_WAIT: Duration = Duration::from_secs(2);
+
+/// While bytes flow, how often a tunnel adds what it carried to its server's
+/// counters (so stats show live rates); an idle tunnel adds nothing until it moves again.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a tunnel ended.
 #[derive(Debug)]
@@ -129,12 +134,13 @@ enum Read {
 impl Half {
     fn new(pending: Bytes, close_on_loss: bool) -> Self {
         Self {
+            // Bytes already read count as activity, so they are reported within a second too.
+            active: !pending.is_empty(),
             pending: pending.to_vec(),
             start: 0,
             read_eof: false,
             done: false,
             moved: 0,
-            active: false,
             frames: FrameTracker::default(),
             close_on_loss,
             close_queued: false,
@@ -269,7 +275,8 @@ impl Half {
 /// for a code, tether sends the client that Close frame at the next frame
 /// boundary and ends the tunnel. `client_pending` / `server_pending` are
 /// bytes each side sent right after the handshake, already read by the HTTP
-/// layer; they go first.
+/// layer; they go first. What the tunnel carries is added to `traffic`
+/// about once a second while it moves and when it ends, never per read.
 pub async fn run<C, S>(
     mut client: C,
     client_pending: Bytes,
@@ -277,6 +284,7 @@ pub async fn run<C, S>(
     server_pending: Bytes,
     idle: Duration,
     close: &TunnelControl,
+    traffic: &Traffic,
 ) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -287,6 +295,10 @@ where
     let mut first_closer: Option<CloseReason> = None;
     let mut last_activity = Instant::now();
     let timer = sleep_until(last_activity + idle);
+    // Bytes in, bytes out, messages in, messages out already added to `traffic`.
+    let mut reported = [0u64; 4];
+    // The timer is set for the next report rather than the idle deadline.
+    let mut report_armed = false;
     let mut closing: Option<CloseCode> = None;
     // Only made when tether starts closing: an idle tunnel carries one timer, not two.
     let mut boundary_wait: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -345,18 +357,26 @@ where
             up.active = false;
             down.active = false;
             last_activity = Instant::now();
+            if !report_armed {
+                report_armed = true;
+                timer.as_mut().reset(last_activity + REPORT_EVERY.min(idle));
+            }
         }
-        // The timer is only re-armed when it fires, not on every read.
+        // The timer is only re-armed when it fires (or for the first traffic
+        // after a report), not on every read.
         while timer.as_mut().poll(cx).is_ready() {
             let deadline = last_activity + idle;
             if deadline <= Instant::now() {
                 return Poll::Ready(CloseReason::IdleTimeout(idle));
             }
+            report(traffic, &up, &down, &mut reported);
+            report_armed = false;
             timer.as_mut().reset(deadline);
         }
         Poll::Pending
     })
     .await;
+    report(traffic, &up, &down, &mut reported);
 
     TunnelEnd {
         client_to_server: up.moved,
@@ -364,6 +384,20 @@ where
         messages_in: up.frames.messages(),
         messages_out: down.frames.messages(),
         reason,
+    }
+}
+
+/// Adds what the tunnel carried since the last report to `traffic`.
+fn report(traffic: &Traffic, up: &Half, down: &Half, reported: &mut [u64; 4]) {
+    let now = [up.moved, down.moved, up.frames.messages(), down.frames.messages()];
+    if now != *reported {
+        traffic.add(
+            now[0] - reported[0],
+            now[1] - reported[1],
+            now[2] - reported[2],
+            now[3] - reported[3],
+        );
+        *reported = now;
     }
 }
 
@@ -386,6 +420,7 @@ mod tests {
                 Bytes::from_static(b"hello-"),
                 Duration::from_secs(60),
                 &never_asked,
+                &Traffic::default(),
             )
             .await
         });
@@ -415,6 +450,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_open_tunnel_reports_its_traffic_about_once_a_second_and_the_rest_at_the_end() {
+        let traffic = std::sync::Arc::new(Traffic::default());
+        let (mut client_outer, client_inner) = duplex(1024);
+        let (server_inner, mut server_outer) = duplex(1024);
+        let counters = traffic.clone();
+        let tunnel = tokio::spawn(async move {
+            let never_asked = TunnelControl::default();
+            let idle = Duration::from_secs(3600);
+            run(
+                client_inner,
+                Bytes::new(),
+                server_inner,
+                Bytes::new(),
+                idle,
+                &never_asked,
+                &counters,
+            )
+            .await
+        });
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        // A masked one-byte text frame, as a client sends it.
+        let frame = [0x81, 0x81, 0, 0, 0, 0, b'a'];
+        client_outer.write_all(&frame).await.unwrap();
+        let mut got = [0u8; 7];
+        server_outer.read_exact(&mut got).await.unwrap();
+        assert_eq!(load(&traffic.bytes_in), 0, "nothing is added per read");
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(load(&traffic.bytes_in), 7, "reported within about a second");
+        assert_eq!(load(&traffic.messages_in), 1);
+        // Idle now: no more reports, nothing more to add.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        server_outer.write_all(&[0x81, 0x02, b'o', b'k']).await.unwrap();
+        let mut back = [0u8; 4];
+        client_outer.read_exact(&mut back).await.unwrap();
+        drop(client_outer);
+        drop(server_outer);
+        let end = tunnel.await.unwrap();
+        assert_eq!(load(&traffic.bytes_in), end.client_to_server);
+        assert_eq!(load(&traffic.bytes_out), 4, "the rest is added at the end");
+        assert_eq!(load(&traffic.messages_out), 1);
+        assert_eq!(load(&traffic.messages_in), 1, "nothing is added twice");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_idle_tunnel_is_closed_after_its_timeout() {
         let (_client_outer, client_inner) = duplex(64);
         let (server_inner, mut server_outer) = duplex(64);
@@ -427,6 +507,7 @@ mod tests {
                 Bytes::new(),
                 Duration::from_secs(30),
                 &never_asked,
+                &Traffic::default(),
             )
             .await
         });

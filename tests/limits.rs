@@ -1,0 +1,123 @@
+//! Hostile or oversized requests get the right status, and WebSocket
+//! handshakes from other sites are refused (cross-site WebSocket hijacking).
+
+mod support;
+
+use http::StatusCode;
+use support::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn config_with(frontend_extra: &str, s1: std::net::SocketAddr) -> String {
+    simple_config("roundrobin", "", &[("s1", s1, "")]).replace(
+        "default_backend = \"pool\"",
+        &format!("default_backend = \"pool\"\n{frontend_extra}"),
+    )
+}
+
+#[tokio::test]
+async fn oversized_heads_targets_and_bodies_get_431_414_413() {
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&config_with(
+        "limits = { max_request_head = 16384, max_headers = 20, max_uri = 1000, max_body = 1000 }",
+        s1.addr,
+    ))
+    .await;
+    let big_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "x".repeat(20_000));
+    assert!(raw_exchange(tether.addr, big_header.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+    assert!(raw_exchange(tether.addr, many_headers.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(2000));
+    let reply = raw_exchange(tether.addr, long_uri.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 414"), "{reply}");
+    let big_body = "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n";
+    let reply = raw_exchange(tether.addr, big_body.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert_eq!(s1.requests(), 0, "none of them reached the server");
+    assert_eq!(server_of(tether.addr, "/fine").await, "s1");
+}
+
+#[tokio::test]
+async fn only_allowed_origins_may_open_websockets() {
+    let s1 = backend("s1").start().await;
+    let config = config_with(
+        "allowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]",
+        s1.addr,
+    );
+    let tether = start_tether(&config).await;
+    let handshake = |origin: Option<&'static str>| {
+        let mut request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request.headers_mut().insert("origin", origin.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    for good in [
+        "https://app.example.com",
+        "https://chat.example.org",
+        "HTTPS://APP.EXAMPLE.COM",
+    ] {
+        assert!(handshake(Some(good)).await.is_ok(), "{good} is allowed");
+    }
+    for bad in [
+        Some("https://evil.example.net"),
+        Some("http://app.example.com"),
+        Some("null"),
+        None,
+    ] {
+        match handshake(bad).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::FORBIDDEN, "{bad:?}")
+            }
+            other => panic!("{bad:?} should get 403, got {:?}", other.map(|_| ())),
+        }
+    }
+    // Plain HTTP is not affected by the origin list.
+    assert_eq!(server_of(tether.addr, "/").await, "s1");
+}
+
+#[tokio::test]
+async fn a_route_can_set_its_own_origins() {
+    let (s1, s2) = (backend("s1").start().await, backend("s2").start().await);
+    let config = format!(
+        "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"open\"\n\
+         allowed_origins = [\"https://app.example.com\"]\n\
+         [[frontend.route]]\nbackend = \"partners\"\nany = [{{ path_prefix = \"/partners\" }}]\n\
+         allowed_origins = [\"https://partner.example.net\"]\n\
+         [[backend]]\nname = \"open\"\n[[backend.server]]\nname = \"s1\"\naddress = \"{}\"\n\
+         [[backend]]\nname = \"partners\"\n[[backend.server]]\nname = \"s2\"\naddress = \"{}\"\n",
+        s1.addr, s2.addr
+    );
+    let tether = start_tether(&config).await;
+    let ok = |path: &str, origin: &'static str| {
+        let mut request = format!("ws://{}{path}", tether.addr).into_client_request().unwrap();
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    assert!(ok("/partners/ws", "https://partner.example.net").await.is_ok());
+    assert!(
+        ok("/partners/ws", "https://app.example.com").await.is_err(),
+        "the route's list replaces the frontend's"
+    );
+    assert!(ok("/ws", "https://app.example.com").await.is_ok());
+    assert!(ok("/ws", "https://partner.example.net").await.is_err());
+}
+
+#[test]
+fn a_bad_origin_or_limit_is_a_config_error_with_its_line() {
+    let base = "[[frontend]]\nname = \"p\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n";
+    let tail = "[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n";
+    let bad_origin = format!("{base}allowed_origins = [\"app.example.com\"]\n{tail}");
+    let err = tether::config::parse(&bad_origin, "t.toml").unwrap_err().to_string();
+    assert!(
+        err.starts_with("t.toml:5:") && err.contains("https://app.example.com"),
+        "{err}"
+    );
+    let bad_limit = format!("{base}limits = {{ max_request_head = 100 }}\n{tail}");
+    let err = tether::config::parse(&bad_limit, "t.toml").unwrap_err().to_string();
+    assert!(err.starts_with("t.toml:5:") && err.contains("8192"), "{err}");
+}
