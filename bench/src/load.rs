@@ -67,6 +67,29 @@ impl FirstError {
     }
 }
 
+/// Waits for every load task and merges their histograms and error counts;
+/// a task that panicked counts as one error.
+async fn merge_tasks(
+    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64)>>,
+    first_error: &FirstError,
+) -> (Histogram<u64>, u64) {
+    let mut hist = new_histogram();
+    let mut errors = 0u64;
+    for task in tasks {
+        match task.await {
+            Ok((h, e)) => {
+                let _ = hist.add(&h);
+                errors += e;
+            }
+            Err(e) => {
+                first_error.set(e);
+                errors += 1;
+            }
+        }
+    }
+    (hist, errors)
+}
+
 async fn step<T>(fut: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
     match timeout(STEP_TIMEOUT, fut).await {
         Ok(r) => r,
@@ -154,20 +177,8 @@ pub async fn echo(target: &Target, p: &EchoParams) -> Value {
             (hist, errors)
         }));
     }
-    let mut hist = new_histogram();
-    let mut errors = open_failures as u64;
-    for task in tasks {
-        match task.await {
-            Ok((h, e)) => {
-                let _ = hist.add(&h);
-                errors += e;
-            }
-            Err(e) => {
-                first_error.set(e);
-                errors += 1;
-            }
-        }
-    }
+    let (hist, task_errors) = merge_tasks(tasks, &first_error).await;
+    let errors = open_failures as u64 + task_errors;
     let secs = p.duration.as_secs_f64();
     json!({
         "mode": "echo",
@@ -345,20 +356,7 @@ pub async fn http(target: &Target, p: &HttpParams) -> Value {
             (hist, errors)
         }));
     }
-    let mut hist = new_histogram();
-    let mut errors = 0u64;
-    for t in tasks {
-        match t.await {
-            Ok((h, e)) => {
-                let _ = hist.add(&h);
-                errors += e;
-            }
-            Err(e) => {
-                first_error.set(e);
-                errors += 1;
-            }
-        }
-    }
+    let (hist, errors) = merge_tasks(tasks, &first_error).await;
     let secs = p.duration.as_secs_f64();
     json!({
         "mode": "http",

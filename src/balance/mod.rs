@@ -242,6 +242,24 @@ pub(crate) mod testing {
             .collect()
     }
 
+    /// Asserts that marking one of 4 equal servers down moves only its own
+    /// keys, and spreads them over more than one other server.
+    pub fn assert_down_server_moves_only_its_keys(balancer: &dyn Balancer, servers: &[Candidate]) {
+        let before: Vec<_> = (0..2000).map(|k| owner(balancer, servers, &format!("k{k}"))).collect();
+        set_down(servers, 1);
+        let mut moved_to = [0u32; 4];
+        for (k, was) in before.iter().enumerate() {
+            let now = owner(balancer, servers, &format!("k{k}")).expect("a server");
+            if *was == Some(1) {
+                moved_to[now] += 1;
+            } else {
+                assert_eq!(Some(now), *was, "key k{k} moved although its server is up");
+            }
+        }
+        assert_eq!(moved_to[1], 0);
+        assert!(moved_to.iter().filter(|n| **n > 0).count() >= 2, "{moved_to:?}");
+    }
+
     /// Marks server `id` down.
     pub fn set_down(servers: &[Candidate], id: ServerId) {
         servers[id].state.up.store(false, Ordering::Relaxed);
