@@ -729,3 +729,68 @@ async fn browser_headless_chromium_shows_the_servers_their_tunnels_and_the_chart
     drop(tunnels);
     tether.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_a_logged_in_operator_drains_a_server_from_the_page() {
+    let binary = match chromium() {
+        Ok(binary) => binary,
+        Err(reason) if std::env::var_os("TETHER_REQUIRE_BROWSER").is_none() => {
+            println!("SKIPPED browser test: {reason}");
+            return;
+        }
+        Err(reason) => panic!("TETHER_REQUIRE_BROWSER is set but {reason}"),
+    };
+    let harness = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        harness.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` first (playwright-core drives Debian's chromium)"
+    );
+    let servers = three().await;
+    let tether = start_tether(&config(&servers, "", &admin_section(true, ""))).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        tunnels.push(ws_connect(tether.addr, "/ws").await);
+    }
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let shot = target.join("stats-page-drained.png");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(harness.join("drain.mjs"))
+            .arg(format!("http://{admin}/"))
+            .args([USER, PASSWORD, "s2"])
+            .arg(&shot)
+            .env("CHROMIUM", &binary)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser script finished in time")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let report: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "browser report {line:?}: {e}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(report["error"].is_null(), "{report}");
+    for name in ["s1", "s2", "s3"] {
+        assert_eq!(
+            report["servers"][name]["tunnels"], 1,
+            "{name} shows its open tunnel: {report}"
+        );
+        assert_eq!(report["servers"][name]["state"], "up", "{report}");
+    }
+    assert_eq!(report["drained"], true, "the page shows s2 draining: {report}");
+    assert_eq!(report["apiState"], "drain", "the API agrees: {report}");
+    let state = tether.handle.snapshot().backends[0].servers[1].state.admin();
+    assert_eq!(state, tether::state::AdminState::Drain);
+    let (_, name) = ws_connect(tether.addr, "/ws").await;
+    assert_ne!(name, "s2", "a drained server takes no new tunnel");
+    assert!(std::fs::read(&shot).expect("screenshot").starts_with(b"\x89PNG"));
+    println!("screenshot after the drain: {}", shot.display());
+}
