@@ -47,6 +47,8 @@ pub struct Frontend {
     pub default_backend: Option<BackendId>,
     /// Forwarding headers to add.
     pub forward: Vec<ForwardHeader>,
+    /// Live counters, carried across reloads by name.
+    pub state: Arc<crate::state::FrontendState>,
     /// Origins allowed to open WebSockets (empty: any), unless a route says otherwise.
     pub allowed_origins: Vec<crate::origin::OriginPattern>,
     /// Request size limits.
@@ -108,6 +110,8 @@ pub struct Backend {
     pub drain_sticky: bool,
     /// Health checks; `None`: the servers are always up.
     pub health: Option<Arc<HealthCheck>>,
+    /// Requests waiting in the queue for a slot now.
+    pub queued: std::sync::atomic::AtomicU32,
 }
 
 /// One server of a backend.
@@ -154,6 +158,10 @@ impl Snapshot {
                     .collect(),
                 default_backend: f.default_backend.as_ref().and_then(|d| backend_index(d.get_ref())),
                 forward: f.forward_headers.clone(),
+                state: previous
+                    .and_then(|p| p.frontend(f.name.get_ref()))
+                    .map(|old| old.state.clone())
+                    .unwrap_or_default(),
                 trusted_proxies: f.trusted_proxies.clone(),
                 allowed_origins: f.allowed_origins.clone(),
                 limits: Limits {
@@ -281,6 +289,7 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         drain_spread: config.drain_spread.get(),
         drain_sticky: config.drain_sticky,
         health,
+        queued: std::sync::atomic::AtomicU32::new(0),
     }
 }
 

@@ -98,6 +98,44 @@ const TUNNEL_BUCKETS: [f64; 10] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 1
 /// Histogram buckets of health-check latencies, in seconds.
 const CHECK_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];
 
+/// Live counters of one frontend, carried across reloads by name.
+#[derive(Debug, Default)]
+pub struct FrontendState {
+    /// Client connections open now.
+    pub connections_open: AtomicU64,
+    /// Client connections accepted since start.
+    pub connections_accepted: AtomicU64,
+    /// Requests (WebSocket handshakes included) received since start.
+    pub requests: AtomicU64,
+}
+
+impl FrontendState {
+    /// Counts an accepted connection until the returned guard drops.
+    pub fn connection_opened(self: &Arc<Self>) -> FrontendConnection {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.still_open()
+    }
+
+    /// Keeps a connection counted as open after it changed hands (an HTTP
+    /// connection that became a WebSocket tunnel), without counting a new accept.
+    pub fn still_open(self: &Arc<Self>) -> FrontendConnection {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        FrontendConnection { state: self.clone() }
+    }
+}
+
+/// One open client connection of a frontend; uncounted on drop.
+#[derive(Debug)]
+pub struct FrontendConnection {
+    state: Arc<FrontendState>,
+}
+
+impl Drop for FrontendConnection {
+    fn drop(&mut self) {
+        self.state.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What tether knows about one server right now.
 #[derive(Debug)]
 pub struct ServerState {

@@ -794,3 +794,74 @@ async fn browser_a_logged_in_operator_drains_a_server_from_the_page() {
     assert!(std::fs::read(&shot).expect("screenshot").starts_with(b"\x89PNG"));
     println!("screenshot after the drain: {}", shot.display());
 }
+
+#[tokio::test]
+async fn frontend_counters_and_the_backend_queue_are_reported() {
+    let servers = three().await;
+    let extra = "queue_timeout = \"2s\"";
+    let text = config(&servers, extra, &admin_section(false, "")).replace(
+        "[[backend.server]]\nname = \"s1\"",
+        "[[backend.server]]\nname = \"s1\"\nmaxconn = 1",
+    );
+    let text = text
+        .replace("name = \"s2\"", "name = \"s2\"\nmaxconn = 1")
+        .replace("name = \"s3\"", "name = \"s3\"\nmaxconn = 1");
+    let tether = start_tether(&text).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(ws_connect(tether.addr, "/ws").await);
+    }
+    // A fourth handshake waits in the queue.
+    let addr = tether.addr;
+    let waiting = tokio::spawn(async move { ws_connect(addr, "/ws").await.1 });
+    let mut queued = 0;
+    for _ in 0..50 {
+        let (_, _, body) = get(admin, "/api/v1/backends").await;
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        queued = json["backends"][0]["queued"].as_u64().unwrap();
+        if queued == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queued, 1, "the waiting handshake shows in the queue");
+    let (_, _, metrics) = get(admin, "/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    assert!(
+        metrics.contains("tether_backend_queued{backend=\"pool\"} 1"),
+        "{metrics}"
+    );
+    held.pop();
+    assert!(
+        !waiting.await.unwrap().is_empty(),
+        "the queued handshake got the freed slot"
+    );
+    // Two tunnels stay open (the fourth client closed its own when its task ended).
+    let mut front = Value::Null;
+    for _ in 0..50 {
+        let (_, _, body) = get(admin, "/api/v1/frontends").await;
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        front = json["frontends"][0].clone();
+        if front["connections_open"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(front["connections_open"], 2, "{front}");
+    assert_eq!(
+        front["connections_accepted"], 4,
+        "four WebSocket clients, nothing else on this port: {front}"
+    );
+    assert_eq!(front["requests"], 4, "{front}");
+    let (_, _, metrics) = get(admin, "/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    assert!(
+        metrics.contains("tether_frontend_requests_total{frontend=\"public\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tether_frontend_connections_open{frontend=\"public\"}"),
+        "{metrics}"
+    );
+}

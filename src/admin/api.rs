@@ -91,6 +91,7 @@ fn backend_json(backend: &Backend) -> Value {
         "health_check": backend.health.as_ref().map(|h| h.probe.kind()),
         "sticky": backend.sticky.is_some(),
         "stick_table_entries": table.map(|t| t.len()),
+        "queued": backend.queued.load(Ordering::Relaxed),
         "servers": (0..backend.servers.len()).map(|i| server_json(backend, i)).collect::<Vec<_>>(),
     })
 }
@@ -106,6 +107,9 @@ pub fn frontends(snapshot: &Snapshot) -> Response<AdminBody> {
                 "binds": f.binds.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "default_backend": f.default_backend.and_then(|i| snapshot.backends.get(i)).map(|b| &*b.name),
                 "routes": f.routes.len(),
+                "connections_open": f.state.connections_open.load(Ordering::Relaxed),
+                "connections_accepted": f.state.connections_accepted.load(Ordering::Relaxed),
+                "requests": f.state.requests.load(Ordering::Relaxed),
             })
         })
         .collect();

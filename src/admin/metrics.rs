@@ -43,6 +43,11 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrontendLabels {
+    frontend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -192,6 +197,31 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
                 .set(table.len() as i64);
         }
     }
+    let queued = GaugeFamily::<BackendLabels>::default();
+    for backend in &snapshot.backends {
+        queued
+            .get_or_create(&BackendLabels {
+                backend: backend.name.to_string(),
+            })
+            .set(i64::from(backend.queued.load(std::sync::atomic::Ordering::Relaxed)));
+    }
+    let frontend_open = GaugeFamily::<FrontendLabels>::default();
+    let frontend_accepted = CounterFamily::<FrontendLabels>::default();
+    let frontend_requests = CounterFamily::<FrontendLabels>::default();
+    for frontend in &snapshot.frontends {
+        let labels = FrontendLabels {
+            frontend: frontend.name.to_string(),
+        };
+        let state = &frontend.state;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        frontend_open
+            .get_or_create(&labels)
+            .set(load(&state.connections_open) as i64);
+        frontend_accepted
+            .get_or_create(&labels)
+            .inc_by(load(&state.connections_accepted));
+        frontend_requests.get_or_create(&labels).inc_by(load(&state.requests));
+    }
     let reloads = CounterFamily::<ResultLabels>::default();
     let (ok, refused) = handle.shared().admin.reloads();
     for (result, count) in [("success", ok), ("failure", refused)] {
@@ -274,6 +304,26 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
     );
     registry.register_collector(Box::new(tunnel_durations));
     registry.register_collector(Box::new(check_durations));
+    registry.register(
+        "tether_backend_queued",
+        "Requests waiting for a slot because every server is at maxconn",
+        queued,
+    );
+    registry.register(
+        "tether_frontend_connections_open",
+        "Client connections open on the frontend",
+        frontend_open,
+    );
+    registry.register(
+        "tether_frontend_connections",
+        "Client connections accepted by the frontend",
+        frontend_accepted,
+    );
+    registry.register(
+        "tether_frontend_requests",
+        "Requests (WebSocket handshakes included) received by the frontend",
+        frontend_requests,
+    );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
     registry.register("tether_open_connections", "Open client connections and tunnels", open);
     let mut text = String::new();

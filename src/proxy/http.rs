@@ -79,6 +79,9 @@ pub async fn handle(
         },
         context.activity.clone(),
     ));
+    if let Some(f) = frontend {
+        f.state.requests.fetch_add(1, Ordering::Relaxed);
+    }
     let Some(frontend) = frontend else {
         return Ok(local_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -272,6 +275,7 @@ async fn forward(
         exchange.upgraded = true;
         let tunnel = TunnelJob {
             token: context.shared.open.enter(),
+            frontend_connection: frontend.state.still_open(),
             client: exchange.log.client,
             request_id: exchange.log.request_id,
             frontend: frontend.name.clone(),
@@ -483,6 +487,15 @@ fn only_full(backend: &Backend) -> bool {
 /// Waits in the backend's queue until a slot frees on some server and the
 /// algorithm can pick again, or `deadline` passes (false).
 async fn wait_for_slot(backend: &Backend, key: &RequestKey<'_>, deadline: tokio::time::Instant) -> bool {
+    /// Counts this request in `Backend::queued` while it waits.
+    struct Queued<'a>(&'a std::sync::atomic::AtomicU32);
+    impl Drop for Queued<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    backend.queued.fetch_add(1, Ordering::Relaxed);
+    let _queued = Queued(&backend.queued);
     loop {
         // Register on every server before looking again, so no release is missed.
         let mut waits: Vec<_> = backend.servers.iter().map(|s| Box::pin(s.state.slot_freed())).collect();
@@ -636,6 +649,9 @@ fn local_response(
 struct TunnelJob {
     /// Keeps a graceful stop waiting for this tunnel.
     token: TrackerToken,
+    /// Keeps the tunnel counted among its frontend's open connections (the
+    /// HTTP connection that carried the handshake ends with the upgrade).
+    frontend_connection: crate::state::FrontendConnection,
     client: SocketAddr,
     request_id: RequestId,
     frontend: Arc<str>,
@@ -697,6 +713,7 @@ impl TunnelJob {
         }
         .emit();
         drop(self.guard);
+        drop(self.frontend_connection);
         drop(self.token);
     }
 }

@@ -58,7 +58,7 @@ async fn serve_connection(
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (client_timeout, head_timeout, expects_proxy_header, limits) = {
+    let (client_timeout, head_timeout, expects_proxy_header, limits, _counted) = {
         let snapshot = shared.snapshot.load();
         match snapshot.frontend(&frontend) {
             Some(f) => (
@@ -66,6 +66,7 @@ async fn serve_connection(
                 f.http_request_timeout,
                 f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
                 f.limits,
+                f.state.connection_opened(),
             ),
             None => return,
         }
