@@ -98,10 +98,8 @@ pub async fn announce_and_echo(on_upgrade: hyper::upgrade::OnUpgrade, name: Stri
     if ws.send(Message::text(name)).await.is_err() {
         return;
     }
+    // A Close is answered by tungstenite itself on the next read, which then ends the stream.
     while let Some(Ok(message)) = ws.next().await {
-        if message.is_close() {
-            break;
-        }
         if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
             break;
         }

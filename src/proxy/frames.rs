@@ -62,6 +62,10 @@ pub struct FrameTracker {
     saw_close: bool,
     /// Complete messages passed (frames with FIN set, control frames excluded).
     messages: u64,
+    /// The status code of the first Close frame, once its two bytes passed.
+    close_code: Option<u16>,
+    /// While a Close frame's payload starts: its mask (if any) and the code bytes so far.
+    reading_code: Option<([u8; 4], [u8; 2], usize)>,
 }
 
 impl FrameTracker {
@@ -69,6 +73,18 @@ impl FrameTracker {
     pub fn observe(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if self.remaining > 0 {
+                if let Some((mask, mut code, mut have)) = self.reading_code.take() {
+                    // Only the two code bytes of a Close payload are read (and unmasked).
+                    for byte in data.iter().take(2 - have) {
+                        code[have] = byte ^ mask[have % 4];
+                        have += 1;
+                    }
+                    if have == 2 {
+                        self.close_code.get_or_insert(u16::from_be_bytes(code));
+                    } else {
+                        self.reading_code = Some((mask, code, have));
+                    }
+                }
                 let skip = self.remaining.min(data.len() as u64);
                 self.remaining -= skip;
                 data = &data[skip as usize..];
@@ -110,6 +126,20 @@ impl FrameTracker {
         };
         if opcode == 0x8 {
             self.saw_close = true;
+            if self.remaining >= 2 && self.close_code.is_none() {
+                let len = self.have;
+                let mask = if self.header[1] & 0x80 != 0 {
+                    [
+                        self.header[len - 4],
+                        self.header[len - 3],
+                        self.header[len - 2],
+                        self.header[len - 1],
+                    ]
+                } else {
+                    [0; 4]
+                };
+                self.reading_code = Some((mask, [0; 2], 0));
+            }
         }
         if fin && opcode < 0x8 {
             self.messages += 1;
@@ -125,6 +155,11 @@ impl FrameTracker {
     /// Whether a Close frame passed.
     pub fn saw_close(&self) -> bool {
         self.saw_close
+    }
+
+    /// The status code of the first Close frame that passed, if it had one.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
     }
 
     /// Complete messages passed.
@@ -195,6 +230,29 @@ mod tests {
         assert!(t.at_boundary());
         t.observe(&f[..1]);
         assert!(!t.at_boundary(), "half a header");
+    }
+
+    #[test]
+    fn the_close_code_is_read_even_masked_and_split() {
+        let mut masked = vec![0x88, 0x80 | 4, 9, 8, 7, 6];
+        masked.extend_from_slice(&[0x03 ^ 9, 0xe8 ^ 8, b'o' ^ 7, b'k' ^ 6]); // 1000 "ok"
+        for chunk in [1, 2, 5, masked.len()] {
+            let mut t = FrameTracker::default();
+            let mut data = frame(0x1, true, 3, false);
+            data.extend_from_slice(&masked);
+            for piece in data.chunks(chunk) {
+                t.observe(piece);
+            }
+            assert_eq!(t.close_code(), Some(1000), "chunk {chunk}");
+            assert!(t.at_boundary());
+        }
+        let mut t = FrameTracker::default();
+        t.observe(&CloseCode::ServiceRestart.frame());
+        assert_eq!(t.close_code(), Some(1012));
+        let mut empty = FrameTracker::default();
+        empty.observe(&[0x88, 0x00]);
+        assert_eq!(empty.close_code(), None);
+        assert!(empty.saw_close());
     }
 
     #[test]

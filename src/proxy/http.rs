@@ -708,6 +708,8 @@ impl TunnelJob {
             bytes_out: end.server_to_client,
             messages_in: end.messages_in,
             messages_out: end.messages_out,
+            close_code_in: end.close_code_in,
+            close_code_out: end.close_code_out,
             started,
             close: &end.reason,
         }

@@ -120,6 +120,10 @@ pub struct TunnelLog<'a> {
     pub messages_in: u64,
     /// WebSocket messages server → client.
     pub messages_out: u64,
+    /// Close code the client sent, if any.
+    pub close_code_in: Option<u16>,
+    /// Close code the client received, if any.
+    pub close_code_out: Option<u16>,
     /// When the tunnel opened.
     pub started: Instant,
     /// Why it ended.
@@ -141,6 +145,8 @@ impl TunnelLog<'_> {
             bytes_out = self.bytes_out,
             messages_in = self.messages_in,
             messages_out = self.messages_out,
+            close_code_in = self.close_code_in.map_or(0, u64::from),
+            close_code_out = self.close_code_out.map_or(0, u64::from),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             close = %self.close,
         );

@@ -77,6 +77,10 @@ pub struct TunnelEnd {
     pub messages_in: u64,
     /// WebSocket messages from the server to the client.
     pub messages_out: u64,
+    /// The code of the Close frame the client sent, if any.
+    pub close_code_in: Option<u16>,
+    /// The code of the Close frame the client received (from the server or from tether), if any.
+    pub close_code_out: Option<u16>,
     /// Why it ended.
     pub reason: CloseReason,
 }
@@ -112,6 +116,9 @@ struct Half {
     lost: Option<io::Error>,
     /// Bytes were written since the last flush (a no-op for TCP, needed for layered streams).
     unflushed: bool,
+    /// The other direction already carried a Close: the endpoint is closing on
+    /// purpose, so a bare end of stream is not a lost server.
+    peer_closing: bool,
 }
 
 thread_local! {
@@ -146,6 +153,7 @@ impl Half {
             close_queued: false,
             lost: None,
             unflushed: false,
+            peer_closing: false,
         }
     }
 
@@ -212,7 +220,8 @@ impl Half {
                 Read::End => {
                     // A server that vanished without a WebSocket Close leaves
                     // the client a 1012 instead of a bare close.
-                    if self.close_on_loss && !self.frames.saw_close() && self.frames.at_boundary() {
+                    if self.close_on_loss && !self.peer_closing && !self.frames.saw_close() && self.frames.at_boundary()
+                    {
                         self.queue_close(CloseCode::ServiceRestart);
                     } else {
                         self.read_eof = true;
@@ -334,6 +343,7 @@ where
             }
         }
         if !down.done {
+            down.peer_closing = up.frames.saw_close();
             match down.poll_pump(cx, &mut server, &mut client) {
                 Poll::Ready(Ok(())) if down.close_queued => {
                     // tether's Close is out: the client will reconnect; nothing more to carry.
@@ -350,7 +360,11 @@ where
                 Poll::Pending => {}
             }
         }
-        if up.done && down.done {
+        // Both directions finished, or one did after the WebSocket closing
+        // handshake completed both ways: nothing more can legitimately pass,
+        // so a peer that keeps its TCP connection open is not waited for.
+        let handshake_done = up.frames.saw_close() && down.frames.saw_close();
+        if (up.done && down.done) || ((up.done || down.done) && handshake_done) {
             return Poll::Ready(first_closer.take().unwrap_or(CloseReason::ClientClosed));
         }
         if up.active || down.active {
@@ -383,6 +397,8 @@ where
         server_to_client: down.moved,
         messages_in: up.frames.messages(),
         messages_out: down.frames.messages(),
+        close_code_in: up.frames.close_code(),
+        close_code_out: down.frames.close_code(),
         reason,
     }
 }

@@ -1,0 +1,95 @@
+//! Access-log lines: one per HTTP exchange with its request id, one per
+//! finished tunnel with bytes, messages and the WebSocket close codes.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Collects every log line written, as JSON objects.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).to_string();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+#[tokio::test]
+async fn access_lines_carry_the_request_id_and_tunnel_close_codes() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter("tether::access=info")
+        .with_writer(move || writer.clone())
+        .init();
+
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    // A refused handshake: its request id is in the response and in the log.
+    let reply = raw_exchange(
+        tether.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    let id = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("x-request-id header")
+        .trim()
+        .to_string();
+    let (mut ws, _) = ws_connect(tether.addr, "/ws").await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "hello");
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+
+    let mut tunnel = None;
+    for _ in 0..100 {
+        tunnel = captured.lines().into_iter().find(|l| l["kind"] == "tunnel");
+        if tunnel.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tunnel = tunnel.expect("a tunnel line");
+    assert_eq!(tunnel["close_code_in"], 1000, "{tunnel}");
+    assert_eq!(tunnel["close_code_out"], 1000, "the server echoed the close: {tunnel}");
+    assert_eq!(
+        tunnel["messages_in"], 1,
+        "hello (control frames are not messages): {tunnel}"
+    );
+    assert_eq!(tunnel["server"], "s1");
+    let http = captured
+        .lines()
+        .into_iter()
+        .find(|l| l["kind"] == "http" && l["status"] == 400)
+        .expect("the 400 line");
+    assert_eq!(http["request_id"], id.as_str(), "{http}");
+    assert!(http["error"].as_str().unwrap().contains("Sec-WebSocket-Key"), "{http}");
+}
