@@ -741,10 +741,7 @@ async fn browser_a_logged_in_operator_drains_a_server_from_the_page() {
         Err(reason) => panic!("TETHER_REQUIRE_BROWSER is set but {reason}"),
     };
     let harness = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        harness.join("node_modules/playwright-core").exists(),
-        "run `npm ci --prefix tests/browser` first (playwright-core drives Debian's chromium)"
-    );
+    ensure_npm_packages(&harness, &["playwright-core"]);
     let servers = three().await;
     let tether = start_tether(&config(&servers, "", &admin_section(true, ""))).await;
     let admin = tether.handle.admin_addr().unwrap();

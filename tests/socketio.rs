@@ -28,14 +28,7 @@ const EVENTS: usize = 20;
 /// `tests/socketio/`, after checking that `npm ci` was run there.
 fn harness_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
-    for package in ["socket.io", "socket.io-client"] {
-        let manifest = dir.join("node_modules").join(package).join("package.json");
-        assert!(
-            manifest.is_file(),
-            "{} is missing: run `npm ci --prefix tests/socketio` (Node.js 18+) before `cargo test`",
-            manifest.display()
-        );
-    }
+    ensure_npm_packages(&dir, &["socket.io", "socket.io-client"]);
     dir
 }
 
