@@ -53,6 +53,8 @@ pub struct Frontend {
     pub allowed_origins: Vec<crate::origin::OriginPattern>,
     /// Request size limits.
     pub limits: Limits,
+    /// Largest client frame and message payloads in tunnels, if limited.
+    pub websocket_limits: Option<(u64, u64)>,
     /// Peers whose `X-Forwarded-For` / PROXY header name the real client.
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
     /// Trusted peers send a PROXY protocol header first.
@@ -164,6 +166,10 @@ impl Snapshot {
                     .unwrap_or_default(),
                 trusted_proxies: f.trusted_proxies.clone(),
                 allowed_origins: f.allowed_origins.clone(),
+                websocket_limits: match (f.websocket.max_frame_size, f.websocket.max_message_size) {
+                    (None, None) => None,
+                    (frame, message) => Some((frame.unwrap_or(u64::MAX), message.unwrap_or(u64::MAX))),
+                },
                 limits: Limits {
                     max_request_head: *f.limits.max_request_head.get_ref(),
                     max_headers: *f.limits.max_headers.get_ref(),

@@ -121,3 +121,35 @@ fn a_bad_origin_or_limit_is_a_config_error_with_its_line() {
     let err = tether::config::parse(&bad_limit, "t.toml").unwrap_err().to_string();
     assert!(err.starts_with("t.toml:5:") && err.contains("8192"), "{err}");
 }
+
+#[tokio::test]
+async fn oversized_websocket_messages_and_frames_close_the_tunnel_with_1009() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s1 = backend("s1").start().await;
+    for (limits, too_big) in [("max_message_size = 1000", 2000usize), ("max_frame_size = 300", 500)] {
+        let tether = start_tether(&config_with(&format!("websocket = {{ {limits} }}"), s1.addr)).await;
+        let (mut ws, _) = ws_connect(tether.addr, "/ws").await;
+        ws.send(Message::binary(vec![7u8; 250])).await.unwrap();
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut ws),
+        )
+        .await
+        {
+            Ok(Some(Ok(Message::Binary(echo)))) => assert_eq!(echo.len(), 250, "{limits}: a small message passes"),
+            other => panic!("{limits}: expected the echo, got {other:?}"),
+        }
+        ws.send(Message::binary(vec![9u8; too_big])).await.unwrap();
+        // The very next frame is tether's Close: the oversized message never reached the echo server.
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut ws),
+        )
+        .await
+        {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1009, "{limits}"),
+            other => panic!("{limits}: expected Close 1009 first, got {other:?}"),
+        }
+    }
+}

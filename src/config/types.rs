@@ -78,6 +78,9 @@ pub struct Frontend {
     /// Request size limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Limits on WebSocket frames and messages from clients (closed with 1009 beyond).
+    #[serde(default)]
+    pub websocket: WebSocketLimits,
     /// Peers (load balancers, CDNs) whose `X-Forwarded-For` and PROXY headers are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
@@ -90,6 +93,16 @@ pub struct Frontend {
     /// Client-side timeouts.
     #[serde(default)]
     pub timeouts: FrontendTimeouts,
+}
+
+/// Limits on what a WebSocket client may send through a tunnel.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketLimits {
+    /// Largest frame payload in bytes; unlimited when absent.
+    pub max_frame_size: Option<u64>,
+    /// Largest message payload (all its fragments) in bytes; unlimited when absent.
+    pub max_message_size: Option<u64>,
 }
 
 /// Size limits on what a client may send.

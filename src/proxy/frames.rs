@@ -10,6 +10,8 @@ pub enum CloseCode {
     GoingAway,
     /// 1012: the service is restarting (server died, drained or taken out).
     ServiceRestart,
+    /// 1009: a frame or message was larger than the frontend allows.
+    MessageTooBig,
 }
 
 impl CloseCode {
@@ -18,6 +20,7 @@ impl CloseCode {
         match self {
             CloseCode::GoingAway => 1001,
             CloseCode::ServiceRestart => 1012,
+            CloseCode::MessageTooBig => 1009,
         }
     }
 
@@ -26,6 +29,7 @@ impl CloseCode {
         match code {
             1001 => Some(CloseCode::GoingAway),
             1012 => Some(CloseCode::ServiceRestart),
+            1009 => Some(CloseCode::MessageTooBig),
             _ => None,
         }
     }
@@ -34,6 +38,7 @@ impl CloseCode {
         match self {
             CloseCode::GoingAway => b"tether is shutting down",
             CloseCode::ServiceRestart => b"server restarting: reconnect",
+            CloseCode::MessageTooBig => b"message too big",
         }
     }
 
@@ -66,6 +71,12 @@ pub struct FrameTracker {
     close_code: Option<u16>,
     /// While a Close frame's payload starts: its mask (if any) and the code bytes so far.
     reading_code: Option<([u8; 4], [u8; 2], usize)>,
+    /// Largest frame and message payloads allowed in this direction, if limited.
+    limits: Option<(u64, u64)>,
+    /// Payload bytes of the data message being received so far.
+    message_len: u64,
+    /// A frame or message went over `limits`.
+    too_big: bool,
 }
 
 impl FrameTracker {
@@ -141,6 +152,19 @@ impl FrameTracker {
                 self.reading_code = Some((mask, [0; 2], 0));
             }
         }
+        if let Some((max_frame, max_message)) = self.limits {
+            if opcode < 0x8 {
+                // A continuation (0) adds to the message; text or binary starts one.
+                self.message_len = if opcode == 0 {
+                    self.message_len + self.remaining
+                } else {
+                    self.remaining
+                };
+                if self.remaining > max_frame || self.message_len > max_message {
+                    self.too_big = true;
+                }
+            }
+        }
         if fin && opcode < 0x8 {
             self.messages += 1;
         }
@@ -155,6 +179,24 @@ impl FrameTracker {
     /// Whether a Close frame passed.
     pub fn saw_close(&self) -> bool {
         self.saw_close
+    }
+
+    /// A tracker that flags frames over `max_frame` and messages over `max_message` payload bytes.
+    pub fn with_limits(max_frame: u64, max_message: u64) -> Self {
+        Self {
+            limits: Some((max_frame, max_message)),
+            ..Self::default()
+        }
+    }
+
+    /// Whether this tracker enforces limits.
+    pub fn is_limited(&self) -> bool {
+        self.limits.is_some()
+    }
+
+    /// Whether a frame or message went over the limits.
+    pub fn too_big(&self) -> bool {
+        self.too_big
     }
 
     /// The status code of the first Close frame that passed, if it had one.
@@ -253,6 +295,22 @@ mod tests {
         empty.observe(&[0x88, 0x00]);
         assert_eq!(empty.close_code(), None);
         assert!(empty.saw_close());
+    }
+
+    #[test]
+    fn frames_and_messages_over_the_limits_are_flagged() {
+        let mut t = FrameTracker::with_limits(1000, 1500);
+        t.observe(&frame(0x1, true, 1000, true));
+        assert!(!t.too_big());
+        t.observe(&frame(0x2, false, 800, true));
+        t.observe(&frame(0x0, true, 800, true));
+        assert!(t.too_big(), "1600 bytes in two fragments is over the message limit");
+        let mut big_frame = FrameTracker::with_limits(1000, 1_000_000);
+        big_frame.observe(&frame(0x2, true, 1001, true)[..8]);
+        assert!(big_frame.too_big(), "the header alone tells");
+        let mut control = FrameTracker::with_limits(10, 10);
+        control.observe(&frame(0x9, true, 100, true));
+        assert!(!control.too_big(), "control frames are not data");
     }
 
     #[test]

@@ -282,6 +282,7 @@ async fn forward(
             backend: backend.name.clone(),
             server: server.name.clone(),
             idle: backend.tunnel_timeout,
+            limits: frontend.websocket_limits,
             guard,
         };
         tokio::spawn(tunnel.run(client_upgrade, server_upgrade));
@@ -658,6 +659,8 @@ struct TunnelJob {
     backend: Arc<str>,
     server: Arc<str>,
     idle: std::time::Duration,
+    /// The frontend's WebSocket frame and message limits (client → server).
+    limits: Option<(u64, u64)>,
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     guard: ActiveGuard,
 }
@@ -685,15 +688,19 @@ impl TunnelJob {
         let server = server
             .downcast::<TokioIo<TcpStream>>()
             .map(|p| (p.io.into_inner(), p.read_buf));
-        let idle = self.idle;
-        let traffic = &state.traffic;
+        let settings = tunnel::Settings {
+            idle: self.idle,
+            close: stop,
+            traffic: &state.traffic,
+            client_limits: self.limits,
+        };
         let end = match (client, server) {
-            (Ok((c, c_buf)), Ok((s, s_buf))) => tunnel::run(c, c_buf, s, s_buf, idle, stop, traffic).await,
-            (Ok((c, c_buf)), Err(s)) => tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), idle, stop, traffic).await,
-            (Err(c), Ok((s, s_buf))) => tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, idle, stop, traffic).await,
+            (Ok((c, c_buf)), Ok((s, s_buf))) => tunnel::run(c, c_buf, s, s_buf, settings).await,
+            (Ok((c, c_buf)), Err(s)) => tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), settings).await,
+            (Err(c), Ok((s, s_buf))) => tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, settings).await,
             (Err(c), Err(s)) => {
                 let (c, s) = (TokioIo::new(c), TokioIo::new(s));
-                tunnel::run(c, Bytes::new(), s, Bytes::new(), idle, stop, traffic).await
+                tunnel::run(c, Bytes::new(), s, Bytes::new(), settings).await
             }
         };
         state.tunnels.fetch_sub(1, Ordering::Relaxed);

@@ -119,6 +119,9 @@ struct Half {
     /// The other direction already carried a Close: the endpoint is closing on
     /// purpose, so a bare end of stream is not a lost server.
     peer_closing: bool,
+    /// Client → server only: a frame or message over the frontend's limits
+    /// arrived; it was not forwarded and the client gets 1009.
+    refused: bool,
 }
 
 thread_local! {
@@ -136,6 +139,8 @@ enum Read {
     Kept,
     /// End of stream, or (with `close_on_loss`) a failed read.
     End,
+    /// The bytes read hold a frame or message over the limits; nothing of them was written.
+    TooBig,
 }
 
 impl Half {
@@ -154,6 +159,7 @@ impl Half {
             lost: None,
             unflushed: false,
             peer_closing: false,
+            refused: false,
         }
     }
 
@@ -217,6 +223,11 @@ impl Half {
             match ready!(self.read_and_forward(cx, reader, writer))? {
                 Read::Moved => continue,
                 Read::Kept => continue, // the write loop above registers the waker
+                Read::TooBig => {
+                    self.refused = true;
+                    self.done = true;
+                    return Poll::Ready(Ok(()));
+                }
                 Read::End => {
                     // A server that vanished without a WebSocket Close leaves
                     // the client a 1012 instead of a bare close.
@@ -260,6 +271,14 @@ impl Half {
             }
             self.active = true;
             let data = &scratch[..n];
+            if self.frames.is_limited() {
+                // Look ahead on a copy, so an oversized frame never reaches the server.
+                let mut probe = self.frames.clone();
+                probe.observe(data);
+                if probe.too_big() {
+                    return Poll::Ready(Ok(Read::TooBig));
+                }
+            }
             let written = match Pin::new(&mut *writer).poll_write(cx, data) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err((Side::Writer, io::ErrorKind::WriteZero.into())));
@@ -279,6 +298,19 @@ impl Half {
     }
 }
 
+/// How one tunnel runs.
+#[derive(Clone, Copy)]
+pub struct Settings<'a> {
+    /// Close after this long without a byte either way.
+    pub idle: Duration,
+    /// Where tether asks the tunnel to close with a code of its own.
+    pub close: &'a TunnelControl,
+    /// Where the tunnel reports its bytes and messages as they pass.
+    pub traffic: &'a Traffic,
+    /// Largest client frame and message payloads, if limited (1009 beyond).
+    pub client_limits: Option<(u64, u64)>,
+}
+
 /// Pumps bytes between `client` and `server` until both directions finished,
 /// one side failed, or `idle` passed without traffic. When `close` is asked
 /// for a code, tether sends the client that Close frame at the next frame
@@ -291,15 +323,22 @@ pub async fn run<C, S>(
     client_pending: Bytes,
     mut server: S,
     server_pending: Bytes,
-    idle: Duration,
-    close: &TunnelControl,
-    traffic: &Traffic,
+    settings: Settings<'_>,
 ) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Settings {
+        idle,
+        close,
+        traffic,
+        client_limits,
+    } = settings;
     let mut up = Half::new(client_pending, false);
+    if let Some((max_frame, max_message)) = client_limits {
+        up.frames = FrameTracker::with_limits(max_frame, max_message);
+    }
     let mut down = Half::new(server_pending, true);
     let mut first_closer: Option<CloseReason> = None;
     let mut last_activity = Instant::now();
@@ -334,6 +373,15 @@ where
         }
         if !up.done {
             match up.poll_pump(cx, &mut client, &mut server) {
+                Poll::Ready(Ok(())) if up.refused => {
+                    // Answer with 1009 at the next frame boundary towards the client.
+                    if closing.is_none() {
+                        closing = Some(CloseCode::MessageTooBig);
+                        boundary_wait = Some(Box::pin(sleep_until(Instant::now() + CLOSE_BOUNDARY_WAIT)));
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
                 Poll::Ready(Ok(())) => {
                     first_closer.get_or_insert(CloseReason::ClientClosed);
                 }
@@ -434,9 +482,12 @@ mod tests {
                 early,
                 server_inner,
                 Bytes::from_static(b"hello-"),
-                Duration::from_secs(60),
-                &never_asked,
-                &Traffic::default(),
+                Settings {
+                    idle: Duration::from_secs(60),
+                    close: &never_asked,
+                    traffic: &Traffic::default(),
+                    client_limits: None,
+                },
             )
             .await
         });
@@ -479,9 +530,12 @@ mod tests {
                 Bytes::new(),
                 server_inner,
                 Bytes::new(),
-                idle,
-                &never_asked,
-                &counters,
+                Settings {
+                    idle,
+                    close: &never_asked,
+                    traffic: &counters,
+                    client_limits: None,
+                },
             )
             .await
         });
@@ -521,9 +575,12 @@ mod tests {
                 Bytes::from_static(b"x"),
                 server_inner,
                 Bytes::new(),
-                Duration::from_secs(30),
-                &never_asked,
-                &Traffic::default(),
+                Settings {
+                    idle: Duration::from_secs(30),
+                    close: &never_asked,
+                    traffic: &Traffic::default(),
+                    client_limits: None,
+                },
             )
             .await
         });
