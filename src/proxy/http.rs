@@ -449,7 +449,7 @@ fn no_upstream_response(failure: NoUpstream, backend: &Backend, exchange: Box<Ex
                 backend.name, backend.queue_timeout
             );
             // 1–5 s, varied per request so refused clients do not come back together.
-            let retry_after = 1 + unit_fraction_scaled(exchange.log.request_id, 5);
+            let retry_after = 1 + spread_of(exchange.log.request_id, 5);
             let mut response = local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
             response
                 .headers_mut()
@@ -727,12 +727,8 @@ impl TunnelJob {
     }
 }
 
-/// An integer in `0..n` derived from a request id.
-fn unit_fraction_scaled(request_id: RequestId, n: u64) -> u64 {
-    ((unit_fraction(request_id) * n as f64) as u64).min(n.saturating_sub(1))
-}
-
-/// A number in [0, 1) derived from a request id (already well mixed).
-pub(crate) fn unit_fraction(request_id: RequestId) -> f64 {
-    (request_id.as_u64() >> 11) as f64 / (1u64 << 53) as f64
+/// An integer in `0..n` derived from a request id (ids are well mixed, so
+/// this varies from request to request like a random number).
+fn spread_of(request_id: RequestId, n: u64) -> u64 {
+    request_id.as_u64() % n.max(1)
 }
