@@ -118,7 +118,7 @@ pub struct Limits {
     /// Longest request target in bytes (414 beyond).
     #[serde(default = "defaults::max_uri")]
     pub max_uri: usize,
-    /// Largest declared request body (`Content-Length`) in bytes (413 beyond); unlimited when absent.
+    /// Largest request body in bytes (413 beyond; a chunked body is counted as it streams); unlimited when absent.
     pub max_body: Option<u64>,
 }
 

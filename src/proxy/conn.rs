@@ -4,12 +4,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
+
+use super::framing::HeadScanner;
 
 /// Waiting for the next request (the `client` timeout applies).
 const IDLE: u8 = 0;
@@ -35,6 +37,8 @@ pub struct ConnActivity {
     in_flight: AtomicU64,
     /// Requests received so far.
     served: AtomicU64,
+    /// The head just read named both `Content-Length` and `Transfer-Encoding`.
+    framing_conflict: AtomicBool,
 }
 
 impl Default for ConnActivity {
@@ -53,6 +57,7 @@ impl ConnActivity {
             phase_changed: Notify::new(),
             in_flight: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            framing_conflict: AtomicBool::new(false),
         }
     }
 
@@ -76,6 +81,12 @@ impl ConnActivity {
             self.since_ms.store(self.now_ms(), Ordering::Relaxed);
             self.phase_changed.notify_one();
         }
+    }
+
+    /// Whether the request head just read named both `Content-Length` and
+    /// `Transfer-Encoding` (hyper would have dropped the first); clears the flag.
+    pub fn take_framing_conflict(&self) -> bool {
+        self.framing_conflict.swap(false, Ordering::Relaxed)
     }
 
     /// A request head was parsed and is being served.
@@ -130,17 +141,23 @@ impl ConnActivity {
     }
 }
 
-/// The client socket, reporting reads to its `ConnActivity`.
+/// The client socket, reporting reads to its `ConnActivity` and following
+/// request heads for framing conflicts.
 #[derive(Debug)]
 pub struct WatchedIo<T> {
     inner: T,
     activity: std::sync::Arc<ConnActivity>,
+    scanner: HeadScanner,
 }
 
 impl<T> WatchedIo<T> {
     /// Wraps `inner`.
     pub fn new(inner: T, activity: std::sync::Arc<ConnActivity>) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            scanner: HeadScanner::default(),
+        }
     }
 
     /// The socket, once the connection became a tunnel.
@@ -153,8 +170,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.on_read();
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            let this = &mut *self;
+            match this.activity.phase.load(Ordering::Acquire) {
+                BUSY => {}
+                phase => {
+                    if phase == IDLE && this.scanner.finished() {
+                        this.scanner.reset();
+                    }
+                    if this.scanner.scan(read) == Some(true) {
+                        this.activity.framing_conflict.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            this.activity.on_read();
         }
         result
     }

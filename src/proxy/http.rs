@@ -16,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::body::{Exchange, RequestBody, ResponseBody};
+use super::body::{ClientBodyError, Exchange, RequestBody, ResponseBody};
 use super::conn::{ConnActivity, WatchedIo};
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, RequestId, TunnelLog};
@@ -53,6 +53,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     context.activity.request_started();
+    let framing_conflict = context.activity.take_framing_conflict();
     let snapshot = context.shared.snapshot.load_full();
     let frontend = snapshot.frontend(&context.frontend);
     // Behind trusted proxies the client is the rightmost untrusted X-Forwarded-For hop.
@@ -81,6 +82,16 @@ pub async fn handle(
     ));
     if let Some(f) = frontend {
         f.state.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    if framing_conflict {
+        // RFC 9112 §6.1 allows refusing it; a front-line proxy should (request smuggling).
+        tracing::info!(client = %context.client, "request with both Content-Length and Transfer-Encoding refused");
+        return Ok(local_response(
+            StatusCode::BAD_REQUEST,
+            "the request has both Content-Length and Transfer-Encoding",
+            exchange,
+            true,
+        ));
     }
     let Some(frontend) = frontend else {
         return Ok(local_response(
@@ -255,6 +266,15 @@ async fn forward(
                         }
                         Err(failure) => return no_upstream_response(failure, backend, exchange),
                     }
+                }
+                if let Some(fault) = ClientBodyError::behind(failed.error()) {
+                    // The client's body was at fault, not the server: the
+                    // server saw a cut-off body and its connection is dropped.
+                    let status = match fault {
+                        ClientBodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                        ClientBodyError::Malformed(_) => StatusCode::BAD_REQUEST,
+                    };
+                    return local_response(status, &fault.to_string(), exchange, true);
                 }
                 let message = format!("server `{}` failed before answering: {}", server.name, failed.error());
                 return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
@@ -610,7 +630,7 @@ fn prepare_request(
         context.https,
     );
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, RequestBody::new(body, received))
+    Request::from_parts(parts, RequestBody::new(body, received, frontend.limits.max_body))
 }
 
 /// A short plain-text response written by tether itself, naming what

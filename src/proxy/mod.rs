@@ -6,6 +6,7 @@ pub mod client_addr;
 pub mod conn;
 pub mod control;
 pub mod frames;
+pub mod framing;
 pub mod headers;
 pub mod http;
 pub mod listener;
