@@ -53,6 +53,14 @@ pub struct Frontend {
     pub allowed_origins: Vec<crate::origin::OriginPattern>,
     /// Request size limits.
     pub limits: Limits,
+    /// Most connections open at once, if capped.
+    pub maxconn: Option<u64>,
+    /// Most connections per client address, if capped.
+    pub per_ip_connections: Option<u32>,
+    /// WebSocket handshakes allowed per client address, if limited.
+    pub per_ip_rate: Option<crate::config::ConfigRate>,
+    /// Idle, ping and ping-timeout settings of the frontend's tunnels.
+    pub websocket_timers: crate::proxy::tunnel::Timers,
     /// Largest client frame and message payloads in tunnels, if limited.
     pub websocket_limits: Option<(u64, u64)>,
     /// Peers whose `X-Forwarded-For` / PROXY header name the real client.
@@ -175,6 +183,14 @@ impl Snapshot {
                     max_headers: *f.limits.max_headers.get_ref(),
                     max_uri: f.limits.max_uri,
                     max_body: f.limits.max_body,
+                },
+                maxconn: f.maxconn.as_ref().map(|m| *m.get_ref()),
+                per_ip_connections: f.per_ip.max_connections.as_ref().map(|m| *m.get_ref()),
+                per_ip_rate: f.per_ip.rate,
+                websocket_timers: crate::proxy::tunnel::Timers {
+                    idle: f.websocket.idle_timeout.map(|d| d.get()),
+                    ping_interval: f.websocket.ping_interval.map(|d| d.get()),
+                    ping_timeout: f.websocket.ping_timeout.or(f.websocket.ping_interval).map(|d| d.get()),
                 },
                 proxy_protocol: *f.proxy_protocol.get_ref(),
                 client_timeout: f.timeouts.client.get(),

@@ -2,6 +2,7 @@
 //! active connections, weight, health and counters, all atomics so the
 //! request path never takes a lock to read or update them.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -107,20 +108,19 @@ pub struct FrontendState {
     pub connections_accepted: AtomicU64,
     /// Requests (WebSocket handshakes included) received since start.
     pub requests: AtomicU64,
+    /// `maxconn` and the per-address caps.
+    pub admission: crate::admission::Admission,
 }
 
 impl FrontendState {
     /// Counts an accepted connection until the returned guard drops.
     pub fn connection_opened(self: &Arc<Self>) -> FrontendConnection {
         self.connections_accepted.fetch_add(1, Ordering::Relaxed);
-        self.still_open()
-    }
-
-    /// Keeps a connection counted as open after it changed hands (an HTTP
-    /// connection that became a WebSocket tunnel), without counting a new accept.
-    pub fn still_open(self: &Arc<Self>) -> FrontendConnection {
-        self.connections_open.fetch_add(1, Ordering::Relaxed);
-        FrontendConnection { state: self.clone() }
+        self.connections_open.fetch_add(1, Ordering::AcqRel);
+        FrontendConnection {
+            state: self.clone(),
+            ip: None,
+        }
     }
 }
 
@@ -128,11 +128,43 @@ impl FrontendState {
 #[derive(Debug)]
 pub struct FrontendConnection {
     state: Arc<FrontendState>,
+    /// The client address it is counted for, when a per-address cap applies.
+    ip: Option<IpAddr>,
+}
+
+impl FrontendConnection {
+    /// Counts the connection for client address `ip` too, unless that
+    /// address already holds `max` connections (then `false`: refuse it).
+    pub fn count_for(&mut self, ip: IpAddr, max: u32) -> bool {
+        if self.ip.is_some() || !self.state.admission.try_connect(ip, max) {
+            return self.ip.is_some();
+        }
+        self.ip = Some(ip);
+        true
+    }
+
+    /// Keeps the connection counted after it changed hands (an HTTP
+    /// connection that became a WebSocket tunnel), without counting a new accept.
+    pub fn still_open(&self) -> FrontendConnection {
+        self.state.connections_open.fetch_add(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            // Cannot be refused: the handover briefly counts the connection twice.
+            self.state.admission.try_connect(ip, u32::MAX);
+        }
+        FrontendConnection {
+            state: self.state.clone(),
+            ip: self.ip,
+        }
+    }
 }
 
 impl Drop for FrontendConnection {
     fn drop(&mut self) {
-        self.state.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.state.connections_open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            self.state.admission.disconnect(ip);
+        }
+        self.state.admission.slot_freed();
     }
 }
 

@@ -48,6 +48,12 @@ struct FrontendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    frontend: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -208,6 +214,7 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
     let frontend_open = GaugeFamily::<FrontendLabels>::default();
     let frontend_accepted = CounterFamily::<FrontendLabels>::default();
     let frontend_requests = CounterFamily::<FrontendLabels>::default();
+    let frontend_refused = CounterFamily::<RefusedLabels>::default();
     for frontend in &snapshot.frontends {
         let labels = FrontendLabels {
             frontend: frontend.name.to_string(),
@@ -221,6 +228,17 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
             .get_or_create(&labels)
             .inc_by(load(&state.connections_accepted));
         frontend_requests.get_or_create(&labels).inc_by(load(&state.requests));
+        for (reason, count) in [
+            ("per_ip_connections", &state.admission.refused_connections),
+            ("per_ip_rate", &state.admission.refused_handshakes),
+        ] {
+            frontend_refused
+                .get_or_create(&RefusedLabels {
+                    frontend: frontend.name.to_string(),
+                    reason: reason.to_string(),
+                })
+                .inc_by(load(count));
+        }
     }
     let reloads = CounterFamily::<ResultLabels>::default();
     let (ok, refused) = handle.shared().admin.reloads();
@@ -323,6 +341,11 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
         "tether_frontend_requests",
         "Requests (WebSocket handshakes included) received by the frontend",
         frontend_requests,
+    );
+    registry.register(
+        "tether_frontend_refused",
+        "Connections (per_ip_connections) and WebSocket handshakes (per_ip_rate) refused with 429 by per-address limits",
+        frontend_refused,
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
     registry.register("tether_open_connections", "Open client connections and tunnels", open);

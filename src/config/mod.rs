@@ -8,6 +8,7 @@
 
 mod duration;
 mod error;
+mod rate;
 pub mod types;
 mod validate;
 
@@ -15,6 +16,7 @@ use std::path::Path;
 
 pub use duration::{parse_duration, ConfigDuration};
 pub use error::ConfigError;
+pub use rate::{parse_rate, ConfigRate};
 pub use types::Config;
 pub use validate::MAX_WEIGHT;
 

@@ -78,6 +78,12 @@ pub struct Frontend {
     /// Request size limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Most client connections open at once (HTTP and tunnels); beyond it new
+    /// connections wait in the kernel's accept backlog. Unlimited when absent.
+    pub maxconn: Option<Spanned<u64>>,
+    /// Caps per client address.
+    #[serde(default)]
+    pub per_ip: PerIp,
     /// Limits on WebSocket frames and messages from clients (closed with 1009 beyond).
     #[serde(default)]
     pub websocket: WebSocketLimits,
@@ -103,6 +109,25 @@ pub struct WebSocketLimits {
     pub max_frame_size: Option<u64>,
     /// Largest message payload (all its fragments) in bytes; unlimited when absent.
     pub max_message_size: Option<u64>,
+    /// Close a tunnel that carried nothing either way for this long, with
+    /// Close 1001 to the client; only the backend's `tunnel` timeout when absent.
+    pub idle_timeout: Option<ConfigDuration>,
+    /// Ping a client that sent nothing for this long (catches half-open connections).
+    pub ping_interval: Option<ConfigDuration>,
+    /// How long a pinged client has to send anything before tether closes
+    /// the tunnel with 1001; defaults to `ping_interval`.
+    pub ping_timeout: Option<ConfigDuration>,
+}
+
+/// Caps per client address (the connection's peer, or the PROXY protocol
+/// client; for the handshake rate, the client a trusted proxy names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerIp {
+    /// Most connections one address may hold open; beyond it 429 and close.
+    pub max_connections: Option<Spanned<u32>>,
+    /// Most WebSocket handshakes per address and period (`"20/s"`); beyond it 429 with `Retry-After`.
+    pub rate: Option<crate::config::ConfigRate>,
 }
 
 /// Size limits on what a client may send.

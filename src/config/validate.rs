@@ -76,6 +76,18 @@ pub(crate) fn validate(config: &Config, source: &SourceMap<'_>) -> Result<(), Co
                 "`max_headers` must be between 1 and 1000 (default 100)",
             ));
         }
+        if let Some(maxconn) = frontend.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
+            return Err(source.error(
+                Some(maxconn.span()),
+                "`maxconn` = 0 would accept nothing: give at least 1, or leave it out for no cap",
+            ));
+        }
+        if let Some(max) = frontend.per_ip.max_connections.as_ref().filter(|m| *m.get_ref() == 0) {
+            return Err(source.error(
+                Some(max.span()),
+                "`per_ip.max_connections` = 0 would refuse everyone: give at least 1, or leave it out for no cap",
+            ));
+        }
         if *frontend.proxy_protocol.get_ref() && frontend.trusted_proxies.is_empty() {
             return Err(source.error(
                 Some(frontend.proxy_protocol.span()),

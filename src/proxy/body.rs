@@ -84,7 +84,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = ClientBodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };

@@ -12,19 +12,24 @@ pub enum CloseCode {
     ServiceRestart,
     /// 1009: a frame or message was larger than the frontend allows.
     MessageTooBig,
+    /// 1001 for a tunnel idle past the frontend's `websocket.idle_timeout`.
+    Idle,
+    /// 1001 for a client that did not answer tether's ping in time.
+    NoPong,
 }
 
 impl CloseCode {
     /// The numeric code.
     pub fn code(self) -> u16 {
         match self {
-            CloseCode::GoingAway => 1001,
+            CloseCode::GoingAway | CloseCode::Idle | CloseCode::NoPong => 1001,
             CloseCode::ServiceRestart => 1012,
             CloseCode::MessageTooBig => 1009,
         }
     }
 
-    /// The variant of a numeric code tether sends (None for 0 or others).
+    /// The variant of a numeric code tether sends (None for 0 or others;
+    /// 1001 reads back as `GoingAway`).
     pub fn from_code(code: u16) -> Option<Self> {
         match code {
             1001 => Some(CloseCode::GoingAway),
@@ -39,6 +44,8 @@ impl CloseCode {
             CloseCode::GoingAway => b"tether is shutting down",
             CloseCode::ServiceRestart => b"server restarting: reconnect",
             CloseCode::MessageTooBig => b"message too big",
+            CloseCode::Idle => b"idle for too long",
+            CloseCode::NoPong => b"no answer to ping",
         }
     }
 
@@ -53,6 +60,9 @@ impl CloseCode {
         frame
     }
 }
+
+/// The unmasked server-to-client Ping frame tether sends to an idle client.
+pub const PING_FRAME: &[u8] = b"\x89\x06tether";
 
 /// Follows frame headers in one direction of a WebSocket stream.
 #[derive(Debug, Default, Clone)]

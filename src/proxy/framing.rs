@@ -96,7 +96,12 @@ mod tests {
         ];
         for head in heads {
             for split in [1, 2, 7, head.len()] {
-                assert_eq!(conflict(head, split), Some(true), "{:?} split {split}", String::from_utf8_lossy(head));
+                assert_eq!(
+                    conflict(head, split),
+                    Some(true),
+                    "{:?} split {split}",
+                    String::from_utf8_lossy(head)
+                );
             }
         }
     }
@@ -117,7 +122,10 @@ mod tests {
     #[test]
     fn body_bytes_after_the_head_are_not_scanned_until_reset() {
         let mut scanner = HeadScanner::default();
-        assert_eq!(scanner.scan(b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n"), Some(false));
+        assert_eq!(
+            scanner.scan(b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\n"),
+            Some(false)
+        );
         assert!(scanner.finished());
         assert_eq!(scanner.scan(b"\r\nTransfer-Encoding: chunked\r\n\r\n"), None);
         scanner.reset();

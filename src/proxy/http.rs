@@ -45,6 +45,8 @@ pub struct ConnContext {
     pub activity: Arc<ConnActivity>,
     /// Whether the client connection is TLS (for `X-Forwarded-Proto`).
     pub https: bool,
+    /// Keeps the connection counted in its frontend (and for its address).
+    pub counted: crate::state::FrontendConnection,
 }
 
 /// hyper's service function: forwards `request` and never fails (errors become responses).
@@ -139,6 +141,11 @@ async fn forward(
     let websocket = handshake == Handshake::WebSocket;
     if let Some(refusal) = over_limits(&request, &frontend.limits) {
         return local_response(refusal.0, refusal.1, exchange, true);
+    }
+    if let (true, Some(rate)) = (websocket, frontend.per_ip_rate) {
+        if let Err(wait) = frontend.state.admission.try_handshake(exchange.log.client.ip(), rate) {
+            return too_many_handshakes(wait, exchange);
+        }
     }
     let Some((backend_id, matched)) = route::select(&frontend.routes, frontend.default_backend, &request) else {
         return local_response(
@@ -295,7 +302,7 @@ async fn forward(
         exchange.upgraded = true;
         let tunnel = TunnelJob {
             token: context.shared.open.enter(),
-            frontend_connection: frontend.state.still_open(),
+            frontend_connection: context.counted.still_open(),
             client: exchange.log.client,
             request_id: exchange.log.request_id,
             frontend: frontend.name.clone(),
@@ -303,6 +310,7 @@ async fn forward(
             server: server.name.clone(),
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
+            timers: frontend.websocket_timers,
             guard,
         };
         tokio::spawn(tunnel.run(client_upgrade, server_upgrade));
@@ -447,6 +455,23 @@ fn over_limits<B>(request: &Request<B>, limits: &crate::snapshot::Limits) -> Opt
         }
     }
     None
+}
+
+/// 429 for a client over its address's handshake rate, with the whole
+/// seconds until its next handshake would pass in `Retry-After`.
+fn too_many_handshakes(wait: std::time::Duration, exchange: Box<Exchange>) -> Response<ResponseBody> {
+    tracing::debug!(client = %exchange.log.client, "WebSocket handshake over the per-address rate: 429");
+    let mut response = local_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many WebSocket handshakes from your address: retry later",
+        exchange,
+        false,
+    );
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }
 
 /// The response for a request no server could take.
@@ -681,6 +706,8 @@ struct TunnelJob {
     idle: std::time::Duration,
     /// The frontend's WebSocket frame and message limits (client → server).
     limits: Option<(u64, u64)>,
+    /// The frontend's WebSocket idle and ping timers.
+    timers: tunnel::Timers,
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     guard: ActiveGuard,
 }
@@ -713,6 +740,7 @@ impl TunnelJob {
             close: stop,
             traffic: &state.traffic,
             client_limits: self.limits,
+            timers: self.timers,
         };
         let end = match (client, server) {
             (Ok((c, c_buf)), Ok((s, s_buf))) => tunnel::run(c, c_buf, s, s_buf, settings).await,

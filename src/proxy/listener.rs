@@ -3,12 +3,14 @@
 //! and the stop signals.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::sleep_until;
 
@@ -16,6 +18,7 @@ use super::client_addr::{is_trusted, read_proxy_header};
 use super::conn::{ConnActivity, WatchedIo};
 use super::http::{handle, ConnContext};
 use super::{Shared, TrackerToken};
+use crate::state::FrontendConnection;
 
 /// How long a graceful stop waits for a just-accepted connection's first request.
 const FRESH_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -31,6 +34,23 @@ pub async fn accept_loop(
     let stopping = shared.stop.graceful();
     tokio::pin!(stopping, removed);
     loop {
+        let Some((state, maxconn)) = shared
+            .snapshot
+            .load()
+            .frontend(&frontend)
+            .map(|f| (f.state.clone(), f.maxconn))
+        else {
+            break;
+        };
+        // At `maxconn`, leave new connections in the kernel's backlog.
+        if let Some(max) = maxconn.filter(|max| state.connections_open.load(Ordering::Acquire) >= *max) {
+            tokio::select! {
+                biased;
+                _ = &mut stopping => break,
+                _ = &mut removed => break,
+                _ = state.admission.wait_for_slot(&state.connections_open, max) => continue,
+            }
+        }
         tokio::select! {
             biased;
             _ = &mut stopping => break,
@@ -38,7 +58,9 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let token = shared.open.enter();
-                    tokio::spawn(serve_connection(stream, peer, shared.clone(), frontend.clone(), token));
+                    // Counted here, not in the task, so the next `maxconn` check sees it.
+                    let counted = state.connection_opened();
+                    tokio::spawn(serve_connection(stream, peer, shared.clone(), frontend.clone(), counted, token));
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -55,10 +77,11 @@ async fn serve_connection(
     mut peer: SocketAddr,
     shared: Arc<Shared>,
     frontend: Arc<str>,
+    mut counted: FrontendConnection,
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (client_timeout, head_timeout, expects_proxy_header, limits, _counted) = {
+    let (client_timeout, head_timeout, expects_proxy_header, limits, per_ip) = {
         let snapshot = shared.snapshot.load();
         match snapshot.frontend(&frontend) {
             Some(f) => (
@@ -66,7 +89,7 @@ async fn serve_connection(
                 f.http_request_timeout,
                 f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
                 f.limits,
-                f.state.connection_opened(),
+                f.per_ip_connections,
             ),
             None => return,
         }
@@ -85,6 +108,12 @@ async fn serve_connection(
             }
         }
     }
+    if let Some(max) = per_ip {
+        if !counted.count_for(peer.ip(), max) {
+            refuse_busy_client(stream, peer, max).await;
+            return;
+        }
+    }
     let activity = Arc::new(ConnActivity::new());
     let context = Arc::new(ConnContext {
         shared: shared.clone(),
@@ -92,6 +121,7 @@ async fn serve_connection(
         client: peer,
         activity: activity.clone(),
         https: false,
+        counted,
     });
     let service = service_fn(move |request| handle(context.clone(), request));
     let mut builder = http1::Builder::new();
@@ -152,4 +182,19 @@ async fn serve_connection(
             _ = &mut hard => break,
         }
     }
+}
+
+/// Answers a client over its address's connection cap with a short 429 and
+/// closes. The answer is best effort (at most a moment's wait to write it),
+/// so a flood of such connections costs almost nothing.
+async fn refuse_busy_client(mut stream: TcpStream, peer: SocketAddr, max: u32) {
+    tracing::debug!(client = %peer, max, "connection refused: too many from this address");
+    const BODY: &str = "429 Too Many Requests: too many connections from your address\n";
+    let reply = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(reply.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
 use super::control::TunnelControl;
-use super::frames::{CloseCode, FrameTracker};
+use super::frames::{CloseCode, FrameTracker, PING_FRAME};
 use crate::state::Traffic;
 
 /// Buffer per direction.
@@ -46,6 +46,10 @@ pub enum CloseReason {
     ClosedByTether(CloseCode),
     /// No byte moved either way for the tunnel timeout.
     IdleTimeout(Duration),
+    /// No byte moved either way for the frontend's `websocket.idle_timeout`: tether sent 1001.
+    IdleClosed(Duration),
+    /// The client sent nothing within `ping_timeout` of tether's ping: tether sent 1001.
+    NoPong(Duration),
     /// Reading from or writing to the client failed.
     ClientError(io::Error),
     /// Reading from or writing to the server failed.
@@ -60,6 +64,8 @@ impl fmt::Display for CloseReason {
             CloseReason::ServerLost => f.write_str("server connection lost: sent 1012"),
             CloseReason::ClosedByTether(code) => write!(f, "closed by tether with {}", code.code()),
             CloseReason::IdleTimeout(d) => write!(f, "idle for {d:?}"),
+            CloseReason::IdleClosed(d) => write!(f, "idle for {d:?}: sent 1001"),
+            CloseReason::NoPong(d) => write!(f, "no answer to a ping within {d:?}: sent 1001"),
             CloseReason::ClientError(e) => write!(f, "client error: {e}"),
             CloseReason::ServerError(e) => write!(f, "server error: {e}"),
         }
@@ -166,6 +172,12 @@ impl Half {
     /// Whether tether may put a frame of its own into this direction now.
     fn at_boundary(&self) -> bool {
         self.start == self.pending.len() && self.frames.at_boundary()
+    }
+
+    /// Queues tether's Ping frame (call at a frame boundary only).
+    fn queue_ping(&mut self) {
+        self.pending = PING_FRAME.to_vec();
+        self.start = 0;
     }
 
     /// Queues tether's Close frame; after it is written the writer is shut down.
@@ -309,7 +321,44 @@ pub struct Settings<'a> {
     pub traffic: &'a Traffic,
     /// Largest client frame and message payloads, if limited (1009 beyond).
     pub client_limits: Option<(u64, u64)>,
+    /// The frontend's WebSocket idle and ping timers.
+    pub timers: Timers,
 }
+
+/// The frontend's WebSocket timers for its tunnels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timers {
+    /// Close with 1001 after this long without a byte either way (if shorter
+    /// than the backend's `tunnel` timeout, which closes without a Close frame).
+    pub idle: Option<Duration>,
+    /// Ping a client that sent nothing for this long.
+    pub ping_interval: Option<Duration>,
+    /// How long a pinged client has to send anything before the tunnel is closed with 1001.
+    pub ping_timeout: Option<Duration>,
+}
+
+/// Ping bookkeeping of one tunnel.
+struct Pinger {
+    interval: Duration,
+    timeout: Duration,
+    /// The last time the client sent anything.
+    client_seen: Instant,
+    /// When tether's unanswered ping went out.
+    sent: Option<Instant>,
+}
+
+impl Pinger {
+    /// When something is due: the ping, or the end of the wait for an answer.
+    fn due(&self) -> Instant {
+        match self.sent {
+            Some(sent) => sent + self.timeout,
+            None => self.client_seen + self.interval,
+        }
+    }
+}
+
+/// How long to wait before trying again to ping a client whose server is mid-frame.
+const PING_RETRY: Duration = Duration::from_millis(250);
 
 /// Pumps bytes between `client` and `server` until both directions finished,
 /// one side failed, or `idle` passed without traffic. When `close` is asked
@@ -334,7 +383,13 @@ where
         close,
         traffic,
         client_limits,
+        timers,
     } = settings;
+    // The frontend's idle timeout, when it is the shorter one, closes with 1001.
+    let (idle, idle_code) = match timers.idle {
+        Some(ws_idle) if ws_idle <= idle => (ws_idle, Some(CloseCode::Idle)),
+        _ => (idle, None),
+    };
     let mut up = Half::new(client_pending, false);
     if let Some((max_frame, max_message)) = client_limits {
         up.frames = FrameTracker::with_limits(max_frame, max_message);
@@ -342,7 +397,18 @@ where
     let mut down = Half::new(server_pending, true);
     let mut first_closer: Option<CloseReason> = None;
     let mut last_activity = Instant::now();
-    let timer = sleep_until(last_activity + idle);
+    let mut pinger = timers.ping_interval.map(|interval| Pinger {
+        interval,
+        timeout: timers.ping_timeout.unwrap_or(interval),
+        client_seen: last_activity,
+        sent: None,
+    });
+    // The first deadline: the idle limit or the first ping, whichever comes first.
+    let next_due = |last_activity: Instant, pinger: &Option<Pinger>| {
+        let idle_at = last_activity + idle;
+        pinger.as_ref().map_or(idle_at, |p| p.due().min(idle_at))
+    };
+    let timer = sleep_until(next_due(last_activity, &pinger));
     // Bytes in, bytes out, messages in, messages out already added to `traffic`.
     let mut reported = [0u64; 4];
     // The timer is set for the next report rather than the idle deadline.
@@ -396,6 +462,10 @@ where
                 Poll::Ready(Ok(())) if down.close_queued => {
                     // tether's Close is out: the client will reconnect; nothing more to carry.
                     return Poll::Ready(match closing {
+                        Some(CloseCode::Idle) => CloseReason::IdleClosed(idle),
+                        Some(CloseCode::NoPong) => {
+                            CloseReason::NoPong(pinger.as_ref().map_or(Duration::ZERO, |p| p.timeout))
+                        }
                         Some(code) => CloseReason::ClosedByTether(code),
                         None => CloseReason::ServerLost,
                     });
@@ -416,24 +486,54 @@ where
             return Poll::Ready(first_closer.take().unwrap_or(CloseReason::ClientClosed));
         }
         if up.active || down.active {
+            last_activity = Instant::now();
+            if let (true, Some(pinger)) = (up.active, pinger.as_mut()) {
+                pinger.client_seen = last_activity;
+                pinger.sent = None;
+            }
             up.active = false;
             down.active = false;
-            last_activity = Instant::now();
             if !report_armed {
                 report_armed = true;
-                timer.as_mut().reset(last_activity + REPORT_EVERY.min(idle));
+                let report_at = last_activity + REPORT_EVERY.min(idle);
+                timer.as_mut().reset(report_at.min(next_due(last_activity, &pinger)));
             }
         }
         // The timer is only re-armed when it fires (or for the first traffic
         // after a report), not on every read.
         while timer.as_mut().poll(cx).is_ready() {
-            let deadline = last_activity + idle;
-            if deadline <= Instant::now() {
-                return Poll::Ready(CloseReason::IdleTimeout(idle));
+            let now = Instant::now();
+            if last_activity + idle <= now {
+                match idle_code {
+                    None => return Poll::Ready(CloseReason::IdleTimeout(idle)),
+                    Some(code) => start_closing(&mut closing, &mut boundary_wait, code, cx),
+                }
+            }
+            if let Some(pinger) = pinger.as_mut() {
+                match pinger.sent {
+                    Some(sent) if sent + pinger.timeout <= now => {
+                        start_closing(&mut closing, &mut boundary_wait, CloseCode::NoPong, cx);
+                    }
+                    None if pinger.client_seen + pinger.interval <= now => {
+                        if closing.is_none() && !down.done && !down.close_queued && down.at_boundary() {
+                            down.queue_ping();
+                            pinger.sent = Some(now);
+                            cx.waker().wake_by_ref();
+                        } else {
+                            // The server is mid-frame: try again shortly.
+                            pinger.client_seen = now + PING_RETRY - pinger.interval;
+                        }
+                    }
+                    _ => {}
+                }
             }
             report(traffic, &up, &down, &mut reported);
             report_armed = false;
-            timer.as_mut().reset(deadline);
+            let next = next_due(last_activity, &pinger);
+            // Once closing, the boundary wait decides; keep the timer from spinning.
+            timer
+                .as_mut()
+                .reset(if next <= now { now + CLOSE_BOUNDARY_WAIT } else { next });
         }
         Poll::Pending
     })
@@ -448,6 +548,21 @@ where
         close_code_in: up.frames.close_code(),
         close_code_out: down.frames.close_code(),
         reason,
+    }
+}
+
+/// Starts tether's closing with `code` (unless a close is already under
+/// way): the Close goes to the client at the next frame boundary.
+fn start_closing(
+    closing: &mut Option<CloseCode>,
+    boundary_wait: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    code: CloseCode,
+    cx: &mut Context<'_>,
+) {
+    if closing.is_none() {
+        *closing = Some(code);
+        *boundary_wait = Some(Box::pin(sleep_until(Instant::now() + CLOSE_BOUNDARY_WAIT)));
+        cx.waker().wake_by_ref();
     }
 }
 
@@ -487,6 +602,7 @@ mod tests {
                     close: &never_asked,
                     traffic: &Traffic::default(),
                     client_limits: None,
+                    timers: Timers::default(),
                 },
             )
             .await
@@ -535,6 +651,7 @@ mod tests {
                     close: &never_asked,
                     traffic: &counters,
                     client_limits: None,
+                    timers: Timers::default(),
                 },
             )
             .await
@@ -580,6 +697,7 @@ mod tests {
                     close: &never_asked,
                     traffic: &Traffic::default(),
                     client_limits: None,
+                    timers: Timers::default(),
                 },
             )
             .await
