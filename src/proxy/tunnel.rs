@@ -9,7 +9,7 @@
 //! connection dies or the server is taken out, 1001 when tether stops.
 
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -360,6 +360,40 @@ impl Pinger {
 /// How long to wait before trying again to ping a client whose server is mid-frame.
 const PING_RETRY: Duration = Duration::from_millis(250);
 
+pin_project_lite::pin_project! {
+    /// One tunnel as a future (see `run`). A plain struct rather than an
+    /// `async fn`, so an idle tunnel's task holds exactly these fields and
+    /// nothing the compiler keeps for arguments and borrows (an idle
+    /// WebSocket costs its task, its sockets and little else).
+    #[project = TunnelProjection]
+    pub struct Tunnel<'a, C, S> {
+        client: C,
+        server: S,
+        // Client → server.
+        up: Half,
+        // Server → client.
+        down: Half,
+        // Where tether asks to close, and where traffic is reported.
+        close: &'a TunnelControl,
+        traffic: &'a Traffic,
+        // The idle limit in force, and the Close it sends (None: close bare).
+        idle: Duration,
+        idle_code: Option<CloseCode>,
+        first_closer: Option<CloseReason>,
+        last_activity: Instant,
+        pinger: Option<Pinger>,
+        // Bytes in, bytes out, messages in, messages out already added to `traffic`.
+        reported: [u64; 4],
+        // The timer is set for the next report rather than the next deadline.
+        report_armed: bool,
+        closing: Option<CloseCode>,
+        // Only made when tether starts closing: an idle tunnel carries one timer, not two.
+        boundary_wait: Option<Pin<Box<tokio::time::Sleep>>>,
+        #[pin]
+        timer: tokio::time::Sleep,
+    }
+}
+
 /// Pumps bytes between `client` and `server` until both directions finished,
 /// one side failed, or `idle` passed without traffic. When `close` is asked
 /// for a code, tether sends the client that Close frame at the next frame
@@ -367,13 +401,13 @@ const PING_RETRY: Duration = Duration::from_millis(250);
 /// bytes each side sent right after the handshake, already read by the HTTP
 /// layer; they go first. What the tunnel carries is added to `traffic`
 /// about once a second while it moves and when it ends, never per read.
-pub async fn run<C, S>(
-    mut client: C,
+pub fn run<C, S>(
+    client: C,
     client_pending: Bytes,
-    mut server: S,
+    server: S,
     server_pending: Bytes,
     settings: Settings<'_>,
-) -> TunnelEnd
+) -> Tunnel<'_, C, S>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -394,161 +428,188 @@ where
     if let Some((max_frame, max_message)) = client_limits {
         up.frames = FrameTracker::with_limits(max_frame, max_message);
     }
-    let mut down = Half::new(server_pending, true);
-    let mut first_closer: Option<CloseReason> = None;
-    let mut last_activity = Instant::now();
-    let mut pinger = timers.ping_interval.map(|interval| Pinger {
+    let last_activity = Instant::now();
+    let pinger = timers.ping_interval.map(|interval| Pinger {
         interval,
         timeout: timers.ping_timeout.unwrap_or(interval),
         client_seen: last_activity,
         sent: None,
     });
-    // The first deadline: the idle limit or the first ping, whichever comes first.
-    let next_due = |last_activity: Instant, pinger: &Option<Pinger>| {
-        let idle_at = last_activity + idle;
-        pinger.as_ref().map_or(idle_at, |p| p.due().min(idle_at))
-    };
-    let timer = sleep_until(next_due(last_activity, &pinger));
-    // Bytes in, bytes out, messages in, messages out already added to `traffic`.
-    let mut reported = [0u64; 4];
-    // The timer is set for the next report rather than the idle deadline.
-    let mut report_armed = false;
-    let mut closing: Option<CloseCode> = None;
-    // Only made when tether starts closing: an idle tunnel carries one timer, not two.
-    let mut boundary_wait: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    tokio::pin!(timer);
-
-    let reason = poll_fn(|cx| {
-        if closing.is_none() {
-            if let Poll::Ready(code) = close.poll_requested(cx) {
-                closing = Some(code);
-                boundary_wait = Some(Box::pin(sleep_until(Instant::now() + CLOSE_BOUNDARY_WAIT)));
-            }
-        }
-        if let Some(code) = closing {
-            if !down.close_queued && !down.done && down.at_boundary() {
-                down.queue_close(code);
-            }
-            let waited_out = boundary_wait
-                .as_mut()
-                .is_some_and(|wait| wait.as_mut().poll(cx).is_ready());
-            if !down.close_queued && waited_out {
-                // The server is in the middle of a frame it does not finish: close bare.
-                return Poll::Ready(CloseReason::ClosedByTether(code));
-            }
-        }
-        if !up.done {
-            match up.poll_pump(cx, &mut client, &mut server) {
-                Poll::Ready(Ok(())) if up.refused => {
-                    // Answer with 1009 at the next frame boundary towards the client.
-                    if closing.is_none() {
-                        closing = Some(CloseCode::MessageTooBig);
-                        boundary_wait = Some(Box::pin(sleep_until(Instant::now() + CLOSE_BOUNDARY_WAIT)));
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                }
-                Poll::Ready(Ok(())) => {
-                    first_closer.get_or_insert(CloseReason::ClientClosed);
-                }
-                Poll::Ready(Err((Side::Reader, e))) => return Poll::Ready(CloseReason::ClientError(e)),
-                Poll::Ready(Err((Side::Writer, e))) => return Poll::Ready(CloseReason::ServerError(e)),
-                Poll::Pending => {}
-            }
-        }
-        if !down.done {
-            down.peer_closing = up.frames.saw_close();
-            match down.poll_pump(cx, &mut server, &mut client) {
-                Poll::Ready(Ok(())) if down.close_queued => {
-                    // tether's Close is out: the client will reconnect; nothing more to carry.
-                    return Poll::Ready(match closing {
-                        Some(CloseCode::Idle) => CloseReason::IdleClosed(idle),
-                        Some(CloseCode::NoPong) => {
-                            CloseReason::NoPong(pinger.as_ref().map_or(Duration::ZERO, |p| p.timeout))
-                        }
-                        Some(code) => CloseReason::ClosedByTether(code),
-                        None => CloseReason::ServerLost,
-                    });
-                }
-                Poll::Ready(Ok(())) => {
-                    first_closer.get_or_insert(CloseReason::ServerClosed);
-                }
-                Poll::Ready(Err((Side::Reader, e))) => return Poll::Ready(CloseReason::ServerError(e)),
-                Poll::Ready(Err((Side::Writer, e))) => return Poll::Ready(CloseReason::ClientError(e)),
-                Poll::Pending => {}
-            }
-        }
-        // Both directions finished, or one did after the WebSocket closing
-        // handshake completed both ways: nothing more can legitimately pass,
-        // so a peer that keeps its TCP connection open is not waited for.
-        let handshake_done = up.frames.saw_close() && down.frames.saw_close();
-        if (up.done && down.done) || ((up.done || down.done) && handshake_done) {
-            return Poll::Ready(first_closer.take().unwrap_or(CloseReason::ClientClosed));
-        }
-        if up.active || down.active {
-            last_activity = Instant::now();
-            if let (true, Some(pinger)) = (up.active, pinger.as_mut()) {
-                pinger.client_seen = last_activity;
-                pinger.sent = None;
-            }
-            up.active = false;
-            down.active = false;
-            if !report_armed {
-                report_armed = true;
-                let report_at = last_activity + REPORT_EVERY.min(idle);
-                timer.as_mut().reset(report_at.min(next_due(last_activity, &pinger)));
-            }
-        }
-        // The timer is only re-armed when it fires (or for the first traffic
-        // after a report), not on every read.
-        while timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            if last_activity + idle <= now {
-                match idle_code {
-                    None => return Poll::Ready(CloseReason::IdleTimeout(idle)),
-                    Some(code) => start_closing(&mut closing, &mut boundary_wait, code, cx),
-                }
-            }
-            if let Some(pinger) = pinger.as_mut() {
-                match pinger.sent {
-                    Some(sent) if sent + pinger.timeout <= now => {
-                        start_closing(&mut closing, &mut boundary_wait, CloseCode::NoPong, cx);
-                    }
-                    None if pinger.client_seen + pinger.interval <= now => {
-                        if closing.is_none() && !down.done && !down.close_queued && down.at_boundary() {
-                            down.queue_ping();
-                            pinger.sent = Some(now);
-                            cx.waker().wake_by_ref();
-                        } else {
-                            // The server is mid-frame: try again shortly.
-                            pinger.client_seen = now + PING_RETRY - pinger.interval;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            report(traffic, &up, &down, &mut reported);
-            report_armed = false;
-            let next = next_due(last_activity, &pinger);
-            // Once closing, the boundary wait decides; keep the timer from spinning.
-            timer
-                .as_mut()
-                .reset(if next <= now { now + CLOSE_BOUNDARY_WAIT } else { next });
-        }
-        Poll::Pending
-    })
-    .await;
-    report(traffic, &up, &down, &mut reported);
-
-    TunnelEnd {
-        client_to_server: up.moved,
-        server_to_client: down.moved,
-        messages_in: up.frames.messages(),
-        messages_out: down.frames.messages(),
-        close_code_in: up.frames.close_code(),
-        close_code_out: down.frames.close_code(),
-        reason,
+    Tunnel {
+        client,
+        server,
+        up,
+        down: Half::new(server_pending, true),
+        close,
+        traffic,
+        idle,
+        idle_code,
+        first_closer: None,
+        last_activity,
+        timer: sleep_until(next_due(last_activity, idle, &pinger)),
+        pinger,
+        reported: [0; 4],
+        report_armed: false,
+        closing: None,
+        boundary_wait: None,
     }
+}
+
+/// The next deadline: the idle limit or the ping's, whichever comes first.
+fn next_due(last_activity: Instant, idle: Duration, pinger: &Option<Pinger>) -> Instant {
+    let idle_at = last_activity + idle;
+    pinger.as_ref().map_or(idle_at, |p| p.due().min(idle_at))
+}
+
+impl<C, S> Future for Tunnel<'_, C, S>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = TunnelEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelEnd> {
+        let mut this = self.project();
+        let reason = ready!(poll_tunnel(&mut this, cx));
+        let (up, down) = (&*this.up, &*this.down);
+        report(this.traffic, up, down, this.reported);
+        Poll::Ready(TunnelEnd {
+            client_to_server: up.moved,
+            server_to_client: down.moved,
+            messages_in: up.frames.messages(),
+            messages_out: down.frames.messages(),
+            close_code_in: up.frames.close_code(),
+            close_code_out: down.frames.close_code(),
+            reason,
+        })
+    }
+}
+
+/// One poll of the tunnel: moves what can move, then says why it ended, if it did.
+fn poll_tunnel<C, S>(t: &mut TunnelProjection<'_, '_, C, S>, cx: &mut Context<'_>) -> Poll<CloseReason>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (up, down) = (&mut *t.up, &mut *t.down);
+    if t.closing.is_none() {
+        if let Poll::Ready(code) = t.close.poll_requested(cx) {
+            *t.closing = Some(code);
+            *t.boundary_wait = Some(Box::pin(sleep_until(Instant::now() + CLOSE_BOUNDARY_WAIT)));
+        }
+    }
+    if let Some(code) = *t.closing {
+        if !down.close_queued && !down.done && down.at_boundary() {
+            down.queue_close(code);
+        }
+        let waited_out = t
+            .boundary_wait
+            .as_mut()
+            .is_some_and(|wait| wait.as_mut().poll(cx).is_ready());
+        if !down.close_queued && waited_out {
+            // The server is in the middle of a frame it does not finish: close bare.
+            return Poll::Ready(CloseReason::ClosedByTether(code));
+        }
+    }
+    if !up.done {
+        match up.poll_pump(cx, &mut *t.client, &mut *t.server) {
+            Poll::Ready(Ok(())) if up.refused => {
+                // Answer with 1009 at the next frame boundary towards the client.
+                if t.closing.is_none() {
+                    start_closing(t.closing, t.boundary_wait, CloseCode::MessageTooBig, cx);
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(Ok(())) => {
+                t.first_closer.get_or_insert(CloseReason::ClientClosed);
+            }
+            Poll::Ready(Err((Side::Reader, e))) => return Poll::Ready(CloseReason::ClientError(e)),
+            Poll::Ready(Err((Side::Writer, e))) => return Poll::Ready(CloseReason::ServerError(e)),
+            Poll::Pending => {}
+        }
+    }
+    if !down.done {
+        down.peer_closing = up.frames.saw_close();
+        match down.poll_pump(cx, &mut *t.server, &mut *t.client) {
+            Poll::Ready(Ok(())) if down.close_queued => {
+                // tether's Close is out: the client will reconnect; nothing more to carry.
+                return Poll::Ready(match *t.closing {
+                    Some(CloseCode::Idle) => CloseReason::IdleClosed(*t.idle),
+                    Some(CloseCode::NoPong) => {
+                        CloseReason::NoPong(t.pinger.as_ref().map_or(Duration::ZERO, |p| p.timeout))
+                    }
+                    Some(code) => CloseReason::ClosedByTether(code),
+                    None => CloseReason::ServerLost,
+                });
+            }
+            Poll::Ready(Ok(())) => {
+                t.first_closer.get_or_insert(CloseReason::ServerClosed);
+            }
+            Poll::Ready(Err((Side::Reader, e))) => return Poll::Ready(CloseReason::ServerError(e)),
+            Poll::Ready(Err((Side::Writer, e))) => return Poll::Ready(CloseReason::ClientError(e)),
+            Poll::Pending => {}
+        }
+    }
+    // Both directions finished, or one did after the WebSocket closing
+    // handshake completed both ways: nothing more can legitimately pass,
+    // so a peer that keeps its TCP connection open is not waited for.
+    let handshake_done = up.frames.saw_close() && down.frames.saw_close();
+    if (up.done && down.done) || ((up.done || down.done) && handshake_done) {
+        return Poll::Ready(t.first_closer.take().unwrap_or(CloseReason::ClientClosed));
+    }
+    let idle = *t.idle;
+    if up.active || down.active {
+        *t.last_activity = Instant::now();
+        if let (true, Some(pinger)) = (up.active, t.pinger.as_mut()) {
+            pinger.client_seen = *t.last_activity;
+            pinger.sent = None;
+        }
+        up.active = false;
+        down.active = false;
+        if !*t.report_armed {
+            *t.report_armed = true;
+            let report_at = *t.last_activity + REPORT_EVERY.min(idle);
+            let due = next_due(*t.last_activity, idle, t.pinger);
+            t.timer.as_mut().reset(report_at.min(due));
+        }
+    }
+    // The timer is only re-armed when it fires (or for the first traffic
+    // after a report), not on every read.
+    while t.timer.as_mut().poll(cx).is_ready() {
+        let now = Instant::now();
+        if *t.last_activity + idle <= now {
+            match *t.idle_code {
+                None => return Poll::Ready(CloseReason::IdleTimeout(idle)),
+                Some(code) => start_closing(t.closing, t.boundary_wait, code, cx),
+            }
+        }
+        if let Some(pinger) = t.pinger.as_mut() {
+            match pinger.sent {
+                Some(sent) if sent + pinger.timeout <= now => {
+                    start_closing(t.closing, t.boundary_wait, CloseCode::NoPong, cx);
+                }
+                None if pinger.client_seen + pinger.interval <= now => {
+                    if t.closing.is_none() && !down.done && !down.close_queued && down.at_boundary() {
+                        down.queue_ping();
+                        pinger.sent = Some(now);
+                        cx.waker().wake_by_ref();
+                    } else {
+                        // The server is mid-frame: try again shortly.
+                        pinger.client_seen = now + PING_RETRY - pinger.interval;
+                    }
+                }
+                _ => {}
+            }
+        }
+        report(t.traffic, up, down, t.reported);
+        *t.report_armed = false;
+        let next = next_due(*t.last_activity, idle, t.pinger);
+        // Once closing, the boundary wait decides; keep the timer from spinning.
+        t.timer
+            .as_mut()
+            .reset(if next <= now { now + CLOSE_BOUNDARY_WAIT } else { next });
+    }
+    Poll::Pending
 }
 
 /// Starts tether's closing with `code` (unless a close is already under
@@ -712,5 +773,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(15)).await;
         let end = tunnel.await.unwrap();
         assert!(matches!(end.reason, CloseReason::IdleTimeout(_)), "{}", end.reason);
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[tokio::test]
+    async fn print_sizes() {
+        use super::*;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let b = l.accept().await.unwrap().0;
+        let control = TunnelControl::default();
+        let traffic = Traffic::default();
+        let fut = run(a, Bytes::new(), b, Bytes::new(), Settings { idle: Duration::from_secs(1), close: &control, traffic: &traffic, client_limits: None, timers: Timers::default() });
+        eprintln!("run future: {} bytes; Half {}; FrameTracker {}; Sleep {}; TcpStream {}", std::mem::size_of_val(&fut), std::mem::size_of::<Half>(), std::mem::size_of::<FrameTracker>(), std::mem::size_of::<tokio::time::Sleep>(), std::mem::size_of::<tokio::net::TcpStream>());
     }
 }
