@@ -265,7 +265,11 @@ mod tests {
                 let address = IpAddr::from((0x0a00_0000u32 + wave * 4096 + i).to_be_bytes());
                 admission.try_handshake_at(address, rate, now).unwrap();
             }
-            assert!(admission.tracked() <= 2 * SWEEP_FLOOR, "wave {wave}: {} entries", admission.tracked());
+            assert!(
+                admission.tracked() <= 2 * SWEEP_FLOOR,
+                "wave {wave}: {} entries",
+                admission.tracked()
+            );
         }
     }
 

@@ -183,8 +183,8 @@ pub struct ServerState {
     pub dispatched: AtomicU64,
     /// Connect attempts that failed.
     pub connect_failures: AtomicU64,
-    /// Bytes and WebSocket messages each way.
-    pub traffic: Traffic,
+    /// Bytes and WebSocket messages each way (shared with the tunnels that add to it).
+    pub traffic: Arc<Traffic>,
     /// HTTP responses sent for exchanges with this server, by status class (1xx..5xx).
     pub responses: [AtomicU64; 5],
     /// Responses tether itself answered 502, 503 and 504 for this server.
@@ -231,7 +231,7 @@ impl ServerState {
             up: AtomicBool::new(true),
             dispatched: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
-            traffic: Traffic::default(),
+            traffic: Arc::default(),
             responses: Default::default(),
             http_502: AtomicU64::new(0),
             http_503: AtomicU64::new(0),

@@ -110,7 +110,7 @@ pub struct TunnelRegistration {
 
 impl TunnelRegistration {
     /// The control the tunnel polls.
-    pub fn control(&self) -> &TunnelControl {
+    pub fn control(&self) -> &Arc<TunnelControl> {
         &self.control
     }
 }

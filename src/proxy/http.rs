@@ -713,6 +713,9 @@ struct TunnelJob {
 }
 
 impl TunnelJob {
+    /// Waits for both sides to switch protocols, then hands the sockets to
+    /// a task of their own that carries the tunnel (so the long-lived task
+    /// holds only what a tunnel needs, not this wait's state).
     async fn run(self, client: OnUpgrade, server: OnUpgrade) {
         let (client, server) = match tokio::try_join!(client, server) {
             Ok(both) => both,
@@ -723,10 +726,27 @@ impl TunnelJob {
         };
         let state = self.guard.state().clone();
         state.tunnels.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
         // Server down, drain and shutdown ask through this registration.
         let registration = state.register_tunnel();
-        let stop = registration.control();
+        let settings = tunnel::Settings {
+            idle: self.idle,
+            close: registration.control().clone(),
+            traffic: state.traffic.clone(),
+            client_limits: self.limits,
+            timers: self.timers,
+        };
+        let carried = CarriedBy {
+            token: self.token,
+            frontend_connection: self.frontend_connection,
+            client: self.client,
+            request_id: self.request_id,
+            frontend: self.frontend,
+            backend: self.backend,
+            server: self.server,
+            guard: self.guard,
+            registration,
+            started: Instant::now(),
+        };
         // The usual case: pump between the raw sockets, no extra layers. The
         // layered fallback keeps any other transport working.
         let client = client
@@ -735,24 +755,55 @@ impl TunnelJob {
         let server = server
             .downcast::<TokioIo<TcpStream>>()
             .map(|p| (p.io.into_inner(), p.read_buf));
-        let settings = tunnel::Settings {
-            idle: self.idle,
-            close: stop,
-            traffic: &state.traffic,
-            client_limits: self.limits,
-            timers: self.timers,
-        };
-        let end = match (client, server) {
-            (Ok((c, c_buf)), Ok((s, s_buf))) => tunnel::run(c, c_buf, s, s_buf, settings).await,
-            (Ok((c, c_buf)), Err(s)) => tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), settings).await,
-            (Err(c), Ok((s, s_buf))) => tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, settings).await,
+        match (client, server) {
+            (Ok((c, c_buf)), Ok((s, s_buf))) => carried.spawn(tunnel::run(c, c_buf, s, s_buf, settings)),
+            (Ok((c, c_buf)), Err(s)) => carried.spawn(tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), settings)),
+            (Err(c), Ok((s, s_buf))) => carried.spawn(tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, settings)),
             (Err(c), Err(s)) => {
                 let (c, s) = (TokioIo::new(c), TokioIo::new(s));
-                tunnel::run(c, Bytes::new(), s, Bytes::new(), settings).await
+                carried.spawn(tunnel::run(c, Bytes::new(), s, Bytes::new(), settings))
             }
-        };
+        }
+    }
+}
+
+/// What an open tunnel holds besides its sockets: the counts it keeps up
+/// and what its access-log line will say.
+struct CarriedBy {
+    /// Keeps a graceful stop waiting for this tunnel.
+    token: TrackerToken,
+    /// Keeps the tunnel counted among its frontend's open connections.
+    frontend_connection: crate::state::FrontendConnection,
+    client: SocketAddr,
+    request_id: RequestId,
+    frontend: Arc<str>,
+    backend: Arc<str>,
+    server: Arc<str>,
+    /// The server slot, held for the tunnel's whole life (leastconn counts it).
+    guard: ActiveGuard,
+    /// The tunnel's entry in its server's registry (drain and shutdown reach it there).
+    registration: crate::proxy::control::TunnelRegistration,
+    started: Instant,
+}
+
+impl CarriedBy {
+    /// Runs `tunnel` as its own task, then settles the counts and logs the line.
+    fn spawn<C, S>(self, tunnel: tunnel::Tunnel<C, S>)
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::spawn(Carry {
+            tunnel,
+            carried: Some(self),
+        });
+    }
+
+    /// The tunnel ended: counts, histogram and the access-log line.
+    fn finish(self, end: tunnel::TunnelEnd) {
+        let state = self.guard.state();
         state.tunnels.fetch_sub(1, Ordering::Relaxed);
-        state.tunnel_durations.observe(started.elapsed().as_secs_f64());
+        state.tunnel_durations.observe(self.started.elapsed().as_secs_f64());
         TunnelLog {
             request_id: self.request_id,
             client: self.client,
@@ -765,13 +816,40 @@ impl TunnelJob {
             messages_out: end.messages_out,
             close_code_in: end.close_code_in,
             close_code_out: end.close_code_out,
-            started,
+            started: self.started,
             close: &end.reason,
         }
         .emit();
+        drop(self.registration);
         drop(self.guard);
         drop(self.frontend_connection);
         drop(self.token);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The task of one open tunnel: the tunnel and what it holds, nothing more.
+    struct Carry<C, S> {
+        #[pin]
+        tunnel: tunnel::Tunnel<C, S>,
+        carried: Option<CarriedBy>,
+    }
+}
+
+impl<C, S> std::future::Future for Carry<C, S>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let this = self.project();
+        let end = std::task::ready!(this.tunnel.poll(cx));
+        if let Some(carried) = this.carried.take() {
+            carried.finish(end);
+        }
+        std::task::Poll::Ready(())
     }
 }
 
