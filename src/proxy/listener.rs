@@ -16,6 +16,7 @@ use super::client_addr::{is_trusted, read_proxy_header};
 use super::conn::{ConnActivity, WatchedIo};
 use super::http::{handle, ConnContext};
 use super::{Shared, TrackerToken};
+use crate::tls::ClientStream;
 
 /// How long a graceful stop waits for a just-accepted connection's first request.
 const FRESH_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -58,7 +59,9 @@ async fn serve_connection(
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (client_timeout, head_timeout, expects_proxy_header, limits, _counted) = {
+    // The TLS settings are those in force at accept: a reload that changes
+    // certificates applies to the next connections, never to this one.
+    let (client_timeout, head_timeout, expects_proxy_header, limits, tls, _counted) = {
         let snapshot = shared.snapshot.load();
         match snapshot.frontend(&frontend) {
             Some(f) => (
@@ -66,6 +69,7 @@ async fn serve_connection(
                 f.http_request_timeout,
                 f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
                 f.limits,
+                f.tls.as_ref().map(|t| t.acceptor()),
                 f.state.connection_opened(),
             ),
             None => return,
@@ -85,13 +89,35 @@ async fn serve_connection(
             }
         }
     }
+    // The PROXY header (above) comes before TLS; the handshake must finish
+    // within `http_request`, so a client that never completes it is closed.
+    let stream = match tls {
+        None => ClientStream::Plain(stream),
+        Some(acceptor) => {
+            let hard = shared.stop.hard();
+            tokio::select! {
+                handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream)) => match handshake {
+                    Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                    Ok(Err(err)) => {
+                        tracing::debug!(client = %peer, frontend = %frontend, cause = %err, "TLS handshake failed: connection closed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(client = %peer, frontend = %frontend, timeout = ?head_timeout, "TLS handshake not finished in time: connection closed");
+                        return;
+                    }
+                },
+                _ = hard => return,
+            }
+        }
+    };
     let activity = Arc::new(ConnActivity::new());
     let context = Arc::new(ConnContext {
         shared: shared.clone(),
         frontend,
         client: peer,
         activity: activity.clone(),
-        https: false,
+        https: stream.is_tls(),
     });
     let service = service_fn(move |request| handle(context.clone(), request));
     let mut builder = http1::Builder::new();
