@@ -75,17 +75,22 @@ fn resolve(base: &Path, file: &str) -> PathBuf {
     base.join(file)
 }
 
-/// The span of whichever of the two files an error is about.
-fn span_of(err: &TlsError, cert: &Spanned<String>, key: &Spanned<String>, key_path: &Path) -> std::ops::Range<usize> {
+/// The key (`cert` or `key`) an error is about, and its span.
+fn blamed<'a>(
+    err: &TlsError,
+    cert: &'a Spanned<String>,
+    key: &'a Spanned<String>,
+    key_path: &Path,
+) -> (&'static str, &'a Spanned<String>) {
     let about_key = match err {
         TlsError::Read { path, .. } | TlsError::BadPem { path, .. } => path == key_path,
         TlsError::NoKey { .. } | TlsError::Key { .. } => true,
         _ => false,
     };
     if about_key {
-        key.span()
+        ("key", key)
     } else {
-        cert.span()
+        ("cert", cert)
     }
 }
 
@@ -128,10 +133,12 @@ fn load_frontend(frontend: &Frontend, source: &SourceMap<'_>, base: &Path) -> Re
     for (cert, key) in pairs {
         let (cert_path, key_path) = (resolve(base, cert.get_ref()), resolve(base, key.get_ref()));
         let loaded = load_pair(&cert_path, &key_path).map_err(|err| {
+            let (name, at) = blamed(&err, cert, key, &key_path);
             source.error(
-                Some(span_of(&err, cert, key, &key_path)),
+                Some(at.span()),
                 format!(
-                    "frontend `{}`: {err}: fix the file or the path (relative paths start at the configuration file's directory)",
+                    "frontend `{}`, tls `{name}`: {err}: fix the file or the path \
+                     (relative paths start at the configuration file's directory)",
                     frontend.name.get_ref()
                 ),
             )
@@ -165,7 +172,10 @@ fn build_client(
         let span = ca.as_ref().map_or(setting.span(), |(ca, _)| ca.span());
         source.error(
             Some(span),
-            format!("{owner}: {err}: fix the CA file or the path (relative paths start at the configuration file's directory)"),
+            format!(
+                "{owner}, tls `ca`: {err}: fix the CA file or the path \
+                 (relative paths start at the configuration file's directory)"
+            ),
         )
     })
 }
@@ -225,4 +235,112 @@ fn load_server(
         None => ServerName::IpAddress(server.address.get_ref().0.ip().into()),
     };
     Ok(Some(UpstreamTls { config, server_name }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError};
+
+    /// A self-signed certificate and its key written into a fresh directory.
+    fn write_pair(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tether-config-tls-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        std::fs::write(dir.join("a.pem"), cert.pem()).expect("write cert");
+        std::fs::write(dir.join("a.key"), key.serialize_pem()).expect("write key");
+        let other = rcgen::KeyPair::generate().expect("key");
+        std::fs::write(dir.join("other.key"), other.serialize_pem()).expect("write key");
+        dir
+    }
+
+    fn config(tls: &str) -> String {
+        format!(
+            "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"web\"\n{tls}\n\n\
+             [[backend]]\nname = \"web\"\n[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8200\"\n"
+        )
+    }
+
+    fn error_of(text: &str) -> (usize, usize, String) {
+        match parse(text, "test.toml") {
+            Err(ConfigError::Invalid {
+                line, column, message, ..
+            }) => (line, column, message),
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_certificate_file_names_the_key_its_line_and_the_fix() {
+        let text = config("tls = { cert = \"/nonexistent/site.pem\", key = \"/nonexistent/site.key\" }");
+        let (line, column, message) = error_of(&text);
+        assert_eq!((line, column), (5, 16), "{message}");
+        assert!(message.contains("tls `cert`"), "{message}");
+        assert!(message.contains("/nonexistent/site.pem"), "{message}");
+        assert!(message.contains("fix the file or the path"), "{message}");
+    }
+
+    #[test]
+    fn good_files_load_and_a_key_of_another_certificate_is_refused() {
+        let dir = write_pair("pair");
+        let good = config(&format!(
+            "tls = {{ cert = \"{0}/a.pem\", key = \"{0}/a.key\" }}",
+            dir.display()
+        ));
+        let loaded = parse(&good, "test.toml").expect("valid");
+        assert!(loaded.frontend[0].loaded_tls.is_some());
+        let mismatched = config(&format!(
+            "tls = {{ cert = \"{0}/a.pem\", key = \"{0}/other.key\" }}",
+            dir.display()
+        ));
+        let (line, _, message) = error_of(&mismatched);
+        assert_eq!(line, 5);
+        assert!(message.contains("tls `key`"), "{message}");
+        // The certificate file given as the key: no private key in it.
+        let swapped = config(&format!(
+            "tls = {{ cert = \"{0}/a.pem\", key = \"{0}/a.pem\" }}",
+            dir.display()
+        ));
+        let (_, _, message) = error_of(&swapped);
+        assert!(message.contains("no PEM private key"), "{message}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tls_keys_that_do_not_go_together_are_refused() {
+        let (_, _, message) = error_of(&config("tls = {}"));
+        assert!(message.contains("no certificate"), "{message}");
+        let (_, _, message) = error_of(&config("tls = { cert = \"a.pem\" }"));
+        assert!(message.contains("needs its private key"), "{message}");
+        let (line, _, message) = error_of(&config("hsts = \"max-age=60\""));
+        assert_eq!(line, 5);
+        assert!(message.contains("only applies to a TLS frontend"), "{message}");
+        let (_, _, message) = error_of(&config("https_port = 8443"));
+        assert!(message.contains("redirect_https"), "{message}");
+        parse(&config("redirect_https = true\nhttps_port = 8443"), "test.toml").expect("a plain redirect");
+        let server_sni = config("").replace("8200\"\n", "8200\"\nsni = \"ws1.internal\"\n");
+        let (_, _, message) = error_of(&server_sni);
+        assert!(message.contains("not reached over TLS"), "{message}");
+        let bad_tls = config("").replace("8200\"\n", "8200\"\ntls = { verify = \"yes\" }\n");
+        let (line, _, message) = error_of(&bad_tls);
+        assert_eq!(line, 12, "{message}");
+    }
+
+    #[test]
+    fn tls_to_servers_is_inherited_from_the_backend_and_a_server_may_turn_it_off() {
+        let text = config("").replace(
+            "name = \"web\"\n",
+            "name = \"web\"\ntls = { verify = false, sni = \"pool.internal\" }\n",
+        ) + "[[backend.server]]\nname = \"s2\"\naddress = \"127.0.0.1:8201\"\ntls = false\n\
+               [[backend.server]]\nname = \"s3\"\naddress = \"127.0.0.1:8202\"\nsni = \"s3.internal\"\n";
+        let loaded = parse(&text, "test.toml").expect("valid");
+        let servers = &loaded.backend[0].server;
+        let name = |i: usize| servers[i].loaded_tls.as_ref().map(|t| format!("{:?}", t.server_name));
+        assert!(name(0).is_some_and(|n| n.contains("pool.internal")), "{:?}", name(0));
+        assert_eq!(name(1), None);
+        assert!(name(2).is_some_and(|n| n.contains("s3.internal")), "{:?}", name(2));
+    }
 }
