@@ -247,6 +247,11 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
                 })
                 .map(|old| {
                     old.state.weight.store(weight, std::sync::atomic::Ordering::Relaxed);
+                    // Idle keep-alive connections speak the old TLS setting: drop them if it changed.
+                    let name_of = |tls: Option<&crate::tls::UpstreamTls>| tls.map(|t| t.server_name.clone());
+                    if name_of(old.tls.as_ref()) != name_of(s.loaded_tls.as_ref()) {
+                        old.state.pool.clear();
+                    }
                     old.state.clone()
                 })
                 // A new server with checks takes no traffic before one passed.

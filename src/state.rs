@@ -107,6 +107,8 @@ pub struct FrontendState {
     pub connections_accepted: AtomicU64,
     /// Requests (WebSocket handshakes included) received since start.
     pub requests: AtomicU64,
+    /// TLS handshakes that failed or did not finish in time (TLS frontends).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl FrontendState {

@@ -525,5 +525,7 @@ async fn a_client_that_never_finishes_the_handshake_is_closed_and_others_are_ser
     assert_eq!(name, "s1");
     echo(&mut ws, "still serving").await;
     assert_eq!(tether.handle.open_connections(), 1, "the refused clients are gone");
+    let failures = &tether.handle.snapshot().frontends[0].state.tls_handshake_failures;
+    assert_eq!(failures.load(Ordering::Relaxed), 3, "tether_tls_handshake_failures_total");
     tether.stop().await;
 }

@@ -208,6 +208,7 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
     let frontend_open = GaugeFamily::<FrontendLabels>::default();
     let frontend_accepted = CounterFamily::<FrontendLabels>::default();
     let frontend_requests = CounterFamily::<FrontendLabels>::default();
+    let tls_failures = CounterFamily::<FrontendLabels>::default();
     for frontend in &snapshot.frontends {
         let labels = FrontendLabels {
             frontend: frontend.name.to_string(),
@@ -221,6 +222,11 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
             .get_or_create(&labels)
             .inc_by(load(&state.connections_accepted));
         frontend_requests.get_or_create(&labels).inc_by(load(&state.requests));
+        if frontend.tls.is_some() {
+            tls_failures
+                .get_or_create(&labels)
+                .inc_by(load(&state.tls_handshake_failures));
+        }
     }
     let reloads = CounterFamily::<ResultLabels>::default();
     let (ok, refused) = handle.shared().admin.reloads();
@@ -323,6 +329,11 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
         "tether_frontend_requests",
         "Requests (WebSocket handshakes included) received by the frontend",
         frontend_requests,
+    );
+    registry.register(
+        "tether_tls_handshake_failures",
+        "TLS handshakes with clients that failed or did not finish in time (TLS frontends)",
+        tls_failures,
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
     registry.register("tether_open_connections", "Open client connections and tunnels", open);

@@ -69,7 +69,7 @@ async fn serve_connection(
                 f.http_request_timeout,
                 f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
                 f.limits,
-                f.tls.as_ref().map(|t| t.acceptor()),
+                f.tls.as_ref().map(|t| (t.acceptor(), f.state.clone())),
                 f.state.connection_opened(),
             ),
             None => return,
@@ -93,16 +93,18 @@ async fn serve_connection(
     // within `http_request`, so a client that never completes it is closed.
     let stream = match tls {
         None => ClientStream::Plain(stream),
-        Some(acceptor) => {
+        Some((acceptor, counters)) => {
             let hard = shared.stop.hard();
             tokio::select! {
                 handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream)) => match handshake {
                     Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
                     Ok(Err(err)) => {
+                        counters.tls_handshake_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::debug!(client = %peer, frontend = %frontend, cause = %err, "TLS handshake failed: connection closed");
                         return;
                     }
                     Err(_) => {
+                        counters.tls_handshake_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(client = %peer, frontend = %frontend, timeout = ?head_timeout, "TLS handshake not finished in time: connection closed");
                         return;
                     }

@@ -74,6 +74,11 @@ impl Pool {
         }
     }
 
+    /// Closes every idle connection (a reload changed how the server is reached).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Number of idle connections (for stats and tests).
     pub fn idle(&self) -> usize {
         self.lock().len()
