@@ -526,6 +526,46 @@ async fn a_client_that_never_finishes_the_handshake_is_closed_and_others_are_ser
     echo(&mut ws, "still serving").await;
     assert_eq!(tether.handle.open_connections(), 1, "the refused clients are gone");
     let failures = &tether.handle.snapshot().frontends[0].state.tls_handshake_failures;
-    assert_eq!(failures.load(Ordering::Relaxed), 3, "tether_tls_handshake_failures_total");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        3,
+        "tether_tls_handshake_failures_total"
+    );
+    tether.stop().await;
+}
+
+#[tokio::test]
+async fn the_proxy_header_comes_before_the_tls_handshake() {
+    let dir = TempDir::new();
+    let ca = TestCa::new(&dir.0, "ca");
+    let leaf = ca.leaf("site", &["tether.test"]);
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&config_with_frontend(
+        &format!(
+            "{}\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true",
+            tls_table(&leaf)
+        ),
+        "",
+        &[("s1", s1.addr, "")],
+    ))
+    .await;
+    let mut stream = TcpStream::connect(tether.addr).await.expect("connect");
+    stream
+        .write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 51000 443\r\n")
+        .await
+        .expect("PROXY header");
+    let tls = tokio_rustls::TlsConnector::from(client_tls(Some(&dir.path("ca.pem"))))
+        .connect(ServerName::try_from("tether.test").expect("name"), stream)
+        .await
+        .expect("TLS after the PROXY header");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("http over tls");
+    tokio::spawn(connection);
+    let response = sender.send_request(get_request("/")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let forwarded = s1.last_headers();
+    assert_eq!(forwarded["x-forwarded-for"], "198.51.100.7");
+    assert_eq!(forwarded["x-forwarded-proto"], "https");
     tether.stop().await;
 }
