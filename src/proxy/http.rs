@@ -8,6 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
 use super::body::{Exchange, RequestBody, ResponseBody};
 use super::conn::{ConnActivity, WatchedIo};
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
@@ -21,12 +28,6 @@ use crate::snapshot::{Backend, Frontend, Server, Snapshot};
 use crate::state::{ActiveGuard, AdminState};
 use crate::sticky::StickyPolicy;
 use crate::tls::{ClientStream, UpstreamStream};
-use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 /// The header carrying tether's request id in its own responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
