@@ -204,6 +204,14 @@ async fn wss_is_terminated_and_the_server_sees_https() {
     // ALPN: tether offers HTTP/1.1 only.
     let tls = tls_connect(tether.addr, "tether.test", client_tls(Some(&dir.path("ca.pem")))).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // A client that only speaks h2 is refused during the handshake (RFC 7301 §3.2).
+    let mut h2_only = (*client_tls(Some(&dir.path("ca.pem")))).clone();
+    h2_only.alpn_protocols = vec![b"h2".to_vec()];
+    let stream = TcpStream::connect(tether.addr).await.expect("connect");
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(h2_only))
+        .connect(ServerName::try_from("tether.test").expect("name"), stream)
+        .await;
+    assert!(refused.is_err(), "an h2-only client got a session");
     ws.close(None).await.expect("close");
     tether.stop().await;
 }
