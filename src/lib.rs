@@ -19,5 +19,6 @@ pub mod route;
 pub mod snapshot;
 pub mod state;
 pub mod sticky;
+pub mod tls;
 
 pub use instance::{Handle, StartError, Tether};

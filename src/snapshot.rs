@@ -71,6 +71,13 @@ pub struct Frontend {
     pub client_timeout: Duration,
     /// Time allowed for a request head once it started arriving.
     pub http_request_timeout: Duration,
+    /// TLS termination: each connection accepted from now on shakes hands
+    /// with these certificates (a reload replaces them for new connections only).
+    pub tls: Option<crate::tls::ServerTls>,
+    /// `redirect_https`: every request gets 308 to https, on this port (`None`: 443).
+    pub redirect_https: Option<Option<u16>>,
+    /// `Strict-Transport-Security` added to every response (TLS frontends only).
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// Size limits on what a client may send (see the config reference).
@@ -136,6 +143,8 @@ pub struct Server {
     pub cookie: Option<String>,
     /// Live state shared across snapshots.
     pub state: Arc<ServerState>,
+    /// TLS toward the server (`tls = true`), with its SNI name; plain TCP when `None`.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 impl Snapshot {
@@ -195,6 +204,15 @@ impl Snapshot {
                 proxy_protocol: *f.proxy_protocol.get_ref(),
                 client_timeout: f.timeouts.client.get(),
                 http_request_timeout: f.timeouts.http_request.get(),
+                tls: f.loaded_tls.clone(),
+                redirect_https: f
+                    .redirect_https
+                    .get_ref()
+                    .then(|| f.https_port.as_ref().map(|p| *p.get_ref())),
+                hsts: f
+                    .hsts
+                    .as_ref()
+                    .and_then(|h| http::HeaderValue::from_str(h.get_ref()).ok()),
             })
             .collect();
         Snapshot {
@@ -245,6 +263,11 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
                 })
                 .map(|old| {
                     old.state.weight.store(weight, std::sync::atomic::Ordering::Relaxed);
+                    // Idle keep-alive connections speak the old TLS setting: drop them if it changed.
+                    let name_of = |tls: Option<&crate::tls::UpstreamTls>| tls.map(|t| t.server_name.clone());
+                    if name_of(old.tls.as_ref()) != name_of(s.loaded_tls.as_ref()) {
+                        old.state.pool.clear();
+                    }
                     old.state.clone()
                 })
                 // A new server with checks takes no traffic before one passed.
@@ -261,6 +284,7 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
                 maxconn: s.maxconn.as_ref().map(|m| *m.get_ref()),
                 cookie: s.cookie.clone(),
                 state,
+                tls: s.loaded_tls.clone(),
             }
         })
         .collect();

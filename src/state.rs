@@ -110,6 +110,8 @@ pub struct FrontendState {
     pub requests: AtomicU64,
     /// `maxconn` and the per-address caps.
     pub admission: crate::admission::Admission,
+    /// TLS handshakes that failed or did not finish in time (TLS frontends).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl FrontendState {

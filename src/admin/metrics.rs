@@ -215,6 +215,7 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
     let frontend_accepted = CounterFamily::<FrontendLabels>::default();
     let frontend_requests = CounterFamily::<FrontendLabels>::default();
     let frontend_refused = CounterFamily::<RefusedLabels>::default();
+    let tls_failures = CounterFamily::<FrontendLabels>::default();
     for frontend in &snapshot.frontends {
         let labels = FrontendLabels {
             frontend: frontend.name.to_string(),
@@ -238,6 +239,11 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
                     reason: reason.to_string(),
                 })
                 .inc_by(load(count));
+        }
+        if frontend.tls.is_some() {
+            tls_failures
+                .get_or_create(&labels)
+                .inc_by(load(&state.tls_handshake_failures));
         }
     }
     let reloads = CounterFamily::<ResultLabels>::default();
@@ -346,6 +352,11 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
         "tether_frontend_refused",
         "Connections (per_ip_connections) and WebSocket handshakes (per_ip_rate) refused with 429 by per-address limits",
         frontend_refused,
+    );
+    registry.register(
+        "tether_tls_handshake_failures",
+        "TLS handshakes with clients that failed or did not finish in time (TLS frontends)",
+        tls_failures,
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
     registry.register("tether_open_connections", "Open client connections and tunnels", open);

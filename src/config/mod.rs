@@ -9,6 +9,7 @@
 mod duration;
 mod error;
 mod rate;
+mod tls;
 pub mod types;
 mod validate;
 
@@ -28,17 +29,27 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    let base = path.parent().unwrap_or(Path::new(""));
+    parse_relative_to(&text, &path.display().to_string(), base)
 }
 
 /// Parses and validates configuration text; `origin` names it in errors.
+/// Files the text names (certificates, keys, CAs) are taken from the
+/// working directory when relative.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    parse_relative_to(text, origin, Path::new(""))
+}
+
+/// Parses and validates configuration text; `origin` names it in errors, and
+/// relative file paths in it (certificates, keys, CAs) start at `base`.
+pub fn parse_relative_to(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
     let source = SourceMap::new(origin, text);
-    let config: Config = toml::from_str(text).map_err(|err| {
+    let mut config: Config = toml::from_str(text).map_err(|err| {
         let message = err.message().trim_end().to_string();
         source.error(err.span(), message)
     })?;
     validate::validate(&config, &source)?;
+    tls::load(&mut config, &source, base)?;
     Ok(config)
 }
 

@@ -99,6 +99,100 @@ pub struct Frontend {
     /// Client-side timeouts.
     #[serde(default)]
     pub timeouts: FrontendTimeouts,
+    /// TLS termination: the frontend speaks HTTPS / `wss://` with these certificates.
+    pub tls: Option<Spanned<FrontendTls>>,
+    /// A plain frontend answers every request with 308 to the same URL over https.
+    #[serde(default = "defaults::off")]
+    pub redirect_https: Spanned<bool>,
+    /// The port put in `redirect_https` locations (443, the https default, when absent).
+    pub https_port: Option<Spanned<u16>>,
+    /// `Strict-Transport-Security` value added to every response of a TLS frontend.
+    pub hsts: Option<Spanned<String>>,
+    /// The TLS settings read from the certificate files when the configuration
+    /// was loaded (not a key of the file).
+    #[serde(skip)]
+    pub loaded_tls: Option<crate::tls::ServerTls>,
+}
+
+/// A TLS frontend's certificates: `cert` + `key` for one, `certificates` for
+/// several (both may be given; the first listed is the default when the
+/// client sends no SNI name or an unknown one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendTls {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Option<Spanned<String>>,
+    /// PEM file with the certificate's private key.
+    pub key: Option<Spanned<String>>,
+    /// More certificates, chosen by the SNI name of each handshake.
+    #[serde(default)]
+    pub certificates: Vec<Spanned<CertificateFiles>>,
+}
+
+/// One certificate chain and its key, as PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Spanned<String>,
+    /// PEM file with the private key.
+    pub key: Spanned<String>,
+}
+
+/// TLS toward servers: `tls = true` (Mozilla's roots, verified), or a table
+/// `{ ca = "ca.pem", verify = true, sni = "name" }`; `tls = false` turns a
+/// backend's TLS off for one server.
+#[derive(Debug, Default)]
+pub struct UpstreamTlsSetting {
+    /// Whether tether speaks TLS to the server.
+    pub enabled: bool,
+    /// PEM bundle of the CAs trusted to sign the server's certificate;
+    /// Mozilla's roots (webpki-roots) when absent.
+    pub ca: Option<Spanned<String>>,
+    /// Whether the server's certificate is verified (chain and name).
+    pub verify: bool,
+    /// Name sent as SNI and checked in the certificate; the server's own
+    /// `sni`, else its IP address, when absent.
+    pub sni: Option<Spanned<String>>,
+}
+
+/// The table form of `UpstreamTlsSetting`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamTlsTable {
+    ca: Option<Spanned<String>>,
+    #[serde(default = "defaults::yes")]
+    verify: bool,
+    sni: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamTlsSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SettingVisitor;
+        impl<'de> serde::de::Visitor<'de> for SettingVisitor {
+            type Value = UpstreamTlsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a table like { ca = \"ca.pem\", verify = true, sni = \"ws1.internal\" }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<Self::Value, E> {
+                Ok(UpstreamTlsSetting {
+                    enabled,
+                    verify: true,
+                    ..Default::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let table = UpstreamTlsTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(UpstreamTlsSetting {
+                    enabled: true,
+                    ca: table.ca,
+                    verify: table.verify,
+                    sni: table.sni,
+                })
+            }
+        }
+        deserializer.deserialize_any(SettingVisitor)
+    }
 }
 
 /// Limits on what a WebSocket client may send through a tunnel.
@@ -290,6 +384,8 @@ pub struct Backend {
     pub timeouts: BackendTimeouts,
     /// Active health checks (and passive detection); without them servers are always up.
     pub health: Option<Spanned<Health>>,
+    /// TLS toward every server of the backend (a server's own `tls` wins).
+    pub tls: Option<Spanned<UpstreamTlsSetting>>,
     /// The servers.
     #[serde(default)]
     pub server: Vec<Server>,
@@ -602,6 +698,15 @@ pub struct Server {
     /// `ready`, `drain` (no new clients but stuck ones) or `maint` (nothing).
     #[serde(default)]
     pub state: crate::state::AdminState,
+    /// TLS toward this server (overrides the backend's `tls`).
+    pub tls: Option<Spanned<UpstreamTlsSetting>>,
+    /// With TLS: the name sent as SNI and checked in the server's certificate
+    /// (the address is an IP, so tether cannot know the name otherwise).
+    pub sni: Option<Spanned<String>>,
+    /// How tether speaks TLS to this server, built from the files when the
+    /// configuration was loaded (not a key of the file).
+    #[serde(skip)]
+    pub loaded_tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// A regular expression compiled while the file is read, so a bad one is

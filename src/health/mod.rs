@@ -274,7 +274,13 @@ impl Jitter {
 }
 
 /// Checks one server forever (until its task is aborted).
-async fn watch_server(names: Names, address: SocketAddr, state: Arc<ServerState>, settings: Arc<HealthCheck>) {
+async fn watch_server(
+    names: Names,
+    address: SocketAddr,
+    tls: Option<crate::tls::UpstreamTls>,
+    state: Arc<ServerState>,
+    settings: Arc<HealthCheck>,
+) {
     let mut jitter = Jitter::new(&names);
     // A server not checked yet is checked at once; the others start at a
     // random point of the interval, so a reload does not align them all.
@@ -283,7 +289,7 @@ async fn watch_server(names: Names, address: SocketAddr, state: Arc<ServerState>
     }
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = check(&settings.probe, address, settings.timeout).await;
+        let outcome = check(&settings.probe, address, tls.as_ref(), settings.timeout).await;
         record_check(&names, &state, &settings, outcome, started.elapsed());
         tokio::time::sleep_until(started + jittered(settings.interval, jitter.unit())).await;
     }
@@ -380,7 +386,13 @@ fn spawn_generation(generation: &mut Generation, snapshot: &Snapshot) {
                 backend: backend.name.clone(),
                 server: server.name.clone(),
             };
-            let task = watch_server(names, server.address, server.state.clone(), settings.clone());
+            let task = watch_server(
+                names,
+                server.address,
+                server.tls.clone(),
+                server.state.clone(),
+                settings.clone(),
+            );
             generation.tasks.push(runtime.spawn(task));
         }
     }
@@ -510,6 +522,7 @@ mod tests {
         let task = tokio::spawn(watch_server(
             names,
             address,
+            None,
             state.clone(),
             Arc::new(settings(1, 1, false)),
         ));

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::config::types::StatusRange;
+use crate::tls::{UpstreamStream, UpstreamTls};
 
 /// How much of a response body an HTTP check reads, at most.
 pub const BODY_LIMIT: usize = 4096;
@@ -97,19 +98,28 @@ pub enum CheckError {
         /// The substring looked for.
         expected: String,
     },
+    /// The TLS handshake with the server failed or timed out.
+    #[error("{0}")]
+    Tls(io::Error),
     /// The WebSocket handshake or close failed.
     #[error("WebSocket handshake failed: {0}")]
     WebSocket(tungstenite::Error),
 }
 
 /// Runs one check of `address` within `timeout`; on success, how long it took.
-pub async fn check(probe: &Probe, address: SocketAddr, timeout: Duration) -> Result<Duration, CheckError> {
+/// With `tls`, every check (even `tcp`) includes the TLS handshake, as traffic would.
+pub async fn check(
+    probe: &Probe,
+    address: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+) -> Result<Duration, CheckError> {
     let started = Instant::now();
     let outcome = tokio::time::timeout(timeout, async {
         match probe {
-            Probe::Tcp => tcp(address).await,
-            Probe::Http(http) => http_check(http, address).await,
-            Probe::WebSocket { path, host } => websocket(path, host.as_deref(), address).await,
+            Probe::Tcp => tcp(address, tls, timeout).await,
+            Probe::Http(http) => http_check(http, address, tls, timeout).await,
+            Probe::WebSocket { path, host } => websocket(path, host.as_deref(), address, tls, timeout).await,
         }
     })
     .await;
@@ -120,15 +130,22 @@ pub async fn check(probe: &Probe, address: SocketAddr, timeout: Duration) -> Res
     }
 }
 
-async fn connect(address: SocketAddr) -> Result<TcpStream, CheckError> {
+async fn connect(
+    address: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+) -> Result<UpstreamStream, CheckError> {
     let stream = TcpStream::connect(address).await.map_err(CheckError::Connect)?;
     // Best effort: a check works the same with Nagle on.
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    match tls {
+        None => Ok(UpstreamStream::Plain(stream)),
+        Some(tls) => tls.connect(stream, timeout).await.map_err(CheckError::Tls),
+    }
 }
 
-async fn tcp(address: SocketAddr) -> Result<(), CheckError> {
-    connect(address).await.map(drop)
+async fn tcp(address: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<(), CheckError> {
+    connect(address, tls, timeout).await.map(drop)
 }
 
 /// Aborts the HTTP connection task when the check is over, whatever the outcome.
@@ -140,7 +157,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn http_check(probe: &HttpProbe, address: SocketAddr) -> Result<(), CheckError> {
+async fn http_check(
+    probe: &HttpProbe,
+    address: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+) -> Result<(), CheckError> {
     let host = probe.host.clone().unwrap_or_else(|| address.to_string());
     let request = Request::builder()
         .method(probe.method.clone())
@@ -151,7 +173,7 @@ async fn http_check(probe: &HttpProbe, address: SocketAddr) -> Result<(), CheckE
         .header(CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|err| CheckError::Request(err.to_string()))?;
-    let stream = connect(address).await?;
+    let stream = connect(address, tls, timeout).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let _connection = AbortOnDrop(tokio::spawn(connection).abort_handle());
     let response = sender.send_request(request).await?;
@@ -189,12 +211,18 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|window| window == needle)
 }
 
-async fn websocket(path: &str, host: Option<&str>, address: SocketAddr) -> Result<(), CheckError> {
+async fn websocket(
+    path: &str,
+    host: Option<&str>,
+    address: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+) -> Result<(), CheckError> {
     let authority = host.map_or_else(|| address.to_string(), str::to_string);
     let request = format!("ws://{authority}{path}")
         .into_client_request()
         .map_err(|err| CheckError::Request(err.to_string()))?;
-    let stream = connect(address).await?;
+    let stream = connect(address, tls, timeout).await?;
     let (mut ws, _response) = tokio_tungstenite::client_async(request, stream)
         .await
         .map_err(|err| match err {
@@ -239,7 +267,7 @@ mod tests {
             expect_body: None,
         });
         let started = tokio::time::Instant::now();
-        let outcome = check(&probe, address, Duration::from_secs(3)).await;
+        let outcome = check(&probe, address, None, Duration::from_secs(3)).await;
         assert!(
             matches!(outcome, Err(CheckError::Timeout(t)) if t == Duration::from_secs(3)),
             "{outcome:?}"
@@ -258,7 +286,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let outcome = check(&Probe::Tcp, address, Duration::from_secs(2)).await;
+        let outcome = check(&Probe::Tcp, address, None, Duration::from_secs(2)).await;
         assert!(matches!(outcome, Err(CheckError::Connect(_))), "{outcome:?}");
     }
 }

@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::{ClientBodyError, Exchange, RequestBody, ResponseBody};
 use super::conn::{ConnActivity, WatchedIo};
@@ -28,6 +27,7 @@ use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
 use crate::state::{ActiveGuard, AdminState};
 use crate::sticky::StickyPolicy;
+use crate::tls::{ClientStream, UpstreamStream};
 
 /// The header carrying tether's request id in its own responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -103,7 +103,57 @@ pub async fn handle(
             true,
         ));
     };
-    Ok(forward(&context, &snapshot, frontend, request, exchange).await)
+    if let Some(port) = frontend.redirect_https {
+        return Ok(redirect_to_https(&request, port, exchange));
+    }
+    let mut response = forward(&context, &snapshot, frontend, request, exchange).await;
+    if let (true, Some(hsts)) = (context.https, &frontend.hsts) {
+        response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    Ok(response)
+}
+
+/// `redirect_https`: 308 Permanent Redirect (RFC 9110 §15.4.9, which keeps
+/// the method and body, unlike 301) to the same host, path and query over
+/// https, on `port` when it is not 443.
+fn redirect_to_https(
+    request: &Request<Incoming>,
+    port: Option<u16>,
+    exchange: Box<Exchange>,
+) -> Response<ResponseBody> {
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return local_response(
+            StatusCode::BAD_REQUEST,
+            "no valid Host header to redirect to https",
+            exchange,
+            true,
+        );
+    };
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match port {
+        Some(port) if port != 443 => format!("https://{}:{port}{target}", host.host()),
+        _ => format!("https://{}{target}", host.host()),
+    };
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return local_response(
+            StatusCode::BAD_REQUEST,
+            "the request cannot be redirected",
+            exchange,
+            true,
+        );
+    };
+    let mut exchange = exchange;
+    exchange.log.status = StatusCode::PERMANENT_REDIRECT.as_u16();
+    let mut response = Response::new(ResponseBody::local(Bytes::new(), exchange));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(LOCATION, location);
+    response
 }
 
 /// Why no upstream connection could be had.
@@ -237,7 +287,7 @@ async fn forward(
                 // A pooled connection the server closed while idle fails before
                 // anything is sent: try once more on a fresh connection.
                 if let (true, Some(request)) = (reused, failed.take_message()) {
-                    match open(server.address, backend, websocket).await {
+                    match open(server, backend, websocket).await {
                         Ok(fresh) => {
                             sender = fresh;
                             reused = false;
@@ -576,7 +626,7 @@ async fn connection_to(
             return Ok((sender, true));
         }
     }
-    let sender = open(server.address, backend, websocket).await?;
+    let sender = open(server, backend, websocket).await?;
     // Clears passive failures counted against the server (one atomic load when there are none).
     server.state.connect_succeeded();
     Ok((sender, false))
@@ -615,8 +665,8 @@ fn pick(backend: &Backend, key: &RequestKey<'_>, tried: &[ServerId]) -> Option<(
     }
 }
 
-async fn open(address: SocketAddr, backend: &Backend, upgrades: bool) -> Result<UpstreamSender, pool::ConnectError> {
-    let stream = pool::connect(address, backend.connect_timeout).await?;
+async fn open(server: &Server, backend: &Backend, upgrades: bool) -> Result<UpstreamSender, pool::ConnectError> {
+    let stream = pool::connect_stream(server.address, backend.connect_timeout, server.tls.as_ref()).await?;
     pool::handshake(stream, upgrades).await
 }
 
@@ -750,10 +800,10 @@ impl TunnelJob {
         // The usual case: pump between the raw sockets, no extra layers. The
         // layered fallback keeps any other transport working.
         let client = client
-            .downcast::<TokioIo<WatchedIo<TcpStream>>>()
+            .downcast::<TokioIo<WatchedIo<ClientStream>>>()
             .map(|p| (p.io.into_inner().into_inner(), p.read_buf));
         let server = server
-            .downcast::<TokioIo<TcpStream>>()
+            .downcast::<TokioIo<UpstreamStream>>()
             .map(|p| (p.io.into_inner(), p.read_buf));
         match (client, server) {
             (Ok((c, c_buf)), Ok((s, s_buf))) => carried.spawn(tunnel::run(c, c_buf, s, s_buf, settings)),

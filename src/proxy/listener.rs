@@ -19,6 +19,7 @@ use super::conn::{ConnActivity, WatchedIo};
 use super::http::{handle, ConnContext};
 use super::{Shared, TrackerToken};
 use crate::state::FrontendConnection;
+use crate::tls::ClientStream;
 
 /// How long a graceful stop waits for a just-accepted connection's first request.
 const FRESH_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -81,7 +82,9 @@ async fn serve_connection(
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let (client_timeout, head_timeout, expects_proxy_header, limits, per_ip) = {
+    // The TLS settings are those in force at accept: a reload that changes
+    // certificates applies to the next connections, never to this one.
+    let (client_timeout, head_timeout, expects_proxy_header, limits, per_ip, tls) = {
         let snapshot = shared.snapshot.load();
         match snapshot.frontend(&frontend) {
             Some(f) => (
@@ -90,6 +93,7 @@ async fn serve_connection(
                 f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
                 f.limits,
                 f.per_ip_connections,
+                f.tls.as_ref().map(|t| (t.acceptor(), f.state.clone())),
             ),
             None => return,
         }
@@ -110,17 +114,41 @@ async fn serve_connection(
     }
     if let Some(max) = per_ip {
         if !counted.count_for(peer.ip(), max) {
-            refuse_busy_client(stream, peer, max).await;
+            refuse_busy_client(stream, peer, max, tls.is_none()).await;
             return;
         }
     }
+    // The PROXY header (above) comes before TLS; the handshake must finish
+    // within `http_request`, so a client that never completes it is closed.
+    let stream = match tls {
+        None => ClientStream::Plain(stream),
+        Some((acceptor, counters)) => {
+            let hard = shared.stop.hard();
+            tokio::select! {
+                handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream)) => match handshake {
+                    Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                    Ok(Err(err)) => {
+                        counters.tls_handshake_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(client = %peer, frontend = %frontend, cause = %err, "TLS handshake failed: connection closed");
+                        return;
+                    }
+                    Err(_) => {
+                        counters.tls_handshake_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(client = %peer, frontend = %frontend, timeout = ?head_timeout, "TLS handshake not finished in time: connection closed");
+                        return;
+                    }
+                },
+                _ = hard => return,
+            }
+        }
+    };
     let activity = Arc::new(ConnActivity::new());
     let context = Arc::new(ConnContext {
         shared: shared.clone(),
         frontend,
         client: peer,
         activity: activity.clone(),
-        https: false,
+        https: stream.is_tls(),
         counted,
     });
     let service = service_fn(move |request| handle(context.clone(), request));
@@ -185,10 +213,14 @@ async fn serve_connection(
 }
 
 /// Answers a client over its address's connection cap with a short 429 and
-/// closes. The answer is best effort (at most a moment's wait to write it),
-/// so a flood of such connections costs almost nothing.
-async fn refuse_busy_client(mut stream: TcpStream, peer: SocketAddr, max: u32) {
+/// closes (a TLS frontend just closes: no handshake is spent on it). The
+/// answer is best effort (at most a moment's wait to write it), so a flood
+/// of such connections costs almost nothing.
+async fn refuse_busy_client(mut stream: TcpStream, peer: SocketAddr, max: u32, plain: bool) {
     tracing::debug!(client = %peer, max, "connection refused: too many from this address");
+    if !plain {
+        return;
+    }
     const BODY: &str = "429 Too Many Requests: too many connections from your address\n";
     let reply = format!(
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\

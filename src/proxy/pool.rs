@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::RequestBody;
+use crate::tls::{UpstreamStream, UpstreamTls};
 
 /// A ready-to-use HTTP/1 connection to one server.
 pub type UpstreamSender = SendRequest<RequestBody>;
@@ -29,6 +30,10 @@ pub enum ConnectError {
     /// The TCP connect failed (refused, unreachable, …).
     #[error("connect failed: {0}")]
     Io(#[from] io::Error),
+    /// The TLS handshake with the server failed (certificate not trusted,
+    /// wrong name, server not speaking TLS) or timed out.
+    #[error("{0}")]
+    Tls(io::Error),
     /// The HTTP/1 client could not start on the connection.
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
@@ -69,6 +74,11 @@ impl Pool {
         }
     }
 
+    /// Closes every idle connection (a reload changed how the server is reached).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Number of idle connections (for stats and tests).
     pub fn idle(&self) -> usize {
         self.lock().len()
@@ -88,9 +98,23 @@ pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream
     Ok(stream)
 }
 
+/// Opens a connection to `address` within `timeout`, then, with `tls`,
+/// starts TLS on it (the handshake gets its own `timeout`).
+pub async fn connect_stream(
+    address: SocketAddr,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+) -> Result<UpstreamStream, ConnectError> {
+    let stream = connect(address, timeout).await?;
+    match tls {
+        None => Ok(UpstreamStream::Plain(stream)),
+        Some(tls) => tls.connect(stream, timeout).await.map_err(ConnectError::Tls),
+    }
+}
+
 /// Starts an HTTP/1 client on `stream`; its connection task runs on its own.
 /// With `upgrades`, the connection can be handed over to a tunnel after a 101.
-pub async fn handshake(stream: TcpStream, upgrades: bool) -> Result<UpstreamSender, ConnectError> {
+pub async fn handshake(stream: UpstreamStream, upgrades: bool) -> Result<UpstreamSender, ConnectError> {
     let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
     if upgrades {
         tokio::spawn(async move {

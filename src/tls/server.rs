@@ -1,0 +1,100 @@
+//! The server side of a TLS frontend: its certificates, chosen by the name
+//! the client asks for (SNI), in one rustls `ServerConfig`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::{DnsName, ServerName};
+
+use super::{load_certificates, load_key, provider, TlsError, ALPN_HTTP_1_1, VERSIONS};
+
+/// A TLS frontend's settings, built once per configuration load and shared
+/// by every connection accepted under it.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// What each accepted connection's handshake uses.
+    pub config: Arc<ServerConfig>,
+}
+
+impl ServerTls {
+    /// Reads each `(certificate chain, key)` pair of files and builds the
+    /// frontend's configuration; the first pair is the default certificate.
+    pub fn load(pairs: &[(&Path, &Path)]) -> Result<ServerTls, TlsError> {
+        let keys = pairs
+            .iter()
+            .map(|(cert, key)| load_pair(cert, key).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_keys(keys)
+    }
+
+    /// Builds the configuration from certificates already loaded (first: the default).
+    pub fn from_keys(keys: Vec<Arc<CertifiedKey>>) -> Result<ServerTls, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SniResolver { keys }));
+        config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+        Ok(ServerTls {
+            config: Arc::new(config),
+        })
+    }
+
+    /// An acceptor for one connection's handshake.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+}
+
+/// Reads a certificate chain and its private key, and checks that they belong together.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = load_certificates(cert)?;
+    // The leaf must parse as X.509, or SNI could never pick it.
+    webpki::EndEntityCert::try_from(&chain[0]).map_err(|err| TlsError::BadCertificate {
+        path: cert.to_path_buf(),
+        cause: err.to_string(),
+    })?;
+    let private = load_key(key)?;
+    CertifiedKey::from_der(chain, private, &provider()).map_err(|cause| TlsError::Key {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        cause,
+    })
+}
+
+/// Chooses the certificate for a handshake: the first (in config order)
+/// whose subject alternative names cover the SNI name, wildcards included;
+/// the first certificate when the client sent no name or none matches.
+#[derive(Debug)]
+struct SniResolver {
+    /// At least one; the first is the default.
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if self.keys.len() > 1 {
+            if let Some(name) = name.and_then(|n| DnsName::try_from(n).ok()) {
+                let name = ServerName::DnsName(name);
+                let covering = self.keys.iter().find(|key| {
+                    key.end_entity_cert()
+                        .ok()
+                        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                        .is_some_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+                });
+                if let Some(key) = covering {
+                    return Some(key.clone());
+                }
+            }
+        }
+        self.keys.first().cloned()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(client_hello.server_name())
+    }
+}
