@@ -21,7 +21,8 @@ const LONGEST: usize = 18;
 pub struct HeadScanner {
     /// The start of the current line, lower-cased (up to `LONGEST` bytes).
     line: [u8; LONGEST],
-    /// Bytes of the current line seen so far (saturating at `u8::MAX`).
+    /// Bytes of the current line kept so far (up to `LONGEST`; past it the
+    /// rest of the line is skipped).
     len: u8,
     /// The head carried a `Content-Length` field.
     content_length: bool,
@@ -39,24 +40,38 @@ impl HeadScanner {
         if self.finished {
             return None;
         }
-        for &byte in bytes {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let at = usize::from(self.len);
+            if at >= LONGEST {
+                // Past the names that matter: jump to the end of the line.
+                match rest.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        self.len = 0;
+                        rest = &rest[end + 1..];
+                    }
+                    None => return None,
+                }
+                continue;
+            }
+            let byte = rest[0];
+            rest = &rest[1..];
             if byte == b'\n' {
-                let line = &self.line[..usize::from(self.len).min(LONGEST)];
-                if line.is_empty() || line == b"\r" {
+                if at == 0 || (at == 1 && self.line[0] == b'\r') {
                     self.finished = true;
                     return Some(self.content_length && self.transfer_encoding);
                 }
                 self.len = 0;
                 continue;
             }
-            let at = usize::from(self.len);
-            if at < LONGEST {
-                self.line[at] = byte.to_ascii_lowercase();
-                let line = &self.line[..=at];
-                self.content_length |= line == b"content-length:";
-                self.transfer_encoding |= line == b"transfer-encoding:";
+            self.line[at] = byte.to_ascii_lowercase();
+            self.len += 1;
+            // Compare only when the line is exactly as long as a name of interest.
+            match at + 1 {
+                15 => self.content_length |= &self.line[..15] == b"content-length:",
+                18 => self.transfer_encoding |= &self.line[..18] == b"transfer-encoding:",
+                _ => {}
             }
-            self.len = self.len.saturating_add(1);
         }
         None
     }
