@@ -1,0 +1,436 @@
+//! Several tether instances sharing stickiness, load and operator actions
+//! through a real `redis-server` (started here on a free port), and two
+//! instances agreeing without Redis through maglev hashing.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A `redis-server` child process on 127.0.0.1, killed when dropped.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port.
+    async fn start() -> RedisServer {
+        let port = closed_port().await.port();
+        Self::start_on(port).await
+    }
+
+    /// Starts one on `port` (no persistence: a restart starts empty).
+    async fn start_on(port: u16) -> RedisServer {
+        let binary = ["redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|b| {
+                Command::new(b)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .expect("redis-server is needed for the cluster tests: apt-get install redis-server (.ci/run does)");
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut connection) = server.connection().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut connection).await;
+                if pong.is_ok() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?.get_multiplexed_async_connection().await
+    }
+
+    /// The value of `key`, if any.
+    async fn get(&self, key: &str) -> Option<String> {
+        let mut connection = self.connection().await.expect("connect to redis");
+        redis::cmd("GET").arg(key).query_async(&mut connection).await.expect("GET")
+    }
+
+    /// `kill -9`: no goodbye to the clients.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `simple_config` plus a loopback admin listener and `[cluster]` for `instance`.
+fn cluster_config(base: &str, redis: &str, instance: &str) -> String {
+    format!(
+        "{base}\n[admin]\nbind = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"{redis}\"\ninstance = \"{instance}\"\nsync_interval = \"250ms\"\n"
+    )
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; returns how long it took.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+fn admin(tether: &RunningTether) -> SocketAddr {
+    tether.handle.admin_addr().expect("admin listener")
+}
+
+async fn admin_json(tether: &RunningTether, path: &str) -> serde_json::Value {
+    let (status, _, body) = get(admin(tether), path).await;
+    assert_eq!(status, http::StatusCode::OK, "GET {path}");
+    serde_json::from_slice(&body).expect("JSON")
+}
+
+/// The server's field `field` as the instance's API shows it.
+async fn server_field(tether: &RunningTether, server: &str, field: &str) -> serde_json::Value {
+    let servers = admin_json(tether, "/api/v1/servers").await;
+    servers["servers"]
+        .as_array()
+        .and_then(|list| list.iter().find(|s| s["name"] == server))
+        .map(|s| s[field].clone())
+        .unwrap_or_default()
+}
+
+async fn redis_up(tether: &RunningTether) -> Option<bool> {
+    let (_, _, body) = get(admin(tether), "/metrics").await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tether_cluster_redis_up "))
+        .map(|v| v.trim() == "1")
+}
+
+const LEARN: &str = r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "1500ms" }"#;
+
+#[tokio::test]
+async fn a_session_learned_through_one_instance_routes_through_the_other_until_its_ttl() {
+    let redis = RedisServer::start().await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "roundrobin",
+        LEARN,
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+
+    let owner = server_of(a.addr, "/?set_cookie=io=abc").await;
+    let stored = eventually(Duration::from_secs(3), async || {
+        redis.get("tether:stick:pool:abc").await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(stored.is_some(), "the learned id reaches Redis under the prefix, with the server's name");
+    for _ in 0..6 {
+        assert_eq!(
+            server_of(b.addr, "/?sid=abc").await,
+            owner,
+            "B never saw `abc` but finds it in Redis; roundrobin would rotate"
+        );
+    }
+
+    // An id nobody uses for longer than idle_timeout is gone from Redis too.
+    let owner = server_of(a.addr, "/?set_cookie=io=old").await;
+    let stored = eventually(Duration::from_secs(3), async || {
+        redis.get("tether:stick:pool:old").await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(stored.is_some());
+    let expired = eventually(Duration::from_secs(5), async || {
+        redis.get("tether:stick:pool:old").await.is_none()
+    })
+    .await;
+    assert!(expired.is_some(), "SET … PX idle_timeout: the entry expires in Redis");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        seen.insert(server_of(b.addr, "/?sid=old").await);
+    }
+    assert!(seen.len() > 1, "an expired id sticks to nothing: roundrobin again ({seen:?})");
+}
+
+/// Opens `count` WebSockets alternately through `a` and `b`, keeping them open.
+async fn open_alternately(a: SocketAddr, b: SocketAddr, count: usize) -> (Vec<Ws>, HashMap<String, usize>) {
+    let mut sockets = Vec::with_capacity(count);
+    let mut per_server = HashMap::new();
+    for i in 0..count {
+        let (ws, server) = ws_connect(if i % 2 == 0 { a } else { b }, "/ws").await;
+        *per_server.entry(server).or_insert(0) += 1;
+        sockets.push(ws);
+    }
+    (sockets, per_server)
+}
+
+#[tokio::test]
+async fn cluster_leastconn_spreads_300_websockets_through_two_instances_within_two_per_server() {
+    let redis = RedisServer::start().await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "leastconn",
+        "",
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+    let (_sockets, per_server) = open_alternately(a.addr, b.addr, 300).await;
+    for server in ["s1", "s2", "s3"] {
+        let n = per_server.get(server).copied().unwrap_or(0);
+        assert!((98..=102).contains(&n), "{server}: {n} of 300 ({per_server:?})");
+    }
+}
+
+#[tokio::test]
+async fn cluster_leastconn_counts_the_other_instances_connections() {
+    let redis = RedisServer::start().await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    // A only knows s1, so all its connections load s1; B knows all three.
+    let only_s1 = simple_config("leastconn", "", &[("s1", s1.addr, "")]);
+    let all = simple_config(
+        "leastconn",
+        "",
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&only_s1, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&all, &redis.url(), "b")).await;
+    let mut sockets = Vec::new();
+    for _ in 0..30 {
+        sockets.push(ws_connect(a.addr, "/ws").await.0);
+    }
+    let synced = eventually(Duration::from_secs(5), async || {
+        server_field(&b, "s1", "remote_active").await == 30
+    })
+    .await;
+    assert!(synced.is_some(), "B learns A's 30 connections on s1 from Redis");
+    let mut through_b = HashMap::new();
+    for _ in 0..30 {
+        let (ws, server) = ws_connect(b.addr, "/ws").await;
+        *through_b.entry(server).or_insert(0) += 1;
+        sockets.push(ws);
+    }
+    assert_eq!(
+        through_b.get("s1"),
+        None,
+        "s1 already holds 30 of the cluster's connections: B fills s2 and s3 first ({through_b:?})"
+    );
+    assert_eq!((through_b.get("s2"), through_b.get("s3")), (Some(&15), Some(&15)));
+}
+
+async fn post(addr: SocketAddr, path: &str) -> String {
+    let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, request.as_bytes()).await
+}
+
+#[tokio::test]
+async fn a_drain_through_one_instance_stops_new_connections_through_the_other_within_a_second() {
+    let redis = RedisServer::start().await;
+    let (s1, s2) = (backend("s1").start().await, backend("s2").start().await);
+    let base = simple_config("roundrobin", "", &[("s1", s1.addr, ""), ("s2", s2.addr, "")]);
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+    // Both subscribed (each instance reads the cluster list once synced).
+    let joined = eventually(Duration::from_secs(5), async || {
+        admin_json(&b, "/api/v1/cluster").await["instances"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    assert!(joined.is_some(), "both instances heartbeat in Redis");
+
+    let answer = post(admin(&a), "/api/v1/backends/pool/servers/s1/drain").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let applied = eventually(Duration::from_secs(1), async || {
+        server_field(&b, "s1", "admin").await == "drain"
+    })
+    .await;
+    assert!(applied.is_some(), "B applies A's drain within a second");
+    for _ in 0..10 {
+        assert_eq!(ws_connect(b.addr, "/ws").await.1, "s2", "no new connection to the drained s1 through B");
+    }
+
+    // A weight change travels the same way, and a starting instance reads the stored state.
+    let body = r#"{"weight": 7}"#;
+    let weight = format!(
+        "PUT /api/v1/backends/pool/servers/s2/weight HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(raw_exchange(admin(&a), weight.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    let c = start_tether(&cluster_config(&base, &redis.url(), "c")).await;
+    let caught_up = eventually(Duration::from_secs(3), async || {
+        server_field(&c, "s1", "admin").await == "drain" && server_field(&c, "s2", "weight").await == 7
+    })
+    .await;
+    assert!(caught_up.is_some(), "a starting instance applies the stored operator state");
+    assert!(
+        eventually(Duration::from_secs(1), async || server_field(&b, "s2", "weight").await == 7)
+            .await
+            .is_some()
+    );
+    // The stats API lists the cluster's instances.
+    let cluster = admin_json(&c, "/api/v1/cluster").await;
+    assert_eq!(cluster["instance"], "c");
+    assert_eq!(cluster["redis_up"], true);
+}
+
+/// One WebSocket handshake and close; whether it succeeded.
+async fn handshake(addr: SocketAddr, sid: usize) -> bool {
+    let url = format!("ws://{addr}/ws?sid=k{sid}");
+    match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((mut ws, _))) => {
+            let _ = ws.close(None).await;
+            true
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resynchronise() {
+    let mut redis = RedisServer::start().await;
+    let port = redis.port;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "leastconn",
+        r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "10m" }"#,
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+    assert!(eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(true))
+        .await
+        .is_some());
+
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..20 {
+        let (done, failed, next) = (done.clone(), failed.clone(), next.clone());
+        let targets = [a.addr, b.addr];
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= 2000 {
+                    break;
+                }
+                if !handshake(targets[i % 2], i).await {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    while done.load(Ordering::Relaxed) < 1000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    redis.kill();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no handshake fails because of Redis");
+    assert_eq!(done.load(Ordering::Relaxed), 2000);
+    let took = started.elapsed();
+
+    assert!(
+        eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(false))
+            .await
+            .is_some(),
+        "tether_cluster_redis_up goes to 0"
+    );
+    // Learned while Redis is down: kept locally, pushed once it is back.
+    let owner = server_of(a.addr, "/?set_cookie=io=during").await;
+    assert_eq!(server_of(a.addr, "/?sid=during").await, owner, "the local table still answers");
+
+    let redis = RedisServer::start_on(port).await;
+    let back = eventually(Duration::from_secs(10), async || {
+        redis_up(&a).await == Some(true) && redis_up(&b).await == Some(true)
+    })
+    .await;
+    assert!(back.is_some(), "both instances reconnect by themselves");
+    let resynced = eventually(Duration::from_secs(5), async || {
+        redis.get("tether:stick:pool:during").await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(resynced.is_some(), "the id learned during the outage is pushed to Redis");
+    assert_eq!(server_of(b.addr, "/?sid=during").await, owner, "and B finds it");
+    let heartbeats = eventually(Duration::from_secs(5), async || {
+        admin_json(&b, "/api/v1/cluster").await["instances"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    assert!(heartbeats.is_some(), "both instances heartbeat again");
+    eprintln!(
+        "2000 handshakes through two instances with Redis killed midway: {took:?}; back up after {:?}",
+        back.unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn two_instances_without_redis_send_a_key_to_the_same_server_with_maglev() {
+    let servers = [
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+        backend("s4").start().await,
+    ];
+    let list: Vec<(&str, SocketAddr, &str)> = servers.iter().map(|s| (s.name(), s.addr, "")).collect();
+    let config = simple_config("url_param", "hash_key = \"room\"\nhash = \"maglev\"", &list);
+    let a = start_tether(&config).await;
+    let b = start_tether(&config).await;
+    let mut used = std::collections::HashSet::new();
+    for room in 0..40 {
+        let path = format!("/?room=room-{room}");
+        let through_a = server_of(a.addr, &path).await;
+        assert_eq!(server_of(b.addr, &path).await, through_a, "{path}");
+        used.insert(through_a);
+    }
+    assert_eq!(used.len(), 4, "the keys spread over every server");
+}
