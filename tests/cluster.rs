@@ -39,7 +39,16 @@ impl RedisServer {
             })
             .expect("redis-server is needed for the cluster tests: apt-get install redis-server (.ci/run does)");
         let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,13 +75,19 @@ impl RedisServer {
     }
 
     async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?.get_multiplexed_async_connection().await
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
     }
 
     /// The value of `key`, if any.
     async fn get(&self, key: &str) -> Option<String> {
         let mut connection = self.connection().await.expect("connect to redis");
-        redis::cmd("GET").arg(key).query_async(&mut connection).await.expect("GET")
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .expect("GET")
     }
 
     /// `kill -9`: no goodbye to the clients.
@@ -137,7 +152,8 @@ async fn redis_up(tether: &RunningTether) -> Option<bool> {
         .map(|v| v.trim() == "1")
 }
 
-const LEARN: &str = r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "1500ms" }"#;
+const LEARN: &str =
+    r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "1500ms" }"#;
 
 #[tokio::test]
 async fn a_session_learned_through_one_instance_routes_through_the_other_until_its_ttl() {
@@ -160,7 +176,10 @@ async fn a_session_learned_through_one_instance_routes_through_the_other_until_i
         redis.get("tether:stick:pool:abc").await.as_deref() == Some(owner.as_str())
     })
     .await;
-    assert!(stored.is_some(), "the learned id reaches Redis under the prefix, with the server's name");
+    assert!(
+        stored.is_some(),
+        "the learned id reaches Redis under the prefix, with the server's name"
+    );
     for _ in 0..6 {
         assert_eq!(
             server_of(b.addr, "/?sid=abc").await,
@@ -185,7 +204,10 @@ async fn a_session_learned_through_one_instance_routes_through_the_other_until_i
     for _ in 0..6 {
         seen.insert(server_of(b.addr, "/?sid=old").await);
     }
-    assert!(seen.len() > 1, "an expired id sticks to nothing: roundrobin again ({seen:?})");
+    assert!(
+        seen.len() > 1,
+        "an expired id sticks to nothing: roundrobin again ({seen:?})"
+    );
 }
 
 /// Opens `count` WebSockets alternately through `a` and `b`, keeping them open.
@@ -276,7 +298,10 @@ async fn a_drain_through_one_instance_stops_new_connections_through_the_other_wi
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
     // Both subscribed (each instance reads the cluster list once synced).
     let joined = eventually(Duration::from_secs(5), async || {
-        admin_json(&b, "/api/v1/cluster").await["instances"].as_array().map(Vec::len) == Some(2)
+        admin_json(&b, "/api/v1/cluster").await["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
     })
     .await;
     assert!(joined.is_some(), "both instances heartbeat in Redis");
@@ -289,7 +314,11 @@ async fn a_drain_through_one_instance_stops_new_connections_through_the_other_wi
     .await;
     assert!(applied.is_some(), "B applies A's drain within a second");
     for _ in 0..10 {
-        assert_eq!(ws_connect(b.addr, "/ws").await.1, "s2", "no new connection to the drained s1 through B");
+        assert_eq!(
+            ws_connect(b.addr, "/ws").await.1,
+            "s2",
+            "no new connection to the drained s1 through B"
+        );
     }
 
     // A weight change travels the same way, and a starting instance reads the stored state.
@@ -298,17 +327,23 @@ async fn a_drain_through_one_instance_stops_new_connections_through_the_other_wi
         "PUT /api/v1/backends/pool/servers/s2/weight HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    assert!(raw_exchange(admin(&a), weight.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    assert!(raw_exchange(admin(&a), weight.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
     let c = start_tether(&cluster_config(&base, &redis.url(), "c")).await;
     let caught_up = eventually(Duration::from_secs(3), async || {
         server_field(&c, "s1", "admin").await == "drain" && server_field(&c, "s2", "weight").await == 7
     })
     .await;
-    assert!(caught_up.is_some(), "a starting instance applies the stored operator state");
     assert!(
-        eventually(Duration::from_secs(1), async || server_field(&b, "s2", "weight").await == 7)
-            .await
-            .is_some()
+        caught_up.is_some(),
+        "a starting instance applies the stored operator state"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), async || server_field(&b, "s2", "weight").await
+            == 7)
+        .await
+        .is_some()
     );
     // The stats API lists the cluster's instances.
     let cluster = admin_json(&c, "/api/v1/cluster").await;
@@ -344,9 +379,11 @@ async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resyn
     );
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
-    assert!(eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(true))
-        .await
-        .is_some());
+    assert!(
+        eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(true))
+            .await
+            .is_some()
+    );
 
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
@@ -388,7 +425,11 @@ async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resyn
     );
     // Learned while Redis is down: kept locally, pushed once it is back.
     let owner = server_of(a.addr, "/?set_cookie=io=during").await;
-    assert_eq!(server_of(a.addr, "/?sid=during").await, owner, "the local table still answers");
+    assert_eq!(
+        server_of(a.addr, "/?sid=during").await,
+        owner,
+        "the local table still answers"
+    );
 
     let redis = RedisServer::start_on(port).await;
     let back = eventually(Duration::from_secs(10), async || {
@@ -400,10 +441,16 @@ async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resyn
         redis.get("tether:stick:pool:during").await.as_deref() == Some(owner.as_str())
     })
     .await;
-    assert!(resynced.is_some(), "the id learned during the outage is pushed to Redis");
+    assert!(
+        resynced.is_some(),
+        "the id learned during the outage is pushed to Redis"
+    );
     assert_eq!(server_of(b.addr, "/?sid=during").await, owner, "and B finds it");
     let heartbeats = eventually(Duration::from_secs(5), async || {
-        admin_json(&b, "/api/v1/cluster").await["instances"].as_array().map(Vec::len) == Some(2)
+        admin_json(&b, "/api/v1/cluster").await["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
     })
     .await;
     assert!(heartbeats.is_some(), "both instances heartbeat again");

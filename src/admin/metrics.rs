@@ -343,7 +343,11 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
         );
         let outages: Counter = Counter::default();
         outages.inc_by(cluster.redis.outages.load(Ordering::Relaxed));
-        registry.register("tether_cluster_redis_outages", "Times Redis became unreachable", outages);
+        registry.register(
+            "tether_cluster_redis_outages",
+            "Times Redis became unreachable",
+            outages,
+        );
         let dropped: Counter = Counter::default();
         dropped.inc_by(cluster.dropped_writes.load(Ordering::Relaxed));
         registry.register(
@@ -358,7 +362,9 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
                     backend: backend.name.to_string(),
                     server: server.name.to_string(),
                 };
-                remote.get_or_create(&labels).set(i64::from(server.state.remote_active()));
+                remote
+                    .get_or_create(&labels)
+                    .set(i64::from(server.state.remote_active()));
             }
         }
         registry.register(

@@ -79,7 +79,9 @@ impl RedisClient {
             Ok(manager) => {
                 let _ = self.manager.set(manager);
             }
-            Err(err) => tracing::error!(cause = %err, "cannot set up the Redis connection: running without the cluster"),
+            Err(err) => {
+                tracing::error!(cause = %err, "cannot set up the Redis connection: running without the cluster")
+            }
         }
     }
 
@@ -152,7 +154,10 @@ impl RedisClient {
     /// Called when Redis could not be reached before ever answering (logs once).
     pub fn mark_unreachable_at_start(&self, cause: &str) {
         if !self.ever_up.load(Ordering::Acquire) && self.outages.fetch_add(1, Ordering::Relaxed) == 0 {
-            tracing::warn!(cause, "Redis is unreachable: serving from the local stick table and hashing until it is");
+            tracing::warn!(
+                cause,
+                "Redis is unreachable: serving from the local stick table and hashing until it is"
+            );
         }
     }
 }

@@ -185,12 +185,15 @@ impl Cluster {
     pub fn share_tables(self: &Arc<Self>, snapshot: &mut Snapshot) {
         for backend in &mut snapshot.backends {
             let name = backend.name.clone();
-            let Some(policy) = backend.sticky.as_mut() else { continue };
+            let Some(policy) = backend.sticky.as_mut() else {
+                continue;
+            };
             let Some(table) = policy.table.as_ref() else { continue };
             if table.is_shared() {
                 continue;
             }
-            let shared = crate::sticky::redis::SharedTable::new(table.clone(), self.clone(), &name, policy.idle_timeout);
+            let shared =
+                crate::sticky::redis::SharedTable::new(table.clone(), self.clone(), &name, policy.idle_timeout);
             policy.table = Some(Arc::new(shared));
         }
     }
@@ -345,7 +348,10 @@ mod tests {
 
     #[test]
     fn passwords_stay_out_of_logs() {
-        assert_eq!(redacted("redis://:secret@10.0.0.1:6379/0"), "redis://***@10.0.0.1:6379/0");
+        assert_eq!(
+            redacted("redis://:secret@10.0.0.1:6379/0"),
+            "redis://***@10.0.0.1:6379/0"
+        );
         assert_eq!(redacted("rediss://redis.example:6380"), "rediss://redis.example:6380");
     }
 

@@ -111,7 +111,10 @@ impl Cluster {
     fn receive(&self, snapshot: &Snapshot, record: OpRecord) {
         {
             let mut known = lock(&self.ops_state);
-            if known.get(&record.field()).is_some_and(|k| k.at_unix_ms > record.at_unix_ms) {
+            if known
+                .get(&record.field())
+                .is_some_and(|k| k.at_unix_ms > record.at_unix_ms)
+            {
                 return;
             }
             known.insert(record.field(), record.clone());
@@ -193,7 +196,9 @@ pub(crate) async fn subscribe_loop(cluster: Arc<Cluster>, shared: Arc<Shared>) {
                     }
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
-                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        let Ok(payload) = message.get_payload::<String>() else {
+                            continue;
+                        };
                         let Ok(record) = serde_json::from_str::<OpRecord>(&payload) else {
                             tracing::debug!("ignoring an operator message that is not a tether record");
                             continue;

@@ -194,7 +194,11 @@ address = "127.0.0.1:8200"
 
     #[test]
     fn cluster_settings_have_defaults_and_bad_ones_are_located() {
-        let config = parse(&format!("{GOOD}\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\n"), "test.toml").expect("valid");
+        let config = parse(
+            &format!("{GOOD}\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\n"),
+            "test.toml",
+        )
+        .expect("valid");
         let cluster = config.cluster.as_ref().expect("cluster").get_ref();
         assert_eq!(cluster.prefix, "tether:");
         assert_eq!(cluster.timeout.get_ref().get().as_millis(), 50);

@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
 use super::types::{
-    Admin, Balance, Cluster, CheckKind, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky,
+    Admin, Balance, CheckKind, Cluster, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky,
 };
 use crate::balance::is_prime;
 

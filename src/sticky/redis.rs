@@ -86,10 +86,7 @@ impl SharedTable {
 
     /// Refreshes the Redis TTL of `key` if it was not written for `refresh`.
     fn refresh_if_due(&self, key: &str, server: &Arc<str>) {
-        let due = self
-            .pushed()
-            .get(key)
-            .is_none_or(|at| at.elapsed() >= self.refresh);
+        let due = self.pushed().get(key).is_none_or(|at| at.elapsed() >= self.refresh);
         if due {
             self.push(key, server.clone());
         }
@@ -100,7 +97,10 @@ impl SharedTable {
     async fn fetch_from_redis(&self, keys: Vec<String>) {
         let mut pipe = ::redis::pipe();
         for key in &keys {
-            pipe.cmd("GETEX").arg(self.redis_key(key)).arg("PX").arg(self.ttl.as_millis() as u64);
+            pipe.cmd("GETEX")
+                .arg(self.redis_key(key))
+                .arg("PX")
+                .arg(self.ttl.as_millis() as u64);
         }
         let limit = self.cluster.redis.timeout;
         match self.cluster.redis.query::<Vec<Option<String>>>(&pipe, limit).await {
