@@ -108,7 +108,7 @@ impl Drop for RedisServer {
 /// `simple_config` plus a loopback admin listener and `[cluster]` for `instance`.
 fn cluster_config(base: &str, redis: &str, instance: &str) -> String {
     format!(
-        "{base}\n[admin]\nbind = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"{redis}\"\ninstance = \"{instance}\"\nsync_interval = \"250ms\"\n"
+        "{base}\n[admin]\nbind = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"{redis}\"\ninstance = \"{instance}\"\n"
     )
 }
 
@@ -320,6 +320,14 @@ async fn a_drain_through_one_instance_stops_new_connections_through_the_other_wi
             "no new connection to the drained s1 through B"
         );
     }
+    // A reload resets admin states to the file's; the cluster's stored state wins again.
+    let config = tether::config::parse(&cluster_config(&base, &redis.url(), "b"), "b.toml").expect("config");
+    b.handle.reload(&config).expect("reload");
+    assert_eq!(
+        server_field(&b, "s1", "admin").await,
+        "drain",
+        "still drained after B's reload"
+    );
 
     // A weight change travels the same way, and a starting instance reads the stored state.
     let body = r#"{"weight": 7}"#;
@@ -365,6 +373,7 @@ async fn handshake(addr: SocketAddr, sid: usize) -> bool {
 
 #[tokio::test]
 async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resynchronise() {
+    init_logs();
     let mut redis = RedisServer::start().await;
     let port = redis.port;
     let (s1, s2, s3) = (
