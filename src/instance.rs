@@ -188,6 +188,10 @@ impl Tether {
         shared.stop.begin_hard();
         // Give closing tasks a moment to send their Close frames and log their last lines.
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.open.wait_idle()).await;
+        if let Some(cluster) = shared.cluster.get() {
+            drop(_cluster);
+            cluster.leave(&shared.snapshot.load()).await;
+        }
         tracing::info!("stopped");
     }
 }

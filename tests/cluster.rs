@@ -90,6 +90,19 @@ impl RedisServer {
             .expect("GET")
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+    }
+
+    /// Runs a command (`FLUSHALL`, …).
+    async fn command(&self, name: &str) {
+        let mut connection = self.connection().await.expect("connect to redis");
+        let _: () = redis::cmd(name).query_async(&mut connection).await.expect(name);
+    }
+
     /// `kill -9`: no goodbye to the clients.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -107,9 +120,7 @@ impl Drop for RedisServer {
 
 /// `simple_config` plus a loopback admin listener and `[cluster]` for `instance`.
 fn cluster_config(base: &str, redis: &str, instance: &str) -> String {
-    format!(
-        "{base}\n[admin]\nbind = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"{redis}\"\ninstance = \"{instance}\"\n"
-    )
+    format!("{base}\n[admin]\nbind = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"{redis}\"\ninstance = \"{instance}\"\n")
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes; returns how long it took.
@@ -489,4 +500,85 @@ async fn two_instances_without_redis_send_a_key_to_the_same_server_with_maglev()
         used.insert(through_a);
     }
     assert_eq!(used.len(), 4, "the keys spread over every server");
+}
+
+#[tokio::test]
+async fn a_flushed_or_frozen_redis_fails_no_request_and_a_stopping_instance_leaves() {
+    let redis = RedisServer::start().await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "roundrobin",
+        LEARN,
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+    let owner = server_of(a.addr, "/?set_cookie=io=abc").await;
+    let key = "tether:stick:pool:abc";
+    assert!(
+        eventually(Duration::from_secs(3), async || redis.get(key).await.is_some())
+            .await
+            .is_some()
+    );
+
+    // Flushed: A keeps answering from its local table and writes the entry
+    // again when it refreshes its TTL (a quarter of idle_timeout here).
+    redis.command("FLUSHALL").await;
+    let repaired = eventually(Duration::from_secs(3), async || {
+        assert_eq!(server_of(a.addr, "/?sid=abc").await, owner);
+        redis.get(key).await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(repaired.is_some(), "a flushed entry in use is written again");
+    assert_eq!(server_of(b.addr, "/?sid=abc").await, owner);
+
+    // Frozen (SIGSTOP): lookups time out after 50 ms, then are skipped once
+    // the heartbeat says Redis is down; every request is answered.
+    redis.signal("STOP");
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        let started = Instant::now();
+        let (status, _, _) = get(b.addr, &format!("/?sid=unknown-{i}")).await;
+        assert_eq!(status, http::StatusCode::OK);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(3), async || redis_up(&b).await == Some(false))
+            .await
+            .is_some(),
+        "a frozen Redis counts as down"
+    );
+    redis.signal("CONT");
+    assert!(slowest < Duration::from_millis(1000), "slowest request {slowest:?}");
+    assert!(
+        eventually(Duration::from_secs(10), async || redis_up(&b).await == Some(true))
+            .await
+            .is_some(),
+        "back when Redis thaws"
+    );
+    eprintln!("slowest request while Redis was frozen: {slowest:?}");
+
+    // A stopping instance removes its heartbeat at once.
+    assert!(eventually(Duration::from_secs(5), async || {
+        admin_json(&b, "/api/v1/cluster").await["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+    })
+    .await
+    .is_some());
+    a.stop().await;
+    let left = eventually(Duration::from_secs(2), async || {
+        admin_json(&b, "/api/v1/cluster").await["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+    })
+    .await;
+    assert!(left.is_some(), "B stops listing A soon after A stopped");
 }

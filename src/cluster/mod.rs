@@ -241,6 +241,25 @@ impl Cluster {
         TaskGuard(tasks)
     }
 
+    /// Leaves the cluster at the end of a graceful stop: removes this
+    /// instance's heartbeat and load counts so the others stop counting it
+    /// at once rather than after three sync intervals. Best effort.
+    pub async fn leave(&self, snapshot: &Snapshot) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(self.key(&["instances"]))
+            .arg(self.instance())
+            .ignore();
+        for backend in &snapshot.backends {
+            pipe.cmd("DEL")
+                .arg(self.key(&["load", &backend.name, self.instance()]))
+                .ignore();
+        }
+        if let Err(err) = self.redis.query::<()>(&pipe, self.redis.background_timeout()).await {
+            tracing::debug!(cause = %err, "could not leave the cluster cleanly: the others forget this instance in 3 sync intervals");
+        }
+    }
+
     /// Pushes the stick entries remembered during an outage.
     async fn push_pending(&self) {
         let entries: Vec<(String, (Arc<str>, u64))> = lock(&self.pending).drain().collect();
