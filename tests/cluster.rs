@@ -405,6 +405,9 @@ async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resyn
             .is_some()
     );
 
+    // An operator change before the outage: a restarted (empty) Redis gets it back.
+    let answer = post(admin(&a), "/api/v1/backends/pool/servers/s3/enable").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -466,6 +469,21 @@ async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resyn
         "the id learned during the outage is pushed to Redis"
     );
     assert_eq!(server_of(b.addr, "/?sid=during").await, owner, "and B finds it");
+    let restored = eventually(Duration::from_secs(5), async || {
+        let mut connection = redis.connection().await.expect("connect");
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg("tether:ops:state")
+            .arg("pool/s3")
+            .query_async(&mut connection)
+            .await
+            .expect("HGET");
+        stored.is_some_and(|json| json.contains("\"admin\":\"ready\""))
+    })
+    .await;
+    assert!(
+        restored.is_some(),
+        "the operator state is stored again in the restarted Redis"
+    );
     let heartbeats = eventually(Duration::from_secs(5), async || {
         admin_json(&b, "/api/v1/cluster").await["instances"]
             .as_array()

@@ -24,6 +24,8 @@ use crate::snapshot::Snapshot;
 
 /// Heartbeats older than this many intervals mean the instance is gone.
 const LIVE_INTERVALS: u32 = 3;
+/// Every this many rounds the stored operator state is restored if Redis lost it.
+const RESTORE_EVERY: u64 = 30;
 /// Instances silent for this long are removed from the sorted set.
 const FORGET_AFTER_MS: u64 = 3_600_000;
 
@@ -31,10 +33,17 @@ const FORGET_AFTER_MS: u64 = 3_600_000;
 pub(crate) async fn sync_loop(cluster: Arc<Cluster>, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(cluster.settings.sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
     loop {
         tick.tick().await;
+        round += 1;
         let snapshot = shared.snapshot.load_full();
-        if let Err(err) = sync_once(&cluster, &snapshot).await {
+        let result = sync_once(&cluster, &snapshot).await;
+        if result.is_ok() && round % RESTORE_EVERY == 0 {
+            // A FLUSHALL does not disconnect anyone: repair the stored operator state now and then.
+            super::ops::restore_state(&cluster).await;
+        }
+        if let Err(err) = result {
             // The first failure of an outage is logged by `mark`; a plain
             // timeout is an outage too for the heartbeat.
             cluster.redis.mark(false, Some(&err.to_string()));

@@ -321,14 +321,16 @@ async fn writer(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<StickWrite>) {
     }
 }
 
-/// On every recovery of Redis: pushes what was learned meanwhile and
-/// publishes the operator changes made meanwhile. (The load sync re-publishes
+/// On every recovery of Redis: pushes what was learned meanwhile,
+/// publishes the operator changes made meanwhile and stores again the
+/// operator state a restarted Redis lost. (The load sync re-publishes
 /// the counts and the subscriber re-reads the stored operator state by itself.)
 async fn resync_loop(cluster: Arc<Cluster>) {
     loop {
         cluster.redis.recovered.notified().await;
         cluster.push_pending().await;
         ops::publish_pending(&cluster).await;
+        ops::restore_state(&cluster).await;
     }
 }
 

@@ -169,6 +169,32 @@ pub fn apply(snapshot: &Snapshot, record: &OpRecord) -> bool {
     changed
 }
 
+/// Stores again the operator changes this instance knows of whose field is
+/// missing in Redis (`HSETNX`: a newer record stored meanwhile wins), so a
+/// restarted or flushed Redis still gives a starting instance the state.
+pub(crate) async fn restore_state(cluster: &Cluster) {
+    let records: Vec<OpRecord> = lock(&cluster.ops_state).values().cloned().collect();
+    if records.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for record in &records {
+        let json = serde_json::to_string(record).unwrap_or_default();
+        pipe.cmd("HSETNX")
+            .arg(cluster.key(&["ops", "state"]))
+            .arg(record.field())
+            .arg(json)
+            .ignore();
+    }
+    if let Err(err) = cluster
+        .redis
+        .query::<()>(&pipe, cluster.redis.background_timeout())
+        .await
+    {
+        tracing::debug!(cause = %err, "operator state not restored in Redis");
+    }
+}
+
 /// Publishes the changes made here while Redis was unreachable.
 pub(crate) async fn publish_pending(cluster: &Cluster) {
     let pending: Vec<OpRecord> = std::mem::take(&mut *lock(&cluster.ops_pending));
