@@ -156,7 +156,7 @@ impl Tether {
         // The admin listener (stats page, /metrics, API) stops with the graceful stop.
         let _admin = crate::admin::start(&handle);
         // Cluster tasks (Redis sync, shared operator changes) run until this function ends.
-        let _cluster = handle
+        let cluster_tasks = handle
             .shared
             .cluster
             .get()
@@ -189,7 +189,7 @@ impl Tether {
         // Give closing tasks a moment to send their Close frames and log their last lines.
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.open.wait_idle()).await;
         if let Some(cluster) = shared.cluster.get() {
-            drop(_cluster);
+            drop(cluster_tasks);
             cluster.leave(&shared.snapshot.load()).await;
         }
         tracing::info!("stopped");

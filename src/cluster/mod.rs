@@ -210,6 +210,11 @@ impl Cluster {
         }
     }
 
+    /// Stick writes kept for the next recovery (for tests and stats).
+    pub fn pending_writes(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
     fn remember(&self, write: StickWrite) {
         let mut pending = lock(&self.pending);
         match write {

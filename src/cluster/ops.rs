@@ -163,7 +163,7 @@ pub fn apply(snapshot: &Snapshot, record: &OpRecord) -> bool {
             weight,
             user = %record.by,
             instance = %record.instance,
-            "operator change from another instance applied"
+            "operator change from the cluster applied"
         );
     }
     changed

@@ -164,3 +164,63 @@ impl StickTable for SharedTable {
         Some(Box::pin(self.fetch_from_redis(missing)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterSettings;
+    use crate::sticky::table::MemoryTable;
+
+    /// A cluster member that never started: Redis counts as down.
+    fn offline() -> Arc<Cluster> {
+        let settings = ClusterSettings {
+            redis: "redis://127.0.0.1:1".into(),
+            password: None,
+            instance: Some("t".into()),
+            prefix: "tether:".into(),
+            timeout: Duration::from_millis(50),
+            sync_interval: Duration::from_secs(1),
+            stick_refresh: Duration::from_secs(10),
+        };
+        Arc::new(Cluster::new(settings).expect("valid URL"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_redis_the_local_table_answers_and_writes_wait_for_the_resync() {
+        let cluster = offline();
+        let local = Arc::new(MemoryTable::new(Duration::from_secs(60), 100));
+        let table = SharedTable::new(local, cluster.clone(), "web", Duration::from_secs(60));
+        assert_eq!(table.redis_key("abc"), "tether:stick:web:abc");
+        assert_eq!(table.refresh, Duration::from_secs(10), "stick_refresh, under idle/4");
+        table.insert("abc", Arc::from("s1"));
+        assert_eq!(table.get("abc").as_deref(), Some("s1"));
+        assert!(
+            table.fetch(vec!["zzz".into()]).is_none(),
+            "no Redis call while it is down"
+        );
+        assert_eq!(cluster.pending_writes(), 1, "kept for the next recovery");
+        table.remove("abc");
+        assert_eq!(cluster.pending_writes(), 0, "a removal cancels the pending write");
+        assert!(table.is_empty() && table.is_shared());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hit_refreshes_the_redis_ttl_at_most_once_per_interval() {
+        let cluster = offline();
+        let local = Arc::new(MemoryTable::new(Duration::from_secs(8), 100));
+        let table = SharedTable::new(local, cluster, "web", Duration::from_secs(8));
+        assert_eq!(
+            table.refresh,
+            Duration::from_secs(2),
+            "a quarter of a short idle_timeout"
+        );
+        table.insert("abc", Arc::from("s1"));
+        let first = table.pushed()["abc"];
+        tokio::time::advance(Duration::from_secs(1)).await;
+        table.get("abc");
+        assert_eq!(table.pushed()["abc"], first, "refreshed 1 s ago: no write");
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        table.get("abc");
+        assert!(table.pushed()["abc"] > first, "due: written again");
+    }
+}
