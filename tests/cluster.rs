@@ -17,6 +17,10 @@ use support::*;
 struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// With TLS: the CA certificate (PEM) clients must trust.
+    ca: Option<Vec<u8>>,
+    /// With `requirepass`: the password.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -28,6 +32,100 @@ impl RedisServer {
 
     /// Starts one on `port` (no persistence: a restart starts empty).
     async fn start_on(port: u16) -> RedisServer {
+        Self::spawn(port, &[], None, None).await
+    }
+
+    /// Starts one speaking only TLS with a certificate for 127.0.0.1 signed by
+    /// a fresh CA (`ca.pem` in `dir`), asking for `password`.
+    async fn start_tls(dir: &std::path::Path, password: &str) -> RedisServer {
+        let port = closed_port().await.port();
+        std::fs::create_dir_all(dir).expect("temp dir");
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "openssl {args:?} failed: the TLS test needs the openssl command"
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tether test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext.cnf");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "redis.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let path = |name: &str| dir.join(name).display().to_string();
+        let args = [
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            path("redis.pem"),
+            "--tls-key-file".to_string(),
+            path("redis.key"),
+            "--tls-ca-cert-file".to_string(),
+            path("ca.pem"),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+            "--requirepass".to_string(),
+            password.to_string(),
+        ];
+        let ca = std::fs::read(dir.join("ca.pem")).expect("ca.pem");
+        Self::spawn(0, &args, Some(ca), Some(password.to_string())).await
+    }
+
+    async fn spawn(port: u16, extra: &[String], ca: Option<Vec<u8>>, password: Option<String>) -> RedisServer {
+        let tls_port = extra
+            .iter()
+            .position(|a| a == "--tls-port")
+            .and_then(|i| extra.get(i + 1))
+            .and_then(|p| p.parse::<u16>().ok());
         let binary = ["redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
             .into_iter()
             .find(|b| {
@@ -49,13 +147,16 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
         let server = RedisServer {
-            port,
+            port: tls_port.unwrap_or(port),
             child: Some(child),
+            ca,
+            password,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -71,13 +172,27 @@ impl RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await
+        let mut info = redis::IntoConnectionInfo::into_connection_info(self.url())?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+            None => redis::Client::open(info)?,
+        };
+        client.get_multiplexed_async_connection().await
     }
 
     /// The value of `key`, if any.
@@ -599,4 +714,40 @@ async fn a_flushed_or_frozen_redis_fails_no_request_and_a_stopping_instance_leav
     })
     .await;
     assert!(left.is_some(), "B stops listing A soon after A stopped");
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_password_shares_session_ids() {
+    let dir = std::env::temp_dir().join(format!("tether-cluster-tls-{}", std::process::id()));
+    let redis = RedisServer::start_tls(&dir, "s3cret pass").await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "roundrobin",
+        LEARN,
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let tls = format!(
+        "password = \"s3cret pass\"\ntls_ca_file = \"{}\"\n",
+        dir.join("ca.pem").display()
+    );
+    let a = start_tether(&(cluster_config(&base, &redis.url(), "a") + &tls)).await;
+    let b = start_tether(&(cluster_config(&base, &redis.url(), "b") + &tls)).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(true))
+            .await
+            .is_some(),
+        "A reaches Redis over TLS with the password"
+    );
+    let owner = server_of(a.addr, "/?set_cookie=io=tls").await;
+    assert!(eventually(Duration::from_secs(3), async || {
+        redis.get("tether:stick:pool:tls").await.as_deref() == Some(owner.as_str())
+    })
+    .await
+    .is_some());
+    assert_eq!(server_of(b.addr, "/?sid=tls").await, owner);
+    let _ = std::fs::remove_dir_all(&dir);
 }

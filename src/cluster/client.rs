@@ -46,15 +46,37 @@ pub struct RedisClient {
 }
 
 impl RedisClient {
-    /// A client for `url` (already validated) with `password` overriding the URL's.
-    pub fn new(url: &str, password: Option<&str>, timeout: Duration) -> Result<Self, redis::RedisError> {
+    /// A client for `url` (already validated) with `password` overriding
+    /// the URL's and `ca` (PEM) as the only trusted root for `rediss://`.
+    pub fn new(
+        url: &str,
+        password: Option<&str>,
+        ca: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        if url.starts_with("rediss://") {
+            // rustls needs one process-wide crypto provider; pick ring
+            // explicitly (it fails to guess when several are compiled in).
+            // An error means one is installed already, which is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let mut info: redis::ConnectionInfo = url.into_connection_info()?;
         if let Some(password) = password {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
+        let client = match ca {
+            Some(root_cert) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+            None => redis::Client::open(info)?,
+        };
         Ok(Self {
-            client: redis::Client::open(info)?,
+            client,
             manager: OnceLock::new(),
             timeout,
             up: AtomicBool::new(false),

@@ -45,6 +45,8 @@ pub struct ClusterSettings {
     pub redis: String,
     /// A password overriding the URL's.
     pub password: Option<String>,
+    /// The CA certificate (PEM) Redis's TLS certificate must chain to, if not a public one.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// The configured instance name, if any.
     pub instance: Option<String>,
     /// Prefix of every key and channel.
@@ -63,6 +65,7 @@ impl ClusterSettings {
         Self {
             redis: config.redis.get_ref().clone(),
             password: config.password.clone(),
+            tls_ca_file: config.tls_ca_file.as_ref().map(|f| f.get_ref().clone()),
             instance: config.instance.as_ref().map(|i| i.get_ref().clone()),
             prefix: config.prefix.clone(),
             timeout: config.timeout.get_ref().get(),
@@ -106,6 +109,14 @@ pub enum ClusterError {
     /// The Redis URL or password could not be used.
     #[error("[cluster] redis: {0}")]
     Url(#[from] redis::RedisError),
+    /// `tls_ca_file` could not be read.
+    #[error("[cluster] tls_ca_file {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
 }
 
 /// This instance's membership of a cluster: the Redis client, the queue of
@@ -137,7 +148,14 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster member for `settings`; nothing connects until `start`.
     pub fn new(settings: ClusterSettings) -> Result<Self, ClusterError> {
-        let redis = RedisClient::new(&settings.redis, settings.password.as_deref(), settings.timeout)?;
+        let ca = match &settings.tls_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| ClusterError::CaFile {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let redis = RedisClient::new(&settings.redis, settings.password.as_deref(), ca, settings.timeout)?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         Ok(Self {
             settings,
@@ -386,6 +404,7 @@ mod tests {
         let settings = ClusterSettings {
             redis: "redis://127.0.0.1:6379".into(),
             password: None,
+            tls_ca_file: None,
             instance: Some("a".into()),
             prefix: "tether:".into(),
             timeout: Duration::from_millis(50),

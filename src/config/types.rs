@@ -41,6 +41,9 @@ pub struct Cluster {
     pub redis: Spanned<String>,
     /// Redis password, when it is not in the URL (wins over the URL's).
     pub password: Option<String>,
+    /// PEM file of the certificate authority that signed Redis's certificate
+    /// (`rediss://` with a private CA); the bundled public roots when absent.
+    pub tls_ca_file: Option<Spanned<std::path::PathBuf>>,
     /// This instance's name among the others; host name + `:` + first frontend port when absent.
     pub instance: Option<Spanned<String>>,
     /// Prefix of every Redis key and channel tether uses (several clusters may share one Redis).

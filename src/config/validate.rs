@@ -112,6 +112,25 @@ fn validate_cluster(cluster: &Cluster, source: &SourceMap<'_>) -> Result<(), Con
             format!("`redis` is not a usable Redis URL ({err}): write it as \"redis://[:password@]host:port[/db]\""),
         ));
     }
+    if let Some(ca) = &cluster.tls_ca_file {
+        if !url.starts_with("rediss://") {
+            return Err(source.error(
+                Some(ca.span()),
+                "`tls_ca_file` only applies to TLS: write the URL as \"rediss://host:port\" or remove `tls_ca_file`",
+            ));
+        }
+        let readable = std::fs::read(ca.get_ref())
+            .is_ok_and(|pem| String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"));
+        if !readable {
+            return Err(source.error(
+                Some(ca.span()),
+                format!(
+                    "`tls_ca_file` {} cannot be read as a PEM certificate: give the CA's certificate file",
+                    ca.get_ref().display()
+                ),
+            ));
+        }
+    }
     if let Some(instance) = &cluster.instance {
         let name = instance.get_ref();
         if name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -176,6 +176,7 @@ mod tests {
         let settings = ClusterSettings {
             redis: "redis://127.0.0.1:1".into(),
             password: None,
+            tls_ca_file: None,
             instance: Some("t".into()),
             prefix: "tether:".into(),
             timeout: Duration::from_millis(50),
