@@ -43,6 +43,9 @@ pub enum StartError {
         /// What the system said (address in use, permission denied, …).
         source: std::io::Error,
     },
+    /// The `[cluster]` settings could not be used.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The admin listener's address could not be bound.
     #[error("the admin listener cannot listen on {address}: {source}")]
     AdminBind {
@@ -89,13 +92,33 @@ pub struct Handle {
 impl Tether {
     /// Builds the snapshot from `config` and binds every frontend address.
     pub fn bind(config: &Config) -> Result<Tether, StartError> {
-        let snapshot = Snapshot::build(config, None);
+        let mut snapshot = Snapshot::build(config, None);
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                let settings = crate::cluster::ClusterSettings::from_config(settings.get_ref());
+                Some(Arc::new(crate::cluster::Cluster::new(settings)?))
+            }
+            None => None,
+        };
+        if let Some(cluster) = &cluster {
+            cluster.share_tables(&mut snapshot);
+        }
         let listeners = Arc::new(Listeners::default());
         let handle = Handle {
             shared: Arc::new(Shared::new(snapshot)),
             listeners,
         };
         handle.sync_listeners(&handle.snapshot())?;
+        if let Some(cluster) = cluster {
+            let port = handle
+                .snapshot()
+                .frontends
+                .first()
+                .and_then(|f| handle.local_addrs(&f.name).first().map(|a| a.port()))
+                .unwrap_or(0);
+            cluster.resolve_instance(port);
+            let _ = handle.shared.cluster.set(cluster);
+        }
         crate::admin::bind(&handle).map_err(|source| StartError::AdminBind {
             address: handle
                 .snapshot()
@@ -132,6 +155,12 @@ impl Tether {
         let _checkers = handle.shared.checkers.start(&handle.shared.snapshot);
         // The admin listener (stats page, /metrics, API) stops with the graceful stop.
         let _admin = crate::admin::start(&handle);
+        // Cluster tasks (Redis sync, shared operator changes) run until this function ends.
+        let cluster_tasks = handle
+            .shared
+            .cluster
+            .get()
+            .map(|cluster| cluster.start(handle.shared.clone()));
         shutdown.await;
         let shared = &handle.shared;
         let grace = shared.snapshot.load().shutdown_grace;
@@ -159,6 +188,10 @@ impl Tether {
         shared.stop.begin_hard();
         // Give closing tasks a moment to send their Close frames and log their last lines.
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.open.wait_idle()).await;
+        if let Some(cluster) = shared.cluster.get() {
+            drop(cluster_tasks);
+            cluster.leave(&shared.snapshot.load()).await;
+        }
         tracing::info!("stopped");
     }
 }
@@ -194,7 +227,19 @@ impl Handle {
     /// snapshot they started with.
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
         let previous = self.shared.snapshot.load_full();
-        let next = Arc::new(Snapshot::build(config, Some(&previous)));
+        let mut next = Snapshot::build(config, Some(&previous));
+        let cluster = self.shared.cluster.get();
+        if let Some(cluster) = cluster {
+            cluster.share_tables(&mut next);
+            // The build reset admin states and weights to the config's; the cluster's operator changes win.
+            cluster.reapply(&next);
+            if config.cluster.is_none() {
+                tracing::warn!("[cluster] was removed from the configuration: restart tether to leave the cluster");
+            }
+        } else if config.cluster.is_some() {
+            tracing::warn!("[cluster] was added to the configuration: restart tether to join the cluster");
+        }
+        let next = Arc::new(next);
         self.sync_listeners(&next)?;
         self.shared.snapshot.store(next.clone());
         // Checker tasks of the old snapshot stop; the new one's start (state carries over by name).

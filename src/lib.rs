@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admission;
 pub mod balance;
 pub mod cidr;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod health;

@@ -177,6 +177,11 @@ pub struct ServerState {
     pub active: AtomicU32,
     /// Open WebSocket tunnels only (a subset of `active`), for stats.
     pub tunnels: AtomicU32,
+    /// `active` of this server summed over the other instances of a cluster,
+    /// as last read from Redis (0 without `[cluster]` or while Redis is
+    /// unreachable). The sync task sets it; the algorithms add it to the
+    /// local live count, so they stay pure and lock-free.
+    pub remote_active: AtomicU32,
     /// Current weight; starts at the configured one, the admin API may change it.
     pub weight: AtomicU32,
     /// Whether the server may take traffic (health checks flip it).
@@ -229,6 +234,7 @@ impl ServerState {
         Self {
             active: AtomicU32::new(0),
             tunnels: AtomicU32::new(0),
+            remote_active: AtomicU32::new(0),
             weight: AtomicU32::new(weight),
             up: AtomicBool::new(true),
             dispatched: AtomicU64::new(0),
@@ -349,6 +355,11 @@ impl ServerState {
     /// Active requests and tunnels right now.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Active requests and tunnels on the other instances of the cluster (last sync).
+    pub fn remote_active(&self) -> u32 {
+        self.remote_active.load(Ordering::Relaxed)
     }
 
     /// Current weight.

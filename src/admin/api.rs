@@ -65,6 +65,7 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
         "effective_weight": state.effective_weight(slowstart),
         "maxconn": server.maxconn,
         "active": state.active(),
+        "remote_active": state.remote_active(),
         "tunnels": state.tunnels.load(Ordering::Relaxed),
         "dispatched": state.dispatched.load(Ordering::Relaxed),
         "connect_failures": state.connect_failures.load(Ordering::Relaxed),
@@ -230,5 +231,39 @@ pub fn sticky(snapshot: &Snapshot, backend: &str, query: Option<&str>) -> Respon
     json_response(
         StatusCode::OK,
         &json!({ "backend": backend, "total": table.len(), "offset": offset, "limit": limit, "entries": entries }),
+    )
+}
+
+/// `GET /api/v1/cluster`: this instance's membership of a cluster, the
+/// instances with a recent heartbeat and whether Redis is reachable.
+pub fn cluster(handle: &Handle) -> Response<AdminBody> {
+    let Some(cluster) = handle.shared().cluster.get() else {
+        return json_response(StatusCode::OK, &json!({ "enabled": false, "instances": [] }));
+    };
+    let now = crate::cluster::unix_ms();
+    let me = cluster.instance();
+    let instances: Vec<Value> = cluster
+        .instances()
+        .into_iter()
+        .map(|i| {
+            json!({
+                "name": i.name,
+                "self": i.name == me,
+                "heartbeat_unix_ms": i.heartbeat_unix_ms,
+                "heartbeat_ago_ms": now.saturating_sub(i.heartbeat_unix_ms),
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "enabled": true,
+            "instance": me,
+            "redis": crate::cluster::redacted(&cluster.settings.redis),
+            "redis_up": cluster.redis.is_up(),
+            "redis_outages": cluster.redis.outages.load(Ordering::Relaxed),
+            "stick_writes_dropped": cluster.dropped_writes.load(Ordering::Relaxed),
+            "instances": instances,
+        }),
     )
 }

@@ -360,6 +360,53 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
     registry.register("tether_open_connections", "Open client connections and tunnels", open);
+    if let Some(cluster) = handle.shared().cluster.get() {
+        let redis_up: Gauge = Gauge::default();
+        redis_up.set(i64::from(cluster.redis.is_up()));
+        registry.register(
+            "tether_cluster_redis_up",
+            "Whether this instance reaches the cluster's Redis (1) or serves from local state (0)",
+            redis_up,
+        );
+        let instances: Gauge = Gauge::default();
+        instances.set(cluster.instances().len() as i64);
+        registry.register(
+            "tether_cluster_instances",
+            "Instances with a recent heartbeat in Redis, this one included (as of the last sync)",
+            instances,
+        );
+        let outages: Counter = Counter::default();
+        outages.inc_by(cluster.redis.outages.load(Ordering::Relaxed));
+        registry.register(
+            "tether_cluster_redis_outages",
+            "Times Redis became unreachable",
+            outages,
+        );
+        let dropped: Counter = Counter::default();
+        dropped.inc_by(cluster.dropped_writes.load(Ordering::Relaxed));
+        registry.register(
+            "tether_cluster_stick_writes_dropped",
+            "Stick-table writes to Redis dropped (queue full, or too many kept during an outage)",
+            dropped,
+        );
+        let remote = GaugeFamily::<ServerLabels>::default();
+        for backend in &snapshot.backends {
+            for server in &backend.servers {
+                let labels = ServerLabels {
+                    backend: backend.name.to_string(),
+                    server: server.name.to_string(),
+                };
+                remote
+                    .get_or_create(&labels)
+                    .set(i64::from(server.state.remote_active()));
+            }
+        }
+        registry.register(
+            "tether_server_remote_active_connections",
+            "Requests and tunnels of the server on the other instances of the cluster (last sync)",
+            remote,
+        );
+    }
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)

@@ -4,7 +4,7 @@
 //! - `auth`: address allow-lists, HTTP Basic logins against argon2 hashes,
 //!   the limit on failed logins;
 //! - `api`: the JSON views and the operator actions (drain, enable,
-//!   disable, maint, weight, reload, stick-table entries);
+//!   disable, maint, weight, reload, stick-table entries, cluster instances);
 //! - `metrics`: the Prometheus exposition, collected from the snapshot at scrape time;
 //! - `page`: the HTML stats page with its polling script.
 //!
@@ -60,6 +60,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/backends/{backend}/servers/{server}/weight"),
     ("GET", "/api/v1/backends/{backend}/sticky"),
     ("POST", "/api/v1/reload"),
+    ("GET", "/api/v1/cluster"),
 ];
 
 /// The `[admin]` settings in force, resolved from the config.
@@ -356,12 +357,31 @@ async fn route(handle: &Handle, ip: IpAddr, request: Request<Incoming>) -> Respo
                     return error_response(StatusCode::BAD_REQUEST, format!("cannot read the request body: {err}"))
                 }
             };
-            api::set_weight(&snapshot, param(0), param(1), &body, user)
+            let response = api::set_weight(&snapshot, param(0), param(1), &body, user);
+            announce(handle, &snapshot, &response, param(0), param(1), user);
+            response
         }
+        "/api/v1/cluster" => api::cluster(handle),
         action => {
             let verb = action.rsplit('/').next().unwrap_or_default();
-            api::server_action(&snapshot, param(0), param(1), verb, user)
+            let response = api::server_action(&snapshot, param(0), param(1), verb, user);
+            announce(handle, &snapshot, &response, param(0), param(1), user);
+            response
         }
+    }
+}
+
+/// In a cluster, shares an operator change that succeeded with the other instances.
+fn announce(
+    handle: &Handle,
+    snapshot: &crate::snapshot::Snapshot,
+    response: &Response<AdminBody>,
+    backend: &str,
+    server: &str,
+    user: &str,
+) {
+    if let (Some(cluster), StatusCode::OK) = (handle.shared().cluster.get(), response.status()) {
+        cluster.announce(snapshot, backend, server, user);
     }
 }
 

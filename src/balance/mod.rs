@@ -112,9 +112,11 @@ impl<'a> Candidates<'a> {
         server.state.effective_weight(server.slowstart)
     }
 
-    /// Active requests and tunnels of server `id`.
+    /// Active requests and tunnels of server `id`: this instance's live
+    /// count plus, in a cluster, the other instances' (as of the last sync).
     pub fn active(&self, id: ServerId) -> u32 {
-        self.servers[id].state.active()
+        let state = &self.servers[id].state;
+        state.active().saturating_add(state.remote_active())
     }
 
     /// Whether server `id` can take this request: weight above 0, up, ready

@@ -204,4 +204,29 @@ address = "127.0.0.1:8200"
         assert_eq!(line, 14);
         assert!(message.contains("prefix length"), "{message}");
     }
+
+    #[test]
+    fn cluster_settings_have_defaults_and_bad_ones_are_located() {
+        let config = parse(
+            &format!("{GOOD}\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\n"),
+            "test.toml",
+        )
+        .expect("valid");
+        let cluster = config.cluster.as_ref().expect("cluster").get_ref();
+        assert_eq!(cluster.prefix, "tether:");
+        assert_eq!(cluster.timeout.get_ref().get().as_millis(), 50);
+        assert_eq!(cluster.sync_interval.get_ref().get().as_secs(), 1);
+        assert!(cluster.instance.is_none());
+        let lines = GOOD.lines().count();
+        let (line, message) = error_of(&format!("{GOOD}\n[cluster]\nredis = \"http://127.0.0.1:6379\"\n"));
+        assert_eq!(line, lines + 3);
+        assert!(message.contains("redis://"), "{message}");
+        let (line, message) = error_of(&format!(
+            "{GOOD}\n[cluster]\nredis = \"rediss://:pw@redis.example:6380/1\"\ntimeout = \"0ms\"\n"
+        ));
+        assert_eq!(line, lines + 4);
+        assert!(message.contains("between 1ms and 5s"), "{message}");
+        let (_, message) = error_of(&format!("{GOOD}\n[cluster]\nredis = \"redis://h:6379\"\nport = 1\n"));
+        assert!(message.contains("unknown field"), "{message}");
+    }
 }

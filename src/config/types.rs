@@ -28,6 +28,36 @@ pub struct Config {
     pub backend: Vec<Backend>,
     /// The admin listener: stats page, `/metrics` and the JSON API; none when absent.
     pub admin: Option<Spanned<Admin>>,
+    /// Shared mode: several instances share stickiness, load and operator
+    /// actions through Redis; every instance alone when absent.
+    pub cluster: Option<Spanned<Cluster>>,
+}
+
+/// Several tether instances sharing state through Redis (`[cluster]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://[:password@]host:port[/db]` or `rediss://…` (TLS).
+    pub redis: Spanned<String>,
+    /// Redis password, when it is not in the URL (wins over the URL's).
+    pub password: Option<String>,
+    /// PEM file of the certificate authority that signed Redis's certificate
+    /// (`rediss://` with a private CA); the bundled public roots when absent.
+    pub tls_ca_file: Option<Spanned<std::path::PathBuf>>,
+    /// This instance's name among the others; host name + `:` + first frontend port when absent.
+    pub instance: Option<Spanned<String>>,
+    /// Prefix of every Redis key and channel tether uses (several clusters may share one Redis).
+    #[serde(default = "defaults::cluster_prefix")]
+    pub prefix: String,
+    /// Limit of every Redis call; a slower call counts as failed and the request goes on without it.
+    #[serde(default = "defaults::cluster_timeout")]
+    pub timeout: Spanned<ConfigDuration>,
+    /// How often each instance publishes its connection counts and reads the others'.
+    #[serde(default = "defaults::cluster_sync_interval")]
+    pub sync_interval: Spanned<ConfigDuration>,
+    /// A stick entry in use has its Redis TTL refreshed at most this often (and at least 4 times per `idle_timeout`).
+    #[serde(default = "defaults::cluster_stick_refresh")]
+    pub stick_refresh: ConfigDuration,
 }
 
 /// The admin listener's settings (`[admin]`).
@@ -757,6 +787,19 @@ impl<'de> Deserialize<'de> for Address {
 pub mod defaults {
     use super::{ConfigDuration, ForwardHeader};
     use std::time::Duration;
+
+    pub(crate) fn cluster_prefix() -> String {
+        "tether:".to_string()
+    }
+    pub(crate) fn cluster_timeout() -> toml::Spanned<ConfigDuration> {
+        toml::Spanned::new(0..0, ConfigDuration(Duration::from_millis(50)))
+    }
+    pub(crate) fn cluster_sync_interval() -> toml::Spanned<ConfigDuration> {
+        toml::Spanned::new(0..0, ConfigDuration(Duration::from_secs(1)))
+    }
+    pub(crate) fn cluster_stick_refresh() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(10))
+    }
 
     pub(crate) fn shutdown_grace() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(30))

@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
 use super::types::{
-    Admin, Balance, CheckKind, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky,
+    Admin, Balance, CheckKind, Cluster, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky,
 };
 use crate::balance::is_prime;
 
@@ -103,6 +103,68 @@ pub(crate) fn validate(config: &Config, source: &SourceMap<'_>) -> Result<(), Co
     }
     if let Some(admin) = &config.admin {
         validate_admin(admin, source)?;
+    }
+    if let Some(cluster) = &config.cluster {
+        validate_cluster(cluster.get_ref(), source)?;
+    }
+    Ok(())
+}
+
+fn validate_cluster(cluster: &Cluster, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let url = cluster.redis.get_ref();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(source.error(
+            Some(cluster.redis.span()),
+            format!("`redis = \"{url}\"` must be a redis:// or rediss:// URL, like \"redis://127.0.0.1:6379\""),
+        ));
+    }
+    if let Err(err) = redis::Client::open(url.as_str()) {
+        return Err(source.error(
+            Some(cluster.redis.span()),
+            format!("`redis` is not a usable Redis URL ({err}): write it as \"redis://[:password@]host:port[/db]\""),
+        ));
+    }
+    if let Some(ca) = &cluster.tls_ca_file {
+        if !url.starts_with("rediss://") {
+            return Err(source.error(
+                Some(ca.span()),
+                "`tls_ca_file` only applies to TLS: write the URL as \"rediss://host:port\" or remove `tls_ca_file`",
+            ));
+        }
+        let readable = std::fs::read(ca.get_ref())
+            .is_ok_and(|pem| String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"));
+        if !readable {
+            return Err(source.error(
+                Some(ca.span()),
+                format!(
+                    "`tls_ca_file` {} cannot be read as a PEM certificate: give the CA's certificate file",
+                    ca.get_ref().display()
+                ),
+            ));
+        }
+    }
+    if let Some(instance) = &cluster.instance {
+        let name = instance.get_ref();
+        if name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(source.error(
+                Some(instance.span()),
+                "`instance` must be a non-empty name without spaces, at most 200 bytes (default: host name and port)",
+            ));
+        }
+    }
+    let timeout = cluster.timeout.get_ref().get();
+    if timeout.is_zero() || timeout > std::time::Duration::from_secs(5) {
+        return Err(source.error(
+            Some(cluster.timeout.span()),
+            "`timeout` must be between 1ms and 5s (default \"50ms\"): it bounds every Redis call a request may wait for",
+        ));
+    }
+    let sync = cluster.sync_interval.get_ref().get();
+    if sync < std::time::Duration::from_millis(100) || sync > std::time::Duration::from_secs(60) {
+        return Err(source.error(
+            Some(cluster.sync_interval.span()),
+            "`sync_interval` must be between 100ms and 60s (default \"1s\")",
+        ));
     }
     Ok(())
 }

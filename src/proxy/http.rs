@@ -235,6 +235,10 @@ async fn forward(
     let key = RequestKey {
         hash_input: backend.key_source.extract(&request, client_ip.as_slice()),
     };
+    if let Some(policy) = &backend.sticky {
+        // A cluster's shared table may need one bounded Redis lookup first.
+        policy.fetch_shared(&request).await;
+    }
     let sticky = backend
         .sticky
         .as_ref()

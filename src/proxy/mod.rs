@@ -35,6 +35,8 @@ pub struct Shared {
     pub checkers: crate::health::Checkers,
     /// The admin listener's socket, config file path, reload counts and login limits.
     pub admin: crate::admin::AdminShared,
+    /// Membership of a cluster (`[cluster]`), set once at bind; unset when alone.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -46,6 +48,7 @@ impl Shared {
             open: Arc::new(Tracker::default()),
             checkers: crate::health::Checkers::default(),
             admin: crate::admin::AdminShared::default(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 }

@@ -6,9 +6,11 @@
 //! - `table`: session ids learned from servers' responses, matched in later
 //!   requests' cookies, URL parameters or headers.
 //! - `engineio`: the Socket.IO handshake, whose `sid` is learned from its body.
+//! - `redis`: the stick table shared by the instances of a cluster.
 
 pub mod cookie;
 pub mod engineio;
+pub mod redis;
 pub mod table;
 
 use std::collections::HashMap;
@@ -64,6 +66,8 @@ pub struct StickyPolicy {
     pub redispatch: bool,
     /// Stuck clients count against `maxconn` too.
     pub respects_maxconn: bool,
+    /// A learned id unused for this long is forgotten (also the TTL of a shared table's entries).
+    pub idle_timeout: std::time::Duration,
 }
 
 /// What stickiness says about one request.
@@ -143,6 +147,28 @@ impl StickyPolicy {
             table,
             redispatch,
             respects_maxconn,
+            idle_timeout: config.idle_timeout.get(),
+        }
+    }
+
+    /// With a shared table: looks up in the shared store the session ids
+    /// `request` carries that the local table does not know (bounded by a
+    /// short timeout), so that `lookup` finds them. Costs nothing otherwise.
+    pub async fn fetch_shared<B>(&self, request: &Request<B>) {
+        let Some(table) = self.table.as_ref().filter(|t| t.is_shared()) else {
+            return;
+        };
+        let keys: Vec<String> = self
+            .matches
+            .iter()
+            .filter_map(|key| key.extract(request))
+            .map(str::to_string)
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        if let Some(fetch) = table.fetch(keys) {
+            fetch.await;
         }
     }
 

@@ -8,6 +8,8 @@
 //! is needed and a paused tokio clock drives the tests.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +38,18 @@ pub trait StickTable: Send + Sync {
     /// Whether the table holds no entry.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Whether the table is shared with other instances (`sticky::redis`).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// For a shared table: a bounded lookup in the shared store of the
+    /// `keys` the local table does not know, caching what it finds, to be
+    /// awaited before `get`. `None` when there is nothing to wait for (a
+    /// local table, every key known, or the shared store unreachable).
+    fn fetch<'a>(&'a self, keys: Vec<String>) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+        let _ = keys;
+        None
     }
 }
 

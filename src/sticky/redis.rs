@@ -1,0 +1,227 @@
+//! The stick table shared by the instances of a cluster through Redis.
+//!
+//! A local `MemoryTable` stays in front, so the hot path makes no Redis
+//! call: a local hit answers at once (and refreshes the Redis TTL in the
+//! background at most once per refresh interval); an insert goes to the
+//! local table and is queued for a pipelined `SET key server PX ttl` by one
+//! writer task, never waited for. Only a session id the local table does
+//! not know costs one `GETEX` bounded by `[cluster] timeout` (`fetch`,
+//! called by the request handler before the synchronous lookup), and none
+//! at all while Redis is known to be down.
+//!
+//! Redis keys: `<prefix>stick:<backend>:<session id>` → server name (names
+//! are the same on every instance; indexes are not).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::table::{StickEntry, StickTable};
+use crate::cluster::{Cluster, StickWrite};
+
+/// A `StickTable` whose entries are shared through Redis.
+pub struct SharedTable {
+    /// The local cache answering lookups.
+    local: Arc<dyn StickTable>,
+    /// The connection, the write queue and the settings.
+    cluster: Arc<Cluster>,
+    /// `<prefix>stick:<backend>:`, the start of every key of this table.
+    key_prefix: String,
+    /// The Redis TTL: the local table's `idle_timeout`, so both forget alike.
+    ttl: Duration,
+    /// Least time between two TTL refreshes of one key in Redis.
+    refresh: Duration,
+    /// When each key was last written to Redis (for the refresh interval).
+    pushed: Mutex<HashMap<String, Instant>>,
+}
+
+impl SharedTable {
+    /// Shares `local` (the table of backend `backend`) with `idle_timeout` as the Redis TTL.
+    pub fn new(local: Arc<dyn StickTable>, cluster: Arc<Cluster>, backend: &str, idle_timeout: Duration) -> Self {
+        let key_prefix = format!("{}:", cluster.key(&["stick", backend]));
+        let refresh = cluster
+            .settings
+            .stick_refresh
+            .min(idle_timeout / 4)
+            .max(Duration::from_millis(10));
+        Self {
+            local,
+            cluster,
+            key_prefix,
+            ttl: idle_timeout.max(Duration::from_millis(1)),
+            refresh,
+            pushed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn redis_key(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+
+    fn pushed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.pushed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `SET key server PX ttl` and notes when.
+    fn push(&self, key: &str, server: Arc<str>) {
+        let now = Instant::now();
+        {
+            let mut pushed = self.pushed();
+            if pushed.len() > 2 * self.local.len() + 1024 {
+                let refresh = self.refresh;
+                pushed.retain(|_, at| now.saturating_duration_since(*at) < refresh);
+            }
+            pushed.insert(key.to_string(), now);
+        }
+        self.cluster.write(StickWrite::Set {
+            key: self.redis_key(key),
+            server,
+            ttl_ms: self.ttl.as_millis() as u64,
+        });
+    }
+
+    /// Refreshes the Redis TTL of `key` if it was not written for `refresh`.
+    fn refresh_if_due(&self, key: &str, server: &Arc<str>) {
+        let due = self.pushed().get(key).is_none_or(|at| at.elapsed() >= self.refresh);
+        if due {
+            self.push(key, server.clone());
+        }
+    }
+
+    /// Looks the keys up in Redis (one pipelined `GETEX … PX ttl`, which
+    /// also refreshes their TTL) and caches what it finds locally.
+    async fn fetch_from_redis(&self, keys: Vec<String>) {
+        let mut pipe = ::redis::pipe();
+        for key in &keys {
+            pipe.cmd("GETEX")
+                .arg(self.redis_key(key))
+                .arg("PX")
+                .arg(self.ttl.as_millis() as u64);
+        }
+        let limit = self.cluster.redis.timeout;
+        match self.cluster.redis.query::<Vec<Option<String>>>(&pipe, limit).await {
+            Ok(servers) => {
+                let now = Instant::now();
+                for (key, server) in keys.into_iter().zip(servers) {
+                    if let Some(server) = server {
+                        self.local.insert(&key, Arc::from(server.as_str()));
+                        self.pushed().insert(key, now);
+                    }
+                }
+            }
+            Err(err) => tracing::debug!(cause = %err, "stick lookup in Redis skipped"),
+        }
+    }
+}
+
+impl StickTable for SharedTable {
+    fn get(&self, key: &str) -> Option<Arc<str>> {
+        let server = self.local.get(key)?;
+        self.refresh_if_due(key, &server);
+        Some(server)
+    }
+
+    fn insert(&self, key: &str, server: Arc<str>) {
+        if key.is_empty() || key.len() > super::table::MAX_KEY_LEN {
+            return;
+        }
+        self.local.insert(key, server.clone());
+        self.push(key, server);
+    }
+
+    fn remove(&self, key: &str) {
+        self.local.remove(key);
+        self.pushed().remove(key);
+        self.cluster.write(StickWrite::Del {
+            key: self.redis_key(key),
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.local.len()
+    }
+
+    fn entries(&self, offset: usize, limit: usize) -> Vec<StickEntry> {
+        self.local.entries(offset, limit)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn fetch<'a>(&'a self, keys: Vec<String>) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+        if !self.cluster.redis.is_up() {
+            return None;
+        }
+        let missing: Vec<String> = keys.into_iter().filter(|k| self.local.get(k).is_none()).collect();
+        if missing.is_empty() {
+            return None;
+        }
+        Some(Box::pin(self.fetch_from_redis(missing)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterSettings;
+    use crate::sticky::table::MemoryTable;
+
+    /// A cluster member that never started: Redis counts as down.
+    fn offline() -> Arc<Cluster> {
+        let settings = ClusterSettings {
+            redis: "redis://127.0.0.1:1".into(),
+            password: None,
+            tls_ca_file: None,
+            instance: Some("t".into()),
+            prefix: "tether:".into(),
+            timeout: Duration::from_millis(50),
+            sync_interval: Duration::from_secs(1),
+            stick_refresh: Duration::from_secs(10),
+        };
+        Arc::new(Cluster::new(settings).expect("valid URL"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_redis_the_local_table_answers_and_writes_wait_for_the_resync() {
+        let cluster = offline();
+        let local = Arc::new(MemoryTable::new(Duration::from_secs(60), 100));
+        let table = SharedTable::new(local, cluster.clone(), "web", Duration::from_secs(60));
+        assert_eq!(table.redis_key("abc"), "tether:stick:web:abc");
+        assert_eq!(table.refresh, Duration::from_secs(10), "stick_refresh, under idle/4");
+        table.insert("abc", Arc::from("s1"));
+        assert_eq!(table.get("abc").as_deref(), Some("s1"));
+        assert!(
+            table.fetch(vec!["zzz".into()]).is_none(),
+            "no Redis call while it is down"
+        );
+        assert_eq!(cluster.pending_writes(), 1, "kept for the next recovery");
+        table.remove("abc");
+        assert_eq!(cluster.pending_writes(), 0, "a removal cancels the pending write");
+        assert!(table.is_empty() && table.is_shared());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hit_refreshes_the_redis_ttl_at_most_once_per_interval() {
+        let cluster = offline();
+        let local = Arc::new(MemoryTable::new(Duration::from_secs(8), 100));
+        let table = SharedTable::new(local, cluster, "web", Duration::from_secs(8));
+        assert_eq!(
+            table.refresh,
+            Duration::from_secs(2),
+            "a quarter of a short idle_timeout"
+        );
+        table.insert("abc", Arc::from("s1"));
+        let first = table.pushed()["abc"];
+        tokio::time::advance(Duration::from_secs(1)).await;
+        table.get("abc");
+        assert_eq!(table.pushed()["abc"], first, "refreshed 1 s ago: no write");
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        table.get("abc");
+        assert!(table.pushed()["abc"] > first, "due: written again");
+    }
+}

@@ -1,0 +1,753 @@
+//! Several tether instances sharing stickiness, load and operator actions
+//! through a real `redis-server` (started here on a free port), and two
+//! instances agreeing without Redis through maglev hashing.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A `redis-server` child process on 127.0.0.1, killed when dropped.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    /// With TLS: the CA certificate (PEM) clients must trust.
+    ca: Option<Vec<u8>>,
+    /// With `requirepass`: the password.
+    password: Option<String>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port.
+    async fn start() -> RedisServer {
+        let port = closed_port().await.port();
+        Self::start_on(port).await
+    }
+
+    /// Starts one on `port` (no persistence: a restart starts empty).
+    async fn start_on(port: u16) -> RedisServer {
+        Self::spawn(port, &[], None, None).await
+    }
+
+    /// Starts one speaking only TLS with a certificate for 127.0.0.1 signed by
+    /// a fresh CA (`ca.pem` in `dir`), asking for `password`.
+    async fn start_tls(dir: &std::path::Path, password: &str) -> RedisServer {
+        let port = closed_port().await.port();
+        std::fs::create_dir_all(dir).expect("temp dir");
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "openssl {args:?} failed: the TLS test needs the openssl command"
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tether test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext.cnf");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "redis.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let path = |name: &str| dir.join(name).display().to_string();
+        let args = [
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            path("redis.pem"),
+            "--tls-key-file".to_string(),
+            path("redis.key"),
+            "--tls-ca-cert-file".to_string(),
+            path("ca.pem"),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+            "--requirepass".to_string(),
+            password.to_string(),
+        ];
+        let ca = std::fs::read(dir.join("ca.pem")).expect("ca.pem");
+        Self::spawn(0, &args, Some(ca), Some(password.to_string())).await
+    }
+
+    async fn spawn(port: u16, extra: &[String], ca: Option<Vec<u8>>, password: Option<String>) -> RedisServer {
+        let tls_port = extra
+            .iter()
+            .position(|a| a == "--tls-port")
+            .and_then(|i| extra.get(i + 1))
+            .and_then(|p| p.parse::<u16>().ok());
+        let binary = ["redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|b| {
+                Command::new(b)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .expect("redis-server is needed for the cluster tests: apt-get install redis-server (.ci/run does)");
+        let child = Command::new(binary)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let server = RedisServer {
+            port: tls_port.unwrap_or(port),
+            child: Some(child),
+            ca,
+            password,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut connection) = server.connection().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut connection).await;
+                if pong.is_ok() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(self.url())?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+            None => redis::Client::open(info)?,
+        };
+        client.get_multiplexed_async_connection().await
+    }
+
+    /// The value of `key`, if any.
+    async fn get(&self, key: &str) -> Option<String> {
+        let mut connection = self.connection().await.expect("connect to redis");
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .expect("GET")
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+    }
+
+    /// Runs a command (`FLUSHALL`, …).
+    async fn command(&self, name: &str) {
+        let mut connection = self.connection().await.expect("connect to redis");
+        let _: () = redis::cmd(name).query_async(&mut connection).await.expect(name);
+    }
+
+    /// `kill -9`: no goodbye to the clients.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `simple_config` plus a loopback admin listener and `[cluster]` for `instance`.
+fn cluster_config(base: &str, redis: &str, instance: &str) -> String {
+    format!("{base}\n[admin]\nbind = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"{redis}\"\ninstance = \"{instance}\"\n")
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; returns how long it took.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+fn admin(tether: &RunningTether) -> SocketAddr {
+    tether.handle.admin_addr().expect("admin listener")
+}
+
+async fn admin_json(tether: &RunningTether, path: &str) -> serde_json::Value {
+    let (status, _, body) = get(admin(tether), path).await;
+    assert_eq!(status, http::StatusCode::OK, "GET {path}");
+    serde_json::from_slice(&body).expect("JSON")
+}
+
+/// The server's field `field` as the instance's API shows it.
+async fn server_field(tether: &RunningTether, server: &str, field: &str) -> serde_json::Value {
+    let servers = admin_json(tether, "/api/v1/servers").await;
+    servers["servers"]
+        .as_array()
+        .and_then(|list| list.iter().find(|s| s["name"] == server))
+        .map(|s| s[field].clone())
+        .unwrap_or_default()
+}
+
+async fn redis_up(tether: &RunningTether) -> Option<bool> {
+    let (_, _, body) = get(admin(tether), "/metrics").await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tether_cluster_redis_up "))
+        .map(|v| v.trim() == "1")
+}
+
+const LEARN: &str =
+    r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "1500ms" }"#;
+
+#[tokio::test]
+async fn a_session_learned_through_one_instance_routes_through_the_other_until_its_ttl() {
+    let redis = RedisServer::start().await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "roundrobin",
+        LEARN,
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+
+    let owner = server_of(a.addr, "/?set_cookie=io=abc").await;
+    let stored = eventually(Duration::from_secs(3), async || {
+        redis.get("tether:stick:pool:abc").await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(
+        stored.is_some(),
+        "the learned id reaches Redis under the prefix, with the server's name"
+    );
+    for _ in 0..6 {
+        assert_eq!(
+            server_of(b.addr, "/?sid=abc").await,
+            owner,
+            "B never saw `abc` but finds it in Redis; roundrobin would rotate"
+        );
+    }
+
+    // An id nobody uses for longer than idle_timeout is gone from Redis too.
+    let owner = server_of(a.addr, "/?set_cookie=io=old").await;
+    let stored = eventually(Duration::from_secs(3), async || {
+        redis.get("tether:stick:pool:old").await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(stored.is_some());
+    let expired = eventually(Duration::from_secs(5), async || {
+        redis.get("tether:stick:pool:old").await.is_none()
+    })
+    .await;
+    assert!(expired.is_some(), "SET … PX idle_timeout: the entry expires in Redis");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        seen.insert(server_of(b.addr, "/?sid=old").await);
+    }
+    assert!(
+        seen.len() > 1,
+        "an expired id sticks to nothing: roundrobin again ({seen:?})"
+    );
+}
+
+/// Opens `count` WebSockets alternately through `a` and `b`, keeping them open.
+async fn open_alternately(a: SocketAddr, b: SocketAddr, count: usize) -> (Vec<Ws>, HashMap<String, usize>) {
+    let mut sockets = Vec::with_capacity(count);
+    let mut per_server = HashMap::new();
+    for i in 0..count {
+        let (ws, server) = ws_connect(if i % 2 == 0 { a } else { b }, "/ws").await;
+        *per_server.entry(server).or_insert(0) += 1;
+        sockets.push(ws);
+    }
+    (sockets, per_server)
+}
+
+#[tokio::test]
+async fn cluster_leastconn_spreads_300_websockets_through_two_instances_within_two_per_server() {
+    let redis = RedisServer::start().await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "leastconn",
+        "",
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+    let (_sockets, per_server) = open_alternately(a.addr, b.addr, 300).await;
+    for server in ["s1", "s2", "s3"] {
+        let n = per_server.get(server).copied().unwrap_or(0);
+        assert!((98..=102).contains(&n), "{server}: {n} of 300 ({per_server:?})");
+    }
+}
+
+#[tokio::test]
+async fn cluster_leastconn_counts_the_other_instances_connections() {
+    let redis = RedisServer::start().await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    // A only knows s1, so all its connections load s1; B knows all three.
+    let only_s1 = simple_config("leastconn", "", &[("s1", s1.addr, "")]);
+    let all = simple_config(
+        "leastconn",
+        "",
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&only_s1, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&all, &redis.url(), "b")).await;
+    let mut sockets = Vec::new();
+    for _ in 0..30 {
+        sockets.push(ws_connect(a.addr, "/ws").await.0);
+    }
+    let synced = eventually(Duration::from_secs(5), async || {
+        server_field(&b, "s1", "remote_active").await == 30
+    })
+    .await;
+    assert!(synced.is_some(), "B learns A's 30 connections on s1 from Redis");
+    let mut through_b = HashMap::new();
+    for _ in 0..30 {
+        let (ws, server) = ws_connect(b.addr, "/ws").await;
+        *through_b.entry(server).or_insert(0) += 1;
+        sockets.push(ws);
+    }
+    assert_eq!(
+        through_b.get("s1"),
+        None,
+        "s1 already holds 30 of the cluster's connections: B fills s2 and s3 first ({through_b:?})"
+    );
+    assert_eq!((through_b.get("s2"), through_b.get("s3")), (Some(&15), Some(&15)));
+}
+
+async fn post(addr: SocketAddr, path: &str) -> String {
+    let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, request.as_bytes()).await
+}
+
+#[tokio::test]
+async fn a_drain_through_one_instance_stops_new_connections_through_the_other_within_a_second() {
+    let redis = RedisServer::start().await;
+    let (s1, s2) = (backend("s1").start().await, backend("s2").start().await);
+    let base = simple_config("roundrobin", "", &[("s1", s1.addr, ""), ("s2", s2.addr, "")]);
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+    // Both subscribed (each instance reads the cluster list once synced).
+    let joined = eventually(Duration::from_secs(5), async || {
+        admin_json(&b, "/api/v1/cluster").await["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+    })
+    .await;
+    assert!(joined.is_some(), "both instances heartbeat in Redis");
+
+    let answer = post(admin(&a), "/api/v1/backends/pool/servers/s1/drain").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let applied = eventually(Duration::from_secs(1), async || {
+        server_field(&b, "s1", "admin").await == "drain"
+    })
+    .await;
+    assert!(applied.is_some(), "B applies A's drain within a second");
+    for _ in 0..10 {
+        assert_eq!(
+            ws_connect(b.addr, "/ws").await.1,
+            "s2",
+            "no new connection to the drained s1 through B"
+        );
+    }
+    // A reload resets admin states to the file's; the cluster's stored state wins again.
+    let config = tether::config::parse(&cluster_config(&base, &redis.url(), "b"), "b.toml").expect("config");
+    b.handle.reload(&config).expect("reload");
+    assert_eq!(
+        server_field(&b, "s1", "admin").await,
+        "drain",
+        "still drained after B's reload"
+    );
+
+    // A weight change travels the same way, and a starting instance reads the stored state.
+    let body = r#"{"weight": 7}"#;
+    let weight = format!(
+        "PUT /api/v1/backends/pool/servers/s2/weight HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(raw_exchange(admin(&a), weight.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let c = start_tether(&cluster_config(&base, &redis.url(), "c")).await;
+    let caught_up = eventually(Duration::from_secs(3), async || {
+        server_field(&c, "s1", "admin").await == "drain" && server_field(&c, "s2", "weight").await == 7
+    })
+    .await;
+    assert!(
+        caught_up.is_some(),
+        "a starting instance applies the stored operator state"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), async || server_field(&b, "s2", "weight").await
+            == 7)
+        .await
+        .is_some()
+    );
+    // The stats API lists the cluster's instances.
+    let cluster = admin_json(&c, "/api/v1/cluster").await;
+    assert_eq!(cluster["instance"], "c");
+    assert_eq!(cluster["redis_up"], true);
+}
+
+/// One WebSocket handshake and close; whether it succeeded.
+async fn handshake(addr: SocketAddr, sid: usize) -> bool {
+    let url = format!("ws://{addr}/ws?sid=k{sid}");
+    match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((mut ws, _))) => {
+            let _ = ws.close(None).await;
+            true
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resynchronise() {
+    init_logs();
+    let mut redis = RedisServer::start().await;
+    let port = redis.port;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "leastconn",
+        r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "10m" }"#,
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(true))
+            .await
+            .is_some()
+    );
+
+    // An operator change before the outage: a restarted (empty) Redis gets it back.
+    let answer = post(admin(&a), "/api/v1/backends/pool/servers/s3/enable").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..20 {
+        let (done, failed, next) = (done.clone(), failed.clone(), next.clone());
+        let targets = [a.addr, b.addr];
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= 2000 {
+                    break;
+                }
+                if !handshake(targets[i % 2], i).await {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    while done.load(Ordering::Relaxed) < 1000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    redis.kill();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no handshake fails because of Redis");
+    assert_eq!(done.load(Ordering::Relaxed), 2000);
+    let took = started.elapsed();
+
+    assert!(
+        eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(false))
+            .await
+            .is_some(),
+        "tether_cluster_redis_up goes to 0"
+    );
+    // Learned while Redis is down: kept locally, pushed once it is back.
+    let owner = server_of(a.addr, "/?set_cookie=io=during").await;
+    assert_eq!(
+        server_of(a.addr, "/?sid=during").await,
+        owner,
+        "the local table still answers"
+    );
+
+    let redis = RedisServer::start_on(port).await;
+    let back = eventually(Duration::from_secs(10), async || {
+        redis_up(&a).await == Some(true) && redis_up(&b).await == Some(true)
+    })
+    .await;
+    assert!(back.is_some(), "both instances reconnect by themselves");
+    let resynced = eventually(Duration::from_secs(5), async || {
+        redis.get("tether:stick:pool:during").await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(
+        resynced.is_some(),
+        "the id learned during the outage is pushed to Redis"
+    );
+    assert_eq!(server_of(b.addr, "/?sid=during").await, owner, "and B finds it");
+    let restored = eventually(Duration::from_secs(5), async || {
+        let mut connection = redis.connection().await.expect("connect");
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg("tether:ops:state")
+            .arg("pool/s3")
+            .query_async(&mut connection)
+            .await
+            .expect("HGET");
+        stored.is_some_and(|json| json.contains("\"admin\":\"ready\""))
+    })
+    .await;
+    assert!(
+        restored.is_some(),
+        "the operator state is stored again in the restarted Redis"
+    );
+    let heartbeats = eventually(Duration::from_secs(5), async || {
+        admin_json(&b, "/api/v1/cluster").await["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+    })
+    .await;
+    assert!(heartbeats.is_some(), "both instances heartbeat again");
+    eprintln!(
+        "2000 handshakes through two instances with Redis killed midway: {took:?}; back up after {:?}",
+        back.unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn two_instances_without_redis_send_a_key_to_the_same_server_with_maglev() {
+    let servers = [
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+        backend("s4").start().await,
+    ];
+    let list: Vec<(&str, SocketAddr, &str)> = servers.iter().map(|s| (s.name(), s.addr, "")).collect();
+    let config = simple_config("url_param", "hash_key = \"room\"\nhash = \"maglev\"", &list);
+    let a = start_tether(&config).await;
+    let b = start_tether(&config).await;
+    let mut used = std::collections::HashSet::new();
+    for room in 0..40 {
+        let path = format!("/?room=room-{room}");
+        let through_a = server_of(a.addr, &path).await;
+        assert_eq!(server_of(b.addr, &path).await, through_a, "{path}");
+        used.insert(through_a);
+    }
+    assert_eq!(used.len(), 4, "the keys spread over every server");
+}
+
+#[tokio::test]
+async fn a_flushed_or_frozen_redis_fails_no_request_and_a_stopping_instance_leaves() {
+    let redis = RedisServer::start().await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "roundrobin",
+        LEARN,
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
+    let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
+    let owner = server_of(a.addr, "/?set_cookie=io=abc").await;
+    let key = "tether:stick:pool:abc";
+    assert!(
+        eventually(Duration::from_secs(3), async || redis.get(key).await.is_some())
+            .await
+            .is_some()
+    );
+
+    // Flushed: A keeps answering from its local table and writes the entry
+    // again when it refreshes its TTL (a quarter of idle_timeout here).
+    redis.command("FLUSHALL").await;
+    let repaired = eventually(Duration::from_secs(3), async || {
+        assert_eq!(server_of(a.addr, "/?sid=abc").await, owner);
+        redis.get(key).await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(repaired.is_some(), "a flushed entry in use is written again");
+    assert_eq!(server_of(b.addr, "/?sid=abc").await, owner);
+
+    // Frozen (SIGSTOP): lookups time out after 50 ms, then are skipped once
+    // the heartbeat says Redis is down; every request is answered.
+    redis.signal("STOP");
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        let started = Instant::now();
+        let (status, _, _) = get(b.addr, &format!("/?sid=unknown-{i}")).await;
+        assert_eq!(status, http::StatusCode::OK);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(3), async || redis_up(&b).await == Some(false))
+            .await
+            .is_some(),
+        "a frozen Redis counts as down"
+    );
+    redis.signal("CONT");
+    assert!(slowest < Duration::from_millis(1000), "slowest request {slowest:?}");
+    assert!(
+        eventually(Duration::from_secs(10), async || redis_up(&b).await == Some(true))
+            .await
+            .is_some(),
+        "back when Redis thaws"
+    );
+    eprintln!("slowest request while Redis was frozen: {slowest:?}");
+
+    // A stopping instance removes its heartbeat at once.
+    assert!(eventually(Duration::from_secs(5), async || {
+        admin_json(&b, "/api/v1/cluster").await["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+    })
+    .await
+    .is_some());
+    a.stop().await;
+    let left = eventually(Duration::from_secs(2), async || {
+        admin_json(&b, "/api/v1/cluster").await["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+    })
+    .await;
+    assert!(left.is_some(), "B stops listing A soon after A stopped");
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_password_shares_session_ids() {
+    let dir = std::env::temp_dir().join(format!("tether-cluster-tls-{}", std::process::id()));
+    let redis = RedisServer::start_tls(&dir, "s3cret pass").await;
+    let (s1, s2, s3) = (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    );
+    let base = simple_config(
+        "roundrobin",
+        LEARN,
+        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    );
+    let tls = format!(
+        "password = \"s3cret pass\"\ntls_ca_file = \"{}\"\n",
+        dir.join("ca.pem").display()
+    );
+    let a = start_tether(&(cluster_config(&base, &redis.url(), "a") + &tls)).await;
+    let b = start_tether(&(cluster_config(&base, &redis.url(), "b") + &tls)).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(true))
+            .await
+            .is_some(),
+        "A reaches Redis over TLS with the password"
+    );
+    let owner = server_of(a.addr, "/?set_cookie=io=tls").await;
+    assert!(eventually(Duration::from_secs(3), async || {
+        redis.get("tether:stick:pool:tls").await.as_deref() == Some(owner.as_str())
+    })
+    .await
+    .is_some());
+    assert_eq!(server_of(b.addr, "/?sid=tls").await, owner);
+    let _ = std::fs::remove_dir_all(&dir);
+}
