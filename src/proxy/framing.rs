@@ -16,10 +16,11 @@ const LONGEST: usize = 18;
 
 /// Follows one request head at a time, line by line, remembering whether it
 /// named `Content-Length` and `Transfer-Encoding`. Costs a few bytes of state
-/// and one pass over head bytes; body and tunnel bytes are never looked at.
+/// and a `memchr` per line (the first 18 bytes of each line are looked at,
+/// the rest skipped); body and tunnel bytes are never looked at.
 #[derive(Debug, Default, Clone)]
 pub struct HeadScanner {
-    /// The start of the current line, lower-cased (up to `LONGEST` bytes).
+    /// The start of the current line (up to `LONGEST` bytes).
     line: [u8; LONGEST],
     /// Bytes of the current line kept so far (up to `LONGEST`; past it the
     /// rest of the line is skipped).
@@ -42,38 +43,44 @@ impl HeadScanner {
         }
         let mut rest = bytes;
         while !rest.is_empty() {
-            let at = usize::from(self.len);
-            if at >= LONGEST {
+            let kept = usize::from(self.len);
+            if kept >= LONGEST {
                 // Past the names that matter: jump to the end of the line.
-                match rest.iter().position(|&b| b == b'\n') {
-                    Some(end) => {
-                        self.len = 0;
-                        rest = &rest[end + 1..];
-                    }
-                    None => return None,
-                }
-                continue;
-            }
-            let byte = rest[0];
-            rest = &rest[1..];
-            if byte == b'\n' {
-                if at == 0 || (at == 1 && self.line[0] == b'\r') {
-                    self.finished = true;
-                    return Some(self.content_length && self.transfer_encoding);
-                }
+                let end = memchr::memchr(b'\n', rest)?;
                 self.len = 0;
+                rest = &rest[end + 1..];
                 continue;
             }
-            self.line[at] = byte.to_ascii_lowercase();
-            self.len += 1;
-            // Compare only when the line is exactly as long as a name of interest.
-            match at + 1 {
-                15 => self.content_length |= &self.line[..15] == b"content-length:",
-                18 => self.transfer_encoding |= &self.line[..18] == b"transfer-encoding:",
-                _ => {}
+            // Keep the start of the line, up to its end or `LONGEST` bytes.
+            let window = &rest[..rest.len().min(LONGEST - kept)];
+            let line_ends = memchr::memchr(b'\n', window);
+            let taken = line_ends.unwrap_or(window.len());
+            self.line[kept..kept + taken].copy_from_slice(&window[..taken]);
+            let line = &self.line[..kept + taken];
+            if line_ends.is_none() {
+                self.len = (kept + taken) as u8;
+                if line.len() == LONGEST {
+                    self.note_names(LONGEST);
+                }
+                rest = &rest[taken..];
+                continue;
             }
+            if line.is_empty() || line == b"\r" {
+                self.finished = true;
+                return Some(self.content_length && self.transfer_encoding);
+            }
+            self.note_names(line.len());
+            self.len = 0;
+            rest = &rest[taken + 1..];
         }
         None
+    }
+
+    /// Notes which framing field the current line names, given its first `kept` bytes.
+    fn note_names(&mut self, kept: usize) {
+        let line = &self.line[..kept];
+        self.content_length |= line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:");
+        self.transfer_encoding |= line.len() >= 18 && line[..18].eq_ignore_ascii_case(b"transfer-encoding:");
     }
 
     /// Whether the current head has ended (the scanner waits for `reset`).
@@ -153,5 +160,52 @@ mod tests {
         head.extend(std::iter::repeat_n(b'a', 1000));
         head.extend_from_slice(b"\r\n\r\n");
         assert_eq!(conflict(&head, 64), Some(false));
+    }
+
+    proptest::proptest! {
+        /// However a head is split into reads, the verdict is the one a plain
+        /// line-by-line reading gives.
+        #[test]
+        fn the_verdict_does_not_depend_on_how_the_head_is_split(
+            lines in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "Content-Length: 5", "content-length:5", "Transfer-Encoding: chunked",
+                    "TRANSFER-ENCODING: chunked", "X-Content-Length: 1", "Host: a",
+                    "X-Very-Long-Header-Name-Here: transfer-encoding: chunked", "Content-Lengthy: 3",
+                    "Transfer-Encodingx: chunked", "Upgrade: websocket",
+                ]),
+                0..8,
+            ),
+            cuts in proptest::collection::vec(1usize..40, 0..10),
+            bare_lf in proptest::bool::ANY,
+        ) {
+            let eol = if bare_lf { "\n" } else { "\r\n" };
+            let mut head = format!("POST / HTTP/1.1{eol}");
+            for line in &lines {
+                head.push_str(line);
+                head.push_str(eol);
+            }
+            head.push_str(eol);
+            let names: Vec<String> = lines
+                .iter()
+                .map(|l| l.split(':').next().unwrap_or("").to_ascii_lowercase())
+                .collect();
+            let expected = names.iter().any(|n| n == "content-length")
+                && names.iter().any(|n| n == "transfer-encoding");
+            let mut scanner = HeadScanner::default();
+            let mut verdict = None;
+            let mut rest = head.as_bytes();
+            for cut in cuts.iter().chain(std::iter::repeat(&usize::MAX)) {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+                if let Some(v) = scanner.scan(chunk) {
+                    verdict = Some(v);
+                }
+                rest = tail;
+            }
+            proptest::prop_assert_eq!(verdict, Some(expected));
+        }
     }
 }
