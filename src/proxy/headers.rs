@@ -84,9 +84,21 @@ pub fn add_forwarding(headers: &mut HeaderMap, which: &[ForwardHeader], client: 
     }
 }
 
+/// Appends `item` to the list in every `name` line (RFC 9110 §5.3: several
+/// lines are one comma-separated list), leaving one line. Empty lines add
+/// nothing; a line that is not text makes the old list unusable, so it is dropped.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
-    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {item}"),
+    let existing: Option<Vec<&str>> = headers
+        .get_all(&name)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .filter(|text| text.is_none_or(|t| !t.trim().is_empty()))
+        .collect();
+    let joined = match existing {
+        Some(mut list) if !list.is_empty() => {
+            list.push(item);
+            list.join(", ")
+        }
         _ => item.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&joined) {
@@ -127,5 +139,30 @@ mod tests {
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "chat.example.com");
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http;host=\"chat.example.com\"");
+    }
+
+    #[test]
+    fn forwarding_lists_spread_over_several_lines_keep_every_hop() {
+        // Found by the request_head fuzz target: an empty first line made the
+        // hops of the second line vanish from X-Forwarded-For.
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static(""));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9, 10.0.0.4"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.5"));
+        h.append(FORWARDED, HeaderValue::from_static("for=203.0.113.9"));
+        h.append(FORWARDED, HeaderValue::from_static("for=10.0.0.4"));
+        add_forwarding(
+            &mut h,
+            &[ForwardHeader::XForwardedFor, ForwardHeader::Forwarded],
+            "198.51.100.7".parse().unwrap(),
+            false,
+        );
+        let xff: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(xff, ["203.0.113.9, 10.0.0.4, 10.0.0.5, 198.51.100.7"]);
+        let forwarded: Vec<_> = h.get_all(FORWARDED).iter().collect();
+        assert_eq!(
+            forwarded,
+            ["for=203.0.113.9, for=10.0.0.4, for=198.51.100.7;proto=http"]
+        );
     }
 }
