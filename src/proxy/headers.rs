@@ -76,12 +76,27 @@ pub fn add_forwarding(headers: &mut HeaderMap, which: &[ForwardHeader], client: 
                 };
                 let mut element = format!("for={node};proto={proto}");
                 if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-                    element.push_str(&format!(";host=\"{host}\""));
+                    element.push_str(&format!(";host={}", quoted_string(host)));
                 }
                 append_list(headers, FORWARDED, &element);
             }
         }
     }
+}
+
+/// `text` as an RFC 9110 §5.6.4 quoted-string: `"` and `\` are escaped, so a
+/// client's Host cannot close the quote and add parameters or elements of its own.
+fn quoted_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// Appends `item` to the list in every `name` line (RFC 9110 §5.3: several
@@ -139,6 +154,25 @@ mod tests {
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "chat.example.com");
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http;host=\"chat.example.com\"");
+    }
+
+    #[test]
+    fn a_host_with_quotes_cannot_forge_forwarded_parameters() {
+        // Found by the request_head fuzz target: the Host went into the
+        // quoted `host=` unescaped, so `"` in it ended the quote and the rest
+        // became parameters (or a whole element, e.g. a forged `for=`).
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static(r#"a", for=6.6.6.6;host="b\"#));
+        add_forwarding(
+            &mut h,
+            &[ForwardHeader::Forwarded],
+            "198.51.100.7".parse().unwrap(),
+            true,
+        );
+        assert_eq!(
+            h[FORWARDED],
+            r#"for=198.51.100.7;proto=https;host="a\", for=6.6.6.6;host=\"b\\""#
+        );
     }
 
     #[test]
