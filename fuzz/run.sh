@@ -21,12 +21,16 @@ for t in "${targets[@]}"; do
     corpus="fuzz/corpus/$t"
     mkdir -p "$corpus" "fuzz/artifacts/$t"
     extra=()
+    seeds=()
+    if [ -d "fuzz/seeds/$t" ]; then
+        seeds=("fuzz/seeds/$t")
+    fi
     if [ "$t" = config ]; then
         # The shipped example configs are the config target's seeds.
         cp examples/*.toml "$corpus"/
         extra=(-dict=fuzz/config.dict)
     fi
     # One process on one core (the default; -jobs/-workers would fork a child).
-    cargo fuzz run --sanitizer "$sanitizer" "$t" "$corpus" "fuzz/seeds/$t" -- \
+    cargo fuzz run --sanitizer "$sanitizer" "$t" "$corpus" "${seeds[@]}" -- \
         -max_total_time="$seconds" -print_final_stats=1 "${extra[@]}"
 done
