@@ -6,8 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::HeaderMap;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::cidr::Cidr;
 
@@ -77,7 +76,8 @@ const V2_MAX_BODY: usize = 4096;
 /// Reads a PROXY v1 or v2 header from the start of `stream`, consuming
 /// exactly its bytes. Returns the original client's address, or `None` for
 /// `LOCAL`/`UNKNOWN` headers (health checks of the proxy in front).
-pub async fn read_proxy_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, ProxyHeaderError> {
+/// Generic over the reader so the fuzz target can feed it in-memory bytes.
+pub async fn read_proxy_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, ProxyHeaderError> {
     let mut start = [0u8; 8];
     stream.read_exact(&mut start).await?;
     if start == V2_SIGNATURE[..8] {

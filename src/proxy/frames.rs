@@ -165,8 +165,9 @@ impl FrameTracker {
         if let Some((max_frame, max_message)) = self.limits {
             if opcode < 0x8 {
                 // A continuation (0) adds to the message; text or binary starts one.
+                // Saturating: a 64-bit length near u64::MAX must not wrap to a small total.
                 self.message_len = if opcode == 0 {
-                    self.message_len + self.remaining
+                    self.message_len.saturating_add(self.remaining)
                 } else {
                     self.remaining
                 };
@@ -321,6 +322,20 @@ mod tests {
         let mut control = FrameTracker::with_limits(10, 10);
         control.observe(&frame(0x9, true, 100, true));
         assert!(!control.too_big(), "control frames are not data");
+    }
+
+    #[test]
+    fn a_continuation_of_absurd_length_is_too_big_and_does_not_overflow() {
+        // Found by the frame_tracker fuzz target: a one-byte fragment then a
+        // continuation announcing u64::MAX bytes overflowed the message total.
+        let mut stream = frame(0x2, false, 1, true);
+        stream.extend_from_slice(&[0x80, 0x80 | 127]);
+        stream.extend_from_slice(&u64::MAX.to_be_bytes());
+        stream.extend_from_slice(&[1, 2, 3, 4]);
+        let mut t = FrameTracker::with_limits(u64::MAX, 1_000_000);
+        t.observe(&stream);
+        assert!(t.too_big(), "the message is over the limit, not wrapped under it");
+        assert!(!t.at_boundary());
     }
 
     #[test]

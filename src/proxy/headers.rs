@@ -76,7 +76,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, which: &[ForwardHeader], client: 
                 };
                 let mut element = format!("for={node};proto={proto}");
                 if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-                    element.push_str(&format!(";host=\"{host}\""));
+                    element.push_str(&format!(";host={}", quoted_string(host)));
                 }
                 append_list(headers, FORWARDED, &element);
             }
@@ -84,9 +84,36 @@ pub fn add_forwarding(headers: &mut HeaderMap, which: &[ForwardHeader], client: 
     }
 }
 
+/// `text` as an RFC 9110 §5.6.4 quoted-string: `"` and `\` are escaped, so a
+/// client's Host cannot close the quote and add parameters or elements of its own.
+fn quoted_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// Appends `item` to the list in every `name` line (RFC 9110 §5.3: several
+/// lines are one comma-separated list), leaving one line. Empty lines add
+/// nothing; a line that is not text makes the old list unusable, so it is dropped.
 fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
-    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {item}"),
+    let existing: Option<Vec<&str>> = headers
+        .get_all(&name)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .filter(|text| text.is_none_or(|t| !t.trim().is_empty()))
+        .collect();
+    let joined = match existing {
+        Some(mut list) if !list.is_empty() => {
+            list.push(item);
+            list.join(", ")
+        }
         _ => item.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&joined) {
@@ -127,5 +154,49 @@ mod tests {
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "chat.example.com");
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http;host=\"chat.example.com\"");
+    }
+
+    #[test]
+    fn a_host_with_quotes_cannot_forge_forwarded_parameters() {
+        // Found by the request_head fuzz target: the Host went into the
+        // quoted `host=` unescaped, so `"` in it ended the quote and the rest
+        // became parameters (or a whole element, e.g. a forged `for=`).
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static(r#"a", for=6.6.6.6;host="b\"#));
+        add_forwarding(
+            &mut h,
+            &[ForwardHeader::Forwarded],
+            "198.51.100.7".parse().unwrap(),
+            true,
+        );
+        assert_eq!(
+            h[FORWARDED],
+            r#"for=198.51.100.7;proto=https;host="a\", for=6.6.6.6;host=\"b\\""#
+        );
+    }
+
+    #[test]
+    fn forwarding_lists_spread_over_several_lines_keep_every_hop() {
+        // Found by the request_head fuzz target: an empty first line made the
+        // hops of the second line vanish from X-Forwarded-For.
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static(""));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9, 10.0.0.4"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.5"));
+        h.append(FORWARDED, HeaderValue::from_static("for=203.0.113.9"));
+        h.append(FORWARDED, HeaderValue::from_static("for=10.0.0.4"));
+        add_forwarding(
+            &mut h,
+            &[ForwardHeader::XForwardedFor, ForwardHeader::Forwarded],
+            "198.51.100.7".parse().unwrap(),
+            false,
+        );
+        let xff: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(xff, ["203.0.113.9, 10.0.0.4, 10.0.0.5, 198.51.100.7"]);
+        let forwarded: Vec<_> = h.get_all(FORWARDED).iter().collect();
+        assert_eq!(
+            forwarded,
+            ["for=203.0.113.9, for=10.0.0.4, for=198.51.100.7;proto=http"]
+        );
     }
 }
