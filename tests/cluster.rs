@@ -278,22 +278,29 @@ async fn redis_up(tether: &RunningTether) -> Option<bool> {
         .map(|v| v.trim() == "1")
 }
 
+/// Three backends that announce themselves as s1, s2 and s3.
+async fn three_servers() -> (TestBackend, TestBackend, TestBackend) {
+    (
+        backend("s1").start().await,
+        backend("s2").start().await,
+        backend("s3").start().await,
+    )
+}
+
+/// `simple_config` with `balance` and `extra` over `servers`, named as they announce.
+fn config_over(balance: &str, extra: &str, servers: [&TestBackend; 3]) -> String {
+    let list: Vec<(&str, std::net::SocketAddr, &str)> = servers.iter().map(|s| (s.name(), s.addr, "")).collect();
+    simple_config(balance, extra, &list)
+}
+
 const LEARN: &str =
     r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "1500ms" }"#;
 
 #[tokio::test]
 async fn a_session_learned_through_one_instance_routes_through_the_other_until_its_ttl() {
     let redis = RedisServer::start().await;
-    let (s1, s2, s3) = (
-        backend("s1").start().await,
-        backend("s2").start().await,
-        backend("s3").start().await,
-    );
-    let base = simple_config(
-        "roundrobin",
-        LEARN,
-        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
-    );
+    let (s1, s2, s3) = three_servers().await;
+    let base = config_over("roundrobin", LEARN, [&s1, &s2, &s3]);
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
 
@@ -351,16 +358,8 @@ async fn open_alternately(a: SocketAddr, b: SocketAddr, count: usize) -> (Vec<Ws
 #[tokio::test]
 async fn cluster_leastconn_spreads_300_websockets_through_two_instances_within_two_per_server() {
     let redis = RedisServer::start().await;
-    let (s1, s2, s3) = (
-        backend("s1").start().await,
-        backend("s2").start().await,
-        backend("s3").start().await,
-    );
-    let base = simple_config(
-        "leastconn",
-        "",
-        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
-    );
+    let (s1, s2, s3) = three_servers().await;
+    let base = config_over("leastconn", "", [&s1, &s2, &s3]);
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
     let (_sockets, per_server) = open_alternately(a.addr, b.addr, 300).await;
@@ -373,18 +372,10 @@ async fn cluster_leastconn_spreads_300_websockets_through_two_instances_within_t
 #[tokio::test]
 async fn cluster_leastconn_counts_the_other_instances_connections() {
     let redis = RedisServer::start().await;
-    let (s1, s2, s3) = (
-        backend("s1").start().await,
-        backend("s2").start().await,
-        backend("s3").start().await,
-    );
+    let (s1, s2, s3) = three_servers().await;
     // A only knows s1, so all its connections load s1; B knows all three.
     let only_s1 = simple_config("leastconn", "", &[("s1", s1.addr, "")]);
-    let all = simple_config(
-        "leastconn",
-        "",
-        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
-    );
+    let all = config_over("leastconn", "", [&s1, &s2, &s3]);
     let a = start_tether(&cluster_config(&only_s1, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&all, &redis.url(), "b")).await;
     let mut sockets = Vec::new();
@@ -502,15 +493,11 @@ async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resyn
     init_logs();
     let mut redis = RedisServer::start().await;
     let port = redis.port;
-    let (s1, s2, s3) = (
-        backend("s1").start().await,
-        backend("s2").start().await,
-        backend("s3").start().await,
-    );
-    let base = simple_config(
+    let (s1, s2, s3) = three_servers().await;
+    let base = config_over(
         "leastconn",
         r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "10m" }"#,
-        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+        [&s1, &s2, &s3],
     );
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
@@ -638,16 +625,8 @@ async fn two_instances_without_redis_send_a_key_to_the_same_server_with_maglev()
 #[tokio::test]
 async fn a_flushed_or_frozen_redis_fails_no_request_and_a_stopping_instance_leaves() {
     let redis = RedisServer::start().await;
-    let (s1, s2, s3) = (
-        backend("s1").start().await,
-        backend("s2").start().await,
-        backend("s3").start().await,
-    );
-    let base = simple_config(
-        "roundrobin",
-        LEARN,
-        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
-    );
+    let (s1, s2, s3) = three_servers().await;
+    let base = config_over("roundrobin", LEARN, [&s1, &s2, &s3]);
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
     let owner = server_of(a.addr, "/?set_cookie=io=abc").await;
@@ -720,16 +699,8 @@ async fn a_flushed_or_frozen_redis_fails_no_request_and_a_stopping_instance_leav
 async fn rediss_with_a_private_ca_and_a_password_shares_session_ids() {
     let dir = std::env::temp_dir().join(format!("tether-cluster-tls-{}", std::process::id()));
     let redis = RedisServer::start_tls(&dir, "s3cret pass").await;
-    let (s1, s2, s3) = (
-        backend("s1").start().await,
-        backend("s2").start().await,
-        backend("s3").start().await,
-    );
-    let base = simple_config(
-        "roundrobin",
-        LEARN,
-        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
-    );
+    let (s1, s2, s3) = three_servers().await;
+    let base = config_over("roundrobin", LEARN, [&s1, &s2, &s3]);
     let tls = format!(
         "password = \"s3cret pass\"\ntls_ca_file = \"{}\"\n",
         dir.join("ca.pem").display()

@@ -355,17 +355,19 @@ async fn forward(
         }
         exchange.upgraded = true;
         let tunnel = TunnelJob {
-            token: context.shared.open.enter(),
-            frontend_connection: context.counted.still_open(),
-            client: exchange.log.client,
-            request_id: exchange.log.request_id,
-            frontend: frontend.name.clone(),
-            backend: backend.name.clone(),
-            server: server.name.clone(),
+            holds: TunnelHolds {
+                token: context.shared.open.enter(),
+                frontend_connection: context.counted.still_open(),
+                client: exchange.log.client,
+                request_id: exchange.log.request_id,
+                frontend: frontend.name.clone(),
+                backend: backend.name.clone(),
+                server: server.name.clone(),
+                guard,
+            },
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
             timers: frontend.websocket_timers,
-            guard,
         };
         tokio::spawn(tunnel.run(client_upgrade, server_upgrade));
         return Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange));
@@ -747,6 +749,18 @@ fn local_response(
 
 /// Everything a tunnel task needs once both sides have switched protocols.
 struct TunnelJob {
+    /// What the open tunnel will hold.
+    holds: TunnelHolds,
+    idle: std::time::Duration,
+    /// The frontend's WebSocket frame and message limits (client → server).
+    limits: Option<(u64, u64)>,
+    /// The frontend's WebSocket idle and ping timers.
+    timers: tunnel::Timers,
+}
+
+/// What an open tunnel holds besides its sockets: the counts it keeps up
+/// and what its access-log line will say.
+struct TunnelHolds {
     /// Keeps a graceful stop waiting for this tunnel.
     token: TrackerToken,
     /// Keeps the tunnel counted among its frontend's open connections (the
@@ -757,11 +771,6 @@ struct TunnelJob {
     frontend: Arc<str>,
     backend: Arc<str>,
     server: Arc<str>,
-    idle: std::time::Duration,
-    /// The frontend's WebSocket frame and message limits (client → server).
-    limits: Option<(u64, u64)>,
-    /// The frontend's WebSocket idle and ping timers.
-    timers: tunnel::Timers,
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     guard: ActiveGuard,
 }
@@ -774,11 +783,11 @@ impl TunnelJob {
         let (client, server) = match tokio::try_join!(client, server) {
             Ok(both) => both,
             Err(err) => {
-                tracing::debug!(request_id = %self.request_id, cause = %err, "upgrade did not complete");
+                tracing::debug!(request_id = %self.holds.request_id, cause = %err, "upgrade did not complete");
                 return;
             }
         };
-        let state = self.guard.state().clone();
+        let state = self.holds.guard.state().clone();
         state.tunnels.fetch_add(1, Ordering::Relaxed);
         // Server down, drain and shutdown ask through this registration.
         let registration = state.register_tunnel();
@@ -790,14 +799,7 @@ impl TunnelJob {
             timers: self.timers,
         };
         let carried = CarriedBy {
-            token: self.token,
-            frontend_connection: self.frontend_connection,
-            client: self.client,
-            request_id: self.request_id,
-            frontend: self.frontend,
-            backend: self.backend,
-            server: self.server,
-            guard: self.guard,
+            holds: self.holds,
             registration,
             started: Instant::now(),
         };
@@ -821,20 +823,9 @@ impl TunnelJob {
     }
 }
 
-/// What an open tunnel holds besides its sockets: the counts it keeps up
-/// and what its access-log line will say.
+/// An open tunnel's holdings, its registration and its start.
 struct CarriedBy {
-    /// Keeps a graceful stop waiting for this tunnel.
-    token: TrackerToken,
-    /// Keeps the tunnel counted among its frontend's open connections.
-    frontend_connection: crate::state::FrontendConnection,
-    client: SocketAddr,
-    request_id: RequestId,
-    frontend: Arc<str>,
-    backend: Arc<str>,
-    server: Arc<str>,
-    /// The server slot, held for the tunnel's whole life (leastconn counts it).
-    guard: ActiveGuard,
+    holds: TunnelHolds,
     /// The tunnel's entry in its server's registry (drain and shutdown reach it there).
     registration: crate::proxy::control::TunnelRegistration,
     started: Instant,
@@ -855,15 +846,16 @@ impl CarriedBy {
 
     /// The tunnel ended: counts, histogram and the access-log line.
     fn finish(self, end: tunnel::TunnelEnd) {
-        let state = self.guard.state();
+        let holds = self.holds;
+        let state = holds.guard.state();
         state.tunnels.fetch_sub(1, Ordering::Relaxed);
         state.tunnel_durations.observe(self.started.elapsed().as_secs_f64());
         TunnelLog {
-            request_id: self.request_id,
-            client: self.client,
-            frontend: &self.frontend,
-            backend: &self.backend,
-            server: &self.server,
+            request_id: holds.request_id,
+            client: holds.client,
+            frontend: &holds.frontend,
+            backend: &holds.backend,
+            server: &holds.server,
             bytes_in: end.client_to_server,
             bytes_out: end.server_to_client,
             messages_in: end.messages_in,
@@ -875,9 +867,9 @@ impl CarriedBy {
         }
         .emit();
         drop(self.registration);
-        drop(self.guard);
-        drop(self.frontend_connection);
-        drop(self.token);
+        drop(holds.guard);
+        drop(holds.frontend_connection);
+        drop(holds.token);
     }
 }
 
