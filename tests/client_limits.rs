@@ -14,13 +14,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-fn config_with(frontend_extra: &str, s1: SocketAddr) -> String {
-    simple_config("roundrobin", "", &[("s1", s1, "")]).replace(
-        "default_backend = \"pool\"",
-        &format!("default_backend = \"pool\"\n{frontend_extra}"),
-    )
-}
-
 /// Sends a GET on `stream` and returns the status line (empty if the connection closed first).
 async fn status_on(stream: &mut TcpStream) -> String {
     let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
@@ -59,7 +52,7 @@ async fn ws_from(source: &str, addr: SocketAddr) -> Result<Ws, (u16, Option<Stri
 #[tokio::test]
 async fn connections_per_address_are_capped_and_other_addresses_are_not_affected() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with("per_ip = { max_connections = 3 }", s1.addr)).await;
+    let tether = start_tether(&single_server_config("per_ip = { max_connections = 3 }", s1.addr)).await;
     // Three connections from 127.0.0.2: two keep-alive HTTP, one WebSocket tunnel.
     let mut first = connect_from("127.0.0.2", tether.addr).await;
     assert!(status_on(&mut first).await.starts_with("HTTP/1.1 200"));
@@ -99,7 +92,7 @@ async fn connections_per_address_are_capped_and_other_addresses_are_not_affected
 #[tokio::test]
 async fn handshakes_over_the_per_address_rate_get_429_with_retry_after() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with("per_ip = { rate = \"5/s\" }", s1.addr)).await;
+    let tether = start_tether(&single_server_config("per_ip = { rate = \"5/s\" }", s1.addr)).await;
     let mut open = Vec::new();
     for _ in 0..5 {
         open.push(ws_from("127.0.0.2", tether.addr).await.expect("within the rate"));
@@ -120,7 +113,7 @@ async fn handshakes_over_the_per_address_rate_get_429_with_retry_after() {
 #[tokio::test]
 async fn at_maxconn_new_connections_wait_until_one_closes() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with("maxconn = 2", s1.addr)).await;
+    let tether = start_tether(&single_server_config("maxconn = 2", s1.addr)).await;
     let (first, _) = ws_connect(tether.addr, "/ws").await;
     let mut second = TcpStream::connect(tether.addr).await.unwrap();
     assert!(status_on(&mut second).await.starts_with("HTTP/1.1 200"));
@@ -145,7 +138,11 @@ async fn at_maxconn_new_connections_wait_until_one_closes() {
 #[tokio::test]
 async fn an_idle_websocket_is_closed_with_1001_and_a_busy_one_is_not() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with("websocket = { idle_timeout = \"400ms\" }", s1.addr)).await;
+    let tether = start_tether(&single_server_config(
+        "websocket = { idle_timeout = \"400ms\" }",
+        s1.addr,
+    ))
+    .await;
     let (mut busy, _) = ws_connect(tether.addr, "/ws").await;
     let (mut idle, _) = ws_connect(tether.addr, "/ws").await;
     let started = Instant::now();
@@ -163,7 +160,7 @@ async fn an_idle_websocket_is_closed_with_1001_and_a_busy_one_is_not() {
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed_with_1001() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with(
+    let tether = start_tether(&single_server_config(
         "websocket = { ping_interval = \"200ms\", ping_timeout = \"300ms\" }",
         s1.addr,
     ))
@@ -243,7 +240,7 @@ async fn slowloris_dribblers_do_not_slow_a_normal_client_and_are_all_cut() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with(
+    let tether = start_tether(&single_server_config(
         "timeouts = { http_request = \"2s\", client = \"30s\" }",
         s1.addr,
     ))

@@ -7,17 +7,10 @@ use http::StatusCode;
 use support::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn config_with(frontend_extra: &str, s1: std::net::SocketAddr) -> String {
-    simple_config("roundrobin", "", &[("s1", s1, "")]).replace(
-        "default_backend = \"pool\"",
-        &format!("default_backend = \"pool\"\n{frontend_extra}"),
-    )
-}
-
 #[tokio::test]
 async fn oversized_heads_targets_and_bodies_get_431_414_413() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with(
+    let tether = start_tether(&single_server_config(
         "limits = { max_request_head = 16384, max_headers = 20, max_uri = 1000, max_body = 1000 }",
         s1.addr,
     ))
@@ -44,7 +37,7 @@ async fn oversized_heads_targets_and_bodies_get_431_414_413() {
 #[tokio::test]
 async fn only_allowed_origins_may_open_websockets() {
     let s1 = backend("s1").start().await;
-    let config = config_with(
+    let config = single_server_config(
         "allowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]",
         s1.addr,
     );
@@ -128,7 +121,7 @@ async fn oversized_websocket_messages_and_frames_close_the_tunnel_with_1009() {
     use tokio_tungstenite::tungstenite::Message;
     let s1 = backend("s1").start().await;
     for (limits, too_big) in [("max_message_size = 1000", 2000usize), ("max_frame_size = 300", 500)] {
-        let tether = start_tether(&config_with(&format!("websocket = {{ {limits} }}"), s1.addr)).await;
+        let tether = start_tether(&single_server_config(&format!("websocket = {{ {limits} }}"), s1.addr)).await;
         let (mut ws, _) = ws_connect(tether.addr, "/ws").await;
         ws.send(Message::binary(vec![7u8; 250])).await.unwrap();
         match tokio::time::timeout(

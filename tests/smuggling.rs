@@ -185,10 +185,7 @@ async fn a_chunked_request_reaches_the_server_with_one_unambiguous_framing() {
 #[tokio::test]
 async fn a_chunked_body_over_max_body_gets_413_and_the_server_sees_it_cut_off() {
     let server = RecordingServer::start().await;
-    let config = simple_config("roundrobin", "", &[("s1", server.addr, "")]).replace(
-        "default_backend = \"pool\"",
-        "default_backend = \"pool\"\nlimits = { max_body = 10 }",
-    );
+    let config = single_server_config("limits = { max_body = 10 }", server.addr);
     let tether = start_tether(&config).await;
     let request =
         b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n";

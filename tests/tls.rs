@@ -105,13 +105,9 @@ fn tls_table(leaf: &Leaf) -> String {
     )
 }
 
-/// `simple_config` with extra frontend keys (inserted after `default_backend`).
-fn config_with_frontend(frontend_extra: &str, backend_extra: &str, servers: &[(&str, SocketAddr, &str)]) -> String {
-    simple_config("roundrobin", backend_extra, servers).replacen(
-        "default_backend = \"pool\"\n",
-        &format!("default_backend = \"pool\"\n{frontend_extra}\n"),
-        1,
-    )
+/// `simple_config` over `servers` with extra frontend keys.
+fn tls_config_with(frontend_extra: &str, backend_extra: &str, servers: &[(&str, SocketAddr, &str)]) -> String {
+    with_frontend_keys(&simple_config("roundrobin", backend_extra, servers), frontend_extra)
 }
 
 /// A client configuration trusting `ca` (a PEM file), or any certificate when `None`.
@@ -185,7 +181,7 @@ async fn wss_is_terminated_and_the_server_sees_https() {
     let ca = TestCa::new(&dir.0, "ca");
     let leaf = ca.leaf("site", &["tether.test"]);
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with_frontend(
+    let tether = start_tether(&tls_config_with(
         &tls_table(&leaf),
         "sticky = { cookie = \"SERVERID\" }",
         &[("s1", s1.addr, "cookie = \"s1\"")],
@@ -228,7 +224,7 @@ async fn sni_picks_the_certificate_for_the_name_and_the_first_is_the_default() {
         .iter()
         .map(|l| format!("{{ cert = \"{}\", key = \"{}\" }}", l.cert.display(), l.key.display()))
         .collect();
-    let tether = start_tether(&config_with_frontend(
+    let tether = start_tether(&tls_config_with(
         &format!("tls = {{ certificates = [{}] }}", pairs.join(", ")),
         "",
         &[("s1", s1.addr, "")],
@@ -264,7 +260,7 @@ async fn a_reload_swaps_the_certificate_for_new_connections_and_keeps_open_tunne
     let ca = TestCa::new(&dir.0, "ca");
     let first = ca.leaf("site", &["tether.test"]);
     let s1 = backend("s1").start().await;
-    let text = config_with_frontend(&tls_table(&first), "", &[("s1", s1.addr, "")]);
+    let text = tls_config_with(&tls_table(&first), "", &[("s1", s1.addr, "")]);
     let config_path = dir.path("tether.toml");
     std::fs::write(&config_path, &text).expect("write config");
     let tether = start_tether(&text).await;
@@ -425,7 +421,7 @@ async fn websockets_reach_a_tls_server_and_a_wrong_ca_gives_502() {
 #[tokio::test]
 async fn redirect_https_answers_308_and_tls_frontends_send_hsts() {
     let s1 = backend("s1").start().await;
-    let plain = start_tether(&config_with_frontend(
+    let plain = start_tether(&tls_config_with(
         "redirect_https = true\nhttps_port = 8443",
         "",
         &[("s1", s1.addr, "")],
@@ -440,12 +436,7 @@ async fn redirect_https_answers_308_and_tls_frontends_send_hsts() {
     assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(headers[header::LOCATION], "https://example.test:8443/chat/room?id=7");
     assert_eq!(s1.requests(), 0, "a redirected request never reaches a server");
-    let default_port = start_tether(&config_with_frontend(
-        "redirect_https = true",
-        "",
-        &[("s1", s1.addr, "")],
-    ))
-    .await;
+    let default_port = start_tether(&tls_config_with("redirect_https = true", "", &[("s1", s1.addr, "")])).await;
     let (status, headers, _) = get(default_port.addr, "/x").await;
     assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(headers[header::LOCATION], "https://tether.test/x");
@@ -453,7 +444,7 @@ async fn redirect_https_answers_308_and_tls_frontends_send_hsts() {
     let dir = TempDir::new();
     let ca = TestCa::new(&dir.0, "ca");
     let leaf = ca.leaf("site", &["tether.test"]);
-    let secure = start_tether(&config_with_frontend(
+    let secure = start_tether(&tls_config_with(
         &format!("{}\nhsts = \"max-age=31536000; includeSubDomains\"", tls_table(&leaf)),
         "",
         &[("s1", s1.addr, "")],
@@ -483,7 +474,7 @@ async fn a_client_that_never_finishes_the_handshake_is_closed_and_others_are_ser
     let ca = TestCa::new(&dir.0, "ca");
     let leaf = ca.leaf("site", &["tether.test"]);
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with_frontend(
+    let tether = start_tether(&tls_config_with(
         &format!("{}\ntimeouts = {{ http_request = \"500ms\" }}", tls_table(&leaf)),
         "",
         &[("s1", s1.addr, "")],
@@ -548,7 +539,7 @@ async fn the_proxy_header_comes_before_the_tls_handshake() {
     let ca = TestCa::new(&dir.0, "ca");
     let leaf = ca.leaf("site", &["tether.test"]);
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&config_with_frontend(
+    let tether = start_tether(&tls_config_with(
         &format!(
             "{}\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true",
             tls_table(&leaf)

@@ -287,6 +287,20 @@ pub fn simple_config(balance: &str, backend_extra: &str, servers: &[(&str, Socke
     text
 }
 
+/// `config` with `keys` added to its (first) frontend, after `default_backend`.
+pub fn with_frontend_keys(config: &str, keys: &str) -> String {
+    config.replacen(
+        "default_backend = \"pool\"\n",
+        &format!("default_backend = \"pool\"\n{keys}\n"),
+        1,
+    )
+}
+
+/// One frontend with `frontend_extra` over one server `s1` at `addr`.
+pub fn single_server_config(frontend_extra: &str, addr: SocketAddr) -> String {
+    with_frontend_keys(&simple_config("roundrobin", "", &[("s1", addr, "")]), frontend_extra)
+}
+
 /// An HTTP/1 client connection to `addr`.
 pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.expect("connect to tether");
