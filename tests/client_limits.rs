@@ -240,14 +240,39 @@ async fn slowloris_dribblers_do_not_slow_a_normal_client_and_are_all_cut() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&single_server_config(
-        "timeouts = { http_request = \"2s\", client = \"30s\" }",
-        s1.addr,
-    ))
-    .await;
-    let addr = tether.addr;
-    let mut client = http_client(addr).await;
-    let quiet = latencies(&mut client, 20).await;
+    let config = single_server_config("timeouts = { http_request = \"2s\", client = \"30s\" }", s1.addr);
+    // tether and the normal client each get a thread of their own, as they
+    // would be separate processes: the attackers' tasks in this runtime then
+    // slow neither tether's scheduling nor the measurement.
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let tether_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let tether = start_tether(&config).await;
+            let _ = addr_tx.send(tether.addr);
+            let _ = stop_rx.await;
+        });
+    });
+    let addr = addr_rx.await.unwrap();
+    let measure = move |count: usize| {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut client = http_client(addr).await;
+                latencies(&mut client, count).await
+            })
+        })
+    };
+    let quiet = tokio::task::spawn_blocking(move || measure(20).join().unwrap())
+        .await
+        .unwrap();
     let mut attack = Vec::new();
     for i in 0..dribblers {
         attack.push(tokio::spawn(async move {
@@ -274,7 +299,9 @@ async fn slowloris_dribblers_do_not_slow_a_normal_client_and_are_all_cut() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A normal client, meanwhile: every request answered quickly.
-    let attacked = latencies(&mut client, 40).await;
+    let attacked = tokio::task::spawn_blocking(move || measure(40).join().unwrap())
+        .await
+        .unwrap();
     let slowest = attacked[attacked.len() - 1];
     eprintln!(
         "normal requests, median / slowest: quiet {:?} / {:?}; under {dribblers} dribbling connections {:?} / {slowest:?}",
@@ -294,4 +321,6 @@ async fn slowloris_dribblers_do_not_slow_a_normal_client_and_are_all_cut() {
             .unwrap();
         assert!(lasted < Duration::from_secs(5), "a dribbler lasted {lasted:?}");
     }
+    let _ = stop_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || tether_thread.join()).await;
 }
