@@ -30,17 +30,32 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
+/// The hop-by-hop headers every message loses (RFC 9110 §7.6.1), `Connection` first.
+static HOP_BY_HOP: [HeaderName; 6] = [CONNECTION, PROXY_CONNECTION, KEEP_ALIVE, TE, TRANSFER_ENCODING, UPGRADE];
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection`, every header
 /// it names, and `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`,
 /// `Upgrade`. hyper frames the forwarded body itself.
+///
+/// One pass over the names (no hashing) finds which are present, so only
+/// those are removed: most messages carry one or two of them, or none.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut present = [false; 6];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
     }
-    for name in [CONNECTION, PROXY_CONNECTION, KEEP_ALIVE, TE, TRANSFER_ENCODING, UPGRADE] {
+    if present[0] {
+        let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|name| !HOP_BY_HOP.contains(name))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
 }
