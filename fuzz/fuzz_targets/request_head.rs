@@ -1,7 +1,8 @@
 //! The request-head handling tether does itself, fed arbitrary bytes:
 //! cookies (lookup and sticky rewriting), `Connection`/`Upgrade` token lists
 //! and hop-by-hop removal, the WebSocket handshake check, `X-Forwarded-For`
-//! and `Forwarded`, the Host and query lookups, and the PROXY v1/v2 reader.
+//! and `Forwarded`, the Host and query lookups, the PROXY v1/v2 reader, and
+//! the head scanner that flags `Content-Length` with `Transfer-Encoding`.
 //!
 //! Input: byte 0 steers the chunking of the PROXY reader; the rest is read
 //! both as a PROXY header and as header lines (`name: value`, the first line
@@ -21,6 +22,7 @@ use libfuzzer_sys::fuzz_target;
 use tether::cidr::Cidr;
 use tether::config::types::{ForwardHeader, Sticky};
 use tether::proxy::client_addr::{client_ip, is_trusted, read_proxy_header, ProxyHeaderError};
+use tether::proxy::framing::HeadScanner;
 use tether::proxy::headers::{add_forwarding, has_token, remove_hop_by_hop, tokens};
 use tether::proxy::upgrade::{classify, Handshake};
 use tether::sticky::cookie::{CookieState, CookieSticky};
@@ -49,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     proxy_protocol(seed, body);
+    framing_scan(seed, body);
     let (method, uri, headers) = head(body);
     cookies(&headers);
     hop_by_hop(&headers);
@@ -429,4 +432,39 @@ fn proxy_protocol(seed: u8, body: &[u8]) {
             assert_eq!(consumed, 16 + len, "a v2 header is 16 + length bytes");
         }
     });
+}
+
+/// The head scanner gives the same verdict however the head is split into
+/// reads (`seed` picks the piece sizes), and that verdict is the one a plain
+/// line-by-line reading of the head gives.
+fn framing_scan(seed: u8, body: &[u8]) {
+    let mut whole = HeadScanner::default();
+    let expected = whole.scan(body);
+    let mut pieces = HeadScanner::default();
+    let mut verdict = None;
+    let step = usize::from(seed % 23) + 1;
+    let mut rest = body;
+    while !rest.is_empty() && verdict.is_none() {
+        let (piece, tail) = rest.split_at(step.min(rest.len()));
+        verdict = pieces.scan(piece);
+        rest = tail;
+    }
+    assert_eq!(verdict, expected, "split every {step} bytes");
+    // The reference: lines up to the first empty one (a lone CR counts as empty).
+    let mut names = (false, false);
+    let mut reference = None;
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if !line.ends_with(b"\n") {
+            break;
+        }
+        let line = &line[..line.len() - 1];
+        if line.is_empty() || line == b"\r" {
+            reference = Some(names.0 && names.1);
+            break;
+        }
+        let starts = |name: &[u8]| line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name);
+        names.0 |= starts(b"content-length:");
+        names.1 |= starts(b"transfer-encoding:");
+    }
+    assert_eq!(expected, reference, "{:?}", String::from_utf8_lossy(body));
 }
