@@ -342,8 +342,9 @@ pub struct Timers {
 struct Pinger {
     interval: Duration,
     timeout: Duration,
-    /// The last time the client sent anything.
-    client_seen: Instant,
+    /// When the next ping is due: `interval` after the client last sent
+    /// anything (or shortly, when the server was mid-frame at the last try).
+    ping_at: Instant,
     /// When tether's unanswered ping went out.
     sent: Option<Instant>,
 }
@@ -353,7 +354,7 @@ impl Pinger {
     fn due(&self) -> Instant {
         match self.sent {
             Some(sent) => sent + self.timeout,
-            None => self.client_seen + self.interval,
+            None => self.ping_at,
         }
     }
 }
@@ -427,7 +428,7 @@ where
     let pinger = timers.ping_interval.map(|interval| Pinger {
         interval,
         timeout: timers.ping_timeout.unwrap_or(interval),
-        client_seen: last_activity,
+        ping_at: last_activity + interval,
         sent: None,
     });
     Tunnel {
@@ -556,7 +557,7 @@ where
     if up.active || down.active {
         *t.last_activity = Instant::now();
         if let (true, Some(pinger)) = (up.active, t.pinger.as_mut()) {
-            pinger.client_seen = *t.last_activity;
+            pinger.ping_at = *t.last_activity + pinger.interval;
             pinger.sent = None;
         }
         up.active = false;
@@ -583,14 +584,14 @@ where
                 Some(sent) if sent + pinger.timeout <= now => {
                     start_closing(t.closing, t.boundary_wait, CloseCode::NoPong, cx);
                 }
-                None if pinger.client_seen + pinger.interval <= now => {
+                None if pinger.ping_at <= now => {
                     if t.closing.is_none() && !down.done && !down.close_queued && down.at_boundary() {
                         down.queue_ping();
                         pinger.sent = Some(now);
                         cx.waker().wake_by_ref();
                     } else {
                         // The server is mid-frame: try again shortly.
-                        pinger.client_seen = now + PING_RETRY - pinger.interval;
+                        pinger.ping_at = now + PING_RETRY;
                     }
                 }
                 _ => {}
