@@ -138,8 +138,11 @@ impl FrontendConnection {
     /// Counts the connection for client address `ip` too, unless that
     /// address already holds `max` connections (then `false`: refuse it).
     pub fn count_for(&mut self, ip: IpAddr, max: u32) -> bool {
-        if self.ip.is_some() || !self.state.admission.try_connect(ip, max) {
-            return self.ip.is_some();
+        if self.ip.is_some() {
+            return true;
+        }
+        if !self.state.admission.try_connect(ip, max) {
+            return false;
         }
         self.ip = Some(ip);
         true

@@ -138,10 +138,9 @@ async fn connect(
     let stream = TcpStream::connect(address).await.map_err(CheckError::Connect)?;
     // Best effort: a check works the same with Nagle on.
     let _ = stream.set_nodelay(true);
-    match tls {
-        None => Ok(UpstreamStream::Plain(stream)),
-        Some(tls) => tls.connect(stream, timeout).await.map_err(CheckError::Tls),
-    }
+    UpstreamTls::maybe_start(tls, stream, timeout)
+        .await
+        .map_err(CheckError::Tls)
 }
 
 async fn tcp(address: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<(), CheckError> {

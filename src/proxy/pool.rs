@@ -106,10 +106,9 @@ pub async fn connect_stream(
     tls: Option<&UpstreamTls>,
 ) -> Result<UpstreamStream, ConnectError> {
     let stream = connect(address, timeout).await?;
-    match tls {
-        None => Ok(UpstreamStream::Plain(stream)),
-        Some(tls) => tls.connect(stream, timeout).await.map_err(ConnectError::Tls),
-    }
+    UpstreamTls::maybe_start(tls, stream, timeout)
+        .await
+        .map_err(ConnectError::Tls)
 }
 
 /// Starts an HTTP/1 client on `stream`; its connection task runs on its own.

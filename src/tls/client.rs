@@ -24,6 +24,19 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// `stream` as the proxy uses it: plain without `tls`, else with TLS
+    /// started on it within `timeout` (the pool and the health checks share this).
+    pub async fn maybe_start(
+        tls: Option<&UpstreamTls>,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> std::io::Result<UpstreamStream> {
+        match tls {
+            None => Ok(UpstreamStream::Plain(stream)),
+            Some(tls) => tls.connect(stream, timeout).await,
+        }
+    }
+
     /// Starts TLS on `stream` within `timeout`.
     pub async fn connect(&self, stream: TcpStream, timeout: Duration) -> std::io::Result<UpstreamStream> {
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
