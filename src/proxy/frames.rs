@@ -70,7 +70,7 @@ pub struct FrameTracker {
     /// Header bytes of the frame being parsed (at most 14).
     header: [u8; 14],
     /// How many header bytes are held.
-    have: usize,
+    have: u8,
     /// Payload bytes of the current frame still to pass.
     remaining: u64,
     /// A Close frame passed in this direction.
@@ -79,8 +79,8 @@ pub struct FrameTracker {
     messages: u64,
     /// The status code of the first Close frame, once its two bytes passed.
     close_code: Option<u16>,
-    /// While a Close frame's payload starts: its mask (if any) and the code bytes so far.
-    reading_code: Option<([u8; 4], [u8; 2], usize)>,
+    /// While a Close frame's payload starts: its mask and the code bytes so far.
+    reading_code: Option<CodeRead>,
     /// Largest frame and message payloads allowed in this direction, if limited.
     limits: Option<(u64, u64)>,
     /// Payload bytes of the data message being received so far.
@@ -89,21 +89,34 @@ pub struct FrameTracker {
     too_big: bool,
 }
 
+/// The start of a Close frame's payload being read: its two code bytes.
+/// Kept small (with `u8` counts) because every open tunnel holds two trackers.
+#[derive(Debug, Clone, Copy)]
+struct CodeRead {
+    /// The frame's masking key (zeros when unmasked).
+    mask: [u8; 4],
+    /// The code bytes unmasked so far.
+    code: [u8; 2],
+    /// How many of them.
+    have: u8,
+}
+
 impl FrameTracker {
     /// Accounts for `data`, the next bytes of the stream in this direction.
     pub fn observe(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if self.remaining > 0 {
-                if let Some((mask, mut code, mut have)) = self.reading_code.take() {
+                if let Some(mut read) = self.reading_code.take() {
                     // Only the two code bytes of a Close payload are read (and unmasked).
-                    for byte in data.iter().take(2 - have) {
-                        code[have] = byte ^ mask[have % 4];
-                        have += 1;
+                    for byte in data.iter().take(2 - usize::from(read.have)) {
+                        let at = usize::from(read.have);
+                        read.code[at] = byte ^ read.mask[at % 4];
+                        read.have += 1;
                     }
-                    if have == 2 {
-                        self.close_code.get_or_insert(u16::from_be_bytes(code));
+                    if read.have == 2 {
+                        self.close_code.get_or_insert(u16::from_be_bytes(read.code));
                     } else {
-                        self.reading_code = Some((mask, code, have));
+                        self.reading_code = Some(read);
                     }
                 }
                 let skip = self.remaining.min(data.len() as u64);
@@ -112,12 +125,14 @@ impl FrameTracker {
                 continue;
             }
             let needed = self.header_len().unwrap_or(2);
-            let take = (needed - self.have).min(data.len());
-            self.header[self.have..self.have + take].copy_from_slice(&data[..take]);
-            self.have += take;
+            let have = usize::from(self.have);
+            let take = (needed - have).min(data.len());
+            self.header[have..have + take].copy_from_slice(&data[..take]);
+            // At most 14 header bytes: fits a u8.
+            self.have += take as u8;
             data = &data[take..];
             match self.header_len() {
-                Some(len) if self.have == len => self.finish_header(),
+                Some(len) if usize::from(self.have) == len => self.finish_header(),
                 _ => {}
             }
         }
@@ -148,7 +163,7 @@ impl FrameTracker {
         if opcode == 0x8 {
             self.saw_close = true;
             if self.remaining >= 2 && self.close_code.is_none() {
-                let len = self.have;
+                let len = usize::from(self.have);
                 let mask = if self.header[1] & 0x80 != 0 {
                     [
                         self.header[len - 4],
@@ -159,7 +174,11 @@ impl FrameTracker {
                 } else {
                     [0; 4]
                 };
-                self.reading_code = Some((mask, [0; 2], 0));
+                self.reading_code = Some(CodeRead {
+                    mask,
+                    code: [0; 2],
+                    have: 0,
+                });
             }
         }
         if let Some((max_frame, max_message)) = self.limits {
