@@ -74,7 +74,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, which: &[ForwardHeader], client: 
     let host = headers.get(HOST).cloned();
     for header in which {
         match header {
-            ForwardHeader::XForwardedFor => append_list(headers, X_FORWARDED_FOR, &client.to_string()),
+            ForwardHeader::XForwardedFor => append_list(headers, X_FORWARDED_FOR, ip_text(client)),
             ForwardHeader::XForwardedProto => {
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
             }
@@ -86,14 +86,14 @@ pub fn add_forwarding(headers: &mut HeaderMap, which: &[ForwardHeader], client: 
             ForwardHeader::Forwarded => {
                 // RFC 7239 §6: an IPv6 node is quoted and bracketed.
                 let node = match client {
-                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V4(_) => ip_text(client),
                     IpAddr::V6(v6) => format!("\"[{v6}]\""),
                 };
                 let mut element = format!("for={node};proto={proto}");
                 if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
                     element.push_str(&format!(";host={}", quoted_string(host)));
                 }
-                append_list(headers, FORWARDED, &element);
+                append_list(headers, FORWARDED, element);
             }
         }
     }
@@ -117,7 +117,7 @@ fn quoted_string(text: &str) -> String {
 /// Appends `item` to the list in every `name` line (RFC 9110 §5.3: several
 /// lines are one comma-separated list), leaving one line. Empty lines add
 /// nothing; a line that is not text makes the old list unusable, so it is dropped.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: String) {
     let existing: Option<Vec<&str>> = headers
         .get_all(&name)
         .iter()
@@ -126,18 +126,64 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
         .collect();
     let joined = match existing {
         Some(mut list) if !list.is_empty() => {
-            list.push(item);
+            list.push(&item);
             list.join(", ")
         }
-        _ => item.to_string(),
+        _ => item,
     };
-    if let Ok(value) = HeaderValue::from_str(&joined) {
+    // From a `String`: the value takes its bytes without a copy.
+    if let Ok(value) = HeaderValue::try_from(joined) {
         headers.insert(name, value);
     }
 }
 
+/// A client address as header text. IPv4 is written digit by digit: the
+/// standard `Display` (which supports padding) cost ~1,500 instructions, 2 %
+/// of a whole WebSocket handshake through tether (callgrind).
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.99.100.255",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.9.10",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip), text);
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, n / 2, 255 - n, n.wrapping_mul(7)]);
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
     use super::*;
 
     #[test]

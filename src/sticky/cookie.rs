@@ -35,8 +35,10 @@ pub struct CookieSticky {
     mode: CookieMode,
     indirect: bool,
     nocache: bool,
-    /// `; Path=…; Domain=…; Max-Age=…; HttpOnly; SameSite=…` (Secure is added per frontend).
-    attributes: String,
+    /// The whole `Set-Cookie` value for each server, by `ServerId`: without
+    /// and with `; Secure` (chosen per frontend). Built once per config, so
+    /// inserting the cookie into a response is a reference-count increment.
+    set_cookie: Vec<[Option<HeaderValue>; 2]>,
     /// `Some(x)`: always / never `Secure`; `None`: on TLS frontends only.
     secure: Option<bool>,
     /// The value written for each server, by `ServerId`.
@@ -98,12 +100,20 @@ impl CookieSticky {
                 SameSite::None => "; SameSite=None",
             });
         }
+        let set_cookie = values
+            .iter()
+            .map(|value| {
+                let plain = format!("{name}={value}{attributes}");
+                let secure = format!("{plain}; Secure");
+                [HeaderValue::from_str(&plain).ok(), HeaderValue::from_str(&secure).ok()]
+            })
+            .collect();
         Self {
             name: name.to_string(),
             mode: config.mode,
             indirect: config.indirect,
             nocache: config.nocache,
-            attributes,
+            set_cookie,
             secure: config.secure,
             values,
             by_value,
@@ -170,11 +180,12 @@ impl CookieSticky {
                 if client == CookieState::Server(server) {
                     return;
                 }
-                let mut cookie = format!("{}={value}{}", self.name, self.attributes);
-                if self.secure.unwrap_or(https) {
-                    cookie.push_str("; Secure");
-                }
-                if let Ok(header) = HeaderValue::from_str(&cookie) {
+                let secure = self.secure.unwrap_or(https);
+                if let Some(header) = self
+                    .set_cookie
+                    .get(server)
+                    .and_then(|both| both[usize::from(secure)].clone())
+                {
                     headers.append(SET_COOKIE, header);
                 }
                 if self.nocache {
@@ -211,10 +222,14 @@ impl CookieSticky {
 /// response that sticks its client to a server; an existing `Vary` is kept.
 fn mark_uncacheable(headers: &mut HeaderMap) {
     const DIRECTIVE: &str = "no-cache=\"set-cookie\"";
-    let value = match headers.get(CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
-        Some(existing) if existing.contains(DIRECTIVE) => return,
-        Some(existing) if !existing.is_empty() => format!("{existing}, {DIRECTIVE}"),
-        _ => DIRECTIVE.to_string(),
+    let value = match headers.get(CACHE_CONTROL).map(|v| v.to_str()) {
+        Some(Ok(existing)) if existing.contains(DIRECTIVE) => return,
+        Some(Ok(existing)) if !existing.is_empty() => format!("{existing}, {DIRECTIVE}"),
+        // None, empty or not text: the directive alone.
+        _ => {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static(DIRECTIVE));
+            return;
+        }
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(CACHE_CONTROL, value);
@@ -295,6 +310,10 @@ mod tests {
         let value = tls[SET_COOKIE].to_str().unwrap();
         assert!(value.ends_with("; Secure"), "{value}");
         assert!(value.starts_with(&format!("SERVERID={}", server_cookie_id("web-2", None))));
+        let mut private = HeaderMap::new();
+        private.insert(CACHE_CONTROL, "private".parse().unwrap());
+        c.rewrite_response(&mut private, 0, CookieState::Absent, false);
+        assert_eq!(private[CACHE_CONTROL], "private, no-cache=\"set-cookie\"");
     }
 
     #[test]
