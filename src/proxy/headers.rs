@@ -162,28 +162,6 @@ fn ip_text(ip: IpAddr) -> String {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn client_addresses_are_written_as_display_writes_them() {
-        for text in [
-            "0.0.0.0",
-            "1.2.3.4",
-            "10.99.100.255",
-            "127.0.0.1",
-            "255.255.255.255",
-            "192.168.9.10",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let ip: IpAddr = text.parse().unwrap();
-            assert_eq!(ip_text(ip), text);
-        }
-        for n in 0..=255u8 {
-            let ip = IpAddr::from([n, n / 2, 255 - n, n.wrapping_mul(7)]);
-            assert_eq!(ip_text(ip), ip.to_string());
-        }
-    }
-
     use super::*;
 
     #[test]
@@ -259,5 +237,26 @@ mod tests {
             forwarded,
             ["for=203.0.113.9, for=10.0.0.4, for=198.51.100.7;proto=http"]
         );
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.99.100.255",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.9.10",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip), text);
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, n / 2, 255 - n, n.wrapping_mul(7)]);
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 }

@@ -904,6 +904,7 @@ where
 fn spread_of(request_id: RequestId, n: u64) -> u64 {
     request_id.as_u64() % n.max(1)
 }
+
 #[cfg(test)]
 mod footprint {
     /// An idle WebSocket's largest allocation is its tokio task: this future
