@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tether::config;
+use tether::workers::WorkerThreads;
 use tether::Tether;
 
 #[derive(Parser)]
@@ -122,9 +123,8 @@ fn check(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The runtime: `workers = 1` runs everything on one thread (tokio's
-/// current-thread scheduler, no cross-thread wake-ups: measured faster per
-/// message in `bench/`); more workers use the work-stealing scheduler.
+/// A runtime for the commands other than `run`: one thread with `Some(1)`,
+/// else tokio's work-stealing scheduler.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -138,11 +138,23 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     builder.enable_all().build().context("cannot start the runtime")
 }
 
+/// `run`: `workers` single-threaded runtimes (default one per core), the
+/// main thread's being worker 0, each accepting on its own socket of every
+/// address (see `tether::workers`: measured faster per message in `bench/`
+/// than tokio's work-stealing scheduler, which wakes threads across cores).
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = config::load_file(path)?;
-    let workers = config.workers.as_ref().map(|w| *w.get_ref());
-    runtime(workers)?.block_on(async {
-        let tether = Tether::bind(&config)?;
+    let workers = config
+        .workers
+        .as_ref()
+        .map(|w| *w.get_ref())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let worker_threads = WorkerThreads::start(workers.saturating_sub(1))?;
+    let served = runtime(Some(1))?.block_on(async {
+        let runtimes = std::iter::once(tokio::runtime::Handle::current())
+            .chain(worker_threads.handles())
+            .collect();
+        let tether = Tether::bind_on(&config, runtimes)?;
         for frontend in &config.frontend {
             tracing::info!(frontend = %frontend.name.get_ref(), addresses = ?tether.local_addrs(frontend.name.get_ref()), "listening");
         }
@@ -154,7 +166,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
         tokio::spawn(async move { reload_on_hangup(handle).await });
         tether.run(stop_signal()).await;
         Ok(())
-    })
+    });
+    worker_threads.stop();
+    served
 }
 
 fn demo(listen: SocketAddr) -> anyhow::Result<()> {

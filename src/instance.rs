@@ -6,16 +6,19 @@
 //! then `run(shutdown)` serves until the future resolves.
 //!
 //! Listening sockets use `SO_REUSEPORT`, so a new tether process can bind the
-//! same ports while an old one drains (binary upgrade), and a reload can open
-//! a moved address before closing the old one.
+//! same ports while an old one drains (binary upgrade), a reload can open
+//! a moved address before closing the old one, and each worker thread has a
+//! socket of its own on every address (see [`crate::workers`]).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle as RuntimeHandle;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
@@ -60,16 +63,20 @@ pub enum StartError {
 struct Bound {
     frontend: Arc<str>,
     local: SocketAddr,
-    /// The socket until `run` starts accepting on it.
-    listener: Option<TcpListener>,
-    /// Closes the accept loop (a reload removed the address).
-    close: Option<oneshot::Sender<()>>,
+    /// One socket per worker (all on `local`), until `run` starts accepting on them.
+    sockets: Vec<std::net::TcpListener>,
+    /// Close the accept loops, one per worker (a reload removed the address).
+    close: Vec<oneshot::Sender<()>>,
 }
 
-/// The listening sockets, keyed by (frontend, configured address).
-#[derive(Default)]
+/// The listening sockets, keyed by (frontend, configured address), and the
+/// worker runtimes that accept on them.
 struct Listeners {
     bound: Mutex<HashMap<(Arc<str>, SocketAddr), Bound>>,
+    /// The workers' runtimes: worker `i` accepts on socket `i` of every address.
+    workers: Vec<RuntimeHandle>,
+    /// Connections each worker accepted, for stats and tests.
+    accepted: Vec<Arc<AtomicU64>>,
     /// Set once `run` started, so sockets a reload adds are served at once.
     running: std::sync::atomic::AtomicBool,
     /// Servers a reload removed, kept while they may still have tunnels, so a
@@ -90,8 +97,25 @@ pub struct Handle {
 }
 
 impl Tether {
-    /// Builds the snapshot from `config` and binds every frontend address.
+    /// Builds the snapshot from `config` and binds every frontend address;
+    /// connections are served on the runtime this is called from.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn bind(config: &Config) -> Result<Tether, StartError> {
+        Self::bind_on(config, vec![RuntimeHandle::current()])
+    }
+
+    /// Like [`Tether::bind`], with one worker per runtime in `workers`: every
+    /// frontend address gets one `SO_REUSEPORT` socket per worker, and
+    /// worker `i` accepts on its socket and serves those connections on
+    /// `workers[i]`. Health checks, the admin listener and cluster sync run
+    /// on the runtime `run` is awaited on.
+    ///
+    /// # Panics
+    /// If `workers` is empty, or outside a tokio runtime.
+    pub fn bind_on(config: &Config, workers: Vec<RuntimeHandle>) -> Result<Tether, StartError> {
+        assert!(!workers.is_empty(), "tether needs at least one worker runtime");
         let mut snapshot = Snapshot::build(config, None);
         let cluster = match &config.cluster {
             Some(settings) => {
@@ -103,7 +127,13 @@ impl Tether {
         if let Some(cluster) = &cluster {
             cluster.share_tables(&mut snapshot);
         }
-        let listeners = Arc::new(Listeners::default());
+        let listeners = Arc::new(Listeners {
+            bound: Mutex::default(),
+            accepted: workers.iter().map(|_| Arc::default()).collect(),
+            workers,
+            running: Default::default(),
+            retired: Mutex::default(),
+        });
         let handle = Handle {
             shared: Arc::new(Shared::new(snapshot)),
             listeners,
@@ -146,10 +176,7 @@ impl Tether {
     /// is still open at its end is closed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let handle = self.handle;
-        handle
-            .listeners
-            .running
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        handle.listeners.running.store(true, Ordering::SeqCst);
         handle.start_accepting();
         // Health checks run on their own tasks until this function ends.
         let _checkers = handle.shared.checkers.start(&handle.shared.snapshot);
@@ -246,7 +273,7 @@ impl Handle {
         self.shared.checkers.refresh(&self.shared.snapshot);
         let removed = drain_removed_servers(&previous, &next);
         let mut retired = self.listeners.retired.lock().unwrap_or_else(|p| p.into_inner());
-        retired.retain(|state| state.tunnels.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        retired.retain(|state| state.tunnels.load(Ordering::Relaxed) > 0);
         retired.extend(removed);
         Ok(())
     }
@@ -261,6 +288,16 @@ impl Handle {
             .flat_map(|b| b.servers.iter().map(|s| s.state.clone()))
             .chain(retired)
             .flat_map(|state| state.tunnel_controls())
+            .collect()
+    }
+
+    /// Connections each worker accepted since start (worker 0 first): how
+    /// evenly the kernel spreads clients over the workers' sockets.
+    pub fn accepted_per_worker(&self) -> Vec<u64> {
+        self.listeners
+            .accepted
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -288,16 +325,16 @@ impl Handle {
             if bound.contains_key(key) || fresh.iter().any(|(k, _)| k == key) {
                 continue;
             }
-            let listener = listen(key.1).map_err(|source| StartError::Bind {
+            let sockets = listen_group(key.1, self.listeners.workers.len()).map_err(|source| StartError::Bind {
                 frontend: key.0.to_string(),
                 address: key.1,
                 source,
             })?;
-            fresh.push((key.clone(), listener));
+            fresh.push((key.clone(), sockets));
         }
-        for (key, listener) in fresh {
-            let local = listener.local_addr().unwrap_or(key.1);
-            if self.listeners.running.load(std::sync::atomic::Ordering::SeqCst) {
+        for (key, sockets) in fresh {
+            let local = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(key.1);
+            if self.listeners.running.load(Ordering::SeqCst) {
                 tracing::info!(frontend = %key.0, address = %local, "listening (added by reload)");
             }
             bound.insert(
@@ -305,8 +342,8 @@ impl Handle {
                 Bound {
                     frontend: key.0.clone(),
                     local,
-                    listener: Some(listener),
-                    close: None,
+                    sockets,
+                    close: Vec::new(),
                 },
             );
         }
@@ -314,37 +351,45 @@ impl Handle {
             let keep = wanted.contains(key);
             if !keep {
                 tracing::info!(frontend = %key.0, address = %entry.local, "no longer listening");
-                if let Some(close) = entry.close.take() {
+                for close in entry.close.drain(..) {
                     let _ = close.send(());
                 }
             }
             keep
         });
         drop(bound);
-        if self.listeners.running.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.listeners.running.load(Ordering::SeqCst) {
             self.start_accepting();
         }
         Ok(())
     }
 
-    /// Starts an accept loop on every bound socket that has none yet.
+    /// Starts an accept loop on every bound socket that has none yet, each
+    /// on its worker's runtime.
     fn start_accepting(&self) {
+        let workers = &self.listeners.workers;
         let mut bound = self.listeners.bound.lock().unwrap_or_else(|p| p.into_inner());
         for entry in bound.values_mut() {
-            let Some(listener) = entry.listener.take() else {
-                continue;
-            };
-            let (close, closed) = oneshot::channel::<()>();
-            entry.close = Some(close);
-            let removed = async move {
-                let _ = closed.await;
-            };
-            tokio::spawn(accept_loop(
-                listener,
-                self.shared.clone(),
-                entry.frontend.clone(),
-                removed,
-            ));
+            for (index, socket) in entry.sockets.drain(..).enumerate() {
+                let (close, closed) = oneshot::channel::<()>();
+                entry.close.push(close);
+                let removed = async move {
+                    let _ = closed.await;
+                };
+                let shared = self.shared.clone();
+                let frontend = entry.frontend.clone();
+                let accepted = self.listeners.accepted[index].clone();
+                let local = entry.local;
+                workers[index].spawn(async move {
+                    // Registered with the reactor of the worker that accepts on it.
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => accept_loop(listener, shared, frontend, removed, accepted).await,
+                        Err(err) => {
+                            tracing::error!(frontend = %frontend, address = %local, worker = index, cause = %err, "cannot accept")
+                        }
+                    }
+                });
+            }
         }
     }
 }
@@ -371,7 +416,20 @@ fn drain_removed_servers(previous: &Snapshot, next: &Snapshot) -> Vec<Arc<Server
     removed
 }
 
-fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+/// `count` listening sockets on `address` (`SO_REUSEPORT`): the first picks
+/// the port when `address` has port 0, the others join it.
+fn listen_group(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = listen(address)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(listen(local)?);
+    }
+    Ok(sockets)
+}
+
+/// A listening socket on `address`, not yet tied to a runtime.
+fn listen(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -382,5 +440,6 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
     socket.bind(address)?;
-    socket.listen(LISTEN_BACKLOG)
+    // Registered with a runtime only when its worker starts accepting.
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }

@@ -21,5 +21,6 @@ pub mod snapshot;
 pub mod state;
 pub mod sticky;
 pub mod tls;
+pub mod workers;
 
 pub use instance::{Handle, StartError, Tether};

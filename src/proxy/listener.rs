@@ -3,7 +3,7 @@
 //! and the stop signals.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +25,14 @@ use crate::tls::ClientStream;
 const FRESH_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accepts connections for frontend `frontend` until the graceful stop
-/// begins or `removed` resolves (a reload dropped this address).
+/// begins or `removed` resolves (a reload dropped this address), counting
+/// each in `accepted_count` (the worker's count).
 pub async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     frontend: Arc<str>,
     removed: impl std::future::Future<Output = ()>,
+    accepted_count: Arc<AtomicU64>,
 ) {
     let stopping = shared.stop.graceful();
     tokio::pin!(stopping, removed);
@@ -58,6 +60,7 @@ pub async fn accept_loop(
             _ = &mut removed => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    accepted_count.fetch_add(1, Ordering::Relaxed);
                     let token = shared.open.enter();
                     // Counted here, not in the task, so the next `maxconn` check sees it.
                     let counted = state.connection_opened();

@@ -39,18 +39,21 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-/// Idle keep-alive connections to one server, most recently used last.
+/// Idle keep-alive connections to one server, most recently used last, each
+/// with the worker whose runtime drives it: a worker takes only its own, so
+/// a request never crosses threads (see [`crate::workers`]).
 #[derive(Debug, Default)]
 pub struct Pool {
     /// A plain mutex: it is held for a push or a pop, once per request, never across an await.
-    idle: Mutex<Vec<UpstreamSender>>,
+    idle: Mutex<Vec<(usize, UpstreamSender)>>,
 }
 
 impl Pool {
-    /// An idle connection that is still open and ready, if there is one.
+    /// An idle connection of this worker that is still open and ready, if there is one.
     pub async fn take(&self) -> Option<UpstreamSender> {
+        let worker = crate::workers::current_index();
         loop {
-            let mut sender = self.lock().pop()?;
+            let mut sender = self.pop_for(worker)?;
             if sender.is_closed() {
                 continue;
             }
@@ -70,8 +73,15 @@ impl Pool {
         }
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE_PER_SERVER {
-            idle.push(sender);
+            idle.push((crate::workers::current_index(), sender));
         }
+    }
+
+    /// The most recently returned connection of `worker` (usually the last one).
+    fn pop_for(&self, worker: usize) -> Option<UpstreamSender> {
+        let mut idle = self.lock();
+        let at = idle.iter().rposition(|(owner, _)| *owner == worker)?;
+        Some(idle.remove(at).1)
     }
 
     /// Closes every idle connection (a reload changed how the server is reached).
@@ -84,7 +94,7 @@ impl Pool {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UpstreamSender>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(usize, UpstreamSender)>> {
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

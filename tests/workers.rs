@@ -1,0 +1,180 @@
+//! Several workers: each with its own single-threaded runtime and its own
+//! `SO_REUSEPORT` socket on every address; the kernel spreads clients over
+//! them, and stopping, reloading and pooled keep-alive work across all.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use http::StatusCode;
+use support::*;
+use tether::workers::WorkerThreads;
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Binds `toml` over the test's runtime (worker 0) and `workers`' runtimes.
+async fn start_on_workers(
+    toml: &str,
+    workers: &WorkerThreads,
+) -> (
+    tether::Handle,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = tether::config::parse(toml, "test.toml").expect("config");
+    let runtimes = std::iter::once(tokio::runtime::Handle::current())
+        .chain(workers.handles())
+        .collect();
+    let tether = tether::Tether::bind_on(&config, runtimes).expect("bind");
+    let handle = tether.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(tether.run(async move {
+        let _ = stopped.await;
+    }));
+    (handle, stop, task)
+}
+
+#[tokio::test]
+async fn clients_spread_over_the_workers_and_every_one_is_served() {
+    let s1 = backend("s1").start().await;
+    let s2 = backend("s2").start().await;
+    let workers = WorkerThreads::start(2).expect("worker threads");
+    let config = simple_config("leastconn", "", &[("s1", s1.addr, ""), ("s2", s2.addr, "")]);
+    let (handle, stop, task) = start_on_workers(&config, &workers).await;
+    let addr = handle.local_addrs("public")[0];
+
+    let mut clients = Vec::new();
+    for i in 0..60 {
+        let (mut ws, _server) = ws_connect(addr, "/ws").await;
+        let text = format!("hello {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, text);
+        clients.push(ws);
+    }
+    // Plain HTTP over fresh connections: pooled upstream connections stay usable on every worker.
+    for _ in 0..30 {
+        let (status, _, _) = get(addr, "/").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let accepted = handle.accepted_per_worker();
+    assert_eq!(accepted.len(), 3, "{accepted:?}");
+    assert_eq!(accepted.iter().sum::<u64>(), 90, "{accepted:?}");
+    // 90 connections from distinct source ports: the kernel's hash leaves no
+    // worker without any (the chance it does is about 3 × (2/3)^90).
+    assert!(accepted.iter().all(|n| *n > 0), "{accepted:?}");
+
+    // Stopping closes the tunnels of every worker with 1001.
+    let _ = stop.send(());
+    for ws in clients.iter_mut() {
+        assert_eq!(close_code(ws, Duration::from_secs(4)).await, Some(1001));
+    }
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("tether stopped")
+        .expect("run ended");
+    workers.stop();
+}
+
+#[tokio::test]
+async fn a_reload_adds_and_removes_an_address_on_every_worker() {
+    let s1 = backend("s1").start().await;
+    let workers = WorkerThreads::start(1).expect("worker threads");
+    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")]);
+    let (handle, stop, task) = start_on_workers(&config, &workers).await;
+    let first = handle.local_addrs("public")[0];
+
+    let extra = closed_port().await;
+    let reloaded = config.replace(
+        "bind = [\"127.0.0.1:0\"]",
+        &format!("bind = [\"127.0.0.1:0\", \"{extra}\"]"),
+    );
+    handle
+        .reload(&tether::config::parse(&reloaded, "test.toml").unwrap())
+        .expect("reload");
+    let before = handle.accepted_per_worker();
+    for _ in 0..40 {
+        let (status, _, _) = get(extra, "/").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let after = handle.accepted_per_worker();
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a > b),
+        "both workers accept on the added address: {before:?} -> {after:?}"
+    );
+
+    // Removing it closes the socket of every worker: nothing accepts there any more.
+    handle
+        .reload(&tether::config::parse(&config, "test.toml").unwrap())
+        .expect("reload");
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(extra).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a removed address still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _, _) = get(first, "/").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("tether stopped")
+        .expect("run ended");
+    workers.stop();
+}
+
+#[tokio::test]
+async fn the_binary_with_two_workers_serves_and_stops_on_sigterm() {
+    let s1 = backend("s1").start().await;
+    let port = closed_port().await.port();
+    let dir = std::env::temp_dir().join(format!("tether-workers-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("tether.toml");
+    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"1s\"\nworkers = 2");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .env("TETHER_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tether");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "tether did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let (mut ws, name) = ws_connect(addr, "/ws").await;
+        assert_eq!(name, "s1");
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, format!("m{i}"));
+        clients.push(ws);
+    }
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for ws in clients.iter_mut() {
+        assert_eq!(close_code(ws, Duration::from_secs(4)).await, Some(1001));
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("tether exited with its worker threads")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
