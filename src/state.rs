@@ -115,14 +115,21 @@ pub struct FrontendState {
 }
 
 impl FrontendState {
-    /// Counts an accepted connection until the returned guard drops.
-    pub fn connection_opened(self: &Arc<Self>) -> FrontendConnection {
+    /// Counts an accepted connection until the returned guard drops, if
+    /// fewer than `maxconn` are open (always without a limit). Atomic:
+    /// workers accept at the same time, and only one gets the last slot.
+    pub fn try_connection_opened(self: &Arc<Self>, maxconn: Option<u64>) -> Option<FrontendConnection> {
+        let limit = maxconn.unwrap_or(u64::MAX);
+        self.connections_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()?;
         self.connections_accepted.fetch_add(1, Ordering::Relaxed);
-        self.connections_open.fetch_add(1, Ordering::AcqRel);
-        FrontendConnection {
+        Some(FrontendConnection {
             state: self.clone(),
             ip: None,
-        }
+        })
     }
 }
 

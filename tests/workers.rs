@@ -10,6 +10,8 @@ use futures_util::SinkExt;
 use http::StatusCode;
 use support::*;
 use tether::workers::WorkerThreads;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -69,6 +71,60 @@ async fn clients_spread_over_the_workers_and_every_one_is_served() {
     for ws in clients.iter_mut() {
         assert_eq!(close_code(ws, Duration::from_secs(4)).await, Some(1001));
     }
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("tether stopped")
+        .expect("run ended");
+    workers.stop();
+}
+
+/// Sends a keep-alive GET on `stream`; true if a response starts within `within`.
+async fn answered(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(n)) if n > 0 && buf[..n].starts_with(b"HTTP/1.1 200")
+    )
+}
+
+#[tokio::test]
+async fn maxconn_holds_exactly_when_several_workers_accept_at_once() {
+    let s1 = backend("s1").start().await;
+    let workers = WorkerThreads::start(3).expect("worker threads");
+    let config = single_server_config("maxconn = 5", s1.addr);
+    let (handle, stop, task) = start_on_workers(&config, &workers).await;
+    let addr = handle.local_addrs("public")[0];
+
+    // A burst of 24 clients at once: the four workers race for the last slots.
+    let clients = futures_util::future::join_all((0..24).map(|_| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let served = answered(&mut stream, Duration::from_millis(1500)).await;
+        (stream, served)
+    }))
+    .await;
+    let served = clients.iter().filter(|(_, served)| *served).count();
+    assert_eq!(served, 5, "exactly maxconn connections are served");
+    assert!(
+        handle.accepted_per_worker().iter().sum::<u64>() >= 5,
+        "{:?}",
+        handle.accepted_per_worker()
+    );
+
+    // Closing the served ones lets the waiting ones in, still five at a time.
+    let (served_streams, waiting): (Vec<_>, Vec<_>) = clients.into_iter().partition(|(_, served)| *served);
+    drop(served_streams);
+    let next = futures_util::future::join_all(waiting.into_iter().map(|(mut stream, _)| async move {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(Duration::from_millis(1500), stream.read(&mut buf)).await;
+        (stream, matches!(read, Ok(Ok(n)) if n > 0))
+    }))
+    .await;
+    let served_next = next.iter().filter(|(_, served)| *served).count();
+    assert_eq!(served_next, 5, "the next five are served once the first five closed");
+
+    let _ = stop.send(());
+    drop(next);
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("tether stopped")

@@ -61,9 +61,22 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     accepted_count.fetch_add(1, Ordering::Relaxed);
-                    let token = shared.open.enter();
                     // Counted here, not in the task, so the next `maxconn` check sees it.
-                    let counted = state.connection_opened();
+                    // Another worker may have taken the last slot since the check
+                    // above: then this connection waits, accepted, for the next one.
+                    let counted = loop {
+                        if let Some(counted) = state.try_connection_opened(maxconn) {
+                            break counted;
+                        }
+                        let max = maxconn.unwrap_or(u64::MAX);
+                        tokio::select! {
+                            biased;
+                            _ = &mut stopping => return,
+                            _ = &mut removed => return,
+                            _ = state.admission.wait_for_slot(&state.connections_open, max) => {}
+                        }
+                    };
+                    let token = shared.open.enter();
                     tokio::spawn(serve_connection(stream, peer, shared.clone(), frontend.clone(), counted, token));
                 }
                 Err(err) => {
