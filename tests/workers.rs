@@ -65,6 +65,11 @@ async fn clients_spread_over_the_workers_and_every_one_is_served() {
     // 90 connections from distinct source ports: the kernel's hash leaves no
     // worker without any (the chance it does is about 3 × (2/3)^90).
     assert!(accepted.iter().all(|n| *n > 0), "{accepted:?}");
+    let metrics = tether::admin::metrics::render(&handle).expect("metrics");
+    for (worker, count) in accepted.iter().enumerate() {
+        let line = format!("tether_worker_connections_accepted_total{{worker=\"{worker}\"}} {count}\n");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 
     // Stopping closes the tunnels of every worker with 1001.
     let _ = stop.send(());

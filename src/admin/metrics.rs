@@ -48,6 +48,11 @@ struct FrontendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
     frontend: String,
     reason: String,
@@ -257,6 +262,14 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
     }
     let open: Gauge = Gauge::default();
     open.set(handle.open_connections() as i64);
+    let worker_accepted = CounterFamily::<WorkerLabels>::default();
+    for (worker, count) in handle.accepted_per_worker().into_iter().enumerate() {
+        worker_accepted
+            .get_or_create(&WorkerLabels {
+                worker: worker.to_string(),
+            })
+            .inc_by(count);
+    }
 
     let mut registry = Registry::default();
     registry.register(
@@ -360,6 +373,11 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
     registry.register("tether_open_connections", "Open client connections and tunnels", open);
+    registry.register(
+        "tether_worker_connections_accepted",
+        "Client connections each worker accepted (how evenly the kernel spreads them over the workers' sockets)",
+        worker_accepted,
+    );
     if let Some(cluster) = handle.shared().cluster.get() {
         let redis_up: Gauge = Gauge::default();
         redis_up.set(i64::from(cluster.redis.is_up()));
