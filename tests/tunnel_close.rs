@@ -140,48 +140,21 @@ async fn a_server_taken_out_closes_its_tunnels_with_1012_and_only_those() {
 #[tokio::test]
 async fn stopping_tether_sends_1001_spread_over_the_grace_period_and_exits_zero() {
     let s1 = backend("s1").start().await;
-    let port = closed_port().await.port();
-    let dir = std::env::temp_dir().join(format!("tether-stop-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("tether.toml");
     let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"2s\"\nworkers = 1");
-    std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .env("TETHER_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tether");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "tether did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut tether = TetherProcess::start(&config).await;
     let mut clients = Vec::new();
     for _ in 0..30 {
-        clients.push(ws_connect(addr, "/ws").await.0);
+        clients.push(ws_connect(tether.addr, "/ws").await.0);
     }
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    tether.terminate();
     let signalled = Instant::now();
     let mut arrivals = Vec::new();
     for ws in clients.iter_mut() {
         assert_eq!(close_code(ws, Duration::from_secs(4)).await, Some(1001));
         arrivals.push(signalled.elapsed());
     }
-    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(5), tether.child.wait())
         .await
         .expect("tether exited")
         .unwrap();
@@ -196,5 +169,4 @@ async fn stopping_tether_sends_1001_spread_over_the_grace_period_and_exits_zero(
         *last > Duration::from_millis(400),
         "closes should be spread over the grace period, last at {last:?}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -12,7 +12,6 @@ use support::*;
 use tether::workers::WorkerThreads;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Binds `toml` over the test's runtime (worker 0) and `workers`' runtimes.
@@ -83,6 +82,16 @@ async fn clients_spread_over_the_workers_and_every_one_is_served() {
     workers.stop();
 }
 
+/// Stops the instance, waits for `run` to end, then ends the worker threads.
+async fn stop_all(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>, workers: WorkerThreads) {
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("tether stopped")
+        .expect("run ended");
+    workers.stop();
+}
+
 /// Sends a keep-alive GET on `stream`; true if a response starts within `within`.
 async fn answered(stream: &mut TcpStream, within: Duration) -> bool {
     stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
@@ -128,13 +137,8 @@ async fn maxconn_holds_exactly_when_several_workers_accept_at_once() {
     let served_next = next.iter().filter(|(_, served)| *served).count();
     assert_eq!(served_next, 5, "the next five are served once the first five closed");
 
-    let _ = stop.send(());
     drop(next);
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("tether stopped")
-        .expect("run ended");
-    workers.stop();
+    stop_all(stop, task, workers).await;
 }
 
 #[tokio::test]
@@ -179,42 +183,16 @@ async fn a_reload_adds_and_removes_an_address_on_every_worker() {
     let (status, _, _) = get(first, "/").await;
     assert_eq!(status, StatusCode::OK);
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("tether stopped")
-        .expect("run ended");
-    workers.stop();
+    stop_all(stop, task, workers).await;
 }
 
 #[tokio::test]
 async fn the_binary_with_two_workers_serves_and_stops_on_sigterm() {
     let s1 = backend("s1").start().await;
-    let port = closed_port().await.port();
-    let dir = std::env::temp_dir().join(format!("tether-workers-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("tether.toml");
     let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"1s\"\nworkers = 2");
-    std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .env("TETHER_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start tether");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "tether did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut tether = TetherProcess::start(&config).await;
+    let addr = tether.addr;
     let mut clients = Vec::new();
     for i in 0..30 {
         let (mut ws, name) = ws_connect(addr, "/ws").await;
@@ -223,19 +201,13 @@ async fn the_binary_with_two_workers_serves_and_stops_on_sigterm() {
         assert_eq!(next_text(&mut ws).await, format!("m{i}"));
         clients.push(ws);
     }
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    tether.terminate();
     for ws in clients.iter_mut() {
         assert_eq!(close_code(ws, Duration::from_secs(4)).await, Some(1001));
     }
-    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(5), tether.child.wait())
         .await
         .expect("tether exited with its worker threads")
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -454,3 +454,62 @@ pub fn ensure_npm_packages(dir: &std::path::Path, packages: &[&str]) {
         assert!(!missing(package), "{package} is still missing in {}", dir.display());
     }
 }
+
+/// `tether run` in a process of its own, its config in a temporary folder.
+pub struct TetherProcess {
+    /// The process; killed if still running when this drops.
+    pub child: tokio::process::Child,
+    /// The frontend's address (127.0.0.1 and the port it was given).
+    pub addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl TetherProcess {
+    /// Starts `tether run` with `config`, whose frontend binds `127.0.0.1:0`,
+    /// moved to a free port; returns once that port accepts.
+    pub async fn start(config: &str) -> TetherProcess {
+        let port = closed_port().await.port();
+        let dir = std::env::temp_dir().join(format!("tether-process-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("tether.toml");
+        std::fs::write(
+            &config_path,
+            config.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+        )
+        .unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("TETHER_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tether");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = std::time::Instant::now();
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "tether did not start listening"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        TetherProcess { child, addr, dir }
+    }
+
+    /// Sends SIGTERM (the graceful stop).
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("tether is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {pid}");
+    }
+}
+
+impl Drop for TetherProcess {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
