@@ -17,12 +17,26 @@ try {
   });
   const page = await context.newPage();
   await page.goto(url, { waitUntil: "domcontentloaded", timeout: 15000 });
-  await page.waitForSelector(".server[data-server]", { timeout: 15000 });
-  for (const card of await page.$$(".server[data-server]")) {
-    const name = await card.getAttribute("data-server");
-    const tunnels = (await card.$eval("dd.tunnels", (el) => el.textContent)).trim();
-    const state = (await card.$eval(".state", (el) => el.textContent)).trim();
-    result.servers[name] = { tunnels: Number(tunnels), state };
+  // The page redraws its cards on every poll: wait until every card has its
+  // figures, then read them all in one evaluation, so a redraw cannot detach
+  // a card between two reads.
+  await page.waitForFunction(
+    () => {
+      const cards = [...document.querySelectorAll(".server[data-server]")];
+      return cards.length > 0 && cards.every((card) => card.querySelector("dd.tunnels") && card.querySelector(".state"));
+    },
+    null,
+    { timeout: 15000 },
+  );
+  const cards = await page.$$eval(".server[data-server]", (els) =>
+    els.map((el) => ({
+      name: el.getAttribute("data-server"),
+      tunnels: el.querySelector("dd.tunnels").textContent.trim(),
+      state: el.querySelector(".state").textContent.trim(),
+    })),
+  );
+  for (const card of cards) {
+    result.servers[card.name] = { tunnels: Number(card.tunnels), state: card.state };
   }
   await page.click(`.server[data-server="${server}"] button[data-act="drain"]`);
   await page.waitForFunction(
