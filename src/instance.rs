@@ -266,6 +266,16 @@ impl Handle {
         } else if config.cluster.is_some() {
             tracing::warn!("[cluster] was added to the configuration: restart tether to join the cluster");
         }
+        if let Some(workers) = config.workers.as_ref().map(|w| *w.get_ref()) {
+            let running = self.listeners.workers.len();
+            if workers != running {
+                tracing::warn!(
+                    workers,
+                    running,
+                    "`workers` changed: restart tether to apply it (this process keeps its workers)"
+                );
+            }
+        }
         let next = Arc::new(next);
         self.sync_listeners(&next)?;
         self.shared.snapshot.store(next.clone());

@@ -211,3 +211,32 @@ async fn the_binary_with_two_workers_serves_and_stops_on_sigterm() {
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_workers_warns_and_keeps_the_running_ones() {
+    let s1 = backend("s1").start().await;
+    let workers = WorkerThreads::start(1).expect("worker threads");
+    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
+        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"2s\"\nworkers = 2");
+    let (handle, stop, task) = start_on_workers(&config, &workers).await;
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let changed = tether::config::parse(&config.replace("workers = 2", "workers = 4"), "test.toml").unwrap();
+    tracing::subscriber::with_default(subscriber, || handle.reload(&changed)).expect("reload");
+    assert!(
+        captured
+            .text()
+            .contains("`workers` changed: restart tether to apply it"),
+        "{}",
+        captured.text()
+    );
+    assert_eq!(handle.accepted_per_worker().len(), 2, "the running workers stay");
+    let (status, _, _) = get(handle.local_addrs("public")[0], "/").await;
+    assert_eq!(status, StatusCode::OK);
+    stop_all(stop, task, workers).await;
+}
