@@ -123,17 +123,20 @@ fn check(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A runtime for the commands other than `run`: one thread with `Some(1)`,
-/// else tokio's work-stealing scheduler.
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+/// Which tokio scheduler a command runs on.
+#[derive(Clone, Copy)]
+enum Scheduler {
+    /// Everything on the calling thread (`run`'s worker 0, `echo`).
+    OneThread,
+    /// tokio's work-stealing scheduler over every core (`demo`).
+    WorkStealing,
+}
+
+/// A runtime with timers and I/O enabled, on `scheduler`.
+fn runtime(scheduler: Scheduler) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match scheduler {
+        Scheduler::OneThread => tokio::runtime::Builder::new_current_thread(),
+        Scheduler::WorkStealing => tokio::runtime::Builder::new_multi_thread(),
     };
     builder.enable_all().build().context("cannot start the runtime")
 }
@@ -150,7 +153,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .map(|w| *w.get_ref())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let worker_threads = WorkerThreads::start(workers.saturating_sub(1))?;
-    let served = runtime(Some(1))?.block_on(async {
+    let served = runtime(Scheduler::OneThread)?.block_on(async {
         let runtimes = std::iter::once(tokio::runtime::Handle::current())
             .chain(worker_threads.handles())
             .collect();
@@ -172,7 +175,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
 }
 
 fn demo(listen: SocketAddr) -> anyhow::Result<()> {
-    runtime(None)?.block_on(async {
+    runtime(Scheduler::WorkStealing)?.block_on(async {
         let tether = tether::demo::prepare(listen).await?;
         let address = tether.local_addrs("demo").first().copied().unwrap_or(listen);
         println!(
@@ -185,7 +188,7 @@ fn demo(listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn echo(listen: SocketAddr, name: String) -> anyhow::Result<()> {
-    runtime(Some(1))?.block_on(async {
+    runtime(Scheduler::OneThread)?.block_on(async {
         // Lives as long as the process: leaking the name gives the server its `'static` str.
         let name: &'static str = Box::leak(name.into_boxed_str());
         let address = tether::demo::start_echo_server_on(listen, name).await?;
