@@ -154,10 +154,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let worker_threads = WorkerThreads::start(workers.saturating_sub(1))?;
     let served = runtime(Scheduler::OneThread)?.block_on(async {
-        let runtimes = std::iter::once(tokio::runtime::Handle::current())
-            .chain(worker_threads.handles())
-            .collect();
-        let tether = Tether::bind_on(&config, runtimes)?;
+        let tether = Tether::bind_on(&config, worker_threads.runtimes())?;
         for frontend in &config.frontend {
             tracing::info!(frontend = %frontend.name.get_ref(), addresses = ?tether.local_addrs(frontend.name.get_ref()), "listening");
         }

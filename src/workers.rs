@@ -68,6 +68,15 @@ impl WorkerThreads {
         self.workers.iter().map(|w| w.handle.clone()).collect()
     }
 
+    /// Every worker's runtime for [`crate::Tether::bind_on`]: the calling
+    /// thread's (worker 0) first, then the started workers'.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn runtimes(&self) -> Vec<Handle> {
+        std::iter::once(Handle::current()).chain(self.handles()).collect()
+    }
+
     /// Ends every worker: tasks still running on them are dropped, then the
     /// threads are joined. Call it after the instance stopped gracefully.
     pub fn stop(mut self) {

@@ -14,35 +14,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Binds `toml` over the test's runtime (worker 0) and `workers`' runtimes.
-async fn start_on_workers(
-    toml: &str,
-    workers: &WorkerThreads,
-) -> (
-    tether::Handle,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let config = tether::config::parse(toml, "test.toml").expect("config");
-    let runtimes = std::iter::once(tokio::runtime::Handle::current())
-        .chain(workers.handles())
-        .collect();
-    let tether = tether::Tether::bind_on(&config, runtimes).expect("bind");
-    let handle = tether.handle();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(tether.run(async move {
-        let _ = stopped.await;
-    }));
-    (handle, stop, task)
-}
-
 #[tokio::test]
 async fn clients_spread_over_the_workers_and_every_one_is_served() {
     let s1 = backend("s1").start().await;
     let s2 = backend("s2").start().await;
     let workers = WorkerThreads::start(2).expect("worker threads");
     let config = simple_config("leastconn", "", &[("s1", s1.addr, ""), ("s2", s2.addr, "")]);
-    let (handle, stop, task) = start_on_workers(&config, &workers).await;
+    let tether = start_tether_on(&config, workers.runtimes()).await;
+    let handle = tether.handle.clone();
     let addr = handle.local_addrs("public")[0];
 
     let mut clients = Vec::new();
@@ -71,24 +50,21 @@ async fn clients_spread_over_the_workers_and_every_one_is_served() {
     }
 
     // Stopping closes the tunnels of every worker with 1001.
-    let _ = stop.send(());
-    for ws in clients.iter_mut() {
-        assert_eq!(close_code(ws, Duration::from_secs(4)).await, Some(1001));
-    }
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("tether stopped")
-        .expect("run ended");
+    let (stopped, ()) = tokio::join!(tether.stopped_within(Duration::from_secs(5)), async {
+        for ws in clients.iter_mut() {
+            assert_eq!(close_code(ws, Duration::from_secs(4)).await, Some(1001));
+        }
+    });
+    assert!(stopped, "tether stopped and run ended");
     workers.stop();
 }
 
-/// Stops the instance, waits for `run` to end, then ends the worker threads.
-async fn stop_all(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>, workers: WorkerThreads) {
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("tether stopped")
-        .expect("run ended");
+/// Stops the instance, checks that `run` ended, then ends the worker threads.
+async fn stop_all(tether: RunningTether, workers: WorkerThreads) {
+    assert!(
+        tether.stopped_within(Duration::from_secs(5)).await,
+        "tether stopped and run ended"
+    );
     workers.stop();
 }
 
@@ -107,7 +83,8 @@ async fn maxconn_holds_exactly_when_several_workers_accept_at_once() {
     let s1 = backend("s1").start().await;
     let workers = WorkerThreads::start(3).expect("worker threads");
     let config = single_server_config("maxconn = 5", s1.addr);
-    let (handle, stop, task) = start_on_workers(&config, &workers).await;
+    let tether = start_tether_on(&config, workers.runtimes()).await;
+    let handle = tether.handle.clone();
     let addr = handle.local_addrs("public")[0];
 
     // A burst of 24 clients at once: the four workers race for the last slots.
@@ -138,7 +115,7 @@ async fn maxconn_holds_exactly_when_several_workers_accept_at_once() {
     assert_eq!(served_next, 5, "the next five are served once the first five closed");
 
     drop(next);
-    stop_all(stop, task, workers).await;
+    stop_all(tether, workers).await;
 }
 
 #[tokio::test]
@@ -146,7 +123,8 @@ async fn a_reload_adds_and_removes_an_address_on_every_worker() {
     let s1 = backend("s1").start().await;
     let workers = WorkerThreads::start(1).expect("worker threads");
     let config = simple_config("leastconn", "", &[("s1", s1.addr, "")]);
-    let (handle, stop, task) = start_on_workers(&config, &workers).await;
+    let tether = start_tether_on(&config, workers.runtimes()).await;
+    let handle = tether.handle.clone();
     let first = handle.local_addrs("public")[0];
 
     let extra = closed_port().await;
@@ -183,7 +161,7 @@ async fn a_reload_adds_and_removes_an_address_on_every_worker() {
     let (status, _, _) = get(first, "/").await;
     assert_eq!(status, StatusCode::OK);
 
-    stop_all(stop, task, workers).await;
+    stop_all(tether, workers).await;
 }
 
 #[tokio::test]
@@ -218,7 +196,8 @@ async fn a_reload_that_changes_workers_warns_and_keeps_the_running_ones() {
     let workers = WorkerThreads::start(1).expect("worker threads");
     let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
         .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"2s\"\nworkers = 2");
-    let (handle, stop, task) = start_on_workers(&config, &workers).await;
+    let tether = start_tether_on(&config, workers.runtimes()).await;
+    let handle = tether.handle.clone();
 
     let captured = Captured::default();
     let writer = captured.clone();
@@ -238,5 +217,5 @@ async fn a_reload_that_changes_workers_warns_and_keeps_the_running_ones() {
     assert_eq!(handle.accepted_per_worker().len(), 2, "the running workers stay");
     let (status, _, _) = get(handle.local_addrs("public")[0], "/").await;
     assert_eq!(status, StatusCode::OK);
-    stop_all(stop, task, workers).await;
+    stop_all(tether, workers).await;
 }

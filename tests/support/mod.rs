@@ -234,13 +234,19 @@ pub struct RunningTether {
 }
 
 impl RunningTether {
-    /// The address of frontend `name` (for configs with several).
-    pub async fn stop(mut self) {
+    /// Stops it gracefully and waits (up to 10 s) for `run` to end.
+    pub async fn stop(self) {
+        self.stopped_within(Duration::from_secs(10)).await;
+    }
+
+    /// Stops it gracefully; true if `run` ended, without a panic, within `limit`.
+    pub async fn stopped_within(mut self, limit: Duration) -> bool {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        match self.task.take() {
+            Some(task) => matches!(tokio::time::timeout(limit, task).await, Ok(Ok(()))),
+            None => false,
         }
     }
 }
@@ -255,8 +261,14 @@ impl Drop for RunningTether {
 
 /// Starts tether with `toml` (frontend binds should be "127.0.0.1:0").
 pub async fn start_tether(toml: &str) -> RunningTether {
+    start_tether_on(toml, vec![tokio::runtime::Handle::current()]).await
+}
+
+/// Starts tether with `toml`, one worker per runtime in `workers` (see
+/// `Tether::bind_on`); `run` goes on this test's runtime.
+pub async fn start_tether_on(toml: &str, workers: Vec<tokio::runtime::Handle>) -> RunningTether {
     let config = tether::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
-    let tether = tether::Tether::bind(&config).expect("bind tether");
+    let tether = tether::Tether::bind_on(&config, workers).expect("bind tether");
     let first = config.frontend[0].name.get_ref().clone();
     let addr = tether.local_addrs(&first)[0];
     let handle = tether.handle();
