@@ -18,7 +18,7 @@ use super::client_addr::{is_trusted, read_proxy_header};
 use super::conn::{ConnActivity, WatchedIo};
 use super::http::{handle, ConnContext};
 use super::{Shared, TrackerToken};
-use crate::state::FrontendConnection;
+use crate::state::{FrontendConnection, FrontendState};
 use crate::tls::ClientStream;
 
 /// How long a graceful stop waits for a just-accepted connection's first request.
@@ -47,12 +47,10 @@ pub async fn accept_loop(
         };
         // At `maxconn`, leave new connections in the kernel's backlog.
         if let Some(max) = maxconn.filter(|max| state.connections_open.load(Ordering::Acquire) >= *max) {
-            tokio::select! {
-                biased;
-                _ = &mut stopping => break,
-                _ = &mut removed => break,
-                _ = state.admission.wait_for_slot(&state.connections_open, max) => continue,
+            if slot_or_stop(&state, max, stopping.as_mut(), removed.as_mut()).await {
+                continue;
             }
+            break;
         }
         tokio::select! {
             biased;
@@ -69,11 +67,8 @@ pub async fn accept_loop(
                             break counted;
                         }
                         let max = maxconn.unwrap_or(u64::MAX);
-                        tokio::select! {
-                            biased;
-                            _ = &mut stopping => return,
-                            _ = &mut removed => return,
-                            _ = state.admission.wait_for_slot(&state.connections_open, max) => {}
+                        if !slot_or_stop(&state, max, stopping.as_mut(), removed.as_mut()).await {
+                            return;
                         }
                     };
                     let token = shared.open.enter();
@@ -86,6 +81,22 @@ pub async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// Waits until fewer than `max` connections of `state` are open: true then,
+/// false if the graceful stop began or the address was removed first.
+async fn slot_or_stop(
+    state: &FrontendState,
+    max: u64,
+    stopping: impl std::future::Future<Output = ()>,
+    removed: impl std::future::Future<Output = ()>,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = stopping => false,
+        _ = removed => false,
+        _ = state.admission.wait_for_slot(&state.connections_open, max) => true,
     }
 }
 
