@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::util::lock;
 use crate::config::ConfigRate;
 
 /// The table size below which no sweep of idle entries is done.
@@ -182,7 +183,7 @@ impl Admission {
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, IpEntry>> {
         // A panic while holding the lock leaves counts that are still usable.
-        self.per_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.per_ip)
     }
 
     /// Drops idle entries once the table doubled since the last sweep

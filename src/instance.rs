@@ -21,9 +21,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle as RuntimeHandle;
 use tokio::sync::oneshot;
 
+use crate::util::lock;
 use crate::config::Config;
-use crate::proxy::control::{close_spread, TunnelControl};
-use crate::proxy::frames::CloseCode;
+use crate::ws::control::{close_spread, TunnelControl};
+use crate::ws::frames::CloseCode;
 use crate::proxy::listener::accept_loop;
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
@@ -236,7 +237,7 @@ impl Handle {
 
     /// The addresses frontend `name` listens on.
     pub fn local_addrs(&self, name: &str) -> Vec<SocketAddr> {
-        let bound = self.listeners.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let bound = lock(&self.listeners.bound);
         let mut addrs: Vec<SocketAddr> = bound
             .iter()
             .filter(|((f, _), _)| &**f == name)
@@ -282,7 +283,7 @@ impl Handle {
         // Checker tasks of the old snapshot stop; the new one's start (state carries over by name).
         self.shared.checkers.refresh(&self.shared.snapshot);
         let removed = drain_removed_servers(&previous, &next);
-        let mut retired = self.listeners.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retired = lock(&self.listeners.retired);
         retired.retain(|state| state.tunnels.load(Ordering::Relaxed) > 0);
         retired.extend(removed);
         Ok(())
@@ -291,7 +292,7 @@ impl Handle {
     /// The controls of every open tunnel, on current and removed servers.
     fn tunnel_controls(&self) -> Vec<Arc<TunnelControl>> {
         let snapshot = self.snapshot();
-        let retired = self.listeners.retired.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let retired = lock(&self.listeners.retired).clone();
         snapshot
             .backends
             .iter()
@@ -329,7 +330,7 @@ impl Handle {
             .iter()
             .flat_map(|f| f.binds.iter().map(|a| (f.name.clone(), *a)))
             .collect();
-        let mut bound = self.listeners.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bound = lock(&self.listeners.bound);
         let mut fresh = Vec::new();
         for key in &wanted {
             if bound.contains_key(key) || fresh.iter().any(|(k, _)| k == key) {
@@ -378,7 +379,7 @@ impl Handle {
     /// on its worker's runtime.
     fn start_accepting(&self) {
         let workers = &self.listeners.workers;
-        let mut bound = self.listeners.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bound = lock(&self.listeners.bound);
         for entry in bound.values_mut() {
             for (index, socket) in entry.sockets.drain(..).enumerate() {
                 let (close, closed) = oneshot::channel::<()>();

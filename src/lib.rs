@@ -21,6 +21,8 @@ pub mod snapshot;
 pub mod state;
 pub mod sticky;
 pub mod tls;
+pub mod util;
 pub mod workers;
+pub mod ws;
 
 pub use instance::{Handle, StartError, Tether};

@@ -4,16 +4,17 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
+use crate::util::clock::{monotonic_ms, unix_ms};
+use crate::util::lock;
 use crate::health::HealthStatus;
-use crate::proxy::control::{close_spread, TunnelControl, TunnelRegistration, TunnelSet};
-use crate::proxy::frames::CloseCode;
+use crate::ws::control::{close_spread, TunnelControl, TunnelRegistration, TunnelSet};
+use crate::ws::frames::CloseCode;
 use crate::proxy::pool::Pool;
 
 /// The operator's intent for a server (HAProxy's admin states).
@@ -49,18 +50,6 @@ impl AdminState {
     }
 }
 
-/// Milliseconds since a process-wide origin, on tokio's clock (so paused-time tests drive it).
-fn clock_ms() -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// Milliseconds since the Unix epoch, on the wall clock (for "since when" in stats).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Bytes and WebSocket messages carried to and from one server. Tunnels add
 /// their deltas at most about once a second and when they end; HTTP
@@ -232,7 +221,7 @@ pub struct ServerState {
     /// The backend's `drain_timeout` and `drain_spread`, in milliseconds.
     drain_timeout_ms: AtomicU64,
     drain_spread_ms: AtomicU64,
-    /// When the server last came up (`clock_ms`), for slow start; 0: not since start.
+    /// When the server last came up (`monotonic_ms`), for slow start; 0: not since start.
     up_since_ms: AtomicU64,
     /// Wakes requests queued for a slot when one is freed.
     freed: Notify,
@@ -286,7 +275,7 @@ impl ServerState {
 
     /// The health-check state, for the checker and passive detection.
     pub(crate) fn health_lock(&self) -> MutexGuard<'_, HealthStatus> {
-        self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.health)
     }
 
     /// A new connection to the server was made: clears the passive failure
@@ -348,7 +337,7 @@ impl ServerState {
         if since == 0 || weight == 0 {
             return weight;
         }
-        let elapsed = clock_ms().saturating_sub(since) as f64;
+        let elapsed = monotonic_ms().saturating_sub(since) as f64;
         let ramp_ms = ramp.as_millis() as f64;
         if elapsed >= ramp_ms {
             return weight;
@@ -397,7 +386,7 @@ impl ServerState {
         }
         if flipped && up {
             // Never 0, which means "up since start" (no slow start then).
-            self.up_since_ms.store(clock_ms().max(1), Ordering::Relaxed);
+            self.up_since_ms.store(monotonic_ms().max(1), Ordering::Relaxed);
         }
         flipped
     }

@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::proxy::frames::FrameTracker;
+use tether::ws::frames::FrameTracker;
 
 /// What a whole-buffer parse knows about one complete frame header.
 struct Frame {

@@ -240,7 +240,7 @@ pub fn cluster(handle: &Handle) -> Response<AdminBody> {
     let Some(cluster) = handle.shared().cluster.get() else {
         return json_response(StatusCode::OK, &json!({ "enabled": false, "instances": [] }));
     };
-    let now = crate::cluster::unix_ms();
+    let now = crate::util::clock::unix_ms();
     let me = cluster.instance();
     let instances: Vec<Value> = cluster
         .instances()

@@ -17,6 +17,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use crate::util::lock;
+
 
 /// Failed logins an address may make within `FAILURE_WINDOW` before it is refused.
 pub const MAX_FAILURES: u32 = 5;
@@ -81,7 +83,7 @@ pub struct Logins {
 impl Logins {
     /// If `ip` failed too often lately: how long until it may try again.
     pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let failures = lock(&self.failures);
         let (count, since) = failures.get(&ip)?;
         let elapsed = since.elapsed();
         (*count >= MAX_FAILURES && elapsed < FAILURE_WINDOW).then(|| FAILURE_WINDOW - elapsed)
@@ -89,7 +91,7 @@ impl Logins {
 
     /// Counts a failed login from `ip`; returns the failures in its window.
     pub fn failed(&self, ip: IpAddr) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = lock(&self.failures);
         if failures.len() >= MAX_TRACKED {
             failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
         }
@@ -116,7 +118,7 @@ impl Logins {
             .finalize()
             .into();
         {
-            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            let verified = lock(&self.verified);
             if verified.get(&key).is_some_and(|at| at.elapsed() < REMEMBER) {
                 return true;
             }
@@ -126,7 +128,7 @@ impl Logins {
             .await
             .unwrap_or(false);
         if ok {
-            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            let mut verified = lock(&self.verified);
             if verified.len() >= MAX_TRACKED {
                 verified.retain(|_, at| at.elapsed() < REMEMBER);
             }

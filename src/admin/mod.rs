@@ -35,6 +35,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use crate::util::lock;
 use crate::cidr::Cidr;
 use crate::config::types;
 use crate::instance::{Handle, Tether};
@@ -134,19 +135,14 @@ pub(crate) fn bind(handle: &Handle) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(settings.bind)?;
     listener.set_nonblocking(true)?;
     let admin = &handle.shared().admin;
-    *admin.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener.local_addr()?);
-    *admin.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    *lock(&admin.local) = Some(listener.local_addr()?);
+    *lock(&admin.listener) = Some(listener);
     Ok(())
 }
 
 /// Starts serving the admin listener bound by `bind`, if any, until the graceful stop begins.
 pub(crate) fn start(handle: &Handle) -> Option<JoinHandle<()>> {
-    let std_listener = handle
-        .shared()
-        .admin
-        .listener
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let std_listener = lock(&handle.shared().admin.listener)
         .take()?;
     let listener = match tokio::net::TcpListener::from_std(std_listener) {
         Ok(listener) => listener,
@@ -459,17 +455,12 @@ async fn authenticate<B>(
 impl Handle {
     /// The address the admin listener is bound to, if `[admin]` is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        *self.shared().admin.local.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.shared().admin.local)
     }
 
     /// Remembers the configuration file, so `reload_config_file` (and `POST /api/v1/reload`) can read it again.
     pub fn set_config_path(&self, path: PathBuf) {
-        *self
-            .shared()
-            .admin
-            .config_path
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(path);
+        *lock(&self.shared().admin.config_path) = Some(path);
     }
 
     /// Reads the configuration file again and reloads it; on any error the
@@ -477,7 +468,7 @@ impl Handle {
     /// in `tether_config_reloads_total`.
     pub fn reload_config_file(&self) -> Result<(), String> {
         let admin = &self.shared().admin;
-        let path = admin.config_path.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let path = lock(&admin.config_path).clone();
         let result = match path {
             None => Err("tether was not started from a configuration file: there is nothing to reload".to_string()),
             Some(path) => crate::config::load_file(&path)

@@ -29,11 +29,7 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    crate::util::mix::finalize(h)
 }
 
 /// The server whose weight slice contains `hash % total`, among the servers `include` accepts.

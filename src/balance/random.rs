@@ -2,35 +2,28 @@
 //! loaded (active ÷ weight) wins. Nearly as even as least connections,
 //! without every balancer instance herding onto the same least-loaded server.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::{load_less, Balancer, Candidates, RequestKey, ServerId};
+use crate::util::mix::AtomicSplitMix64;
 
 /// Power of two choices; the key is ignored.
 #[derive(Debug)]
 pub struct PowerOfTwo {
-    /// SplitMix64 state: lock-free and good enough for choosing servers.
-    seed: AtomicU64,
+    /// Lock-free and good enough for choosing servers.
+    random: AtomicSplitMix64,
 }
 
 impl Default for PowerOfTwo {
     fn default() -> Self {
         use std::hash::{BuildHasher, RandomState};
         Self {
-            seed: AtomicU64::new(RandomState::new().hash_one(0x7e7e_u64)),
+            random: AtomicSplitMix64::new(RandomState::new().hash_one(0x7e7e_u64)),
         }
     }
 }
 
 impl PowerOfTwo {
     fn next(&self) -> u64 {
-        let mut z = self
-            .seed
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.random.next_u64()
     }
 }
 

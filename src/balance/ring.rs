@@ -242,22 +242,7 @@ pub(super) mod tests {
     use crate::state::ActiveGuard;
     use proptest::prelude::*;
 
-    /// A small deterministic generator (SplitMix64) for the seeded loops.
-    struct SplitMix(u64);
-
-    impl SplitMix {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::util::mix::SplitMix64;
 
     /// Runs `steps` random connects (a skewed key, pick, acquire, keep the
     /// guard) and disconnects (drop a random guard) against `balancer` with
@@ -275,7 +260,7 @@ pub(super) mod tests {
         let total_weight: u64 = weights.iter().map(|w| u64::from(*w)).sum();
         // ceil(5 × a × w / (4 × W)), the bound for factor 1.25.
         let bound = |a: u64, w: u32| (5 * a * u64::from(w)).div_ceil(4 * total_weight);
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut guards: Vec<ActiveGuard> = Vec::new();
         for step in 0..steps {
             if !connects_only && !guards.is_empty() && rng.below(100) < 45 {

@@ -4,6 +4,7 @@
 
 use std::sync::Mutex;
 
+use crate::util::lock;
 use super::{Balancer, Candidates, RequestKey, ServerId};
 
 /// Smooth weighted round robin; the key is ignored.
@@ -25,7 +26,7 @@ impl RoundRobin {
 
 impl Balancer for RoundRobin {
     fn pick(&self, candidates: &Candidates<'_>, _key: &RequestKey<'_>) -> Option<ServerId> {
-        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = lock(&self.current);
         if current.len() < candidates.len() {
             current.resize(candidates.len(), 0);
         }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use tokio::time::MissedTickBehavior;
 
-use super::{lock, unix_ms, Cluster, InstanceInfo};
+use super::{Cluster, InstanceInfo};
+use crate::util::clock::unix_ms;
+use crate::util::lock;
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
 

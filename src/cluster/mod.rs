@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::util::lock;
 use crate::config::types;
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
@@ -375,16 +376,7 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch (heartbeats compare wall clocks of several hosts).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{lock, unix_ms, Cluster};
+use super::Cluster;
+use crate::util::clock::unix_ms;
+use crate::util::lock;
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
 use crate::state::AdminState;

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
 
+use crate::util::lock;
+use crate::util::mix::SplitMix64;
 use crate::config::types::{self, CheckKind};
 use crate::snapshot::Snapshot;
 use crate::state::ServerState;
@@ -253,23 +255,18 @@ pub fn jittered(interval: Duration, unit: f64) -> Duration {
     interval.mul_f64(0.9 + 0.2 * unit.clamp(0.0, 1.0))
 }
 
-/// SplitMix64: a tiny generator per checker task, seeded from the server's names.
-struct Jitter(u64);
+/// A tiny generator per checker task, seeded from the server's names.
+struct Jitter(SplitMix64);
 
 impl Jitter {
     fn new(names: &Names) -> Self {
         use std::hash::{BuildHasher, RandomState};
-        Jitter(RandomState::new().hash_one((&*names.backend, &*names.server)))
+        Jitter(SplitMix64::new(RandomState::new().hash_one((&*names.backend, &*names.server))))
     }
 
     /// A number in [0, 1).
     fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_unit()
     }
 }
 
@@ -366,7 +363,7 @@ impl Checkers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Generation> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner)
     }
 }
 

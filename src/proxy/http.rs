@@ -827,7 +827,7 @@ impl TunnelJob {
 struct CarriedBy {
     holds: TunnelHolds,
     /// The tunnel's entry in its server's registry (drain and shutdown reach it there).
-    registration: crate::proxy::control::TunnelRegistration,
+    registration: crate::ws::control::TunnelRegistration,
     started: Instant,
 }
 

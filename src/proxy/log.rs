@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use http::{Method, Uri};
 
+use crate::util::mix::{finalize, GOLDEN_GAMMA};
+
 /// The tracing target of access-log lines, so operators can route or filter them.
 pub const ACCESS_TARGET: &str = "tether::access";
 
@@ -25,14 +27,8 @@ impl RequestId {
             use std::hash::{BuildHasher, RandomState};
             RandomState::new().hash_one(std::process::id())
         });
-        let mut z = salt.wrapping_add(
-            COUNTER
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        );
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        RequestId(z ^ (z >> 31))
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        RequestId(finalize(salt.wrapping_add(count.wrapping_mul(GOLDEN_GAMMA))))
     }
 }
 

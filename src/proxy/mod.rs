@@ -4,8 +4,6 @@
 pub mod body;
 pub mod client_addr;
 pub mod conn;
-pub mod control;
-pub mod frames;
 pub mod framing;
 pub mod headers;
 pub mod http;

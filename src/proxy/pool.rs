@@ -10,6 +10,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::util::lock;
 use super::body::RequestBody;
 use crate::tls::{UpstreamStream, UpstreamTls};
 
@@ -95,7 +96,7 @@ impl Pool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(usize, UpstreamSender)>> {
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.idle)
     }
 }
 

@@ -20,8 +20,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
-use super::control::TunnelControl;
-use super::frames::{CloseCode, FrameTracker, PING_FRAME};
+use crate::ws::control::TunnelControl;
+use crate::ws::frames::{CloseCode, FrameTracker, PING_FRAME};
 use crate::state::Traffic;
 
 /// Buffer per direction.

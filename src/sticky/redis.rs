@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::util::lock;
 use super::table::{StickEntry, StickTable};
 use crate::cluster::{Cluster, StickWrite};
 
@@ -63,7 +64,7 @@ impl SharedTable {
     }
 
     fn pushed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.pushed.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pushed)
     }
 
     /// Queues `SET key server PX ttl` and notes when.

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use crate::util::lock;
+
 
 /// The longest session id tether stores; longer ones are ignored.
 pub const MAX_KEY_LEN: usize = 256;
@@ -105,7 +107,7 @@ impl MemoryTable {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner)
     }
 }
 

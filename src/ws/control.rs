@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 
 use super::frames::CloseCode;
+use crate::util::lock;
 
 /// The close request of one tunnel.
 #[derive(Debug, Default)]
@@ -62,7 +63,7 @@ pub struct TunnelSet {
 
 impl TunnelSet {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<TunnelControl>>> {
-        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.open)
     }
 
     /// Registers a tunnel; it leaves the set when the registration drops.
