@@ -5,7 +5,6 @@
 //! their server. See `DESIGN.md` in the shared folder for the architecture.
 
 pub mod admin;
-pub mod admission;
 pub mod balance;
 pub mod cidr;
 pub mod cluster;

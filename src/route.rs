@@ -5,8 +5,10 @@ use regex::Regex;
 
 use crate::config::types;
 use crate::lookup;
-use crate::snapshot::BackendId;
 
+
+/// Index of a backend within the snapshot (names are resolved to indexes once per load).
+pub type BackendId = usize;
 /// One compiled test on a request.
 #[derive(Debug, Clone)]
 pub enum Condition {

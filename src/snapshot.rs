@@ -18,8 +18,7 @@ use crate::route::{Condition, Route};
 use crate::state::ServerState;
 use crate::sticky::StickyPolicy;
 
-/// Index of a backend within the snapshot.
-pub type BackendId = usize;
+pub use crate::route::BackendId;
 
 /// Everything a request needs to be routed and balanced.
 pub struct Snapshot {
@@ -32,7 +31,7 @@ pub struct Snapshot {
     /// How long a graceful stop waits for open connections.
     pub shutdown_grace: Duration,
     /// The `[admin]` settings (users, allow-lists), if any.
-    pub admin: Option<Arc<crate::admin::AdminSettings>>,
+    pub admin: Option<Arc<AdminSettings>>,
 }
 
 /// A public listener's routing and client-side settings.
@@ -60,7 +59,7 @@ pub struct Frontend {
     /// WebSocket handshakes allowed per client address, if limited.
     pub per_ip_rate: Option<crate::config::ConfigRate>,
     /// Idle, ping and ping-timeout settings of the frontend's tunnels.
-    pub websocket_timers: crate::proxy::tunnel::Timers,
+    pub websocket_timers: Timers,
     /// Largest client frame and message payloads in tunnels, if limited.
     pub websocket_limits: Option<(u64, u64)>,
     /// Peers whose `X-Forwarded-For` / PROXY header name the real client.
@@ -78,6 +77,18 @@ pub struct Frontend {
     pub redirect_https: Option<Option<u16>>,
     /// `Strict-Transport-Security` added to every response (TLS frontends only).
     pub hsts: Option<http::HeaderValue>,
+}
+
+/// The frontend's WebSocket timers for its tunnels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timers {
+    /// Close with 1001 after this long without a byte either way (if shorter
+    /// than the backend's `tunnel` timeout, which closes without a Close frame).
+    pub idle: Option<Duration>,
+    /// Ping a client that sent nothing for this long.
+    pub ping_interval: Option<Duration>,
+    /// How long a pinged client has to send anything before the tunnel is closed with 1001.
+    pub ping_timeout: Option<Duration>,
 }
 
 /// Size limits on what a client may send (see the config reference).
@@ -147,6 +158,43 @@ pub struct Server {
     pub tls: Option<crate::tls::UpstreamTls>,
 }
 
+/// The `[admin]` settings in force, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Where the admin listener was asked to listen.
+    pub bind: SocketAddr,
+    /// `(name, argon2 PHC hash)` of each user; no login is asked when empty.
+    pub users: Vec<(String, String)>,
+    /// Client addresses allowed at all (every address when empty).
+    pub allow: Vec<crate::cidr::Cidr>,
+    /// Client addresses that may read `/metrics` without logging in.
+    pub metrics_allow: Vec<crate::cidr::Cidr>,
+}
+
+impl AdminSettings {
+    /// The runtime settings of a validated `[admin]` table.
+    pub fn from_config(config: &types::Admin) -> Self {
+        Self {
+            bind: config.bind.get_ref().0,
+            users: config
+                .users
+                .iter()
+                .map(|u| {
+                    let u = u.get_ref();
+                    (u.name.get_ref().clone(), u.password_hash.get_ref().clone())
+                })
+                .collect(),
+            allow: config.allow.clone(),
+            metrics_allow: config.metrics_allow.clone(),
+        }
+    }
+
+    /// Whether client address `ip` may use the admin listener at all.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
+    }
+}
+
 impl Snapshot {
     /// Builds the runtime model from a validated config, reusing the live
     /// state of servers that `previous` already had (same backend and server name).
@@ -196,7 +244,7 @@ impl Snapshot {
                 maxconn: f.maxconn.as_ref().map(|m| *m.get_ref()),
                 per_ip_connections: f.per_ip.max_connections.as_ref().map(|m| *m.get_ref()),
                 per_ip_rate: f.per_ip.rate,
-                websocket_timers: crate::proxy::tunnel::Timers {
+                websocket_timers: Timers {
                     idle: f.websocket.idle_timeout.map(|d| d.get()),
                     ping_interval: f.websocket.ping_interval.map(|d| d.get()),
                     ping_timeout: f.websocket.ping_timeout.or(f.websocket.ping_interval).map(|d| d.get()),
@@ -223,7 +271,7 @@ impl Snapshot {
             admin: config
                 .admin
                 .as_ref()
-                .map(|a| Arc::new(crate::admin::AdminSettings::from_config(a.get_ref()))),
+                .map(|a| Arc::new(AdminSettings::from_config(a.get_ref()))),
         }
     }
 

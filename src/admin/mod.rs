@@ -36,9 +36,8 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::util::lock;
-use crate::cidr::Cidr;
-use crate::config::types;
 use crate::instance::{Handle, Tether};
+use crate::snapshot::AdminSettings;
 
 /// The realm of the HTTP Basic challenge (RFC 7617 §2), shown by browsers in the login prompt.
 pub const REALM: &str = "tether admin";
@@ -63,42 +62,6 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/reload"),
     ("GET", "/api/v1/cluster"),
 ];
-
-/// The `[admin]` settings in force, resolved from the config.
-#[derive(Debug, Clone)]
-pub struct AdminSettings {
-    /// Where the admin listener was asked to listen.
-    pub bind: SocketAddr,
-    /// `(name, argon2 PHC hash)` of each user; no login is asked when empty.
-    pub users: Vec<(String, String)>,
-    /// Client addresses allowed at all (every address when empty).
-    pub allow: Vec<Cidr>,
-    /// Client addresses that may read `/metrics` without logging in.
-    pub metrics_allow: Vec<Cidr>,
-}
-
-impl AdminSettings {
-    /// The runtime settings of a validated `[admin]` table.
-    pub fn from_config(config: &types::Admin) -> Self {
-        Self {
-            bind: config.bind.get_ref().0,
-            users: config
-                .users
-                .iter()
-                .map(|u| {
-                    let u = u.get_ref();
-                    (u.name.get_ref().clone(), u.password_hash.get_ref().clone())
-                })
-                .collect(),
-            allow: config.allow.clone(),
-            metrics_allow: config.metrics_allow.clone(),
-        }
-    }
-
-    fn allows(&self, ip: IpAddr) -> bool {
-        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
-    }
-}
 
 /// The admin listener's part of an instance's shared state.
 #[derive(Debug, Default)]

@@ -29,34 +29,13 @@
 
 use super::ring::{LoadBound, LoadTotals};
 use super::{first_acceptable, hash_bytes, Balancer, Candidates, RequestKey, RoundRobin, ServerId};
+use crate::util::prime::is_prime;
 
 /// Default lookup table size: a prime, and large enough (Google's paper uses
 /// 65,537) that with up to a few hundred servers every server's share is
 /// within a fraction of a percent of its weight.
 pub const DEFAULT_TABLE_SIZE: usize = 65_537;
 
-/// Whether `n` is prime (trial division by 2, 3 and `6k ± 1`). Config
-/// validation calls it for the Maglev table size: the table needs a prime
-/// size so every server's permutation covers every slot.
-pub fn is_prime(n: usize) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n < 4 {
-        return true;
-    }
-    if n % 2 == 0 || n % 3 == 0 {
-        return false;
-    }
-    let mut d = 5usize;
-    while d.checked_mul(d).is_some_and(|sq| sq <= n) {
-        if n % d == 0 || n % (d + 2) == 0 {
-            return false;
-        }
-        d += 6;
-    }
-    true
-}
 
 /// The smallest prime at least `n`.
 fn next_prime(n: usize) -> usize {
@@ -104,7 +83,7 @@ impl Maglev {
     /// A table of `table_size` slots over `servers`, each `(name, weight)`,
     /// indexed in the given order (`ServerId` = position). Weight-0 servers get
     /// no slots. `table_size` should be a prime well above the number of
-    /// servers (validate with [`is_prime`]); a size that is not prime is
+    /// servers (validate with [`crate::util::prime::is_prime`]); a size that is not prime is
     /// rounded up to the next prime rather than refused, since this function
     /// cannot fail. The table takes 4 bytes a slot, so validation should also
     /// cap the size. `balance_factor` turns bounded loads on, with the rule and

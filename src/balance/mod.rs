@@ -20,7 +20,7 @@ use crate::state::ServerState;
 pub use hash::{hash_bytes, Hash};
 pub use key::{ip_octets_of, IpOctets, KeySource};
 pub use least_conn::LeastConn;
-pub use maglev::{is_prime, Maglev, DEFAULT_TABLE_SIZE};
+pub use maglev::{Maglev, DEFAULT_TABLE_SIZE};
 pub use random::PowerOfTwo;
 pub use ring::Ring;
 pub use round_robin::RoundRobin;

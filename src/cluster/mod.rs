@@ -10,7 +10,7 @@
 //!   any instance's admin API, published on a channel and stored in a hash
 //!   a starting instance reads.
 //!
-//! The shared stick table itself is `sticky::redis`. Nothing here is on a
+//! The shared stick table itself is `stick_table`. Nothing here is on a
 //! request's critical path except one bounded GET for a session id the
 //! local table does not know: when Redis is down, slow or flushed, requests
 //! are served from local state and the instance resynchronises once Redis
@@ -19,6 +19,7 @@
 pub mod client;
 pub mod load;
 pub mod ops;
+pub mod stick_table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,7 +213,7 @@ impl Cluster {
                 continue;
             }
             let shared =
-                crate::sticky::redis::SharedTable::new(table.clone(), self.clone(), &name, policy.idle_timeout);
+                stick_table::SharedTable::new(table.clone(), self.clone(), &name, policy.idle_timeout);
             policy.table = Some(Arc::new(shared));
         }
     }

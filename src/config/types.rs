@@ -727,7 +727,7 @@ pub struct Server {
     pub cookie: Option<String>,
     /// `ready`, `drain` (no new clients but stuck ones) or `maint` (nothing).
     #[serde(default)]
-    pub state: crate::state::AdminState,
+    pub state: AdminState,
     /// TLS toward this server (overrides the backend's `tls`).
     pub tls: Option<Spanned<UpstreamTlsSetting>>,
     /// With TLS: the name sent as SNI and checked in the server's certificate
@@ -784,9 +784,47 @@ impl<'de> Deserialize<'de> for Address {
 }
 
 /// Documented defaults, in one place.
+/// The operator's intent for a server (HAProxy's admin states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    /// Takes traffic.
+    #[default]
+    Ready,
+    /// Takes no new clients except those stuck to it (with `drain_sticky`);
+    /// its tunnels are closed after `drain_timeout`, spread over `drain_spread`.
+    Drain,
+    /// Takes nothing; its tunnels are closed like a drain's.
+    Maint,
+}
+
+impl AdminState {
+    /// The state stored as `state as u8` (for an atomic).
+    pub fn from_u8(value: u8) -> Self {
+        match value {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    /// The name used in config, logs and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+
 pub mod defaults {
     use super::{ConfigDuration, ForwardHeader};
     use std::time::Duration;
+
+    /// Bytes of a health check's response body that `expect_body` is searched in.
+    pub const CHECK_BODY_LIMIT: usize = 4096;
 
     pub(crate) fn cluster_prefix() -> String {
         "tether:".to_string()

@@ -9,7 +9,7 @@ use super::error::{ConfigError, SourceMap};
 use super::types::{
     Admin, Balance, CheckKind, Cluster, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky,
 };
-use crate::balance::is_prime;
+use crate::util::prime::is_prime;
 
 /// The largest weight a server may have (HAProxy allows 256; a little more room costs nothing).
 pub const MAX_WEIGHT: u32 = 1000;
@@ -588,7 +588,7 @@ fn validate_health(health: &Spanned<Health>, source: &SourceMap<'_>) -> Result<(
                 Some(body.span()),
                 format!(
                     "`expect_body` must be 1 to {MAX_EXPECT_BODY} bytes long (it is searched in the first {} KiB of the body)",
-                    crate::health::BODY_LIMIT / 1024
+                    super::types::defaults::CHECK_BODY_LIMIT / 1024
                 ),
             ));
         }

@@ -20,7 +20,7 @@ use crate::config::types::StatusRange;
 use crate::tls::{UpstreamStream, UpstreamTls};
 
 /// How much of a response body an HTTP check reads, at most.
-pub const BODY_LIMIT: usize = 4096;
+pub const BODY_LIMIT: usize = crate::config::types::defaults::CHECK_BODY_LIMIT;
 
 /// The User-Agent of tether's checks, so servers can tell them from clients.
 const CHECK_AGENT: &str = concat!("tether-health-check/", env!("CARGO_PKG_VERSION"));

@@ -23,6 +23,8 @@ use tokio::time::{sleep_until, Instant};
 use crate::ws::control::TunnelControl;
 use crate::ws::frames::{CloseCode, FrameTracker, PING_FRAME};
 use crate::state::Traffic;
+/// The frontend's WebSocket timers, defined with the rest of the runtime model.
+pub use crate::snapshot::Timers;
 
 /// Buffer per direction.
 const BUF_SIZE: usize = 16 * 1024;
@@ -324,18 +326,6 @@ pub struct Settings {
     pub client_limits: Option<(u64, u64)>,
     /// The frontend's WebSocket idle and ping timers.
     pub timers: Timers,
-}
-
-/// The frontend's WebSocket timers for its tunnels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Timers {
-    /// Close with 1001 after this long without a byte either way (if shorter
-    /// than the backend's `tunnel` timeout, which closes without a Close frame).
-    pub idle: Option<Duration>,
-    /// Ping a client that sent nothing for this long.
-    pub ping_interval: Option<Duration>,
-    /// How long a pinged client has to send anything before the tunnel is closed with 1001.
-    pub ping_timeout: Option<Duration>,
 }
 
 /// Ping bookkeeping of one tunnel.

@@ -6,11 +6,9 @@
 //! - `table`: session ids learned from servers' responses, matched in later
 //!   requests' cookies, URL parameters or headers.
 //! - `engineio`: the Socket.IO handshake, whose `sid` is learned from its body.
-//! - `redis`: the stick table shared by the instances of a cluster.
 
 pub mod cookie;
 pub mod engineio;
-pub mod redis;
 pub mod table;
 
 use std::collections::HashMap;

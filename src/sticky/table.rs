@@ -41,7 +41,7 @@ pub trait StickTable: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Whether the table is shared with other instances (`sticky::redis`).
+    /// Whether the table is shared with other instances (`cluster::stick_table`).
     fn is_shared(&self) -> bool {
         false
     }

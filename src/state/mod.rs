@@ -2,6 +2,8 @@
 //! active connections, weight, health and counters, all atomics so the
 //! request path never takes a lock to read or update them.
 
+pub mod admission;
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,46 +12,13 @@ use std::time::Duration;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 
+pub use crate::config::types::AdminState;
 use crate::util::clock::{monotonic_ms, unix_ms};
 use crate::util::lock;
 use crate::health::HealthStatus;
 use crate::ws::control::{close_spread, TunnelControl, TunnelRegistration, TunnelSet};
 use crate::ws::frames::CloseCode;
 use crate::proxy::pool::Pool;
-
-/// The operator's intent for a server (HAProxy's admin states).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdminState {
-    /// Takes traffic.
-    #[default]
-    Ready,
-    /// Takes no new clients except those stuck to it (with `drain_sticky`);
-    /// its tunnels are closed after `drain_timeout`, spread over `drain_spread`.
-    Drain,
-    /// Takes nothing; its tunnels are closed like a drain's.
-    Maint,
-}
-
-impl AdminState {
-    fn from_u8(value: u8) -> Self {
-        match value {
-            1 => AdminState::Drain,
-            2 => AdminState::Maint,
-            _ => AdminState::Ready,
-        }
-    }
-
-    /// The name used in config, logs and the admin API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Ready => "ready",
-            AdminState::Drain => "drain",
-            AdminState::Maint => "maint",
-        }
-    }
-}
-
 
 /// Bytes and WebSocket messages carried to and from one server. Tunnels add
 /// their deltas at most about once a second and when they end; HTTP
@@ -98,7 +67,7 @@ pub struct FrontendState {
     /// Requests (WebSocket handshakes included) received since start.
     pub requests: AtomicU64,
     /// `maxconn` and the per-address caps.
-    pub admission: crate::admission::Admission,
+    pub admission: admission::Admission,
     /// TLS handshakes that failed or did not finish in time (TLS frontends).
     pub tls_handshake_failures: AtomicU64,
 }

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::{Cluster, StickWrite};
+use crate::sticky::table::{StickEntry, StickTable};
 use crate::util::lock;
-use super::table::{StickEntry, StickTable};
-use crate::cluster::{Cluster, StickWrite};
 
 /// A `StickTable` whose entries are shared through Redis.
 pub struct SharedTable {
@@ -127,7 +127,7 @@ impl StickTable for SharedTable {
     }
 
     fn insert(&self, key: &str, server: Arc<str>) {
-        if key.is_empty() || key.len() > super::table::MAX_KEY_LEN {
+        if key.is_empty() || key.len() > crate::sticky::table::MAX_KEY_LEN {
             return;
         }
         self.local.insert(key, server.clone());
