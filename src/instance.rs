@@ -13,26 +13,37 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle as RuntimeHandle;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::util::lock;
+use crate::admin::{AdminShared, Context};
+use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::health::{BackendTargets, Checkers, Target};
+use crate::proxy::listener::accept_loop;
+use crate::proxy::{Shared, Stop};
+use crate::snapshot::{Diff, DrainTiming, Snapshot};
+use crate::state::{AdminState, ChangeReport, Changes, ServerChange, ServerState};
+use crate::util::lock;
 use crate::ws::control::{close_spread, TunnelControl};
 use crate::ws::frames::CloseCode;
-use crate::proxy::listener::accept_loop;
-use crate::proxy::Shared;
-use crate::snapshot::Snapshot;
-use crate::state::{AdminState, ServerState};
 
 /// Backlog of each listening socket: beyond it, new clients wait in the
 /// kernel rather than consume tether's memory.
 const LISTEN_BACKLOG: u32 = 1024;
+
+/// Drain timing of a server no snapshot names any more (the config defaults).
+const DEFAULT_DRAIN: DrainTiming = DrainTiming {
+    timeout: Duration::from_secs(300),
+    spread: Duration::from_secs(60),
+};
 
 /// Why tether could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +96,29 @@ struct Listeners {
     retired: Mutex<Vec<Arc<ServerState>>>,
 }
 
+/// Everything one instance owns; the data path sees only `shared`.
+struct Inner {
+    /// What every connection reads: the snapshot, stop signals, open count.
+    shared: Arc<Shared>,
+    /// The listening sockets and worker runtimes.
+    listeners: Listeners,
+    /// The health checker tasks, replaced with the snapshot on reload.
+    checkers: Checkers,
+    /// The admin listener's socket and login limits.
+    admin: AdminShared,
+    /// Membership of a cluster (`[cluster]`), set once at bind; unset when alone.
+    cluster: OnceLock<Arc<Cluster>>,
+    /// Reports of server changes that call for action, until `run` takes
+    /// them to act on (closing tunnels, drain timers).
+    reports: Mutex<Option<mpsc::UnboundedReceiver<ChangeReport>>>,
+    /// The configuration file, so `reload_config_file` can read it again.
+    config_path: Mutex<Option<PathBuf>>,
+    /// Reloads through `reload_config_file` that succeeded.
+    reloads_ok: AtomicU64,
+    /// Reloads through `reload_config_file` that were refused.
+    reloads_failed: AtomicU64,
+}
+
 /// A tether instance with its listeners bound, ready to run.
 pub struct Tether {
     handle: Handle,
@@ -93,8 +127,7 @@ pub struct Tether {
 /// A cheap handle to a running instance, for signals, reloads and tests.
 #[derive(Clone)]
 pub struct Handle {
-    shared: Arc<Shared>,
-    listeners: Arc<Listeners>,
+    inner: Arc<Inner>,
 }
 
 impl Tether {
@@ -117,45 +150,52 @@ impl Tether {
     /// If `workers` is empty, or outside a tokio runtime.
     pub fn bind_on(config: &Config, workers: Vec<RuntimeHandle>) -> Result<Tether, StartError> {
         assert!(!workers.is_empty(), "tether needs at least one worker runtime");
+        let (changes, reports) = Changes::channel();
         let mut snapshot = Snapshot::build(config, None);
         let cluster = match &config.cluster {
             Some(settings) => {
                 let settings = crate::cluster::ClusterSettings::from_config(settings.get_ref());
-                Some(Arc::new(crate::cluster::Cluster::new(settings)?))
+                Some(Arc::new(Cluster::new(settings, changes.clone())?))
             }
             None => None,
         };
         if let Some(cluster) = &cluster {
             cluster.share_tables(&mut snapshot);
         }
-        let listeners = Arc::new(Listeners {
+        let listeners = Listeners {
             bound: Mutex::default(),
             accepted: workers.iter().map(|_| Arc::default()).collect(),
             workers,
             running: Default::default(),
             retired: Mutex::default(),
-        });
-        let handle = Handle {
-            shared: Arc::new(Shared::new(snapshot)),
-            listeners,
         };
-        handle.sync_listeners(&handle.snapshot())?;
+        let snapshot = Arc::new(snapshot);
+        let handle = Handle {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared::new(Arc::new(ArcSwap::new(snapshot.clone())), changes.clone())),
+                listeners,
+                checkers: Checkers::new(changes),
+                admin: AdminShared::default(),
+                cluster: OnceLock::new(),
+                reports: Mutex::new(Some(reports)),
+                config_path: Mutex::default(),
+                reloads_ok: AtomicU64::new(0),
+                reloads_failed: AtomicU64::new(0),
+            }),
+        };
+        handle.sync_listeners(&snapshot)?;
         if let Some(cluster) = cluster {
-            let port = handle
-                .snapshot()
+            let port = snapshot
                 .frontends
                 .first()
                 .and_then(|f| handle.local_addrs(&f.name).first().map(|a| a.port()))
                 .unwrap_or(0);
             cluster.resolve_instance(port);
-            let _ = handle.shared.cluster.set(cluster);
+            let _ = handle.inner.cluster.set(cluster);
         }
+        handle.apply_intended_states(&snapshot);
         crate::admin::bind(&handle).map_err(|source| StartError::AdminBind {
-            address: handle
-                .snapshot()
-                .admin
-                .as_ref()
-                .map_or(([0, 0, 0, 0], 0).into(), |a| a.bind),
+            address: snapshot.admin.as_ref().map_or(([0, 0, 0, 0], 0).into(), |a| a.bind),
             source,
         })?;
         Ok(Tether { handle })
@@ -164,6 +204,11 @@ impl Tether {
     /// The addresses frontend `name` actually listens on (useful after binding port 0).
     pub fn local_addrs(&self, name: &str) -> Vec<SocketAddr> {
         self.handle.local_addrs(name)
+    }
+
+    /// The address the admin listener is bound to, if `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.handle.admin_addr()
     }
 
     /// A handle to this instance.
@@ -177,20 +222,24 @@ impl Tether {
     /// is still open at its end is closed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let handle = self.handle;
-        handle.listeners.running.store(true, Ordering::SeqCst);
+        let inner = &handle.inner;
+        let shared = &inner.shared;
+        // Server changes (down, drain, maint) are acted on until this function ends.
+        let _acting = lock(&inner.reports)
+            .take()
+            .map(|reports| AbortOnDrop(tokio::spawn(act_on_changes(reports, shared.snapshot.clone()))));
+        inner.listeners.running.store(true, Ordering::SeqCst);
         handle.start_accepting();
         // Health checks run on their own tasks until this function ends.
-        let _checkers = handle.shared.checkers.start(&handle.shared.snapshot);
+        let _checkers = inner.checkers.start(|| check_targets(&shared.snapshot.load()));
         // The admin listener (stats page, /metrics, API) stops with the graceful stop.
-        let _admin = crate::admin::start(&handle);
+        let _admin = crate::admin::start(Arc::new(handle.clone()));
         // Cluster tasks (Redis sync, shared operator changes) run until this function ends.
-        let cluster_tasks = handle
-            .shared
+        let cluster_tasks = inner
             .cluster
             .get()
-            .map(|cluster| cluster.start(handle.shared.clone()));
+            .map(|cluster| cluster.start(shared.snapshot.clone()));
         shutdown.await;
-        let shared = &handle.shared;
         let grace = shared.snapshot.load().shutdown_grace;
         let open = shared.open.count();
         tracing::info!(open, grace = ?grace, "stopping: no new connections, waiting for open ones");
@@ -216,7 +265,7 @@ impl Tether {
         shared.stop.begin_hard();
         // Give closing tasks a moment to send their Close frames and log their last lines.
         let _ = tokio::time::timeout(Duration::from_millis(500), shared.open.wait_idle()).await;
-        if let Some(cluster) = shared.cluster.get() {
+        if let Some(cluster) = inner.cluster.get() {
             drop(cluster_tasks);
             cluster.leave(&shared.snapshot.load()).await;
         }
@@ -224,20 +273,24 @@ impl Tether {
     }
 }
 
-impl Handle {
-    /// The state shared by this instance's connections (for the admin listener).
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
+/// Aborts a task when dropped (when `run` returns or is cancelled).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Handle {
     /// The snapshot in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared.snapshot.load_full()
+        self.inner.shared.snapshot.load_full()
     }
 
     /// The addresses frontend `name` listens on.
     pub fn local_addrs(&self, name: &str) -> Vec<SocketAddr> {
-        let bound = lock(&self.listeners.bound);
+        let bound = lock(&self.inner.listeners.bound);
         let mut addrs: Vec<SocketAddr> = bound
             .iter()
             .filter(|((f, _), _)| &**f == name)
@@ -247,20 +300,37 @@ impl Handle {
         addrs
     }
 
-    /// Swaps in a new, already validated configuration. Addresses it adds
-    /// are bound first: if one cannot be, nothing changes and the error is
-    /// returned. Then the snapshot is swapped (server state and stick tables
-    /// carry over by name), removed addresses stop accepting, and servers
-    /// that disappeared are drained. Running requests and tunnels keep the
-    /// snapshot they started with.
+    /// The address the admin listener is bound to, if `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin.local_addr()
+    }
+
+    /// Marks a server up or down as a health check does (one gone down has
+    /// its tunnels closed with 1012); returns whether it flipped.
+    pub fn set_up(&self, server: &Arc<ServerState>, up: bool) -> bool {
+        self.inner.shared.changes.set_up(server, up)
+    }
+
+    /// Sets a server's admin state as the admin API does (a drain closes
+    /// its tunnels after `drain_timeout`); returns whether it changed.
+    pub fn set_admin(&self, server: &Arc<ServerState>, state: AdminState) -> bool {
+        self.inner.shared.changes.set_admin(server, state)
+    }
+
+    /// Swaps in a new, already validated configuration, all or nothing:
+    /// the new snapshot is built without touching the running one (server
+    /// state and stick tables carry over by name), its diff computed, and
+    /// the addresses it adds bound; if one cannot be, nothing changed and
+    /// the error is returned. Then the snapshot is swapped, the diff
+    /// applied (weights and admin states, removed servers drained, checkers
+    /// restarted, removed addresses closed) and logged. Running requests and
+    /// tunnels keep the snapshot they started with.
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
-        let previous = self.shared.snapshot.load_full();
+        let inner = &self.inner;
+        let previous = self.snapshot();
         let mut next = Snapshot::build(config, Some(&previous));
-        let cluster = self.shared.cluster.get();
-        if let Some(cluster) = cluster {
+        if let Some(cluster) = inner.cluster.get() {
             cluster.share_tables(&mut next);
-            // The build reset admin states and weights to the config's; the cluster's operator changes win.
-            cluster.reapply(&next);
             if config.cluster.is_none() {
                 tracing::warn!("[cluster] was removed from the configuration: restart tether to leave the cluster");
             }
@@ -268,7 +338,7 @@ impl Handle {
             tracing::warn!("[cluster] was added to the configuration: restart tether to join the cluster");
         }
         if let Some(workers) = config.workers.as_ref().map(|w| *w.get_ref()) {
-            let running = self.listeners.workers.len();
+            let running = inner.listeners.workers.len();
             if workers != running {
                 tracing::warn!(
                     workers,
@@ -277,22 +347,67 @@ impl Handle {
                 );
             }
         }
+        let diff = Diff::between(&previous, &next);
         let next = Arc::new(next);
         self.sync_listeners(&next)?;
-        self.shared.snapshot.store(next.clone());
-        // Checker tasks of the old snapshot stop; the new one's start (state carries over by name).
-        self.shared.checkers.refresh(&self.shared.snapshot);
-        let removed = drain_removed_servers(&previous, &next);
-        let mut retired = lock(&self.listeners.retired);
-        retired.retain(|state| state.tunnels.load(Ordering::Relaxed) > 0);
-        retired.extend(removed);
+        inner.shared.snapshot.store(next.clone());
+        self.apply(&next, diff);
         Ok(())
+    }
+
+    /// The side effects of a reload, after the swap: the config's (or the
+    /// cluster's) weights and admin states, idle connections that speak an
+    /// old TLS setting, checker tasks, drains of removed servers, the log.
+    fn apply(&self, snapshot: &Snapshot, diff: Diff) {
+        let inner = &self.inner;
+        self.apply_intended_states(snapshot);
+        for state in &diff.reached_differently {
+            state.pool.clear();
+        }
+        // Checker tasks of the old snapshot stop; the new one's start (state carries over by name).
+        inner.checkers.refresh(|| check_targets(snapshot));
+        let mut retired = lock(&inner.listeners.retired);
+        retired.retain(|state| state.tunnels.load(Ordering::Relaxed) > 0);
+        for removed in &diff.servers_removed {
+            if let Some(generation) = removed.state.set_admin(AdminState::Drain) {
+                tracing::info!(server = %removed.name, "server removed by reload: draining");
+                self.spawn_drain(removed.state.clone(), generation, removed.drain);
+            }
+            retired.push(removed.state.clone());
+        }
+        drop(retired);
+        tracing::info!(changes = %diff, "configuration applied");
+    }
+
+    /// Writes each server's intended weight and admin state to its live
+    /// state: the cluster's latest operator change if there is one (it
+    /// wins, as it did before the reload), else the config's.
+    fn apply_intended_states(&self, snapshot: &Snapshot) {
+        let inner = &self.inner;
+        let cluster = inner.cluster.get();
+        for backend in &snapshot.backends {
+            for server in &backend.servers {
+                let (admin, weight) = cluster
+                    .and_then(|c| c.operator_state(&backend.name, &server.name))
+                    .unwrap_or((server.configured_admin, server.configured_weight));
+                server.state.set_weight(weight);
+                inner.shared.changes.set_admin(&server.state, admin);
+            }
+        }
+    }
+
+    /// Starts closing `server`'s tunnels after its drain timeout, on the
+    /// instance's first worker.
+    fn spawn_drain(&self, server: Arc<ServerState>, generation: u64, timing: DrainTiming) {
+        if let Some(runtime) = self.inner.listeners.workers.first() {
+            runtime.spawn(drain_tunnels(server, generation, timing));
+        }
     }
 
     /// The controls of every open tunnel, on current and removed servers.
     fn tunnel_controls(&self) -> Vec<Arc<TunnelControl>> {
         let snapshot = self.snapshot();
-        let retired = lock(&self.listeners.retired).clone();
+        let retired = lock(&self.inner.listeners.retired).clone();
         snapshot
             .backends
             .iter()
@@ -305,7 +420,8 @@ impl Handle {
     /// Connections each worker accepted since start (worker 0 first): how
     /// evenly the kernel spreads clients over the workers' sockets.
     pub fn accepted_per_worker(&self) -> Vec<u64> {
-        self.listeners
+        self.inner
+            .listeners
             .accepted
             .iter()
             .map(|count| count.load(Ordering::Relaxed))
@@ -314,12 +430,40 @@ impl Handle {
 
     /// Open client connections and tunnels.
     pub fn open_connections(&self) -> usize {
-        self.shared.open.count()
+        self.inner.shared.open.count()
     }
 
     /// Health checker tasks running now (one per server of each backend with checks).
     pub fn health_checkers(&self) -> usize {
-        self.shared.checkers.running()
+        self.inner.checkers.running()
+    }
+
+    /// Remembers the configuration file, so `reload_config_file` (and `POST /api/v1/reload`) can read it again.
+    pub fn set_config_path(&self, path: PathBuf) {
+        *lock(&self.inner.config_path) = Some(path);
+    }
+
+    /// Reads the configuration file again and reloads it; on any error the
+    /// running configuration stays and the error's text is returned. Counted
+    /// in `tether_config_reloads_total`.
+    pub fn reload_config_file(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        let path = lock(&inner.config_path).clone();
+        let result = match path {
+            None => Err("tether was not started from a configuration file: there is nothing to reload".to_string()),
+            Some(path) => crate::config::load_file(&path)
+                .map_err(|err| err.to_string())
+                .and_then(|config| self.reload(&config).map_err(|err| err.to_string()))
+                .map(|()| tracing::info!(file = %path.display(), "configuration reloaded")),
+        };
+        match &result {
+            Ok(()) => inner.reloads_ok.fetch_add(1, Ordering::Relaxed),
+            Err(err) => {
+                tracing::error!(cause = %err, "reload refused: the running configuration stays");
+                inner.reloads_failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        result
     }
 
     /// Binds what `snapshot` lists and is not bound yet, then closes what it no
@@ -330,13 +474,14 @@ impl Handle {
             .iter()
             .flat_map(|f| f.binds.iter().map(|a| (f.name.clone(), *a)))
             .collect();
-        let mut bound = lock(&self.listeners.bound);
+        let listeners = &self.inner.listeners;
+        let mut bound = lock(&listeners.bound);
         let mut fresh = Vec::new();
         for key in &wanted {
             if bound.contains_key(key) || fresh.iter().any(|(k, _)| k == key) {
                 continue;
             }
-            let sockets = listen_group(key.1, self.listeners.workers.len()).map_err(|source| StartError::Bind {
+            let sockets = listen_group(key.1, listeners.workers.len()).map_err(|source| StartError::Bind {
                 frontend: key.0.to_string(),
                 address: key.1,
                 source,
@@ -345,7 +490,7 @@ impl Handle {
         }
         for (key, sockets) in fresh {
             let local = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(key.1);
-            if self.listeners.running.load(Ordering::SeqCst) {
+            if listeners.running.load(Ordering::SeqCst) {
                 tracing::info!(frontend = %key.0, address = %local, "listening (added by reload)");
             }
             bound.insert(
@@ -369,7 +514,7 @@ impl Handle {
             keep
         });
         drop(bound);
-        if self.listeners.running.load(Ordering::SeqCst) {
+        if listeners.running.load(Ordering::SeqCst) {
             self.start_accepting();
         }
         Ok(())
@@ -378,8 +523,8 @@ impl Handle {
     /// Starts an accept loop on every bound socket that has none yet, each
     /// on its worker's runtime.
     fn start_accepting(&self) {
-        let workers = &self.listeners.workers;
-        let mut bound = lock(&self.listeners.bound);
+        let workers = &self.inner.listeners.workers;
+        let mut bound = lock(&self.inner.listeners.bound);
         for entry in bound.values_mut() {
             for (index, socket) in entry.sockets.drain(..).enumerate() {
                 let (close, closed) = oneshot::channel::<()>();
@@ -387,9 +532,9 @@ impl Handle {
                 let removed = async move {
                     let _ = closed.await;
                 };
-                let shared = self.shared.clone();
+                let shared = self.inner.shared.clone();
                 let frontend = entry.frontend.clone();
-                let accepted = self.listeners.accepted[index].clone();
+                let accepted = self.inner.listeners.accepted[index].clone();
                 let local = entry.local;
                 workers[index].spawn(async move {
                     // Registered with the reactor of the worker that accepts on it.
@@ -405,26 +550,114 @@ impl Handle {
     }
 }
 
-/// Servers of `previous` whose state `next` does not carry over (removed, or
-/// moved to another address) are drained: their tunnels close after `drain_timeout`.
-fn drain_removed_servers(previous: &Snapshot, next: &Snapshot) -> Vec<Arc<ServerState>> {
-    let mut removed = Vec::new();
-    for backend in &previous.backends {
-        for server in &backend.servers {
-            let kept = next
-                .backends
+/// The servers a health checker should watch: every server of every
+/// backend, with the backend's checks (`None`: released from checks).
+fn check_targets(snapshot: &Snapshot) -> Vec<BackendTargets> {
+    snapshot
+        .backends
+        .iter()
+        .map(|backend| BackendTargets {
+            backend: backend.name.clone(),
+            settings: backend.health.clone(),
+            servers: backend
+                .servers
                 .iter()
-                .flat_map(|b| &b.servers)
-                .any(|s| Arc::ptr_eq(&s.state, &server.state));
-            if !kept {
-                if server.state.set_admin(AdminState::Drain) {
-                    tracing::info!(backend = %backend.name, server = %server.name, "server removed by reload: draining");
-                }
-                removed.push(server.state.clone());
+                .map(|server| Target {
+                    name: server.name.clone(),
+                    address: server.address,
+                    tls: server.tls.clone(),
+                    state: server.state.clone(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Acts on the server changes reported through [`Changes`]: a server gone
+/// down has its tunnels asked to close (1012, so their clients reconnect to
+/// a healthy server); a drained or maintained one has them closed after its
+/// backend's `drain_timeout`, spread over `drain_spread`.
+async fn act_on_changes(mut reports: mpsc::UnboundedReceiver<ChangeReport>, snapshot: Arc<ArcSwap<Snapshot>>) {
+    while let Some((server, change)) = reports.recv().await {
+        match change {
+            ServerChange::WentDown => server.tunnels().close_all(CloseCode::ServiceRestart),
+            // The new generation alone cancels a drain in progress.
+            ServerChange::Admin {
+                state: AdminState::Ready,
+                ..
+            } => {}
+            ServerChange::Admin { generation, .. } => {
+                let timing = drain_timing_of(&snapshot.load(), &server);
+                tokio::spawn(drain_tunnels(server, generation, timing));
             }
         }
     }
-    removed
+}
+
+/// The drain timing of the backend `server` belongs to in `snapshot`.
+fn drain_timing_of(snapshot: &Snapshot, server: &Arc<ServerState>) -> DrainTiming {
+    snapshot
+        .backends
+        .iter()
+        .find(|b| b.servers.iter().any(|s| Arc::ptr_eq(&s.state, server)))
+        .map_or(DEFAULT_DRAIN, |b| b.drain_timing())
+}
+
+/// After the drain timeout, closes the tunnels of a drained server evenly
+/// over the spread, unless its admin state changed again meanwhile.
+async fn drain_tunnels(server: Arc<ServerState>, generation: u64, timing: DrainTiming) {
+    tokio::time::sleep(timing.timeout).await;
+    let current = || server.admin_generation() == generation;
+    if current() {
+        close_spread(
+            server.tunnel_controls(),
+            CloseCode::ServiceRestart,
+            timing.spread,
+            current,
+        )
+        .await;
+    }
+}
+
+impl Context for Handle {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Handle::snapshot(self)
+    }
+
+    fn admin(&self) -> &AdminShared {
+        &self.inner.admin
+    }
+
+    fn stop(&self) -> &Stop {
+        &self.inner.shared.stop
+    }
+
+    fn changes(&self) -> &Changes {
+        &self.inner.shared.changes
+    }
+
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.inner.cluster.get()
+    }
+
+    fn reload_config_file(&self) -> Result<(), String> {
+        Handle::reload_config_file(self)
+    }
+
+    fn reloads(&self) -> (u64, u64) {
+        (
+            self.inner.reloads_ok.load(Ordering::Relaxed),
+            self.inner.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn open_connections(&self) -> usize {
+        Handle::open_connections(self)
+    }
+
+    fn accepted_per_worker(&self) -> Vec<u64> {
+        Handle::accepted_per_worker(self)
+    }
 }
 
 /// `count` listening sockets on `address` (`SO_REUSEPORT`): the first picks

@@ -6,7 +6,6 @@ use regex::Regex;
 use crate::config::types;
 use crate::lookup;
 
-
 /// Index of a backend within the snapshot (names are resolved to indexes once per load).
 pub type BackendId = usize;
 /// One compiled test on a request.

@@ -156,6 +156,21 @@ pub struct Server {
     pub state: Arc<ServerState>,
     /// TLS toward the server (`tls = true`), with its SNI name; plain TCP when `None`.
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// The weight the config gives; written to the live state when the
+    /// snapshot is applied (the admin API may change the live one later).
+    pub configured_weight: u32,
+    /// The admin state the config gives; applied like the weight (the
+    /// config's wins at every load, as in HAProxy without a state file,
+    /// unless a cluster peer's operator change is newer).
+    pub configured_admin: crate::config::types::AdminState,
+}
+
+impl Server {
+    /// The TLS name the server is reached with (`None`: plain TCP): when it
+    /// changes, idle keep-alive connections speak the old setting.
+    pub fn tls_name(&self) -> Option<&rustls::pki_types::ServerName<'static>> {
+        self.tls.as_ref().map(|t| &t.server_name)
+    }
 }
 
 /// The `[admin]` settings in force, resolved from the config.
@@ -309,26 +324,17 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
                         .iter()
                         .find(|old| *old.name == *name && old.address == s.address.get_ref().0)
                 })
-                .map(|old| {
-                    old.state.weight.store(weight, std::sync::atomic::Ordering::Relaxed);
-                    // Idle keep-alive connections speak the old TLS setting: drop them if it changed.
-                    let name_of = |tls: Option<&crate::tls::UpstreamTls>| tls.map(|t| t.server_name.clone());
-                    if name_of(old.tls.as_ref()) != name_of(s.loaded_tls.as_ref()) {
-                        old.state.pool.clear();
-                    }
-                    old.state.clone()
-                })
+                .map(|old| old.state.clone())
                 // A new server with checks takes no traffic before one passed.
                 .unwrap_or_else(|| match health {
                     Some(_) => Arc::new(ServerState::awaiting_first_check(weight)),
                     None => Arc::new(ServerState::new(weight)),
                 });
-            // The config's admin state wins at every load (as in HAProxy without a state file).
-            state.set_drain_timing(config.drain_timeout.get(), config.drain_spread.get());
-            state.set_admin(s.state);
             Server {
                 name,
                 address: s.address.get_ref().0,
+                configured_weight: weight,
+                configured_admin: s.state,
                 maxconn: s.maxconn.as_ref().map(|m| *m.get_ref()),
                 cookie: s.cookie.clone(),
                 state,
@@ -399,5 +405,182 @@ fn hash_settings(config: &types::Backend) -> HashSettings {
                 .map_or(DEFAULT_TABLE_SIZE, |s| *s.get_ref()),
             balance_factor,
         },
+    }
+}
+
+/// How a drained server's tunnels close: after `timeout`, spread over `spread`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainTiming {
+    /// How long the tunnels may stay open after the drain began.
+    pub timeout: Duration,
+    /// Over how long their closes are spread.
+    pub spread: Duration,
+}
+
+impl Backend {
+    /// The backend's drain timing.
+    pub fn drain_timing(&self) -> DrainTiming {
+        DrainTiming {
+            timeout: self.drain_timeout,
+            spread: self.drain_spread,
+        }
+    }
+}
+
+/// A server the new snapshot no longer has (removed, or moved to another
+/// address): it is drained with its old backend's timing.
+#[derive(Debug)]
+pub struct RemovedServer {
+    /// `backend/server`, for the log.
+    pub name: String,
+    /// Its live state (tunnels may still be open on it).
+    pub state: Arc<ServerState>,
+    /// How its tunnels close.
+    pub drain: DrainTiming,
+}
+
+/// What a reload changes, computed purely from the running snapshot and
+/// the new one, before anything is applied; logged after the swap.
+#[derive(Debug, Default)]
+pub struct Diff {
+    /// Frontends new in this snapshot.
+    pub frontends_added: Vec<Arc<str>>,
+    /// Frontends it no longer has.
+    pub frontends_removed: Vec<Arc<str>>,
+    /// Backends new in this snapshot.
+    pub backends_added: Vec<Arc<str>>,
+    /// Backends it no longer has.
+    pub backends_removed: Vec<Arc<str>>,
+    /// `backend/server` of servers new in this snapshot.
+    pub servers_added: Vec<String>,
+    /// Servers it no longer has: they are drained.
+    pub servers_removed: Vec<RemovedServer>,
+    /// `backend/server` of carried-over servers whose configured weight,
+    /// admin state, `maxconn`, cookie id or TLS setting changed.
+    pub servers_changed: Vec<String>,
+    /// Carried-over servers now reached with another TLS setting: their
+    /// idle keep-alive connections speak the old one and must go.
+    pub reached_differently: Vec<Arc<ServerState>>,
+}
+
+impl Diff {
+    /// The changes from `previous` to `next`. Pure: reads both, touches neither.
+    pub fn between(previous: &Snapshot, next: &Snapshot) -> Diff {
+        let mut diff = Diff::default();
+        let names = |frontends: &[Frontend]| frontends.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+        let (old_fronts, new_fronts) = (names(&previous.frontends), names(&next.frontends));
+        diff.frontends_added = new_fronts.iter().filter(|n| !old_fronts.contains(n)).cloned().collect();
+        diff.frontends_removed = old_fronts.iter().filter(|n| !new_fronts.contains(n)).cloned().collect();
+        for backend in &next.backends {
+            let Some(old) = previous.backend(&backend.name) else {
+                diff.backends_added.push(backend.name.clone());
+                continue;
+            };
+            for server in &backend.servers {
+                let name = format!("{}/{}", backend.name, server.name);
+                match old.servers.iter().find(|s| Arc::ptr_eq(&s.state, &server.state)) {
+                    None => diff.servers_added.push(name),
+                    Some(before) => {
+                        if before.tls_name() != server.tls_name() {
+                            diff.reached_differently.push(server.state.clone());
+                        }
+                        if configured_differently(before, server) {
+                            diff.servers_changed.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        for backend in &previous.backends {
+            if next.backend(&backend.name).is_none() {
+                diff.backends_removed.push(backend.name.clone());
+            }
+            for server in &backend.servers {
+                let kept = next
+                    .backends
+                    .iter()
+                    .flat_map(|b| &b.servers)
+                    .any(|s| Arc::ptr_eq(&s.state, &server.state));
+                if !kept {
+                    diff.servers_removed.push(RemovedServer {
+                        name: format!("{}/{}", backend.name, server.name),
+                        state: server.state.clone(),
+                        drain: backend.drain_timing(),
+                    });
+                }
+            }
+        }
+        diff
+    }
+
+    /// Whether the reload changes nothing in the frontend, backend and server tables.
+    pub fn is_empty(&self) -> bool {
+        self.frontends_added.is_empty()
+            && self.frontends_removed.is_empty()
+            && self.backends_added.is_empty()
+            && self.backends_removed.is_empty()
+            && self.servers_added.is_empty()
+            && self.servers_removed.is_empty()
+            && self.servers_changed.is_empty()
+    }
+}
+
+/// Whether the config says something else of a carried-over server.
+fn configured_differently(before: &Server, after: &Server) -> bool {
+    before.configured_weight != after.configured_weight
+        || before.configured_admin != after.configured_admin
+        || before.maxconn != after.maxconn
+        || before.cookie != after.cookie
+        || before.tls_name() != after.tls_name()
+}
+
+impl std::fmt::Display for Diff {
+    /// `frontends +a -b; backends +c; servers +web/s3 -web/s1 ~web/s2`, or
+    /// `no change to frontends, backends or servers`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no change to frontends, backends or servers");
+        }
+        let removed: Vec<&str> = self.servers_removed.iter().map(|r| r.name.as_str()).collect();
+        let groups: [(&str, Vec<(char, Vec<&str>)>); 3] = [
+            (
+                "frontends",
+                vec![
+                    ('+', self.frontends_added.iter().map(|n| &**n).collect()),
+                    ('-', self.frontends_removed.iter().map(|n| &**n).collect()),
+                ],
+            ),
+            (
+                "backends",
+                vec![
+                    ('+', self.backends_added.iter().map(|n| &**n).collect()),
+                    ('-', self.backends_removed.iter().map(|n| &**n).collect()),
+                ],
+            ),
+            (
+                "servers",
+                vec![
+                    ('+', self.servers_added.iter().map(String::as_str).collect()),
+                    ('-', removed),
+                    ('~', self.servers_changed.iter().map(String::as_str).collect()),
+                ],
+            ),
+        ];
+        let mut first = true;
+        for (label, signs) in groups {
+            let items: Vec<String> = signs
+                .iter()
+                .flat_map(|(sign, names)| names.iter().map(move |n| format!("{sign}{n}")))
+                .collect();
+            if items.is_empty() {
+                continue;
+            }
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            write!(f, "{label} {}", items.join(" "))?;
+        }
+        Ok(())
     }
 }

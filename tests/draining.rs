@@ -85,7 +85,7 @@ async fn a_drained_server_takes_no_new_clients_and_closes_its_tunnels_spread_out
         }
     }
     let state = tether.handle.snapshot().backends[0].servers[0].state.clone();
-    assert!(state.set_admin(AdminState::Drain));
+    assert!(tether.handle.set_admin(&state, AdminState::Drain));
     let drained_at = Instant::now();
     for _ in 0..20 {
         assert_eq!(
@@ -138,7 +138,7 @@ async fn a_draining_server_still_takes_stuck_clients_and_maint_takes_nothing() {
     );
     let tether = start_tether(&config).await;
     let state = tether.handle.snapshot().backends[0].servers[0].state.clone();
-    state.set_admin(AdminState::Drain);
+    tether.handle.set_admin(&state, AdminState::Drain);
     let stuck = |addr| async move {
         let mut client = http_client(addr).await;
         let mut request = get_request("/");
@@ -156,13 +156,13 @@ async fn a_draining_server_still_takes_stuck_clients_and_maint_takes_nothing() {
     for _ in 0..4 {
         assert_eq!(server_of(tether.addr, "/").await, "s2");
     }
-    state.set_admin(AdminState::Maint);
+    tether.handle.set_admin(&state, AdminState::Maint);
     assert_eq!(
         stuck(tether.addr).await,
         "s2",
         "maint: even stuck clients are redispatched"
     );
-    state.set_admin(AdminState::Ready);
+    tether.handle.set_admin(&state, AdminState::Ready);
     let names: std::collections::HashSet<_> =
         futures_util::future::join_all((0..4).map(|_| server_of(tether.addr, "/")))
             .await

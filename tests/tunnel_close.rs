@@ -124,7 +124,7 @@ async fn a_server_taken_out_closes_its_tunnels_with_1012_and_only_those() {
         clients.push(ws_connect(tether.addr, "/ws").await);
     }
     let snapshot = tether.handle.snapshot();
-    assert!(snapshot.backends[0].servers[0].state.set_up(false));
+    assert!(tether.handle.set_up(&snapshot.backends[0].servers[0].state, false));
     for (ws, name) in clients.iter_mut() {
         if name == "s1" {
             assert_eq!(close_code(ws, Duration::from_secs(2)).await, Some(1012));

@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
+use super::Context;
 use super::{error_response, json_response, AdminBody};
 use crate::config::MAX_WEIGHT;
-use crate::instance::Handle;
 use crate::snapshot::{Backend, Server, Snapshot};
-use crate::state::AdminState;
+use crate::state::{AdminState, Changes};
 
 /// Stick-table entries returned when `limit` is absent.
 pub const DEFAULT_PAGE: usize = 100;
@@ -145,7 +145,14 @@ fn find<'a>(snapshot: &'a Snapshot, backend: &str, server: &str) -> Result<(&'a 
 }
 
 /// `POST …/drain`, `…/enable`, `…/disable`, `…/maint`: sets the server's admin state.
-pub fn server_action(snapshot: &Snapshot, backend: &str, server: &str, verb: &str, user: &str) -> Response<AdminBody> {
+pub fn server_action(
+    snapshot: &Snapshot,
+    changes: &Changes,
+    backend: &str,
+    server: &str,
+    verb: &str,
+    user: &str,
+) -> Response<AdminBody> {
     let (b, index) = match find(snapshot, backend, server) {
         Ok(found) => found,
         Err(message) => return error_response(StatusCode::NOT_FOUND, message),
@@ -157,7 +164,7 @@ pub fn server_action(snapshot: &Snapshot, backend: &str, server: &str, verb: &st
         other => return error_response(StatusCode::NOT_FOUND, format!("unknown action `{other}`")),
     };
     let state = &b.servers[index].state;
-    if state.set_admin(target) {
+    if changes.set_admin(state, target) {
         tracing::info!(backend = %b.name, server = %server, state = target.as_str(), user, "admin state set through the API");
     }
     json_response(StatusCode::OK, &server_json(b, index))
@@ -181,15 +188,15 @@ pub fn set_weight(snapshot: &Snapshot, backend: &str, server: &str, body: &[u8],
     };
     let weight = weight as u32;
     let state = &b.servers[index].state;
-    let before = state.weight.swap(weight, Ordering::Relaxed);
+    let before = state.set_weight(weight);
     tracing::info!(backend = %b.name, server = %server, weight, before, user, "weight set through the API");
     json_response(StatusCode::OK, &server_json(b, index))
 }
 
 /// `POST /api/v1/reload`.
-pub fn reload(handle: &Handle, user: &str) -> Response<AdminBody> {
+pub fn reload(context: &dyn Context, user: &str) -> Response<AdminBody> {
     tracing::info!(user, "reload asked through the API");
-    match handle.reload_config_file() {
+    match context.reload_config_file() {
         Ok(()) => json_response(StatusCode::OK, &json!({ "reloaded": true })),
         Err(message) => error_response(StatusCode::UNPROCESSABLE_ENTITY, message),
     }
@@ -236,8 +243,8 @@ pub fn sticky(snapshot: &Snapshot, backend: &str, query: Option<&str>) -> Respon
 
 /// `GET /api/v1/cluster`: this instance's membership of a cluster, the
 /// instances with a recent heartbeat and whether Redis is reachable.
-pub fn cluster(handle: &Handle) -> Response<AdminBody> {
-    let Some(cluster) = handle.shared().cluster.get() else {
+pub fn cluster(context: &dyn Context) -> Response<AdminBody> {
+    let Some(cluster) = context.cluster() else {
         return json_response(StatusCode::OK, &json!({ "enabled": false, "instances": [] }));
     };
     let now = crate::util::clock::unix_ms();

@@ -12,13 +12,12 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::util::lock;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use crate::util::lock;
-
 
 /// Failed logins an address may make within `FAILURE_WINDOW` before it is refused.
 pub const MAX_FAILURES: u32 = 5;

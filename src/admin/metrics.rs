@@ -17,8 +17,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::Context;
 use super::{error_response, AdminBody};
-use crate::instance::Handle;
 use crate::state::AdminState;
 
 /// The content type of the exposition (Prometheus negotiates it and parses it natively).
@@ -101,8 +101,8 @@ type FloatGaugeFamily<L> = Family<L, Gauge<f64, AtomicU64>>;
 type CounterFamily<L> = Family<L, Counter>;
 
 /// The exposition text of every metric, as of now.
-pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
-    let snapshot = handle.snapshot();
+pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
+    let snapshot = context.snapshot();
     let up = GaugeFamily::<ServerLabels>::default();
     let active = GaugeFamily::<ServerLabels>::default();
     let tunnels = GaugeFamily::<ServerLabels>::default();
@@ -252,7 +252,7 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
         }
     }
     let reloads = CounterFamily::<ResultLabels>::default();
-    let (ok, refused) = handle.shared().admin.reloads();
+    let (ok, refused) = context.reloads();
     for (result, count) in [("success", ok), ("failure", refused)] {
         reloads
             .get_or_create(&ResultLabels {
@@ -261,9 +261,9 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
             .inc_by(count);
     }
     let open: Gauge = Gauge::default();
-    open.set(handle.open_connections() as i64);
+    open.set(context.open_connections() as i64);
     let worker_accepted = CounterFamily::<WorkerLabels>::default();
-    for (worker, count) in handle.accepted_per_worker().into_iter().enumerate() {
+    for (worker, count) in context.accepted_per_worker().into_iter().enumerate() {
         worker_accepted
             .get_or_create(&WorkerLabels {
                 worker: worker.to_string(),
@@ -378,7 +378,7 @@ pub fn render(handle: &Handle) -> Result<String, std::fmt::Error> {
         "Client connections each worker accepted (how evenly the kernel spreads them over the workers' sockets)",
         worker_accepted,
     );
-    if let Some(cluster) = handle.shared().cluster.get() {
+    if let Some(cluster) = context.cluster() {
         let redis_up: Gauge = Gauge::default();
         redis_up.set(i64::from(cluster.redis.is_up()));
         registry.register(
@@ -439,8 +439,8 @@ fn code_labels(server: &ServerLabels, code: String) -> CodeLabels {
 }
 
 /// The `/metrics` response.
-pub fn respond(handle: &Handle) -> Response<AdminBody> {
-    match render(handle) {
+pub fn respond(context: &dyn Context) -> Response<AdminBody> {
+    match render(context) {
         Ok(text) => {
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response

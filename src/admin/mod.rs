@@ -20,9 +20,7 @@ pub mod page;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,9 +33,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use crate::cluster::Cluster;
+use crate::proxy::Stop;
+use crate::snapshot::{AdminSettings, Snapshot};
+use crate::state::Changes;
 use crate::util::lock;
-use crate::instance::{Handle, Tether};
-use crate::snapshot::AdminSettings;
 
 /// The realm of the HTTP Basic challenge (RFC 7617 §2), shown by browsers in the login prompt.
 pub const REALM: &str = "tether admin";
@@ -63,50 +63,66 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/cluster"),
 ];
 
-/// The admin listener's part of an instance's shared state.
+/// What the admin listener needs of the instance it serves, and nothing
+/// more: `instance` implements it, so the admin listener never sees the
+/// instance's insides (and `admin` never imports `instance`).
+pub trait Context: Send + Sync + 'static {
+    /// The snapshot in force.
+    fn snapshot(&self) -> Arc<Snapshot>;
+    /// The admin listener's own state: its socket and the login limits.
+    fn admin(&self) -> &AdminShared;
+    /// The instance's stop signals: the listener stops at the graceful stop.
+    fn stop(&self) -> &Stop;
+    /// Where operator actions (drain, maint, enable) are made, so
+    /// `instance` acts on them.
+    fn changes(&self) -> &Changes;
+    /// The cluster this instance is a member of, if any.
+    fn cluster(&self) -> Option<&Arc<Cluster>>;
+    /// Reads the configuration file again and reloads it (`POST
+    /// /api/v1/reload`); the error's text if the running config stays.
+    fn reload_config_file(&self) -> Result<(), String>;
+    /// Reloads so far: `(succeeded, refused)`.
+    fn reloads(&self) -> (u64, u64);
+    /// Open client connections and tunnels.
+    fn open_connections(&self) -> usize;
+    /// Connections each worker accepted since start (worker 0 first).
+    fn accepted_per_worker(&self) -> Vec<u64>;
+}
+
+/// The admin listener's own state within an instance.
 #[derive(Debug, Default)]
 pub struct AdminShared {
     /// The bound socket until `run` starts serving it.
     listener: Mutex<Option<std::net::TcpListener>>,
     /// The address actually bound (after port 0), for tests and logs.
     local: Mutex<Option<SocketAddr>>,
-    /// The configuration file, so `POST /api/v1/reload` can read it again.
-    config_path: Mutex<Option<PathBuf>>,
-    /// Reloads through `Handle::reload_config_file` that succeeded.
-    reloads_ok: AtomicU64,
-    /// Reloads through `Handle::reload_config_file` that were refused.
-    reloads_failed: AtomicU64,
     /// Failed-login limits and remembered logins.
     logins: auth::Logins,
 }
 
 impl AdminShared {
-    /// Reloads so far: `(succeeded, refused)`.
-    pub fn reloads(&self) -> (u64, u64) {
-        (
-            self.reloads_ok.load(Ordering::Relaxed),
-            self.reloads_failed.load(Ordering::Relaxed),
-        )
+    /// The address the admin listener is bound to, if `[admin]` is configured.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.local)
     }
 }
 
 /// Binds the admin listener if the snapshot has `[admin]` (called by `Tether::bind`).
-pub(crate) fn bind(handle: &Handle) -> std::io::Result<()> {
-    let Some(settings) = handle.snapshot().admin.clone() else {
+pub fn bind(context: &dyn Context) -> std::io::Result<()> {
+    let Some(settings) = context.snapshot().admin.clone() else {
         return Ok(());
     };
     let listener = std::net::TcpListener::bind(settings.bind)?;
     listener.set_nonblocking(true)?;
-    let admin = &handle.shared().admin;
+    let admin = context.admin();
     *lock(&admin.local) = Some(listener.local_addr()?);
     *lock(&admin.listener) = Some(listener);
     Ok(())
 }
 
 /// Starts serving the admin listener bound by `bind`, if any, until the graceful stop begins.
-pub(crate) fn start(handle: &Handle) -> Option<JoinHandle<()>> {
-    let std_listener = lock(&handle.shared().admin.listener)
-        .take()?;
+pub fn start(context: Arc<dyn Context>) -> Option<JoinHandle<()>> {
+    let std_listener = lock(&context.admin().listener).take()?;
     let listener = match tokio::net::TcpListener::from_std(std_listener) {
         Ok(listener) => listener,
         Err(err) => {
@@ -114,19 +130,19 @@ pub(crate) fn start(handle: &Handle) -> Option<JoinHandle<()>> {
             return None;
         }
     };
-    let address = handle.admin_addr();
-    match handle.snapshot().admin.as_deref() {
+    let address = context.admin().local_addr();
+    match context.snapshot().admin.as_deref() {
         Some(settings) if settings.users.is_empty() => tracing::warn!(
             address = ?address,
             "admin listener has no users: it serves loopback only, without login; add [admin] users to require one"
         ),
         _ => tracing::info!(address = ?address, "admin listener: stats page, /metrics and /api/v1/"),
     }
-    Some(tokio::spawn(accept_loop(listener, handle.clone())))
+    Some(tokio::spawn(accept_loop(listener, context)))
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, handle: Handle) {
-    let stopping = handle.shared().stop.graceful();
+async fn accept_loop(listener: tokio::net::TcpListener, context: Arc<dyn Context>) {
+    let stopping = context.stop().graceful();
     tokio::pin!(stopping);
     loop {
         tokio::select! {
@@ -134,7 +150,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, handle: Handle) {
             _ = &mut stopping => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, handle.clone()));
+                    tokio::spawn(serve_connection(stream, peer, context.clone()));
                 }
                 Err(err) => {
                     tracing::warn!(cause = %err, "admin accept failed");
@@ -145,17 +161,17 @@ async fn accept_loop(listener: tokio::net::TcpListener, handle: Handle) {
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, handle: Handle) {
-    let service_handle = handle.clone();
-    let service = service_fn(move |request| respond(service_handle.clone(), peer, request));
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, context: Arc<dyn Context>) {
+    let service_context = context.clone();
+    let service = service_fn(move |request| respond(service_context.clone(), peer, request));
     let connection = http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(Duration::from_secs(10))
         .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let stopping = handle.shared().stop.graceful();
-    let hard = handle.shared().stop.hard();
+    let stopping = context.stop().graceful();
+    let hard = context.stop().hard();
     tokio::pin!(stopping, hard);
     tokio::select! {
         _ = connection.as_mut() => return,
@@ -193,11 +209,11 @@ fn no_store(mut response: Response<AdminBody>) -> Response<AdminBody> {
 }
 
 async fn respond(
-    handle: Handle,
+    context: Arc<dyn Context>,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<AdminBody>, Infallible> {
-    Ok(no_store(route(&handle, peer.ip(), request).await))
+    Ok(no_store(route(&*context, peer.ip(), request).await))
 }
 
 /// Finds the route for `method` and `path`: its template and path parameters.
@@ -258,8 +274,8 @@ enum Login {
     User(String),
 }
 
-async fn route(handle: &Handle, ip: IpAddr, request: Request<Incoming>) -> Response<AdminBody> {
-    let snapshot = handle.snapshot();
+async fn route(context: &dyn Context, ip: IpAddr, request: Request<Incoming>) -> Response<AdminBody> {
+    let snapshot = context.snapshot();
     let Some(settings) = snapshot.admin.clone() else {
         return error_response(
             StatusCode::NOT_FOUND,
@@ -284,9 +300,9 @@ async fn route(handle: &Handle, ip: IpAddr, request: Request<Incoming>) -> Respo
         }
     };
     if scraper && template == "/metrics" {
-        return metrics::respond(handle);
+        return metrics::respond(context);
     }
-    let login = match authenticate(handle, &settings, ip, &request).await {
+    let login = match authenticate(context, &settings, ip, &request).await {
         Ok(login) => login,
         Err(response) => return response,
     };
@@ -303,12 +319,12 @@ async fn route(handle: &Handle, ip: IpAddr, request: Request<Incoming>) -> Respo
     let param = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     match template {
         "/" => page::respond(&snapshot),
-        "/metrics" => metrics::respond(handle),
+        "/metrics" => metrics::respond(context),
         "/api/v1/frontends" => api::frontends(&snapshot),
         "/api/v1/backends" => api::backends(&snapshot),
         "/api/v1/servers" => api::servers(&snapshot),
         "/api/v1/backends/{backend}/sticky" => api::sticky(&snapshot, param(0), request.uri().query()),
-        "/api/v1/reload" => api::reload(handle, user),
+        "/api/v1/reload" => api::reload(context, user),
         "/api/v1/backends/{backend}/servers/{server}/weight" => {
             let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
                 Ok(body) => body.to_bytes(),
@@ -317,14 +333,14 @@ async fn route(handle: &Handle, ip: IpAddr, request: Request<Incoming>) -> Respo
                 }
             };
             let response = api::set_weight(&snapshot, param(0), param(1), &body, user);
-            announce(handle, &snapshot, &response, param(0), param(1), user);
+            announce(context, &snapshot, &response, param(0), param(1), user);
             response
         }
-        "/api/v1/cluster" => api::cluster(handle),
+        "/api/v1/cluster" => api::cluster(context),
         action => {
             let verb = action.rsplit('/').next().unwrap_or_default();
-            let response = api::server_action(&snapshot, param(0), param(1), verb, user);
-            announce(handle, &snapshot, &response, param(0), param(1), user);
+            let response = api::server_action(&snapshot, context.changes(), param(0), param(1), verb, user);
+            announce(context, &snapshot, &response, param(0), param(1), user);
             response
         }
     }
@@ -332,14 +348,14 @@ async fn route(handle: &Handle, ip: IpAddr, request: Request<Incoming>) -> Respo
 
 /// In a cluster, shares an operator change that succeeded with the other instances.
 fn announce(
-    handle: &Handle,
+    context: &dyn Context,
     snapshot: &crate::snapshot::Snapshot,
     response: &Response<AdminBody>,
     backend: &str,
     server: &str,
     user: &str,
 ) {
-    if let (Some(cluster), StatusCode::OK) = (handle.shared().cluster.get(), response.status()) {
+    if let (Some(cluster), StatusCode::OK) = (context.cluster(), response.status()) {
         cluster.announce(snapshot, backend, server, user);
     }
 }
@@ -370,7 +386,7 @@ fn challenge(message: &str) -> Response<AdminBody> {
 }
 
 async fn authenticate<B>(
-    handle: &Handle,
+    context: &dyn Context,
     settings: &AdminSettings,
     ip: IpAddr,
     request: &Request<B>,
@@ -378,7 +394,7 @@ async fn authenticate<B>(
     if settings.users.is_empty() {
         return Ok(Login::Open);
     }
-    let logins = &handle.shared().admin.logins;
+    let logins = &context.admin().logins;
     let Some(credentials) = request.headers().get(header::AUTHORIZATION) else {
         return Err(challenge("log in to use the admin listener"));
     };
@@ -413,48 +429,6 @@ async fn authenticate<B>(
     let failures = logins.failed(ip);
     tracing::warn!(peer = %ip, user = %user, failures, "admin login failed");
     Err(challenge("wrong user name or password"))
-}
-
-impl Handle {
-    /// The address the admin listener is bound to, if `[admin]` is configured.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        *lock(&self.shared().admin.local)
-    }
-
-    /// Remembers the configuration file, so `reload_config_file` (and `POST /api/v1/reload`) can read it again.
-    pub fn set_config_path(&self, path: PathBuf) {
-        *lock(&self.shared().admin.config_path) = Some(path);
-    }
-
-    /// Reads the configuration file again and reloads it; on any error the
-    /// running configuration stays and the error's text is returned. Counted
-    /// in `tether_config_reloads_total`.
-    pub fn reload_config_file(&self) -> Result<(), String> {
-        let admin = &self.shared().admin;
-        let path = lock(&admin.config_path).clone();
-        let result = match path {
-            None => Err("tether was not started from a configuration file: there is nothing to reload".to_string()),
-            Some(path) => crate::config::load_file(&path)
-                .map_err(|err| err.to_string())
-                .and_then(|config| self.reload(&config).map_err(|err| err.to_string()))
-                .map(|()| tracing::info!(file = %path.display(), "configuration reloaded")),
-        };
-        match &result {
-            Ok(()) => admin.reloads_ok.fetch_add(1, Ordering::Relaxed),
-            Err(err) => {
-                tracing::error!(cause = %err, "reload refused: the running configuration stays");
-                admin.reloads_failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-        result
-    }
-}
-
-impl Tether {
-    /// The address the admin listener is bound to, if `[admin]` is configured.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.handle().admin_addr()
-    }
 }
 
 #[cfg(test)]

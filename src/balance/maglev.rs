@@ -36,7 +36,6 @@ use crate::util::prime::is_prime;
 /// within a fraction of a percent of its weight.
 pub const DEFAULT_TABLE_SIZE: usize = 65_537;
 
-
 /// The smallest prime at least `n`.
 fn next_prime(n: usize) -> usize {
     let mut candidate = n.max(2);

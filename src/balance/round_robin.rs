@@ -4,8 +4,8 @@
 
 use std::sync::Mutex;
 
-use crate::util::lock;
 use super::{Balancer, Candidates, RequestKey, ServerId};
+use crate::util::lock;
 
 /// Smooth weighted round robin; the key is ignored.
 #[derive(Debug)]

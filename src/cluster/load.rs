@@ -16,13 +16,13 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::time::MissedTickBehavior;
 
 use super::{Cluster, InstanceInfo};
+use crate::snapshot::Snapshot;
 use crate::util::clock::unix_ms;
 use crate::util::lock;
-use crate::proxy::Shared;
-use crate::snapshot::Snapshot;
 
 /// Heartbeats older than this many intervals mean the instance is gone.
 const LIVE_INTERVALS: u32 = 3;
@@ -32,14 +32,14 @@ const RESTORE_EVERY: u64 = 30;
 const FORGET_AFTER_MS: u64 = 3_600_000;
 
 /// Publishes and reads load until the task is aborted.
-pub(crate) async fn sync_loop(cluster: Arc<Cluster>, shared: Arc<Shared>) {
+pub(crate) async fn sync_loop(cluster: Arc<Cluster>, snapshot: Arc<ArcSwap<Snapshot>>) {
     let mut tick = tokio::time::interval(cluster.settings.sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut round: u64 = 0;
     loop {
         tick.tick().await;
         round += 1;
-        let snapshot = shared.snapshot.load_full();
+        let snapshot = snapshot.load_full();
         let result = sync_once(&cluster, &snapshot).await;
         if result.is_ok() && round % RESTORE_EVERY == 0 {
             // A FLUSHALL does not disconnect anyone: repair the stored operator state now and then.

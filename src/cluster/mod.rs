@@ -26,13 +26,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::util::lock;
 use crate::config::types;
-use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
+use crate::state::Changes;
+use crate::util::lock;
 use client::RedisClient;
 
 /// Most stick-table writes waiting for the writer task; beyond, writes are dropped and counted.
@@ -143,13 +144,18 @@ pub struct Cluster {
     /// The latest operator change per `backend/server` known to this
     /// instance, re-applied after a reload (which resets admin states to the config's).
     ops_state: Mutex<HashMap<String, ops::OpRecord>>,
+    /// Where operator changes from the others are made (so `instance`
+    /// drains a server another instance drained).
+    changes: Changes,
     /// Operator changes made here that could not be published (outage), published on recovery.
     ops_pending: Mutex<Vec<ops::OpRecord>>,
 }
 
 impl Cluster {
     /// A cluster member for `settings`; nothing connects until `start`.
-    pub fn new(settings: ClusterSettings) -> Result<Self, ClusterError> {
+    /// A member of the cluster `settings` describes; operator changes from
+    /// the others are made through `changes`.
+    pub fn new(settings: ClusterSettings, changes: Changes) -> Result<Self, ClusterError> {
         let ca = match &settings.tls_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|source| ClusterError::CaFile {
                 path: path.clone(),
@@ -170,6 +176,7 @@ impl Cluster {
             instances: Mutex::new(Vec::new()),
             ops_state: Mutex::new(HashMap::new()),
             ops_pending: Mutex::new(Vec::new()),
+            changes,
         })
     }
 
@@ -212,8 +219,7 @@ impl Cluster {
             if table.is_shared() {
                 continue;
             }
-            let shared =
-                stick_table::SharedTable::new(table.clone(), self.clone(), &name, policy.idle_timeout);
+            let shared = stick_table::SharedTable::new(table.clone(), self.clone(), &name, policy.idle_timeout);
             policy.table = Some(Arc::new(shared));
         }
     }
@@ -253,14 +259,14 @@ impl Cluster {
 
     /// Starts the background tasks (writer, load sync and heartbeat, operator
     /// changes, resync on recovery); they stop when the returned guard drops.
-    pub fn start(self: &Arc<Self>, shared: Arc<Shared>) -> TaskGuard {
+    pub fn start(self: &Arc<Self>, snapshot: Arc<ArcSwap<Snapshot>>) -> TaskGuard {
         self.redis.start();
         let mut tasks = Vec::new();
         if let Some(queue) = lock(&self.write_queue).take() {
             tasks.push(tokio::spawn(writer(self.clone(), queue)));
         }
-        tasks.push(tokio::spawn(load::sync_loop(self.clone(), shared.clone())));
-        tasks.push(tokio::spawn(ops::subscribe_loop(self.clone(), shared.clone())));
+        tasks.push(tokio::spawn(load::sync_loop(self.clone(), snapshot.clone())));
+        tasks.push(tokio::spawn(ops::subscribe_loop(self.clone(), snapshot)));
         tasks.push(tokio::spawn(resync_loop(self.clone())));
         tracing::info!(instance = self.instance(), redis = %redacted(&self.settings.redis), "cluster mode: sharing state through Redis");
         TaskGuard(tasks)
@@ -377,8 +383,6 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,7 +408,7 @@ mod tests {
             sync_interval: Duration::from_secs(1),
             stick_refresh: Duration::from_secs(10),
         };
-        let cluster = Cluster::new(settings).expect("valid URL");
+        let cluster = Cluster::new(settings, Changes::unobserved()).expect("valid URL");
         cluster.resolve_instance(8080);
         assert_eq!(cluster.instance(), "a");
         assert_eq!(cluster.key(&["load", "web", "a"]), "tether:load:web:a");

@@ -5,19 +5,18 @@
 //! `<prefix>ops`. Every instance applies what it receives the way its own
 //! API would (`ServerState::set_admin`, the weight), without publishing it again.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::Cluster;
+use crate::snapshot::Snapshot;
+use crate::state::{AdminState, Changes};
 use crate::util::clock::unix_ms;
 use crate::util::lock;
-use crate::proxy::Shared;
-use crate::snapshot::Snapshot;
-use crate::state::AdminState;
 
 /// How long the subscriber waits before connecting again after losing Redis.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
@@ -100,13 +99,15 @@ impl Cluster {
         self.redis.query::<()>(&pipe, self.redis.background_timeout()).await
     }
 
-    /// Applies every known operator change to `snapshot` again (after a
-    /// reload, which resets admin states and weights to the config's).
-    pub fn reapply(&self, snapshot: &Snapshot) {
-        let records: Vec<OpRecord> = lock(&self.ops_state).values().cloned().collect();
-        for record in records {
-            apply(snapshot, &record);
-        }
+    /// The latest operator change known for `backend`/`server` (admin
+    /// state and weight), which wins over the config's at a reload.
+    pub fn operator_state(&self, backend: &str, server: &str) -> Option<(AdminState, u32)> {
+        let known = lock(&self.ops_state);
+        let record = known.get(&format!("{backend}/{server}"))?;
+        Some((
+            admin_state(&record.admin)?,
+            record.weight.min(crate::config::MAX_WEIGHT),
+        ))
     }
 
     /// Records and applies `record` if it is newer than what is known of its server.
@@ -121,16 +122,16 @@ impl Cluster {
             }
             known.insert(record.field(), record.clone());
         }
-        apply(snapshot, &record);
+        apply(snapshot, &record, &self.changes);
     }
 
     /// Reads the stored operator state and applies it.
-    async fn read_state(&self, shared: &Shared) -> Result<usize, super::client::RedisCallError> {
+    async fn read_state(&self, snapshot: &ArcSwap<Snapshot>) -> Result<usize, super::client::RedisCallError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL").arg(self.key(&["ops", "state"]));
         let (stored,): (std::collections::HashMap<String, String>,) =
             self.redis.query(&pipe, self.redis.background_timeout()).await?;
-        let snapshot = shared.snapshot.load_full();
+        let snapshot = snapshot.load_full();
         let count = stored.len();
         for json in stored.values() {
             if let Ok(record) = serde_json::from_str::<OpRecord>(json) {
@@ -142,7 +143,7 @@ impl Cluster {
 }
 
 /// Applies one record to the servers of `snapshot` it names; returns whether anything changed.
-pub fn apply(snapshot: &Snapshot, record: &OpRecord) -> bool {
+pub fn apply(snapshot: &Snapshot, record: &OpRecord, changes: &Changes) -> bool {
     let Some(backend) = snapshot.backend(&record.backend) else {
         return false;
     };
@@ -153,9 +154,9 @@ pub fn apply(snapshot: &Snapshot, record: &OpRecord) -> bool {
         return false;
     };
     let state = &backend.servers[index].state;
-    let admin_changed = state.set_admin(target);
+    let admin_changed = changes.set_admin(state, target);
     let weight = record.weight.min(crate::config::MAX_WEIGHT);
-    let before = state.weight.swap(weight, Ordering::Relaxed);
+    let before = state.set_weight(weight);
     let changed = admin_changed || before != weight;
     if changed {
         tracing::info!(
@@ -211,14 +212,14 @@ pub(crate) async fn publish_pending(cluster: &Cluster) {
 
 /// Subscribes to the operator channel, reads the stored state on every
 /// (re)connection, applies what others publish; reconnects when Redis goes away.
-pub(crate) async fn subscribe_loop(cluster: Arc<Cluster>, shared: Arc<Shared>) {
+pub(crate) async fn subscribe_loop(cluster: Arc<Cluster>, snapshot: Arc<ArcSwap<Snapshot>>) {
     let channel = cluster.key(&["ops"]);
     loop {
         match cluster.redis.pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     // Subscribed first, then read: nothing published in between is missed.
-                    match cluster.read_state(&shared).await {
+                    match cluster.read_state(&snapshot).await {
                         Ok(count) => tracing::debug!(records = count, "operator state read from Redis"),
                         Err(err) => tracing::debug!(cause = %err, "operator state not read"),
                     }
@@ -234,8 +235,7 @@ pub(crate) async fn subscribe_loop(cluster: Arc<Cluster>, shared: Arc<Shared>) {
                         if record.instance == cluster.instance() {
                             continue;
                         }
-                        let snapshot = shared.snapshot.load_full();
-                        cluster.receive(&snapshot, record);
+                        cluster.receive(&snapshot.load_full(), record);
                     }
                 }
                 Err(err) => tracing::debug!(cause = %err, "cannot subscribe to the operator channel"),

@@ -184,7 +184,7 @@ mod tests {
             sync_interval: Duration::from_secs(1),
             stick_refresh: Duration::from_secs(10),
         };
-        Arc::new(Cluster::new(settings).expect("valid URL"))
+        Arc::new(Cluster::new(settings, crate::state::Changes::unobserved()).expect("valid URL"))
     }
 
     #[tokio::test(start_paused = true)]

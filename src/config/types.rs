@@ -818,7 +818,6 @@ impl AdminState {
     }
 }
 
-
 pub mod defaults {
     use super::{ConfigDuration, ForwardHeader};
     use std::time::Duration;

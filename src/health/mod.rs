@@ -5,31 +5,32 @@
 //! The pieces, each with one job: `machine` counts consecutive results and
 //! says when a server flips (pure); `probe` runs one check (I/O only);
 //! this module applies results to a server's live state, flipping it with
-//! `ServerState::set_up` and logging each flip once; `Checkers` owns the
-//! checker tasks of one instance (one per server) and replaces them on reload.
+//! `Changes::set_up` (so `instance` closes the tunnels of a server gone
+//! down) and logging each flip once; `Checkers` owns the checker tasks of
+//! one instance (one per server) and replaces them on reload. It is handed
+//! the servers to check (`BackendTargets`), never the snapshot.
 //!
 //! A server of a backend with checks starts down and its first check decides
 //! at once (so it gets no traffic before a check passed, and does not wait
 //! `rise` intervals for its first); after that `rise` and `fall` apply. A
 //! server whose state carries over a reload keeps its up/down and counters.
 
-mod machine;
 mod probe;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
 
+use crate::config::types::{self, CheckKind};
+use crate::state::{Changes, ServerState};
+use crate::tls::UpstreamTls;
 use crate::util::lock;
 use crate::util::mix::SplitMix64;
-use crate::config::types::{self, CheckKind};
-use crate::snapshot::Snapshot;
-use crate::state::ServerState;
 
-pub use machine::{Flip, Machine, Thresholds};
+pub use crate::state::health::{CheckReport, FlipReport, HealthStatus};
+pub use crate::state::machine::{Flip, Machine, Thresholds};
 pub use probe::{check, CheckError, HttpProbe, Probe, BODY_LIMIT};
 
 /// The health settings of one backend, resolved from the config with defaults.
@@ -93,49 +94,6 @@ impl HealthCheck {
     }
 }
 
-/// Health of one server as the checks see it, kept in its `ServerState`.
-#[derive(Debug, Clone, Default)]
-pub struct HealthStatus {
-    /// Consecutive results.
-    pub machine: Machine,
-    /// Whether health checks govern this server now (its backend has them).
-    pub governed: bool,
-    /// Checks run since tether started.
-    pub checks: u64,
-    /// Of those, the ones that failed.
-    pub failed_checks: u64,
-    /// The latest check result.
-    pub last_check: Option<CheckReport>,
-    /// The latest flip.
-    pub last_flip: Option<FlipReport>,
-}
-
-/// One check result.
-#[derive(Debug, Clone)]
-pub struct CheckReport {
-    /// When the check ended.
-    pub at: Instant,
-    /// How long it took.
-    pub latency: Duration,
-    /// Why it failed; `None` when it passed.
-    pub failure: Option<String>,
-}
-
-/// One flip of a server's availability.
-#[derive(Debug, Clone)]
-pub struct FlipReport {
-    /// When it happened.
-    pub at: Instant,
-    /// Which way.
-    pub flip: Flip,
-    /// What decided: the check kind (`tcp`, `http`, `websocket`) or `passive`.
-    pub check: &'static str,
-    /// Consecutive results that caused it (1 for a server's first check).
-    pub after: u32,
-    /// The last result's cause, for a flip down.
-    pub cause: String,
-}
-
 /// Names of a server for logs.
 #[derive(Debug, Clone)]
 struct Names {
@@ -146,10 +104,11 @@ struct Names {
 /// Applies one active check result to `state`; flips and logs if the machine says so.
 fn record_check(
     names: &Names,
-    state: &ServerState,
+    state: &Arc<ServerState>,
     settings: &HealthCheck,
     outcome: Result<Duration, CheckError>,
     took: Duration,
+    changes: &Changes,
 ) {
     let check = settings.probe.kind();
     let passed = outcome.is_ok();
@@ -167,22 +126,16 @@ fn record_check(
         });
         let first = !status.machine.is_checked();
         let flip = status.machine.observe(state.is_up(), passed, settings.thresholds);
-        flip.filter(|flip| state.set_up(flip.is_up())).map(|flip| {
-            let report = FlipReport {
-                at: Instant::now(),
-                flip,
-                check,
-                after: if first {
-                    1
-                } else if flip.is_up() {
-                    status.machine.successes()
-                } else {
-                    status.machine.failure_streak()
-                },
-                cause: failure.clone().unwrap_or_else(|| "check passed".to_string()),
+        flip.filter(|flip| changes.set_up(state, flip.is_up())).map(|flip| {
+            let after = if first {
+                1
+            } else if flip.is_up() {
+                status.machine.successes()
+            } else {
+                status.machine.failure_streak()
             };
-            status.last_flip = Some(report.clone());
-            report
+            let cause = failure.clone().unwrap_or_else(|| "check passed".to_string());
+            status.record_flip(flip, check, after, cause)
         })
     };
     match flipped {
@@ -218,7 +171,14 @@ fn log_flip(names: &Names, report: &FlipReport) {
 
 /// Passive detection: a connect of live traffic to `server` failed. With
 /// `observe` on, it counts toward `fall` and may take the server down at once.
-pub fn connect_failed(backend: &Arc<str>, server: &Arc<str>, state: &ServerState, settings: &HealthCheck, cause: &str) {
+pub fn connect_failed(
+    backend: &Arc<str>,
+    server: &Arc<str>,
+    state: &Arc<ServerState>,
+    settings: &HealthCheck,
+    cause: &str,
+    changes: &Changes,
+) {
     if !settings.observe {
         return;
     }
@@ -228,16 +188,9 @@ pub fn connect_failed(backend: &Arc<str>, server: &Arc<str>, state: &ServerState
         let flip = status
             .machine
             .observe_passive_failure(state.is_up(), settings.thresholds);
-        flip.filter(|flip| state.set_up(flip.is_up())).map(|flip| {
-            let report = FlipReport {
-                at: Instant::now(),
-                flip,
-                check: "passive",
-                after: status.machine.failure_streak(),
-                cause: cause.to_string(),
-            };
-            status.last_flip = Some(report.clone());
-            report
+        flip.filter(|flip| changes.set_up(state, flip.is_up())).map(|flip| {
+            let after = status.machine.failure_streak();
+            status.record_flip(flip, "passive", after, cause.to_string())
         })
     };
     if let Some(report) = flipped {
@@ -261,7 +214,9 @@ struct Jitter(SplitMix64);
 impl Jitter {
     fn new(names: &Names) -> Self {
         use std::hash::{BuildHasher, RandomState};
-        Jitter(SplitMix64::new(RandomState::new().hash_one((&*names.backend, &*names.server))))
+        Jitter(SplitMix64::new(
+            RandomState::new().hash_one((&*names.backend, &*names.server)),
+        ))
     }
 
     /// A number in [0, 1).
@@ -274,9 +229,10 @@ impl Jitter {
 async fn watch_server(
     names: Names,
     address: SocketAddr,
-    tls: Option<crate::tls::UpstreamTls>,
+    tls: Option<UpstreamTls>,
     state: Arc<ServerState>,
     settings: Arc<HealthCheck>,
+    changes: Changes,
 ) {
     let mut jitter = Jitter::new(&names);
     // A server not checked yet is checked at once; the others start at a
@@ -287,17 +243,44 @@ async fn watch_server(
     loop {
         let started = tokio::time::Instant::now();
         let outcome = check(&settings.probe, address, tls.as_ref(), settings.timeout).await;
-        record_check(&names, &state, &settings, outcome, started.elapsed());
+        record_check(&names, &state, &settings, outcome, started.elapsed(), &changes);
         tokio::time::sleep_until(started + jittered(settings.interval, jitter.unit())).await;
     }
+}
+
+/// One server to check, as the checks see it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The server's name, for logs.
+    pub name: Arc<str>,
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// TLS toward the server, if it is reached over TLS.
+    pub tls: Option<UpstreamTls>,
+    /// Its live state, where results and flips are written.
+    pub state: Arc<ServerState>,
+}
+
+/// The servers of one backend and its checks (`None`: not checked, so its
+/// servers are released: up, and checked afresh if checks come back).
+#[derive(Debug, Clone)]
+pub struct BackendTargets {
+    /// The backend's name, for logs.
+    pub backend: Arc<str>,
+    /// The backend's checks, if any.
+    pub settings: Option<Arc<HealthCheck>>,
+    /// Its servers.
+    pub servers: Vec<Target>,
 }
 
 /// The checker tasks of one tether instance: one per server of every
 /// backend with checks. Started by `Tether::run`, replaced on each reload,
 /// stopped when the instance stops.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Checkers {
     inner: Mutex<Generation>,
+    /// Where flips are made and reported.
+    changes: Changes,
 }
 
 /// The tasks of the snapshot in force.
@@ -330,23 +313,31 @@ impl Drop for Running<'_> {
 }
 
 impl Checkers {
-    /// Starts checking the servers of the snapshot in force, on the current
-    /// runtime; they are checked until the returned guard drops. Must be
-    /// called within a tokio runtime.
-    pub fn start<'a>(&'a self, snapshot: &ArcSwap<Snapshot>) -> Running<'a> {
+    /// No checker running yet; flips go through `changes`.
+    pub fn new(changes: Changes) -> Self {
+        Self {
+            inner: Mutex::default(),
+            changes,
+        }
+    }
+
+    /// Starts checking the servers `targets` lists, on the current runtime;
+    /// they are checked until the returned guard drops. `targets` is called
+    /// under the checkers' lock, so a concurrent reload cannot be missed.
+    /// Must be called within a tokio runtime.
+    pub fn start<'a>(&'a self, targets: impl FnOnce() -> Vec<BackendTargets>) -> Running<'a> {
         let mut generation = self.lock();
         generation.runtime = Some(tokio::runtime::Handle::current());
-        // Loaded under the lock, so a concurrent reload cannot be missed.
-        spawn_generation(&mut generation, &snapshot.load());
+        spawn_generation(&mut generation, &targets(), &self.changes);
         Running { checkers: self }
     }
 
-    /// After a reload: stops the previous snapshot's tasks and starts the
-    /// new one's. Does nothing if the instance is not running.
-    pub fn refresh(&self, snapshot: &ArcSwap<Snapshot>) {
+    /// After a reload: stops the previous tasks and starts checking
+    /// `targets`. Does nothing if the instance is not running.
+    pub fn refresh(&self, targets: impl FnOnce() -> Vec<BackendTargets>) {
         let mut generation = self.lock();
         if generation.runtime.is_some() {
-            spawn_generation(&mut generation, &snapshot.load());
+            spawn_generation(&mut generation, &targets(), &self.changes);
         }
     }
 
@@ -367,20 +358,20 @@ impl Checkers {
     }
 }
 
-fn spawn_generation(generation: &mut Generation, snapshot: &Snapshot) {
+fn spawn_generation(generation: &mut Generation, backends: &[BackendTargets], changes: &Changes) {
     generation.stop_tasks();
     let Some(runtime) = generation.runtime.clone() else {
         return;
     };
-    for backend in &snapshot.backends {
-        let Some(settings) = &backend.health else {
+    for backend in backends {
+        let Some(settings) = &backend.settings else {
             release_unchecked(backend);
             continue;
         };
         for server in &backend.servers {
             server.state.health_lock().governed = true;
             let names = Names {
-                backend: backend.name.clone(),
+                backend: backend.backend.clone(),
                 server: server.name.clone(),
             };
             let task = watch_server(
@@ -389,6 +380,7 @@ fn spawn_generation(generation: &mut Generation, snapshot: &Snapshot) {
                 server.tls.clone(),
                 server.state.clone(),
                 settings.clone(),
+                changes.clone(),
             );
             generation.tasks.push(runtime.spawn(task));
         }
@@ -397,25 +389,24 @@ fn spawn_generation(generation: &mut Generation, snapshot: &Snapshot) {
 
 /// Servers of a backend whose checks were removed by a reload are up again,
 /// and a later check starts afresh.
-fn release_unchecked(backend: &crate::snapshot::Backend) {
+fn release_unchecked(backend: &BackendTargets) {
     for server in &backend.servers {
         let mut status = server.state.health_lock();
         if !std::mem::replace(&mut status.governed, false) {
             continue;
         }
         status.machine.reset();
+        // Going up calls for no action, so the plain setter does.
         if server.state.set_up(true) {
-            let report = FlipReport {
-                at: Instant::now(),
-                flip: Flip::Up,
-                check: "none",
-                after: 0,
-                cause: "health checks removed from the backend".to_string(),
-            };
-            status.last_flip = Some(report.clone());
+            let report = status.record_flip(
+                Flip::Up,
+                "none",
+                0,
+                "health checks removed from the backend".to_string(),
+            );
             drop(status);
             let names = Names {
-                backend: backend.name.clone(),
+                backend: backend.backend.clone(),
                 server: server.name.clone(),
             };
             log_flip(&names, &report);
@@ -464,24 +455,25 @@ mod tests {
             backend: "b".into(),
             server: "s".into(),
         };
-        let state = ServerState::awaiting_first_check(1);
+        let state = Arc::new(ServerState::awaiting_first_check(1));
+        let changes = Changes::unobserved();
         let s = settings(3, 2, false);
         assert!(!state.is_up());
-        record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO);
+        record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO, &changes);
         assert!(state.is_up(), "the first check decides at once despite rise = 3");
         assert_eq!(state.health().last_flip.map(|f| (f.flip, f.after)), Some((Flip::Up, 1)));
-        record_check(&names, &state, &s, failed(), Duration::ZERO);
+        record_check(&names, &state, &s, failed(), Duration::ZERO, &changes);
         assert!(state.is_up());
-        record_check(&names, &state, &s, failed(), Duration::ZERO);
+        record_check(&names, &state, &s, failed(), Duration::ZERO, &changes);
         assert!(!state.is_up());
         let flip = state.health().last_flip.unwrap();
         assert_eq!((flip.flip, flip.after, flip.check), (Flip::Down, 2, "tcp"));
         assert!(flip.cause.contains("no answer"), "{}", flip.cause);
         for _ in 0..2 {
-            record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO);
+            record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO, &changes);
             assert!(!state.is_up());
         }
-        record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO);
+        record_check(&names, &state, &s, Ok(Duration::ZERO), Duration::ZERO, &changes);
         assert!(state.is_up());
         let health = state.health();
         assert_eq!((health.checks, health.failed_checks), (6, 2));
@@ -490,16 +482,17 @@ mod tests {
     #[test]
     fn passive_failures_only_count_with_observe_and_a_good_connect_clears_them() {
         let (backend, server): (Arc<str>, Arc<str>) = ("b".into(), "s".into());
-        let state = ServerState::new(1);
-        connect_failed(&backend, &server, &state, &settings(1, 2, false), "refused");
-        connect_failed(&backend, &server, &state, &settings(1, 2, false), "refused");
+        let state = Arc::new(ServerState::new(1));
+        let changes = Changes::unobserved();
+        connect_failed(&backend, &server, &state, &settings(1, 2, false), "refused", &changes);
+        connect_failed(&backend, &server, &state, &settings(1, 2, false), "refused", &changes);
         assert!(state.is_up(), "observe is off");
         let s = settings(1, 2, true);
-        connect_failed(&backend, &server, &state, &s, "refused");
+        connect_failed(&backend, &server, &state, &s, "refused", &changes);
         state.connect_succeeded();
-        connect_failed(&backend, &server, &state, &s, "refused");
+        connect_failed(&backend, &server, &state, &s, "refused", &changes);
         assert!(state.is_up(), "a good connect in between restarts the count");
-        connect_failed(&backend, &server, &state, &s, "refused");
+        connect_failed(&backend, &server, &state, &s, "refused", &changes);
         assert!(!state.is_up());
         let flip = state.health().last_flip.unwrap();
         assert_eq!((flip.check, flip.after, flip.cause.as_str()), ("passive", 2, "refused"));
@@ -522,6 +515,7 @@ mod tests {
             None,
             state.clone(),
             Arc::new(settings(1, 1, false)),
+            Changes::unobserved(),
         ));
         // The first check runs at once; then one per interval ± 10 %.
         let mut seen = Vec::new();

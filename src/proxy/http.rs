@@ -25,7 +25,7 @@ use super::{client_addr, tunnel, Shared, TrackerToken};
 use crate::balance::{ip_octets_of, Candidates, RequestKey, ServerId};
 use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
-use crate::state::{ActiveGuard, AdminState};
+use crate::state::{ActiveGuard, AdminState, Changes};
 use crate::sticky::StickyPolicy;
 use crate::tls::{ClientStream, UpstreamStream};
 
@@ -246,7 +246,17 @@ async fn forward(
     let stuck = sticky
         .as_ref()
         .and_then(|(policy, lookup)| Some((*policy, lookup.target?)));
-    let upstream = match connect_with_retries(backend, &key, websocket, stuck, exchange.log.request_id, &[]).await {
+    let upstream = match connect_with_retries(
+        backend,
+        &key,
+        websocket,
+        stuck,
+        exchange.log.request_id,
+        &[],
+        &context.shared.changes,
+    )
+    .await
+    {
         Ok(upstream) => upstream,
         Err(failure) => return no_upstream_response(failure, backend, exchange),
     };
@@ -313,7 +323,17 @@ async fn forward(
                     );
                     let key = RequestKey::default();
                     let request_id = exchange.log.request_id;
-                    match connect_with_retries(backend, &key, true, None, request_id, &[server_id]).await {
+                    match connect_with_retries(
+                        backend,
+                        &key,
+                        true,
+                        None,
+                        request_id,
+                        &[server_id],
+                        &context.shared.changes,
+                    )
+                    .await
+                    {
                         Ok(next) => {
                             server_id = next.server;
                             guard = next.guard;
@@ -396,12 +416,14 @@ async fn connect_with_retries(
     stuck: Option<(&StickyPolicy, ServerId)>,
     request_id: RequestId,
     exclude: &[ServerId],
+    changes: &Changes,
 ) -> Result<Upstream, NoUpstream> {
     let mut tried: Vec<ServerId> = exclude.to_vec();
     let attempt = Attempt {
         backend,
         websocket,
         request_id,
+        changes,
     };
     let mut last_error = String::new();
     if let Some((policy, id)) = stuck {
@@ -458,6 +480,7 @@ struct Attempt<'a> {
     backend: &'a Backend,
     websocket: bool,
     request_id: RequestId,
+    changes: &'a Changes,
 }
 
 impl Attempt<'_> {
@@ -479,7 +502,7 @@ impl Attempt<'_> {
                 reused,
             }),
             Err(err) => {
-                *last_error = connect_failed(self.backend, server, &err, self.request_id);
+                *last_error = connect_failed(self.backend, server, &err, self.request_id, self.changes);
                 tried.push(id);
                 None
             }
@@ -639,11 +662,24 @@ async fn connection_to(
 }
 
 /// Counts and logs a failed connect; returns the cause for the client's error.
-fn connect_failed(backend: &Backend, server: &Server, err: &pool::ConnectError, request_id: RequestId) -> String {
+fn connect_failed(
+    backend: &Backend,
+    server: &Server,
+    err: &pool::ConnectError,
+    request_id: RequestId,
+    changes: &Changes,
+) -> String {
     server.state.connect_failures.fetch_add(1, Ordering::Relaxed);
     if let Some(health) = &backend.health {
         // Passive detection (`observe`): counts toward `fall`, may take the server out now.
-        crate::health::connect_failed(&backend.name, &server.name, &server.state, health, &err.to_string());
+        crate::health::connect_failed(
+            &backend.name,
+            &server.name,
+            &server.state,
+            health,
+            &err.to_string(),
+            changes,
+        );
     }
     tracing::warn!(
         request_id = %request_id,

@@ -20,33 +20,32 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 
 use crate::snapshot::Snapshot;
+use crate::state::Changes;
 
-/// State shared by every connection of one tether instance.
+/// What every connection of one tether instance reads: the data path needs
+/// nothing else (health checks, the admin listener and the cluster are
+/// `instance`'s).
 pub struct Shared {
     /// The configuration in force; each request loads it once and keeps it.
-    pub snapshot: ArcSwap<Snapshot>,
+    /// Behind an `Arc` so the cluster's tasks read the same one.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Stop signals.
     pub stop: Stop,
     /// Open client connections and tunnels, so a graceful stop knows when all are done.
     pub open: Arc<Tracker>,
-    /// The health checker tasks, replaced with the snapshot on reload.
-    pub checkers: crate::health::Checkers,
-    /// The admin listener's socket, config file path, reload counts and login limits.
-    pub admin: crate::admin::AdminShared,
-    /// Membership of a cluster (`[cluster]`), set once at bind; unset when alone.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Where passive health detection flips a server down (so `instance`
+    /// closes its tunnels).
+    pub changes: Changes,
 }
 
 impl Shared {
-    /// Shared state serving `snapshot`.
-    pub fn new(snapshot: Snapshot) -> Self {
+    /// Shared state serving `snapshot`, reporting server changes to `changes`.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, changes: Changes) -> Self {
         Self {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot,
             stop: Stop::default(),
             open: Arc::new(Tracker::default()),
-            checkers: crate::health::Checkers::default(),
-            admin: crate::admin::AdminShared::default(),
-            cluster: std::sync::OnceLock::new(),
+            changes,
         }
     }
 }

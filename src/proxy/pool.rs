@@ -10,9 +10,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::util::lock;
 use super::body::RequestBody;
 use crate::tls::{UpstreamStream, UpstreamTls};
+use crate::util::lock;
 
 /// A ready-to-use HTTP/1 connection to one server.
 pub type UpstreamSender = SendRequest<RequestBody>;

@@ -20,11 +20,11 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
-use crate::ws::control::TunnelControl;
-use crate::ws::frames::{CloseCode, FrameTracker, PING_FRAME};
-use crate::state::Traffic;
 /// The frontend's WebSocket timers, defined with the rest of the runtime model.
 pub use crate::snapshot::Timers;
+use crate::state::Traffic;
+use crate::ws::control::TunnelControl;
+use crate::ws::frames::{CloseCode, FrameTracker, PING_FRAME};
 
 /// Buffer per direction.
 const BUF_SIZE: usize = 16 * 1024;

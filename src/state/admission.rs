@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::util::lock;
 use crate::config::ConfigRate;
+use crate::util::lock;
 
 /// The table size below which no sweep of idle entries is done.
 const SWEEP_FLOOR: usize = 1024;

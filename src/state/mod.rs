@@ -3,6 +3,9 @@
 //! request path never takes a lock to read or update them.
 
 pub mod admission;
+mod changes;
+pub mod health;
+pub mod machine;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -13,12 +16,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 
 pub use crate::config::types::AdminState;
+use crate::proxy::pool::Pool;
 use crate::util::clock::{monotonic_ms, unix_ms};
 use crate::util::lock;
-use crate::health::HealthStatus;
-use crate::ws::control::{close_spread, TunnelControl, TunnelRegistration, TunnelSet};
-use crate::ws::frames::CloseCode;
-use crate::proxy::pool::Pool;
+use crate::ws::control::{TunnelControl, TunnelRegistration, TunnelSet};
+pub use changes::{ChangeReport, Changes, ServerChange};
+use health::HealthStatus;
 
 /// Bytes and WebSocket messages carried to and from one server. Tunnels add
 /// their deltas at most about once a second and when they end; HTTP
@@ -187,9 +190,6 @@ pub struct ServerState {
     /// Bumped on every admin change, so a drain that was cancelled or
     /// superseded stops closing tunnels.
     admin_generation: AtomicU64,
-    /// The backend's `drain_timeout` and `drain_spread`, in milliseconds.
-    drain_timeout_ms: AtomicU64,
-    drain_spread_ms: AtomicU64,
     /// When the server last came up (`monotonic_ms`), for slow start; 0: not since start.
     up_since_ms: AtomicU64,
     /// Wakes requests queued for a slot when one is freed.
@@ -221,8 +221,6 @@ impl ServerState {
             open_tunnels: Arc::new(TunnelSet::default()),
             admin: AtomicU8::new(AdminState::Ready as u8),
             admin_generation: AtomicU64::new(0),
-            drain_timeout_ms: AtomicU64::new(300_000),
-            drain_spread_ms: AtomicU64::new(60_000),
             up_since_ms: AtomicU64::new(0),
             freed: Notify::new(),
         }
@@ -260,29 +258,32 @@ impl ServerState {
         AdminState::from_u8(self.admin.load(Ordering::Relaxed))
     }
 
-    /// Sets the operator's intent; returns whether it changed. Draining
-    /// (or maintenance) schedules this server's tunnels to close with 1012
-    /// after `drain_timeout`, spread over `drain_spread`; going back to
-    /// ready before then cancels that.
-    pub fn set_admin(self: &Arc<Self>, state: AdminState) -> bool {
+    /// Sets the operator's intent; returns the new admin generation if it
+    /// changed. Data only: what a drain or maintenance calls for (closing
+    /// the tunnels after `drain_timeout`) is `instance`'s, told through
+    /// [`Changes::set_admin`].
+    pub fn set_admin(&self, state: AdminState) -> Option<u64> {
         let changed = self.admin.swap(state as u8, Ordering::AcqRel) != state as u8;
-        if changed {
+        changed.then(|| {
             self.state_since_unix_ms.store(unix_ms(), Ordering::Relaxed);
-            let generation = self.admin_generation.fetch_add(1, Ordering::AcqRel) + 1;
-            if state != AdminState::Ready {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(drain_tunnels(self.clone(), generation));
-                }
-            }
-        }
-        changed
+            self.admin_generation.fetch_add(1, Ordering::AcqRel) + 1
+        })
     }
 
-    /// Sets the backend's drain timing used by `set_admin`.
-    pub fn set_drain_timing(&self, timeout: Duration, spread: Duration) {
-        self.drain_timeout_ms
-            .store(timeout.as_millis() as u64, Ordering::Relaxed);
-        self.drain_spread_ms.store(spread.as_millis() as u64, Ordering::Relaxed);
+    /// The number of admin changes so far: a drain started at one
+    /// generation stops closing tunnels once another change happened.
+    pub fn admin_generation(&self) -> u64 {
+        self.admin_generation.load(Ordering::Acquire)
+    }
+
+    /// Sets the current weight (a reload or the admin API); returns the one before.
+    pub fn set_weight(&self, weight: u32) -> u32 {
+        self.weight.swap(weight, Ordering::Relaxed)
+    }
+
+    /// The close requests of this server's open tunnels.
+    pub fn tunnels(&self) -> &TunnelSet {
+        &self.open_tunnels
     }
 
     /// Registers a tunnel to this server, so it can be asked to close.
@@ -341,17 +342,12 @@ impl ServerState {
     }
 
     /// Marks the server up or down; returns whether that changed anything.
-    /// Health checks and passive detection call this: it is the one place a
-    /// server's availability flips.
-    /// A server going down also closes its open tunnels (with 1012, so
-    /// their clients reconnect to a healthy server).
+    /// Data only: that a server gone down must close its tunnels is
+    /// `instance`'s, told through [`Changes::set_up`].
     pub fn set_up(&self, up: bool) -> bool {
         let flipped = self.up.swap(up, Ordering::AcqRel) != up;
         if flipped {
             self.state_since_unix_ms.store(unix_ms(), Ordering::Relaxed);
-        }
-        if flipped && !up {
-            self.close_tunnels();
         }
         if flipped && up {
             // Never 0, which means "up since start" (no slow start then).
@@ -385,11 +381,6 @@ impl ServerState {
         std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
     }
 
-    /// Asks every open tunnel of this server to close with 1012.
-    pub fn close_tunnels(&self) {
-        self.open_tunnels.close_all(CloseCode::ServiceRestart);
-    }
-
     /// Takes one active slot if the server is under `maxconn`; the slot is
     /// given back when the returned guard drops. Exact under concurrency: two
     /// requests racing for the last slot cannot both get it.
@@ -400,19 +391,6 @@ impl ServerState {
             .ok()?;
         self.dispatched.fetch_add(1, Ordering::Relaxed);
         Some(ActiveGuard { state: self.clone() })
-    }
-}
-
-/// After `drain_timeout`, closes the tunnels of a drained server evenly over
-/// `drain_spread`, unless the admin state changed again meanwhile.
-async fn drain_tunnels(state: Arc<ServerState>, generation: u64) {
-    let timeout = Duration::from_millis(state.drain_timeout_ms.load(Ordering::Relaxed));
-    let spread = Duration::from_millis(state.drain_spread_ms.load(Ordering::Relaxed));
-    tokio::time::sleep(timeout).await;
-    let current = || state.admin_generation.load(Ordering::Acquire) == generation;
-    if current() {
-        let controls = state.tunnel_controls();
-        close_spread(controls, CloseCode::ServiceRestart, spread, current).await;
     }
 }
 
@@ -475,7 +453,7 @@ mod tests {
         let start = state.state_since_unix_ms();
         assert!(start > 0);
         std::thread::sleep(Duration::from_millis(3));
-        assert!(state.set_admin(AdminState::Drain));
+        assert!(state.set_admin(AdminState::Drain).is_some());
         let drained = state.state_since_unix_ms();
         assert!(drained > start);
         std::thread::sleep(Duration::from_millis(3));
@@ -488,8 +466,8 @@ mod tests {
     #[test]
     fn admin_state_changes_are_reported_once() {
         let state = Arc::new(ServerState::new(1));
-        assert!(state.set_admin(AdminState::Drain));
-        assert!(!state.set_admin(AdminState::Drain));
+        assert_eq!(state.set_admin(AdminState::Drain), Some(1));
+        assert_eq!(state.set_admin(AdminState::Drain), None);
         assert_eq!(state.admin(), AdminState::Drain);
     }
 

@@ -13,9 +13,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use crate::util::lock;
-
+use tokio::time::Instant;
 
 /// The longest session id tether stores; longer ones are ignored.
 pub const MAX_KEY_LEN: usize = 256;

@@ -61,7 +61,11 @@ impl AtomicSplitMix64 {
 
     /// The next number.
     pub fn next_u64(&self) -> u64 {
-        finalize(self.0.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed).wrapping_add(GOLDEN_GAMMA))
+        finalize(
+            self.0
+                .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
+                .wrapping_add(GOLDEN_GAMMA),
+        )
     }
 }
 
