@@ -12,22 +12,20 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use super::body::{ClientBodyError, Exchange, RequestBody, ResponseBody};
-use super::conn::{ConnActivity, WatchedIo};
+use super::conn::ConnActivity;
+use super::handoff::TunnelJob;
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
-use super::log::{HttpLog, RequestId, TunnelLog};
+use super::log::{HttpLog, RequestId};
 use super::pool::{self, UpstreamSender};
 use super::upgrade::{self, Handshake};
-use super::{client_addr, tunnel, Shared, TrackerToken};
+use super::{client_addr, Shared};
 use crate::balance::{ip_octets_of, Candidates, RequestKey, ServerId};
 use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
 use crate::state::{ActiveGuard, AdminState};
 use crate::sticky::StickyPolicy;
-use crate::tls::{ClientStream, UpstreamStream};
 
 /// The header carrying tether's request id in its own responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -354,21 +352,7 @@ async fn forward(
             policy.on_response(&mut parts.headers, server_id, &server.name, lookup, context.https);
         }
         exchange.upgraded = true;
-        let tunnel = TunnelJob {
-            holds: TunnelHolds {
-                token: context.shared.open.enter(),
-                frontend_connection: context.counted.still_open(),
-                client: exchange.log.client,
-                request_id: exchange.log.request_id,
-                frontend: frontend.name.clone(),
-                backend: backend.name.clone(),
-                server: server.name.clone(),
-                guard,
-            },
-            idle: backend.tunnel_timeout,
-            limits: frontend.websocket_limits,
-            timers: frontend.websocket_timers,
-        };
+        let tunnel = TunnelJob::new(context, frontend, backend, server, guard, &exchange.log);
         tokio::spawn(tunnel.run(client_upgrade, server_upgrade));
         return Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange));
     }
@@ -747,173 +731,8 @@ fn local_response(
     response
 }
 
-/// Everything a tunnel task needs once both sides have switched protocols.
-struct TunnelJob {
-    /// What the open tunnel will hold.
-    holds: TunnelHolds,
-    idle: std::time::Duration,
-    /// The frontend's WebSocket frame and message limits (client → server).
-    limits: Option<(u64, u64)>,
-    /// The frontend's WebSocket idle and ping timers.
-    timers: tunnel::Timers,
-}
-
-/// What an open tunnel holds besides its sockets: the counts it keeps up
-/// and what its access-log line will say.
-struct TunnelHolds {
-    /// Keeps a graceful stop waiting for this tunnel.
-    token: TrackerToken,
-    /// Keeps the tunnel counted among its frontend's open connections (the
-    /// HTTP connection that carried the handshake ends with the upgrade).
-    frontend_connection: crate::state::FrontendConnection,
-    client: SocketAddr,
-    request_id: RequestId,
-    frontend: Arc<str>,
-    backend: Arc<str>,
-    server: Arc<str>,
-    /// The server slot, held for the tunnel's whole life (leastconn counts it).
-    guard: ActiveGuard,
-}
-
-impl TunnelJob {
-    /// Waits for both sides to switch protocols, then hands the sockets to
-    /// a task of their own that carries the tunnel (so the long-lived task
-    /// holds only what a tunnel needs, not this wait's state).
-    async fn run(self, client: OnUpgrade, server: OnUpgrade) {
-        let (client, server) = match tokio::try_join!(client, server) {
-            Ok(both) => both,
-            Err(err) => {
-                tracing::debug!(request_id = %self.holds.request_id, cause = %err, "upgrade did not complete");
-                return;
-            }
-        };
-        let state = self.holds.guard.state().clone();
-        state.tunnels.fetch_add(1, Ordering::Relaxed);
-        // Server down, drain and shutdown ask through this registration.
-        let registration = state.register_tunnel();
-        let settings = tunnel::Settings {
-            idle: self.idle,
-            close: registration.control().clone(),
-            traffic: state.traffic.clone(),
-            client_limits: self.limits,
-            timers: self.timers,
-        };
-        let carried = CarriedBy {
-            holds: self.holds,
-            registration,
-            started: Instant::now(),
-        };
-        // The usual case: pump between the raw sockets, no extra layers. The
-        // layered fallback keeps any other transport working.
-        let client = client
-            .downcast::<TokioIo<WatchedIo<ClientStream>>>()
-            .map(|p| (p.io.into_inner().into_inner(), p.read_buf));
-        let server = server
-            .downcast::<TokioIo<UpstreamStream>>()
-            .map(|p| (p.io.into_inner(), p.read_buf));
-        match (client, server) {
-            (Ok((c, c_buf)), Ok((s, s_buf))) => carried.spawn(tunnel::run(c, c_buf, s, s_buf, settings)),
-            (Ok((c, c_buf)), Err(s)) => carried.spawn(tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), settings)),
-            (Err(c), Ok((s, s_buf))) => carried.spawn(tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, settings)),
-            (Err(c), Err(s)) => {
-                let (c, s) = (TokioIo::new(c), TokioIo::new(s));
-                carried.spawn(tunnel::run(c, Bytes::new(), s, Bytes::new(), settings))
-            }
-        }
-    }
-}
-
-/// An open tunnel's holdings, its registration and its start.
-struct CarriedBy {
-    holds: TunnelHolds,
-    /// The tunnel's entry in its server's registry (drain and shutdown reach it there).
-    registration: crate::proxy::control::TunnelRegistration,
-    started: Instant,
-}
-
-impl CarriedBy {
-    /// Runs `tunnel` as its own task, then settles the counts and logs the line.
-    fn spawn<C, S>(self, tunnel: tunnel::Tunnel<C, S>)
-    where
-        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        tokio::spawn(Carry {
-            tunnel,
-            carried: Some(self),
-        });
-    }
-
-    /// The tunnel ended: counts, histogram and the access-log line.
-    fn finish(self, end: tunnel::TunnelEnd) {
-        let holds = self.holds;
-        let state = holds.guard.state();
-        state.tunnels.fetch_sub(1, Ordering::Relaxed);
-        state.tunnel_durations.observe(self.started.elapsed().as_secs_f64());
-        TunnelLog {
-            request_id: holds.request_id,
-            client: holds.client,
-            frontend: &holds.frontend,
-            backend: &holds.backend,
-            server: &holds.server,
-            bytes_in: end.client_to_server,
-            bytes_out: end.server_to_client,
-            messages_in: end.messages_in,
-            messages_out: end.messages_out,
-            close_code_in: end.close_code_in,
-            close_code_out: end.close_code_out,
-            started: self.started,
-            close: &end.reason,
-        }
-        .emit();
-        drop(self.registration);
-        drop(holds.guard);
-        drop(holds.frontend_connection);
-        drop(holds.token);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The task of one open tunnel: the tunnel and what it holds, nothing more.
-    struct Carry<C, S> {
-        #[pin]
-        tunnel: tunnel::Tunnel<C, S>,
-        carried: Option<CarriedBy>,
-    }
-}
-
-impl<C, S> std::future::Future for Carry<C, S>
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    type Output = ();
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let this = self.project();
-        let end = std::task::ready!(this.tunnel.poll(cx));
-        if let Some(carried) = this.carried.take() {
-            carried.finish(end);
-        }
-        std::task::Poll::Ready(())
-    }
-}
-
 /// An integer in `0..n` derived from a request id (ids are well mixed, so
 /// this varies from request to request like a random number).
 fn spread_of(request_id: RequestId, n: u64) -> u64 {
     request_id.as_u64() % n.max(1)
-}
-
-#[cfg(test)]
-mod footprint {
-    /// An idle WebSocket's largest allocation is its tokio task: this future
-    /// plus ~100 bytes of task header and trailer, rounded up to 128. At 872
-    /// bytes the task took 1,024 (heaptrack); at 768 it takes 896, and 9,000
-    /// idle WebSockets measured 1.86 -> 1.66 KiB each. A guard against growing back.
-    #[test]
-    fn an_open_tunnels_task_future_stays_within_768_bytes() {
-        let size = std::mem::size_of::<super::Carry<super::ClientStream, super::UpstreamStream>>();
-        assert!(size <= 768, "the tunnel task's future grew to {size} bytes");
-    }
 }

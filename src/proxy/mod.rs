@@ -7,6 +7,7 @@ pub mod conn;
 pub mod control;
 pub mod frames;
 pub mod framing;
+mod handoff;
 pub mod headers;
 pub mod http;
 pub mod listener;
