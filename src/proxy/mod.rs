@@ -2,9 +2,11 @@
 //! to WebSocket tunnels, and the upstream pool.
 
 pub mod body;
+mod choose;
 pub mod client_addr;
 pub mod conn;
 pub mod control;
+pub mod error;
 pub mod frames;
 pub mod framing;
 mod handoff;
