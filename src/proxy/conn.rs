@@ -13,17 +13,35 @@ use tokio::sync::Notify;
 
 use super::framing::HeadScanner;
 
-/// Waiting for the next request (the `client` timeout applies).
-const IDLE: u8 = 0;
-/// The first bytes of a request head arrived (the `http_request` timeout applies).
-const HEAD: u8 = 1;
-/// A request is being served, or the connection became a tunnel: no client timeout.
-const BUSY: u8 = 2;
+/// What a client connection is doing, which decides its timeout. Stored
+/// as a `u8` in an atomic (read on every client read), hence `repr(u8)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Waiting for the next request (the `client` timeout applies).
+    Idle = 0,
+    /// The first bytes of a request head arrived (the `http_request` timeout applies).
+    Head = 1,
+    /// A request is being served, or the connection became a tunnel: no client timeout.
+    Busy = 2,
+}
+
+impl Phase {
+    /// The phase stored as `value`; anything unknown reads as `Busy`, the
+    /// phase without a client timeout.
+    pub fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Idle,
+            1 => Self::Head,
+            _ => Self::Busy,
+        }
+    }
+}
 
 /// The phase of one client connection and when it began.
 #[derive(Debug)]
 pub struct ConnActivity {
-    /// `IDLE`, `HEAD` or `BUSY`.
+    /// A [`Phase`] as its `u8`.
     phase: AtomicU8,
     /// Milliseconds after `epoch` when the phase began.
     since_ms: AtomicU64,
@@ -51,7 +69,7 @@ impl ConnActivity {
     /// A connection that just opened: idle since now.
     pub fn new() -> Self {
         Self {
-            phase: AtomicU8::new(IDLE),
+            phase: AtomicU8::new(Phase::Idle as u8),
             since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             phase_changed: Notify::new(),
@@ -65,17 +83,27 @@ impl ConnActivity {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn enter(&self, phase: u8) {
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    fn enter(&self, phase: Phase) {
         self.since_ms.store(self.now_ms(), Ordering::Relaxed);
-        self.phase.store(phase, Ordering::Release);
+        self.phase.store(phase as u8, Ordering::Release);
     }
 
     /// Bytes arrived from the client.
     fn on_read(&self) {
-        if self.phase.load(Ordering::Relaxed) == IDLE
+        if Phase::from_u8(self.phase.load(Ordering::Relaxed)) == Phase::Idle
             && self
                 .phase
-                .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    Phase::Idle as u8,
+                    Phase::Head as u8,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             self.since_ms.store(self.now_ms(), Ordering::Relaxed);
@@ -93,30 +121,30 @@ impl ConnActivity {
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.served.fetch_add(1, Ordering::Relaxed);
-        self.enter(BUSY);
+        self.enter(Phase::Busy);
     }
 
     /// A response was fully sent; the connection waits for the next request.
     pub fn request_finished(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.enter(IDLE);
+            self.enter(Phase::Idle);
             self.phase_changed.notify_one();
         }
     }
 
     /// The connection became a tunnel: client timeouts no longer apply.
     pub fn upgraded(&self) {
-        self.enter(BUSY);
+        self.enter(Phase::Busy);
     }
 
     /// When the connection should be closed if nothing changes, and whether
     /// that would cut a half-received head (`true`) or an idle connection.
     pub fn deadline(&self, client: Duration, http_request: Duration) -> Option<(Instant, bool)> {
         let since = self.epoch + Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
-        match self.phase.load(Ordering::Acquire) {
-            IDLE => Some((since + client, false)),
-            HEAD => Some((since + http_request, true)),
-            _ => None,
+        match self.phase() {
+            Phase::Idle => Some((since + client, false)),
+            Phase::Head => Some((since + http_request, true)),
+            Phase::Busy => None,
         }
     }
 
@@ -127,12 +155,12 @@ impl ConnActivity {
     /// not yet sent its first request is given a moment (`fresh_may_stop`),
     /// so a client that connected right before the stop is answered.
     pub fn may_stop_now(&self) -> bool {
-        self.phase.load(Ordering::Acquire) == IDLE && self.served.load(Ordering::Relaxed) > 0
+        self.phase() == Phase::Idle && self.served.load(Ordering::Relaxed) > 0
     }
 
     /// Whether a request is being served (or the connection became a tunnel).
     pub fn is_busy(&self) -> bool {
-        self.phase.load(Ordering::Acquire) == BUSY
+        self.phase() == Phase::Busy
     }
 
     /// Resolves when the deadline may have changed kind.
@@ -173,10 +201,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
         let read = &buf.filled()[before..];
         if !read.is_empty() {
             let this = &mut *self;
-            match this.activity.phase.load(Ordering::Acquire) {
-                BUSY => {}
+            match this.activity.phase() {
+                Phase::Busy => {}
                 phase => {
-                    if phase == IDLE && this.scanner.finished() {
+                    if phase == Phase::Idle && this.scanner.finished() {
                         this.scanner.reset();
                     }
                     if this.scanner.scan(read) == Some(true) {
@@ -230,5 +258,27 @@ mod tests {
         assert!(!activity.deadline(client, head).unwrap().1);
         activity.upgraded();
         assert!(activity.deadline(client, head).is_none());
+    }
+
+    #[test]
+    fn phases_read_back_as_stored() {
+        for phase in [Phase::Idle, Phase::Head, Phase::Busy] {
+            assert_eq!(Phase::from_u8(phase as u8), phase);
+        }
+        assert_eq!(Phase::from_u8(7), Phase::Busy, "an unknown value has no client timeout");
+    }
+
+    #[test]
+    fn a_connection_walks_idle_head_busy_idle() {
+        let activity = ConnActivity::new();
+        assert_eq!(activity.phase(), Phase::Idle);
+        activity.on_read();
+        assert_eq!(activity.phase(), Phase::Head);
+        activity.on_read();
+        assert_eq!(activity.phase(), Phase::Head, "more bytes of the head keep its start");
+        activity.request_started();
+        assert_eq!(activity.phase(), Phase::Busy);
+        activity.request_finished();
+        assert_eq!(activity.phase(), Phase::Idle);
     }
 }

@@ -1,6 +1,7 @@
-//! Forwarding one request: route, pick a server (retrying failed connects
-//! elsewhere), rewrite headers, send, and relay the response — or, after a
-//! 101, hand both connections to a tunnel.
+//! One HTTP exchange, as a pipeline of small steps, each with its own
+//! failure (a [`ProxyError`]): admit → route → choose (sticky, then
+//! balance, in `choose`) → connect (with retries) → exchange, or upgrade
+//! and hand both connections to a tunnel (`upgrade`, `handoff`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,25 +10,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY};
+use http::header::{HOST, LOCATION, STRICT_TRANSPORT_SECURITY};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::TrySendError;
 
 use super::body::{ClientBodyError, Exchange, RequestBody, ResponseBody};
-use super::conn::{ConnActivity, WatchedIo};
+use super::choose::{self, Stickiness, Upstream};
+use super::conn::ConnActivity;
+use super::error::ProxyError;
+use super::handoff::TunnelJob;
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
-use super::log::{HttpLog, RequestId, TunnelLog};
-use super::pool::{self, UpstreamSender};
+use super::log::{HttpLog, RequestId};
 use super::upgrade::{self, Handshake};
-use super::{client_addr, tunnel, Shared, TrackerToken};
-use crate::balance::{ip_octets_of, Candidates, RequestKey, ServerId};
+use super::{client_addr, Shared};
+use crate::balance::{ip_octets_of, RequestKey};
 use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
-use crate::state::{ActiveGuard, AdminState, Changes};
+use crate::state::Changes;
 use crate::sticky::StickyPolicy;
-use crate::tls::{ClientStream, UpstreamStream};
 
 /// The header carrying tether's request id in its own responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -85,26 +86,15 @@ pub async fn handle(
     if let Some(f) = frontend {
         f.state.requests.fetch_add(1, Ordering::Relaxed);
     }
-    if framing_conflict {
-        // RFC 9112 §6.1 allows refusing it; a front-line proxy should (request smuggling).
-        tracing::info!(client = %context.client, "request with both Content-Length and Transfer-Encoding refused");
-        return Ok(local_response(
-            StatusCode::BAD_REQUEST,
-            "the request has both Content-Length and Transfer-Encoding",
-            exchange,
-            true,
-        ));
-    }
-    let Some(frontend) = frontend else {
-        return Ok(local_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this frontend is no longer configured",
-            exchange,
-            true,
-        ));
+    let frontend = match admit(&context, framing_conflict, frontend) {
+        Ok(frontend) => frontend,
+        Err(refused) => return Ok(refused.into_response(exchange)),
     };
     if let Some(port) = frontend.redirect_https {
-        return Ok(redirect_to_https(&request, port, exchange));
+        return Ok(match https_location(&request, port) {
+            Ok(location) => redirect(location, exchange),
+            Err(refused) => refused.into_response(exchange),
+        });
     }
     let mut response = forward(&context, &snapshot, frontend, request, exchange).await;
     if let (true, Some(hsts)) = (context.https, &frontend.hsts) {
@@ -113,42 +103,41 @@ pub async fn handle(
     Ok(response)
 }
 
-/// `redirect_https`: 308 Permanent Redirect (RFC 9110 §15.4.9, which keeps
-/// the method and body, unlike 301) to the same host, path and query over
-/// https, on `port` when it is not 443.
-fn redirect_to_https(
-    request: &Request<Incoming>,
-    port: Option<u16>,
-    exchange: Box<Exchange>,
-) -> Response<ResponseBody> {
+/// Step 1, admit the connection's request: its head is not ambiguous and
+/// its frontend is still configured.
+fn admit<'s>(
+    context: &ConnContext,
+    framing_conflict: bool,
+    frontend: Option<&'s Frontend>,
+) -> Result<&'s Frontend, ProxyError> {
+    if framing_conflict {
+        tracing::info!(client = %context.client, "request with both Content-Length and Transfer-Encoding refused");
+        return Err(ProxyError::FramingConflict);
+    }
+    frontend.ok_or(ProxyError::FrontendGone)
+}
+
+/// `redirect_https`: the same host, path and query over https, on `port`
+/// when it is not 443.
+fn https_location<B>(request: &Request<B>, port: Option<u16>) -> Result<HeaderValue, ProxyError> {
     let host = request
         .headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let Some(host) = host else {
-        return local_response(
-            StatusCode::BAD_REQUEST,
-            "no valid Host header to redirect to https",
-            exchange,
-            true,
-        );
-    };
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .ok_or(ProxyError::NoHostToRedirect)?;
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = match port {
         Some(port) if port != 443 => format!("https://{}:{port}{target}", host.host()),
         _ => format!("https://{}{target}", host.host()),
     };
-    let Ok(location) = HeaderValue::from_str(&location) else {
-        return local_response(
-            StatusCode::BAD_REQUEST,
-            "the request cannot be redirected",
-            exchange,
-            true,
-        );
-    };
-    let mut exchange = exchange;
+    HeaderValue::from_str(&location).map_err(|_| ProxyError::Unredirectable)
+}
+
+/// 308 Permanent Redirect (RFC 9110 §15.4.9, which keeps the method and
+/// body, unlike 301) to `location`.
+fn redirect(location: HeaderValue, mut exchange: Box<Exchange>) -> Response<ResponseBody> {
     exchange.log.status = StatusCode::PERMANENT_REDIRECT.as_u16();
     let mut response = Response::new(ResponseBody::local(Bytes::new(), exchange));
     *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
@@ -156,55 +145,141 @@ fn redirect_to_https(
     response
 }
 
-/// Why no upstream connection could be had.
-enum NoUpstream {
-    /// No server was available at all (all down, full or weight 0): 503.
-    NoServer,
-    /// Servers were tried and every connect failed: 502.
-    AllFailed(String),
-    /// The client is stuck to a server that is unavailable and `redispatch` is off: 503.
-    StuckUnavailable(Arc<str>),
-    /// Every server stayed at `maxconn` for the whole `queue_timeout`: 503 with `Retry-After`.
-    QueueTimeout,
+/// What the server answered, ready for the client except for its body.
+enum Answer {
+    /// A response whose body streams from the server.
+    Relayed(http::response::Parts, Incoming),
+    /// A 101: both connections now belong to a tunnel task.
+    Switched(http::response::Parts),
 }
 
-/// A connection to the chosen server, with the slot held on it.
-struct Upstream {
-    server: ServerId,
-    guard: ActiveGuard,
-    sender: UpstreamSender,
-    /// Taken from the pool (it may turn out to be closed by the server).
-    reused: bool,
-}
-
+/// Runs the request through the pipeline and turns its outcome into the
+/// client's response (the exchange goes with the body, which finishes it).
 async fn forward(
     context: &ConnContext,
     snapshot: &Snapshot,
     frontend: &Frontend,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     mut exchange: Box<Exchange>,
 ) -> Response<ResponseBody> {
-    let handshake = match upgrade::classify(&request) {
-        Ok(handshake) => handshake,
-        Err(bad) => return local_response(StatusCode::BAD_REQUEST, &bad.to_string(), exchange, true),
-    };
-    let websocket = handshake == Handshake::WebSocket;
-    if let Some(refusal) = over_limits(&request, &frontend.limits) {
-        return local_response(refusal.0, refusal.1, exchange, true);
+    match pipeline(context, snapshot, frontend, request, &mut exchange).await {
+        Ok(Answer::Relayed(parts, body)) => Response::from_parts(parts, ResponseBody::upstream(body, exchange)),
+        Ok(Answer::Switched(parts)) => Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange)),
+        Err(failure) => failure.into_response(exchange),
     }
-    if let (true, Some(rate)) = (websocket, frontend.per_ip_rate) {
-        if let Err(wait) = frontend.state.admission.try_handshake(exchange.log.client.ip(), rate) {
-            return too_many_handshakes(wait, exchange);
+}
+
+/// The steps after admission: check the request, route it, choose and
+/// connect a server, send, and relay or switch protocols.
+async fn pipeline(
+    context: &ConnContext,
+    snapshot: &Snapshot,
+    frontend: &Frontend,
+    mut request: Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<Answer, ProxyError> {
+    let websocket = check_request(frontend, &request, exchange.log.client)? == Handshake::WebSocket;
+    let backend = route_request(snapshot, frontend, &request, websocket, &exchange.log)?;
+    exchange.log.backend = Some(backend.name.clone());
+    let client_ip = ip_octets_of(exchange.log.client.ip());
+    let key = RequestKey {
+        hash_input: backend.key_source.extract(&request, client_ip.as_slice()),
+    };
+    let sticky = Stickiness::of(backend, &request).await;
+    let upstream = choose::connect(
+        backend,
+        &key,
+        websocket,
+        sticky.as_ref(),
+        exchange.log.request_id,
+        &context.shared.changes,
+    )
+    .await?;
+    served_by(exchange, &backend.servers[upstream.server]);
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+    let policy = sticky.as_ref().map(|s| s.policy);
+    let request = prepare_request(
+        request,
+        frontend,
+        context,
+        websocket,
+        policy,
+        exchange.log.bytes_in.clone(),
+    );
+    let (upstream, mut response) =
+        send(backend, upstream, request, websocket, exchange, &context.shared.changes).await?;
+    exchange.log.status = response.status().as_u16();
+    *response.version_mut() = Version::HTTP_11;
+    let server = &backend.servers[upstream.server];
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
+        exchange.upgraded = true;
+        let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log);
+        let mut parts = upgrade::switch_protocols(response, client_upgrade, tunnel);
+        if let Some(sticky) = &sticky {
+            sticky.on_response(&mut parts.headers, upstream.server, &server.name, context.https);
         }
+        return Ok(Answer::Switched(parts));
     }
-    let Some((backend_id, matched)) = route::select(&frontend.routes, frontend.default_backend, &request) else {
-        return local_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no route matches this request and the frontend has no default_backend",
-            exchange,
-            false,
-        );
-    };
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    if let Some(sticky) = &sticky {
+        exchange.learner = sticky.on_response(&mut parts.headers, upstream.server, &server.name, context.https);
+    }
+    exchange.guard = Some(upstream.guard);
+    if !websocket {
+        exchange.keep_alive = Some(upstream.sender);
+    }
+    Ok(Answer::Relayed(parts, body))
+}
+
+/// Step 2, check the request against the frontend: a well-formed handshake
+/// if it is one, within the size limits, and within the address's
+/// handshake rate. Says whether it is a WebSocket handshake.
+fn check_request<B>(frontend: &Frontend, request: &Request<B>, client: SocketAddr) -> Result<Handshake, ProxyError> {
+    let handshake = upgrade::classify(request)?;
+    within_limits(request, &frontend.limits)?;
+    if let (Handshake::WebSocket, Some(rate)) = (handshake, frontend.per_ip_rate) {
+        frontend
+            .state
+            .admission
+            .try_handshake(client.ip(), rate)
+            .map_err(|wait| {
+                tracing::debug!(client = %client, "WebSocket handshake over the per-address rate: 429");
+                ProxyError::HandshakeRate { wait }
+            })?;
+    }
+    Ok(handshake)
+}
+
+/// Refuses a request over the frontend's limits (hyper already refuses
+/// heads and header counts over theirs with 431).
+fn within_limits<B>(request: &Request<B>, limits: &crate::snapshot::Limits) -> Result<(), ProxyError> {
+    let target_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri {
+        return Err(ProxyError::TargetTooLong);
+    }
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match (limits.max_body, declared) {
+        (Some(max), Some(len)) if len > max => Err(ProxyError::DeclaredBodyTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// Step 3, route: the backend of the first matching rule (or the default),
+/// and for a WebSocket handshake an `Origin` that rule allows.
+fn route_request<'s, B>(
+    snapshot: &'s Snapshot,
+    frontend: &Frontend,
+    request: &Request<B>,
+    websocket: bool,
+    log: &HttpLog,
+) -> Result<&'s Backend, ProxyError> {
+    let (backend_id, matched) =
+        route::select(&frontend.routes, frontend.default_backend, request).ok_or(ProxyError::NoRoute)?;
     if websocket {
         let patterns = matched
             .and_then(|r| r.allowed_origins.as_deref())
@@ -215,378 +290,131 @@ async fn forward(
             .and_then(|v| v.to_str().ok());
         if !crate::origin::allowed(patterns, origin) {
             tracing::warn!(
-                request_id = %exchange.log.request_id,
-                client = %exchange.log.client,
+                request_id = %log.request_id,
+                client = %log.client,
                 origin = origin.unwrap_or("-"),
                 "WebSocket handshake from an origin that is not allowed"
             );
-            return local_response(
-                StatusCode::FORBIDDEN,
-                "this origin may not open a WebSocket here",
-                exchange,
-                true,
-            );
+            return Err(ProxyError::OriginNotAllowed);
         }
     }
-    let backend = &snapshot.backends[backend_id];
-    exchange.log.backend = Some(backend.name.clone());
+    Ok(&snapshot.backends[backend_id])
+}
 
-    let client_ip = ip_octets_of(exchange.log.client.ip());
-    let key = RequestKey {
-        hash_input: backend.key_source.extract(&request, client_ip.as_slice()),
-    };
-    if let Some(policy) = &backend.sticky {
-        // A cluster's shared table may need one bounded Redis lookup first.
-        policy.fetch_shared(&request).await;
-    }
-    let sticky = backend
-        .sticky
-        .as_ref()
-        .map(|policy| (policy, policy.lookup(&request, &backend.server_index)));
-    let stuck = sticky
-        .as_ref()
-        .and_then(|(policy, lookup)| Some((*policy, lookup.target?)));
-    let upstream = match connect_with_retries(
-        backend,
-        &key,
-        websocket,
-        stuck,
-        exchange.log.request_id,
-        &[],
-        &context.shared.changes,
-    )
-    .await
-    {
-        Ok(upstream) => upstream,
-        Err(failure) => return no_upstream_response(failure, backend, exchange),
-    };
-    let mut server = &backend.servers[upstream.server];
+/// Records `server` as the one serving the exchange (its counters move when the exchange ends).
+fn served_by(exchange: &mut Exchange, server: &Server) {
     exchange.log.server = Some(server.name.clone());
     exchange.server_state = Some(server.state.clone());
-
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
-    let policy = sticky.as_ref().map(|(policy, _)| *policy);
-    let request = prepare_request(
-        request,
-        frontend,
-        context,
-        websocket,
-        policy,
-        exchange.log.bytes_in.clone(),
-    );
-    let Upstream {
-        server: mut server_id,
-        mut guard,
-        mut sender,
-        mut reused,
-    } = upstream;
-    // A WebSocket handshake is a GET without a body: if the server drops it
-    // unanswered (it died mid-handshake), it can be sent once more elsewhere.
-    let mut replay = websocket.then(|| replay_of(&request, exchange.log.bytes_in.clone()));
-    let mut pending = Some(request);
-    let mut response = loop {
-        let Some(request) = pending.take() else {
-            return local_response(StatusCode::BAD_GATEWAY, "internal error: request lost", exchange, true);
-        };
-        match tokio::time::timeout(backend.server_timeout, sender.try_send_request(request)).await {
-            Err(_) => {
-                let message = format!(
-                    "server `{}` did not answer within {:?}",
-                    server.name, backend.server_timeout
-                );
-                return local_response(StatusCode::GATEWAY_TIMEOUT, &message, exchange, false);
-            }
-            Ok(Ok(response)) => break response,
-            Ok(Err(mut failed)) => {
-                // A pooled connection the server closed while idle fails before
-                // anything is sent: try once more on a fresh connection.
-                if let (true, Some(request)) = (reused, failed.take_message()) {
-                    match open(server, backend, websocket).await {
-                        Ok(fresh) => {
-                            sender = fresh;
-                            reused = false;
-                            pending = Some(request);
-                            continue;
-                        }
-                        Err(err) => {
-                            let message = format!("server `{}` could not be reached again: {err}", server.name);
-                            return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
-                        }
-                    }
-                }
-                if let Some(again) = replay.take() {
-                    tracing::warn!(
-                        request_id = %exchange.log.request_id,
-                        server = %server.name,
-                        cause = %failed.error(),
-                        "server dropped the handshake unanswered: trying another server"
-                    );
-                    let key = RequestKey::default();
-                    let request_id = exchange.log.request_id;
-                    match connect_with_retries(
-                        backend,
-                        &key,
-                        true,
-                        None,
-                        request_id,
-                        &[server_id],
-                        &context.shared.changes,
-                    )
-                    .await
-                    {
-                        Ok(next) => {
-                            server_id = next.server;
-                            guard = next.guard;
-                            sender = next.sender;
-                            reused = next.reused;
-                            server = &backend.servers[server_id];
-                            exchange.log.server = Some(server.name.clone());
-                            exchange.server_state = Some(server.state.clone());
-                            pending = Some(again);
-                            continue;
-                        }
-                        Err(failure) => return no_upstream_response(failure, backend, exchange),
-                    }
-                }
-                if let Some(fault) = ClientBodyError::behind(failed.error()) {
-                    // The client's body was at fault, not the server: the
-                    // server saw a cut-off body and its connection is dropped.
-                    let status = match fault {
-                        ClientBodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                        ClientBodyError::Malformed(_) => StatusCode::BAD_REQUEST,
-                    };
-                    return local_response(status, &fault.to_string(), exchange, true);
-                }
-                let message = format!("server `{}` failed before answering: {}", server.name, failed.error());
-                return local_response(StatusCode::BAD_GATEWAY, &message, exchange, false);
-            }
-        }
-    };
-    exchange.log.status = response.status().as_u16();
-    *response.version_mut() = Version::HTTP_11;
-
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
-        let server_upgrade = hyper::upgrade::on(&mut response);
-        let (mut parts, _empty) = response.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        set_websocket_upgrade(&mut parts.headers);
-        if let Some((policy, lookup)) = &sticky {
-            policy.on_response(&mut parts.headers, server_id, &server.name, lookup, context.https);
-        }
-        exchange.upgraded = true;
-        let tunnel = TunnelJob {
-            holds: TunnelHolds {
-                token: context.shared.open.enter(),
-                frontend_connection: context.counted.still_open(),
-                client: exchange.log.client,
-                request_id: exchange.log.request_id,
-                frontend: frontend.name.clone(),
-                backend: backend.name.clone(),
-                server: server.name.clone(),
-                guard,
-            },
-            idle: backend.tunnel_timeout,
-            limits: frontend.websocket_limits,
-            timers: frontend.websocket_timers,
-        };
-        tokio::spawn(tunnel.run(client_upgrade, server_upgrade));
-        return Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange));
-    }
-
-    let (mut parts, body) = response.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
-    if let Some((policy, lookup)) = &sticky {
-        exchange.learner = policy.on_response(&mut parts.headers, server_id, &server.name, lookup, context.https);
-    }
-    exchange.guard = Some(guard);
-    if !websocket {
-        exchange.keep_alive = Some(sender);
-    }
-    Response::from_parts(parts, ResponseBody::upstream(body, exchange))
 }
 
-/// Picks a server and connects, moving on to another server when a connect
-/// fails, at most `retries` times, so a dead port costs the client nothing.
-/// A client `stuck` to a server goes there first; if that server is
-/// unavailable or fails, it is balanced normally when the policy redispatches.
-async fn connect_with_retries(
+/// What to try after a request could not be sent.
+#[derive(Debug, PartialEq, Eq)]
+enum Retry<R> {
+    /// The pooled connection was closed under an unsent request: send it on a fresh one.
+    Reconnect(R),
+    /// A WebSocket handshake was dropped unanswered: send its copy to another server.
+    Replay(R),
+}
+
+/// Decides the next try, if any, from whether the connection came from
+/// the pool, the request if hyper handed it back unsent, and the
+/// handshake's copy (taken when used, so a handshake is replayed once).
+fn next_try<R>(reused: bool, unsent: Option<R>, replay: &mut Option<R>) -> Option<Retry<R>> {
+    match (reused, unsent) {
+        (true, Some(request)) => Some(Retry::Reconnect(request)),
+        _ => replay.take().map(Retry::Replay),
+    }
+}
+
+/// Step 5, the exchange: sends `request` on `upstream` within the backend's
+/// `server` timeout, once more on a fresh connection when a pooled one was
+/// closed under it, and for a WebSocket handshake the server dropped
+/// unanswered (it died mid-handshake) once more to another server.
+async fn send(
     backend: &Backend,
-    key: &RequestKey<'_>,
+    mut upstream: Upstream,
+    mut request: Request<RequestBody>,
     websocket: bool,
-    stuck: Option<(&StickyPolicy, ServerId)>,
-    request_id: RequestId,
-    exclude: &[ServerId],
+    exchange: &mut Exchange,
     changes: &Changes,
-) -> Result<Upstream, NoUpstream> {
-    let mut tried: Vec<ServerId> = exclude.to_vec();
-    let attempt = Attempt {
-        backend,
-        websocket,
-        request_id,
-        changes,
-    };
-    let mut last_error = String::new();
-    if let Some((policy, id)) = stuck {
-        let server = &backend.servers[id];
-        let limit = if policy.respects_maxconn { server.maxconn } else { None };
-        let admitted = match server.state.admin() {
-            AdminState::Ready => true,
-            AdminState::Drain => backend.drain_sticky,
-            AdminState::Maint => false,
-        };
-        let guard = if server.state.is_up() && admitted {
-            server.state.try_acquire(limit)
-        } else {
-            None
-        };
-        match guard {
-            Some(guard) => {
-                if let Some(upstream) = attempt.connect(id, guard, &mut tried, &mut last_error).await {
-                    return Ok(upstream);
-                }
-                if !policy.redispatch {
-                    return Err(NoUpstream::AllFailed(last_error));
-                }
-            }
-            None if !policy.redispatch => return Err(NoUpstream::StuckUnavailable(server.name.clone())),
-            None => {}
-        }
-    }
-    let queue_deadline = tokio::time::Instant::now() + backend.queue_timeout;
+) -> Result<(Upstream, Response<Incoming>), ProxyError> {
+    // A WebSocket handshake is a GET without a body: it can be sent again.
+    let mut replay = websocket.then(|| replay_of(&request, exchange.log.bytes_in.clone()));
     loop {
-        let Some((id, guard)) = pick(backend, key, &tried) else {
-            if !tried.is_empty() {
-                return Err(NoUpstream::AllFailed(last_error));
+        let server = &backend.servers[upstream.server];
+        let failed = match tokio::time::timeout(backend.server_timeout, upstream.sender.try_send_request(request)).await
+        {
+            Err(_) => {
+                return Err(ProxyError::ServerTimeout {
+                    server: server.name.clone(),
+                    timeout: backend.server_timeout,
+                })
             }
-            if !only_full(backend) {
-                return Err(NoUpstream::NoServer);
-            }
-            if !wait_for_slot(backend, key, queue_deadline).await {
-                return Err(NoUpstream::QueueTimeout);
-            }
-            continue;
+            Ok(Ok(response)) => return Ok((upstream, response)),
+            Ok(Err(failed)) => failed,
         };
-        if let Some(upstream) = attempt.connect(id, guard, &mut tried, &mut last_error).await {
-            return Ok(upstream);
-        }
-        if tried.len() > backend.retries as usize {
-            return Err(NoUpstream::AllFailed(last_error));
-        }
-    }
-}
-
-/// One connect attempt's context.
-struct Attempt<'a> {
-    backend: &'a Backend,
-    websocket: bool,
-    request_id: RequestId,
-    changes: &'a Changes,
-}
-
-impl Attempt<'_> {
-    /// Connects to server `id` (holding its slot `guard`); a failure is
-    /// counted, logged, and recorded in `tried` and `last_error`.
-    async fn connect(
-        &self,
-        id: ServerId,
-        guard: ActiveGuard,
-        tried: &mut Vec<ServerId>,
-        last_error: &mut String,
-    ) -> Option<Upstream> {
-        let server = &self.backend.servers[id];
-        match connection_to(server, self.backend, self.websocket).await {
-            Ok((sender, reused)) => Some(Upstream {
-                server: id,
-                guard,
-                sender,
-                reused,
-            }),
-            Err(err) => {
-                *last_error = connect_failed(self.backend, server, &err, self.request_id, self.changes);
-                tried.push(id);
-                None
+        match after_failure(failed, upstream.reused, &mut replay, server, exchange.log.request_id)? {
+            // Both retries are rare: their connect futures (a TLS handshake
+            // among them) are boxed so every request's future stays small.
+            Retry::Reconnect(again) => {
+                upstream.sender = Box::pin(choose::open(server, backend, websocket))
+                    .await
+                    .map_err(|cause| ProxyError::Unreachable {
+                        server: server.name.clone(),
+                        cause: Box::new(cause),
+                    })?;
+                upstream.reused = false;
+                request = again;
+            }
+            Retry::Replay(again) => {
+                upstream = Box::pin(choose::connect_elsewhere(
+                    backend,
+                    upstream.server,
+                    exchange.log.request_id,
+                    changes,
+                ))
+                .await?;
+                served_by(exchange, &backend.servers[upstream.server]);
+                request = again;
             }
         }
     }
 }
 
-/// The status and reason when `request` breaks the frontend's limits
-/// (hyper already refuses heads and header counts over theirs with 431).
-fn over_limits<B>(request: &Request<B>, limits: &crate::snapshot::Limits) -> Option<(StatusCode, &'static str)> {
-    let target_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_len > limits.max_uri {
-        return Some((
-            StatusCode::URI_TOO_LONG,
-            "the request target is longer than this frontend accepts",
-        ));
-    }
-    let declared = request
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let (Some(max), Some(len)) = (limits.max_body, declared) {
-        if len > max {
-            return Some((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is larger than this frontend accepts",
-            ));
+/// Takes a failed send apart (before any await, so the future does not
+/// hold it): the next try, or the error for the client.
+fn after_failure(
+    mut failed: TrySendError<Request<RequestBody>>,
+    reused: bool,
+    replay: &mut Option<Request<RequestBody>>,
+    server: &Server,
+    request_id: RequestId,
+) -> Result<Retry<Request<RequestBody>>, ProxyError> {
+    match next_try(reused, failed.take_message(), replay) {
+        None => Err(send_failed(failed, server)),
+        Some(Retry::Replay(again)) => {
+            tracing::warn!(
+                request_id = %request_id,
+                server = %server.name,
+                cause = %failed.error(),
+                "server dropped the handshake unanswered: trying another server"
+            );
+            Ok(Retry::Replay(again))
         }
+        Some(reconnect) => Ok(reconnect),
     }
-    None
 }
 
-/// 429 for a client over its address's handshake rate, with the whole
-/// seconds until its next handshake would pass in `Retry-After`.
-fn too_many_handshakes(wait: std::time::Duration, exchange: Box<Exchange>) -> Response<ResponseBody> {
-    tracing::debug!(client = %exchange.log.client, "WebSocket handshake over the per-address rate: 429");
-    let mut response = local_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too many WebSocket handshakes from your address: retry later",
-        exchange,
-        false,
-    );
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
-}
-
-/// The response for a request no server could take.
-fn no_upstream_response(failure: NoUpstream, backend: &Backend, exchange: Box<Exchange>) -> Response<ResponseBody> {
-    match failure {
-        NoUpstream::NoServer => {
-            let message = format!("no server of backend `{}` is available", backend.name);
-            local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false)
-        }
-        NoUpstream::StuckUnavailable(name) => {
-            let message = format!(
-                "this session is stuck to server `{name}` of backend `{}`, which is unavailable, and redispatch is off",
-                backend.name
-            );
-            local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false)
-        }
-        NoUpstream::QueueTimeout => {
-            let message = format!(
-                "every server of backend `{}` stayed at maxconn for {:?}: try again shortly",
-                backend.name, backend.queue_timeout
-            );
-            // 1–5 s, varied per request so refused clients do not come back together.
-            let retry_after = 1 + spread_of(exchange.log.request_id, 5);
-            let mut response = local_response(StatusCode::SERVICE_UNAVAILABLE, &message, exchange, false);
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
-            response
-        }
-        NoUpstream::AllFailed(cause) => {
-            let message = format!(
-                "no server of backend `{}` accepted the connection ({cause})",
-                backend.name
-            );
-            local_response(StatusCode::BAD_GATEWAY, &message, exchange, false)
-        }
+/// The error for a request that could not be sent: the client's own body
+/// at fault (the server saw a cut-off body and its connection is dropped),
+/// else the server's failure.
+fn send_failed(failed: TrySendError<Request<RequestBody>>, server: &Server) -> ProxyError {
+    if let Some(fault) = ClientBodyError::behind(failed.error()) {
+        return ProxyError::from(fault);
+    }
+    ProxyError::ServerFailed {
+        server: server.name.clone(),
+        cause: failed.into_error(),
     }
 }
 
@@ -598,118 +426,6 @@ fn replay_of(request: &Request<RequestBody>, received: Arc<AtomicU64>) -> Reques
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
     copy
-}
-
-/// Whether the backend has servers that could take the request but for
-/// `maxconn` (then a request may queue rather than fail).
-fn only_full(backend: &Backend) -> bool {
-    backend
-        .servers
-        .iter()
-        .any(|s| s.state.is_up() && s.state.admin() == AdminState::Ready && s.state.weight() > 0 && s.maxconn.is_some())
-}
-
-/// Waits in the backend's queue until a slot frees on some server and the
-/// algorithm can pick again, or `deadline` passes (false).
-async fn wait_for_slot(backend: &Backend, key: &RequestKey<'_>, deadline: tokio::time::Instant) -> bool {
-    /// Counts this request in `Backend::queued` while it waits.
-    struct Queued<'a>(&'a std::sync::atomic::AtomicU32);
-    impl Drop for Queued<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    backend.queued.fetch_add(1, Ordering::Relaxed);
-    let _queued = Queued(&backend.queued);
-    loop {
-        // Register on every server before looking again, so no release is missed.
-        let mut waits: Vec<_> = backend.servers.iter().map(|s| Box::pin(s.state.slot_freed())).collect();
-        for wait in &mut waits {
-            wait.as_mut().enable();
-        }
-        if backend
-            .balancer
-            .pick(&Candidates::new(&backend.candidates, &[]), key)
-            .is_some()
-        {
-            return true;
-        }
-        if tokio::time::timeout_at(deadline, futures_util::future::select_all(waits))
-            .await
-            .is_err()
-        {
-            return false;
-        }
-    }
-}
-
-/// A pooled keep-alive connection to `server` (plain HTTP only), or a new one.
-/// The flag says whether it came from the pool.
-async fn connection_to(
-    server: &Server,
-    backend: &Backend,
-    websocket: bool,
-) -> Result<(UpstreamSender, bool), pool::ConnectError> {
-    if !websocket {
-        if let Some(sender) = server.state.pool.take().await {
-            return Ok((sender, true));
-        }
-    }
-    let sender = open(server, backend, websocket).await?;
-    // Clears passive failures counted against the server (one atomic load when there are none).
-    server.state.connect_succeeded();
-    Ok((sender, false))
-}
-
-/// Counts and logs a failed connect; returns the cause for the client's error.
-fn connect_failed(
-    backend: &Backend,
-    server: &Server,
-    err: &pool::ConnectError,
-    request_id: RequestId,
-    changes: &Changes,
-) -> String {
-    server.state.connect_failures.fetch_add(1, Ordering::Relaxed);
-    if let Some(health) = &backend.health {
-        // Passive detection (`observe`): counts toward `fall`, may take the server out now.
-        crate::health::connect_failed(
-            &backend.name,
-            &server.name,
-            &server.state,
-            health,
-            &err.to_string(),
-            changes,
-        );
-    }
-    tracing::warn!(
-        request_id = %request_id,
-        backend = %backend.name,
-        server = %server.name,
-        cause = %err,
-        "connect to server failed"
-    );
-    format!("`{}`: {err}", server.name)
-}
-
-/// Asks the algorithm for a server and takes a slot on it; a server that
-/// filled up in the meantime is skipped.
-fn pick(backend: &Backend, key: &RequestKey<'_>, tried: &[ServerId]) -> Option<(ServerId, ActiveGuard)> {
-    let mut excluded = tried.to_vec();
-    loop {
-        let id = backend
-            .balancer
-            .pick(&Candidates::new(&backend.candidates, &excluded), key)?;
-        let server = &backend.servers[id];
-        if let Some(guard) = server.state.try_acquire(server.maxconn) {
-            return Some((id, guard));
-        }
-        excluded.push(id);
-    }
-}
-
-async fn open(server: &Server, backend: &Backend, upgrades: bool) -> Result<UpstreamSender, pool::ConnectError> {
-    let stream = pool::connect_stream(server.address, backend.connect_timeout, server.tls.as_ref()).await?;
-    pool::handshake(stream, upgrades).await
 }
 
 /// Rewrites the client's request for the server: hop-by-hop headers out,
@@ -750,206 +466,89 @@ fn prepare_request(
     Request::from_parts(parts, RequestBody::new(body, received, frontend.limits.max_body))
 }
 
-/// A short plain-text response written by tether itself, naming what
-/// happened and the request id (also in the access log).
-fn local_response(
-    status: StatusCode,
-    message: &str,
-    mut exchange: Box<Exchange>,
-    close: bool,
-) -> Response<ResponseBody> {
-    let request_id = exchange.log.request_id;
-    exchange.log.status = status.as_u16();
-    exchange.log.error = Some(message.to_string());
-    if status.is_server_error() {
-        tracing::warn!(request_id = %request_id, status = status.as_u16(), cause = message, "request failed");
-    }
-    let body = format!(
-        "{} {}: {message}\nrequest id: {request_id}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    let mut response = Response::new(ResponseBody::local(Bytes::from(body), exchange));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(id) = HeaderValue::from_str(&request_id.to_string()) {
-        headers.insert(REQUEST_ID_HEADER, id);
-    }
-    if close {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-/// Everything a tunnel task needs once both sides have switched protocols.
-struct TunnelJob {
-    /// What the open tunnel will hold.
-    holds: TunnelHolds,
-    idle: std::time::Duration,
-    /// The frontend's WebSocket frame and message limits (client → server).
-    limits: Option<(u64, u64)>,
-    /// The frontend's WebSocket idle and ping timers.
-    timers: tunnel::Timers,
-}
-
-/// What an open tunnel holds besides its sockets: the counts it keeps up
-/// and what its access-log line will say.
-struct TunnelHolds {
-    /// Keeps a graceful stop waiting for this tunnel.
-    token: TrackerToken,
-    /// Keeps the tunnel counted among its frontend's open connections (the
-    /// HTTP connection that carried the handshake ends with the upgrade).
-    frontend_connection: crate::state::FrontendConnection,
-    client: SocketAddr,
-    request_id: RequestId,
-    frontend: Arc<str>,
-    backend: Arc<str>,
-    server: Arc<str>,
-    /// The server slot, held for the tunnel's whole life (leastconn counts it).
-    guard: ActiveGuard,
-}
-
-impl TunnelJob {
-    /// Waits for both sides to switch protocols, then hands the sockets to
-    /// a task of their own that carries the tunnel (so the long-lived task
-    /// holds only what a tunnel needs, not this wait's state).
-    async fn run(self, client: OnUpgrade, server: OnUpgrade) {
-        let (client, server) = match tokio::try_join!(client, server) {
-            Ok(both) => both,
-            Err(err) => {
-                tracing::debug!(request_id = %self.holds.request_id, cause = %err, "upgrade did not complete");
-                return;
-            }
-        };
-        let state = self.holds.guard.state().clone();
-        state.tunnels.fetch_add(1, Ordering::Relaxed);
-        // Server down, drain and shutdown ask through this registration.
-        let registration = state.register_tunnel();
-        let settings = tunnel::Settings {
-            idle: self.idle,
-            close: registration.control().clone(),
-            traffic: state.traffic.clone(),
-            client_limits: self.limits,
-            timers: self.timers,
-        };
-        let carried = CarriedBy {
-            holds: self.holds,
-            registration,
-            started: Instant::now(),
-        };
-        // The usual case: pump between the raw sockets, no extra layers. The
-        // layered fallback keeps any other transport working.
-        let client = client
-            .downcast::<TokioIo<WatchedIo<ClientStream>>>()
-            .map(|p| (p.io.into_inner().into_inner(), p.read_buf));
-        let server = server
-            .downcast::<TokioIo<UpstreamStream>>()
-            .map(|p| (p.io.into_inner(), p.read_buf));
-        match (client, server) {
-            (Ok((c, c_buf)), Ok((s, s_buf))) => carried.spawn(tunnel::run(c, c_buf, s, s_buf, settings)),
-            (Ok((c, c_buf)), Err(s)) => carried.spawn(tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), settings)),
-            (Err(c), Ok((s, s_buf))) => carried.spawn(tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, settings)),
-            (Err(c), Err(s)) => {
-                let (c, s) = (TokioIo::new(c), TokioIo::new(s));
-                carried.spawn(tunnel::run(c, Bytes::new(), s, Bytes::new(), settings))
-            }
-        }
-    }
-}
-
-/// An open tunnel's holdings, its registration and its start.
-struct CarriedBy {
-    holds: TunnelHolds,
-    /// The tunnel's entry in its server's registry (drain and shutdown reach it there).
-    registration: crate::ws::control::TunnelRegistration,
-    started: Instant,
-}
-
-impl CarriedBy {
-    /// Runs `tunnel` as its own task, then settles the counts and logs the line.
-    fn spawn<C, S>(self, tunnel: tunnel::Tunnel<C, S>)
-    where
-        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        tokio::spawn(Carry {
-            tunnel,
-            carried: Some(self),
-        });
-    }
-
-    /// The tunnel ended: counts, histogram and the access-log line.
-    fn finish(self, end: tunnel::TunnelEnd) {
-        let holds = self.holds;
-        let state = holds.guard.state();
-        state.tunnels.fetch_sub(1, Ordering::Relaxed);
-        state.tunnel_durations.observe(self.started.elapsed().as_secs_f64());
-        TunnelLog {
-            request_id: holds.request_id,
-            client: holds.client,
-            frontend: &holds.frontend,
-            backend: &holds.backend,
-            server: &holds.server,
-            bytes_in: end.client_to_server,
-            bytes_out: end.server_to_client,
-            messages_in: end.messages_in,
-            messages_out: end.messages_out,
-            close_code_in: end.close_code_in,
-            close_code_out: end.close_code_out,
-            started: self.started,
-            close: &end.reason,
-        }
-        .emit();
-        drop(self.registration);
-        drop(holds.guard);
-        drop(holds.frontend_connection);
-        drop(holds.token);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The task of one open tunnel: the tunnel and what it holds, nothing more.
-    struct Carry<C, S> {
-        #[pin]
-        tunnel: tunnel::Tunnel<C, S>,
-        carried: Option<CarriedBy>,
-    }
-}
-
-impl<C, S> std::future::Future for Carry<C, S>
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    type Output = ();
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let this = self.project();
-        let end = std::task::ready!(this.tunnel.poll(cx));
-        if let Some(carried) = this.carried.take() {
-            carried.finish(end);
-        }
-        std::task::Poll::Ready(())
-    }
-}
-
-/// An integer in `0..n` derived from a request id (ids are well mixed, so
-/// this varies from request to request like a random number).
-fn spread_of(request_id: RequestId, n: u64) -> u64 {
-    request_id.as_u64() % n.max(1)
-}
-
 #[cfg(test)]
-mod footprint {
-    /// An idle WebSocket's largest allocation is its tokio task: this future
-    /// plus ~100 bytes of task header and trailer, rounded up to 128. At 872
-    /// bytes the task took 1,024 (heaptrack); at 768 it takes 896, and 9,000
-    /// idle WebSockets measured 1.86 -> 1.66 KiB each. A guard against growing back.
+mod tests {
+    use super::*;
+
     #[test]
-    fn an_open_tunnels_task_future_stays_within_768_bytes() {
-        let size = std::mem::size_of::<super::Carry<super::ClientStream, super::UpstreamStream>>();
-        assert!(size <= 768, "the tunnel task's future grew to {size} bytes");
+    fn an_unsent_request_on_a_pooled_connection_goes_on_a_fresh_one() {
+        let mut replay = None;
+        assert_eq!(next_try(true, Some("req"), &mut replay), Some(Retry::Reconnect("req")));
+    }
+
+    #[test]
+    fn a_fresh_connection_is_not_retried() {
+        let mut replay = None;
+        assert_eq!(next_try(false, Some("req"), &mut replay), None);
+        assert_eq!(next_try::<&str>(true, None, &mut replay), None);
+    }
+
+    #[test]
+    fn a_dropped_handshake_is_replayed_once() {
+        let mut replay = Some("copy");
+        assert_eq!(next_try(false, None, &mut replay), Some(Retry::Replay("copy")));
+        assert_eq!(next_try(false, None, &mut replay), None);
+    }
+
+    #[test]
+    fn a_reconnect_keeps_the_handshake_copy() {
+        let mut replay = Some("copy");
+        assert_eq!(next_try(true, Some("req"), &mut replay), Some(Retry::Reconnect("req")));
+        assert_eq!(replay, Some("copy"));
+    }
+
+    fn limits(max_uri: usize, max_body: Option<u64>) -> crate::snapshot::Limits {
+        crate::snapshot::Limits {
+            max_request_head: 8192,
+            max_headers: 100,
+            max_uri,
+            max_body,
+        }
+    }
+
+    #[test]
+    fn a_target_over_max_uri_is_414() {
+        let request = Request::get("/0123456789").body(()).unwrap();
+        assert!(matches!(
+            within_limits(&request, &limits(5, None)),
+            Err(ProxyError::TargetTooLong)
+        ));
+        assert!(within_limits(&request, &limits(11, None)).is_ok());
+    }
+
+    #[test]
+    fn a_declared_body_over_max_body_is_413() {
+        let request = Request::post("/").header("content-length", "10").body(()).unwrap();
+        assert!(matches!(
+            within_limits(&request, &limits(100, Some(9))),
+            Err(ProxyError::DeclaredBodyTooLarge)
+        ));
+        assert!(within_limits(&request, &limits(100, Some(10))).is_ok());
+    }
+
+    #[test]
+    fn https_location_keeps_host_path_and_query_and_names_a_non_default_port() {
+        let request = Request::get("/a?b=1")
+            .header("host", "example.com:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(https_location(&request, None).unwrap(), "https://example.com/a?b=1");
+        assert_eq!(
+            https_location(&request, Some(443)).unwrap(),
+            "https://example.com/a?b=1"
+        );
+        assert_eq!(
+            https_location(&request, Some(8443)).unwrap(),
+            "https://example.com:8443/a?b=1"
+        );
+    }
+
+    #[test]
+    fn https_location_needs_a_host() {
+        let request = Request::get("/").body(()).unwrap();
+        assert!(matches!(
+            https_location(&request, None),
+            Err(ProxyError::NoHostToRedirect)
+        ));
     }
 }

@@ -2,9 +2,12 @@
 //! to WebSocket tunnels, and the upstream pool.
 
 pub mod body;
+mod choose;
 pub mod client_addr;
 pub mod conn;
+pub mod error;
 pub mod framing;
+mod handoff;
 pub mod headers;
 pub mod http;
 pub mod listener;

@@ -1,9 +1,13 @@
-//! Recognising and checking a WebSocket opening handshake (RFC 6455 §4.1).
+//! Recognising and checking a WebSocket opening handshake (RFC 6455 §4.1),
+//! and completing one the server accepted.
 
 use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
-use http::{Method, Request};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
-use super::headers::has_token;
+use super::handoff::TunnelJob;
+use super::headers::{has_token, remove_hop_by_hop, set_websocket_upgrade};
 
 /// What kind of request this is, as far as upgrades go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,23 @@ pub fn classify<B>(request: &Request<B>) -> Result<Handshake, BadHandshake> {
         return Err(BadHandshake::BadVersion);
     }
     Ok(Handshake::WebSocket)
+}
+
+/// Completes a handshake the server answered with 101: hands both
+/// connections to `tunnel` (a task that waits for both to switch) and
+/// returns the response head for the client, its hop-by-hop headers
+/// replaced by the upgrade's own.
+pub(super) fn switch_protocols(
+    mut response: Response<Incoming>,
+    client: OnUpgrade,
+    tunnel: TunnelJob,
+) -> http::response::Parts {
+    let server = hyper::upgrade::on(&mut response);
+    let (mut parts, _empty) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    set_websocket_upgrade(&mut parts.headers);
+    tokio::spawn(tunnel.run(client, server));
+    parts
 }
 
 /// 16 bytes in base64 are exactly 22 alphabet characters followed by `==`.
