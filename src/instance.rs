@@ -362,7 +362,7 @@ impl Handle {
         let inner = &self.inner;
         self.apply_intended_states(snapshot);
         for state in &diff.reached_differently {
-            state.pool.clear();
+            inner.shared.pools.clear(state);
         }
         // Checker tasks of the old snapshot stop; the new one's start (state carries over by name).
         inner.checkers.refresh(|| check_targets(snapshot));
@@ -373,6 +373,7 @@ impl Handle {
                 tracing::info!(server = %removed.name, "server removed by reload: draining");
                 self.spawn_drain(removed.state.clone(), generation, removed.drain);
             }
+            inner.shared.pools.forget(&removed.state);
             retired.push(removed.state.clone());
         }
         drop(retired);

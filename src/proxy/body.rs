@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::conn::ConnActivity;
 use super::log::HttpLog;
-use super::pool::UpstreamSender;
+use super::pool::{Pool, UpstreamSender};
 use crate::state::{ActiveGuard, ServerState};
 use crate::sticky::SidLearner;
 
@@ -123,8 +123,9 @@ pub struct Exchange {
     pub activity: Arc<ConnActivity>,
     /// The server slot this request holds.
     pub guard: Option<ActiveGuard>,
-    /// The upstream connection, returned to its pool if the body ends cleanly.
-    pub keep_alive: Option<UpstreamSender>,
+    /// The upstream connection and its server's pool, where it goes back
+    /// if the body ends cleanly.
+    pub keep_alive: Option<(UpstreamSender, Arc<Pool>)>,
     /// The connection became a tunnel: it will not take another request.
     pub upgraded: bool,
     /// Learns a session id from the body as it streams (Engine.IO handshakes).
@@ -149,8 +150,8 @@ impl Exchange {
 
     /// The response body ended cleanly: the upstream connection may serve again.
     fn completed(&mut self) {
-        if let (Some(sender), Some(guard)) = (self.keep_alive.take(), self.guard.as_ref()) {
-            guard.state().pool.put(sender);
+        if let Some((sender, pool)) = self.keep_alive.take() {
+            pool.put(sender);
         }
         self.guard = None;
     }

@@ -4,12 +4,14 @@
 //! another server when a connect fails, at most `retries` times.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use http::Request;
 
 use super::error::ProxyError;
 use super::log::RequestId;
-use super::pool::{self, UpstreamSender};
+use super::pool::{self, Pool, UpstreamSender};
+use super::Shared;
 use crate::balance::{Candidates, RequestKey, ServerId};
 use crate::snapshot::{Backend, Server};
 use crate::state::{ActiveGuard, AdminState, Changes};
@@ -25,6 +27,9 @@ pub(super) struct Upstream {
     pub(super) sender: UpstreamSender,
     /// Taken from the pool (it may turn out to be closed by the server).
     pub(super) reused: bool,
+    /// The server's pool, where the connection goes back after a clean
+    /// exchange (`None` for a WebSocket handshake).
+    pub(super) pool: Option<Arc<Pool>>,
 }
 
 /// What stickiness said about a request: its backend's policy and the
@@ -75,13 +80,13 @@ pub(super) async fn connect(
     websocket: bool,
     sticky: Option<&Stickiness<'_>>,
     request_id: RequestId,
-    changes: &Changes,
+    shared: &Shared,
 ) -> Result<Upstream, ProxyError> {
     let attempt = Attempt {
         backend,
         websocket,
         request_id,
-        changes,
+        shared,
     };
     let mut tries = Tries::default();
     if let Some((policy, id)) = sticky.and_then(Stickiness::stuck) {
@@ -98,13 +103,13 @@ pub(super) async fn connect_elsewhere(
     backend: &Backend,
     failed: ServerId,
     request_id: RequestId,
-    changes: &Changes,
+    shared: &Shared,
 ) -> Result<Upstream, ProxyError> {
     let attempt = Attempt {
         backend,
         websocket: true,
         request_id,
-        changes,
+        shared,
     };
     let mut tries = Tries {
         tried: vec![failed],
@@ -175,8 +180,8 @@ struct Attempt<'a> {
     backend: &'a Backend,
     websocket: bool,
     request_id: RequestId,
-    /// Where passive detection flips a server down.
-    changes: &'a Changes,
+    /// Where passive detection flips a server down, and the pools.
+    shared: &'a Shared,
 }
 
 impl Attempt<'_> {
@@ -244,15 +249,17 @@ impl Attempt<'_> {
     /// counted, logged, and recorded in `tries`.
     async fn connect(&self, id: ServerId, guard: ActiveGuard, tries: &mut Tries) -> Option<Upstream> {
         let server = &self.backend.servers[id];
-        match connection_to(server, self.backend, self.websocket).await {
+        let pool = (!self.websocket).then(|| self.shared.pools.of(&server.state));
+        match connection_to(server, self.backend, pool.as_deref()).await {
             Ok((sender, reused)) => Some(Upstream {
                 server: id,
                 guard,
                 sender,
                 reused,
+                pool,
             }),
             Err(err) => {
-                tries.last_error = connect_failed(self.backend, server, &err, self.request_id, self.changes);
+                tries.last_error = connect_failed(self.backend, server, &err, self.request_id, &self.shared.changes);
                 tries.tried.push(id);
                 None
             }
@@ -303,15 +310,17 @@ async fn wait_for_slot(backend: &Backend, key: &RequestKey<'_>, deadline: tokio:
     }
 }
 
-/// A pooled keep-alive connection to `server` (plain HTTP only), or a new one.
-/// The flag says whether it came from the pool.
+/// A keep-alive connection to `server` from its `pool` (plain HTTP only:
+/// WebSocket handshakes have none), or a new one. The flag says whether it
+/// came from the pool.
 async fn connection_to(
     server: &Server,
     backend: &Backend,
-    websocket: bool,
+    pool: Option<&Pool>,
 ) -> Result<(UpstreamSender, bool), pool::ConnectError> {
-    if !websocket {
-        if let Some(sender) = server.state.pool.take().await {
+    let websocket = pool.is_none();
+    if let Some(pool) = pool {
+        if let Some(sender) = pool.take().await {
             return Ok((sender, true));
         }
     }

@@ -27,7 +27,6 @@ use super::{client_addr, Shared};
 use crate::balance::{ip_octets_of, RequestKey};
 use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
-use crate::state::Changes;
 use crate::sticky::StickyPolicy;
 
 /// The header carrying tether's request id in its own responses.
@@ -192,7 +191,7 @@ async fn pipeline(
         websocket,
         sticky.as_ref(),
         exchange.log.request_id,
-        &context.shared.changes,
+        &context.shared,
     )
     .await?;
     served_by(exchange, &backend.servers[upstream.server]);
@@ -206,8 +205,7 @@ async fn pipeline(
         policy,
         exchange.log.bytes_in.clone(),
     );
-    let (upstream, mut response) =
-        send(backend, upstream, request, websocket, exchange, &context.shared.changes).await?;
+    let (upstream, mut response) = send(backend, upstream, request, websocket, exchange, &context.shared).await?;
     exchange.log.status = response.status().as_u16();
     *response.version_mut() = Version::HTTP_11;
     let server = &backend.servers[upstream.server];
@@ -226,8 +224,8 @@ async fn pipeline(
         exchange.learner = sticky.on_response(&mut parts.headers, upstream.server, &server.name, context.https);
     }
     exchange.guard = Some(upstream.guard);
-    if !websocket {
-        exchange.keep_alive = Some(upstream.sender);
+    if let Some(pool) = upstream.pool {
+        exchange.keep_alive = Some((upstream.sender, pool));
     }
     Ok(Answer::Relayed(parts, body))
 }
@@ -336,7 +334,7 @@ async fn send(
     mut request: Request<RequestBody>,
     websocket: bool,
     exchange: &mut Exchange,
-    changes: &Changes,
+    shared: &Shared,
 ) -> Result<(Upstream, Response<Incoming>), ProxyError> {
     // A WebSocket handshake is a GET without a body: it can be sent again.
     let mut replay = websocket.then(|| replay_of(&request, exchange.log.bytes_in.clone()));
@@ -371,7 +369,7 @@ async fn send(
                     backend,
                     upstream.server,
                     exchange.log.request_id,
-                    changes,
+                    shared,
                 ))
                 .await?;
                 served_by(exchange, &backend.servers[upstream.server]);

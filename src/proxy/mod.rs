@@ -39,6 +39,8 @@ pub struct Shared {
     /// Where passive health detection flips a server down (so `instance`
     /// closes its tunnels).
     pub changes: Changes,
+    /// Idle keep-alive connections to the servers, by server.
+    pub pools: pool::Pools,
 }
 
 impl Shared {
@@ -49,6 +51,7 @@ impl Shared {
             stop: Stop::default(),
             open: Arc::new(Tracker::default()),
             changes,
+            pools: pool::Pools::default(),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Upstream connections: TCP connect with a timeout, the HTTP/1 client
 //! handshake, and a small per-server pool of idle keep-alive connections.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -11,8 +12,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::RequestBody;
+use crate::state::ServerState;
 use crate::tls::{UpstreamStream, UpstreamTls};
 use crate::util::lock;
+use crate::util::lock::{read, write};
 
 /// A ready-to-use HTTP/1 connection to one server.
 pub type UpstreamSender = SendRequest<RequestBody>;
@@ -38,6 +41,37 @@ pub enum ConnectError {
     /// The HTTP/1 client could not start on the connection.
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+}
+
+/// The idle keep-alive connections of every server, by the server state's
+/// id: the proxy owns its pools; a server's live state holds none.
+#[derive(Debug, Default)]
+pub struct Pools {
+    /// Read on every request that may reuse a connection; written when a
+    /// server is first used or forgotten.
+    by_server: RwLock<HashMap<u64, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// The pool of `server`, made on first use.
+    pub fn of(&self, server: &ServerState) -> Arc<Pool> {
+        if let Some(pool) = read(&self.by_server).get(&server.id()) {
+            return pool.clone();
+        }
+        write(&self.by_server).entry(server.id()).or_default().clone()
+    }
+
+    /// Closes the idle connections of `server` (a reload changed how it is reached).
+    pub fn clear(&self, server: &ServerState) {
+        if let Some(pool) = read(&self.by_server).get(&server.id()) {
+            pool.clear();
+        }
+    }
+
+    /// Drops the pool of a server that is gone (a reload removed it).
+    pub fn forget(&self, server: &ServerState) {
+        write(&self.by_server).remove(&server.id());
+    }
 }
 
 /// Idle keep-alive connections to one server, most recently used last, each

@@ -16,7 +16,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 
 pub use crate::config::types::AdminState;
-use crate::proxy::pool::Pool;
 use crate::util::clock::{monotonic_ms, unix_ms};
 use crate::util::lock;
 use crate::ws::control::{TunnelControl, TunnelRegistration, TunnelSet};
@@ -141,6 +140,9 @@ impl Drop for FrontendConnection {
     }
 }
 
+/// The id the next server state gets.
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(0);
+
 /// What tether knows about one server right now.
 #[derive(Debug)]
 pub struct ServerState {
@@ -175,8 +177,9 @@ pub struct ServerState {
     pub check_durations: Histogram,
     /// When (Unix ms) the server last went up or down or changed admin state; start time if never.
     state_since_unix_ms: AtomicU64,
-    /// Idle keep-alive connections to this server.
-    pub pool: Pool,
+    /// A number no other server state of this process has, so engines
+    /// key their own per-server data by it (the proxy's connection pools).
+    id: u64,
     /// Health-check counters and the last result. A small mutex: only checker
     /// tasks and failed connects take it, never a request that goes well.
     health: Mutex<HealthStatus>,
@@ -215,7 +218,7 @@ impl ServerState {
             tunnel_durations: Histogram::new(TUNNEL_BUCKETS),
             check_durations: Histogram::new(CHECK_BUCKETS),
             state_since_unix_ms: AtomicU64::new(unix_ms()),
-            pool: Pool::default(),
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             health: Mutex::new(HealthStatus::default()),
             passive_pending: AtomicBool::new(false),
             open_tunnels: Arc::new(TunnelSet::default()),
@@ -251,6 +254,12 @@ impl ServerState {
         if self.passive_pending.load(Ordering::Relaxed) && self.passive_pending.swap(false, Ordering::AcqRel) {
             self.health_lock().machine.passive_success();
         }
+    }
+
+    /// This state's process-unique id (it stays with the server across
+    /// reloads, as the state does).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The operator's intent for this server.
