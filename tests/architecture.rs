@@ -1,6 +1,6 @@
 //! The crate's layering, checked: every `crate::` path in `src/` goes from a
 //! module to a module of a lower layer (see `LAYERS`), so the picture in
-//! `DESIGN.md` stays true.
+//! README's Layout table (and DESIGN.md's module table) stays true.
 //!
 //! It reads the source as text and uses only std: a small scanner blanks
 //! comments, string and char literals and `#[cfg(test)]` code (keeping every
@@ -14,10 +14,13 @@ use std::path::{Path, PathBuf};
 /// The crate's layers, lowest first. A module imports only from layers below
 /// its own; two modules of one layer never import each other.
 ///
-/// This table must match the module table in `../shared/DESIGN.md` ("Layers
-/// and modules") and the Layout table in `README.md`: change all three together.
+/// This table is the one source; README's Layout table repeats it. It
+/// refines DESIGN.md's "Layers and modules" table: DESIGN's layer 0 is split
+/// into `util` (below) and the other leaves (which use it), and its logic
+/// layer into `route`/`balance` and then `sticky` (which uses `balance`), so
+/// no two modules of one layer import each other.
 const LAYERS: &[(u32, &[&str])] = &[
-    // The one hash mixer, the lock helper, the clock.
+    // The one hash mixer, the lock helper, the clocks.
     (0, &["util"]),
     (1, &["cidr", "origin", "lookup", "tls", "workers", "ws"]),
     (2, &["config"]),
@@ -49,7 +52,7 @@ fn every_module_imports_only_from_layers_below_it() {
     let violations: Vec<String> = imports(&source_files()).iter().filter_map(layer_violation).collect();
     assert!(
         violations.is_empty(),
-        "{} import(s) break the layering (LAYERS in tests/architecture.rs, the module table in DESIGN.md):\n{}\n",
+        "{} import(s) break the layering (LAYERS in tests/architecture.rs, README's Layout table):\n{}\n",
         violations.len(),
         violations.join("\n")
     );
@@ -63,7 +66,7 @@ fn every_module_is_in_the_layer_table() {
         .map(|(module, place)| {
             format!(
                 "module `{module}` ({place}) is not in the layer table: add it to LAYERS in tests/architecture.rs \
-                 and to the module table in ../shared/DESIGN.md"
+                 and to README's Layout table"
             )
         })
         .collect();
