@@ -141,7 +141,9 @@ async fn at_maxconn_new_connections_wait_until_one_closes() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 
-#[tokio::test]
+// On the paused clock: the tunnel's idle timer is tokio time, so the test's
+// sleeps and tether's timeout advance together without waiting.
+#[tokio::test(start_paused = true)]
 async fn an_idle_websocket_is_closed_with_1001_and_a_busy_one_is_not() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&Config::simple(
@@ -151,7 +153,7 @@ async fn an_idle_websocket_is_closed_with_1001_and_a_busy_one_is_not() {
     .await;
     let (mut busy, _) = ws_connect(tether.addr, "/ws").await;
     let (mut idle, _) = ws_connect(tether.addr, "/ws").await;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     for i in 0..8 {
         busy.send(Message::text(format!("m{i}"))).await.unwrap();
         assert_eq!(next_text(&mut busy).await, format!("m{i}"));

@@ -239,11 +239,13 @@ async fn an_idle_keep_alive_client_connection_holds_no_maxconn_slot() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
+// On the paused clock: tether's server timeout and the slow backend's delay
+// are both tokio time, and everything runs in-process on this one thread.
+#[tokio::test(start_paused = true)]
 async fn a_server_slower_than_the_server_timeout_gives_504() {
     let slow = backend("slow").delay(Duration::from_secs(2)).start().await;
     let tether = start_tether(&Config::over(pool().server_timeout("300ms").server(&slow))).await;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let body = assert_tether_error(get_text(tether.addr, "/").await, StatusCode::GATEWAY_TIMEOUT);
     let waited = started.elapsed();
     assert!(

@@ -102,12 +102,14 @@ async fn a_connection_in_use_is_not_cut_by_the_client_timeout() {
     assert_eq!(&body[..], b"s1");
 }
 
-#[tokio::test]
+// On the paused clock: the tunnel timeout is tokio time, and the sockets are
+// in-process on this one thread.
+#[tokio::test(start_paused = true)]
 async fn an_idle_tunnel_is_closed_at_the_tunnel_timeout() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&Config::over(pool().tunnel_timeout("400ms").server(&s1))).await;
     let (mut ws, _) = ws_connect(tether.addr, "/ws").await;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(_)) = ws.next().await {}
     })
