@@ -2,7 +2,7 @@
 //!
 //! Tests describe a config with values, not glued TOML text:
 //!
-//! ```ignore
+//! ```text
 //! Config::new()
 //!     .frontend(Frontend::new("fe").bind("127.0.0.1:0").default_backend("ws")
 //!         .route(Route::to("ws").path_prefix("/socket.io")))
