@@ -1,12 +1,10 @@
 //! Access-log lines: one per HTTP exchange with its request id, one per
 //! finished tunnel with bytes, messages and the WebSocket close codes.
 
-mod support;
-
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use tether_test_support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,7 +21,7 @@ async fn access_lines_carry_the_request_id_and_tunnel_close_codes() {
         .init();
 
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     // A refused handshake: its request id is in the response and in the log.
     let reply = raw_exchange(
         tether.addr,

@@ -1,15 +1,13 @@
 //! Balancing algorithms seen from a client: which server each request or
 //! WebSocket reaches, counted by the name the server announces.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use hyper::client::conn::http1::SendRequest;
-use support::*;
+use tether_test_support::*;
 
 /// Three backends named s1, s2, s3.
 async fn three_backends() -> Vec<TestBackend> {
@@ -20,10 +18,9 @@ async fn three_backends() -> Vec<TestBackend> {
     ]
 }
 
-/// `simple_config` over `backends`, each with the same server `extra`.
-fn config_for(balance: &str, backend_extra: &str, backends: &[TestBackend]) -> String {
-    let servers: Vec<_> = backends.iter().map(|b| (b.name(), b.addr, "")).collect();
-    simple_config(balance, backend_extra, &servers)
+/// Backend `pool` balanced by `balance` over `backends`, behind the usual frontend.
+fn config_for(balance: &str, backends: &[TestBackend]) -> Config {
+    Config::over(pool().balance(balance).servers(backends))
 }
 
 /// Sends `request` on `client` and returns the server that answered (`x-server`).
@@ -89,12 +86,11 @@ async fn close_ws(mut ws: Ws) {
 async fn roundrobin_weights_1_2_3_give_exactly_100_200_300_of_600_requests() {
     init_logs();
     let backends = three_backends().await;
-    let servers = [
-        ("s1", backends[0].addr, "weight = 1"),
-        ("s2", backends[1].addr, "weight = 2"),
-        ("s3", backends[2].addr, "weight = 3"),
-    ];
-    let tether = start_tether(&simple_config("roundrobin", "", &servers)).await;
+    let servers = pool()
+        .server(Server::from(&backends[0]).weight(1))
+        .server(Server::from(&backends[1]).weight(2))
+        .server(Server::from(&backends[2]).weight(3));
+    let tether = start_tether(&Config::over(servers)).await;
     let mut client = http_client(tether.addr).await;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..600 {
@@ -111,7 +107,7 @@ async fn roundrobin_weights_1_2_3_give_exactly_100_200_300_of_600_requests() {
 #[tokio::test]
 async fn leastconn_keeps_300_long_lived_websockets_within_one_per_server() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("leastconn", "", &backends)).await;
+    let tether = start_tether(&config_for("leastconn", &backends)).await;
     let mut open: HashMap<String, Vec<Ws>> = HashMap::new();
     for _ in 0..300 {
         let (ws, name) = ws_connect(tether.addr, "/ws").await;
@@ -134,7 +130,7 @@ async fn leastconn_keeps_300_long_lived_websockets_within_one_per_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leastconn_keeps_300_websockets_opened_concurrently_within_one_per_server() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("leastconn", "", &backends)).await;
+    let tether = start_tether(&config_for("leastconn", &backends)).await;
     let addr = tether.addr;
     let opening: Vec<_> = (0..300)
         .map(|_| tokio::spawn(async move { ws_connect(addr, "/ws").await }))
@@ -157,7 +153,7 @@ async fn leastconn_keeps_300_websockets_opened_concurrently_within_one_per_serve
 #[tokio::test]
 async fn leastconn_sends_new_websockets_to_the_server_whose_sockets_all_closed() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("leastconn", "", &backends)).await;
+    let tether = start_tether(&config_for("leastconn", &backends)).await;
     let mut open: HashMap<String, Vec<Ws>> = HashMap::new();
     for _ in 0..90 {
         let (ws, name) = ws_connect(tether.addr, "/ws").await;
@@ -179,7 +175,7 @@ async fn leastconn_sends_new_websockets_to_the_server_whose_sockets_all_closed()
 #[tokio::test]
 async fn source_hash_keeps_each_client_address_on_one_server() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("source", "", &backends)).await;
+    let tether = start_tether(&config_for("source", &backends)).await;
     let mut reached = BTreeSet::new();
     for last in 2..=9 {
         let source = format!("127.0.0.{last}");
@@ -201,7 +197,10 @@ async fn source_hash_keeps_each_client_address_on_one_server() {
 #[tokio::test]
 async fn url_param_hash_keeps_each_session_id_on_one_server_and_spreads_ids() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("url_param", "hash_key = \"session_id\"", &backends)).await;
+    let tether = start_tether(&Config::over(
+        pool().balance("url_param").hash_key("session_id").servers(&backends),
+    ))
+    .await;
     let mut client = http_client(tether.addr).await;
     let mut reached = BTreeSet::new();
     for id in 0..20 {
@@ -219,7 +218,10 @@ async fn url_param_hash_keeps_each_session_id_on_one_server_and_spreads_ids() {
 #[tokio::test]
 async fn url_param_hash_without_the_param_falls_back_to_round_robin() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("url_param", "hash_key = \"session_id\"", &backends)).await;
+    let tether = start_tether(&Config::over(
+        pool().balance("url_param").hash_key("session_id").servers(&backends),
+    ))
+    .await;
     let mut client = http_client(tether.addr).await;
     let mut reached = BTreeSet::new();
     for path in ["/chat", "/chat?other=1", "/chat?session_id=", "/", "/x", "/y"] {
@@ -231,7 +233,10 @@ async fn url_param_hash_without_the_param_falls_back_to_round_robin() {
 #[tokio::test]
 async fn header_hash_keeps_each_user_on_one_server_and_spreads_users() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("header", "hash_key = \"x-user\"", &backends)).await;
+    let tether = start_tether(&Config::over(
+        pool().balance("header").hash_key("x-user").servers(&backends),
+    ))
+    .await;
     let mut client = http_client(tether.addr).await;
     let mut reached = BTreeSet::new();
     for user in 0..20 {
@@ -256,7 +261,10 @@ async fn header_hash_keeps_each_user_on_one_server_and_spreads_users() {
 #[tokio::test]
 async fn cookie_hash_keeps_each_sid_on_one_server_and_spreads_sids() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("cookie", "hash_key = \"sid\"", &backends)).await;
+    let tether = start_tether(&Config::over(
+        pool().balance("cookie").hash_key("sid").servers(&backends),
+    ))
+    .await;
     let mut client = http_client(tether.addr).await;
     let mut reached = BTreeSet::new();
     for sid in 0..20 {
@@ -277,7 +285,7 @@ async fn cookie_hash_keeps_each_sid_on_one_server_and_spreads_sids() {
 #[tokio::test]
 async fn random_spreads_300_requests_over_all_three_servers() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("random", "", &backends)).await;
+    let tether = start_tether(&config_for("random", &backends)).await;
     let mut client = http_client(tether.addr).await;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..300 {
@@ -294,19 +302,22 @@ async fn random_spreads_300_requests_over_all_three_servers() {
 #[tokio::test]
 async fn a_server_with_weight_0_gets_no_traffic_under_any_algorithm() {
     let backends = three_backends().await;
-    for (balance, extra) in [
-        ("roundrobin", ""),
-        ("leastconn", ""),
-        ("random", ""),
-        ("source", ""),
-        ("url_param", "hash_key = \"session_id\""),
+    for (balance, hash_key) in [
+        ("roundrobin", None),
+        ("leastconn", None),
+        ("random", None),
+        ("source", None),
+        ("url_param", Some("session_id")),
     ] {
-        let servers = [
-            ("s1", backends[0].addr, "weight = 0"),
-            ("s2", backends[1].addr, ""),
-            ("s3", backends[2].addr, ""),
-        ];
-        let tether = start_tether(&simple_config(balance, extra, &servers)).await;
+        let mut servers = pool()
+            .balance(balance)
+            .server(Server::from(&backends[0]).weight(0))
+            .server(&backends[1])
+            .server(&backends[2]);
+        if let Some(key) = hash_key {
+            servers = servers.hash_key(key);
+        }
+        let tether = start_tether(&Config::over(servers)).await;
         let mut client = http_client(tether.addr).await;
         let mut ws_open = Vec::new();
         for i in 0..60 {
@@ -331,7 +342,7 @@ async fn a_server_with_weight_0_gets_no_traffic_under_any_algorithm() {
 #[tokio::test]
 async fn a_websocket_tunnel_counts_as_active_on_its_server_until_it_closes() {
     let backends = three_backends().await;
-    let tether = start_tether(&config_for("leastconn", "", &backends)).await;
+    let tether = start_tether(&config_for("leastconn", &backends)).await;
     let (mut ws, name) = ws_connect(tether.addr, "/ws").await;
     assert!(["s1", "s2", "s3"].contains(&name.as_str()));
     ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))

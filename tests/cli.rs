@@ -32,6 +32,7 @@ fn a_bad_config_fails_check_naming_file_line_and_fix() {
     let dir = std::env::temp_dir().join(format!("tether-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
+    // TOML text on purpose: the error must name the file, line and column.
     std::fs::write(
         &path,
         "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"web\"\n\n\
@@ -96,6 +97,7 @@ fn check_refuses_an_admin_listener_without_users_off_loopback() {
     let dir = std::env::temp_dir().join(format!("tether-cli-admin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("admin.toml");
+    // TOML text on purpose: the error must name the line of `bind`.
     std::fs::write(
         &path,
         "[admin]\nbind = \"0.0.0.0:9000\"\n\n[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\n",

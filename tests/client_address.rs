@@ -1,16 +1,12 @@
 //! The real client behind trusted proxies: X-Forwarded-For and the PROXY protocol.
 
-mod support;
-
 use http::StatusCode;
-use support::*;
+use tether_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn source_config(servers: &[(&str, std::net::SocketAddr, &str)], frontend_extra: &str) -> String {
-    simple_config("source", "", servers).replace(
-        "default_backend = \"pool\"",
-        &format!("default_backend = \"pool\"\n{frontend_extra}"),
-    )
+/// `balance = "source"` over `servers`, behind `frontend`.
+fn source_config(servers: &[&TestBackend], frontend: Frontend) -> Config {
+    Config::simple(frontend, pool().balance("source").servers(servers.iter().copied()))
 }
 
 async fn server_from(source: &str, addr: std::net::SocketAddr, xff: &str) -> String {
@@ -29,8 +25,11 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_hashed() {
         backend("s2").start().await,
         backend("s3").start().await,
     );
-    let servers = [("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")];
-    let tether = start_tether(&source_config(&servers, "trusted_proxies = [\"127.0.0.0/8\"]")).await;
+    let tether = start_tether(&source_config(
+        &[&a, &b, &c],
+        Frontend::public().trusted_proxies(&["127.0.0.0/8"]),
+    ))
+    .await;
     let mut seen = std::collections::HashSet::new();
     for n in 1..=24 {
         let client = format!("198.51.100.{n}");
@@ -56,8 +55,11 @@ async fn an_untrusted_peer_cannot_choose_its_address() {
         backend("s2").start().await,
         backend("s3").start().await,
     );
-    let servers = [("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")];
-    let tether = start_tether(&source_config(&servers, "trusted_proxies = [\"10.0.0.0/8\"]")).await;
+    let tether = start_tether(&source_config(
+        &[&a, &b, &c],
+        Frontend::public().trusted_proxies(&["10.0.0.0/8"]),
+    ))
+    .await;
     let first = server_from("127.0.0.2", tether.addr, "198.51.100.1").await;
     for n in 2..=12 {
         assert_eq!(
@@ -81,8 +83,8 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 async fn proxy_protocol_v1_and_v2_name_the_client() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&source_config(
-        &[("s1", s1.addr, "")],
-        "trusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true",
+        &[&s1],
+        Frontend::public().trusted_proxies(&["127.0.0.1"]).proxy_protocol(true),
     ))
     .await;
     let v1 = [b"PROXY TCP4 198.51.100.7 127.0.0.1 51000 80\r\n".as_slice(), REQUEST].concat();
@@ -114,8 +116,8 @@ async fn proxy_protocol_v1_and_v2_name_the_client() {
 async fn proxy_headers_are_only_read_from_trusted_peers() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&source_config(
-        &[("s1", s1.addr, "")],
-        "trusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true",
+        &[&s1],
+        Frontend::public().trusted_proxies(&["127.0.0.1"]).proxy_protocol(true),
     ))
     .await;
     // An untrusted peer's PROXY line is just a malformed request.

@@ -2,13 +2,11 @@
 //! connections and handshake rate per address, the frontend's `maxconn`,
 //! WebSocket idle and ping timeouts, and slowloris heads.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use tether_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -52,7 +50,11 @@ async fn ws_from(source: &str, addr: SocketAddr) -> Result<Ws, (u16, Option<Stri
 #[tokio::test]
 async fn connections_per_address_are_capped_and_other_addresses_are_not_affected() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&single_server_config("per_ip = { max_connections = 3 }", s1.addr)).await;
+    let tether = start_tether(&Config::simple(
+        Frontend::public().per_ip_max_connections(3),
+        pool().server(&s1),
+    ))
+    .await;
     // Three connections from 127.0.0.2: two keep-alive HTTP, one WebSocket tunnel.
     let mut first = connect_from("127.0.0.2", tether.addr).await;
     assert!(status_on(&mut first).await.starts_with("HTTP/1.1 200"));
@@ -92,7 +94,11 @@ async fn connections_per_address_are_capped_and_other_addresses_are_not_affected
 #[tokio::test]
 async fn handshakes_over_the_per_address_rate_get_429_with_retry_after() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&single_server_config("per_ip = { rate = \"5/s\" }", s1.addr)).await;
+    let tether = start_tether(&Config::simple(
+        Frontend::public().per_ip_rate("5/s"),
+        pool().server(&s1),
+    ))
+    .await;
     let mut open = Vec::new();
     for _ in 0..5 {
         open.push(ws_from("127.0.0.2", tether.addr).await.expect("within the rate"));
@@ -113,7 +119,7 @@ async fn handshakes_over_the_per_address_rate_get_429_with_retry_after() {
 #[tokio::test]
 async fn at_maxconn_new_connections_wait_until_one_closes() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&single_server_config("maxconn = 2", s1.addr)).await;
+    let tether = start_tether(&Config::simple(Frontend::public().maxconn(2), pool().server(&s1))).await;
     let (first, _) = ws_connect(tether.addr, "/ws").await;
     let mut second = TcpStream::connect(tether.addr).await.unwrap();
     assert!(status_on(&mut second).await.starts_with("HTTP/1.1 200"));
@@ -135,17 +141,19 @@ async fn at_maxconn_new_connections_wait_until_one_closes() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 
-#[tokio::test]
+// On the paused clock: the tunnel's idle timer is tokio time, so the test's
+// sleeps and tether's timeout advance together without waiting.
+#[tokio::test(start_paused = true)]
 async fn an_idle_websocket_is_closed_with_1001_and_a_busy_one_is_not() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&single_server_config(
-        "websocket = { idle_timeout = \"400ms\" }",
-        s1.addr,
+    let tether = start_tether(&Config::simple(
+        Frontend::public().websocket_idle_timeout("400ms"),
+        pool().server(&s1),
     ))
     .await;
     let (mut busy, _) = ws_connect(tether.addr, "/ws").await;
     let (mut idle, _) = ws_connect(tether.addr, "/ws").await;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     for i in 0..8 {
         busy.send(Message::text(format!("m{i}"))).await.unwrap();
         assert_eq!(next_text(&mut busy).await, format!("m{i}"));
@@ -160,9 +168,11 @@ async fn an_idle_websocket_is_closed_with_1001_and_a_busy_one_is_not() {
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed_with_1001() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&single_server_config(
-        "websocket = { ping_interval = \"200ms\", ping_timeout = \"300ms\" }",
-        s1.addr,
+    let tether = start_tether(&Config::simple(
+        Frontend::public()
+            .websocket_ping_interval("200ms")
+            .websocket_ping_timeout("300ms"),
+        pool().server(&s1),
     ))
     .await;
     // tungstenite answers pings while it is being read.
@@ -240,7 +250,10 @@ async fn slowloris_dribblers_do_not_slow_a_normal_client_and_are_all_cut() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     let s1 = backend("s1").start().await;
-    let config = single_server_config("timeouts = { http_request = \"2s\", client = \"30s\" }", s1.addr);
+    let config = Config::simple(
+        Frontend::public().http_request_timeout("2s").client_timeout("30s"),
+        pool().server(&s1),
+    );
     // tether and the normal client each get a thread of their own, as they
     // would be separate processes: the attackers' tasks in this runtime then
     // slow neither tether's scheduling nor the measurement.

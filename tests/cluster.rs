@@ -2,8 +2,6 @@
 //! through a real `redis-server` (started here on a free port), and two
 //! instances agreeing without Redis through maglev hashing.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use tether_test_support::*;
 
 /// A `redis-server` child process on 127.0.0.1, killed when dropped.
 struct RedisServer {
@@ -233,21 +231,16 @@ impl Drop for RedisServer {
     }
 }
 
-/// `simple_config` plus a loopback admin listener and `[cluster]` for `instance`.
-fn cluster_config(base: &str, redis: &str, instance: &str) -> String {
-    format!("{base}\n[admin]\nbind = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"{redis}\"\ninstance = \"{instance}\"\n")
+/// `base` behind the usual frontend, with a loopback admin listener and `cluster`.
+fn cluster_config_with(base: &Backend, cluster: Cluster) -> Config {
+    Config::over(base.clone())
+        .admin(Admin::bind("127.0.0.1:0"))
+        .cluster(cluster)
 }
 
-/// Polls `check` every 20 ms until it holds or `within` passes; returns how long it took.
-async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
+/// [`cluster_config_with`] the Redis at `redis`, as `instance`.
+fn cluster_config(base: &Backend, redis: &str, instance: &str) -> Config {
+    cluster_config_with(base, Cluster::redis(redis).instance(instance))
 }
 
 fn admin(tether: &RunningTether) -> SocketAddr {
@@ -287,20 +280,24 @@ async fn three_servers() -> (TestBackend, TestBackend, TestBackend) {
     )
 }
 
-/// `simple_config` with `balance` and `extra` over `servers`, named as they announce.
-fn config_over(balance: &str, extra: &str, servers: [&TestBackend; 3]) -> String {
-    let list: Vec<(&str, std::net::SocketAddr, &str)> = servers.iter().map(|s| (s.name(), s.addr, "")).collect();
-    simple_config(balance, extra, &list)
+/// Backend `pool` balanced by `balance` over `servers`, named as they announce.
+fn config_over(balance: &str, servers: [&TestBackend; 3]) -> Backend {
+    pool().balance(balance).servers(servers)
 }
 
-const LEARN: &str =
-    r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "1500ms" }"#;
+/// Session ids learned from the `io` cookie, matched in `?sid=`, forgotten after `idle_timeout`.
+fn learn(idle_timeout: &str) -> Sticky {
+    Sticky::learned()
+        .learn_response_cookie("io")
+        .match_url_param("sid")
+        .idle_timeout(idle_timeout)
+}
 
 #[tokio::test]
 async fn a_session_learned_through_one_instance_routes_through_the_other_until_its_ttl() {
     let redis = RedisServer::start().await;
     let (s1, s2, s3) = three_servers().await;
-    let base = config_over("roundrobin", LEARN, [&s1, &s2, &s3]);
+    let base = config_over("roundrobin", [&s1, &s2, &s3]).sticky(learn("1500ms"));
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
 
@@ -359,7 +356,7 @@ async fn open_alternately(a: SocketAddr, b: SocketAddr, count: usize) -> (Vec<Ws
 async fn cluster_leastconn_spreads_300_websockets_through_two_instances_within_two_per_server() {
     let redis = RedisServer::start().await;
     let (s1, s2, s3) = three_servers().await;
-    let base = config_over("leastconn", "", [&s1, &s2, &s3]);
+    let base = config_over("leastconn", [&s1, &s2, &s3]);
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
     let (_sockets, per_server) = open_alternately(a.addr, b.addr, 300).await;
@@ -374,8 +371,8 @@ async fn cluster_leastconn_counts_the_other_instances_connections() {
     let redis = RedisServer::start().await;
     let (s1, s2, s3) = three_servers().await;
     // A only knows s1, so all its connections load s1; B knows all three.
-    let only_s1 = simple_config("leastconn", "", &[("s1", s1.addr, "")]);
-    let all = config_over("leastconn", "", [&s1, &s2, &s3]);
+    let only_s1 = pool().balance("leastconn").server(&s1);
+    let all = config_over("leastconn", [&s1, &s2, &s3]);
     let a = start_tether(&cluster_config(&only_s1, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&all, &redis.url(), "b")).await;
     let mut sockets = Vec::new();
@@ -410,7 +407,7 @@ async fn post(addr: SocketAddr, path: &str) -> String {
 async fn a_drain_through_one_instance_stops_new_connections_through_the_other_within_a_second() {
     let redis = RedisServer::start().await;
     let (s1, s2) = (backend("s1").start().await, backend("s2").start().await);
-    let base = simple_config("roundrobin", "", &[("s1", s1.addr, ""), ("s2", s2.addr, "")]);
+    let base = pool().balance("roundrobin").server(&s1).server(&s2);
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
     // Both subscribed (each instance reads the cluster list once synced).
@@ -438,7 +435,7 @@ async fn a_drain_through_one_instance_stops_new_connections_through_the_other_wi
         );
     }
     // A reload resets admin states to the file's; the cluster's stored state wins again.
-    let config = tether::config::parse(&cluster_config(&base, &redis.url(), "b"), "b.toml").expect("config");
+    let config = cluster_config(&base, &redis.url(), "b").parse();
     b.handle.reload(&config).expect("reload");
     assert_eq!(
         server_field(&b, "s1", "admin").await,
@@ -494,11 +491,7 @@ async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resyn
     let mut redis = RedisServer::start().await;
     let port = redis.port;
     let (s1, s2, s3) = three_servers().await;
-    let base = config_over(
-        "leastconn",
-        r#"sticky = { learn = { response_cookie = "io" }, match = [{ url_param = "sid" }], idle_timeout = "10m" }"#,
-        [&s1, &s2, &s3],
-    );
+    let base = config_over("leastconn", [&s1, &s2, &s3]).sticky(learn("10m"));
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
     assert!(
@@ -608,8 +601,13 @@ async fn two_instances_without_redis_send_a_key_to_the_same_server_with_maglev()
         backend("s3").start().await,
         backend("s4").start().await,
     ];
-    let list: Vec<(&str, SocketAddr, &str)> = servers.iter().map(|s| (s.name(), s.addr, "")).collect();
-    let config = simple_config("url_param", "hash_key = \"room\"\nhash = \"maglev\"", &list);
+    let config = Config::over(
+        pool()
+            .balance("url_param")
+            .hash_key("room")
+            .hash("maglev")
+            .servers(&servers),
+    );
     let a = start_tether(&config).await;
     let b = start_tether(&config).await;
     let mut used = std::collections::HashSet::new();
@@ -626,7 +624,7 @@ async fn two_instances_without_redis_send_a_key_to_the_same_server_with_maglev()
 async fn a_flushed_or_frozen_redis_fails_no_request_and_a_stopping_instance_leaves() {
     let redis = RedisServer::start().await;
     let (s1, s2, s3) = three_servers().await;
-    let base = config_over("roundrobin", LEARN, [&s1, &s2, &s3]);
+    let base = config_over("roundrobin", [&s1, &s2, &s3]).sticky(learn("1500ms"));
     let a = start_tether(&cluster_config(&base, &redis.url(), "a")).await;
     let b = start_tether(&cluster_config(&base, &redis.url(), "b")).await;
     let owner = server_of(a.addr, "/?set_cookie=io=abc").await;
@@ -700,13 +698,16 @@ async fn rediss_with_a_private_ca_and_a_password_shares_session_ids() {
     let dir = std::env::temp_dir().join(format!("tether-cluster-tls-{}", std::process::id()));
     let redis = RedisServer::start_tls(&dir, "s3cret pass").await;
     let (s1, s2, s3) = three_servers().await;
-    let base = config_over("roundrobin", LEARN, [&s1, &s2, &s3]);
-    let tls = format!(
-        "password = \"s3cret pass\"\ntls_ca_file = \"{}\"\n",
-        dir.join("ca.pem").display()
-    );
-    let a = start_tether(&(cluster_config(&base, &redis.url(), "a") + &tls)).await;
-    let b = start_tether(&(cluster_config(&base, &redis.url(), "b") + &tls)).await;
+    let base = config_over("roundrobin", [&s1, &s2, &s3]).sticky(learn("1500ms"));
+    let ca = dir.join("ca.pem");
+    let tls = |instance: &str| {
+        Cluster::redis(&redis.url())
+            .instance(instance)
+            .password("s3cret pass")
+            .tls_ca_file(ca.to_str().expect("a UTF-8 path"))
+    };
+    let a = start_tether(&cluster_config_with(&base, tls("a"))).await;
+    let b = start_tether(&cluster_config_with(&base, tls("b"))).await;
     assert!(
         eventually(Duration::from_secs(5), async || redis_up(&a).await == Some(true))
             .await

@@ -1,24 +1,23 @@
 //! Surviving reconnect storms and operator actions: the maxconn queue,
 //! draining with spread closes, maintenance, removal on reload.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use http::StatusCode;
-use support::*;
 use tether::state::AdminState;
+use tether_test_support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_handshakes_queue_for_ten_slots_and_all_succeed() {
     let s1 = backend("s1").start().await;
-    let config = simple_config(
-        "leastconn",
-        "queue_timeout = \"10s\"",
-        &[("s1", s1.addr, "maxconn = 10")],
+    let config = Config::over(
+        pool()
+            .balance("leastconn")
+            .queue_timeout("10s")
+            .server(Server::from(&s1).maxconn(10)),
     );
     let tether = start_tether(&config).await;
     let addr = tether.addr;
@@ -43,17 +42,20 @@ async fn fifty_handshakes_queue_for_ten_slots_and_all_succeed() {
     assert_eq!(active_now, 0, "every slot given back");
 }
 
-#[tokio::test]
+// On the paused clock: the queue's deadline is tokio time, so the 300 ms pass
+// without waiting (the sockets are in-process, on this one thread).
+#[tokio::test(start_paused = true)]
 async fn past_the_queue_timeout_the_client_gets_503_with_retry_after() {
     let s1 = backend("s1").start().await;
-    let config = simple_config(
-        "leastconn",
-        "queue_timeout = \"300ms\"",
-        &[("s1", s1.addr, "maxconn = 1")],
+    let config = Config::over(
+        pool()
+            .balance("leastconn")
+            .queue_timeout("300ms")
+            .server(Server::from(&s1).maxconn(1)),
     );
     let tether = start_tether(&config).await;
     let (_held, _) = ws_connect(tether.addr, "/ws").await;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let (status, headers, body) = get(tether.addr, "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -68,10 +70,13 @@ async fn past_the_queue_timeout_the_client_gets_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_server_takes_no_new_clients_and_closes_its_tunnels_spread_out() {
     let (a, b) = (backend("s1").start().await, backend("s2").start().await);
-    let config = simple_config(
-        "leastconn",
-        "drain_timeout = \"200ms\"\ndrain_spread = \"3s\"",
-        &[("s1", a.addr, ""), ("s2", b.addr, "")],
+    let config = Config::over(
+        pool()
+            .balance("leastconn")
+            .drain_timeout("200ms")
+            .drain_spread("3s")
+            .server(&a)
+            .server(&b),
     );
     let tether = start_tether(&config).await;
     let mut on_s1 = Vec::new();
@@ -131,10 +136,11 @@ async fn a_drained_server_takes_no_new_clients_and_closes_its_tunnels_spread_out
 #[tokio::test]
 async fn a_draining_server_still_takes_stuck_clients_and_maint_takes_nothing() {
     let (a, b) = (backend("s1").start().await, backend("s2").start().await);
-    let config = simple_config(
-        "roundrobin",
-        "sticky = { cookie = \"SERVERID\" }",
-        &[("s1", a.addr, "cookie = \"s1\""), ("s2", b.addr, "cookie = \"s2\"")],
+    let config = Config::over(
+        pool()
+            .sticky(Sticky::cookie("SERVERID"))
+            .server(Server::from(&a).cookie("s1"))
+            .server(Server::from(&b).cookie("s2")),
     );
     let tether = start_tether(&config).await;
     let state = tether.handle.snapshot().backends[0].servers[0].state.clone();
@@ -178,20 +184,19 @@ async fn config_state_drain_and_maint_apply_at_start() {
         backend("s2").start().await,
         backend("s3").start().await,
     );
-    let config = simple_config(
-        "roundrobin",
-        "",
-        &[
-            ("s1", a.addr, "state = \"drain\""),
-            ("s2", b.addr, "state = \"maint\""),
-            ("s3", c.addr, ""),
-        ],
+    let config = Config::over(
+        pool()
+            .server(Server::from(&a).state("drain"))
+            .server(Server::from(&b).state("maint"))
+            .server(&c),
     );
     let tether = start_tether(&config).await;
     for _ in 0..6 {
         assert_eq!(server_of(tether.addr, "/").await, "s3");
     }
-    let bad = config.replace("state = \"maint\"", "state = \"sleeping\"");
+    // Through the TOML text on purpose: a bad value is an error naming the file.
+    let bad = config.toml().replace("state = \"maint\"", "state = \"sleeping\"");
+    assert_ne!(bad, config.toml(), "the text has the state to replace");
     let err = tether::config::parse(&bad, "bad.toml").unwrap_err().to_string();
     assert!(err.contains("bad.toml:") && err.contains("ready"), "{err}");
 }
@@ -199,10 +204,11 @@ async fn config_state_drain_and_maint_apply_at_start() {
 #[tokio::test(start_paused = true)]
 async fn slow_start_ramps_a_returning_server_from_a_trickle_to_its_share() {
     let (a, b) = (backend("s1").start().await, backend("s2").start().await);
-    let config = simple_config(
-        "roundrobin",
-        "slowstart = \"10s\"",
-        &[("s1", a.addr, "weight = 20"), ("s2", b.addr, "weight = 20")],
+    let config = Config::over(
+        pool()
+            .slowstart("10s")
+            .server(Server::from(&a).weight(20))
+            .server(Server::from(&b).weight(20)),
     );
     let tether = start_tether(&config).await;
     let state = tether.handle.snapshot().backends[0].servers[0].state.clone();

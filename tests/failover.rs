@@ -1,8 +1,6 @@
 //! Failures seen from a client: dead servers retried elsewhere, 502 when all
 //! are dead, 503 when none has room or weight, 504 when a server is too slow.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -11,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use support::*;
+use tether_test_support::*;
 
 /// A WebSocket handshake sent as a plain hyper request, so a refusal can be read.
 fn handshake_request(path: &str) -> Request<TestBody> {
@@ -87,8 +85,8 @@ async fn a_closed_server_port_costs_60_requests_nothing_they_are_retried_elsewhe
         let s1 = backend("s1").start().await;
         let s2 = backend("s2").start().await;
         let dead = closed_port().await;
-        let servers = [("s1", s1.addr, ""), ("dead", dead, ""), ("s2", s2.addr, "")];
-        let tether = start_tether(&simple_config(balance, "", &servers)).await;
+        let servers = pool().balance(balance).server(&s1).server(("dead", dead)).server(&s2);
+        let tether = start_tether(&Config::over(servers)).await;
         let mut reached = BTreeSet::new();
         for i in 0..60 {
             let (status, headers, body) = get_text(tether.addr, &format!("/r/{i}")).await;
@@ -117,8 +115,8 @@ async fn source_clients_hashed_to_a_closed_server_are_served_by_another() {
     let s1 = backend("s1").start().await;
     let s2 = backend("s2").start().await;
     let dead = closed_port().await;
-    let servers = [("s1", s1.addr, ""), ("dead", dead, ""), ("s2", s2.addr, "")];
-    let tether = start_tether(&simple_config("source", "", &servers)).await;
+    let servers = pool().balance("source").server(&s1).server(("dead", dead)).server(&s2);
+    let tether = start_tether(&Config::over(servers)).await;
     for last in 2..=13 {
         let source = format!("127.0.0.{last}");
         let mut seen = BTreeSet::new();
@@ -142,8 +140,8 @@ async fn source_clients_hashed_to_a_closed_server_are_served_by_another() {
 async fn a_post_body_is_delivered_whole_after_a_retry() {
     let s1 = backend("s1").start().await;
     let dead = closed_port().await;
-    let servers = [("dead", dead, ""), ("s1", s1.addr, "")];
-    let tether = start_tether(&simple_config("leastconn", "", &servers)).await;
+    let servers = pool().balance("leastconn").server(("dead", dead)).server(&s1);
+    let tether = start_tether(&Config::over(servers)).await;
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     for i in 0..6 {
         let mut client = http_client(tether.addr).await;
@@ -168,8 +166,8 @@ async fn a_closed_server_port_costs_30_websocket_handshakes_nothing() {
         let s1 = backend("s1").start().await;
         let s2 = backend("s2").start().await;
         let dead = closed_port().await;
-        let servers = [("dead", dead, ""), ("s1", s1.addr, ""), ("s2", s2.addr, "")];
-        let tether = start_tether(&simple_config(balance, "", &servers)).await;
+        let servers = pool().balance(balance).server(("dead", dead)).server(&s1).server(&s2);
+        let tether = start_tether(&Config::over(servers)).await;
         let mut open = Vec::new();
         let mut reached = BTreeSet::new();
         for _ in 0..30 {
@@ -185,12 +183,11 @@ async fn a_closed_server_port_costs_30_websocket_handshakes_nothing() {
 
 #[tokio::test]
 async fn every_server_port_closed_gives_502_naming_the_request_id() {
-    let servers = [
-        ("a", closed_port().await, ""),
-        ("b", closed_port().await, ""),
-        ("c", closed_port().await, ""),
-    ];
-    let tether = start_tether(&simple_config("roundrobin", "", &servers)).await;
+    let servers = pool()
+        .server(("a", closed_port().await))
+        .server(("b", closed_port().await))
+        .server(("c", closed_port().await));
+    let tether = start_tether(&Config::over(servers)).await;
     let body = assert_tether_error(get_text(tether.addr, "/").await, StatusCode::BAD_GATEWAY);
     assert!(body.starts_with("502"), "{body}");
     assert_tether_error(handshake(tether.addr, "/ws").await, StatusCode::BAD_GATEWAY);
@@ -203,9 +200,11 @@ async fn every_server_port_closed_gives_502_naming_the_request_id() {
 async fn maxconn_1_on_both_servers_refuses_a_third_client_with_503_until_one_closes() {
     let s1 = backend("s1").start().await;
     let s2 = backend("s2").start().await;
-    let servers = [("s1", s1.addr, "maxconn = 1"), ("s2", s2.addr, "maxconn = 1")];
+    let servers = pool()
+        .server(Server::from(&s1).maxconn(1))
+        .server(Server::from(&s2).maxconn(1));
     // A short queue: the 503 comes once it times out (queueing itself is tested in tests/draining.rs).
-    let tether = start_tether(&simple_config("roundrobin", "queue_timeout = \"100ms\"", &servers)).await;
+    let tether = start_tether(&Config::over(servers.queue_timeout("100ms"))).await;
     let (first, first_name) = ws_connect(tether.addr, "/ws").await;
     let (_second, second_name) = ws_connect(tether.addr, "/ws").await;
     assert_ne!(first_name, second_name, "maxconn = 1 puts one tunnel on each");
@@ -229,8 +228,7 @@ async fn maxconn_1_on_both_servers_refuses_a_third_client_with_503_until_one_clo
 #[tokio::test]
 async fn an_idle_keep_alive_client_connection_holds_no_maxconn_slot() {
     let s1 = backend("s1").start().await;
-    let servers = [("s1", s1.addr, "maxconn = 1")];
-    let tether = start_tether(&simple_config("roundrobin", "", &servers)).await;
+    let tether = start_tether(&Config::over(pool().server(Server::from(&s1).maxconn(1)))).await;
     let mut idle = http_client(tether.addr).await;
     let (status, _, _) = send(&mut idle, get_request("/first")).await;
     assert_eq!(status, StatusCode::OK);
@@ -241,16 +239,13 @@ async fn an_idle_keep_alive_client_connection_holds_no_maxconn_slot() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
+// On the paused clock: tether's server timeout and the slow backend's delay
+// are both tokio time, and everything runs in-process on this one thread.
+#[tokio::test(start_paused = true)]
 async fn a_server_slower_than_the_server_timeout_gives_504() {
     let slow = backend("slow").delay(Duration::from_secs(2)).start().await;
-    let tether = start_tether(&simple_config(
-        "roundrobin",
-        "timeouts = { server = \"300ms\" }",
-        &[("slow", slow.addr, "")],
-    ))
-    .await;
-    let started = Instant::now();
+    let tether = start_tether(&Config::over(pool().server_timeout("300ms").server(&slow))).await;
+    let started = tokio::time::Instant::now();
     let body = assert_tether_error(get_text(tether.addr, "/").await, StatusCode::GATEWAY_TIMEOUT);
     let waited = started.elapsed();
     assert!(
@@ -267,8 +262,11 @@ async fn a_backend_whose_servers_all_have_weight_0_gives_503() {
     let s1 = backend("s1").start().await;
     let s2 = backend("s2").start().await;
     for balance in ["roundrobin", "leastconn", "random", "source"] {
-        let servers = [("s1", s1.addr, "weight = 0"), ("s2", s2.addr, "weight = 0")];
-        let tether = start_tether(&simple_config(balance, "", &servers)).await;
+        let servers = pool()
+            .balance(balance)
+            .server(Server::from(&s1).weight(0))
+            .server(Server::from(&s2).weight(0));
+        let tether = start_tether(&Config::over(servers)).await;
         assert_tether_error(get_text(tether.addr, "/").await, StatusCode::SERVICE_UNAVAILABLE);
         assert_tether_error(handshake(tether.addr, "/ws").await, StatusCode::SERVICE_UNAVAILABLE);
         tether.stop().await;
@@ -299,8 +297,8 @@ async fn hang_up_server() -> std::net::SocketAddr {
 async fn a_handshake_the_server_drops_unanswered_is_sent_to_another_server() {
     let s2 = backend("s2").start().await;
     let dropper = hang_up_server().await;
-    let servers = [("dropper", dropper, ""), ("s2", s2.addr, "")];
-    let tether = start_tether(&simple_config("roundrobin", "", &servers)).await;
+    let servers = pool().server(("dropper", dropper)).server(&s2);
+    let tether = start_tether(&Config::over(servers)).await;
     for _ in 0..10 {
         let (_ws, name) = ws_connect(tether.addr, "/ws").await;
         assert_eq!(name, "s2");

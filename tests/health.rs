@@ -4,8 +4,6 @@
 //! server that answers 200; no traffic to a new server before a check passed;
 //! passive detection from failed connects; checker tasks across reloads.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,9 +18,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::*;
 use tether::health::Flip;
 use tether::state::ServerState;
+use tether_test_support::*;
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -233,14 +231,8 @@ fn state(tether: &RunningTether, name: &str) -> Arc<ServerState> {
     server.state.clone()
 }
 
-/// Waits (5 s at most) until `condition` holds.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+/// How long a test waits for a state it expects.
+const WAIT: Duration = Duration::from_secs(5);
 
 /// The last flip of server `name`: which way, after how many results, by what.
 fn last_flip(tether: &RunningTether, name: &str) -> (Flip, u32, &'static str, String) {
@@ -254,21 +246,21 @@ async fn a_killed_server_goes_down_after_fall_and_comes_back_after_rise(check: &
     init_logs();
     let stable = backend("s0").start().await;
     let mut s1 = SwitchBackend::start("s1").await;
-    let health = format!("health = {{ check = \"{check}\", interval = \"50ms\", rise = 3, fall = 2 }}");
-    let health = if check == "tcp" {
-        health
-    } else {
-        health.replace("rise", "path = \"/health\", rise")
-    };
-    let servers = [("s0", stable.addr, ""), ("s1", s1.addr, "")];
-    let tether = start_tether(&simple_config("roundrobin", &health, &servers)).await;
+    let health = Health::check(check).interval("50ms").rise(3).fall(2);
+    let health = if check == "tcp" { health } else { health.path("/health") };
+    let servers = pool().health(health).server(&stable).server(("s1", s1.addr));
+    let tether = start_tether(&Config::over(servers)).await;
     let s1_state = state(&tether, "s1");
-    eventually("s1 is up", || s1_state.is_up()).await;
+    eventually(WAIT, async || s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is up");
     assert_eq!(last_flip(&tether, "s1").0, Flip::Up);
     assert_eq!(last_flip(&tether, "s1").1, 1, "the first check decides alone");
 
     s1.kill();
-    eventually("s1 is down", || !s1_state.is_up()).await;
+    eventually(WAIT, async || !s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is down");
     let (flip, after, kind, cause) = last_flip(&tether, "s1");
     assert_eq!((flip, after, kind), (Flip::Down, 2, check), "{check}: {cause}");
     assert!(cause.contains("connect failed"), "{check}: {cause}");
@@ -278,7 +270,9 @@ async fn a_killed_server_goes_down_after_fall_and_comes_back_after_rise(check: &
 
     let checks_before = s1.checks();
     s1.resume().await;
-    eventually("s1 is up again", || s1_state.is_up()).await;
+    eventually(WAIT, async || s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is up again");
     let (flip, after, kind, _) = last_flip(&tether, "s1");
     assert_eq!((flip, after, kind), (Flip::Up, 3, check));
     if check != "tcp" {
@@ -322,11 +316,20 @@ async fn a_websocket_check_takes_a_killed_server_out_after_fall_and_back_after_r
 async fn an_http_check_passes_only_inside_the_status_range_with_the_body_substring() {
     init_logs();
     let s1 = SwitchBackend::start("s1").await;
-    let health = "health = { check = \"http\", path = \"/healthz?deep=1\", method = \"GET\", host = \"health.test\", \
-                  expect_status = \"200-299\", expect_body = \"ready\", interval = \"50ms\", rise = 1, fall = 1 }";
-    let tether = start_tether(&simple_config("roundrobin", health, &[("s1", s1.addr, "")])).await;
+    let health = Health::check("http")
+        .path("/healthz?deep=1")
+        .method("GET")
+        .host("health.test")
+        .expect_status("200-299")
+        .expect_body("ready")
+        .interval("50ms")
+        .rise(1)
+        .fall(1);
+    let tether = start_tether(&Config::over(pool().health(health).server(("s1", s1.addr)))).await;
     let s1_state = state(&tether, "s1");
-    eventually("s1 is up", || s1_state.is_up()).await;
+    eventually(WAIT, async || s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is up");
     let seen = s1.last_check().unwrap();
     assert_eq!(
         (seen.path.as_str(), seen.host.as_str()),
@@ -335,7 +338,9 @@ async fn an_http_check_passes_only_inside_the_status_range_with_the_body_substri
 
     // A redirect is outside 200-299 (although inside the default 200-399).
     s1.answer(302, "ready");
-    eventually("s1 is down on 302", || !s1_state.is_up()).await;
+    eventually(WAIT, async || !s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is down on 302");
     let (_, _, kind, cause) = last_flip(&tether, "s1");
     assert_eq!(kind, "http");
     assert!(cause.contains("status 302 is not 200-299"), "{cause}");
@@ -343,16 +348,22 @@ async fn an_http_check_passes_only_inside_the_status_range_with_the_body_substri
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
     s1.answer(201, "all ready");
-    eventually("s1 is up on 201 with the substring", || s1_state.is_up()).await;
+    eventually(WAIT, async || s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is up on 201 with the substring");
 
     s1.answer(200, "starting");
-    eventually("s1 is down without the substring", || !s1_state.is_up()).await;
+    eventually(WAIT, async || !s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is down without the substring");
     let (_, _, _, cause) = last_flip(&tether, "s1");
     assert!(cause.contains("\"ready\""), "{cause}");
 
     // The substring may sit anywhere in the first 4 KiB.
     s1.answer(200, &format!("{}ready", "x".repeat(3000)));
-    eventually("s1 is up with the substring late in the body", || s1_state.is_up()).await;
+    eventually(WAIT, async || s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is up with the substring late in the body");
     assert_eq!(server_of(tether.addr, "/").await, "s1");
 }
 
@@ -361,12 +372,19 @@ async fn a_websocket_check_fails_against_a_server_that_answers_200_instead_of_10
     init_logs();
     let refusing = backend("s1").refuse_upgrades_with(StatusCode::OK).start().await;
     let good = backend("s2").start().await;
-    let health = "health = { check = \"websocket\", path = \"/ws\", interval = \"50ms\", rise = 1, fall = 1 }";
-    let servers = [("s1", refusing.addr, ""), ("s2", good.addr, "")];
-    let tether = start_tether(&simple_config("roundrobin", health, &servers)).await;
+    let health = Health::check("websocket").path("/ws").interval("50ms").rise(1).fall(1);
+    let servers = pool()
+        .health(health)
+        .server(("s1", refusing.addr))
+        .server(("s2", good.addr));
+    let tether = start_tether(&Config::over(servers)).await;
     let (s1_state, s2_state) = (state(&tether, "s1"), state(&tether, "s2"));
-    eventually("s2 is up", || s2_state.is_up()).await;
-    eventually("s1 was checked three times", || s1_state.health().checks >= 3).await;
+    eventually(WAIT, async || s2_state.is_up())
+        .await
+        .expect("timed out waiting until s2 is up");
+    eventually(WAIT, async || s1_state.health().checks >= 3)
+        .await
+        .expect("timed out waiting until s1 was checked three times");
     assert!(!s1_state.is_up(), "a 200 to a WebSocket handshake is a failed check");
     let health = s1_state.health();
     assert_eq!(health.failed_checks, health.checks);
@@ -384,19 +402,18 @@ async fn a_new_server_gets_no_traffic_before_its_first_check_passes() {
     let s1 = SwitchBackend::start("s1").await;
     let s2 = SwitchBackend::start("s2").await;
     s2.answer(503, "warming up");
-    let health = "health = { check = \"http\", path = \"/health\", interval = \"50ms\", rise = 2, fall = 2 }";
-    let one = simple_config("roundrobin", health, &[("s1", s1.addr, "")]);
+    let health = Health::check("http").path("/health").interval("50ms").rise(2).fall(2);
+    let one = Config::over(pool().health(health.clone()).server(("s1", s1.addr)));
     let tether = start_tether(&one).await;
     let s1_state = state(&tether, "s1");
     assert!(!s1_state.is_up(), "a server with checks starts down");
-    eventually("s1 is up", || s1_state.is_up()).await;
+    eventually(WAIT, async || s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is up");
 
     // Reload adds s2, whose checks fail: it never gets a request.
-    let two = simple_config("roundrobin", health, &[("s1", s1.addr, ""), ("s2", s2.addr, "")]);
-    tether
-        .handle
-        .reload(&tether::config::parse(&two, "two.toml").unwrap())
-        .expect("reload");
+    let two = Config::over(pool().health(health).server(("s1", s1.addr)).server(("s2", s2.addr)));
+    tether.handle.reload(&two.parse()).expect("reload");
     let s2_state = state(&tether, "s2");
     assert!(!s2_state.is_up(), "a new server is down until checked");
     assert!(s1_state.is_up(), "a server carried over keeps its state");
@@ -404,13 +421,17 @@ async fn a_new_server_gets_no_traffic_before_its_first_check_passes() {
     for i in 0..20 {
         assert_eq!(server_of(tether.addr, &format!("/r/{i}")).await, "s1");
     }
-    eventually("s2 was checked", || s2_state.health().checks >= 2).await;
+    eventually(WAIT, async || s2_state.health().checks >= 2)
+        .await
+        .expect("timed out waiting until s2 was checked");
     assert!(!s2_state.is_up());
     assert_eq!(s2.traffic(), 0);
 
     // Healthy now: rise applies (its first check already failed), then it takes traffic.
     s2.answer(200, "ok");
-    eventually("s2 is up", || s2_state.is_up()).await;
+    eventually(WAIT, async || s2_state.is_up())
+        .await
+        .expect("timed out waiting until s2 is up");
     assert_eq!(last_flip(&tether, "s2").1, 2);
     let mut reached = std::collections::BTreeSet::new();
     for i in 0..6 {
@@ -420,20 +441,21 @@ async fn a_new_server_gets_no_traffic_before_its_first_check_passes() {
 
     // A new healthy server is up after its first check, not after `rise` intervals.
     let s3 = SwitchBackend::start("s3").await;
-    let slow_rise = "health = { check = \"http\", path = \"/health\", interval = \"2s\", rise = 5, fall = 2 }";
-    let three = simple_config(
-        "roundrobin",
-        slow_rise,
-        &[("s1", s1.addr, ""), ("s2", s2.addr, ""), ("s3", s3.addr, "")],
+    let slow_rise = Health::check("http").path("/health").interval("2s").rise(5).fall(2);
+    let three = Config::over(
+        pool()
+            .health(slow_rise)
+            .server(("s1", s1.addr))
+            .server(("s2", s2.addr))
+            .server(("s3", s3.addr)),
     );
-    tether
-        .handle
-        .reload(&tether::config::parse(&three, "three.toml").unwrap())
-        .expect("reload");
+    tether.handle.reload(&three.parse()).expect("reload");
     let s3_state = state(&tether, "s3");
     assert!(!s3_state.is_up());
     let started = Instant::now();
-    eventually("s3 is up", || s3_state.is_up()).await;
+    eventually(WAIT, async || s3_state.is_up())
+        .await
+        .expect("timed out waiting until s3 is up");
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "took {:?}",
@@ -458,12 +480,13 @@ async fn with_observe_a_dead_server_is_out_after_fall_failed_connects_between_ch
         let s1 = SwitchBackend::start("s1").await;
         let mut s2 = SwitchBackend::start("s2").await;
         // A 60 s interval: only the first checks run during the test.
-        let health =
-            format!("health = {{ check = \"tcp\", interval = \"60s\", rise = 1, fall = 2, observe = {observe} }}");
-        let servers = [("s1", s1.addr, ""), ("s2", s2.addr, "")];
-        let tether = start_tether(&simple_config("roundrobin", &health, &servers)).await;
+        let health = Health::check("tcp").interval("60s").rise(1).fall(2).observe(observe);
+        let servers = pool().health(health).server(("s1", s1.addr)).server(("s2", s2.addr));
+        let tether = start_tether(&Config::over(servers)).await;
         let s2_state = state(&tether, "s2");
-        eventually("both are up", || s2_state.is_up() && state(&tether, "s1").is_up()).await;
+        eventually(WAIT, async || s2_state.is_up() && state(&tether, "s1").is_up())
+            .await
+            .expect("timed out waiting until both are up");
         get_all_ok(&tether, 4).await;
         assert!(s2.traffic() > 0);
 
@@ -493,11 +516,13 @@ async fn a_good_connect_between_failed_ones_restarts_the_passive_count() {
     init_logs();
     let s1 = SwitchBackend::start("s1").await;
     let mut s2 = SwitchBackend::start("s2").await;
-    let health = "health = { check = \"tcp\", interval = \"60s\", rise = 1, fall = 3, observe = true }";
-    let servers = [("s1", s1.addr, ""), ("s2", s2.addr, "")];
-    let tether = start_tether(&simple_config("roundrobin", health, &servers)).await;
+    let health = Health::check("tcp").interval("60s").rise(1).fall(3).observe(true);
+    let servers = pool().health(health).server(("s1", s1.addr)).server(("s2", s2.addr));
+    let tether = start_tether(&Config::over(servers)).await;
     let s2_state = state(&tether, "s2");
-    eventually("s2 is up", || s2_state.is_up()).await;
+    eventually(WAIT, async || s2_state.is_up())
+        .await
+        .expect("timed out waiting until s2 is up");
     let failures = || s2_state.connect_failures.load(Ordering::Relaxed);
     // Two failed connects, then s2 answers again: the count starts over.
     s2.kill();
@@ -530,23 +555,24 @@ async fn checker_tasks_follow_reloads_and_stop_with_the_instance() {
     let s1 = SwitchBackend::start("s1").await;
     let mut s2 = SwitchBackend::start("s2").await;
     s2.kill();
-    let servers = [("s1", s1.addr, ""), ("s2", s2.addr, "")];
-    let checked = simple_config(
-        "roundrobin",
-        "health = { check = \"tcp\", interval = \"50ms\", rise = 1, fall = 1 }",
-        &servers,
+    let unchecked = pool().server(("s1", s1.addr)).server(("s2", s2.addr));
+    let checked = Config::over(
+        unchecked
+            .clone()
+            .health(Health::check("tcp").interval("50ms").rise(1).fall(1)),
     );
-    let unchecked = simple_config("roundrobin", "", &servers);
+    let unchecked = Config::over(unchecked);
     let tether = start_tether(&checked).await;
-    eventually("two checkers run", || tether.handle.health_checkers() == 2).await;
+    eventually(WAIT, async || tether.handle.health_checkers() == 2)
+        .await
+        .expect("timed out waiting until two checkers run");
     let s2_state = state(&tether, "s2");
-    eventually("s2 is down", || !s2_state.is_up() && s2_state.health().checks > 0).await;
+    eventually(WAIT, async || !s2_state.is_up() && s2_state.health().checks > 0)
+        .await
+        .expect("timed out waiting until s2 is down");
 
     // Checks removed: no checker left, and the down server is up again.
-    tether
-        .handle
-        .reload(&tether::config::parse(&unchecked, "t.toml").unwrap())
-        .expect("reload");
+    tether.handle.reload(&unchecked.parse()).expect("reload");
     assert_eq!(tether.handle.health_checkers(), 0);
     assert!(s2_state.is_up());
     let checks = s2_state.health().checks;
@@ -554,12 +580,11 @@ async fn checker_tasks_follow_reloads_and_stop_with_the_instance() {
     assert_eq!(s2_state.health().checks, checks, "the old checkers stopped");
 
     // Checks back: the next check decides at once.
-    tether
-        .handle
-        .reload(&tether::config::parse(&checked, "t.toml").unwrap())
-        .expect("reload");
+    tether.handle.reload(&checked.parse()).expect("reload");
     assert_eq!(tether.handle.health_checkers(), 2);
-    eventually("s2 is down again", || !s2_state.is_up()).await;
+    eventually(WAIT, async || !s2_state.is_up())
+        .await
+        .expect("timed out waiting until s2 is down again");
     assert_eq!(last_flip(&tether, "s2").1, 1);
 
     let handle = tether.handle.clone();

@@ -1,14 +1,12 @@
 //! Plain HTTP through tether: bodies streamed byte-exact, keep-alive on both
 //! sides, hop-by-hop headers removed, forwarding headers added, Host kept.
 
-mod support;
-
 use bytes::Bytes;
 use futures_util::stream;
 use http::{Request, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
-use support::*;
+use tether_test_support::*;
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
@@ -19,7 +17,7 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 #[tokio::test]
 async fn a_ten_mebibyte_content_length_body_is_forwarded_byte_exact() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let payload = Bytes::from(pattern(10 * 1024 * 1024, 7));
     let request = Request::post("/upload")
         .header("host", "tether.test")
@@ -37,7 +35,7 @@ async fn a_ten_mebibyte_content_length_body_is_forwarded_byte_exact() {
 #[tokio::test]
 async fn a_chunked_body_is_streamed_byte_exact() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let chunks: Vec<Bytes> = (0..64u32)
         .map(|i| Bytes::from(pattern(1000 + i as usize * 37, i)))
         .collect();
@@ -62,7 +60,7 @@ async fn a_chunked_body_is_streamed_byte_exact() {
 #[tokio::test]
 async fn keep_alive_is_reused_on_both_sides() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let mut client = http_client(tether.addr).await;
     for i in 0..20 {
         let (status, _, body) = send(&mut client, get_request(&format!("/req/{i}"))).await;
@@ -81,7 +79,7 @@ async fn keep_alive_is_reused_on_both_sides() {
 #[tokio::test]
 async fn a_server_that_closed_its_idle_connection_costs_the_client_nothing() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let mut client = http_client(tether.addr).await;
     // `Connection: close` from the server: each upstream connection dies after its answer,
     // so tether must not hand a dead pooled connection to the next request.
@@ -100,9 +98,9 @@ async fn a_server_that_closed_its_idle_connection_costs_the_client_nothing() {
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
     let s1 = backend("s1").start().await;
-    let config = simple_config("roundrobin", "", &[("s1", s1.addr, "")]).replace(
-        "default_backend = \"pool\"",
-        "default_backend = \"pool\"\nforward_headers = [\"x-forwarded-for\", \"x-forwarded-proto\", \"x-forwarded-host\", \"forwarded\"]",
+    let config = Config::simple(
+        Frontend::public().forward_headers(&["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]),
+        pool().server(&s1),
     );
     let tether = start_tether(&config).await;
     let mut client = http_client(tether.addr).await;
@@ -132,10 +130,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
 #[tokio::test]
 async fn forwarding_headers_follow_the_frontend_setting() {
     let s1 = backend("s1").start().await;
-    let config = simple_config("roundrobin", "", &[("s1", s1.addr, "")]).replace(
-        "default_backend = \"pool\"",
-        "default_backend = \"pool\"\nforward_headers = []",
-    );
+    let config = Config::simple(Frontend::public().forward_headers(&[]), pool().server(&s1));
     let tether = start_tether(&config).await;
     let (status, _, _) = get(tether.addr, "/").await;
     assert_eq!(status, StatusCode::OK);
@@ -149,7 +144,7 @@ async fn forwarding_headers_follow_the_frontend_setting() {
 #[tokio::test]
 async fn an_absolute_form_target_reaches_the_server_in_origin_form() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let reply = raw_exchange(
         tether.addr,
         b"GET http://chat.example.com/abs?x=1 HTTP/1.1\r\nHost: chat.example.com\r\nConnection: close\r\n\r\n",

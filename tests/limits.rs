@@ -1,18 +1,20 @@
 //! Hostile or oversized requests get the right status, and WebSocket
 //! handshakes from other sites are refused (cross-site WebSocket hijacking).
 
-mod support;
-
 use http::StatusCode;
-use support::*;
+use tether_test_support::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test]
 async fn oversized_heads_targets_and_bodies_get_431_414_413() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&single_server_config(
-        "limits = { max_request_head = 16384, max_headers = 20, max_uri = 1000, max_body = 1000 }",
-        s1.addr,
+    let tether = start_tether(&Config::simple(
+        Frontend::public()
+            .max_request_head(16384)
+            .max_headers(20)
+            .max_uri(1000)
+            .max_body(1000),
+        pool().server(&s1),
     ))
     .await;
     let big_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "x".repeat(20_000));
@@ -37,9 +39,9 @@ async fn oversized_heads_targets_and_bodies_get_431_414_413() {
 #[tokio::test]
 async fn only_allowed_origins_may_open_websockets() {
     let s1 = backend("s1").start().await;
-    let config = single_server_config(
-        "allowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]",
-        s1.addr,
+    let config = Config::simple(
+        Frontend::public().allowed_origins(&["https://app.example.com", "https://*.example.org"]),
+        pool().server(&s1),
     );
     let tether = start_tether(&config).await;
     let handshake = |origin: Option<&'static str>| {
@@ -76,15 +78,20 @@ async fn only_allowed_origins_may_open_websockets() {
 #[tokio::test]
 async fn a_route_can_set_its_own_origins() {
     let (s1, s2) = (backend("s1").start().await, backend("s2").start().await);
-    let config = format!(
-        "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"open\"\n\
-         allowed_origins = [\"https://app.example.com\"]\n\
-         [[frontend.route]]\nbackend = \"partners\"\nany = [{{ path_prefix = \"/partners\" }}]\n\
-         allowed_origins = [\"https://partner.example.net\"]\n\
-         [[backend]]\nname = \"open\"\n[[backend.server]]\nname = \"s1\"\naddress = \"{}\"\n\
-         [[backend]]\nname = \"partners\"\n[[backend.server]]\nname = \"s2\"\naddress = \"{}\"\n",
-        s1.addr, s2.addr
-    );
+    let config = Config::new()
+        .frontend(
+            Frontend::new("public")
+                .bind("127.0.0.1:0")
+                .default_backend("open")
+                .allowed_origins(&["https://app.example.com"])
+                .route(
+                    Route::to("partners")
+                        .path_prefix("/partners")
+                        .allowed_origins(&["https://partner.example.net"]),
+                ),
+        )
+        .backend(Backend::new("open").server(&s1))
+        .backend(Backend::new("partners").server(&s2));
     let tether = start_tether(&config).await;
     let ok = |path: &str, origin: &'static str| {
         let mut request = format!("ws://{}{path}", tether.addr).into_client_request().unwrap();
@@ -102,6 +109,7 @@ async fn a_route_can_set_its_own_origins() {
 
 #[test]
 fn a_bad_origin_or_limit_is_a_config_error_with_its_line() {
+    // TOML text on purpose: the error must name the line and column of the bad key.
     let base = "[[frontend]]\nname = \"p\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n";
     let tail = "[[backend]]\nname = \"b\"\n[[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n";
     let bad_origin = format!("{base}allowed_origins = [\"app.example.com\"]\n{tail}");
@@ -120,8 +128,19 @@ async fn oversized_websocket_messages_and_frames_close_the_tunnel_with_1009() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let s1 = backend("s1").start().await;
-    for (limits, too_big) in [("max_message_size = 1000", 2000usize), ("max_frame_size = 300", 500)] {
-        let tether = start_tether(&single_server_config(&format!("websocket = {{ {limits} }}"), s1.addr)).await;
+    for (limits, frontend, too_big) in [
+        (
+            "max_message_size = 1000",
+            Frontend::public().websocket_max_message_size(1000),
+            2000usize,
+        ),
+        (
+            "max_frame_size = 300",
+            Frontend::public().websocket_max_frame_size(300),
+            500,
+        ),
+    ] {
+        let tether = start_tether(&Config::simple(frontend, pool().server(&s1))).await;
         let (mut ws, _) = ws_connect(tether.addr, "/ws").await;
         ws.send(Message::binary(vec![7u8; 250])).await.unwrap();
         match tokio::time::timeout(

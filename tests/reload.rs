@@ -1,14 +1,12 @@
 //! Reloading and upgrading tether without dropping anyone.
 
-mod support;
-
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use tether_test_support::*;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -41,17 +39,25 @@ fn churn(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::Join
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_reloads_drop_no_handshake_and_no_tunnel() {
     let (a, b) = (backend("s1").start().await, backend("s2").start().await);
-    let config_a = simple_config("leastconn", "", &[("s1", a.addr, ""), ("s2", b.addr, "")]);
-    let config_b = simple_config(
-        "roundrobin",
-        "retries = 2",
-        &[("s1", a.addr, "weight = 3"), ("s2", b.addr, "maxconn = 5000")],
+    let config_a = Config::over(pool().balance("leastconn").server(&a).server(&b));
+    let config_b = Config::over(
+        pool()
+            .balance("roundrobin")
+            .retries(2)
+            .server(Server::from(&a).weight(3))
+            .server(Server::from(&b).maxconn(5000)),
     );
+    // Bad configs go through the TOML text on purpose: the loader must refuse
+    // each with an error naming the file.
+    let text_a = config_a.toml();
     let invalid = [
-        config_a.replace("balance = \"leastconn\"", "balance = \"fastest\""),
-        config_a.replace("default_backend = \"pool\"", "default_backend = \"nowhere\""),
-        config_a.replace("[[backend.server]]", "[[backend.server]]\nwieght = 2"),
+        text_a.replace("balance = \"leastconn\"", "balance = \"fastest\""),
+        text_a.replace("default_backend = \"pool\"", "default_backend = \"nowhere\""),
+        text_a.replace("[[backend.server]]", "[[backend.server]]\nwieght = 2"),
     ];
+    for bad in &invalid {
+        assert_ne!(bad, &text_a, "the text has what the bad config replaces");
+    }
     let tether = start_tether(&config_a).await;
     let mut tunnels = Vec::new();
     for _ in 0..200 {
@@ -68,11 +74,8 @@ async fn a_hundred_reloads_drop_no_handshake_and_no_tunnel() {
             refused += 1;
             continue;
         }
-        let text = if i % 2 == 0 { &config_b } else { &config_a };
-        tether
-            .handle
-            .reload(&tether::config::parse(text, "good.toml").unwrap())
-            .expect("reload");
+        let config = if i % 2 == 0 { &config_b } else { &config_a };
+        tether.handle.reload(&config.parse()).expect("reload");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -93,25 +96,19 @@ async fn a_hundred_reloads_drop_no_handshake_and_no_tunnel() {
 #[tokio::test]
 async fn a_reload_opens_added_addresses_closes_removed_ones_and_refuses_unbindable_ones() {
     let s1 = backend("s1").start().await;
-    let base = simple_config("roundrobin", "", &[("s1", s1.addr, "")]);
+    let base = Config::over(pool().server(&s1));
     let tether = start_tether(&base).await;
     let extra_port = closed_port().await.port();
-    let with_extra = base.replace(
-        "bind = [\"127.0.0.1:0\"]",
-        &format!("bind = [\"127.0.0.1:0\", \"127.0.0.1:{extra_port}\"]"),
+    let with_extra = Config::simple(
+        Frontend::public().bind(format!("127.0.0.1:{extra_port}")),
+        pool().server(&s1),
     );
-    tether
-        .handle
-        .reload(&tether::config::parse(&with_extra, "t.toml").unwrap())
-        .unwrap();
+    tether.handle.reload(&with_extra.parse()).unwrap();
     let extra: std::net::SocketAddr = format!("127.0.0.1:{extra_port}").parse().unwrap();
     assert_eq!(server_of(extra, "/").await, "s1", "the added address serves");
     assert_eq!(server_of(tether.addr, "/").await, "s1", "the kept address still serves");
 
-    tether
-        .handle
-        .reload(&tether::config::parse(&base, "t.toml").unwrap())
-        .unwrap();
+    tether.handle.reload(&base.parse()).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         tokio::net::TcpStream::connect(extra).await.is_err(),
@@ -121,14 +118,8 @@ async fn a_reload_opens_added_addresses_closes_removed_ones_and_refuses_unbindab
     // A port held by someone else (without SO_REUSEPORT) cannot be bound: nothing changes.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap();
-    let bad = base.replace(
-        "bind = [\"127.0.0.1:0\"]",
-        &format!("bind = [\"127.0.0.1:0\", \"{taken}\"]"),
-    );
-    let err = tether
-        .handle
-        .reload(&tether::config::parse(&bad, "t.toml").unwrap())
-        .unwrap_err();
+    let bad = Config::simple(Frontend::public().bind(taken), pool().server(&s1));
+    let err = tether.handle.reload(&bad.parse()).unwrap_err();
     assert!(err.to_string().contains(&taken.to_string()), "{err}");
     assert_eq!(server_of(tether.addr, "/").await, "s1");
 }
@@ -136,11 +127,8 @@ async fn a_reload_opens_added_addresses_closes_removed_ones_and_refuses_unbindab
 #[tokio::test]
 async fn a_server_removed_by_a_reload_is_drained() {
     let (a, b) = (backend("s1").start().await, backend("s2").start().await);
-    let both = simple_config(
-        "leastconn",
-        "drain_timeout = \"100ms\"\ndrain_spread = \"200ms\"",
-        &[("s1", a.addr, ""), ("s2", b.addr, "")],
-    );
+    let draining = pool().balance("leastconn").drain_timeout("100ms").drain_spread("200ms");
+    let both = Config::over(draining.clone().server(&a).server(&b));
     let tether = start_tether(&both).await;
     let mut on_s1 = Vec::new();
     for _ in 0..6 {
@@ -149,15 +137,8 @@ async fn a_server_removed_by_a_reload_is_drained() {
             on_s1.push(ws);
         }
     }
-    let only_b = simple_config(
-        "leastconn",
-        "drain_timeout = \"100ms\"\ndrain_spread = \"200ms\"",
-        &[("s2", b.addr, "")],
-    );
-    tether
-        .handle
-        .reload(&tether::config::parse(&only_b, "t.toml").unwrap())
-        .unwrap();
+    let only_b = Config::over(draining.server(&b));
+    tether.handle.reload(&only_b.parse()).unwrap();
     for ws in on_s1.iter_mut() {
         let closed = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
@@ -185,10 +166,13 @@ async fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
     let dir = std::env::temp_dir().join(format!("tether-upgrade-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tether.toml");
-    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
-        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"1s\"");
-    std::fs::write(&path, config).unwrap();
+    let config = Config::new().shutdown_grace("1s").frontend(
+        Frontend::new("public")
+            .bind(format!("127.0.0.1:{port}"))
+            .default_backend("pool"),
+    );
+    let config = config.backend(pool().balance("leastconn").server(&s1));
+    std::fs::write(&path, config.toml()).unwrap();
     let start = || {
         Command::new(env!("CARGO_BIN_EXE_tether"))
             .arg("run")

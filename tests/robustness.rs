@@ -1,12 +1,10 @@
 //! Bad input and slow clients: tether answers clearly, closes what it must, and stays up.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use http::StatusCode;
-use support::*;
+use tether_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,7 +23,7 @@ async fn closes_within(stream: &mut TcpStream, limit: Duration) -> Duration {
 #[tokio::test]
 async fn malformed_requests_get_400_and_tether_stays_up() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let cases: [&[u8]; 5] = [
         b"THIS IS NOT HTTP\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nBad Header Name: x\r\n\r\n",
@@ -48,9 +46,9 @@ async fn malformed_requests_get_400_and_tether_stays_up() {
 #[tokio::test]
 async fn a_head_that_dribbles_in_is_cut_at_the_http_request_timeout() {
     let s1 = backend("s1").start().await;
-    let config = simple_config("roundrobin", "", &[("s1", s1.addr, "")]).replace(
-        "default_backend = \"pool\"",
-        "default_backend = \"pool\"\ntimeouts = { http_request = \"300ms\", client = \"5s\" }",
+    let config = Config::simple(
+        Frontend::public().http_request_timeout("300ms").client_timeout("5s"),
+        pool().server(&s1),
     );
     let tether = start_tether(&config).await;
     let mut slow = TcpStream::connect(tether.addr).await.unwrap();
@@ -77,9 +75,9 @@ async fn a_head_that_dribbles_in_is_cut_at_the_http_request_timeout() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_client_timeout() {
     let s1 = backend("s1").start().await;
-    let config = simple_config("roundrobin", "", &[("s1", s1.addr, "")]).replace(
-        "default_backend = \"pool\"",
-        "default_backend = \"pool\"\ntimeouts = { client = \"400ms\", http_request = \"5s\" }",
+    let config = Config::simple(
+        Frontend::public().client_timeout("400ms").http_request_timeout("5s"),
+        pool().server(&s1),
     );
     let tether = start_tether(&config).await;
     let mut stream = TcpStream::connect(tether.addr).await.unwrap();
@@ -94,9 +92,9 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_client_timeout() {
 #[tokio::test]
 async fn a_connection_in_use_is_not_cut_by_the_client_timeout() {
     let s1 = backend("s1").delay(Duration::from_millis(600)).start().await;
-    let config = simple_config("roundrobin", "", &[("s1", s1.addr, "")]).replace(
-        "default_backend = \"pool\"",
-        "default_backend = \"pool\"\ntimeouts = { client = \"200ms\", http_request = \"200ms\" }",
+    let config = Config::simple(
+        Frontend::public().client_timeout("200ms").http_request_timeout("200ms"),
+        pool().server(&s1),
     );
     let tether = start_tether(&config).await;
     let (status, _, body) = get(tether.addr, "/slow").await;
@@ -104,17 +102,14 @@ async fn a_connection_in_use_is_not_cut_by_the_client_timeout() {
     assert_eq!(&body[..], b"s1");
 }
 
-#[tokio::test]
+// On the paused clock: the tunnel timeout is tokio time, and the sockets are
+// in-process on this one thread.
+#[tokio::test(start_paused = true)]
 async fn an_idle_tunnel_is_closed_at_the_tunnel_timeout() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config(
-        "roundrobin",
-        "timeouts = { tunnel = \"400ms\" }",
-        &[("s1", s1.addr, "")],
-    ))
-    .await;
+    let tether = start_tether(&Config::over(pool().tunnel_timeout("400ms").server(&s1))).await;
     let (mut ws, _) = ws_connect(tether.addr, "/ws").await;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(_)) = ws.next().await {}
     })
@@ -126,7 +121,7 @@ async fn an_idle_tunnel_is_closed_at_the_tunnel_timeout() {
 #[tokio::test]
 async fn a_graceful_stop_lets_the_request_in_flight_finish() {
     let s1 = backend("s1").delay(Duration::from_millis(500)).start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let addr = tether.addr;
     let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
     tokio::time::sleep(Duration::from_millis(100)).await;

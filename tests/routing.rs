@@ -2,8 +2,6 @@
 //! (Socket.IO path, Upgrade header or `ws` host → `websockets`, the rest →
 //! `web`), plus `all`, query, regex and first-match rules.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +10,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use support::*;
+use tether_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -31,55 +29,40 @@ struct Layout {
 const BACKENDS: [&str; 8] = ["websockets", "web", "api", "beta", "debug", "rooms", "cart", "shop"];
 
 /// The classic layout plus rules exercising every condition kind.
-const ROUTES: &str = r#"
-[[frontend.route]]
-backend = "websockets"
-any = [{ path_prefix = "/socket.io" },
-       { header = "upgrade", equals = "websocket" },
-       { host_prefix = "ws" }]
-
-[[frontend.route]]
-backend = "api"
-all = [{ method = "POST" }, { path = "/api" }]
-
-[[frontend.route]]
-backend = "beta"
-any = [{ query = "version", equals = "beta" }]
-
-[[frontend.route]]
-backend = "debug"
-any = [{ query = "debug" }]
-
-[[frontend.route]]
-backend = "rooms"
-any = [{ path_regex = "^/rooms/[0-9]+$" }]
-
-[[frontend.route]]
-backend = "cart"
-any = [{ path_prefix = "/shop/cart" }]
-
-[[frontend.route]]
-backend = "shop"
-any = [{ path_prefix = "/shop" }]
-"#;
+fn routes(frontend: Frontend) -> Frontend {
+    frontend
+        .route(
+            Route::to("websockets")
+                .any(Condition::path_prefix("/socket.io"))
+                .any(Condition::header("upgrade").equals("websocket"))
+                .any(Condition::host_prefix("ws")),
+        )
+        .route(
+            Route::to("api")
+                .all(Condition::method("POST"))
+                .all(Condition::path("/api")),
+        )
+        .route(Route::to("beta").any(Condition::query("version").equals("beta")))
+        .route(Route::to("debug").any(Condition::query("debug")))
+        .route(Route::to("rooms").any(Condition::path_regex("^/rooms/[0-9]+$")))
+        .route(Route::to("cart").path_prefix("/shop/cart"))
+        .route(Route::to("shop").path_prefix("/shop"))
+}
 
 async fn start_layout(default_backend: Option<&str>) -> Layout {
     let mut servers = Vec::new();
-    let mut text = String::from("shutdown_grace = \"2s\"\n[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\n");
+    let mut frontend = Frontend::new("public").bind("127.0.0.1:0");
     if let Some(default) = default_backend {
-        text.push_str(&format!("default_backend = \"{default}\"\n"));
+        frontend = frontend.default_backend(default);
     }
-    text.push_str(ROUTES);
+    let mut config = Config::new().shutdown_grace("2s").frontend(routes(frontend));
     for name in BACKENDS {
         let server = backend(&format!("{name}1")).start().await;
-        text.push_str(&format!(
-            "\n[[backend]]\nname = \"{name}\"\n[[backend.server]]\nname = \"{name}1\"\naddress = \"{}\"\n",
-            server.addr
-        ));
+        config = config.backend(Backend::new(name).server(&server));
         servers.push(server);
     }
     Layout {
-        tether: start_tether(&text).await,
+        tether: start_tether(&config).await,
         _servers: servers,
     }
 }

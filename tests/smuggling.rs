@@ -1,13 +1,11 @@
 //! Request smuggling: every ambiguous framing is refused with 400 and the
 //! connection closed, and what reaches the server is checked byte by byte.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::*;
+use tether_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -85,7 +83,7 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
 }
 
 async fn tether_over(server: &RecordingServer) -> RunningTether {
-    start_tether(&simple_config("roundrobin", "", &[("s1", server.addr, "")])).await
+    start_tether(&Config::over(pool().server(("s1", server.addr)))).await
 }
 
 #[tokio::test]
@@ -185,7 +183,7 @@ async fn a_chunked_request_reaches_the_server_with_one_unambiguous_framing() {
 #[tokio::test]
 async fn a_chunked_body_over_max_body_gets_413_and_the_server_sees_it_cut_off() {
     let server = RecordingServer::start().await;
-    let config = single_server_config("limits = { max_body = 10 }", server.addr);
+    let config = Config::simple(Frontend::public().max_body(10), pool().server(("s1", server.addr)));
     let tether = start_tether(&config).await;
     let request =
         b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n";

@@ -7,8 +7,6 @@
 //! process is started here and killed when its handle drops; the servers also
 //! exit when their stdin (held by the test) closes.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Deserialize;
-use support::*;
+use tether_test_support::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -88,24 +86,22 @@ async fn three_servers() -> Vec<SocketIoServer> {
 
 /// A config routing `path_prefix = "/socket.io"` to backend `socketio`
 /// (`balance`, plus `sticky` when given) over `servers`, cookie ids = names.
-fn socketio_config(balance: &str, sticky: Option<&str>, servers: &[SocketIoServer]) -> String {
-    let mut text = format!(
-        "shutdown_grace = \"1s\"\n\n\
-         [[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\n\n\
-         [[frontend.route]]\nbackend = \"socketio\"\nany = [{{ path_prefix = \"/socket.io\" }}]\n\n\
-         [[backend]]\nname = \"socketio\"\nbalance = \"{balance}\"\n"
-    );
+fn socketio_config(balance: &str, sticky: Option<Sticky>, servers: &[SocketIoServer]) -> Config {
+    let mut socketio = Backend::new("socketio").balance(balance);
     if let Some(sticky) = sticky {
-        text.push_str(&format!("sticky = {sticky}\n"));
+        socketio = socketio.sticky(sticky);
     }
     for server in servers {
-        text.push_str(&format!(
-            "\n[[backend.server]]\nname = \"{name}\"\naddress = \"{addr}\"\ncookie = \"{name}\"\n",
-            name = server.name,
-            addr = server.addr
-        ));
+        socketio = socketio.server(Server::new(&server.name, server.addr).cookie(&server.name));
     }
-    text
+    Config::new()
+        .shutdown_grace("1s")
+        .frontend(
+            Frontend::new("public")
+                .bind("127.0.0.1:0")
+                .route(Route::to("socketio").path_prefix("/socket.io")),
+        )
+        .backend(socketio)
 }
 
 /// The one JSON line `client.js` prints.
@@ -220,7 +216,7 @@ async fn socketio_without_stickiness_breaks_and_the_test_can_tell() {
 async fn socketio_with_cookie_stickiness_never_loses_a_session() {
     init_logs();
     let servers = three_servers().await;
-    let sticky = r#"{ cookie = "SERVERID", mode = "insert", indirect = true, nocache = true }"#;
+    let sticky = Sticky::cookie("SERVERID").mode("insert").indirect(true).nocache(true);
     let tether = start_tether(&socketio_config("leastconn", Some(sticky), &servers)).await;
     let report = run_clients(tether.addr, "jar", Duration::from_secs(15)).await;
     assert_every_session_kept(&report, &servers);
@@ -231,7 +227,7 @@ async fn socketio_with_cookie_stickiness_never_loses_a_session() {
 async fn socketio_engine_io_preset_needs_no_cookies() {
     init_logs();
     let servers = three_servers().await;
-    let sticky = r#"{ preset = "engine.io" }"#;
+    let sticky = Sticky::preset("engine.io");
     let tether = start_tether(&socketio_config("leastconn", Some(sticky), &servers)).await;
     let report = run_clients(tether.addr, "none", Duration::from_secs(15)).await;
     assert_every_session_kept(&report, &servers);

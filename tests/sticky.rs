@@ -1,13 +1,11 @@
 //! Stickiness through a real tether: inserted, prefixed and opaque cookies,
 //! learned session ids, the Engine.IO preset, stale and hostile cookies.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderMap, StatusCode};
-use support::*;
+use tether_test_support::*;
 
 /// GET with extra headers on a fresh connection.
 async fn get_with(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap) {
@@ -37,23 +35,26 @@ async fn three() -> (TestBackend, TestBackend, TestBackend) {
     )
 }
 
-fn insert_config(a: &TestBackend, b: &TestBackend, c: &TestBackend, sticky: &str, extra: &str) -> String {
-    simple_config(
-        "roundrobin",
-        &format!("sticky = {sticky}\n{extra}"),
-        &[
-            ("s1", a.addr, "cookie = \"s1\""),
-            ("s2", b.addr, "cookie = \"s2\""),
-            ("s3", c.addr, "cookie = \"s3\""),
-        ],
-    )
+/// Backend `pool` over `a`, `b`, `c` (cookie ids s1, s2, s3) with `sticky`.
+fn sticky_pool(a: &TestBackend, b: &TestBackend, c: &TestBackend, sticky: Sticky) -> Backend {
+    pool()
+        .balance("roundrobin")
+        .sticky(sticky)
+        .server(Server::from(a).cookie("s1"))
+        .server(Server::from(b).cookie("s2"))
+        .server(Server::from(c).cookie("s3"))
+}
+
+/// [`sticky_pool`] behind the usual frontend.
+fn insert_config(a: &TestBackend, b: &TestBackend, c: &TestBackend, sticky: Sticky) -> Config {
+    Config::over(sticky_pool(a, b, c, sticky))
 }
 
 #[tokio::test]
 async fn an_inserted_cookie_keeps_the_client_on_its_server() {
     let (a, b, c) = three().await;
-    let sticky = r#"{ cookie = "SERVERID", mode = "insert", indirect = true, nocache = true }"#;
-    let tether = start_tether(&insert_config(&a, &b, &c, sticky, "")).await;
+    let sticky = Sticky::cookie("SERVERID").mode("insert").indirect(true).nocache(true);
+    let tether = start_tether(&insert_config(&a, &b, &c, sticky)).await;
     let (status, headers) = get_with(tether.addr, "/", &[]).await;
     assert_eq!(status, StatusCode::OK);
     let first = headers["x-server"].to_str().unwrap().to_string();
@@ -83,8 +84,7 @@ async fn an_inserted_cookie_keeps_the_client_on_its_server() {
 #[tokio::test]
 async fn the_websocket_handshake_response_carries_the_cookie_and_honours_it() {
     let (a, b, c) = three().await;
-    let sticky = r#"{ cookie = "SERVERID" }"#;
-    let tether = start_tether(&insert_config(&a, &b, &c, sticky, "")).await;
+    let tether = start_tether(&insert_config(&a, &b, &c, Sticky::cookie("SERVERID"))).await;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
     let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
@@ -106,7 +106,7 @@ async fn the_websocket_handshake_response_carries_the_cookie_and_honours_it() {
 #[tokio::test]
 async fn garbage_unknown_and_overlong_cookies_are_ignored_and_replaced() {
     let (a, b, c) = three().await;
-    let tether = start_tether(&insert_config(&a, &b, &c, r#"{ cookie = "SERVERID" }"#, "")).await;
+    let tether = start_tether(&insert_config(&a, &b, &c, Sticky::cookie("SERVERID"))).await;
     let long = format!("SERVERID={}", "s1".repeat(200));
     for cookie in [
         "SERVERID=nonsense",
@@ -130,14 +130,13 @@ async fn garbage_unknown_and_overlong_cookies_are_ignored_and_replaced() {
 async fn a_cookie_for_a_dead_server_is_redispatched_and_re_set() {
     let (a, _b, c) = three().await;
     let dead = closed_port().await;
-    let config = simple_config(
-        "roundrobin",
-        "sticky = { cookie = \"SERVERID\" }",
-        &[
-            ("s1", a.addr, "cookie = \"s1\""),
-            ("gone", dead, "cookie = \"gone\""),
-            ("s3", c.addr, "cookie = \"s3\""),
-        ],
+    let config = Config::over(
+        pool()
+            .balance("roundrobin")
+            .sticky(Sticky::cookie("SERVERID"))
+            .server(Server::from(&a).cookie("s1"))
+            .server(Server::new("gone", dead).cookie("gone"))
+            .server(Server::from(&c).cookie("s3")),
     );
     let tether = start_tether(&config).await;
     for _ in 0..5 {
@@ -156,7 +155,7 @@ async fn a_cookie_for_a_dead_server_is_redispatched_and_re_set() {
 #[tokio::test]
 async fn a_cookie_for_a_down_server_gets_503_without_redispatch() {
     let (a, b, c) = three().await;
-    let config = insert_config(&a, &b, &c, r#"{ cookie = "SERVERID" }"#, "redispatch = false");
+    let config = Config::over(sticky_pool(&a, &b, &c, Sticky::cookie("SERVERID")).redispatch(false));
     let tether = start_tether(&config).await;
     let snapshot = tether.handle.snapshot();
     snapshot.backends[0].servers[1].state.up.store(false, Ordering::Relaxed);
@@ -173,18 +172,19 @@ async fn a_cookie_for_a_down_server_gets_503_without_redispatch() {
 #[tokio::test]
 async fn a_stuck_client_ignores_maxconn_unless_told_to_respect_it() {
     let (a, b, c) = three().await;
-    let servers = |extra: &str| {
-        simple_config(
-            "roundrobin",
-            &format!("sticky = {{ cookie = \"SERVERID\" }}\n{extra}"),
-            &[
-                ("s1", a.addr, "cookie = \"s1\"\nmaxconn = 1"),
-                ("s2", b.addr, "cookie = \"s2\""),
-                ("s3", c.addr, "cookie = \"s3\""),
-            ],
-        )
+    let servers = |respect: Option<bool>| {
+        let mut servers = pool()
+            .balance("roundrobin")
+            .sticky(Sticky::cookie("SERVERID"))
+            .server(Server::from(&a).cookie("s1").maxconn(1))
+            .server(Server::from(&b).cookie("s2"))
+            .server(Server::from(&c).cookie("s3"));
+        if let Some(respect) = respect {
+            servers = servers.sticky_respects_maxconn(respect);
+        }
+        Config::over(servers)
     };
-    for (extra, expect_s1) in [("", true), ("sticky_respects_maxconn = true", false)] {
+    for (extra, expect_s1) in [(None, true), (Some(true), false)] {
         let tether = start_tether(&servers(extra)).await;
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut first = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
@@ -193,21 +193,18 @@ async fn a_stuck_client_ignores_maxconn_unless_told_to_respect_it() {
         assert_eq!(name, "s1");
         let (status, headers) = get_with(tether.addr, "/", &[("cookie", "SERVERID=s1")]).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(headers["x-server"] == "s1", expect_s1, "extra = {extra:?}");
+        assert_eq!(
+            headers["x-server"] == "s1",
+            expect_s1,
+            "sticky_respects_maxconn = {extra:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn prefix_mode_prefixes_the_servers_cookie_and_hides_the_prefix_from_it() {
     let (a, b, c) = three().await;
-    let tether = start_tether(&insert_config(
-        &a,
-        &b,
-        &c,
-        r#"{ cookie = "JSESSIONID", mode = "prefix" }"#,
-        "",
-    ))
-    .await;
+    let tether = start_tether(&insert_config(&a, &b, &c, Sticky::cookie("JSESSIONID").mode("prefix"))).await;
     let (_, headers) = get_with(tether.addr, "/login?set_cookie=JSESSIONID=abc123", &[]).await;
     let server = headers["x-server"].to_str().unwrap().to_string();
     let value = set_cookie_value(&headers, "JSESSIONID").unwrap().to_string();
@@ -225,8 +222,10 @@ async fn prefix_mode_prefixes_the_servers_cookie_and_hides_the_prefix_from_it() 
 #[tokio::test]
 async fn opaque_cookies_reveal_no_name_resist_forgery_and_work_across_instances() {
     let (a, b, c) = three().await;
-    let sticky = r#"{ cookie = "SERVERID", opaque = true, secret = "a shared secret of some length" }"#;
-    let config = insert_config(&a, &b, &c, sticky, "");
+    let sticky = Sticky::cookie("SERVERID")
+        .opaque(true)
+        .secret("a shared secret of some length");
+    let config = insert_config(&a, &b, &c, sticky);
     let first = start_tether(&config).await;
     let second = start_tether(&config).await;
     let (_, headers) = get_with(first.addr, "/", &[]).await;
@@ -257,8 +256,11 @@ async fn opaque_cookies_reveal_no_name_resist_forgery_and_work_across_instances(
 #[tokio::test]
 async fn a_learned_session_id_routes_by_cookie_or_url_param() {
     let (a, b, c) = three().await;
-    let sticky = r#"{ learn = { response_cookie = "io" }, match = [{ cookie = "io" }, { url_param = "sid" }] }"#;
-    let tether = start_tether(&insert_config(&a, &b, &c, sticky, "")).await;
+    let sticky = Sticky::learned()
+        .learn_response_cookie("io")
+        .match_cookie("io")
+        .match_url_param("sid");
+    let tether = start_tether(&insert_config(&a, &b, &c, sticky)).await;
     let (_, headers) = get_with(tether.addr, "/start?set_cookie=io=abc", &[]).await;
     let owner = headers["x-server"].to_str().unwrap().to_string();
     for i in 0..9 {
@@ -285,15 +287,12 @@ async fn a_learned_session_id_routes_by_cookie_or_url_param() {
 #[tokio::test]
 async fn the_stick_table_survives_a_reload() {
     let (a, b, c) = three().await;
-    let sticky = r#"{ learn = { response_cookie = "io" }, match = [{ url_param = "sid" }] }"#;
-    let config = insert_config(&a, &b, &c, sticky, "");
+    let sticky = Sticky::learned().learn_response_cookie("io").match_url_param("sid");
+    let config = insert_config(&a, &b, &c, sticky);
     let tether = start_tether(&config).await;
     let (_, headers) = get_with(tether.addr, "/start?set_cookie=io=xyz", &[]).await;
     let owner = headers["x-server"].to_str().unwrap().to_string();
-    tether
-        .handle
-        .reload(&tether::config::parse(&config, "reloaded.toml").unwrap())
-        .unwrap();
+    tether.handle.reload(&config.parse()).unwrap();
     for _ in 0..6 {
         let (_, headers) = get_with(tether.addr, "/poll?sid=xyz", &[]).await;
         assert_eq!(headers["x-server"], owner.as_str());
@@ -303,7 +302,7 @@ async fn the_stick_table_survives_a_reload() {
 #[tokio::test]
 async fn the_engine_io_preset_learns_the_sid_from_the_handshake_body() {
     let (a, b, c) = three().await;
-    let tether = start_tether(&insert_config(&a, &b, &c, r#"{ preset = "engine.io" }"#, "")).await;
+    let tether = start_tether(&insert_config(&a, &b, &c, Sticky::preset("engine.io"))).await;
     for _ in 0..3 {
         let mut client = http_client(tether.addr).await;
         let (status, headers, body) = send(&mut client, get_request("/socket.io/?EIO=4&transport=polling")).await;
@@ -335,11 +334,7 @@ async fn the_engine_io_preset_learns_the_sid_from_the_handshake_body() {
 #[tokio::test]
 async fn url_param_hashing_keeps_a_session_through_reconnects_and_moves_once_when_its_server_dies() {
     let (a, b, c) = three().await;
-    let config = simple_config(
-        "url_param",
-        "hash_key = \"session_id\"",
-        &[("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")],
-    );
+    let config = Config::over(pool().balance("url_param").hash_key("session_id").servers([&a, &b, &c]));
     let tether = start_tether(&config).await;
     let (_, first) = ws_connect(tether.addr, "/ws?session_id=player-42").await;
     for _ in 0..50 {
@@ -363,10 +358,13 @@ async fn url_param_hashing_keeps_a_session_through_reconnects_and_moves_once_whe
 async fn consistent_and_maglev_hashing_agree_across_instances_without_shared_state() {
     let (a, b, c) = three().await;
     for hash in ["consistent", "maglev"] {
-        let config = simple_config(
-            "url_param",
-            &format!("hash_key = \"room\"\nhash = \"{hash}\"\nbalance_factor = 1.25"),
-            &[("s1", a.addr, ""), ("s2", b.addr, ""), ("s3", c.addr, "")],
+        let config = Config::over(
+            pool()
+                .balance("url_param")
+                .hash_key("room")
+                .hash(hash)
+                .balance_factor(1.25)
+                .servers([&a, &b, &c]),
         );
         let first = start_tether(&config).await;
         let second = start_tether(&config).await;

@@ -1,13 +1,11 @@
 //! tether closing tunnels itself, with a WebSocket Close at a frame boundary:
 //! 1012 when a server dies or is taken out, 1001 when tether stops.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use tether_test_support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
@@ -40,7 +38,12 @@ async fn echo_process(name: &str) -> (Child, std::net::SocketAddr) {
 async fn a_killed_server_leaves_its_clients_a_1012_and_new_clients_see_no_error() {
     let (mut doomed, doomed_addr) = echo_process("s1").await;
     let (_survivor, survivor_addr) = echo_process("s2").await;
-    let config = simple_config("leastconn", "", &[("s1", doomed_addr, ""), ("s2", survivor_addr, "")]);
+    let config = Config::over(
+        pool()
+            .balance("leastconn")
+            .server(("s1", doomed_addr))
+            .server(("s2", survivor_addr)),
+    );
     let tether = start_tether(&config).await;
     let mut on_doomed = Vec::new();
     let mut on_survivor = Vec::new();
@@ -113,12 +116,7 @@ async fn a_killed_server_leaves_its_clients_a_1012_and_new_clients_see_no_error(
 #[tokio::test]
 async fn a_server_taken_out_closes_its_tunnels_with_1012_and_only_those() {
     let (a, b) = (backend("s1").start().await, backend("s2").start().await);
-    let tether = start_tether(&simple_config(
-        "leastconn",
-        "",
-        &[("s1", a.addr, ""), ("s2", b.addr, "")],
-    ))
-    .await;
+    let tether = start_tether(&Config::over(pool().balance("leastconn").server(&a).server(&b))).await;
     let mut clients = Vec::new();
     for _ in 0..10 {
         clients.push(ws_connect(tether.addr, "/ws").await);
@@ -140,9 +138,8 @@ async fn a_server_taken_out_closes_its_tunnels_with_1012_and_only_those() {
 #[tokio::test]
 async fn stopping_tether_sends_1001_spread_over_the_grace_period_and_exits_zero() {
     let s1 = backend("s1").start().await;
-    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
-        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"2s\"\nworkers = 1");
-    let mut tether = TetherProcess::start(&config).await;
+    let config = Config::over(pool().balance("leastconn").server(&s1)).workers(1);
+    let mut tether = TetherProcess::start(env!("CARGO_BIN_EXE_tether"), &config).await;
     let mut clients = Vec::new();
     for _ in 0..30 {
         clients.push(ws_connect(tether.addr, "/ws").await.0);

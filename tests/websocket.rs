@@ -1,12 +1,10 @@
 //! WebSocket through tether: handshake forwarding, the tunnel, byte-exact transfer.
 
-mod support;
-
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use support::*;
+use tether_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -15,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 async fn ten_thousand_messages_arrive_in_order_both_ways() {
     init_logs();
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let (ws, name) = ws_connect(tether.addr, "/ws").await;
     assert_eq!(name, "s1");
     let (mut sink, mut stream) = ws.split();
@@ -39,7 +37,7 @@ async fn ten_thousand_messages_arrive_in_order_both_ways() {
 #[tokio::test]
 async fn a_sixteen_mebibyte_message_is_byte_exact_both_ways() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
@@ -64,7 +62,7 @@ async fn a_sixteen_mebibyte_message_is_byte_exact_both_ways() {
 #[tokio::test]
 async fn subprotocol_and_extension_headers_pass_through_untouched() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let handshake = "GET /ws HTTP/1.1\r\nHost: chat.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Protocol: chat.v2, chat.v1\r\n\
@@ -103,7 +101,7 @@ async fn subprotocol_and_extension_headers_pass_through_untouched() {
 #[tokio::test]
 async fn a_keep_alive_upgrade_connection_header_is_a_handshake() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let mut request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
     request
         .headers_mut()
@@ -116,7 +114,7 @@ async fn a_keep_alive_upgrade_connection_header_is_a_handshake() {
 
 async fn refused_upgrade_keeps_http_going(status: StatusCode) {
     let s1 = backend("s1").refuse_upgrades_with(status).start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let mut client = http_client(tether.addr).await;
     let mut handshake = get_request("/ws");
     let headers = handshake.headers_mut();
@@ -146,7 +144,7 @@ async fn an_upgrade_answered_with_200_is_relayed_and_the_connection_goes_on() {
 #[tokio::test]
 async fn malformed_handshakes_get_400_and_never_reach_a_server() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let no_key =
         "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let reply = raw_exchange(tether.addr, no_key.as_bytes()).await;
@@ -163,7 +161,7 @@ async fn malformed_handshakes_get_400_and_never_reach_a_server() {
 #[tokio::test]
 async fn a_close_handshake_completes_through_the_tunnel() {
     let s1 = backend("s1").start().await;
-    let tether = start_tether(&simple_config("roundrobin", "", &[("s1", s1.addr, "")])).await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
     let (mut ws, _) = ws_connect(tether.addr, "/ws").await;
     ws.send(Message::Close(None)).await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(5), async {

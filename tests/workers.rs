@@ -2,14 +2,12 @@
 //! `SO_REUSEPORT` socket on every address; the kernel spreads clients over
 //! them, and stopping, reloading and pooled keep-alive work across all.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use http::StatusCode;
-use support::*;
 use tether::workers::WorkerThreads;
+use tether_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,7 +17,7 @@ async fn clients_spread_over_the_workers_and_every_one_is_served() {
     let s1 = backend("s1").start().await;
     let s2 = backend("s2").start().await;
     let workers = WorkerThreads::start(2).expect("worker threads");
-    let config = simple_config("leastconn", "", &[("s1", s1.addr, ""), ("s2", s2.addr, "")]);
+    let config = Config::over(pool().balance("leastconn").server(&s1).server(&s2));
     let tether = start_tether_on(&config, workers.runtimes()).await;
     let handle = tether.handle.clone();
     let addr = handle.local_addrs("public")[0];
@@ -82,7 +80,7 @@ async fn answered(stream: &mut TcpStream, within: Duration) -> bool {
 async fn maxconn_holds_exactly_when_several_workers_accept_at_once() {
     let s1 = backend("s1").start().await;
     let workers = WorkerThreads::start(3).expect("worker threads");
-    let config = single_server_config("maxconn = 5", s1.addr);
+    let config = Config::simple(Frontend::public().maxconn(5), pool().server(&s1));
     let tether = start_tether_on(&config, workers.runtimes()).await;
     let handle = tether.handle.clone();
     let addr = handle.local_addrs("public")[0];
@@ -122,19 +120,15 @@ async fn maxconn_holds_exactly_when_several_workers_accept_at_once() {
 async fn a_reload_adds_and_removes_an_address_on_every_worker() {
     let s1 = backend("s1").start().await;
     let workers = WorkerThreads::start(1).expect("worker threads");
-    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")]);
+    let servers = pool().balance("leastconn").server(&s1);
+    let config = Config::over(servers.clone());
     let tether = start_tether_on(&config, workers.runtimes()).await;
     let handle = tether.handle.clone();
     let first = handle.local_addrs("public")[0];
 
     let extra = closed_port().await;
-    let reloaded = config.replace(
-        "bind = [\"127.0.0.1:0\"]",
-        &format!("bind = [\"127.0.0.1:0\", \"{extra}\"]"),
-    );
-    handle
-        .reload(&tether::config::parse(&reloaded, "test.toml").unwrap())
-        .expect("reload");
+    let reloaded = Config::simple(Frontend::public().bind(extra), servers);
+    handle.reload(&reloaded.parse()).expect("reload");
     let before = handle.accepted_per_worker();
     for _ in 0..40 {
         let (status, _, _) = get(extra, "/").await;
@@ -147,9 +141,7 @@ async fn a_reload_adds_and_removes_an_address_on_every_worker() {
     );
 
     // Removing it closes the socket of every worker: nothing accepts there any more.
-    handle
-        .reload(&tether::config::parse(&config, "test.toml").unwrap())
-        .expect("reload");
+    handle.reload(&config.parse()).expect("reload");
     let started = Instant::now();
     while tokio::net::TcpStream::connect(extra).await.is_ok() {
         assert!(
@@ -167,9 +159,10 @@ async fn a_reload_adds_and_removes_an_address_on_every_worker() {
 #[tokio::test]
 async fn the_binary_with_two_workers_serves_and_stops_on_sigterm() {
     let s1 = backend("s1").start().await;
-    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
-        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"1s\"\nworkers = 2");
-    let mut tether = TetherProcess::start(&config).await;
+    let config = Config::over(pool().balance("leastconn").server(&s1))
+        .shutdown_grace("1s")
+        .workers(2);
+    let mut tether = TetherProcess::start(env!("CARGO_BIN_EXE_tether"), &config).await;
     let addr = tether.addr;
     let mut clients = Vec::new();
     for i in 0..30 {
@@ -194,8 +187,7 @@ async fn the_binary_with_two_workers_serves_and_stops_on_sigterm() {
 async fn a_reload_that_changes_workers_warns_and_keeps_the_running_ones() {
     let s1 = backend("s1").start().await;
     let workers = WorkerThreads::start(1).expect("worker threads");
-    let config = simple_config("leastconn", "", &[("s1", s1.addr, "")])
-        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"2s\"\nworkers = 2");
+    let config = Config::over(pool().balance("leastconn").server(&s1)).workers(2);
     let tether = start_tether_on(&config, workers.runtimes()).await;
     let handle = tether.handle.clone();
 
@@ -205,7 +197,7 @@ async fn a_reload_that_changes_workers_warns_and_keeps_the_running_ones() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    let changed = tether::config::parse(&config.replace("workers = 2", "workers = 4"), "test.toml").unwrap();
+    let changed = config.clone().workers(4).parse();
     tracing::subscriber::with_default(subscriber, || handle.reload(&changed)).expect("reload");
     assert!(
         captured

@@ -1,0 +1,91 @@
+//! Small HTTP/1 and raw TCP clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// A body type for test requests and backend responses.
+pub type TestBody = BoxBody<Bytes, hyper::Error>;
+
+/// An HTTP/1 client connection to `addr`.
+pub async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr).await.expect("connect to tether");
+    http_client_on(stream).await
+}
+
+/// An HTTP/1 client connection over `stream`.
+pub async fn http_client_on(stream: TcpStream) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender
+}
+
+/// Sends `req` and reads the whole response.
+pub async fn send(
+    client: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    req: Request<TestBody>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    client.ready().await.expect("client ready");
+    let response = client.send_request(req).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+/// A GET of `path` with an empty body.
+pub fn get_request(path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header(header::HOST, "tether.test")
+        .body(Empty::new().map_err(|never| match never {}).boxed())
+        .unwrap()
+}
+
+/// GET `path` on a fresh connection: status, headers, body.
+pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    let mut client = http_client(addr).await;
+    send(&mut client, get_request(path)).await
+}
+
+/// GET `path` on a fresh connection and return the backend name (`x-server`).
+pub async fn server_of(addr: SocketAddr, path: &str) -> String {
+    let (status, headers, _) = get(addr, path).await;
+    assert_eq!(status, StatusCode::OK, "GET {path}");
+    headers["x-server"].to_str().unwrap().to_string()
+}
+
+/// Writes raw bytes on a new connection and reads until the peer closes or 5 s pass.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TCP connection to `addr` from source address `source` (127.0.0.x).
+pub async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().unwrap())
+        .expect("bind source");
+    socket.connect(addr).await.expect("connect from source")
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}

@@ -1,0 +1,30 @@
+//! Helpers for tether's integration tests (see DESIGN.md, "Tests"): real
+//! backends that announce their name, a real tether on 127.0.0.1:0, small
+//! HTTP/WebSocket clients, a typed config builder and timing helpers.
+//!
+//! A library crate of its own, so its public items are never dead code in
+//! a test binary that happens not to use them.
+#![warn(missing_docs)]
+
+mod backend;
+mod config;
+mod http;
+mod instance;
+mod logs;
+mod node;
+mod timing;
+mod ws;
+
+pub use backend::{backend, BackendBuilder, TestBackend};
+pub use config::{
+    pool, Admin, Backend, BackendTls, Cluster, Condition, Config, ConfigText, Frontend, FrontendTls, Health, Route,
+    Server, Sticky, ToValue,
+};
+pub use http::{
+    closed_port, connect_from, get, get_request, http_client, http_client_on, raw_exchange, send, server_of, TestBody,
+};
+pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
+pub use logs::{init_logs, Captured};
+pub use node::ensure_npm_packages;
+pub use timing::eventually;
+pub use ws::{close_code, next_text, ws_connect, ws_connect_with, Ws};

@@ -1,0 +1,56 @@
+//! WebSocket clients (tokio-tungstenite) against tether or a test backend.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A WebSocket client stream.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket to `addr` + `path`; returns it and the name the server announced.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> (Ws, String) {
+    let request = format!("ws://{addr}{path}").into_client_request().expect("request");
+    ws_connect_with(request).await
+}
+
+/// Opens a WebSocket with a prepared handshake request.
+pub async fn ws_connect_with(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> (Ws, String) {
+    let (mut ws, _response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket handshake");
+    let name = next_text(&mut ws).await;
+    (ws, name)
+}
+
+/// The next text message.
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return text.to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// The code of the next Close frame the client sees (other messages are
+/// skipped); `None` for a bare close or an error. Panics if nothing comes within `within`.
+pub async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the client was left hanging")
+}
