@@ -56,6 +56,10 @@ pub enum ProxyError {
         /// Until the next handshake from the address would pass.
         wait: Duration,
     },
+    /// The client's address already holds the frontend's
+    /// `per_ip.max_connections`: refused before any request is read.
+    #[error("too many connections from your address")]
+    TooManyConnections,
     /// The handshake's `Origin` is not among the allowed ones.
     #[error("this origin may not open a WebSocket here")]
     OriginNotAllowed,
@@ -160,7 +164,7 @@ impl ProxyError {
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::DeclaredBodyTooLarge | Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TargetTooLong => StatusCode::URI_TOO_LONG,
-            Self::HandshakeRate { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::HandshakeRate { .. } | Self::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             Self::AllFailed { .. } | Self::Unreachable { .. } | Self::ServerFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::FrontendGone
             | Self::NoRoute
@@ -181,6 +185,7 @@ impl ProxyError {
             | Self::TargetTooLong
             | Self::DeclaredBodyTooLarge
             | Self::HandshakeRate { .. }
+            | Self::TooManyConnections
             | Self::OriginNotAllowed
             | Self::BodyTooLarge { .. }
             | Self::BodyMalformed { .. } => Side::Client,
@@ -211,10 +216,40 @@ impl ProxyError {
         match self {
             // The whole seconds until the next handshake would pass.
             Self::HandshakeRate { wait } => Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)),
+            // A connection slot of the address frees when one of its connections closes.
+            Self::TooManyConnections => Some(1),
             // 1–5 s, varied per request so refused clients do not come back together.
             Self::QueueTimeout { .. } => Some(1 + spread_of(request_id, 5)),
             _ => None,
         }
+    }
+
+    /// The first line of the response body: status, reason and what happened.
+    fn summary(&self) -> String {
+        let status = self.status();
+        format!(
+            "{} {}: {self}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+    }
+
+    /// The whole HTTP/1.1 response, as bytes to write on a connection that
+    /// never reached hyper (refused before any request was read); it closes
+    /// the connection and names no request id (there is no request).
+    pub fn to_http1_bytes(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.summary();
+        let retry_after = self
+            .retry_after(RequestId::next())
+            .map_or(String::new(), |seconds| format!("retry-after: {seconds}\r\n"));
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\n{retry_after}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
     }
 
     /// The short plain-text response tether writes for this error, naming
@@ -226,11 +261,7 @@ impl ProxyError {
         if status.is_server_error() {
             tracing::warn!(request_id = %request_id, status = status.as_u16(), cause = message.as_str(), "request failed");
         }
-        let body = format!(
-            "{} {}: {message}\nrequest id: {request_id}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        );
+        let body = format!("{}request id: {request_id}\n", self.summary());
         exchange.log.status = status.as_u16();
         exchange.log.error = Some(message);
         let mut response = Response::new(ResponseBody::local(Bytes::from(body), exchange));
@@ -294,6 +325,7 @@ mod tests {
             (ProxyError::TargetTooLong, 414, Side::Client, true),
             (ProxyError::DeclaredBodyTooLarge, 413, Side::Client, true),
             (ProxyError::HandshakeRate { wait: timeout }, 429, Side::Client, false),
+            (ProxyError::TooManyConnections, 429, Side::Client, true),
             (ProxyError::OriginNotAllowed, 403, Side::Client, true),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, Side::Client, true),
             (
@@ -385,14 +417,30 @@ mod tests {
     }
 
     #[test]
-    fn only_rate_and_queue_refusals_say_when_to_retry() {
+    fn only_rate_connection_and_queue_refusals_say_when_to_retry() {
         let id = RequestId::next();
         for (error, ..) in every_variant() {
             let expected = matches!(
                 error,
-                ProxyError::HandshakeRate { .. } | ProxyError::QueueTimeout { .. }
+                ProxyError::HandshakeRate { .. } | ProxyError::TooManyConnections | ProxyError::QueueTimeout { .. }
             );
             assert_eq!(error.retry_after(id).is_some(), expected, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_before_any_request_is_a_whole_closing_response() {
+        let bytes = ProxyError::TooManyConnections.to_http1_bytes();
+        let text = String::from_utf8(bytes).expect("text");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        assert_eq!(body, "429 Too Many Requests: too many connections from your address\n");
+        assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{head}");
+        for line in [
+            "retry-after: 1",
+            "connection: close",
+            &format!("content-length: {}", body.len()),
+        ] {
+            assert!(head.lines().any(|l| l == line), "`{line}` in {head}");
         }
     }
 

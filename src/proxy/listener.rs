@@ -16,6 +16,7 @@ use tokio::time::sleep_until;
 
 use super::client_addr::{is_trusted, read_proxy_header};
 use super::conn::{ConnActivity, WatchedIo};
+use super::error::ProxyError;
 use super::http::{handle, ConnContext};
 use super::{Shared, TrackerToken};
 use crate::state::{FrontendConnection, FrontendState};
@@ -248,12 +249,7 @@ async fn refuse_busy_client(mut stream: TcpStream, peer: SocketAddr, max: u32, p
     if !plain {
         return;
     }
-    const BODY: &str = "429 Too Many Requests: too many connections from your address\n";
-    let reply = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(reply.as_bytes())).await;
+    let reply = ProxyError::TooManyConnections.to_http1_bytes();
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&reply)).await;
     let _ = stream.shutdown().await;
 }
