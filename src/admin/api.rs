@@ -33,8 +33,8 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
     let server = &backend.servers[index];
     let state = &server.state;
     let slowstart = backend.candidates.get(index).and_then(|c| c.slowstart);
-    let traffic = &state.traffic;
-    let responses = state.responses();
+    let counters = state.counters();
+    let responses = counters.responses;
     let health = backend.health.as_ref().map(|check| {
         let status = state.health();
         json!({
@@ -54,6 +54,11 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
             })),
         })
     });
+    let mut errors = serde_json::Map::new();
+    errors.insert("connect".into(), counters.connect_failures.into());
+    for (code, count) in counters.gateway_errors {
+        errors.insert(code.to_string(), count.into());
+    }
     json!({
         "backend": &*backend.name,
         "name": &*server.name,
@@ -64,23 +69,18 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
         "weight": state.weight(),
         "effective_weight": state.effective_weight(slowstart),
         "maxconn": server.maxconn,
-        "active": state.active(),
-        "remote_active": state.remote_active(),
-        "tunnels": state.tunnels.load(Ordering::Relaxed),
-        "dispatched": state.dispatched.load(Ordering::Relaxed),
-        "connect_failures": state.connect_failures.load(Ordering::Relaxed),
+        "active": counters.active,
+        "remote_active": counters.remote_active,
+        "tunnels": counters.tunnels,
+        "dispatched": counters.dispatched,
+        "connect_failures": counters.connect_failures,
         "since_unix_ms": state.state_since_unix_ms(),
-        "bytes_in": traffic.bytes_in.load(Ordering::Relaxed),
-        "bytes_out": traffic.bytes_out.load(Ordering::Relaxed),
-        "messages_in": traffic.messages_in.load(Ordering::Relaxed),
-        "messages_out": traffic.messages_out.load(Ordering::Relaxed),
+        "bytes_in": counters.bytes_in,
+        "bytes_out": counters.bytes_out,
+        "messages_in": counters.messages_in,
+        "messages_out": counters.messages_out,
         "responses": { "1xx": responses[0], "2xx": responses[1], "3xx": responses[2], "4xx": responses[3], "5xx": responses[4] },
-        "errors": {
-            "connect": state.connect_failures.load(Ordering::Relaxed),
-            "502": state.http_502.load(Ordering::Relaxed),
-            "503": state.http_503.load(Ordering::Relaxed),
-            "504": state.http_504.load(Ordering::Relaxed),
-        },
+        "errors": errors,
         "health": health,
     })
 }

@@ -135,12 +135,11 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
                 server: server.name.to_string(),
             };
             let state = &server.state;
+            let counters = state.counters();
             let slowstart = backend.candidates.get(index).and_then(|c| c.slowstart);
             up.get_or_create(&labels).set(i64::from(state.is_up()));
-            active.get_or_create(&labels).set(i64::from(state.active()));
-            tunnels
-                .get_or_create(&labels)
-                .set(i64::from(state.tunnels.load(Ordering::Relaxed)));
+            active.get_or_create(&labels).set(i64::from(counters.active));
+            tunnels.get_or_create(&labels).set(i64::from(counters.tunnels));
             weight
                 .get_or_create(&labels)
                 .set(i64::from(state.effective_weight(slowstart)));
@@ -152,37 +151,28 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
                 };
                 admin.get_or_create(&labels).set(i64::from(state.admin() == candidate));
             }
-            dispatched
-                .get_or_create(&labels)
-                .inc_by(state.dispatched.load(Ordering::Relaxed));
-            failures
-                .get_or_create(&labels)
-                .inc_by(state.connect_failures.load(Ordering::Relaxed));
-            for (class, count) in state.responses().into_iter().enumerate() {
+            dispatched.get_or_create(&labels).inc_by(counters.dispatched);
+            failures.get_or_create(&labels).inc_by(counters.connect_failures);
+            for (class, count) in counters.responses.into_iter().enumerate() {
                 let code = format!("{}xx", class + 1);
                 requests.get_or_create(&code_labels(&labels, code)).inc_by(count);
             }
-            for (code, count) in [
-                ("502", &state.http_502),
-                ("503", &state.http_503),
-                ("504", &state.http_504),
-            ] {
+            for (code, count) in counters.gateway_errors {
                 error_responses
                     .get_or_create(&code_labels(&labels, code.to_string()))
-                    .inc_by(count.load(Ordering::Relaxed));
+                    .inc_by(count);
             }
-            let traffic = &state.traffic;
             for (family, inbound, outbound) in [
-                (&bytes, &traffic.bytes_in, &traffic.bytes_out),
-                (&messages, &traffic.messages_in, &traffic.messages_out),
+                (&bytes, counters.bytes_in, counters.bytes_out),
+                (&messages, counters.messages_in, counters.messages_out),
             ] {
-                for (direction, counter) in [("in", inbound), ("out", outbound)] {
+                for (direction, count) in [("in", inbound), ("out", outbound)] {
                     let labels = DirectionLabels {
                         backend: labels.backend.clone(),
                         server: labels.server.clone(),
                         direction: direction.to_string(),
                     };
-                    family.get_or_create(&labels).inc_by(counter.load(Ordering::Relaxed));
+                    family.get_or_create(&labels).inc_by(count);
                 }
             }
             tunnel_durations

@@ -162,14 +162,8 @@ impl CarriedBy {
             frontend: &holds.frontend,
             backend: &holds.backend,
             server: &holds.server,
-            bytes_in: end.client_to_server,
-            bytes_out: end.server_to_client,
-            messages_in: end.messages_in,
-            messages_out: end.messages_out,
-            close_code_in: end.close_code_in,
-            close_code_out: end.close_code_out,
             started: self.started,
-            close: &end.reason,
+            end: &end,
         }
         .emit();
         drop(self.registration);

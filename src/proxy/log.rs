@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use http::{Method, Uri};
 
+use super::tunnel::TunnelEnd;
+
 use crate::util::mix::{finalize, GOLDEN_GAMMA};
 
 /// The tracing target of access-log lines, so operators can route or filter them.
@@ -108,22 +110,11 @@ pub struct TunnelLog<'a> {
     pub backend: &'a str,
     /// The server.
     pub server: &'a str,
-    /// Bytes client → server.
-    pub bytes_in: u64,
-    /// Bytes server → client.
-    pub bytes_out: u64,
-    /// WebSocket messages client → server.
-    pub messages_in: u64,
-    /// WebSocket messages server → client.
-    pub messages_out: u64,
-    /// Close code the client sent, if any.
-    pub close_code_in: Option<u16>,
-    /// Close code the client received, if any.
-    pub close_code_out: Option<u16>,
     /// When the tunnel opened.
     pub started: Instant,
-    /// Why it ended.
-    pub close: &'a dyn fmt::Display,
+    /// What the tunnel reported when it ended: bytes and messages each
+    /// way, close codes, why it ended.
+    pub end: &'a TunnelEnd,
 }
 
 impl TunnelLog<'_> {
@@ -137,14 +128,14 @@ impl TunnelLog<'_> {
             frontend = self.frontend,
             backend = self.backend,
             server = self.server,
-            bytes_in = self.bytes_in,
-            bytes_out = self.bytes_out,
-            messages_in = self.messages_in,
-            messages_out = self.messages_out,
-            close_code_in = self.close_code_in.map_or(0, u64::from),
-            close_code_out = self.close_code_out.map_or(0, u64::from),
+            bytes_in = self.end.client_to_server,
+            bytes_out = self.end.server_to_client,
+            messages_in = self.end.messages_in,
+            messages_out = self.end.messages_out,
+            close_code_in = self.end.close_code_in.map_or(0, u64::from),
+            close_code_out = self.end.close_code_out.map_or(0, u64::from),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            close = %self.close,
+            close = %self.end.reason,
         );
     }
 }

@@ -140,6 +140,34 @@ impl Drop for FrontendConnection {
     }
 }
 
+/// One reading of a server's counters, for the stats page, the JSON API and
+/// `/metrics` (which list them from here rather than each by hand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServerCounters {
+    /// Requests in flight plus open tunnels.
+    pub active: u32,
+    /// `active` on the other instances of a cluster (last sync).
+    pub remote_active: u32,
+    /// Open WebSocket tunnels.
+    pub tunnels: u32,
+    /// Requests and tunnels ever dispatched.
+    pub dispatched: u64,
+    /// Connect attempts that failed.
+    pub connect_failures: u64,
+    /// Bytes from clients to the server.
+    pub bytes_in: u64,
+    /// Bytes from the server to clients.
+    pub bytes_out: u64,
+    /// WebSocket messages from clients.
+    pub messages_in: u64,
+    /// WebSocket messages to clients.
+    pub messages_out: u64,
+    /// Responses by status class, `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub responses: [u64; 5],
+    /// tether's own 502, 503 and 504 answers for this server, with their codes.
+    pub gateway_errors: [(u16, u64); 3],
+}
+
 /// The id the next server state gets.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -388,6 +416,28 @@ impl ServerState {
     /// Responses by status class, `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub fn responses(&self) -> [u64; 5] {
         std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed))
+    }
+
+    /// Every counter, read now (relaxed: each is exact, the set is not one instant).
+    pub fn counters(&self) -> ServerCounters {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ServerCounters {
+            active: self.active(),
+            remote_active: self.remote_active(),
+            tunnels: self.tunnels.load(Ordering::Relaxed),
+            dispatched: load(&self.dispatched),
+            connect_failures: load(&self.connect_failures),
+            bytes_in: load(&self.traffic.bytes_in),
+            bytes_out: load(&self.traffic.bytes_out),
+            messages_in: load(&self.traffic.messages_in),
+            messages_out: load(&self.traffic.messages_out),
+            responses: self.responses(),
+            gateway_errors: [
+                (502, load(&self.http_502)),
+                (503, load(&self.http_503)),
+                (504, load(&self.http_504)),
+            ],
+        }
     }
 
     /// Takes one active slot if the server is under `maxconn`; the slot is
