@@ -542,45 +542,65 @@ impl std::fmt::Display for Diff {
             return f.write_str("no change to frontends, backends or servers");
         }
         let removed: Vec<&str> = self.servers_removed.iter().map(|r| r.name.as_str()).collect();
-        let groups: [(&str, Vec<(char, Vec<&str>)>); 3] = [
+        let groups = [
             (
                 "frontends",
-                vec![
-                    ('+', self.frontends_added.iter().map(|n| &**n).collect()),
-                    ('-', self.frontends_removed.iter().map(|n| &**n).collect()),
-                ],
+                signed('+', &self.frontends_added)
+                    .chain(signed('-', &self.frontends_removed))
+                    .collect(),
             ),
             (
                 "backends",
-                vec![
-                    ('+', self.backends_added.iter().map(|n| &**n).collect()),
-                    ('-', self.backends_removed.iter().map(|n| &**n).collect()),
-                ],
+                signed('+', &self.backends_added)
+                    .chain(signed('-', &self.backends_removed))
+                    .collect(),
             ),
             (
                 "servers",
-                vec![
-                    ('+', self.servers_added.iter().map(String::as_str).collect()),
-                    ('-', removed),
-                    ('~', self.servers_changed.iter().map(String::as_str).collect()),
-                ],
+                signed('+', &self.servers_added)
+                    .chain(signed('-', &removed))
+                    .chain(signed('~', &self.servers_changed))
+                    .collect::<Vec<String>>(),
             ),
         ];
-        let mut first = true;
-        for (label, signs) in groups {
-            let items: Vec<String> = signs
-                .iter()
-                .flat_map(|(sign, names)| names.iter().map(move |n| format!("{sign}{n}")))
-                .collect();
-            if items.is_empty() {
-                continue;
-            }
-            if !first {
-                f.write_str("; ")?;
-            }
-            first = false;
-            write!(f, "{label} {}", items.join(" "))?;
-        }
-        Ok(())
+        let parts: Vec<String> = groups
+            .into_iter()
+            .filter(|(_, items)| !items.is_empty())
+            .map(|(label, items)| format!("{label} {}", items.join(" ")))
+            .collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Each of `names` with `sign` before it.
+fn signed<T: AsRef<str>>(sign: char, names: &[T]) -> impl Iterator<Item = String> + '_ {
+    names.iter().map(move |name| format!("{sign}{}", name.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diff_reads_as_signed_names_per_table() {
+        assert_eq!(
+            Diff::default().to_string(),
+            "no change to frontends, backends or servers"
+        );
+        let diff = Diff {
+            backends_added: vec![Arc::from("api")],
+            servers_added: vec!["api/a1".into()],
+            servers_removed: vec![RemovedServer {
+                name: "web/s1".into(),
+                state: Arc::new(ServerState::new(1)),
+                drain: DrainTiming {
+                    timeout: Duration::from_secs(1),
+                    spread: Duration::ZERO,
+                },
+            }],
+            servers_changed: vec!["web/s2".into()],
+            ..Diff::default()
+        };
+        assert_eq!(diff.to_string(), "backends +api; servers +api/a1 -web/s1 ~web/s2");
     }
 }

@@ -7,18 +7,6 @@ use std::sync::Arc;
 use tether::state::AdminState;
 use tether_test_support::*;
 
-/// Runs `reload` with tether's log lines captured; returns the result and the text.
-fn logged<T>(reload: impl FnOnce() -> T) -> (T, String) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, reload);
-    (result, captured.text())
-}
-
 #[tokio::test]
 async fn a_reload_that_cannot_bind_changes_nothing_not_even_weights_or_admin_states() {
     let (a, b) = (backend("s1").start().await, backend("s2").start().await);
@@ -41,7 +29,7 @@ async fn a_reload_that_cannot_bind_changes_nothing_not_even_weights_or_admin_sta
             .server(Server::from(&b).weight(7)),
     );
     let config = bad.parse();
-    let (result, log) = logged(|| tether.handle.reload(&config));
+    let (result, log) = Captured::during(|| tether.handle.reload(&config));
     let err = result.expect_err("the squatted address cannot be bound");
     assert!(err.to_string().contains(&taken.to_string()), "{err}");
 
@@ -85,7 +73,7 @@ async fn a_good_reload_applies_the_config_and_logs_its_diff() {
             .server(Server::from(&c).weight(1)),
     );
     let config = next.parse();
-    let (result, log) = logged(|| tether.handle.reload(&config));
+    let (result, log) = Captured::during(|| tether.handle.reload(&config));
     result.expect("reload");
     let line = log
         .lines()

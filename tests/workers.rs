@@ -191,21 +191,10 @@ async fn a_reload_that_changes_workers_warns_and_keeps_the_running_ones() {
     let tether = start_tether_on(&config, workers.runtimes()).await;
     let handle = tether.handle.clone();
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
     let changed = config.clone().workers(4).parse();
-    tracing::subscriber::with_default(subscriber, || handle.reload(&changed)).expect("reload");
-    assert!(
-        captured
-            .text()
-            .contains("`workers` changed: restart tether to apply it"),
-        "{}",
-        captured.text()
-    );
+    let (reloaded, log) = Captured::during(|| handle.reload(&changed));
+    reloaded.expect("reload");
+    assert!(log.contains("`workers` changed: restart tether to apply it"), "{}", log);
     assert_eq!(handle.accepted_per_worker().len(), 2, "the running workers stay");
     let (status, _, _) = get(handle.local_addrs("public")[0], "/").await;
     assert_eq!(status, StatusCode::OK);

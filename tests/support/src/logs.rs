@@ -26,6 +26,22 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
+    /// Runs `f` with every log line of this thread captured; returns what
+    /// `f` returned and the captured text.
+    pub fn during<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let result = {
+            let _this_thread = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+            f()
+        };
+        (result, captured.text())
+    }
+
     /// Everything written so far, as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).to_string()
