@@ -117,6 +117,9 @@ struct Inner {
     reloads_ok: AtomicU64,
     /// Reloads through `reload_config_file` that were refused.
     reloads_failed: AtomicU64,
+    /// Held for a whole reload, so two (a signal and an API call) cannot
+    /// interleave their builds, binds and swaps.
+    reloading: Mutex<()>,
 }
 
 /// A tether instance with its listeners bound, ready to run.
@@ -181,6 +184,7 @@ impl Tether {
                 config_path: Mutex::default(),
                 reloads_ok: AtomicU64::new(0),
                 reloads_failed: AtomicU64::new(0),
+                reloading: Mutex::new(()),
             }),
         };
         handle.sync_listeners(&snapshot)?;
@@ -327,6 +331,7 @@ impl Handle {
     /// tunnels keep the snapshot they started with.
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
         let inner = &self.inner;
+        let _one_at_a_time = lock(&inner.reloading);
         let previous = self.snapshot();
         let mut next = Snapshot::build(config, Some(&previous));
         if let Some(cluster) = inner.cluster.get() {
@@ -365,7 +370,8 @@ impl Handle {
             inner.shared.pools.clear(state);
         }
         // Checker tasks of the old snapshot stop; the new one's start (state carries over by name).
-        inner.checkers.refresh(|| check_targets(snapshot));
+        // Loaded under the checkers' lock, so a concurrent reload cannot leave stale checkers.
+        inner.checkers.refresh(|| check_targets(&inner.shared.snapshot.load()));
         let mut retired = lock(&inner.listeners.retired);
         retired.retain(|state| state.tunnels.load(Ordering::Relaxed) > 0);
         for removed in &diff.servers_removed {

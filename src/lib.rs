@@ -3,6 +3,12 @@
 //! An HTTP/1.1 reverse proxy that upgrades WebSocket handshakes to tunnels,
 //! routes by rules, balances by several algorithms and keeps clients on
 //! their server. See `DESIGN.md` in the shared folder for the architecture.
+//!
+//! The modules form layers, each importing only from the layers below it
+//! (README's Layout table; `tests/architecture.rs` checks it): `util`;
+//! the leaves `cidr`, `origin`, `lookup`, `tls`, `workers`, `ws`; `config`;
+//! `state`; `route` and `balance`; `sticky`; `health`; `snapshot`; the
+//! engines `proxy` and `cluster`; `admin`; `instance`; `demo` and this root.
 
 pub mod admin;
 pub mod balance;

@@ -1,6 +1,10 @@
-//! Live per-server state shared by every snapshot that names the server:
-//! active connections, weight, health and counters, all atomics so the
-//! request path never takes a lock to read or update them.
+//! Live per-server and per-frontend state shared by every snapshot that
+//! names it: active connections, weight, health and counters, atomics so
+//! the request path never takes a lock to read or update them.
+//!
+//! Data only: setters write and say what changed; nothing here spawns a
+//! task or closes a connection. A change that calls for action is made
+//! through [`Changes`], which reports it to `instance`.
 
 pub mod admission;
 mod changes;
