@@ -10,9 +10,9 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use super::body::{ClientBodyError, Exchange, ResponseBody};
-use super::http::REQUEST_ID_HEADER;
-use super::log::RequestId;
+use super::body::ClientBodyError;
+use super::exchange::{Exchange, ResponseBody};
+use super::log::{RequestId, REQUEST_ID_HEADER};
 use super::pool::ConnectError;
 use super::upgrade::BadHandshake;
 

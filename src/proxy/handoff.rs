@@ -13,7 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::conn::WatchedIo;
-use super::http::ConnContext;
+use super::context::ConnContext;
 use super::log::{HttpLog, RequestId, TunnelLog};
 use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};

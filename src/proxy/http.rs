@@ -15,10 +15,11 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 
-use super::body::{ClientBodyError, Exchange, RequestBody, ResponseBody};
+use super::body::{ClientBodyError, RequestBody};
 use super::choose::{self, Stickiness, Upstream};
-use super::conn::ConnActivity;
+use super::context::ConnContext;
 use super::error::ProxyError;
+use super::exchange::{Exchange, ResponseBody};
 use super::handoff::TunnelJob;
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, RequestId};
@@ -28,26 +29,6 @@ use crate::balance::{ip_octets_of, RequestKey};
 use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
 use crate::sticky::StickyPolicy;
-
-/// The header carrying tether's request id in its own responses.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// What every request on one client connection shares.
-pub struct ConnContext {
-    /// The instance's shared state.
-    pub shared: Arc<Shared>,
-    /// Name of the frontend that accepted the connection (looked up in each
-    /// request's snapshot, so reloads that reorder frontends are harmless).
-    pub frontend: Arc<str>,
-    /// The client's address.
-    pub client: SocketAddr,
-    /// The connection's phase tracker (for its timeouts).
-    pub activity: Arc<ConnActivity>,
-    /// Whether the client connection is TLS (for `X-Forwarded-Proto`).
-    pub https: bool,
-    /// Keeps the connection counted in its frontend (and for its address).
-    pub counted: crate::state::FrontendConnection,
-}
 
 /// hyper's service function: forwards `request` and never fails (errors become responses).
 pub async fn handle(

@@ -16,8 +16,9 @@ use tokio::time::sleep_until;
 
 use super::client_addr::{is_trusted, read_proxy_header};
 use super::conn::{ConnActivity, WatchedIo};
+use super::context::ConnContext;
 use super::error::ProxyError;
-use super::http::{handle, ConnContext};
+use super::http::handle;
 use super::{Shared, TrackerToken};
 use crate::state::{FrontendConnection, FrontendState};
 use crate::tls::ClientStream;

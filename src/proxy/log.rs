@@ -12,6 +12,9 @@ use super::tunnel::TunnelEnd;
 
 use crate::util::mix::{finalize, GOLDEN_GAMMA};
 
+/// The header carrying tether's request id in its own responses.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// The tracing target of access-log lines, so operators can route or filter them.
 pub const ACCESS_TARGET: &str = "tether::access";
 

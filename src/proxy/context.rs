@@ -1,0 +1,26 @@
+//! What every request on one client connection shares, set up by the
+//! listener when the connection is accepted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::conn::ConnActivity;
+use super::Shared;
+use crate::state::FrontendConnection;
+
+/// What every request on one client connection shares.
+pub struct ConnContext {
+    /// The instance's shared state.
+    pub shared: Arc<Shared>,
+    /// Name of the frontend that accepted the connection (looked up in each
+    /// request's snapshot, so reloads that reorder frontends are harmless).
+    pub frontend: Arc<str>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The connection's phase tracker (for its timeouts).
+    pub activity: Arc<ConnActivity>,
+    /// Whether the client connection is TLS (for `X-Forwarded-Proto`).
+    pub https: bool,
+    /// Keeps the connection counted in its frontend (and for its address).
+    pub counted: FrontendConnection,
+}
