@@ -300,3 +300,124 @@ fn cluster(c: &raw::Cluster) -> Cluster {
         stick_refresh: c.stick_refresh.get(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::model::{Check, Hashing};
+    use crate::config::types::{Balance, MatchSource};
+    use crate::config::{parse, Condition, HeaderTest};
+
+    const TEXT: &str = r#"
+[[frontend]]
+name = "public"
+bind = ["127.0.0.1:0", "localhost:0"]
+default_backend = "web"
+websocket = { ping_interval = "20s" }
+
+[[frontend.route]]
+backend = "chat"
+any = [{ path_prefix = "/socket.io" }, { header = "Upgrade", equals = "websocket" }]
+all = [{ method = "get" }]
+
+[[backend]]
+name = "web"
+[[backend.server]]
+name = "w1"
+address = "localhost:8200"
+
+[[backend]]
+name = "chat"
+balance = "header"
+hash_key = "x-user"
+hash = "maglev"
+timeouts = { connect = "2s" }
+health = { check = "http" }
+sticky = { cookie = "SERVERID", match = [{ url_param = "sid" }] }
+[[backend.server]]
+name = "c1"
+address = "192.0.2.1:9000"
+weight = 5
+"#;
+
+    #[test]
+    fn names_become_indexes_and_conditions_enums() {
+        let config = parse(TEXT, "test.toml").expect("valid");
+        let front = &config.frontends[0];
+        assert_eq!(front.default_backend, Some(0));
+        let route = &front.routes[0];
+        assert_eq!(route.backend, 1);
+        assert!(matches!(&route.any[0], Condition::PathPrefix(p) if p == "/socket.io"));
+        assert!(matches!(
+            &route.any[1],
+            Condition::Header { name, test: HeaderTest::Equals(v) } if name == "upgrade" && v == "websocket"
+        ));
+        assert!(matches!(&route.all[0], Condition::Method(m) if m == http::Method::GET));
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let config = parse(TEXT, "test.toml").expect("valid");
+        let front = &config.frontends[0];
+        assert_eq!(
+            front.websocket.ping_timeout,
+            Some(Duration::from_secs(20)),
+            "ping_interval's"
+        );
+        assert_eq!(front.client_timeout, Duration::from_secs(30));
+        assert!(front.tls.is_none() && front.redirect_https.is_none());
+        let (web, chat) = (&config.backends[0], &config.backends[1]);
+        assert_eq!((web.balance, web.hash), (Balance::Roundrobin, Hashing::Map));
+        assert_eq!(web.queue_timeout, Duration::from_secs(3), "the connect timeout");
+        assert_eq!(chat.queue_timeout, Duration::from_secs(2), "its own connect timeout");
+        assert_eq!(chat.hash_key.as_deref(), Some("x-user"));
+        assert!(matches!(
+            chat.hash,
+            Hashing::Maglev {
+                table_size: None,
+                balance_factor: None
+            }
+        ));
+        assert_eq!((web.servers[0].weight, chat.servers[0].weight), (1, 5));
+        let health = chat.health.as_ref().expect("health");
+        assert_eq!(
+            (health.interval, health.timeout),
+            (Duration::from_secs(2), Duration::from_secs(1))
+        );
+        assert!(
+            matches!(&health.check, Check::Http { method, path, .. } if method == http::Method::GET && path == "/")
+        );
+        let sticky = chat.sticky.as_ref().expect("sticky");
+        let cookie = sticky.cookie.as_ref().expect("cookie");
+        assert_eq!(
+            (cookie.name.as_str(), cookie.path.as_str(), cookie.httponly),
+            ("SERVERID", "/", true)
+        );
+        assert_eq!(sticky.matches, vec![MatchSource::UrlParam("sid".to_string())]);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert!(config.workers.is_none() && config.admin.is_none() && config.cluster.is_none());
+    }
+
+    #[test]
+    fn addresses_are_resolved_after_validation() {
+        let config = parse(TEXT, "test.toml").expect("valid");
+        let binds = &config.frontends[0].binds;
+        assert_eq!(binds[0], "127.0.0.1:0".parse().unwrap());
+        assert!(binds[1].ip().is_loopback(), "{}", binds[1]);
+        let server = config.backends[0].servers[0].address;
+        assert!(server.ip().is_loopback() && server.port() == 8200, "{server}");
+        // A rule broken elsewhere is reported before any name is looked up.
+        let text = TEXT
+            .replace("localhost:8200", "no-such-host.invalid:8200")
+            .replace("weight = 5", "weight = 5000");
+        let err = parse(&text, "test.toml").unwrap_err().to_string();
+        assert!(err.contains("weight must be between"), "{err}");
+        let text = TEXT.replace("localhost:8200", "no-such-host.invalid:8200");
+        let err = parse(&text, "test.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.toml:17:11:") && err.contains("is not an address tether can reach"),
+            "{err}"
+        );
+    }
+}
