@@ -9,8 +9,7 @@ use http::{HeaderName, Method};
 use serde::{Deserialize, Deserializer};
 
 /// One test on a request, typed: exactly one selector, with its refinement.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "ConditionTable")]
+#[derive(Debug, Clone)]
 pub enum Condition {
     /// `path_prefix`: the path starts with this.
     PathPrefix(String),
@@ -38,6 +37,15 @@ pub enum Condition {
         /// The value it must have exactly; present with any value when `None`.
         equals: Option<String>,
     },
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        super::from_table::from_table::<_, ConditionTable, _>(
+            deserializer,
+            "a condition table such as { path_prefix = \"/ws\" }",
+        )
+    }
 }
 
 /// How a header condition tests the value (as written; compared without case).

@@ -16,6 +16,7 @@ mod build;
 mod condition;
 mod duration;
 mod error;
+mod from_table;
 pub mod model;
 mod rate;
 mod raw;
@@ -141,6 +142,23 @@ address = "127.0.0.1:8200"
         let (line, message) = error_of(&ordered);
         assert_eq!(line, 8);
         assert!(message.contains("exactly one"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_condition_in_a_list_is_located_at_its_own_table() {
+        let text = GOOD.replace(
+            "default_backend = \"web\"",
+            "default_backend = \"web\"\n[[frontend.route]]\nbackend = \"web\"\nany = [{ path = \"/a\" },\n  { header = \"x\", prefix = \"a\", equals = \"b\" }]",
+        );
+        match parse(&text, "test.toml") {
+            Err(ConfigError::Invalid {
+                line, column, message, ..
+            }) => {
+                assert_eq!((line, column), (9, 3), "{message}");
+                assert!(message.contains("not both"), "{message}");
+            }
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
     }
 
     #[test]

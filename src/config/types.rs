@@ -216,8 +216,7 @@ impl AdminState {
 
 /// Where a request carries a learned session id (a `sticky.match` entry):
 /// a table with exactly one of `cookie`, `url_param`, `header`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "MatchTable")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MatchSource {
     /// A cookie of this name.
     Cookie(String),
@@ -225,6 +224,12 @@ pub enum MatchSource {
     UrlParam(String),
     /// A header of this name.
     Header(HeaderName),
+}
+
+impl<'de> Deserialize<'de> for MatchSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        super::from_table::from_table::<_, MatchTable, _>(deserializer, "a table such as { cookie = \"io\" }")
+    }
 }
 
 /// The table an operator writes for a `MatchSource`.
