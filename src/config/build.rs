@@ -12,7 +12,7 @@ use super::model::{
 use super::raw;
 use super::resolve::located;
 use super::tls;
-use super::types::{defaults, CheckKind, HashMethod, Preset};
+use super::types::{defaults, CheckKind, HashMethod, MatchSource, Preset};
 
 /// The model of `raw`, which passed `validate`'s rules.
 pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> Result<Config, ConfigError> {
@@ -186,6 +186,18 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
 
 fn sticky(s: &raw::Sticky) -> Sticky {
     let learn = s.learn.as_ref();
+    let engine_io = s.preset == Some(Preset::EngineIo);
+    let mut learn_cookie = learn.and_then(|l| l.response_cookie.clone());
+    let mut matches = s.match_.clone();
+    if engine_io {
+        // The preset's settings, after (and without repeating) the operator's own.
+        learn_cookie.get_or_insert_with(|| "io".to_string());
+        for source in [MatchSource::UrlParam("sid".into()), MatchSource::Cookie("io".into())] {
+            if !matches.contains(&source) {
+                matches.push(source);
+            }
+        }
+    }
     Sticky {
         cookie: s.cookie.as_ref().map(|name| StickyCookie {
             name: name.clone(),
@@ -200,13 +212,13 @@ fn sticky(s: &raw::Sticky) -> Sticky {
             samesite: s.samesite,
             opaque_secret: s.secret.clone().filter(|_| s.opaque),
         }),
-        learn_cookie: learn.and_then(|l| l.response_cookie.clone()),
+        learn_cookie,
         // The rules do not check this name: an invalid one learns nothing (as it always did).
         learn_header: learn
             .and_then(|l| l.response_header.as_deref())
             .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
-        matches: s.match_.clone(),
-        engine_io: s.preset == Some(Preset::EngineIo),
+        matches,
+        engine_io,
         idle_timeout: s.idle_timeout.get(),
         max_entries: *s.max_entries.get_ref(),
     }
@@ -397,6 +409,26 @@ weight = 5
         assert_eq!(sticky.matches, vec![MatchSource::UrlParam("sid".to_string())]);
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
         assert!(config.workers.is_none() && config.admin.is_none() && config.cluster.is_none());
+    }
+
+    #[test]
+    fn the_engine_io_preset_fills_in_its_learned_id_settings_after_the_operators() {
+        let text = TEXT.replace(
+            "sticky = { cookie = \"SERVERID\", match = [{ url_param = \"sid\" }] }",
+            "sticky = { preset = \"engine.io\", match = [{ header = \"x-session\" }, { url_param = \"sid\" }] }",
+        );
+        let config = parse(&text, "test.toml").expect("valid");
+        let sticky = config.backends[1].sticky.as_ref().expect("sticky");
+        assert!(sticky.engine_io && sticky.cookie.is_none());
+        assert_eq!(sticky.learn_cookie.as_deref(), Some("io"));
+        assert_eq!(
+            sticky.matches,
+            vec![
+                MatchSource::Header(http::HeaderName::from_static("x-session")),
+                MatchSource::UrlParam("sid".to_string()),
+                MatchSource::Cookie("io".to_string()),
+            ]
+        );
     }
 
     #[test]

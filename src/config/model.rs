@@ -259,11 +259,12 @@ pub struct Server {
 pub struct Sticky {
     /// Cookie stickiness, when `cookie` is set.
     pub cookie: Option<StickyCookie>,
-    /// Response cookie to learn ids from (the Engine.IO preset adds `io`).
+    /// Response cookie to learn ids from (`io` by default with the Engine.IO preset).
     pub learn_cookie: Option<String>,
     /// Response header to learn ids from.
     pub learn_header: Option<HeaderName>,
-    /// Where requests carry learned ids, tried in order.
+    /// Where requests carry learned ids, tried in order (the Engine.IO
+    /// preset adds `?sid=` and the `io` cookie after the operator's own).
     pub matches: Vec<MatchSource>,
     /// `preset = "engine.io"`: learn the `sid` of Engine.IO handshakes.
     pub engine_io: bool,

@@ -95,9 +95,9 @@ impl StickyPolicy {
         respects_maxconn: bool,
     ) -> Self {
         let cookie = config.cookie.as_ref().map(|c| CookieSticky::new(c, servers));
-        let mut learn_cookie = config.learn_cookie.clone();
+        let learn_cookie = config.learn_cookie.clone();
         let learn_header = config.learn_header.clone();
-        let mut matches: Vec<MatchKey> = config
+        let matches: Vec<MatchKey> = config
             .matches
             .iter()
             .map(|m| match m {
@@ -107,14 +107,6 @@ impl StickyPolicy {
             })
             .collect();
         let engine_io = config.engine_io;
-        if engine_io {
-            learn_cookie.get_or_insert_with(|| "io".to_string());
-            for key in [MatchKey::UrlParam("sid".into()), MatchKey::Cookie("io".into())] {
-                if !matches.contains(&key) {
-                    matches.push(key);
-                }
-            }
-        }
         let table = (!matches.is_empty()).then(|| {
             previous_table.unwrap_or_else(|| {
                 Arc::new(MemoryTable::new(config.idle_timeout, config.max_entries)) as Arc<dyn StickTable>
