@@ -116,9 +116,9 @@ fn check(file: &Path) -> anyhow::Result<()> {
     println!(
         "{}: valid ({} frontend(s), {} backend(s), {} server(s))",
         file.display(),
-        config.frontend.len(),
-        config.backend.len(),
-        config.backend.iter().map(|b| b.server.len()).sum::<usize>()
+        config.frontends.len(),
+        config.backends.len(),
+        config.backends.iter().map(|b| b.servers.len()).sum::<usize>()
     );
     Ok(())
 }
@@ -149,14 +149,12 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let config = config::load_file(path)?;
     let workers = config
         .workers
-        .as_ref()
-        .map(|w| *w.get_ref())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let worker_threads = WorkerThreads::start(workers.saturating_sub(1))?;
     let served = runtime(Scheduler::OneThread)?.block_on(async {
         let tether = Tether::bind_on(&config, worker_threads.runtimes())?;
-        for frontend in &config.frontend {
-            tracing::info!(frontend = %frontend.name.get_ref(), addresses = ?tether.local_addrs(frontend.name.get_ref()), "listening");
+        for frontend in &config.frontends {
+            tracing::info!(frontend = %frontend.name, addresses = ?tether.local_addrs(&frontend.name), "listening");
         }
         if let Some(address) = tether.admin_addr() {
             tracing::info!(address = %address, "admin listening: stats page at /, /metrics, /api/v1/");

@@ -177,6 +177,6 @@ mod tests {
     fn the_demo_config_is_valid() {
         let servers = [("echo-1", "127.0.0.1:1".parse().unwrap())];
         let config = demo_config("127.0.0.1:0".parse().unwrap(), &servers).expect("valid");
-        assert_eq!(config.backend[0].server.len(), 1);
+        assert_eq!(config.backends[0].servers.len(), 1);
     }
 }

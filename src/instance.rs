@@ -157,7 +157,7 @@ impl Tether {
         let mut snapshot = Snapshot::build(config, None);
         let cluster = match &config.cluster {
             Some(settings) => {
-                let settings = crate::cluster::ClusterSettings::from_config(settings.get_ref());
+                let settings = crate::cluster::ClusterSettings::from_config(settings);
                 Some(Arc::new(Cluster::new(settings, changes.clone())?))
             }
             None => None,
@@ -342,7 +342,7 @@ impl Handle {
         } else if config.cluster.is_some() {
             tracing::warn!("[cluster] was added to the configuration: restart tether to join the cluster");
         }
-        if let Some(workers) = config.workers.as_ref().map(|w| *w.get_ref()) {
+        if let Some(workers) = config.workers {
             let running = inner.listeners.workers.len();
             if workers != running {
                 tracing::warn!(

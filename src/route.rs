@@ -3,11 +3,12 @@
 use http::{HeaderName, Method, Request};
 use regex::Regex;
 
-use crate::config::types;
+use crate::config;
 use crate::lookup;
 
-/// Index of a backend within the snapshot (names are resolved to indexes once per load).
-pub type BackendId = usize;
+/// Index of a backend within the snapshot (the config resolves names to indexes once per load).
+pub use crate::config::BackendId;
+
 /// One compiled test on a request.
 #[derive(Debug, Clone)]
 pub enum Condition {
@@ -43,35 +44,25 @@ pub enum ValueTest {
 }
 
 impl Condition {
-    /// Compiles a validated config condition.
-    pub fn from_config(c: &types::Condition) -> Self {
-        let lower = |s: &String| s.to_ascii_lowercase();
-        if let Some(p) = &c.path_prefix {
-            Condition::PathPrefix(p.clone())
-        } else if let Some(p) = &c.path {
-            Condition::Path(p.clone())
-        } else if let Some(p) = &c.path_regex {
-            Condition::PathRegex(p.0.clone())
-        } else if let Some(h) = &c.host {
-            Condition::Host(lower(h))
-        } else if let Some(h) = &c.host_prefix {
-            Condition::HostPrefix(lower(h))
-        } else if let Some(name) = &c.method {
-            Condition::Method(Method::from_bytes(name.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET))
-        } else if let Some(name) = &c.query {
-            Condition::Query(name.clone(), c.equals.clone())
-        } else {
-            let name = c.header.as_deref().unwrap_or_default();
-            let test = match (&c.equals, &c.prefix) {
-                (Some(v), _) => ValueTest::Equals(lower(v)),
-                (None, Some(v)) => ValueTest::Prefix(lower(v)),
-                (None, None) => ValueTest::Present,
-            };
-            // Validation checked the name; an impossible name simply never matches.
-            Condition::Header(
-                HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static("x-tether-invalid")),
-                test,
-            )
+    /// Compiles a validated config condition (values that compare without
+    /// case are stored lower case).
+    pub fn from_config(c: &config::Condition) -> Self {
+        match c {
+            config::Condition::PathPrefix(p) => Condition::PathPrefix(p.clone()),
+            config::Condition::Path(p) => Condition::Path(p.clone()),
+            config::Condition::PathRegex(r) => Condition::PathRegex(r.clone()),
+            config::Condition::Host(h) => Condition::Host(h.to_ascii_lowercase()),
+            config::Condition::HostPrefix(h) => Condition::HostPrefix(h.to_ascii_lowercase()),
+            config::Condition::Method(m) => Condition::Method(m.clone()),
+            config::Condition::Query { name, equals } => Condition::Query(name.clone(), equals.clone()),
+            config::Condition::Header { name, test } => Condition::Header(
+                name.clone(),
+                match test {
+                    config::HeaderTest::Present => ValueTest::Present,
+                    config::HeaderTest::Equals(v) => ValueTest::Equals(v.to_ascii_lowercase()),
+                    config::HeaderTest::Prefix(v) => ValueTest::Prefix(v.to_ascii_lowercase()),
+                },
+            ),
         }
     }
 
@@ -155,7 +146,7 @@ mod tests {
     use super::*;
 
     fn cond(text: &str) -> Condition {
-        let c: types::Condition = toml::from_str(text).expect("condition");
+        let c: config::Condition = toml::from_str(text).expect("condition");
         Condition::from_config(&c)
     }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::{self, Balancer, Candidate, HashSettings, KeySource, DEFAULT_TABLE_SIZE};
-use crate::config::types::{self, ForwardHeader, HashMethod};
+use crate::config::model::{self, Hashing};
+use crate::config::types::ForwardHeader;
 use crate::config::Config;
 use crate::health::HealthCheck;
 use crate::route::{Condition, Route};
@@ -188,16 +189,13 @@ pub struct AdminSettings {
 
 impl AdminSettings {
     /// The runtime settings of a validated `[admin]` table.
-    pub fn from_config(config: &types::Admin) -> Self {
+    pub fn from_config(config: &model::Admin) -> Self {
         Self {
-            bind: config.bind.get_ref().0,
+            bind: config.bind,
             users: config
                 .users
                 .iter()
-                .map(|u| {
-                    let u = u.get_ref();
-                    (u.name.get_ref().clone(), u.password_hash.get_ref().clone())
-                })
+                .map(|u| (u.name.clone(), u.password_hash.clone()))
                 .collect(),
             allow: config.allow.clone(),
             metrics_allow: config.metrics_allow.clone(),
@@ -214,34 +212,31 @@ impl Snapshot {
     /// Builds the runtime model from a validated config, reusing the live
     /// state of servers that `previous` already had (same backend and server name).
     pub fn build(config: &Config, previous: Option<&Snapshot>) -> Snapshot {
-        let backend_index = |name: &str| config.backend.iter().position(|b| b.name.get_ref() == name);
         let backends = config
-            .backend
+            .backends
             .iter()
-            .map(|b| build_backend(b, previous.and_then(|p| p.backend(b.name.get_ref()))))
+            .map(|b| build_backend(b, previous.and_then(|p| p.backend(&b.name))))
             .collect();
         let frontends = config
-            .frontend
+            .frontends
             .iter()
             .map(|f| Frontend {
-                name: Arc::from(f.name.get_ref().as_str()),
-                binds: f.bind.get_ref().iter().map(|a| a.get_ref().0).collect(),
+                name: Arc::from(f.name.as_str()),
+                binds: f.binds.clone(),
                 routes: f
-                    .route
+                    .routes
                     .iter()
-                    .filter_map(|r| {
-                        Some(Route {
-                            backend: backend_index(r.backend.get_ref())?,
-                            any: r.any.iter().map(|c| Condition::from_config(c.get_ref())).collect(),
-                            all: r.all.iter().map(|c| Condition::from_config(c.get_ref())).collect(),
-                            allowed_origins: r.allowed_origins.clone(),
-                        })
+                    .map(|r| Route {
+                        backend: r.backend,
+                        any: r.any.iter().map(Condition::from_config).collect(),
+                        all: r.all.iter().map(Condition::from_config).collect(),
+                        allowed_origins: r.allowed_origins.clone(),
                     })
                     .collect(),
-                default_backend: f.default_backend.as_ref().and_then(|d| backend_index(d.get_ref())),
+                default_backend: f.default_backend,
                 forward: f.forward_headers.clone(),
                 state: previous
-                    .and_then(|p| p.frontend(f.name.get_ref()))
+                    .and_then(|p| p.frontend(&f.name))
                     .map(|old| old.state.clone())
                     .unwrap_or_default(),
                 trusted_proxies: f.trusted_proxies.clone(),
@@ -251,42 +246,33 @@ impl Snapshot {
                     (frame, message) => Some((frame.unwrap_or(u64::MAX), message.unwrap_or(u64::MAX))),
                 },
                 limits: Limits {
-                    max_request_head: *f.limits.max_request_head.get_ref(),
-                    max_headers: *f.limits.max_headers.get_ref(),
+                    max_request_head: f.limits.max_request_head,
+                    max_headers: f.limits.max_headers,
                     max_uri: f.limits.max_uri,
                     max_body: f.limits.max_body,
                 },
-                maxconn: f.maxconn.as_ref().map(|m| *m.get_ref()),
-                per_ip_connections: f.per_ip.max_connections.as_ref().map(|m| *m.get_ref()),
+                maxconn: f.maxconn,
+                per_ip_connections: f.per_ip.max_connections,
                 per_ip_rate: f.per_ip.rate,
                 websocket_timers: Timers {
-                    idle: f.websocket.idle_timeout.map(|d| d.get()),
-                    ping_interval: f.websocket.ping_interval.map(|d| d.get()),
-                    ping_timeout: f.websocket.ping_timeout.or(f.websocket.ping_interval).map(|d| d.get()),
+                    idle: f.websocket.idle_timeout,
+                    ping_interval: f.websocket.ping_interval,
+                    ping_timeout: f.websocket.ping_timeout,
                 },
-                proxy_protocol: *f.proxy_protocol.get_ref(),
-                client_timeout: f.timeouts.client.get(),
-                http_request_timeout: f.timeouts.http_request.get(),
-                tls: f.loaded_tls.clone(),
-                redirect_https: f
-                    .redirect_https
-                    .get_ref()
-                    .then(|| f.https_port.as_ref().map(|p| *p.get_ref())),
-                hsts: f
-                    .hsts
-                    .as_ref()
-                    .and_then(|h| http::HeaderValue::from_str(h.get_ref()).ok()),
+                proxy_protocol: f.proxy_protocol,
+                client_timeout: f.client_timeout,
+                http_request_timeout: f.http_request_timeout,
+                tls: f.tls.clone(),
+                redirect_https: f.redirect_https.map(|r| r.port),
+                hsts: f.hsts.clone(),
             })
             .collect();
         Snapshot {
             frontends,
             backends,
-            workers: config.workers.as_ref().map(|w| *w.get_ref()),
-            shutdown_grace: config.shutdown_grace.get(),
-            admin: config
-                .admin
-                .as_ref()
-                .map(|a| Arc::new(AdminSettings::from_config(a.get_ref()))),
+            workers: config.workers,
+            shutdown_grace: config.shutdown_grace,
+            admin: config.admin.as_ref().map(|a| Arc::new(AdminSettings::from_config(a))),
         }
     }
 
@@ -306,39 +292,34 @@ impl Snapshot {
     }
 }
 
-fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend {
-    let health = config
-        .health
-        .as_ref()
-        .and_then(|h| HealthCheck::from_config(h.get_ref()))
-        .map(Arc::new);
+fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend {
+    let health = config.health.as_ref().map(HealthCheck::from_config).map(Arc::new);
     let servers: Vec<Server> = config
-        .server
+        .servers
         .iter()
         .map(|s| {
-            let name: Arc<str> = Arc::from(s.name.get_ref().as_str());
-            let weight = *s.weight.get_ref();
+            let name: Arc<str> = Arc::from(s.name.as_str());
             let state = previous
                 .and_then(|p| {
                     p.servers
                         .iter()
-                        .find(|old| *old.name == *name && old.address == s.address.get_ref().0)
+                        .find(|old| *old.name == *name && old.address == s.address)
                 })
                 .map(|old| old.state.clone())
                 // A new server with checks takes no traffic before one passed.
                 .unwrap_or_else(|| match health {
-                    Some(_) => Arc::new(ServerState::awaiting_first_check(weight)),
-                    None => Arc::new(ServerState::new(weight)),
+                    Some(_) => Arc::new(ServerState::awaiting_first_check(s.weight)),
+                    None => Arc::new(ServerState::new(s.weight)),
                 });
             Server {
                 name,
-                address: s.address.get_ref().0,
-                configured_weight: weight,
+                address: s.address,
+                configured_weight: s.weight,
                 configured_admin: s.state,
-                maxconn: s.maxconn.as_ref().map(|m| *m.get_ref()),
+                maxconn: s.maxconn,
                 cookie: s.cookie.clone(),
                 state,
-                tls: s.loaded_tls.clone(),
+                tls: s.tls.clone(),
             }
         })
         .collect();
@@ -347,25 +328,20 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
         .map(|s| Candidate {
             state: s.state.clone(),
             maxconn: s.maxconn,
-            slowstart: config.slowstart.map(|d| d.get()),
+            slowstart: config.slowstart,
         })
         .collect();
-    let balance = *config.balance.get_ref();
-    let weights: Vec<(&str, u32)> = config
-        .server
-        .iter()
-        .map(|s| (s.name.get_ref().as_str(), *s.weight.get_ref()))
-        .collect();
+    let weights: Vec<(&str, u32)> = config.servers.iter().map(|s| (s.name.as_str(), s.weight)).collect();
     let server_index = servers.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
     let sticky = config.sticky.as_ref().map(|sticky| {
         let ids: Vec<(&str, Option<&str>)> = config
-            .server
+            .servers
             .iter()
-            .map(|s| (s.name.get_ref().as_str(), s.cookie.as_deref()))
+            .map(|s| (s.name.as_str(), s.cookie.as_deref()))
             .collect();
         let previous_table = previous.and_then(|p| p.sticky.as_ref()).and_then(|p| p.table.clone());
         StickyPolicy::build(
-            sticky.get_ref(),
+            sticky,
             &ids,
             previous_table,
             config.redispatch,
@@ -375,34 +351,33 @@ fn build_backend(config: &types::Backend, previous: Option<&Backend>) -> Backend
     Backend {
         server_index,
         sticky,
-        name: Arc::from(config.name.get_ref().as_str()),
-        balancer: balance::build(balance, hash_settings(config), &weights),
-        key_source: KeySource::new(balance, config.hash_key.as_ref().map(|k| k.get_ref().as_str())),
+        name: Arc::from(config.name.as_str()),
+        balancer: balance::build(config.balance, hash_settings(config.hash), &weights),
+        key_source: KeySource::new(config.balance, config.hash_key.as_deref()),
         servers,
         candidates,
         retries: config.retries,
-        connect_timeout: config.timeouts.connect.get(),
-        server_timeout: config.timeouts.server.get(),
-        tunnel_timeout: config.timeouts.tunnel.get(),
-        queue_timeout: config.queue_timeout.unwrap_or(config.timeouts.connect).get(),
-        drain_timeout: config.drain_timeout.get(),
-        drain_spread: config.drain_spread.get(),
+        connect_timeout: config.connect_timeout,
+        server_timeout: config.server_timeout,
+        tunnel_timeout: config.tunnel_timeout,
+        queue_timeout: config.queue_timeout,
+        drain_timeout: config.drain_timeout,
+        drain_spread: config.drain_spread,
         drain_sticky: config.drain_sticky,
         health,
         queued: std::sync::atomic::AtomicU32::new(0),
     }
 }
 
-fn hash_settings(config: &types::Backend) -> HashSettings {
-    let balance_factor = config.balance_factor.as_ref().map(|f| *f.get_ref());
-    match config.hash.get_ref() {
-        HashMethod::Map => HashSettings::Map,
-        HashMethod::Consistent => HashSettings::Consistent { balance_factor },
-        HashMethod::Maglev => HashSettings::Maglev {
-            table_size: config
-                .maglev_table_size
-                .as_ref()
-                .map_or(DEFAULT_TABLE_SIZE, |s| *s.get_ref()),
+fn hash_settings(hash: Hashing) -> HashSettings {
+    match hash {
+        Hashing::Map => HashSettings::Map,
+        Hashing::Consistent { balance_factor } => HashSettings::Consistent { balance_factor },
+        Hashing::Maglev {
+            table_size,
+            balance_factor,
+        } => HashSettings::Maglev {
+            table_size: table_size.unwrap_or(DEFAULT_TABLE_SIZE),
             balance_factor,
         },
     }

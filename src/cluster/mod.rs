@@ -30,7 +30,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::types;
+use crate::config::model;
 use crate::snapshot::Snapshot;
 use crate::state::Changes;
 use crate::util::lock;
@@ -64,16 +64,16 @@ pub struct ClusterSettings {
 
 impl ClusterSettings {
     /// The runtime settings of a validated `[cluster]` table.
-    pub fn from_config(config: &types::Cluster) -> Self {
+    pub fn from_config(config: &model::Cluster) -> Self {
         Self {
-            redis: config.redis.get_ref().clone(),
+            redis: config.redis.clone(),
             password: config.password.clone(),
-            tls_ca_file: config.tls_ca_file.as_ref().map(|f| f.get_ref().clone()),
-            instance: config.instance.as_ref().map(|i| i.get_ref().clone()),
+            tls_ca_file: config.tls_ca_file.clone(),
+            instance: config.instance.clone(),
             prefix: config.prefix.clone(),
-            timeout: config.timeout.get_ref().get(),
-            sync_interval: config.sync_interval.get_ref().get(),
-            stick_refresh: config.stick_refresh.get(),
+            timeout: config.timeout,
+            sync_interval: config.sync_interval,
+            stick_refresh: config.stick_refresh,
         }
     }
 }

@@ -1,24 +1,39 @@
-//! The configuration file: serde types with defaults (`types`), durations,
-//! cross-field validation, and errors that name file, line and column.
+//! The configuration file, read in stages (as sozu does):
 //!
-//! Reading happens in two stages (as sozu does): the TOML text is deserialised
-//! into `types::Config`, whose single values are already checked, then
-//! `validate` checks the rules between values. Only a config that passed both
-//! reaches `Snapshot::build`.
+//! 1. the TOML text is deserialised into the serde shape (`raw`), whose
+//!    single values (durations, rates, addresses as written, route
+//!    conditions, enums) are already checked, with no I/O;
+//! 2. `validate` checks the rules between values and builds the validated
+//!    model (`model`, returned as `Config`): defaults filled in, backend
+//!    names resolved to indexes, conditions as enums. Building it resolves
+//!    host names (`resolve`, blocking) and reads TLS files (`tls`).
+//!
+//! Errors name file, line and column (`error`). Only a model reaches
+//! `Snapshot::build`.
 
+mod address;
+mod build;
+mod condition;
 mod duration;
 mod error;
+mod from_table;
+pub mod model;
 mod rate;
+mod raw;
+mod resolve;
 mod tls;
 pub mod types;
 mod validate;
 
 use std::path::Path;
 
+pub use address::Address;
+pub use condition::{Condition, HeaderTest};
 pub use duration::{parse_duration, ConfigDuration};
 pub use error::ConfigError;
+pub use model::{BackendId, Config};
 pub use rate::{parse_rate, ConfigRate};
-pub use types::Config;
+pub use resolve::resolve;
 pub use validate::MAX_WEIGHT;
 
 use error::SourceMap;
@@ -44,13 +59,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 /// relative file paths in it (certificates, keys, CAs) start at `base`.
 pub fn parse_relative_to(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
     let source = SourceMap::new(origin, text);
-    let mut config: Config = toml::from_str(text).map_err(|err| {
+    let raw: raw::Config = toml::from_str(text).map_err(|err| {
         let message = err.message().trim_end().to_string();
         source.error(err.span(), message)
     })?;
-    validate::validate(&config, &source)?;
-    tls::load(&mut config, &source, base)?;
-    Ok(config)
+    validate::validate(&raw, &source, base)
 }
 
 #[cfg(test)]
@@ -85,12 +98,12 @@ address = "127.0.0.1:8200"
     #[test]
     fn a_minimal_config_is_accepted_with_defaults() {
         let config = parse(GOOD, "test.toml").expect("valid");
-        let backend = &config.backend[0];
-        assert_eq!(*backend.balance.get_ref(), types::Balance::Roundrobin);
+        let backend = &config.backends[0];
+        assert_eq!(backend.balance, types::Balance::Roundrobin);
         assert_eq!(backend.retries, 3);
-        assert_eq!(backend.timeouts.connect.get().as_secs(), 3);
-        assert_eq!(config.frontend[0].timeouts.http_request.get().as_secs(), 10);
-        assert_eq!(*backend.server[0].weight.get_ref(), 1);
+        assert_eq!(backend.connect_timeout.as_secs(), 3);
+        assert_eq!(config.frontends[0].http_request_timeout.as_secs(), 10);
+        assert_eq!(backend.servers[0].weight, 1);
     }
 
     #[test]
@@ -129,6 +142,23 @@ address = "127.0.0.1:8200"
         let (line, message) = error_of(&ordered);
         assert_eq!(line, 8);
         assert!(message.contains("exactly one"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_condition_in_a_list_is_located_at_its_own_table() {
+        let text = GOOD.replace(
+            "default_backend = \"web\"",
+            "default_backend = \"web\"\n[[frontend.route]]\nbackend = \"web\"\nany = [{ path = \"/a\" },\n  { header = \"x\", prefix = \"a\", equals = \"b\" }]",
+        );
+        match parse(&text, "test.toml") {
+            Err(ConfigError::Invalid {
+                line, column, message, ..
+            }) => {
+                assert_eq!((line, column), (9, 3), "{message}");
+                assert!(message.contains("not both"), "{message}");
+            }
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
     }
 
     #[test]
@@ -180,7 +210,7 @@ address = "127.0.0.1:8200"
              allow = [\"10.0.0.0/8\"]\nmetrics_allow = [\"192.0.2.0/24\"]\n"
         );
         let config = parse(&with_user, "test.toml").expect("a user allows any address");
-        let admin = config.admin.expect("admin").into_inner();
+        let admin = config.admin.expect("admin");
         assert_eq!((admin.allow.len(), admin.metrics_allow.len()), (1, 1));
     }
 
@@ -212,10 +242,10 @@ address = "127.0.0.1:8200"
             "test.toml",
         )
         .expect("valid");
-        let cluster = config.cluster.as_ref().expect("cluster").get_ref();
+        let cluster = config.cluster.as_ref().expect("cluster");
         assert_eq!(cluster.prefix, "tether:");
-        assert_eq!(cluster.timeout.get_ref().get().as_millis(), 50);
-        assert_eq!(cluster.sync_interval.get_ref().get().as_secs(), 1);
+        assert_eq!(cluster.timeout.as_millis(), 50);
+        assert_eq!(cluster.sync_interval.as_secs(), 1);
         assert!(cluster.instance.is_none());
         let lines = GOOD.lines().count();
         let (line, message) = error_of(&format!("{GOOD}\n[cluster]\nredis = \"http://127.0.0.1:6379\"\n"));

@@ -1,8 +1,10 @@
 //! The TLS keys of the file: their rules (which keys go together), and the
-//! certificate, key and CA files they name, read when the configuration is
-//! read so a bad file is reported with the key's line (at `tether check`, at
-//! start, and on reload, where the running configuration then stays).
+//! certificate, key and CA files they name, read into the model's TLS
+//! objects when the configuration is read, so a bad file is reported with
+//! the key's line (at `tether check`, at start, and on reload, where the
+//! running configuration then stays).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,21 +12,53 @@ use rustls_pki_types::ServerName;
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
-use super::types::{Backend, Config, Frontend, Server, UpstreamTlsSetting};
+use super::raw::{Backend, Frontend, Server, UpstreamTlsSetting};
 use crate::tls::{client::client_config, server::load_pair, ServerTls, TlsError, UpstreamTls};
 
-/// Checks the TLS keys and reads the files they name into the config's
-/// `loaded_tls` fields. Relative paths are taken from `base` (the config
+/// Checks a frontend's TLS keys and reads the certificates they name (`None`:
+/// a plain frontend). Relative paths are taken from `base` (the config
 /// file's directory).
-pub(crate) fn load(config: &mut Config, source: &SourceMap<'_>, base: &Path) -> Result<(), ConfigError> {
-    for frontend in &mut config.frontend {
-        check_frontend(frontend, source)?;
-        frontend.loaded_tls = load_frontend(frontend, source, base)?;
-    }
-    for backend in &mut config.backend {
-        load_backend(backend, source, base)?;
-    }
-    Ok(())
+pub(super) fn frontend(
+    frontend: &Frontend,
+    source: &SourceMap<'_>,
+    base: &Path,
+) -> Result<Option<ServerTls>, ConfigError> {
+    check_frontend(frontend, source)?;
+    load_frontend(frontend, source, base)
+}
+
+/// How tether speaks TLS to each server of `backend` (`None`: plain TCP),
+/// in server order; `addresses` are the servers' resolved addresses (the
+/// SNI name is the IP when no `sni` is given).
+pub(super) fn backend(
+    backend: &Backend,
+    addresses: &[SocketAddr],
+    source: &SourceMap<'_>,
+    base: &Path,
+) -> Result<Vec<Option<UpstreamTls>>, ConfigError> {
+    let name = backend.name.get_ref();
+    let shared = match &backend.tls {
+        Some(setting) if setting.get_ref().enabled => {
+            Some(build_client(setting, source, base, &format!("backend `{name}`"))?)
+        }
+        _ => None,
+    };
+    backend
+        .server
+        .iter()
+        .zip(addresses)
+        .map(|(server, address)| {
+            load_server(
+                server,
+                *address,
+                backend.tls.as_ref(),
+                shared.as_ref(),
+                source,
+                base,
+                name,
+            )
+        })
+        .collect()
 }
 
 fn check_frontend(frontend: &Frontend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
@@ -180,23 +214,9 @@ fn build_client(
     })
 }
 
-fn load_backend(backend: &mut Backend, source: &SourceMap<'_>, base: &Path) -> Result<(), ConfigError> {
-    let name = backend.name.get_ref().clone();
-    let shared = match &backend.tls {
-        Some(setting) if setting.get_ref().enabled => {
-            Some(build_client(setting, source, base, &format!("backend `{name}`"))?)
-        }
-        _ => None,
-    };
-    let backend_tls = backend.tls.as_ref();
-    for server in &mut backend.server {
-        server.loaded_tls = load_server(server, backend_tls, shared.as_ref(), source, base, &name)?;
-    }
-    Ok(())
-}
-
 fn load_server(
     server: &Server,
+    address: SocketAddr,
     backend_tls: Option<&Spanned<UpstreamTlsSetting>>,
     backend_config: Option<&Arc<rustls::ClientConfig>>,
     source: &SourceMap<'_>,
@@ -232,7 +252,7 @@ fn load_server(
                     ),
                 )
             })?,
-        None => ServerName::IpAddress(server.address.get_ref().0.ip().into()),
+        None => ServerName::IpAddress(address.ip().into()),
     };
     Ok(Some(UpstreamTls { config, server_name }))
 }
@@ -291,7 +311,7 @@ mod tests {
             dir.display()
         ));
         let loaded = parse(&good, "test.toml").expect("valid");
-        assert!(loaded.frontend[0].loaded_tls.is_some());
+        assert!(loaded.frontends[0].tls.is_some());
         let mismatched = config(&format!(
             "tls = {{ cert = \"{0}/a.pem\", key = \"{0}/other.key\" }}",
             dir.display()
@@ -337,8 +357,8 @@ mod tests {
         ) + "[[backend.server]]\nname = \"s2\"\naddress = \"127.0.0.1:8201\"\ntls = false\n\
                [[backend.server]]\nname = \"s3\"\naddress = \"127.0.0.1:8202\"\nsni = \"s3.internal\"\n";
         let loaded = parse(&text, "test.toml").expect("valid");
-        let servers = &loaded.backend[0].server;
-        let name = |i: usize| servers[i].loaded_tls.as_ref().map(|t| format!("{:?}", t.server_name));
+        let servers = &loaded.backends[0].servers;
+        let name = |i: usize| servers[i].tls.as_ref().map(|t| format!("{:?}", t.server_name));
         assert!(name(0).is_some_and(|n| n.contains("pool.internal")), "{:?}", name(0));
         assert_eq!(name(1), None);
         assert!(name(2).is_some_and(|n| n.contains("s3.internal")), "{:?}", name(2));

@@ -1,21 +1,32 @@
-//! Rules that relate several values of the file: unique names, references to
-//! backends that exist, conditions with exactly one selector.
+//! Rules that relate several values of the file (unique names, references to
+//! backends that exist, keys that go together), then the validated model.
+//!
+//! `validate` first checks every rule on the raw types (no I/O), then has
+//! `build` make the model, which resolves addresses and reads TLS files.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
-use super::types::{
-    Admin, Balance, CheckKind, Cluster, Condition, Config, CookieMode, HashMethod, Health, Route, SameSite, Sticky,
-};
+use super::model::Config;
+use super::raw::{self, Admin, Cluster, Health, Route, Sticky};
+use super::types::{Balance, CheckKind, CookieMode, HashMethod, SameSite};
 use crate::util::prime::is_prime;
 
 /// The largest weight a server may have (HAProxy allows 256; a little more room costs nothing).
 pub const MAX_WEIGHT: u32 = 1000;
 
-/// Checks everything the deserialiser could not check alone.
-pub(crate) fn validate(config: &Config, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+/// Checks everything the deserialiser could not check alone and builds the
+/// validated model; relative file paths (certificates, keys, CAs) start at `base`.
+pub(crate) fn validate(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> Result<Config, ConfigError> {
+    check(raw, source)?;
+    super::build::model(raw, source, base)
+}
+
+/// The rules between values, on the raw types.
+fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     if let Some(workers) = &config.workers {
         if *workers.get_ref() == 0 || *workers.get_ref() > 1024 {
             return Err(source.error(
@@ -170,19 +181,8 @@ fn validate_cluster(cluster: &Cluster, source: &SourceMap<'_>) -> Result<(), Con
 }
 
 fn validate_admin(admin: &Spanned<Admin>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    // Whether the bind address is loopback is checked once it is resolved (`build`).
     let settings = admin.get_ref();
-    let bind = settings.bind.get_ref().0;
-    if settings.users.is_empty() && !bind.ip().is_loopback() {
-        return Err(source.error(
-            Some(settings.bind.span()),
-            format!(
-                "the admin listener has no `users`, so it only serves on loopback and cannot bind {bind}: \
-                 bind it to \"127.0.0.1:{port}\", or add users = [{{ name = \"admin\", password_hash = \"...\" }}] \
-                 (`tether hash-password` prints a hash)",
-                port = bind.port()
-            ),
-        ));
-    }
     let mut names = HashSet::new();
     for user in &settings.users {
         let user = user.get_ref();
@@ -249,56 +249,10 @@ fn validate_route(route: &Route, backends: &HashSet<&str>, source: &SourceMap<'_
             "this route has no conditions: add `any = [...]` or `all = [...]`, or use `default_backend` for a catch-all",
         ));
     }
-    for condition in route.any.iter().chain(&route.all) {
-        validate_condition(condition, source)?;
-    }
     Ok(())
 }
 
-fn validate_condition(condition: &Spanned<Condition>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
-    let c = condition.get_ref();
-    let at = Some(condition.span());
-    let selectors = [
-        c.path_prefix.is_some(),
-        c.path.is_some(),
-        c.path_regex.is_some(),
-        c.host.is_some(),
-        c.host_prefix.is_some(),
-        c.header.is_some(),
-        c.method.is_some(),
-        c.query.is_some(),
-    ];
-    let count = selectors.iter().filter(|set| **set).count();
-    if count != 1 {
-        return Err(source.error(
-            at,
-            "a condition needs exactly one of path_prefix, path, path_regex, host, host_prefix, header, method, query; \
-             split it into several conditions",
-        ));
-    }
-    if c.equals.is_some() && c.header.is_none() && c.query.is_none() {
-        return Err(source.error(at, "`equals` only refines `header` or `query`"));
-    }
-    if c.prefix.is_some() && c.header.is_none() {
-        return Err(source.error(at, "`prefix` only refines `header` (for paths use `path_prefix`)"));
-    }
-    if c.equals.is_some() && c.prefix.is_some() {
-        return Err(source.error(at, "use either `equals` or `prefix`, not both"));
-    }
-    if let Some(method) = &c.method {
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(source.error(at, format!("`{method}` is not an HTTP method: write GET, POST, …")));
-        }
-    }
-    if let Some(header) = &c.header {
-        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            return Err(source.error(at, format!("`{header}` is not a valid header name")));
-        }
-    }
-    Ok(())
-}
-
-fn validate_backend(backend: &super::types::Backend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+fn validate_backend(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     let balance = *backend.balance.get_ref();
     let needs_key = matches!(balance, Balance::UrlParam | Balance::Header | Balance::Cookie);
     match (&backend.hash_key, needs_key) {
@@ -377,7 +331,7 @@ fn validate_backend(backend: &super::types::Backend, source: &SourceMap<'_>) -> 
     Ok(())
 }
 
-fn validate_hashing(backend: &super::types::Backend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+fn validate_hashing(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     let balance = *backend.balance.get_ref();
     let hashing = matches!(
         balance,
@@ -465,24 +419,6 @@ fn validate_sticky(sticky: &Spanned<Sticky>, source: &SourceMap<'_>) -> Result<(
     if let Some(learn) = &s.learn {
         if learn.response_cookie.is_none() && learn.response_header.is_none() {
             return Err(source.error(at, "`learn` needs `response_cookie` or `response_header`"));
-        }
-    }
-    for m in &s.match_ {
-        let v = m.get_ref();
-        let count = [v.cookie.is_some(), v.url_param.is_some(), v.header.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
-        if count != 1 {
-            return Err(source.error(
-                Some(m.span()),
-                "each `match` entry needs exactly one of cookie, url_param, header",
-            ));
-        }
-        if let Some(h) = &v.header {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(source.error(Some(m.span()), format!("`{h}` is not a valid header name")));
-            }
         }
     }
     if *s.max_entries.get_ref() == 0 {
@@ -639,7 +575,7 @@ mod health_tests {
 
     fn settings(health: &str) -> HealthCheck {
         let config = parse(&with_health(health), "test.toml").unwrap_or_else(|e| panic!("{health}: {e}"));
-        HealthCheck::from_config(config.backend[0].health.as_ref().unwrap().get_ref()).unwrap()
+        HealthCheck::from_config(config.backends[0].health.as_ref().expect("health"))
     }
 
     fn error_of(health: &str) -> (usize, usize, String) {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::config::types::{self, CheckKind};
+use crate::config::model::{self, Check};
 use crate::state::{Changes, ServerState};
 use crate::tls::UpstreamTls;
 use crate::util::lock;
@@ -49,48 +49,38 @@ pub struct HealthCheck {
 }
 
 impl HealthCheck {
-    /// The runtime settings of a validated `health` table (`None` if it has no `check`,
-    /// which validation refuses).
-    pub fn from_config(config: &types::Health) -> Option<HealthCheck> {
-        let path = || {
-            config
-                .path
-                .as_ref()
-                .map_or_else(|| "/".to_string(), |p| p.get_ref().clone())
-        };
-        let host = config.host.as_ref().map(|h| h.get_ref().clone());
-        let probe = match *config.check.as_ref()?.get_ref() {
-            CheckKind::Tcp => Probe::Tcp,
-            CheckKind::Websocket => Probe::WebSocket { path: path(), host },
-            CheckKind::Http => Probe::Http(HttpProbe {
-                method: config
-                    .method
-                    .as_ref()
-                    .and_then(|m| http::Method::from_bytes(m.get_ref().as_bytes()).ok())
-                    .unwrap_or(http::Method::GET),
-                path: path(),
+    /// The runtime settings of a validated `health` table.
+    pub fn from_config(config: &model::Health) -> HealthCheck {
+        let probe = match &config.check {
+            Check::Tcp => Probe::Tcp,
+            Check::WebSocket { path, host } => Probe::WebSocket {
+                path: path.clone(),
+                host: host.clone(),
+            },
+            Check::Http {
+                method,
+                path,
                 host,
-                expect_status: config
-                    .expect_status
-                    .as_ref()
-                    .map_or(types::defaults::EXPECT_STATUS, |s| *s.get_ref()),
-                expect_body: config.expect_body.as_ref().map(|b| b.get_ref().clone()),
+                expect_status,
+                expect_body,
+            } => Probe::Http(HttpProbe {
+                method: method.clone(),
+                path: path.clone(),
+                host: host.clone(),
+                expect_status: *expect_status,
+                expect_body: expect_body.clone(),
             }),
         };
-        let interval = config.interval.get_ref().get();
-        Some(HealthCheck {
+        HealthCheck {
             probe,
-            interval,
-            timeout: config
-                .timeout
-                .as_ref()
-                .map_or(types::defaults::CHECK_TIMEOUT.min(interval), |t| t.get_ref().get()),
+            interval: config.interval,
+            timeout: config.timeout,
             thresholds: Thresholds {
-                rise: *config.rise.get_ref(),
-                fall: *config.fall.get_ref(),
+                rise: config.rise,
+                fall: config.fall,
             },
-            observe: *config.observe.get_ref(),
-        })
+            observe: config.observe,
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
 use crate::balance::{hash_bytes, ServerId};
-use crate::config::types::{CookieMode, SameSite, Sticky};
+use crate::config::model::StickyCookie;
+use crate::config::types::{CookieMode, SameSite};
 
 /// Cookie values longer than this are ignored as garbage.
 pub const MAX_COOKIE_VALUE: usize = 256;
@@ -71,14 +72,15 @@ pub fn opaque_value(secret: &str, id: &str) -> String {
 
 impl CookieSticky {
     /// Builds the cookie handling for `servers` (name, configured cookie id), in `ServerId` order.
-    pub fn new(config: &Sticky, name: &str, servers: &[(&str, Option<&str>)]) -> Self {
+    pub fn new(config: &StickyCookie, servers: &[(&str, Option<&str>)]) -> Self {
+        let name = &config.name;
         let values: Vec<String> = servers
             .iter()
             .map(|(server, configured)| {
                 let id = server_cookie_id(server, *configured);
-                match (config.opaque, &config.secret) {
-                    (true, Some(secret)) => opaque_value(secret, &id),
-                    _ => id,
+                match &config.opaque_secret {
+                    Some(secret) => opaque_value(secret, &id),
+                    None => id,
                 }
             })
             .collect();
@@ -88,7 +90,7 @@ impl CookieSticky {
             attributes.push_str(&format!("; Domain={domain}"));
         }
         if let Some(max_age) = config.max_age {
-            attributes.push_str(&format!("; Max-Age={}", max_age.get().as_secs()));
+            attributes.push_str(&format!("; Max-Age={}", max_age.as_secs()));
         }
         if config.httponly {
             attributes.push_str("; HttpOnly");
@@ -273,8 +275,23 @@ fn rewrite_cookies(headers: &mut HeaderMap, mut keep: impl FnMut(&str, &str) -> 
 mod tests {
     use super::*;
 
-    fn sticky(text: &str) -> Sticky {
-        toml::from_str(text).expect("sticky")
+    /// The cookie settings of a backend whose `sticky` table holds `text` (one key a line).
+    fn sticky(text: &str) -> StickyCookie {
+        let table = text.replace('\n', ", ");
+        let config = crate::config::parse(
+            &format!(
+                "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+                 [[backend]]\nname = \"b\"\nsticky = {{ {table} }}\n\
+                 [[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n"
+            ),
+            "test.toml",
+        )
+        .expect("a valid sticky table");
+        config.backends[0]
+            .sticky
+            .as_ref()
+            .and_then(|s| s.cookie.clone())
+            .expect("a sticky cookie")
     }
 
     fn servers() -> Vec<(&'static str, Option<&'static str>)> {
@@ -292,7 +309,7 @@ mod tests {
         let config = sticky(
             "cookie = \"SERVERID\"\nnocache = true\nmax_age = \"1h\"\nsamesite = \"lax\"\ndomain = \"example.com\"",
         );
-        let c = CookieSticky::new(&config, "SERVERID", &servers());
+        let c = CookieSticky::new(&config, &servers());
         let mut h = HeaderMap::new();
         h.insert(http::header::VARY, "Cookie".parse().unwrap());
         c.rewrite_response(&mut h, 0, CookieState::Absent, false);
@@ -318,7 +335,7 @@ mod tests {
 
     #[test]
     fn garbage_unknown_and_overlong_values_are_invalid() {
-        let c = CookieSticky::new(&sticky("cookie = \"SERVERID\""), "SERVERID", &servers());
+        let c = CookieSticky::new(&sticky("cookie = \"SERVERID\""), &servers());
         assert_eq!(c.state(&with_cookie("a=1; SERVERID=s1")), CookieState::Server(0));
         assert_eq!(c.state(&with_cookie("SERVERID=nope")), CookieState::Invalid);
         assert_eq!(
@@ -330,11 +347,7 @@ mod tests {
 
     #[test]
     fn indirect_removes_only_tethers_cookie() {
-        let c = CookieSticky::new(
-            &sticky("cookie = \"SERVERID\"\nindirect = true"),
-            "SERVERID",
-            &servers(),
-        );
+        let c = CookieSticky::new(&sticky("cookie = \"SERVERID\"\nindirect = true"), &servers());
         let mut h = with_cookie("a=1; SERVERID=s1; b=2");
         c.rewrite_request(&mut h);
         assert_eq!(h[COOKIE], "a=1; b=2");
@@ -345,11 +358,7 @@ mod tests {
 
     #[test]
     fn prefix_mode_prefixes_on_the_way_out_and_strips_on_the_way_in() {
-        let c = CookieSticky::new(
-            &sticky("cookie = \"JSESSIONID\"\nmode = \"prefix\""),
-            "JSESSIONID",
-            &servers(),
-        );
+        let c = CookieSticky::new(&sticky("cookie = \"JSESSIONID\"\nmode = \"prefix\""), &servers());
         let mut response = HeaderMap::new();
         response.append(SET_COOKIE, "JSESSIONID=abc123; Path=/; HttpOnly".parse().unwrap());
         response.append(SET_COOKIE, "other=x".parse().unwrap());
@@ -369,7 +378,7 @@ mod tests {
     #[test]
     fn opaque_values_hide_names_and_depend_on_the_secret() {
         let config = sticky("cookie = \"SERVERID\"\nopaque = true\nsecret = \"correct horse battery staple\"");
-        let c = CookieSticky::new(&config, "SERVERID", &servers());
+        let c = CookieSticky::new(&config, &servers());
         let value = c.value_of(0).unwrap().to_string();
         assert_eq!(value.len(), 24);
         assert!(!value.contains("s1") && !value.contains("web"));

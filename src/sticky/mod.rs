@@ -18,7 +18,8 @@ use http::header::SET_COOKIE;
 use http::{HeaderMap, HeaderName, Request};
 
 use crate::balance::ServerId;
-use crate::config::types::{Preset, Sticky};
+use crate::config::model::Sticky;
+use crate::config::types::MatchSource;
 use crate::lookup;
 use cookie::{CookieState, CookieSticky};
 use engineio::SidSniffer;
@@ -93,47 +94,22 @@ impl StickyPolicy {
         redispatch: bool,
         respects_maxconn: bool,
     ) -> Self {
-        let cookie = config
-            .cookie
-            .as_deref()
-            .map(|name| CookieSticky::new(config, name, servers));
-        let learn = config.learn.as_ref();
-        let mut learn_cookie = learn.and_then(|l| l.response_cookie.clone());
-        let learn_header = learn
-            .and_then(|l| l.response_header.as_deref())
-            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
-        let mut matches: Vec<MatchKey> = config
-            .match_
+        let cookie = config.cookie.as_ref().map(|c| CookieSticky::new(c, servers));
+        let learn_cookie = config.learn_cookie.clone();
+        let learn_header = config.learn_header.clone();
+        let matches: Vec<MatchKey> = config
+            .matches
             .iter()
-            .filter_map(|m| {
-                let m = m.get_ref();
-                if let Some(c) = &m.cookie {
-                    Some(MatchKey::Cookie(c.clone()))
-                } else if let Some(p) = &m.url_param {
-                    Some(MatchKey::UrlParam(p.clone()))
-                } else {
-                    m.header
-                        .as_deref()
-                        .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-                        .map(MatchKey::Header)
-                }
+            .map(|m| match m {
+                MatchSource::Cookie(c) => MatchKey::Cookie(c.clone()),
+                MatchSource::UrlParam(p) => MatchKey::UrlParam(p.clone()),
+                MatchSource::Header(h) => MatchKey::Header(h.clone()),
             })
             .collect();
-        let engine_io = config.preset == Some(Preset::EngineIo);
-        if engine_io {
-            learn_cookie.get_or_insert_with(|| "io".to_string());
-            for key in [MatchKey::UrlParam("sid".into()), MatchKey::Cookie("io".into())] {
-                if !matches.contains(&key) {
-                    matches.push(key);
-                }
-            }
-        }
+        let engine_io = config.engine_io;
         let table = (!matches.is_empty()).then(|| {
             previous_table.unwrap_or_else(|| {
-                Arc::new(MemoryTable::new(
-                    config.idle_timeout.get(),
-                    *config.max_entries.get_ref(),
-                )) as Arc<dyn StickTable>
+                Arc::new(MemoryTable::new(config.idle_timeout, config.max_entries)) as Arc<dyn StickTable>
             })
         });
         Self {
@@ -145,7 +121,7 @@ impl StickyPolicy {
             table,
             redispatch,
             respects_maxconn,
-            idle_timeout: config.idle_timeout.get(),
+            idle_timeout: config.idle_timeout,
         }
     }
 

@@ -60,7 +60,7 @@ pub async fn start_tether_on(
     let config =
         tether::config::parse(&config.config_text(), "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
     let tether = tether::Tether::bind_on(&config, workers).expect("bind tether");
-    let first = config.frontend[0].name.get_ref().clone();
+    let first = config.frontends[0].name.clone();
     let addr = tether.local_addrs(&first)[0];
     let handle = tether.handle();
     let (stop, stopped) = oneshot::channel::<()>();

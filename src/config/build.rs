@@ -1,0 +1,455 @@
+//! The validated model made from raw types whose rules passed: defaults
+//! filled in, backend names turned into indexes, addresses resolved
+//! (`resolve`), TLS files read (`tls`).
+
+use std::path::Path;
+
+use super::error::{ConfigError, SourceMap};
+use super::model::{
+    Admin, AdminUser, BackendId, Check, Cluster, Config, Frontend, Hashing, Health, HttpsRedirect, Limits, PerIp,
+    Route, Server, Sticky, StickyCookie, WebSocket,
+};
+use super::raw;
+use super::resolve::located;
+use super::tls;
+use super::types::{defaults, CheckKind, HashMethod, MatchSource, Preset};
+
+/// The model of `raw`, which passed `validate`'s rules.
+pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> Result<Config, ConfigError> {
+    let frontends = raw
+        .frontend
+        .iter()
+        .map(|f| frontend(f, raw, source, base))
+        .collect::<Result<_, _>>()?;
+    let backends = raw
+        .backend
+        .iter()
+        .map(|b| backend(b, source, base))
+        .collect::<Result<_, _>>()?;
+    let admin = raw.admin.as_ref().map(|a| admin(a, source)).transpose()?;
+    Ok(Config {
+        workers: raw.workers.as_ref().map(|w| *w.get_ref()),
+        shutdown_grace: raw.shutdown_grace.get(),
+        frontends,
+        backends,
+        admin,
+        cluster: raw.cluster.as_ref().map(|c| cluster(c.get_ref())),
+    })
+}
+
+/// The index of the backend `name`, which the rules checked exists.
+fn backend_id(
+    raw: &raw::Config,
+    name: &toml::Spanned<String>,
+    source: &SourceMap<'_>,
+) -> Result<BackendId, ConfigError> {
+    raw.backend
+        .iter()
+        .position(|b| b.name.get_ref() == name.get_ref())
+        .ok_or_else(|| {
+            source.error(
+                Some(name.span()),
+                format!("there is no backend named `{}`", name.get_ref()),
+            )
+        })
+}
+
+fn frontend(
+    f: &raw::Frontend,
+    raw: &raw::Config,
+    source: &SourceMap<'_>,
+    base: &Path,
+) -> Result<Frontend, ConfigError> {
+    let binds = f
+        .bind
+        .get_ref()
+        .iter()
+        .map(|a| located(a, source))
+        .collect::<Result<_, _>>()?;
+    let routes = f
+        .route
+        .iter()
+        .map(|r| {
+            Ok(Route {
+                backend: backend_id(raw, &r.backend, source)?,
+                any: r.any.iter().map(|c| c.get_ref().clone()).collect(),
+                all: r.all.iter().map(|c| c.get_ref().clone()).collect(),
+                allowed_origins: r.allowed_origins.clone(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let default_backend = f
+        .default_backend
+        .as_ref()
+        .map(|d| backend_id(raw, d, source))
+        .transpose()?;
+    let tls = tls::frontend(f, source, base)?;
+    let hsts = f
+        .hsts
+        .as_ref()
+        .map(|h| {
+            http::HeaderValue::from_str(h.get_ref())
+                .map_err(|_| source.error(Some(h.span()), "`hsts` is not a valid header value"))
+        })
+        .transpose()?;
+    let ws = &f.websocket;
+    Ok(Frontend {
+        name: f.name.get_ref().clone(),
+        binds,
+        default_backend,
+        routes,
+        allowed_origins: f.allowed_origins.clone(),
+        limits: Limits {
+            max_request_head: *f.limits.max_request_head.get_ref(),
+            max_headers: *f.limits.max_headers.get_ref(),
+            max_uri: f.limits.max_uri,
+            max_body: f.limits.max_body,
+        },
+        maxconn: f.maxconn.as_ref().map(|m| *m.get_ref()),
+        per_ip: PerIp {
+            max_connections: f.per_ip.max_connections.as_ref().map(|m| *m.get_ref()),
+            rate: f.per_ip.rate,
+        },
+        websocket: WebSocket {
+            max_frame_size: ws.max_frame_size,
+            max_message_size: ws.max_message_size,
+            idle_timeout: ws.idle_timeout.map(|d| d.get()),
+            ping_interval: ws.ping_interval.map(|d| d.get()),
+            ping_timeout: ws.ping_timeout.or(ws.ping_interval).map(|d| d.get()),
+        },
+        trusted_proxies: f.trusted_proxies.clone(),
+        proxy_protocol: *f.proxy_protocol.get_ref(),
+        forward_headers: f.forward_headers.clone(),
+        client_timeout: f.timeouts.client.get(),
+        http_request_timeout: f.timeouts.http_request.get(),
+        tls,
+        redirect_https: f.redirect_https.get_ref().then(|| HttpsRedirect {
+            port: f.https_port.as_ref().map(|p| *p.get_ref()),
+        }),
+        hsts,
+    })
+}
+
+fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<super::model::Backend, ConfigError> {
+    let addresses = b
+        .server
+        .iter()
+        .map(|s| located(&s.address, source))
+        .collect::<Result<Vec<_>, _>>()?;
+    let server_tls = tls::backend(b, &addresses, source, base)?;
+    let servers = b
+        .server
+        .iter()
+        .zip(addresses)
+        .zip(server_tls)
+        .map(|((s, address), tls)| Server {
+            name: s.name.get_ref().clone(),
+            address,
+            weight: *s.weight.get_ref(),
+            maxconn: s.maxconn.as_ref().map(|m| *m.get_ref()),
+            cookie: s.cookie.clone(),
+            state: s.state,
+            tls,
+        })
+        .collect();
+    let balance_factor = b.balance_factor.as_ref().map(|f| *f.get_ref());
+    let hash = match b.hash.get_ref() {
+        HashMethod::Map => Hashing::Map,
+        HashMethod::Consistent => Hashing::Consistent { balance_factor },
+        HashMethod::Maglev => Hashing::Maglev {
+            table_size: b.maglev_table_size.as_ref().map(|s| *s.get_ref()),
+            balance_factor,
+        },
+    };
+    let health = b.health.as_ref().map(|h| health(h, source)).transpose()?;
+    Ok(super::model::Backend {
+        name: b.name.get_ref().clone(),
+        balance: *b.balance.get_ref(),
+        hash_key: b.hash_key.as_ref().map(|k| k.get_ref().clone()),
+        hash,
+        sticky: b.sticky.as_ref().map(|s| sticky(s.get_ref())),
+        redispatch: b.redispatch,
+        sticky_respects_maxconn: b.sticky_respects_maxconn,
+        retries: b.retries,
+        queue_timeout: b.queue_timeout.unwrap_or(b.timeouts.connect).get(),
+        slowstart: b.slowstart.map(|d| d.get()),
+        drain_timeout: b.drain_timeout.get(),
+        drain_spread: b.drain_spread.get(),
+        drain_sticky: b.drain_sticky,
+        connect_timeout: b.timeouts.connect.get(),
+        server_timeout: b.timeouts.server.get(),
+        tunnel_timeout: b.timeouts.tunnel.get(),
+        health,
+        servers,
+    })
+}
+
+fn sticky(s: &raw::Sticky) -> Sticky {
+    let learn = s.learn.as_ref();
+    let engine_io = s.preset == Some(Preset::EngineIo);
+    let mut learn_cookie = learn.and_then(|l| l.response_cookie.clone());
+    let mut matches = s.match_.clone();
+    if engine_io {
+        // The preset's settings, after (and without repeating) the operator's own.
+        learn_cookie.get_or_insert_with(|| "io".to_string());
+        for source in [MatchSource::UrlParam("sid".into()), MatchSource::Cookie("io".into())] {
+            if !matches.contains(&source) {
+                matches.push(source);
+            }
+        }
+    }
+    Sticky {
+        cookie: s.cookie.as_ref().map(|name| StickyCookie {
+            name: name.clone(),
+            mode: s.mode,
+            indirect: s.indirect,
+            nocache: s.nocache,
+            path: s.path.clone(),
+            domain: s.domain.clone(),
+            max_age: s.max_age.map(|d| d.get()),
+            httponly: s.httponly,
+            secure: s.secure,
+            samesite: s.samesite,
+            opaque_secret: s.secret.clone().filter(|_| s.opaque),
+        }),
+        learn_cookie,
+        // The rules do not check this name: an invalid one learns nothing (as it always did).
+        learn_header: learn
+            .and_then(|l| l.response_header.as_deref())
+            .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+        matches,
+        engine_io,
+        idle_timeout: s.idle_timeout.get(),
+        max_entries: *s.max_entries.get_ref(),
+    }
+}
+
+fn health(health: &toml::Spanned<raw::Health>, source: &SourceMap<'_>) -> Result<Health, ConfigError> {
+    let h = health.get_ref();
+    let Some(kind) = &h.check else {
+        // The rules refused a `health` without `check`; this names it again rather than guess.
+        return Err(source.error(
+            Some(health.span()),
+            "`health` needs `check = \"tcp\"`, `\"http\"` or `\"websocket\"`",
+        ));
+    };
+    let path = || h.path.as_ref().map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
+    let host = h.host.as_ref().map(|v| v.get_ref().clone());
+    let check = match kind.get_ref() {
+        CheckKind::Tcp => Check::Tcp,
+        CheckKind::Websocket => Check::WebSocket { path: path(), host },
+        CheckKind::Http => Check::Http {
+            method: match &h.method {
+                Some(m) => http::Method::from_bytes(m.get_ref().as_bytes()).map_err(|_| {
+                    source.error(
+                        Some(m.span()),
+                        format!("`{}` is not a method a check can send", m.get_ref()),
+                    )
+                })?,
+                None => http::Method::GET,
+            },
+            path: path(),
+            host,
+            expect_status: h
+                .expect_status
+                .as_ref()
+                .map_or(defaults::EXPECT_STATUS, |s| *s.get_ref()),
+            expect_body: h.expect_body.as_ref().map(|b| b.get_ref().clone()),
+        },
+    };
+    let interval = h.interval.get_ref().get();
+    Ok(Health {
+        check,
+        interval,
+        timeout: h
+            .timeout
+            .as_ref()
+            .map_or(defaults::CHECK_TIMEOUT.min(interval), |t| t.get_ref().get()),
+        rise: *h.rise.get_ref(),
+        fall: *h.fall.get_ref(),
+        observe: *h.observe.get_ref(),
+    })
+}
+
+fn admin(admin: &toml::Spanned<raw::Admin>, source: &SourceMap<'_>) -> Result<Admin, ConfigError> {
+    let settings = admin.get_ref();
+    let bind = located(&settings.bind, source)?;
+    if settings.users.is_empty() && !bind.ip().is_loopback() {
+        return Err(source.error(
+            Some(settings.bind.span()),
+            format!(
+                "the admin listener has no `users`, so it only serves on loopback and cannot bind {bind}: \
+                 bind it to \"127.0.0.1:{port}\", or add users = [{{ name = \"admin\", password_hash = \"...\" }}] \
+                 (`tether hash-password` prints a hash)",
+                port = bind.port()
+            ),
+        ));
+    }
+    Ok(Admin {
+        bind,
+        users: settings
+            .users
+            .iter()
+            .map(|u| AdminUser {
+                name: u.get_ref().name.get_ref().clone(),
+                password_hash: u.get_ref().password_hash.get_ref().clone(),
+            })
+            .collect(),
+        allow: settings.allow.clone(),
+        metrics_allow: settings.metrics_allow.clone(),
+    })
+}
+
+fn cluster(c: &raw::Cluster) -> Cluster {
+    Cluster {
+        redis: c.redis.get_ref().clone(),
+        password: c.password.clone(),
+        tls_ca_file: c.tls_ca_file.as_ref().map(|f| f.get_ref().clone()),
+        instance: c.instance.as_ref().map(|i| i.get_ref().clone()),
+        prefix: c.prefix.clone(),
+        timeout: c.timeout.get_ref().get(),
+        sync_interval: c.sync_interval.get_ref().get(),
+        stick_refresh: c.stick_refresh.get(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::model::{Check, Hashing};
+    use crate::config::types::{Balance, MatchSource};
+    use crate::config::{parse, Condition, HeaderTest};
+
+    const TEXT: &str = r#"
+[[frontend]]
+name = "public"
+bind = ["127.0.0.1:0", "localhost:0"]
+default_backend = "web"
+websocket = { ping_interval = "20s" }
+
+[[frontend.route]]
+backend = "chat"
+any = [{ path_prefix = "/socket.io" }, { header = "Upgrade", equals = "websocket" }]
+all = [{ method = "get" }]
+
+[[backend]]
+name = "web"
+[[backend.server]]
+name = "w1"
+address = "localhost:8200"
+
+[[backend]]
+name = "chat"
+balance = "header"
+hash_key = "x-user"
+hash = "maglev"
+timeouts = { connect = "2s" }
+health = { check = "http" }
+sticky = { cookie = "SERVERID", match = [{ url_param = "sid" }] }
+[[backend.server]]
+name = "c1"
+address = "192.0.2.1:9000"
+weight = 5
+"#;
+
+    #[test]
+    fn names_become_indexes_and_conditions_enums() {
+        let config = parse(TEXT, "test.toml").expect("valid");
+        let front = &config.frontends[0];
+        assert_eq!(front.default_backend, Some(0));
+        let route = &front.routes[0];
+        assert_eq!(route.backend, 1);
+        assert!(matches!(&route.any[0], Condition::PathPrefix(p) if p == "/socket.io"));
+        assert!(matches!(
+            &route.any[1],
+            Condition::Header { name, test: HeaderTest::Equals(v) } if name == "upgrade" && v == "websocket"
+        ));
+        assert!(matches!(&route.all[0], Condition::Method(m) if m == http::Method::GET));
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let config = parse(TEXT, "test.toml").expect("valid");
+        let front = &config.frontends[0];
+        assert_eq!(
+            front.websocket.ping_timeout,
+            Some(Duration::from_secs(20)),
+            "ping_interval's"
+        );
+        assert_eq!(front.client_timeout, Duration::from_secs(30));
+        assert!(front.tls.is_none() && front.redirect_https.is_none());
+        let (web, chat) = (&config.backends[0], &config.backends[1]);
+        assert_eq!((web.balance, web.hash), (Balance::Roundrobin, Hashing::Map));
+        assert_eq!(web.queue_timeout, Duration::from_secs(3), "the connect timeout");
+        assert_eq!(chat.queue_timeout, Duration::from_secs(2), "its own connect timeout");
+        assert_eq!(chat.hash_key.as_deref(), Some("x-user"));
+        assert!(matches!(
+            chat.hash,
+            Hashing::Maglev {
+                table_size: None,
+                balance_factor: None
+            }
+        ));
+        assert_eq!((web.servers[0].weight, chat.servers[0].weight), (1, 5));
+        let health = chat.health.as_ref().expect("health");
+        assert_eq!(
+            (health.interval, health.timeout),
+            (Duration::from_secs(2), Duration::from_secs(1))
+        );
+        assert!(
+            matches!(&health.check, Check::Http { method, path, .. } if method == http::Method::GET && path == "/")
+        );
+        let sticky = chat.sticky.as_ref().expect("sticky");
+        let cookie = sticky.cookie.as_ref().expect("cookie");
+        assert_eq!(
+            (cookie.name.as_str(), cookie.path.as_str(), cookie.httponly),
+            ("SERVERID", "/", true)
+        );
+        assert_eq!(sticky.matches, vec![MatchSource::UrlParam("sid".to_string())]);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert!(config.workers.is_none() && config.admin.is_none() && config.cluster.is_none());
+    }
+
+    #[test]
+    fn the_engine_io_preset_fills_in_its_learned_id_settings_after_the_operators() {
+        let text = TEXT.replace(
+            "sticky = { cookie = \"SERVERID\", match = [{ url_param = \"sid\" }] }",
+            "sticky = { preset = \"engine.io\", match = [{ header = \"x-session\" }, { url_param = \"sid\" }] }",
+        );
+        let config = parse(&text, "test.toml").expect("valid");
+        let sticky = config.backends[1].sticky.as_ref().expect("sticky");
+        assert!(sticky.engine_io && sticky.cookie.is_none());
+        assert_eq!(sticky.learn_cookie.as_deref(), Some("io"));
+        assert_eq!(
+            sticky.matches,
+            vec![
+                MatchSource::Header(http::HeaderName::from_static("x-session")),
+                MatchSource::UrlParam("sid".to_string()),
+                MatchSource::Cookie("io".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn addresses_are_resolved_after_validation() {
+        let config = parse(TEXT, "test.toml").expect("valid");
+        let binds = &config.frontends[0].binds;
+        assert_eq!(binds[0], "127.0.0.1:0".parse().unwrap());
+        assert!(binds[1].ip().is_loopback(), "{}", binds[1]);
+        let server = config.backends[0].servers[0].address;
+        assert!(server.ip().is_loopback() && server.port() == 8200, "{server}");
+        // A rule broken elsewhere is reported before any name is looked up.
+        let text = TEXT
+            .replace("localhost:8200", "no-such-host.invalid:8200")
+            .replace("weight = 5", "weight = 5000");
+        let err = parse(&text, "test.toml").unwrap_err().to_string();
+        assert!(err.contains("weight must be between"), "{err}");
+        let text = TEXT.replace("localhost:8200", "no-such-host.invalid:8200");
+        let err = parse(&text, "test.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.toml:17:11:") && err.contains("is not an address tether can reach"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! The validated model: what `config::parse` and `load_file` return and
+//! `Snapshot::build` reads. Defaults are filled in, names are resolved to
+//! indexes, addresses to socket addresses, TLS files to rustls objects, and
+//! every choice is an enum; nothing here carries a span or a serde type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::condition::Condition;
+use super::rate::ConfigRate;
+use super::types::{AdminState, Balance, CookieMode, ForwardHeader, MatchSource, SameSite, StatusRange};
+use crate::cidr::Cidr;
+use crate::origin::OriginPattern;
+use crate::tls::{ServerTls, UpstreamTls};
+
+/// Index of a backend in `Config::backends` (and in the snapshot built from it).
+pub type BackendId = usize;
+
+/// A whole configuration that passed every check.
+#[derive(Debug)]
+pub struct Config {
+    /// Worker threads; `None` asks for one per core (known only at start).
+    pub workers: Option<usize>,
+    /// How long a graceful stop waits for open connections.
+    pub shutdown_grace: Duration,
+    /// Public listeners, in file order.
+    pub frontends: Vec<Frontend>,
+    /// Backends, in file order; routes name them by index.
+    pub backends: Vec<Backend>,
+    /// The admin listener, if the file has `[admin]`.
+    pub admin: Option<Admin>,
+    /// Shared mode through Redis, if the file has `[cluster]`.
+    pub cluster: Option<Cluster>,
+}
+
+/// The admin listener's settings.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Its own address (loopback unless it has users).
+    pub bind: SocketAddr,
+    /// Who may log in; no login is asked when empty.
+    pub users: Vec<AdminUser>,
+    /// Client addresses allowed at all; every address when empty.
+    pub allow: Vec<Cidr>,
+    /// Client addresses that may read `/metrics` without logging in.
+    pub metrics_allow: Vec<Cidr>,
+}
+
+/// One admin login.
+#[derive(Debug, Clone)]
+pub struct AdminUser {
+    /// The login name (no `:`).
+    pub name: String,
+    /// Its argon2 hash in PHC form.
+    pub password_hash: String,
+}
+
+/// Several instances sharing state through Redis.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// `redis://…` or `rediss://…`, checked to be usable.
+    pub redis: String,
+    /// Password that wins over the URL's.
+    pub password: Option<String>,
+    /// CA of Redis's certificate (`rediss://` only); bundled roots when `None`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// This instance's name; derived from host name and port at start when `None`.
+    pub instance: Option<String>,
+    /// Prefix of every Redis key and channel.
+    pub prefix: String,
+    /// Limit of every Redis call.
+    pub timeout: Duration,
+    /// Period of the load publication.
+    pub sync_interval: Duration,
+    /// Least period between two TTL refreshes of one stick entry.
+    pub stick_refresh: Duration,
+}
+
+/// One public entry point.
+#[derive(Debug)]
+pub struct Frontend {
+    /// Unique name.
+    pub name: String,
+    /// Addresses to listen on (at least one).
+    pub binds: Vec<SocketAddr>,
+    /// Backend of requests that match no route; they get 503 when `None`.
+    pub default_backend: Option<BackendId>,
+    /// Ordered rules; the first that matches chooses the backend.
+    pub routes: Vec<Route>,
+    /// Origins allowed to open WebSockets (every origin when empty).
+    pub allowed_origins: Vec<OriginPattern>,
+    /// Request size limits.
+    pub limits: Limits,
+    /// Most client connections open at once; unlimited when `None`.
+    pub maxconn: Option<u64>,
+    /// Caps per client address.
+    pub per_ip: PerIp,
+    /// Limits and timers of WebSocket tunnels.
+    pub websocket: WebSocket,
+    /// Peers whose forwarding and PROXY headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Trusted peers start connections with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Forwarding headers added to requests sent to servers.
+    pub forward_headers: Vec<ForwardHeader>,
+    /// Keep-alive idle limit between requests.
+    pub client_timeout: Duration,
+    /// Time allowed for a request head once it started arriving.
+    pub http_request_timeout: Duration,
+    /// TLS termination, with the certificates read from their files.
+    pub tls: Option<ServerTls>,
+    /// `redirect_https`: every request is redirected to https.
+    pub redirect_https: Option<HttpsRedirect>,
+    /// `Strict-Transport-Security` value (TLS frontends only).
+    pub hsts: Option<HeaderValue>,
+}
+
+/// Where `redirect_https` sends clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpsRedirect {
+    /// The port written in the location; none (the https default, 443) when `None`.
+    pub port: Option<u16>,
+}
+
+/// One routing rule.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The backend chosen when the rule matches.
+    pub backend: BackendId,
+    /// At least one must hold (when not empty).
+    pub any: Vec<Condition>,
+    /// All must hold.
+    pub all: Vec<Condition>,
+    /// Origins allowed through this rule, overriding the frontend's; the frontend's when `None`.
+    pub allowed_origins: Option<Vec<OriginPattern>>,
+}
+
+/// Size limits on what a client may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head, bytes.
+    pub max_request_head: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+    /// Longest request target, bytes.
+    pub max_uri: usize,
+    /// Largest request body, bytes; unlimited when `None`.
+    pub max_body: Option<u64>,
+}
+
+/// Caps per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerIp {
+    /// Most connections one address may hold; unlimited when `None`.
+    pub max_connections: Option<u32>,
+    /// WebSocket handshakes per address and period; unlimited when `None`.
+    pub rate: Option<ConfigRate>,
+}
+
+/// Limits and timers of a frontend's WebSocket tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocket {
+    /// Largest client frame payload; unlimited when `None`.
+    pub max_frame_size: Option<u64>,
+    /// Largest client message payload; unlimited when `None`.
+    pub max_message_size: Option<u64>,
+    /// Close a silent tunnel with 1001 after this long; only the backend's `tunnel` timeout when `None`.
+    pub idle_timeout: Option<Duration>,
+    /// Ping a client silent for this long; no pings when `None`.
+    pub ping_interval: Option<Duration>,
+    /// How long a pinged client has to answer (`ping_interval` unless given); `None` without pings.
+    pub ping_timeout: Option<Duration>,
+}
+
+/// A group of servers and how requests are spread over them.
+#[derive(Debug)]
+pub struct Backend {
+    /// Unique name.
+    pub name: String,
+    /// The balancing algorithm.
+    pub balance: Balance,
+    /// The parameter, header or cookie hashed by `url_param`, `header`, `cookie` (`None` for the others).
+    pub hash_key: Option<String>,
+    /// How a hashing balance maps keys to servers.
+    pub hash: Hashing,
+    /// Stickiness, asked before the algorithm.
+    pub sticky: Option<Sticky>,
+    /// A stuck client whose server is unavailable goes to another one.
+    pub redispatch: bool,
+    /// Stuck clients are refused by `maxconn` too.
+    pub sticky_respects_maxconn: bool,
+    /// Other servers to try after a failed connect.
+    pub retries: u32,
+    /// How long a request waits for a slot (the connect timeout unless given; zero: no queue).
+    pub queue_timeout: Duration,
+    /// A server coming up ramps its weight over this long; at once when `None`.
+    pub slowstart: Option<Duration>,
+    /// How long a drained server's tunnels may stay open.
+    pub drain_timeout: Duration,
+    /// Over how long their closes are spread.
+    pub drain_spread: Duration,
+    /// A draining server still takes clients stuck to it.
+    pub drain_sticky: bool,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Time for a server to start its response.
+    pub server_timeout: Duration,
+    /// Idle limit of a WebSocket tunnel.
+    pub tunnel_timeout: Duration,
+    /// Active health checks; servers are always up when `None`.
+    pub health: Option<Health>,
+    /// The servers, in file order (at least one).
+    pub servers: Vec<Server>,
+}
+
+/// How a hashing balance maps a key's hash to a server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Hashing {
+    /// Hash modulo the total weight.
+    Map,
+    /// A ring with virtual nodes.
+    Consistent {
+        /// Bound on a server's load as a multiple of the average; unbounded when `None`.
+        balance_factor: Option<f64>,
+    },
+    /// Google's Maglev lookup table.
+    Maglev {
+        /// The table size, a prime; the balancer's default (65537) when `None`.
+        table_size: Option<usize>,
+        /// Bound on a server's load as a multiple of the average; unbounded when `None`.
+        balance_factor: Option<f64>,
+    },
+}
+
+/// One backend server.
+#[derive(Debug)]
+pub struct Server {
+    /// Unique name within the backend.
+    pub name: String,
+    /// Where to connect, resolved.
+    pub address: SocketAddr,
+    /// Relative share of new traffic (0 to `MAX_WEIGHT`).
+    pub weight: u32,
+    /// Most active requests and tunnels; unlimited when `None`.
+    pub maxconn: Option<u32>,
+    /// Its id in a stickiness cookie; derived from the name when `None`.
+    pub cookie: Option<String>,
+    /// The operator's intent.
+    pub state: AdminState,
+    /// TLS toward the server (its own `tls` or the backend's), with its SNI name; plain TCP when `None`.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// Stickiness of a backend: a cookie, learned session ids, or both.
+#[derive(Debug, Clone)]
+pub struct Sticky {
+    /// Cookie stickiness, when `cookie` is set.
+    pub cookie: Option<StickyCookie>,
+    /// Response cookie to learn ids from (`io` by default with the Engine.IO preset).
+    pub learn_cookie: Option<String>,
+    /// Response header to learn ids from.
+    pub learn_header: Option<HeaderName>,
+    /// Where requests carry learned ids, tried in order (the Engine.IO
+    /// preset adds `?sid=` and the `io` cookie after the operator's own).
+    pub matches: Vec<MatchSource>,
+    /// `preset = "engine.io"`: learn the `sid` of Engine.IO handshakes.
+    pub engine_io: bool,
+    /// A learned id unused for this long is forgotten.
+    pub idle_timeout: Duration,
+    /// Most learned ids kept.
+    pub max_entries: usize,
+}
+
+/// The stickiness cookie and its attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    /// The cookie's name.
+    pub name: String,
+    /// Whether tether inserts its own cookie or prefixes the server's.
+    pub mode: CookieMode,
+    /// `insert`: the cookie is removed before requests reach the server.
+    pub indirect: bool,
+    /// `insert`: responses setting it are marked uncacheable.
+    pub nocache: bool,
+    /// `Path` attribute.
+    pub path: String,
+    /// `Domain` attribute, if any.
+    pub domain: Option<String>,
+    /// `Max-Age` attribute; a session cookie when `None`.
+    pub max_age: Option<Duration>,
+    /// `HttpOnly` attribute.
+    pub httponly: bool,
+    /// `Secure`: always or never; on TLS frontends only when `None`.
+    pub secure: Option<bool>,
+    /// `SameSite` attribute, if any.
+    pub samesite: Option<SameSite>,
+    /// `opaque`: the secret the server ids are hashed with; plain ids when `None`.
+    pub opaque_secret: Option<String>,
+}
+
+/// Health checks of a backend's servers.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// What one check does.
+    pub check: Check,
+    /// Time between two checks of one server.
+    pub interval: Duration,
+    /// Limit of one check (the smaller of 1s and `interval` unless given).
+    pub timeout: Duration,
+    /// Consecutive passes that bring a server up.
+    pub rise: u32,
+    /// Consecutive failures that take it down.
+    pub fall: u32,
+    /// Failed connects of live traffic count toward `fall`.
+    pub observe: bool,
+}
+
+/// What one health check does, with the keys of its kind.
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP/1.1 request.
+    Http {
+        /// The method sent.
+        method: Method,
+        /// The request target.
+        path: String,
+        /// The Host header; the server's `ip:port` when `None`.
+        host: Option<String>,
+        /// Statuses that pass.
+        expect_status: StatusRange,
+        /// A substring the body must contain, if any.
+        expect_body: Option<String>,
+    },
+    /// A WebSocket handshake.
+    WebSocket {
+        /// The request target.
+        path: String,
+        /// The Host header; the server's `ip:port` when `None`.
+        host: Option<String>,
+    },
+}
