@@ -14,13 +14,16 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use http::header::{CONNECTION, COOKIE, HOST, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use libfuzzer_sys::fuzz_target;
+
 use tether::cidr::Cidr;
-use tether::config::types::{ForwardHeader, Sticky};
+use tether::config::model::StickyCookie;
+use tether::config::types::ForwardHeader;
 use tether::proxy::client_addr::{client_ip, is_trusted, read_proxy_header, ProxyHeaderError};
 use tether::proxy::framing::HeadScanner;
 use tether::proxy::headers::{add_forwarding, has_token, remove_hop_by_hop, tokens};
@@ -100,8 +103,19 @@ fn head(body: &[u8]) -> (Method, Uri, HeaderMap) {
     (method, uri, headers)
 }
 
-fn sticky(text: &str) -> Sticky {
-    toml::from_str(text).expect("a fixed sticky section parses")
+/// The cookie settings of a fixed `sticky` table, through the config loader.
+fn sticky(table: &str) -> StickyCookie {
+    let text = format!(
+        "[[frontend]]\nname = \"f\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"b\"\n\
+         [[backend]]\nname = \"b\"\nsticky = {{ {table} }}\n\
+         [[backend.server]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n"
+    );
+    let config = tether::config::parse(&text, "fuzz.toml").expect("a fixed sticky section parses");
+    config.backends[0]
+        .sticky
+        .as_ref()
+        .and_then(|s| s.cookie.clone())
+        .expect("a sticky cookie")
 }
 
 /// Cookie lookup and the two cookie sticky modes agree with each other.
@@ -115,7 +129,10 @@ fn cookies(headers: &HeaderMap) {
     let servers = [("web-1", Some("s1")), ("web-2", None)];
 
     // insert + indirect: tether's cookie never reaches the server.
-    let insert = CookieSticky::new(&sticky("cookie = \"SERVERID\"\nindirect = true"), "SERVERID", &servers);
+    // Built once: the config loader is not what this target exercises.
+    static INSERT: OnceLock<CookieSticky> = OnceLock::new();
+    static PREFIX: OnceLock<CookieSticky> = OnceLock::new();
+    let insert = INSERT.get_or_init(|| CookieSticky::new(&sticky("cookie = \"SERVERID\", indirect = true"), &servers));
     let state = insert.state(headers);
     if let CookieState::Server(id) = state {
         assert_eq!(tether::lookup::cookie(headers, "SERVERID"), insert.value_of(id));
@@ -131,11 +148,7 @@ fn cookies(headers: &HeaderMap) {
     insert.rewrite_response(&mut response, 1, state, true);
 
     // prefix: the server sees its own value with the id stripped.
-    let prefix = CookieSticky::new(
-        &sticky("cookie = \"JSESSIONID\"\nmode = \"prefix\""),
-        "JSESSIONID",
-        &servers,
-    );
+    let prefix = PREFIX.get_or_init(|| CookieSticky::new(&sticky("cookie = \"JSESSIONID\", mode = \"prefix\""), &servers));
     let before = tether::lookup::cookie(headers, "JSESSIONID").map(str::to_string);
     let state = prefix.state(headers);
     let mut request = headers.clone();
