@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balance::{self, Balancer, Candidate, HashSettings, KeySource, DEFAULT_TABLE_SIZE};
+use crate::balance::{self, Balancer, Candidate, HashSettings, KeySource};
 use crate::config::model::{self, Hashing};
 use crate::config::types::ForwardHeader;
 use crate::config::Config;
@@ -377,7 +377,7 @@ fn hash_settings(hash: Hashing) -> HashSettings {
             table_size,
             balance_factor,
         } => HashSettings::Maglev {
-            table_size: table_size.unwrap_or(DEFAULT_TABLE_SIZE),
+            table_size,
             balance_factor,
         },
     }

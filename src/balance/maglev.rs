@@ -34,7 +34,7 @@ use crate::util::prime::is_prime;
 /// Default lookup table size: a prime, and large enough (Google's paper uses
 /// 65,537) that with up to a few hundred servers every server's share is
 /// within a fraction of a percent of its weight.
-pub const DEFAULT_TABLE_SIZE: usize = 65_537;
+pub const DEFAULT_TABLE_SIZE: usize = crate::config::types::defaults::MAGLEV_TABLE_SIZE;
 
 /// The smallest prime at least `n`.
 fn next_prime(n: usize) -> usize {

@@ -157,7 +157,10 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
         HashMethod::Map => Hashing::Map,
         HashMethod::Consistent => Hashing::Consistent { balance_factor },
         HashMethod::Maglev => Hashing::Maglev {
-            table_size: b.maglev_table_size.as_ref().map(|s| *s.get_ref()),
+            table_size: b
+                .maglev_table_size
+                .as_ref()
+                .map_or(defaults::MAGLEV_TABLE_SIZE, |s| *s.get_ref()),
             balance_factor,
         },
     };
@@ -387,7 +390,7 @@ weight = 5
         assert!(matches!(
             chat.hash,
             Hashing::Maglev {
-                table_size: None,
+                table_size: super::defaults::MAGLEV_TABLE_SIZE,
                 balance_factor: None
             }
         ));

@@ -228,8 +228,8 @@ pub enum Hashing {
     },
     /// Google's Maglev lookup table.
     Maglev {
-        /// The table size, a prime; the balancer's default (65537) when `None`.
-        table_size: Option<usize>,
+        /// The table size, a prime (default 65537).
+        table_size: usize,
         /// Bound on a server's load as a multiple of the average; unbounded when `None`.
         balance_factor: Option<f64>,
     },

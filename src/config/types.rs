@@ -260,6 +260,12 @@ impl TryFrom<MatchTable> for MatchSource {
 pub mod defaults {
     use std::time::Duration;
 
+    /// Slots of a Maglev table when `maglev_table_size` is not set: a prime,
+    /// and large enough (Google's paper uses 65,537) that with up to a few
+    /// hundred servers every server's share is within a fraction of a percent
+    /// of its weight.
+    pub const MAGLEV_TABLE_SIZE: usize = 65_537;
+
     /// Bytes of a health check's response body that `expect_body` is searched in.
     pub const CHECK_BODY_LIMIT: usize = 4096;
     /// The check timeout when none is given: this, or `interval` if shorter.
