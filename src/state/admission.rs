@@ -274,7 +274,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_accept_loop_at_maxconn_waits_until_a_connection_closes() {
         let admission = std::sync::Arc::new(Admission::default());
         let open = std::sync::Arc::new(AtomicU64::new(2));
