@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::Request;
 
-use super::error::ProxyError;
+use super::error::{ConnectFailure, ProxyError};
 use super::log::RequestId;
 use super::pool::{self, Pool, UpstreamSender};
 use super::Shared;
@@ -113,7 +113,7 @@ pub(super) async fn connect_elsewhere(
     };
     let mut tries = Tries {
         tried: vec![failed],
-        last_error: String::new(),
+        last: None,
     };
     attempt.balanced(&RequestKey::default(), &mut tries).await
 }
@@ -123,8 +123,8 @@ pub(super) async fn connect_elsewhere(
 struct Tries {
     /// Servers whose connect failed (or that are excluded): not picked again.
     tried: Vec<ServerId>,
-    /// The last failure, naming its server, for the client's 502.
-    last_error: String,
+    /// The last failed connect, for the client's 502.
+    last: Option<Box<ConnectFailure>>,
 }
 
 impl Tries {
@@ -137,7 +137,7 @@ impl Tries {
     fn all_failed(&mut self, backend: &Backend) -> ProxyError {
         ProxyError::AllFailed {
             backend: backend.name.clone(),
-            cause: std::mem::take(&mut self.last_error),
+            last: self.last.take(),
         }
     }
 }
@@ -259,7 +259,8 @@ impl Attempt<'_> {
                 pool,
             }),
             Err(err) => {
-                tries.last_error = connect_failed(self.backend, server, &err, self.request_id, &self.shared.changes);
+                let failure = connect_failed(self.backend, server, err, self.request_id, &self.shared.changes);
+                tries.last = Some(Box::new(failure));
                 tries.tried.push(id);
                 None
             }
@@ -330,14 +331,14 @@ async fn connection_to(
     Ok((sender, false))
 }
 
-/// Counts and logs a failed connect; returns the cause for the client's error.
+/// Counts and logs a failed connect; returns it for the client's error.
 fn connect_failed(
     backend: &Backend,
     server: &Server,
-    err: &pool::ConnectError,
+    err: pool::ConnectError,
     request_id: RequestId,
     changes: &Changes,
-) -> String {
+) -> ConnectFailure {
     server.state.connect_failures.fetch_add(1, Ordering::Relaxed);
     if let Some(health) = &backend.health {
         // Passive detection (`observe`): counts toward `fall`, may take the server out now.
@@ -357,7 +358,10 @@ fn connect_failed(
         cause = %err,
         "connect to server failed"
     );
-    format!("`{}`: {err}", server.name)
+    ConnectFailure {
+        server: server.name.clone(),
+        error: err,
+    }
 }
 
 /// Asks the algorithm for a server and takes a slot on it; a server that
@@ -411,7 +415,7 @@ mod tests {
         assert!(tries.exhausted(1));
         assert!(Tries {
             tried: vec![0],
-            last_error: String::new()
+            last: None
         }
         .exhausted(0));
     }

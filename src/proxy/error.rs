@@ -106,12 +106,12 @@ pub enum ProxyError {
         waited: Duration,
     },
     /// Servers were tried and every connect failed.
-    #[error("no server of backend `{backend}` accepted the connection ({cause})")]
+    #[error("no server of backend `{backend}` accepted the connection ({})", last_failure(.last))]
     AllFailed {
         /// The backend routed to.
         backend: Arc<str>,
-        /// The last failure, naming its server (empty when none was tried).
-        cause: String,
+        /// The last failed connect (`None` when none was tried).
+        last: Option<Box<ConnectFailure>>,
     },
     /// A pooled connection was closed by the server, and a fresh one failed.
     #[error("server `{server}` could not be reached again: {cause}")]
@@ -139,6 +139,22 @@ pub enum ProxyError {
         /// The backend's `server` timeout.
         timeout: Duration,
     },
+}
+
+/// One failed connect to a server: which, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("`{server}`: {error}")]
+pub struct ConnectFailure {
+    /// The server tried.
+    pub server: Arc<str>,
+    /// Why the connection could not be made.
+    #[source]
+    pub error: ConnectError,
+}
+
+/// The text of the last failed connect, empty when there was none.
+fn last_failure(last: &Option<Box<ConnectFailure>>) -> String {
+    last.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
 impl From<&ClientBodyError> for ProxyError {
@@ -360,7 +376,7 @@ mod tests {
             (
                 ProxyError::AllFailed {
                     backend: name("b"),
-                    cause: String::new(),
+                    last: None,
                 },
                 502,
                 Side::Server,
@@ -426,6 +442,29 @@ mod tests {
             );
             assert_eq!(error.retry_after(id).is_some(), expected, "{error:?}");
         }
+    }
+
+    #[test]
+    fn a_502_names_the_last_failed_server_and_why() {
+        let failed = ProxyError::AllFailed {
+            backend: name("web"),
+            last: Some(Box::new(ConnectFailure {
+                server: name("s1"),
+                error: ConnectError::Timeout(Duration::from_secs(3)),
+            })),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "no server of backend `web` accepted the connection (`s1`: connect timed out after 3s)"
+        );
+        let none = ProxyError::AllFailed {
+            backend: name("web"),
+            last: None,
+        };
+        assert_eq!(
+            none.to_string(),
+            "no server of backend `web` accepted the connection ()"
+        );
     }
 
     #[test]
