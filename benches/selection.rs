@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use tether::balance::{build, Balancer, Candidate, Candidates, HashSettings, RequestKey};
+use tether::balance::{build, Balancer, Candidate, Candidates, Hashing, RequestKey};
 use tether::config::types::Balance;
 use tether::state::ServerState;
 use tether::sticky::table::{MemoryTable, StickTable};
@@ -62,18 +62,18 @@ fn candidates(n: usize) -> Vec<Candidate> {
 }
 
 /// The algorithms under test: a benchmark name, the config's `balance` and its hash settings.
-fn algorithms() -> Vec<(&'static str, Balance, HashSettings)> {
+fn algorithms() -> Vec<(&'static str, Balance, Hashing)> {
     // The hash settings only matter to hashing balances; `Map` stands in for the others.
-    let consistent = |balance_factor| HashSettings::Consistent { balance_factor };
-    let maglev = |balance_factor| HashSettings::Maglev {
+    let consistent = |balance_factor| Hashing::Consistent { balance_factor };
+    let maglev = |balance_factor| Hashing::Maglev {
         table_size: 65_537,
         balance_factor,
     };
     vec![
-        ("roundrobin", Balance::Roundrobin, HashSettings::Map),
-        ("leastconn", Balance::Leastconn, HashSettings::Map),
-        ("random", Balance::Random, HashSettings::Map),
-        ("hash_map", Balance::Header, HashSettings::Map),
+        ("roundrobin", Balance::Roundrobin, Hashing::Map),
+        ("leastconn", Balance::Leastconn, Hashing::Map),
+        ("random", Balance::Random, Hashing::Map),
+        ("hash_map", Balance::Header, Hashing::Map),
         ("hash_consistent", Balance::Header, consistent(None)),
         ("hash_consistent_bounded_1.25", Balance::Header, consistent(Some(1.25))),
         ("hash_maglev", Balance::Header, maglev(None)),

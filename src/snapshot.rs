@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balance::{self, Balancer, Candidate, HashSettings, KeySource};
-use crate::config::model::{self, Hashing};
+use crate::balance::{self, Balancer, Candidate, KeySource};
+use crate::config::model;
 use crate::config::types::ForwardHeader;
 use crate::config::Config;
 use crate::health::HealthCheck;
@@ -352,7 +352,7 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         server_index,
         sticky,
         name: Arc::from(config.name.as_str()),
-        balancer: balance::build(config.balance, hash_settings(config.hash), &weights),
+        balancer: balance::build(config.balance, config.hash, &weights),
         key_source: KeySource::new(config.balance, config.hash_key.as_deref()),
         servers,
         candidates,
@@ -366,20 +366,6 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         drain_sticky: config.drain_sticky,
         health,
         queued: std::sync::atomic::AtomicU32::new(0),
-    }
-}
-
-fn hash_settings(hash: Hashing) -> HashSettings {
-    match hash {
-        Hashing::Map => HashSettings::Map,
-        Hashing::Consistent { balance_factor } => HashSettings::Consistent { balance_factor },
-        Hashing::Maglev {
-            table_size,
-            balance_factor,
-        } => HashSettings::Maglev {
-            table_size,
-            balance_factor,
-        },
     }
 }
 

@@ -34,36 +34,21 @@ pub trait Balancer: Send + Sync {
     fn pick(&self, candidates: &Candidates<'_>, key: &RequestKey<'_>) -> Option<ServerId>;
 }
 
-/// How a hashing balance maps keys to servers, as configured.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum HashSettings {
-    /// Modulo the total weight.
-    Map,
-    /// A weighted ring with virtual nodes, optionally with bounded loads.
-    Consistent {
-        /// Bounded-loads factor (e.g. 1.25).
-        balance_factor: Option<f64>,
-    },
-    /// A Maglev lookup table, optionally with bounded loads.
-    Maglev {
-        /// Prime table size.
-        table_size: usize,
-        /// Bounded-loads factor.
-        balance_factor: Option<f64>,
-    },
-}
+/// How a hashing balance maps keys to servers: the config model's choice,
+/// read as it is.
+pub use crate::config::model::Hashing;
 
 /// Builds the algorithm named in the config over `servers` (name, weight),
 /// in `ServerId` order. Names seed the consistent structures, so instances
 /// with the same config map every key the same way.
-pub fn build(balance: Balance, hash: HashSettings, servers: &[(&str, u32)]) -> Box<dyn Balancer> {
+pub fn build(balance: Balance, hash: Hashing, servers: &[(&str, u32)]) -> Box<dyn Balancer> {
     match balance {
         Balance::Roundrobin => Box::new(RoundRobin::new(servers.len())),
         Balance::Leastconn => Box::new(LeastConn::default()),
         Balance::Source | Balance::Uri | Balance::UrlParam | Balance::Header | Balance::Cookie => match hash {
-            HashSettings::Map => Box::new(Hash::new(servers.len())),
-            HashSettings::Consistent { balance_factor } => Box::new(Ring::new(servers, balance_factor)),
-            HashSettings::Maglev {
+            Hashing::Map => Box::new(Hash::new(servers.len())),
+            Hashing::Consistent { balance_factor } => Box::new(Ring::new(servers, balance_factor)),
+            Hashing::Maglev {
                 table_size,
                 balance_factor,
             } => Box::new(Maglev::new(servers, table_size, balance_factor)),
