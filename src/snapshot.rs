@@ -92,18 +92,8 @@ pub struct Timers {
     pub ping_timeout: Option<Duration>,
 }
 
-/// Size limits on what a client may send (see the config reference).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest request head, bytes.
-    pub max_request_head: usize,
-    /// Most header fields.
-    pub max_headers: usize,
-    /// Longest request target, bytes.
-    pub max_uri: usize,
-    /// Largest declared body, bytes.
-    pub max_body: Option<u64>,
-}
+/// Size limits on what a client may send: the config model's, as they are.
+pub use crate::config::model::Limits;
 
 /// A group of servers with its algorithm.
 pub struct Backend {
@@ -174,39 +164,8 @@ impl Server {
     }
 }
 
-/// The `[admin]` settings in force, resolved from the config.
-#[derive(Debug, Clone)]
-pub struct AdminSettings {
-    /// Where the admin listener was asked to listen.
-    pub bind: SocketAddr,
-    /// `(name, argon2 PHC hash)` of each user; no login is asked when empty.
-    pub users: Vec<(String, String)>,
-    /// Client addresses allowed at all (every address when empty).
-    pub allow: Vec<crate::cidr::Cidr>,
-    /// Client addresses that may read `/metrics` without logging in.
-    pub metrics_allow: Vec<crate::cidr::Cidr>,
-}
-
-impl AdminSettings {
-    /// The runtime settings of a validated `[admin]` table.
-    pub fn from_config(config: &model::Admin) -> Self {
-        Self {
-            bind: config.bind,
-            users: config
-                .users
-                .iter()
-                .map(|u| (u.name.clone(), u.password_hash.clone()))
-                .collect(),
-            allow: config.allow.clone(),
-            metrics_allow: config.metrics_allow.clone(),
-        }
-    }
-
-    /// Whether client address `ip` may use the admin listener at all.
-    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
-        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
-    }
-}
+/// The `[admin]` settings in force: the config model's, as they are.
+pub use crate::config::model::Admin as AdminSettings;
 
 impl Snapshot {
     /// Builds the runtime model from a validated config, reusing the live
@@ -245,12 +204,7 @@ impl Snapshot {
                     (None, None) => None,
                     (frame, message) => Some((frame.unwrap_or(u64::MAX), message.unwrap_or(u64::MAX))),
                 },
-                limits: Limits {
-                    max_request_head: f.limits.max_request_head,
-                    max_headers: f.limits.max_headers,
-                    max_uri: f.limits.max_uri,
-                    max_body: f.limits.max_body,
-                },
+                limits: f.limits,
                 maxconn: f.maxconn,
                 per_ip_connections: f.per_ip.max_connections,
                 per_ip_rate: f.per_ip.rate,
@@ -272,7 +226,7 @@ impl Snapshot {
             backends,
             workers: config.workers,
             shutdown_grace: config.shutdown_grace,
-            admin: config.admin.as_ref().map(|a| Arc::new(AdminSettings::from_config(a))),
+            admin: config.admin.clone().map(Arc::new),
         }
     }
 

@@ -417,8 +417,8 @@ async fn authenticate<B>(
     let hash = settings
         .users
         .iter()
-        .find(|(name, _)| *name == user)
-        .map(|(_, h)| h.as_str());
+        .find(|u| u.name == user)
+        .map(|u| u.password_hash.as_str());
     let ok = match hash {
         Some(hash) => logins.verify(&user, &password, hash).await,
         None => false,

@@ -49,6 +49,13 @@ pub struct Admin {
     pub metrics_allow: Vec<Cidr>,
 }
 
+impl Admin {
+    /// Whether client address `ip` may use the admin listener at all.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
+    }
+}
+
 /// One admin login.
 #[derive(Debug, Clone)]
 pub struct AdminUser {
