@@ -157,7 +157,7 @@ impl Tether {
         let mut snapshot = Snapshot::build(config, None);
         let cluster = match &config.cluster {
             Some(settings) => {
-                let settings = crate::cluster::ClusterSettings::from_config(settings);
+                let settings = settings.clone();
                 Some(Arc::new(Cluster::new(settings, changes.clone())?))
             }
             None => None,

@@ -24,13 +24,11 @@ pub mod stick_table;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::model;
 use crate::snapshot::Snapshot;
 use crate::state::Changes;
 use crate::util::lock;
@@ -41,42 +39,9 @@ const WRITE_QUEUE: usize = 8192;
 /// Most stick entries remembered during an outage, to push once Redis is back.
 const MAX_PENDING: usize = 100_000;
 
-/// The `[cluster]` settings in force (read at start; a reload does not change them).
-#[derive(Debug, Clone)]
-pub struct ClusterSettings {
-    /// The Redis URL.
-    pub redis: String,
-    /// A password overriding the URL's.
-    pub password: Option<String>,
-    /// The CA certificate (PEM) Redis's TLS certificate must chain to, if not a public one.
-    pub tls_ca_file: Option<std::path::PathBuf>,
-    /// The configured instance name, if any.
-    pub instance: Option<String>,
-    /// Prefix of every key and channel.
-    pub prefix: String,
-    /// Bound of calls a request waits for.
-    pub timeout: Duration,
-    /// Period of the load publication and of the instance heartbeat.
-    pub sync_interval: Duration,
-    /// Least period between two TTL refreshes of one stick entry in Redis.
-    pub stick_refresh: Duration,
-}
-
-impl ClusterSettings {
-    /// The runtime settings of a validated `[cluster]` table.
-    pub fn from_config(config: &model::Cluster) -> Self {
-        Self {
-            redis: config.redis.clone(),
-            password: config.password.clone(),
-            tls_ca_file: config.tls_ca_file.clone(),
-            instance: config.instance.clone(),
-            prefix: config.prefix.clone(),
-            timeout: config.timeout,
-            sync_interval: config.sync_interval,
-            stick_refresh: config.stick_refresh,
-        }
-    }
-}
+/// The `[cluster]` settings in force (read at start; a reload does not
+/// change them): the config model's, as they are.
+pub use crate::config::model::Cluster as ClusterSettings;
 
 /// One stick-table write on its way to Redis.
 #[derive(Debug)]
@@ -386,6 +351,7 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn passwords_stay_out_of_logs() {
