@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::error::{ConfigError, SourceMap};
 use super::model::{
-    Admin, AdminUser, BackendId, Check, Cluster, Config, Frontend, Hashing, Health, HttpsRedirect, Limits, PerIp,
-    Route, Server, Sticky, StickyCookie, WebSocket,
+    Admin, AdminUser, BackendId, Check, Cluster, Config, Frontend, Hashing, Health, HttpCheck, HttpsRedirect, Limits,
+    PerIp, Route, Server, Sticky, StickyCookie, WebSocket,
 };
 use super::raw;
 use super::resolve::located;
@@ -241,7 +241,7 @@ fn health(health: &toml::Spanned<raw::Health>, source: &SourceMap<'_>) -> Result
     let check = match kind.get_ref() {
         CheckKind::Tcp => Check::Tcp,
         CheckKind::Websocket => Check::WebSocket { path: path(), host },
-        CheckKind::Http => Check::Http {
+        CheckKind::Http => Check::Http(HttpCheck {
             method: match &h.method {
                 Some(m) => http::Method::from_bytes(m.get_ref().as_bytes()).map_err(|_| {
                     source.error(
@@ -258,7 +258,7 @@ fn health(health: &toml::Spanned<raw::Health>, source: &SourceMap<'_>) -> Result
                 .as_ref()
                 .map_or(defaults::EXPECT_STATUS, |s| *s.get_ref()),
             expect_body: h.expect_body.as_ref().map(|b| b.get_ref().clone()),
-        },
+        }),
     };
     let interval = h.interval.get_ref().get();
     Ok(Health {
@@ -320,7 +320,7 @@ fn cluster(c: &raw::Cluster) -> Cluster {
 mod tests {
     use std::time::Duration;
 
-    use crate::config::model::{Check, Hashing};
+    use crate::config::model::{Check, Hashing, HttpCheck};
     use crate::config::types::{Balance, MatchSource};
     use crate::config::{parse, Condition, HeaderTest};
 
@@ -401,7 +401,7 @@ weight = 5
             (Duration::from_secs(2), Duration::from_secs(1))
         );
         assert!(
-            matches!(&health.check, Check::Http { method, path, .. } if method == http::Method::GET && path == "/")
+            matches!(&health.check, Check::Http(HttpCheck { method, path, .. }) if method == http::Method::GET && path == "/")
         );
         let sticky = chat.sticky.as_ref().expect("sticky");
         let cookie = sticky.cookie.as_ref().expect("cookie");

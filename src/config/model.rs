@@ -331,18 +331,7 @@ pub enum Check {
     /// A TCP connect.
     Tcp,
     /// An HTTP/1.1 request.
-    Http {
-        /// The method sent.
-        method: Method,
-        /// The request target.
-        path: String,
-        /// The Host header; the server's `ip:port` when `None`.
-        host: Option<String>,
-        /// Statuses that pass.
-        expect_status: StatusRange,
-        /// A substring the body must contain, if any.
-        expect_body: Option<String>,
-    },
+    Http(HttpCheck),
     /// A WebSocket handshake.
     WebSocket {
         /// The request target.
@@ -350,4 +339,30 @@ pub enum Check {
         /// The Host header; the server's `ip:port` when `None`.
         host: Option<String>,
     },
+}
+
+/// The request and expectations of an HTTP check.
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    /// The method sent.
+    pub method: Method,
+    /// The request target (path and query).
+    pub path: String,
+    /// The Host header; the server's `ip:port` when `None`.
+    pub host: Option<String>,
+    /// Statuses that pass.
+    pub expect_status: StatusRange,
+    /// A substring the first `CHECK_BODY_LIMIT` bytes of the body must contain, if any.
+    pub expect_body: Option<String>,
+}
+
+impl Check {
+    /// The kind's name, as in the config and in logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Tcp => "tcp",
+            Check::Http(_) => "http",
+            Check::WebSocket { .. } => "websocket",
+        }
+    }
 }

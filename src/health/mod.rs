@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::config::model::{self, Check};
+use crate::config::model;
 use crate::state::{Changes, ServerState};
 use crate::tls::UpstreamTls;
 use crate::util::lock;
@@ -51,28 +51,8 @@ pub struct HealthCheck {
 impl HealthCheck {
     /// The runtime settings of a validated `health` table.
     pub fn from_config(config: &model::Health) -> HealthCheck {
-        let probe = match &config.check {
-            Check::Tcp => Probe::Tcp,
-            Check::WebSocket { path, host } => Probe::WebSocket {
-                path: path.clone(),
-                host: host.clone(),
-            },
-            Check::Http {
-                method,
-                path,
-                host,
-                expect_status,
-                expect_body,
-            } => Probe::Http(HttpProbe {
-                method: method.clone(),
-                path: path.clone(),
-                host: host.clone(),
-                expect_status: *expect_status,
-                expect_body: expect_body.clone(),
-            }),
-        };
         HealthCheck {
-            probe,
+            probe: config.check.clone(),
             interval: config.interval,
             timeout: config.timeout,
             thresholds: Thresholds {

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
-use http::{Method, Request};
+use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::config::types::StatusRange;
 use crate::tls::{UpstreamStream, UpstreamTls};
 
 /// How much of a response body an HTTP check reads, at most.
@@ -25,47 +24,8 @@ pub const BODY_LIMIT: usize = crate::config::types::defaults::CHECK_BODY_LIMIT;
 /// The User-Agent of tether's checks, so servers can tell them from clients.
 const CHECK_AGENT: &str = concat!("tether-health-check/", env!("CARGO_PKG_VERSION"));
 
-/// What one check does.
-#[derive(Debug, Clone)]
-pub enum Probe {
-    /// Connect, then close.
-    Tcp,
-    /// One HTTP/1.1 request.
-    Http(HttpProbe),
-    /// A WebSocket handshake to `path`, then a Close frame.
-    WebSocket {
-        /// Request target.
-        path: String,
-        /// Host header; the server's address when `None`.
-        host: Option<String>,
-    },
-}
-
-/// The request and expectations of an HTTP check.
-#[derive(Debug, Clone)]
-pub struct HttpProbe {
-    /// Request method.
-    pub method: Method,
-    /// Request target (path and query).
-    pub path: String,
-    /// Host header; the server's address when `None`.
-    pub host: Option<String>,
-    /// Statuses that pass.
-    pub expect_status: StatusRange,
-    /// A substring the first `BODY_LIMIT` bytes of the body must contain.
-    pub expect_body: Option<String>,
-}
-
-impl Probe {
-    /// The kind's name, as in the config and in logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Probe::Tcp => "tcp",
-            Probe::Http(_) => "http",
-            Probe::WebSocket { .. } => "websocket",
-        }
-    }
-}
+/// What one check does: the config model's check, as it is.
+pub use crate::config::model::{Check as Probe, HttpCheck as HttpProbe};
 
 /// Why a check failed; the text goes into the log line of a flip.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +198,8 @@ async fn websocket(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::types::StatusRange;
+    use http::Method;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
