@@ -123,8 +123,11 @@ impl Drop for TunnelRegistration {
 }
 
 /// Requests `code` from each of `controls` one after another, evenly over
-/// `spread`, so clients do not all reconnect at the same instant. `keep_going`
-/// is asked before each close (a drain cancelled by re-enabling the server stops).
+/// `spread`, so clients do not all reconnect at the same instant. The first
+/// close comes one step in, not at once: a tunnel that opened just before
+/// (a short exchange in flight) gets that step to finish on its own, and the
+/// last close lands at the end of `spread`. `keep_going` is asked before each
+/// close (a drain cancelled by re-enabling the server stops).
 pub async fn close_spread(
     controls: Vec<Arc<TunnelControl>>,
     code: CloseCode,
@@ -133,13 +136,13 @@ pub async fn close_spread(
 ) {
     let step = spread.checked_div(controls.len().max(1) as u32).unwrap_or_default();
     for control in controls {
+        if !step.is_zero() {
+            tokio::time::sleep(step).await;
+        }
         if !keep_going() {
             return;
         }
         control.request(code);
-        if !step.is_zero() {
-            tokio::time::sleep(step).await;
-        }
     }
 }
 
@@ -176,12 +179,12 @@ mod tests {
         ));
         tokio::task::yield_now().await;
         let closed = |regs: &[TunnelRegistration]| regs.iter().filter(|r| r.control().requested().is_some()).count();
-        assert_eq!(closed(&regs), 1);
+        assert_eq!(closed(&regs), 0, "no tunnel is closed at the very start");
         tokio::time::advance(Duration::from_millis(1500)).await;
         tokio::task::yield_now().await;
-        assert_eq!(closed(&regs), 2);
+        assert_eq!(closed(&regs), 1);
         closing.await.unwrap();
         assert_eq!(closed(&regs), 4);
-        assert!(started.elapsed() >= Duration::from_secs(3));
+        assert!(started.elapsed() >= Duration::from_secs(4), "the last close lands at the end of the spread");
     }
 }
