@@ -354,11 +354,13 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
 
-        /// Removing one of N servers moves all of its keys and at most 1.5 % of
-        /// the others. Maglev trades a little disruption for its even spread:
-        /// over 300 random cases (N in 3..20, weights 1..=3, M = 65,537) the
-        /// share of other keys that moved was 0.23 % in the median, 0.73 % at
-        /// most.
+        /// Removing one of N servers moves all of its keys and few of the
+        /// others. Maglev trades a little disruption for its even spread, and
+        /// weights cost more of it (a removal shifts the turns of the lighter
+        /// servers): over 1,000 random cases each (N in 3..20, M = 65,537,
+        /// 2,000 keys) at most 2.2 % of the other keys moved with equal
+        /// weights and 9.2 % with weights 1..=3 (the earlier 1.5 % bound came
+        /// from 300 lucky cases and failed in CI at 136 of 1,524).
         #[test]
         fn removing_a_server_moves_its_keys_and_almost_no_others(
             n in 3usize..20,
@@ -385,7 +387,8 @@ mod tests {
                     others_moved += u32::from(now != was);
                 }
             }
-            let limit = 0.015 * f64::from(others);
+            let equal = weights.iter().all(|w| *w == weights[0]);
+            let limit = if equal { 0.03 } else { 0.12 } * f64::from(others);
             prop_assert!(f64::from(others_moved) <= limit, "{} of {} others moved", others_moved, others);
         }
 
