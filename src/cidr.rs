@@ -31,6 +31,25 @@ impl Cidr {
     }
 }
 
+/// The prefix length IPv6 clients are grouped by when counting per client:
+/// one subscriber usually holds a whole /64, so counting per address would let
+/// one client take 2^64 separate budgets.
+pub const DEFAULT_IPV6_CLIENT_PREFIX: u8 = 64;
+
+/// The key per-client budgets (connection limits, handshake rates, login
+/// failures) are counted under: an IPv4 address as it is (IPv4-mapped IPv6
+/// counts as IPv4), an IPv6 address cut to its first `v6_prefix` bits.
+pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u32::from(v6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
@@ -73,6 +92,22 @@ impl<'de> Deserialize<'de> for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_keys_group_ipv6_by_prefix_and_keep_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a, 64), client_key(b, 64));
+        assert_ne!(client_key(a, 64), client_key(other, 64));
+        assert_eq!(client_key(a, 64), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(client_key(a, 128), client_key(b, 128));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(v4, 64), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped, 64), v4);
+        assert_eq!(client_key(a, 0), "::".parse::<IpAddr>().unwrap());
+    }
 
     #[test]
     fn cidr_blocks_contain_what_they_should() {
