@@ -31,6 +31,7 @@ use crate::proxy::listener::accept_loop;
 use crate::proxy::{Shared, Stop};
 use crate::snapshot::{Diff, DrainTiming, Snapshot};
 use crate::state::{AdminState, ChangeReport, Changes, ServerChange, ServerState};
+use crate::util::clock::unix_ms;
 use crate::util::lock;
 use crate::ws::control::{close_spread, TunnelControl};
 use crate::ws::frames::CloseCode;
@@ -43,7 +44,11 @@ const LISTEN_BACKLOG: u32 = 1024;
 const DEFAULT_DRAIN: DrainTiming = DrainTiming {
     timeout: Duration::from_secs(300),
     spread: Duration::from_secs(60),
+    sticky: false,
 };
+
+/// How often a drain looks whether its server holds no connection any more.
+const DRAIN_END_POLL: Duration = Duration::from_millis(100);
 
 /// Why tether could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +382,12 @@ impl Handle {
         for removed in &diff.servers_removed {
             if let Some(generation) = removed.state.set_admin(AdminState::Drain) {
                 tracing::info!(server = %removed.name, "server removed by reload: draining");
-                self.spawn_drain(removed.state.clone(), generation, removed.drain);
+                // No snapshot names it: no client can be stuck to it any more.
+                let timing = DrainTiming {
+                    sticky: false,
+                    ..removed.drain
+                };
+                self.spawn_drain(removed.state.clone(), generation, timing);
             }
             inner.shared.pools.forget(&removed.state);
             retired.push(removed.state.clone());
@@ -593,8 +603,13 @@ async fn act_on_changes(mut reports: mpsc::UnboundedReceiver<ChangeReport>, snap
                 state: AdminState::Ready,
                 ..
             } => {}
-            ServerChange::Admin { generation, .. } => {
+            ServerChange::Admin { state, generation } => {
                 let timing = drain_timing_of(&snapshot.load(), &server);
+                // Only a drain lets stuck clients back; maintenance takes nobody.
+                let timing = DrainTiming {
+                    sticky: timing.sticky && state == AdminState::Drain,
+                    ..timing
+                };
                 tokio::spawn(drain_tunnels(server, generation, timing));
             }
         }
@@ -610,19 +625,42 @@ fn drain_timing_of(snapshot: &Snapshot, server: &Arc<ServerState>) -> DrainTimin
         .map_or(DEFAULT_DRAIN, |b| b.drain_timing())
 }
 
-/// After the drain timeout, closes the tunnels of a drained server evenly
-/// over the spread, unless its admin state changed again meanwhile.
+/// Runs a drain (or maintenance) of `server` started at admin `generation`,
+/// until another admin change supersedes it: after the drain timeout, stuck
+/// clients are no longer let back and the tunnels are closed evenly over the
+/// spread; the drain ends when the server holds no connection (and, with
+/// `drain_sticky`, the deadline has passed: until then stuck clients may
+/// come back). The end is recorded in the server's state for the API.
 async fn drain_tunnels(server: Arc<ServerState>, generation: u64, timing: DrainTiming) {
-    tokio::time::sleep(timing.timeout).await;
     let current = || server.admin_generation() == generation;
-    if current() {
-        close_spread(
-            server.tunnel_controls(),
-            CloseCode::ServiceRestart,
-            timing.spread,
-            current,
-        )
-        .await;
+    let deadline = tokio::time::Instant::now() + timing.timeout;
+    if !timing.sticky {
+        // Nobody new comes to a drained server: it may be empty before the deadline.
+        while tokio::time::Instant::now() < deadline && current() {
+            if server.active() == 0 {
+                server.mark_drain_ended(generation, unix_ms());
+                break;
+            }
+            tokio::time::sleep(DRAIN_END_POLL.min(deadline - tokio::time::Instant::now())).await;
+        }
+    }
+    tokio::time::sleep_until(deadline).await;
+    if !server.mark_drain_closing(generation) {
+        return;
+    }
+    close_spread(
+        server.tunnel_controls(),
+        CloseCode::ServiceRestart,
+        timing.spread,
+        current,
+    )
+    .await;
+    while current() && server.drain_progress().is_some_and(|p| p.ended_unix_ms.is_none()) {
+        if server.active() == 0 {
+            server.mark_drain_ended(generation, unix_ms());
+            break;
+        }
+        tokio::time::sleep(DRAIN_END_POLL).await;
     }
 }
 

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::health::HealthCheck;
 use crate::route::{Condition, Route};
 use crate::state::ServerState;
-use crate::sticky::StickyPolicy;
+use crate::sticky::{StickyPolicy, StuckMaxconn};
 
 pub use crate::route::BackendId;
 
@@ -299,7 +299,7 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
             &ids,
             previous_table,
             config.redispatch,
-            config.sticky_respects_maxconn,
+            StuckMaxconn::of(config.sticky_respects_maxconn, config.sticky_maxconn_margin),
         )
     });
     Backend {
@@ -330,6 +330,9 @@ pub struct DrainTiming {
     pub timeout: Duration,
     /// Over how long their closes are spread.
     pub spread: Duration,
+    /// Whether clients stuck to the server may come back until `timeout`
+    /// (`drain_sticky`); if not, the drain is over as soon as it holds nothing.
+    pub sticky: bool,
 }
 
 impl Backend {
@@ -338,6 +341,7 @@ impl Backend {
         DrainTiming {
             timeout: self.drain_timeout,
             spread: self.drain_spread,
+            sticky: self.drain_sticky,
         }
     }
 }
@@ -511,6 +515,7 @@ mod tests {
                 drain: DrainTiming {
                     timeout: Duration::from_secs(1),
                     spread: Duration::ZERO,
+                    sticky: true,
                 },
             }],
             servers_changed: vec!["web/s2".into()],

@@ -232,3 +232,129 @@ async fn slow_start_ramps_a_returning_server_from_a_trickle_to_its_share() {
     assert_eq!(share(&late), 20, "after the ramp: its full half");
     assert_eq!(state.dispatched.load(Ordering::Relaxed) as usize, share(&early) + 20);
 }
+
+/// A WebSocket handshake to `/ws` carrying `cookie`.
+fn handshake_with_cookie(addr: std::net::SocketAddr, cookie: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert(http::header::COOKIE, cookie.parse().unwrap());
+    request
+}
+
+/// A GET of `path` carrying `cookie`: the status, the server that answered and its `Set-Cookie`s.
+async fn get_with_cookie(addr: std::net::SocketAddr, path: &str, cookie: &str) -> (StatusCode, String, Vec<String>) {
+    let mut client = http_client(addr).await;
+    let mut request = get_request(path);
+    request
+        .headers_mut()
+        .insert(http::header::COOKIE, cookie.parse().unwrap());
+    let (status, headers, _) = send(&mut client, request).await;
+    let server = headers
+        .get("x-server")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let cookies = headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    (status, server, cookies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_for_sticky_clients_once_its_deadline_passed_and_the_api_says_when() {
+    let (a, b) = (backend("s1").start().await, backend("s2").start().await);
+    let config = Config::over(
+        pool()
+            .balance("roundrobin")
+            .sticky(Sticky::cookie("SERVERID"))
+            .drain_timeout("300ms")
+            .drain_spread("100ms")
+            .server(Server::from(&a).cookie("s1"))
+            .server(Server::from(&b).cookie("s2")),
+    )
+    .admin(Admin::bind("127.0.0.1:0"));
+    let tether = start_tether(&config).await;
+    let (mut first, name) = ws_connect_with(handshake_with_cookie(tether.addr, "SERVERID=s1")).await;
+    assert_eq!(name, "s1");
+    let state = tether.handle.snapshot().backends[0].servers[0].state.clone();
+    assert!(tether.handle.set_admin(&state, AdminState::Drain));
+    // Before the deadline a stuck client still gets its server (drain_sticky).
+    let (mut early, name) = ws_connect_with(handshake_with_cookie(tether.addr, "SERVERID=s1")).await;
+    assert_eq!(name, "s1", "drain_sticky lets a stuck client back before drain_timeout");
+    assert_eq!(close_code(&mut first, Duration::from_secs(3)).await, Some(1012));
+    assert_eq!(close_code(&mut early, Duration::from_secs(3)).await, Some(1012));
+    // The clients reconnect with their cookie: balanced elsewhere, with a fresh cookie.
+    let (mut again, name) = ws_connect_with(handshake_with_cookie(tether.addr, "SERVERID=s1")).await;
+    assert_eq!(name, "s2", "stickiness to a server past its drain deadline is not honoured");
+    let (status, server, cookies) = get_with_cookie(tether.addr, "/", "SERVERID=s1").await;
+    assert_eq!((status, server.as_str()), (StatusCode::OK, "s2"));
+    assert!(
+        cookies.iter().any(|c| c.starts_with("SERVERID=s2")),
+        "a fresh cookie for the new server: {cookies:?}"
+    );
+    let ended = eventually(Duration::from_secs(3), async || {
+        state.drain_progress().and_then(|p| p.ended_unix_ms).is_some()
+    })
+    .await;
+    assert!(ended.is_some(), "the drain ends: {:?}", state.drain_progress());
+    assert_eq!(state.active(), 0, "a drain ends with nothing on the server");
+    let admin = tether.handle.admin_addr().expect("admin listener");
+    let (status, _, body) = get(admin, "/api/v1/servers").await;
+    assert_eq!(status, StatusCode::OK);
+    let servers: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let s1 = servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "s1")
+        .unwrap();
+    assert_eq!(s1["drain"]["closing"], true, "{s1}");
+    assert!(s1["drain"]["ended_unix_ms"].as_u64().is_some(), "{s1}");
+    let s2 = servers["servers"].as_array().unwrap().iter().find(|s| s["name"] == "s2").unwrap();
+    assert!(s2["drain"].is_null(), "a ready server has no drain: {s2}");
+    again.close(None).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learned_id_of_a_server_past_its_drain_deadline_is_re_pointed() {
+    let (a, b) = (backend("s1").start().await, backend("s2").start().await);
+    let config = Config::over(
+        pool()
+            .balance("roundrobin")
+            .sticky(Sticky::learned().learn_response_cookie("io").match_cookie("io"))
+            .drain_timeout("200ms")
+            .drain_spread("0s")
+            .server(&a)
+            .server(&b),
+    );
+    let tether = start_tether(&config).await;
+    let (_, owner, _) = get_with_cookie(tether.addr, "/start?set_cookie=io=abc", "x=1").await;
+    let snapshot = tether.handle.snapshot();
+    let backend = &snapshot.backends[0];
+    let index = backend.servers.iter().position(|s| *s.name == *owner).unwrap();
+    let state = backend.servers[index].state.clone();
+    for _ in 0..3 {
+        assert_eq!(get_with_cookie(tether.addr, "/poll", "io=abc").await.1, owner);
+    }
+    assert!(tether.handle.set_admin(&state, AdminState::Drain));
+    assert_eq!(
+        get_with_cookie(tether.addr, "/poll", "io=abc").await.1,
+        owner,
+        "before the deadline the id still leads to its server"
+    );
+    let closing = eventually(Duration::from_secs(3), async || {
+        state.drain_progress().is_some_and(|p| p.closing)
+    })
+    .await;
+    assert!(closing.is_some());
+    let (_, moved, _) = get_with_cookie(tether.addr, "/poll", "io=abc").await;
+    assert_ne!(moved, owner, "past the deadline the id is balanced elsewhere");
+    for _ in 0..3 {
+        assert_eq!(get_with_cookie(tether.addr, "/poll", "io=abc").await.1, moved, "and re-pointed there");
+    }
+    let table = backend.sticky.as_ref().unwrap().table.clone().unwrap();
+    assert_eq!(table.get("abc").as_deref(), Some(moved.as_str()));
+}

@@ -379,3 +379,72 @@ async fn consistent_and_maglev_hashing_agree_across_instances_without_shared_sta
         assert_eq!(used.len(), 3, "{hash}: keys spread over every server");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_clients_pass_maxconn_by_the_margin_only_then_are_redispatched_and_re_pinned() {
+    let (a, b, c) = three().await;
+    let config = Config::over(
+        pool()
+            .balance("roundrobin")
+            .sticky(Sticky::cookie("SERVERID"))
+            .sticky_maxconn_margin(20)
+            .server(Server::from(&a).cookie("s1").maxconn(5))
+            .server(Server::from(&b).cookie("s2"))
+            .server(Server::from(&c).cookie("s3")),
+    );
+    let tether = start_tether(&config).await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stuck = || {
+        let mut request = format!("ws://{}/ws", tether.addr).into_client_request().unwrap();
+        request.headers_mut().insert(COOKIE, "SERVERID=s1".parse().unwrap());
+        request
+    };
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let (ws, name) = ws_connect_with(stuck()).await;
+        assert_eq!(name, "s1", "stuck client {i}: maxconn 5 + 20 % lets 6 in");
+        held.push(ws);
+    }
+    let (status, headers) = get_with(tether.addr, "/", &[("cookie", "SERVERID=s1")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let server = headers["x-server"].to_str().unwrap();
+    assert_ne!(server, "s1", "past the margin a stuck client is redispatched");
+    assert_eq!(
+        set_cookie_value(&headers, "SERVERID"),
+        Some(server),
+        "and re-pinned to its new server"
+    );
+    held.truncate(4);
+    let (status, headers) = get_with(tether.addr, "/", &[("cookie", "SERVERID=s1")]).await;
+    assert_eq!((status, headers["x-server"].to_str().unwrap()), (StatusCode::OK, "s1"));
+}
+
+#[tokio::test]
+async fn a_cookie_for_another_server_never_re_points_a_learned_id() {
+    let (a, b, c) = three().await;
+    let sticky = Sticky::cookie("SERVERID")
+        .learn_response_cookie("io")
+        .match_cookie("io");
+    let tether = start_tether(&insert_config(&a, &b, &c, sticky)).await;
+    let (_, headers) = get_with(tether.addr, "/start?set_cookie=io=victim", &[]).await;
+    let owner = headers["x-server"].to_str().unwrap().to_string();
+    let other = if owner == "s2" { "s3" } else { "s2" };
+    // Someone else sends the victim's id with a cookie for another server.
+    let (_, headers) = get_with(
+        tether.addr,
+        "/poll",
+        &[("cookie", &format!("SERVERID={other}; io=victim"))],
+    )
+    .await;
+    assert_eq!(headers["x-server"], other, "the cookie picks the server");
+    let table = tether.handle.snapshot().backends[0]
+        .sticky
+        .as_ref()
+        .unwrap()
+        .table
+        .clone()
+        .unwrap();
+    assert_eq!(table.get("victim").as_deref(), Some(owner.as_str()), "the id was not re-pointed");
+    let (_, headers) = get_with(tether.addr, "/poll", &[("cookie", "io=victim")]).await;
+    assert_eq!(headers["x-server"], owner.as_str(), "the victim stays on its server");
+}

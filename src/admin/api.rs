@@ -75,6 +75,10 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
         "dispatched": counters.dispatched,
         "connect_failures": counters.connect_failures,
         "since_unix_ms": state.state_since_unix_ms(),
+        "drain": state.drain_progress().map(|p| json!({
+            "closing": p.closing,
+            "ended_unix_ms": p.ended_unix_ms,
+        })),
         "bytes_in": counters.bytes_in,
         "bytes_out": counters.bytes_out,
         "messages_in": counters.messages_in,

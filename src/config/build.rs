@@ -173,6 +173,7 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
         sticky: b.sticky.as_ref().map(|s| sticky(s.get_ref())),
         redispatch: b.redispatch,
         sticky_respects_maxconn: b.sticky_respects_maxconn,
+        sticky_maxconn_margin: *b.sticky_maxconn_margin.get_ref(),
         retries: b.retries,
         queue_timeout: b.queue_timeout.unwrap_or(b.timeouts.connect).get(),
         slowstart: b.slowstart.map(|d| d.get()),

@@ -199,6 +199,8 @@ pub struct Backend {
     pub redispatch: bool,
     /// Stuck clients are refused by `maxconn` too.
     pub sticky_respects_maxconn: bool,
+    /// Otherwise stuck clients may exceed `maxconn` by this percent of it.
+    pub sticky_maxconn_margin: u32,
     /// Other servers to try after a failed connect.
     pub retries: u32,
     /// How long a request waits for a slot (the connect timeout unless given; zero: no queue).

@@ -350,6 +350,10 @@ pub struct Backend {
     /// Whether clients already stuck to a server are refused by its `maxconn`.
     #[serde(default)]
     pub sticky_respects_maxconn: bool,
+    /// Otherwise: how far past `maxconn` (in percent of it) stuck clients may
+    /// go; beyond it they are balanced elsewhere and stuck there.
+    #[serde(default = "defaults::sticky_maxconn_margin")]
+    pub sticky_maxconn_margin: Spanned<u32>,
     /// How many other servers to try when connecting to one fails.
     #[serde(default = "defaults::retries")]
     pub retries: u32,
@@ -583,6 +587,9 @@ mod defaults {
     }
     pub(crate) fn drain_spread() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(60))
+    }
+    pub(crate) fn sticky_maxconn_margin() -> toml::Spanned<u32> {
+        toml::Spanned::new(0..0, 10)
     }
     pub(crate) fn yes() -> bool {
         true

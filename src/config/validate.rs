@@ -358,6 +358,13 @@ fn validate_hashing(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<()
             ));
         }
     }
+    let margin = &backend.sticky_maxconn_margin;
+    if *margin.get_ref() > 1000 {
+        return Err(source.error(
+            Some(margin.span()),
+            "`sticky_maxconn_margin` is a percent of `maxconn`, at most 1000 (10 lets stuck clients take 110% of maxconn)",
+        ));
+    }
     if let Some(size) = &backend.maglev_table_size {
         if method != HashMethod::Maglev {
             return Err(source.error(Some(size.span()), "`maglev_table_size` needs hash = \"maglev\""));

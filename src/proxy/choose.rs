@@ -15,7 +15,7 @@ use super::Shared;
 use crate::balance::{Candidates, RequestKey, ServerId};
 use crate::snapshot::{Backend, Server};
 use crate::state::{ActiveGuard, AdminState, Changes};
-use crate::sticky::{Lookup, SidLearner, StickyPolicy};
+use crate::sticky::{Lookup, SidLearner, StickyPolicy, StuckMaxconn};
 
 /// A connection to the chosen server, with the slot held on it.
 pub(super) struct Upstream {
@@ -195,9 +195,14 @@ impl Attempt<'_> {
         tries: &mut Tries,
     ) -> Option<Result<Upstream, ProxyError>> {
         let server = &self.backend.servers[id];
-        let limit = if policy.respects_maxconn { server.maxconn } else { None };
-        let guard = stuck_admitted(server.state.is_up(), server.state.admin(), self.backend.drain_sticky)
-            .then(|| server.state.try_acquire(limit))
+        if server.state.admin() == AdminState::Drain && !server.state.takes_stuck_clients() {
+            // The drain's deadline passed: the client is not stuck to it any
+            // more, it is balanced (and its cookie or learned id re-pointed).
+            return None;
+        }
+        let admitted = stuck_admitted(server.state.is_up(), server.state.admin(), self.backend.drain_sticky);
+        let guard = admitted
+            .then(|| server.state.try_acquire(policy.stuck_maxconn.limit(server.maxconn)))
             .flatten();
         match guard {
             Some(guard) => match self.connect(id, guard, tries).await {
@@ -205,6 +210,8 @@ impl Attempt<'_> {
                 None if !policy.redispatch => Some(Err(tries.all_failed(self.backend))),
                 None => None,
             },
+            // Past maxconn by more than the margin: balanced elsewhere and re-pinned.
+            None if admitted && matches!(policy.stuck_maxconn, StuckMaxconn::Margin(_)) => None,
             None if !policy.redispatch => Some(Err(ProxyError::StuckUnavailable {
                 backend: self.backend.name.clone(),
                 server: server.name.clone(),

@@ -172,6 +172,17 @@ pub struct ServerCounters {
     pub gateway_errors: [(u16, u64); 3],
 }
 
+/// Where a drain (or maintenance) of a server stands, for the stats page and API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainProgress {
+    /// The drain's deadline (`drain_timeout`) passed: its tunnels are being
+    /// closed and stuck clients are balanced elsewhere.
+    pub closing: bool,
+    /// When (Unix ms) the server was left with no connection after the
+    /// deadline: the drain is over and the server can be taken away.
+    pub ended_unix_ms: Option<u64>,
+}
+
 /// The id the next server state gets.
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -227,6 +238,13 @@ pub struct ServerState {
     admin_generation: AtomicU64,
     /// When the server last came up (`monotonic_ms`), for slow start; 0: not since start.
     up_since_ms: AtomicU64,
+    /// The admin generation whose drain deadline (`drain_timeout`) has
+    /// passed; 0: none. Stickiness to the server ends there.
+    drain_closing_generation: AtomicU64,
+    /// The admin generation whose drain ended (no connection left after the
+    /// deadline), and when (Unix ms); 0: none.
+    drain_ended_generation: AtomicU64,
+    drain_ended_unix_ms: AtomicU64,
     /// Wakes requests queued for a slot when one is freed.
     freed: Notify,
 }
@@ -257,6 +275,9 @@ impl ServerState {
             admin: AtomicU8::new(AdminState::Ready as u8),
             admin_generation: AtomicU64::new(0),
             up_since_ms: AtomicU64::new(0),
+            drain_closing_generation: AtomicU64::new(0),
+            drain_ended_generation: AtomicU64::new(0),
+            drain_ended_unix_ms: AtomicU64::new(0),
             freed: Notify::new(),
         }
     }
@@ -315,6 +336,56 @@ impl ServerState {
     /// generation stops closing tunnels once another change happened.
     pub fn admin_generation(&self) -> u64 {
         self.admin_generation.load(Ordering::Acquire)
+    }
+
+    /// Records that the drain (or maintenance) started at admin `generation` reached its
+    /// deadline: from now on stickiness to this server is not honoured, so
+    /// clients its closed tunnels reconnect are balanced elsewhere. Returns
+    /// false (and records nothing) if another admin change came since.
+    pub fn mark_drain_closing(&self, generation: u64) -> bool {
+        let current = self.admin() != AdminState::Ready && self.admin_generation() == generation;
+        if current {
+            self.drain_closing_generation.store(generation, Ordering::Release);
+        }
+        current
+    }
+
+    /// Records that the drain started at admin `generation` ended at
+    /// `at_unix_ms` (the server holds no connection). Returns false (and
+    /// records nothing) if another admin change came since.
+    pub fn mark_drain_ended(&self, generation: u64, at_unix_ms: u64) -> bool {
+        let current = self.admin() != AdminState::Ready && self.admin_generation() == generation;
+        if current {
+            self.drain_ended_unix_ms.store(at_unix_ms, Ordering::Relaxed);
+            self.drain_ended_generation.store(generation, Ordering::Release);
+        }
+        current
+    }
+
+    /// Where the current drain (or maintenance) stands: whether its deadline
+    /// passed and when it ended; `None` while the server is ready.
+    pub fn drain_progress(&self) -> Option<DrainProgress> {
+        let admin = self.admin();
+        if admin == AdminState::Ready {
+            return None;
+        }
+        let generation = self.admin_generation();
+        let ended = self.drain_ended_generation.load(Ordering::Acquire) == generation;
+        Some(DrainProgress {
+            closing: self.drain_closing_generation.load(Ordering::Acquire) == generation,
+            ended_unix_ms: ended.then(|| self.drain_ended_unix_ms.load(Ordering::Relaxed)),
+        })
+    }
+
+    /// Whether stickiness to this server still holds: not once a drain's
+    /// deadline has passed (HAProxy's drain keeps persistent clients for
+    /// ever; tether lets them back only until `drain_timeout`, so a drain ends).
+    pub fn takes_stuck_clients(&self) -> bool {
+        match self.admin() {
+            AdminState::Ready => true,
+            AdminState::Drain => self.drain_closing_generation.load(Ordering::Acquire) != self.admin_generation(),
+            AdminState::Maint => false,
+        }
     }
 
     /// Sets the current weight (a reload or the admin API); returns the one before.
@@ -532,6 +603,38 @@ mod tests {
         assert_eq!(state.set_admin(AdminState::Drain), Some(1));
         assert_eq!(state.set_admin(AdminState::Drain), None);
         assert_eq!(state.admin(), AdminState::Drain);
+    }
+
+    #[test]
+    fn a_drain_past_its_deadline_refuses_stuck_clients_until_the_next_change() {
+        let state = ServerState::new(1);
+        assert_eq!(state.drain_progress(), None);
+        let generation = state.set_admin(AdminState::Drain).unwrap();
+        assert!(state.takes_stuck_clients(), "before the deadline");
+        assert_eq!(
+            state.drain_progress(),
+            Some(DrainProgress { closing: false, ended_unix_ms: None })
+        );
+        assert!(!state.mark_drain_closing(generation + 1), "a stale generation records nothing");
+        assert!(state.mark_drain_closing(generation));
+        assert!(!state.takes_stuck_clients());
+        assert!(state.mark_drain_ended(generation, 1234));
+        assert_eq!(
+            state.drain_progress(),
+            Some(DrainProgress { closing: true, ended_unix_ms: Some(1234) })
+        );
+        let ready = state.set_admin(AdminState::Ready).unwrap();
+        assert!(state.takes_stuck_clients());
+        assert_eq!(state.drain_progress(), None);
+        assert!(!state.mark_drain_ended(ready, 99), "nothing ends while ready");
+        let again = state.set_admin(AdminState::Drain).unwrap();
+        assert!(state.takes_stuck_clients(), "a new drain starts over");
+        assert_eq!(
+            state.drain_progress(),
+            Some(DrainProgress { closing: false, ended_unix_ms: None })
+        );
+        assert!(state.mark_drain_closing(again));
+        assert!(!state.takes_stuck_clients());
     }
 
     #[test]

@@ -63,10 +63,47 @@ pub struct StickyPolicy {
     pub table: Option<Arc<dyn StickTable>>,
     /// A stuck client whose server is unavailable goes elsewhere (else 503).
     pub redispatch: bool,
-    /// Stuck clients count against `maxconn` too.
-    pub respects_maxconn: bool,
+    /// How stuck clients count against `maxconn`.
+    pub stuck_maxconn: StuckMaxconn,
     /// A learned id unused for this long is forgotten (also the TTL of a shared table's entries).
     pub idle_timeout: std::time::Duration,
+}
+
+/// How clients stuck to a server count against its `maxconn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StuckMaxconn {
+    /// Refused at `maxconn` like anyone (`sticky_respects_maxconn = true`).
+    Respected,
+    /// Let in past `maxconn` by at most this percent of it; beyond, balanced
+    /// elsewhere and stuck there. HAProxy lets persistent clients past
+    /// `maxconn` without bound; the cap keeps a replayed or guessed cookie
+    /// from piling clients onto one server.
+    Margin(u32),
+}
+
+impl StuckMaxconn {
+    /// From the backend's `sticky_respects_maxconn` and `sticky_maxconn_margin`.
+    pub fn of(respects: bool, margin_percent: u32) -> Self {
+        if respects {
+            Self::Respected
+        } else {
+            Self::Margin(margin_percent)
+        }
+    }
+
+    /// The number of active connections a stuck client may join on a server
+    /// with `maxconn` (`None`: no limit). The margin rounds up, so a server
+    /// with a `maxconn` takes at least one stuck client past it.
+    pub fn limit(self, maxconn: Option<u32>) -> Option<u32> {
+        let maxconn = maxconn?;
+        Some(match self {
+            Self::Respected => maxconn,
+            Self::Margin(percent) => {
+                let extra = (u64::from(maxconn) * u64::from(percent)).div_ceil(100);
+                u32::try_from(u64::from(maxconn) + extra).unwrap_or(u32::MAX)
+            }
+        })
+    }
 }
 
 /// What stickiness says about one request.
@@ -92,7 +129,7 @@ impl StickyPolicy {
         servers: &[(&str, Option<&str>)],
         previous_table: Option<Arc<dyn StickTable>>,
         redispatch: bool,
-        respects_maxconn: bool,
+        stuck_maxconn: StuckMaxconn,
     ) -> Self {
         let cookie = config.cookie.as_ref().map(|c| CookieSticky::new(c, servers));
         let learn_cookie = config.learn_cookie.clone();
@@ -120,7 +157,7 @@ impl StickyPolicy {
             engine_io,
             table,
             redispatch,
-            respects_maxconn,
+            stuck_maxconn,
             idle_timeout: config.idle_timeout,
         }
     }
@@ -195,7 +232,11 @@ impl StickyPolicy {
             cookie.rewrite_response(headers, server, state, https);
         }
         let table = self.table.as_ref()?;
-        if lookup.table_target.is_some_and(|t| t != server) {
+        // Ids are re-pointed when their server could not take the request
+        // (redispatch, a drain past its deadline), never because a cookie
+        // chose another server: a cookie cannot move someone else's session.
+        let cookie_chose = lookup.cookie == Some(CookieState::Server(server));
+        if !cookie_chose && lookup.table_target.is_some_and(|t| t != server) {
             for id in &lookup.known_ids {
                 table.insert(id, server_name.clone());
             }

@@ -509,6 +509,8 @@ impl Backend {
         redispatch(bool) => "redispatch";
         /// `sticky_respects_maxconn`.
         sticky_respects_maxconn(bool) => "sticky_respects_maxconn";
+        /// `sticky_maxconn_margin`: percent past `maxconn` stuck clients may go.
+        sticky_maxconn_margin(i64) => "sticky_maxconn_margin";
         /// `tls = true|false` (verified against the Mozilla roots, or off).
         tls_enabled(bool) => "tls";
     }
