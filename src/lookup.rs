@@ -12,17 +12,34 @@ pub fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The value of cookie `name` across every `Cookie` header.
+/// The value of cookie `name` across every `Cookie` header. Read as bytes:
+/// another cookie's non-UTF-8 value does not hide this one (only a value
+/// that is itself not UTF-8 reads as absent).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|line| line.split(';'))
-        .find_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key.trim() == name).then(|| value.trim())
+        .flat_map(|line| cookie_pairs(line.as_bytes()))
+        .find_map(|(key, value)| {
+            (key == name.as_bytes())
+                .then(|| std::str::from_utf8(value).ok())
+                .flatten()
         })
+}
+
+/// The `name=value` pairs of one `Cookie` header line, trimmed, as bytes
+/// (a pair without `=` has an empty name, as browsers read it).
+pub fn cookie_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    line.split(|b| *b == b';').filter_map(|pair| {
+        let pair = pair.trim_ascii();
+        if pair.is_empty() {
+            return None;
+        }
+        Some(match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()),
+            None => (&pair[..0], pair),
+        })
+    })
 }
 
 /// The host the client asked for, without port: the absolute URI's authority, else the Host header.
@@ -62,6 +79,22 @@ mod tests {
         assert_eq!(cookie(&headers, "SERVERID"), Some("s2"));
         assert_eq!(cookie(&headers, "io"), Some("xyz"));
         assert_eq!(cookie(&headers, "b"), None);
+    }
+
+    #[test]
+    fn a_non_utf8_cookie_does_not_hide_the_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            http::HeaderValue::from_bytes(b"junk=\xff\xfe; SERVERID=s2; bad=\xc3").unwrap(),
+        );
+        assert_eq!(cookie(&headers, "SERVERID"), Some("s2"));
+        assert_eq!(cookie(&headers, "junk"), None, "a non-UTF-8 value reads as absent");
+        let pairs: Vec<_> = cookie_pairs(b" a = 1 ;; flag; =x").collect();
+        assert_eq!(
+            pairs,
+            vec![(&b"a"[..], &b"1"[..]), (&b""[..], &b"flag"[..]), (&b""[..], &b"x"[..])]
+        );
     }
 
     #[test]

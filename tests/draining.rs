@@ -234,7 +234,10 @@ async fn slow_start_ramps_a_returning_server_from_a_trickle_to_its_share() {
 }
 
 /// A WebSocket handshake to `/ws` carrying `cookie`.
-fn handshake_with_cookie(addr: std::net::SocketAddr, cookie: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+fn handshake_with_cookie(
+    addr: std::net::SocketAddr,
+    cookie: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
     request
@@ -288,7 +291,10 @@ async fn a_drain_ends_for_sticky_clients_once_its_deadline_passed_and_the_api_sa
     assert_eq!(close_code(&mut early, Duration::from_secs(3)).await, Some(1012));
     // The clients reconnect with their cookie: balanced elsewhere, with a fresh cookie.
     let (mut again, name) = ws_connect_with(handshake_with_cookie(tether.addr, "SERVERID=s1")).await;
-    assert_eq!(name, "s2", "stickiness to a server past its drain deadline is not honoured");
+    assert_eq!(
+        name, "s2",
+        "stickiness to a server past its drain deadline is not honoured"
+    );
     let (status, server, cookies) = get_with_cookie(tether.addr, "/", "SERVERID=s1").await;
     assert_eq!((status, server.as_str()), (StatusCode::OK, "s2"));
     assert!(
@@ -313,7 +319,12 @@ async fn a_drain_ends_for_sticky_clients_once_its_deadline_passed_and_the_api_sa
         .unwrap();
     assert_eq!(s1["drain"]["closing"], true, "{s1}");
     assert!(s1["drain"]["ended_unix_ms"].as_u64().is_some(), "{s1}");
-    let s2 = servers["servers"].as_array().unwrap().iter().find(|s| s["name"] == "s2").unwrap();
+    let s2 = servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "s2")
+        .unwrap();
     assert!(s2["drain"].is_null(), "a ready server has no drain: {s2}");
     again.close(None).await.ok();
 }
@@ -353,7 +364,11 @@ async fn a_learned_id_of_a_server_past_its_drain_deadline_is_re_pointed() {
     let (_, moved, _) = get_with_cookie(tether.addr, "/poll", "io=abc").await;
     assert_ne!(moved, owner, "past the deadline the id is balanced elsewhere");
     for _ in 0..3 {
-        assert_eq!(get_with_cookie(tether.addr, "/poll", "io=abc").await.1, moved, "and re-pointed there");
+        assert_eq!(
+            get_with_cookie(tether.addr, "/poll", "io=abc").await.1,
+            moved,
+            "and re-pointed there"
+        );
     }
     let table = backend.sticky.as_ref().unwrap().table.clone().unwrap();
     assert_eq!(table.get("abc").as_deref(), Some(moved.as_str()));

@@ -231,9 +231,13 @@ async fn opaque_cookies_reveal_no_name_resist_forgery_and_work_across_instances(
     let (_, headers) = get_with(first.addr, "/", &[]).await;
     let server = headers["x-server"].to_str().unwrap().to_string();
     let value = set_cookie_value(&headers, "SERVERID").unwrap().to_string();
+    let parts: Vec<&str> = value.split('.').collect();
     assert!(
-        value.len() == 24 && value.bytes().all(|b| b.is_ascii_hexdigit()),
-        "value {value} must be an opaque digest, not a server name like {server}"
+        parts.len() == 3
+            && parts[0].len() == 24
+            && parts[2].len() == 16
+            && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit())),
+        "value {value} must be an opaque digest, issue time and tag, not a server name like {server}"
     );
     for tether in [&first, &second] {
         let (_, headers) = get_with(tether.addr, "/", &[("cookie", &format!("SERVERID={value}"))]).await;
@@ -415,6 +419,9 @@ async fn stuck_clients_pass_maxconn_by_the_margin_only_then_are_redispatched_and
         "and re-pinned to its new server"
     );
     held.truncate(4);
+    let s1 = tether.handle.snapshot().backends[0].servers[0].state.clone();
+    let freed = eventually(std::time::Duration::from_secs(3), async || s1.active() <= 4).await;
+    assert!(freed.is_some(), "closed tunnels give their slots back");
     let (status, headers) = get_with(tether.addr, "/", &[("cookie", "SERVERID=s1")]).await;
     assert_eq!((status, headers["x-server"].to_str().unwrap()), (StatusCode::OK, "s1"));
 }
@@ -444,7 +451,11 @@ async fn a_cookie_for_another_server_never_re_points_a_learned_id() {
         .table
         .clone()
         .unwrap();
-    assert_eq!(table.get("victim").as_deref(), Some(owner.as_str()), "the id was not re-pointed");
+    assert_eq!(
+        table.get("victim").as_deref(),
+        Some(owner.as_str()),
+        "the id was not re-pointed"
+    );
     let (_, headers) = get_with(tether.addr, "/poll", &[("cookie", "io=victim")]).await;
     assert_eq!(headers["x-server"], owner.as_str(), "the victim stays on its server");
 }

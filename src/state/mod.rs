@@ -613,15 +613,24 @@ mod tests {
         assert!(state.takes_stuck_clients(), "before the deadline");
         assert_eq!(
             state.drain_progress(),
-            Some(DrainProgress { closing: false, ended_unix_ms: None })
+            Some(DrainProgress {
+                closing: false,
+                ended_unix_ms: None
+            })
         );
-        assert!(!state.mark_drain_closing(generation + 1), "a stale generation records nothing");
+        assert!(
+            !state.mark_drain_closing(generation + 1),
+            "a stale generation records nothing"
+        );
         assert!(state.mark_drain_closing(generation));
         assert!(!state.takes_stuck_clients());
         assert!(state.mark_drain_ended(generation, 1234));
         assert_eq!(
             state.drain_progress(),
-            Some(DrainProgress { closing: true, ended_unix_ms: Some(1234) })
+            Some(DrainProgress {
+                closing: true,
+                ended_unix_ms: Some(1234)
+            })
         );
         let ready = state.set_admin(AdminState::Ready).unwrap();
         assert!(state.takes_stuck_clients());
@@ -631,7 +640,10 @@ mod tests {
         assert!(state.takes_stuck_clients(), "a new drain starts over");
         assert_eq!(
             state.drain_progress(),
-            Some(DrainProgress { closing: false, ended_unix_ms: None })
+            Some(DrainProgress {
+                closing: false,
+                ended_unix_ms: None
+            })
         );
         assert!(state.mark_drain_closing(again));
         assert!(!state.takes_stuck_clients());

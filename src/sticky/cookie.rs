@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use hmac::{Hmac, Mac};
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
@@ -18,15 +20,110 @@ pub const MAX_COOKIE_VALUE: usize = 256;
 /// Separates the server id from the server's own value in `prefix` mode.
 const PREFIX_SEPARATOR: char = '~';
 
+/// How long an opaque cookie is honoured when the cookie has no `max_age`.
+pub const DEFAULT_OPAQUE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How far in the future an opaque cookie's issue time may lie (clocks of
+/// instances sharing the secret differ a little).
+const OPAQUE_CLOCK_SKEW_SECS: u64 = 60;
+
 /// What a request's stickiness cookie says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CookieState {
     /// No stickiness cookie.
     Absent,
-    /// A cookie that names no server (garbage, over-long, forged, or a removed server).
+    /// A cookie that names no server (garbage, over-long, forged, expired, or a removed server).
     Invalid,
     /// A cookie naming this server.
     Server(ServerId),
+    /// An opaque cookie naming this server, past half its lifetime: honoured,
+    /// and a fresh one is set on the response.
+    Renew(ServerId),
+}
+
+impl CookieState {
+    /// The server the cookie names, if it is honoured.
+    pub fn server(self) -> Option<ServerId> {
+        match self {
+            CookieState::Server(id) | CookieState::Renew(id) => Some(id),
+            CookieState::Absent | CookieState::Invalid => None,
+        }
+    }
+}
+
+/// Opaque cookie values: `<server>.<issued>.<tag>`, where `<server>` is the
+/// server id's HMAC (the same on every instance with the secret), `<issued>`
+/// the issue time (Unix seconds, hex) and `<tag>` 64 bits of HMAC over both,
+/// so a value collected once is honoured only for `lifetime`.
+#[derive(Debug)]
+struct Opaque {
+    secret: String,
+    lifetime_secs: u64,
+}
+
+impl Opaque {
+    /// The tag of `server_part` issued at `issued` (hex).
+    fn tag(&self, server_part: &str, issued: &str) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.as_bytes()).ok()?;
+        mac.update(b"tether-cookie:");
+        mac.update(server_part.as_bytes());
+        mac.update(b".");
+        mac.update(issued.as_bytes());
+        Some(mac)
+    }
+
+    /// The full value for `server_part` issued at `now_secs`.
+    fn value(&self, server_part: &str, now_secs: u64) -> String {
+        let issued = format!("{now_secs:x}");
+        let tag = self
+            .tag(server_part, &issued)
+            .map(|mac| hex(&mac.finalize().into_bytes()[..8]))
+            .unwrap_or_default();
+        format!("{server_part}.{issued}.{tag}")
+    }
+
+    /// Checks a full value at `now_secs`: its server part if the tag is right
+    /// and it is within its lifetime, with whether it is due for renewal.
+    fn check<'v>(&self, value: &'v str, now_secs: u64) -> Option<(&'v str, bool)> {
+        let mut parts = value.split('.');
+        let (server_part, issued, tag) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || issued.len() > 16 || tag.len() != 16 {
+            return None;
+        }
+        let tag = unhex(tag)?;
+        self.tag(server_part, issued)?.verify_truncated_left(&tag).ok()?;
+        let issued = u64::from_str_radix(issued, 16).ok()?;
+        if issued > now_secs + OPAQUE_CLOCK_SKEW_SECS {
+            return None;
+        }
+        let age = now_secs.saturating_sub(issued);
+        (age <= self.lifetime_secs).then_some((server_part, age > self.lifetime_secs / 2))
+    }
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of lower- or upper-case hex `text` (`None` if it is not hex).
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digits = text.as_bytes();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let high = char::from(pair[0]).to_digit(16)?;
+            let low = char::from(pair[1]).to_digit(16)?;
+            u8::try_from(high * 16 + low).ok()
+        })
+        .collect()
+}
+
+/// Now, in Unix seconds.
+fn now_secs() -> u64 {
+    crate::util::clock::unix_ms() / 1000
 }
 
 /// The stickiness cookie of one backend.
@@ -46,6 +143,10 @@ pub struct CookieSticky {
     values: Vec<String>,
     /// Server by value.
     by_value: HashMap<String, ServerId>,
+    /// Opaque values carry an issue time and expire; `None`: plain values.
+    opaque: Option<Opaque>,
+    /// `; Path=…` and the other attributes, for values built per response.
+    attributes: String,
 }
 
 /// The id of a server in a plain cookie: its `cookie` setting, or a stable
@@ -56,7 +157,8 @@ pub fn server_cookie_id(name: &str, configured: Option<&str>) -> String {
         .unwrap_or_else(|| format!("{:08x}", hash_bytes(name.as_bytes()) as u32))
 }
 
-/// The opaque value of a server id under `secret`: 96 bits of HMAC-SHA256, hex.
+/// The server part of an opaque value of server id `id` under `secret`:
+/// 96 bits of HMAC-SHA256, hex (the issue time and tag follow it).
 pub fn opaque_value(secret: &str, id: &str) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
         // HMAC takes keys of any length; this branch cannot happen.
@@ -64,10 +166,7 @@ pub fn opaque_value(secret: &str, id: &str) -> String {
     };
     mac.update(b"tether-server:");
     mac.update(id.as_bytes());
-    mac.finalize().into_bytes()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&mac.finalize().into_bytes()[..12])
 }
 
 impl CookieSticky {
@@ -102,7 +201,13 @@ impl CookieSticky {
                 SameSite::None => "; SameSite=None",
             });
         }
-        let set_cookie = values
+        // Opaque values carry their issue time: built per response instead.
+        let precomputed = if config.opaque_secret.is_some() {
+            &[][..]
+        } else {
+            &values[..]
+        };
+        let set_cookie = precomputed
             .iter()
             .map(|value| {
                 let plain = format!("{name}={value}{attributes}");
@@ -110,6 +215,10 @@ impl CookieSticky {
                 [HeaderValue::from_str(&plain).ok(), HeaderValue::from_str(&secure).ok()]
             })
             .collect();
+        let opaque = config.opaque_secret.as_ref().map(|secret| Opaque {
+            secret: secret.clone(),
+            lifetime_secs: config.max_age.unwrap_or(DEFAULT_OPAQUE_LIFETIME).as_secs().max(1),
+        });
         Self {
             name: name.to_string(),
             mode: config.mode,
@@ -119,19 +228,30 @@ impl CookieSticky {
             secure: config.secure,
             values,
             by_value,
+            opaque,
+            attributes,
         }
     }
 
-    /// The value this cookie carries for `server`.
+    /// The value this cookie carries for `server` (for opaque cookies, the
+    /// server part, before the issue time and tag).
     pub fn value_of(&self, server: ServerId) -> Option<&str> {
         self.values.get(server).map(String::as_str)
     }
 
-    fn server_of_value(&self, value: &str) -> CookieState {
+    fn server_of_value(&self, value: &str, now_secs: u64) -> CookieState {
         if value.len() > MAX_COOKIE_VALUE {
             return CookieState::Invalid;
         }
-        match self.by_value.get(value) {
+        let (server_part, renew) = match &self.opaque {
+            Some(opaque) => match opaque.check(value, now_secs) {
+                Some(checked) => checked,
+                None => return CookieState::Invalid,
+            },
+            None => (value, false),
+        };
+        match self.by_value.get(server_part) {
+            Some(id) if renew => CookieState::Renew(*id),
             Some(id) => CookieState::Server(*id),
             None => CookieState::Invalid,
         }
@@ -139,13 +259,18 @@ impl CookieSticky {
 
     /// What the request's cookie says about its server.
     pub fn state(&self, headers: &HeaderMap) -> CookieState {
+        self.state_at(headers, now_secs())
+    }
+
+    /// [`Self::state`] at `now_secs` (Unix seconds), which opaque cookies' age is measured against.
+    pub fn state_at(&self, headers: &HeaderMap, now_secs: u64) -> CookieState {
         let Some(value) = crate::lookup::cookie(headers, &self.name) else {
             return CookieState::Absent;
         };
         match self.mode {
-            CookieMode::Insert => self.server_of_value(value),
+            CookieMode::Insert => self.server_of_value(value, now_secs),
             CookieMode::Prefix => match value.split_once(PREFIX_SEPARATOR) {
-                Some((id, _)) => self.server_of_value(id),
+                Some((id, _)) => self.server_of_value(id, now_secs),
                 None => CookieState::Absent,
             },
         }
@@ -154,21 +279,21 @@ impl CookieSticky {
     /// Rewrites the request's cookies for the server: `insert` + `indirect`
     /// drops tether's cookie; `prefix` strips the server id from the value.
     pub fn rewrite_request(&self, headers: &mut HeaderMap) {
+        let ours = self.name.as_bytes();
         match self.mode {
             CookieMode::Insert if self.indirect => {
-                rewrite_cookies(headers, |name, value| (name != self.name).then(|| value.to_string()))
+                rewrite_cookies(headers, |name, value| (name != ours).then(|| value.to_vec()))
             }
             CookieMode::Insert => {}
             CookieMode::Prefix => rewrite_cookies(headers, |name, value| {
-                if name != self.name {
-                    return Some(value.to_string());
+                if name != ours {
+                    return Some(value.to_vec());
                 }
-                Some(
-                    value
-                        .split_once(PREFIX_SEPARATOR)
-                        .map_or(value, |(_, rest)| rest)
-                        .to_string(),
-                )
+                let separator = PREFIX_SEPARATOR as u8;
+                Some(match value.iter().position(|b| *b == separator) {
+                    Some(at) => value[at + 1..].to_vec(),
+                    None => value.to_vec(),
+                })
             }),
         }
     }
@@ -176,6 +301,18 @@ impl CookieSticky {
     /// Rewrites the response: `insert` sets the cookie when the client's
     /// did not already name `server`; `prefix` prefixes the server's own cookie.
     pub fn rewrite_response(&self, headers: &mut HeaderMap, server: ServerId, client: CookieState, https: bool) {
+        self.rewrite_response_at(headers, server, client, https, now_secs());
+    }
+
+    /// [`Self::rewrite_response`] at `now_secs` (Unix seconds), the issue time of an opaque cookie set now.
+    pub fn rewrite_response_at(
+        &self,
+        headers: &mut HeaderMap,
+        server: ServerId,
+        client: CookieState,
+        https: bool,
+        now_secs: u64,
+    ) {
         let Some(value) = self.value_of(server) else { return };
         match self.mode {
             CookieMode::Insert => {
@@ -183,11 +320,18 @@ impl CookieSticky {
                     return;
                 }
                 let secure = self.secure.unwrap_or(https);
-                if let Some(header) = self
-                    .set_cookie
-                    .get(server)
-                    .and_then(|both| both[usize::from(secure)].clone())
-                {
+                let header = match &self.opaque {
+                    Some(opaque) => {
+                        let full = opaque.value(value, now_secs);
+                        let secure = if secure { "; Secure" } else { "" };
+                        HeaderValue::from_str(&format!("{}={full}{}{secure}", self.name, self.attributes)).ok()
+                    }
+                    None => self
+                        .set_cookie
+                        .get(server)
+                        .and_then(|both| both[usize::from(secure)].clone()),
+                };
+                if let Some(header) = header {
                     headers.append(SET_COOKIE, header);
                 }
                 if self.nocache {
@@ -239,28 +383,30 @@ fn mark_uncacheable(headers: &mut HeaderMap) {
 }
 
 /// Rebuilds every `Cookie` header, keeping each `name=value` pair as `keep`
-/// says (`None` drops it). Headers left empty are removed.
-fn rewrite_cookies(headers: &mut HeaderMap, mut keep: impl FnMut(&str, &str) -> Option<String>) {
+/// says (`None` drops it; other cookies pass as they are, whatever their
+/// bytes). Headers left empty are removed.
+fn rewrite_cookies(headers: &mut HeaderMap, mut keep: impl FnMut(&[u8], &[u8]) -> Option<Vec<u8>>) {
     if !headers.contains_key(COOKIE) {
         return;
     }
     let mut rebuilt = Vec::new();
     for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else {
-            rebuilt.push(header.clone());
-            continue;
-        };
-        let pairs: Vec<String> = text
-            .split(';')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .filter_map(|pair| match pair.split_once('=') {
-                Some((name, value)) => keep(name.trim(), value.trim()).map(|v| format!("{}={v}", name.trim())),
-                None => Some(pair.to_string()),
-            })
-            .collect();
-        if !pairs.is_empty() {
-            if let Ok(value) = HeaderValue::from_str(&pairs.join("; ")) {
+        let mut line = Vec::with_capacity(header.len());
+        for (name, value) in crate::lookup::cookie_pairs(header.as_bytes()) {
+            let pair = if name.is_empty() {
+                Some(value.to_vec())
+            } else {
+                keep(name, value).map(|kept| [name, b"=", &kept].concat())
+            };
+            if let Some(pair) = pair {
+                if !line.is_empty() {
+                    line.extend_from_slice(b"; ");
+                }
+                line.extend_from_slice(&pair);
+            }
+        }
+        if !line.is_empty() {
+            if let Ok(value) = HeaderValue::from_bytes(&line) {
                 rebuilt.push(value);
             }
         }
@@ -346,6 +492,23 @@ mod tests {
     }
 
     #[test]
+    fn non_utf8_cookie_headers_are_read_and_stripped() {
+        let c = CookieSticky::new(&sticky("cookie = \"SERVERID\"\nindirect = true"), &servers());
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_bytes(b"a=\xff; SERVERID=s1; b=\xc3\xa9").unwrap(),
+        );
+        assert_eq!(c.state(&h), CookieState::Server(0), "read past another cookie's bytes");
+        c.rewrite_request(&mut h);
+        assert_eq!(
+            h[COOKIE].as_bytes(),
+            b"a=\xff; b=\xc3\xa9",
+            "tether's cookie stripped, the rest byte for byte"
+        );
+    }
+
+    #[test]
     fn indirect_removes_only_tethers_cookie() {
         let c = CookieSticky::new(&sticky("cookie = \"SERVERID\"\nindirect = true"), &servers());
         let mut h = with_cookie("a=1; SERVERID=s1; b=2");
@@ -375,6 +538,69 @@ mod tests {
         assert_eq!(request[COOKIE], "JSESSIONID=abc123; x=y");
     }
 
+    /// The value of the `Set-Cookie` that `c` puts on a response of `server` at `now`.
+    fn issued(c: &CookieSticky, server: ServerId, now: u64) -> String {
+        let mut h = HeaderMap::new();
+        c.rewrite_response_at(&mut h, server, CookieState::Absent, false, now);
+        let set = h[SET_COOKIE].to_str().unwrap();
+        set.strip_prefix("SERVERID=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn opaque_cookies_expire_are_renewed_at_half_life_and_resist_tampering() {
+        let config =
+            sticky("cookie = \"SERVERID\"\nopaque = true\nsecret = \"correct horse battery staple\"\nmax_age = \"1h\"");
+        let c = CookieSticky::new(&config, &servers());
+        let t = 1_800_000_000;
+        let value = issued(&c, 1, t);
+        let cookie = with_cookie(&format!("SERVERID={value}"));
+        assert_eq!(c.state_at(&cookie, t), CookieState::Server(1));
+        assert_eq!(c.state_at(&cookie, t + 1799), CookieState::Server(1));
+        assert_eq!(
+            c.state_at(&cookie, t + 1801),
+            CookieState::Renew(1),
+            "past half its life"
+        );
+        assert_eq!(
+            c.state_at(&cookie, t + 3601),
+            CookieState::Invalid,
+            "expired: cannot be replayed for ever"
+        );
+        assert_eq!(
+            c.state_at(&cookie, t - 3600),
+            CookieState::Invalid,
+            "issued in the future"
+        );
+        let mut renewed = HeaderMap::new();
+        c.rewrite_response_at(&mut renewed, 1, CookieState::Renew(1), false, t + 2000);
+        assert!(renewed.get(SET_COOKIE).is_some(), "a renewal sets a fresh cookie");
+        let mut kept = HeaderMap::new();
+        c.rewrite_response_at(&mut kept, 1, CookieState::Server(1), false, t + 10);
+        assert!(kept.get(SET_COOKIE).is_none(), "a fresh cookie is not set again");
+        // A later issue time with the old tag, or another server's part with this tag: refused.
+        let parts: Vec<&str> = value.split('.').collect();
+        let later = format!("{}.{:x}.{}", parts[0], t + 3000, parts[2]);
+        assert_eq!(
+            c.state_at(&with_cookie(&format!("SERVERID={later}")), t + 3100),
+            CookieState::Invalid
+        );
+        let other = format!("{}.{}.{}", c.value_of(0).unwrap(), parts[1], parts[2]);
+        assert_eq!(
+            c.state_at(&with_cookie(&format!("SERVERID={other}")), t),
+            CookieState::Invalid
+        );
+        assert_eq!(
+            c.state_at(&with_cookie(&format!("SERVERID={}", parts[0])), t),
+            CookieState::Invalid,
+            "a value without issue time (an older tether's) is not honoured"
+        );
+    }
+
     #[test]
     fn opaque_values_hide_names_and_depend_on_the_secret() {
         let config = sticky("cookie = \"SERVERID\"\nopaque = true\nsecret = \"correct horse battery staple\"");
@@ -382,9 +608,17 @@ mod tests {
         let value = c.value_of(0).unwrap().to_string();
         assert_eq!(value.len(), 24);
         assert!(!value.contains("s1") && !value.contains("web"));
+        let now = 1_800_000_000;
+        let full = issued(&c, 0, now);
+        assert!(full.starts_with(&value) && !full.contains("s1") && !full.contains("web"));
         assert_eq!(
-            c.state(&with_cookie(&format!("SERVERID={value}"))),
+            c.state_at(&with_cookie(&format!("SERVERID={full}")), now + 60),
             CookieState::Server(0)
+        );
+        assert_eq!(
+            c.state_at(&with_cookie(&format!("SERVERID={full}")), now + 86_401),
+            CookieState::Invalid,
+            "without max_age an opaque cookie is honoured for a day"
         );
         assert_eq!(
             c.state(&with_cookie("SERVERID=s1")),

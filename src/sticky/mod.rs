@@ -189,9 +189,7 @@ impl StickyPolicy {
         let mut found = Lookup::default();
         if let Some(cookie) = &self.cookie {
             let state = cookie.state(request.headers());
-            if let CookieState::Server(id) = state {
-                found.target = Some(id);
-            }
+            found.target = state.server();
             found.cookie = Some(state);
         }
         if let Some(table) = &self.table {
@@ -235,7 +233,7 @@ impl StickyPolicy {
         // Ids are re-pointed when their server could not take the request
         // (redispatch, a drain past its deadline), never because a cookie
         // chose another server: a cookie cannot move someone else's session.
-        let cookie_chose = lookup.cookie == Some(CookieState::Server(server));
+        let cookie_chose = lookup.cookie.and_then(CookieState::server) == Some(server);
         if !cookie_chose && lookup.table_target.is_some_and(|t| t != server) {
             for id in &lookup.known_ids {
                 table.insert(id, server_name.clone());
