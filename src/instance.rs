@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::{AdminShared, Context};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::discovery::{with_found, FoundSets};
 use crate::health::{BackendTargets, Checkers, Target};
 use crate::proxy::listener::accept_loop;
 use crate::proxy::{Shared, Stop};
@@ -125,6 +126,20 @@ struct Inner {
     /// Held for a whole reload, so two (a signal and an API call) cannot
     /// interleave their builds, binds and swaps.
     reloading: Mutex<()>,
+    /// DNS discovery: the configuration as the file gives it, the servers
+    /// found for it, and the wake-up of the lookup loop after a reload.
+    discovery: Discovery,
+}
+
+/// What DNS discovery needs of the instance: the snapshot is built from
+/// `file` with `found` added (`discovery::with_found`).
+struct Discovery {
+    /// The configuration of the last (re)load, without found servers.
+    file: Mutex<Arc<Config>>,
+    /// The last known set of each lookup.
+    found: Mutex<FoundSets>,
+    /// Tells the lookup loop the configuration changed.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// A tether instance with its listeners bound, ready to run.
@@ -190,6 +205,11 @@ impl Tether {
                 reloads_ok: AtomicU64::new(0),
                 reloads_failed: AtomicU64::new(0),
                 reloading: Mutex::new(()),
+                discovery: Discovery {
+                    file: Mutex::new(Arc::new(config.clone())),
+                    found: Mutex::default(),
+                    wake: Arc::default(),
+                },
             }),
         };
         handle.sync_listeners(&snapshot)?;
@@ -202,7 +222,7 @@ impl Tether {
             cluster.resolve_instance(port);
             let _ = handle.inner.cluster.set(cluster);
         }
-        handle.apply_intended_states(&snapshot);
+        handle.apply_intended_states(&snapshot, None);
         crate::admin::bind(&handle).map_err(|source| StartError::AdminBind {
             address: snapshot.admin.as_ref().map_or(([0, 0, 0, 0], 0).into(), |a| a.bind),
             source,
@@ -248,6 +268,8 @@ impl Tether {
             .cluster
             .get()
             .map(|cluster| cluster.start(shared.snapshot.clone()));
+        // DNS lookups of `discover` and `resolve_interval` run until this function ends.
+        let _discovery = handle.start_discovery();
         shutdown.await;
         let grace = shared.snapshot.load().shutdown_grace;
         let open = shared.open.count();
@@ -334,11 +356,71 @@ impl Handle {
     /// applied (weights and admin states, removed servers drained, checkers
     /// restarted, removed addresses closed) and logged. Running requests and
     /// tunnels keep the snapshot they started with.
+    ///
+    /// Servers found in DNS stay (the new file's own lookups are planned
+    /// again, and a changed `discover` drops the old name's servers).
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
         let inner = &self.inner;
         let _one_at_a_time = lock(&inner.reloading);
+        let combined = with_found(config, &lock(&inner.discovery.found));
+        self.swap_in(&combined, false)?;
+        *lock(&inner.discovery.file) = Arc::new(config.clone());
+        inner.discovery.wake.notify_one();
+        Ok(())
+    }
+
+    /// The DNS lookup loop (`discovery::dns::run`) over the file's
+    /// configuration, applying each change of the found servers.
+    fn start_discovery(&self) -> AbortOnDrop {
+        let source = self.clone();
+        let target = self.clone();
+        AbortOnDrop(tokio::spawn(crate::discovery::dns::run(
+            move || lock(&source.inner.discovery.file).clone(),
+            self.inner.discovery.wake.clone(),
+            move |found| target.apply_found(found),
+        )))
+    }
+
+    /// Servers found in DNS changed: the snapshot is rebuilt from the file's
+    /// configuration with them, through the reload path (serialised with
+    /// reloads): live states of unchanged servers carry over, servers gone
+    /// are drained, new ones start their `slowstart` ramp.
+    fn apply_found(&self, found: FoundSets) {
+        let inner = &self.inner;
+        let _one_at_a_time = lock(&inner.reloading);
+        let file = lock(&inner.discovery.file).clone();
+        let combined = with_found(&file, &found);
+        *lock(&inner.discovery.found) = found;
+        if let Err(err) = self.swap_in(&combined, true) {
+            tracing::error!(cause = %err, "servers found in DNS could not be applied");
+        }
+    }
+
+    /// Build, diff, bind, swap and apply `config` (the reload lock held);
+    /// with `ramp_new`, servers new in it start their slow-start ramp.
+    fn swap_in(&self, config: &Config, ramp_new: bool) -> Result<(), StartError> {
+        let inner = &self.inner;
         let previous = self.snapshot();
         let mut next = Snapshot::build(config, Some(&previous));
+        // Found in DNS: only the servers new in it take their intended
+        // states (operator changes to the others stay) and ramp up.
+        let fresh: Option<Vec<Arc<ServerState>>> = ramp_new.then(|| {
+            let known = |state: &Arc<ServerState>| {
+                previous
+                    .backends
+                    .iter()
+                    .any(|b| b.servers.iter().any(|s| Arc::ptr_eq(&s.state, state)))
+            };
+            next.backends
+                .iter()
+                .flat_map(|b| b.servers.iter())
+                .filter(|s| !known(&s.state))
+                .map(|s| s.state.clone())
+                .collect()
+        });
+        for state in fresh.iter().flatten() {
+            state.ramp_from_now();
+        }
         if let Some(cluster) = inner.cluster.get() {
             cluster.share_tables(&mut next);
             if config.cluster.is_none() {
@@ -361,16 +443,17 @@ impl Handle {
         let next = Arc::new(next);
         self.sync_listeners(&next)?;
         inner.shared.snapshot.store(next.clone());
-        self.apply(&next, diff);
+        self.apply(&next, diff, fresh.as_deref());
         Ok(())
     }
 
     /// The side effects of a reload, after the swap: the config's (or the
     /// cluster's) weights and admin states, idle connections that speak an
     /// old TLS setting, checker tasks, drains of removed servers, the log.
-    fn apply(&self, snapshot: &Snapshot, diff: Diff) {
+    /// With `only`, just those servers take their intended states.
+    fn apply(&self, snapshot: &Snapshot, diff: Diff, only: Option<&[Arc<ServerState>]>) {
         let inner = &self.inner;
-        self.apply_intended_states(snapshot);
+        self.apply_intended_states(snapshot, only);
         for state in &diff.reached_differently {
             inner.shared.pools.clear(state);
         }
@@ -399,11 +482,14 @@ impl Handle {
     /// Writes each server's intended weight and admin state to its live
     /// state: the cluster's latest operator change if there is one (it
     /// wins, as it did before the reload), else the config's.
-    fn apply_intended_states(&self, snapshot: &Snapshot) {
+    fn apply_intended_states(&self, snapshot: &Snapshot, only: Option<&[Arc<ServerState>]>) {
         let inner = &self.inner;
         let cluster = inner.cluster.get();
         for backend in &snapshot.backends {
             for server in &backend.servers {
+                if only.is_some_and(|only| !only.iter().any(|s| Arc::ptr_eq(s, &server.state))) {
+                    continue;
+                }
                 let (admin, weight) = cluster
                     .and_then(|c| c.operator_state(&backend.name, &server.name))
                     .unwrap_or((server.configured_admin, server.configured_weight));

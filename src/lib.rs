@@ -16,6 +16,7 @@ pub mod cidr;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod instance;
 pub mod lookup;

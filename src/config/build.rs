@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
+use super::address::Address;
 use super::error::{ConfigError, SourceMap};
 use super::model::{
-    Admin, AdminUser, BackendId, Check, Cluster, Config, Frontend, Hashing, Health, HttpCheck, HttpsRedirect, Limits,
-    PerIp, Route, Server, Sticky, StickyCookie, WebSocket,
+    Admin, AdminUser, BackendId, Check, Cluster, Config, Discover, Frontend, Hashing, Health, HttpCheck, HttpsRedirect,
+    Limits, NamedServer, PerIp, Resolver, Route, Server, ServerDefaults, Sticky, StickyCookie, WebSocket,
 };
 use super::raw;
 use super::resolve::located;
@@ -34,7 +35,64 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         backends,
         admin,
         cluster: raw.cluster.as_ref().map(|c| cluster(c.get_ref())),
+        resolver: raw.resolver.as_ref().map(|r| resolver(r.get_ref())),
     })
+}
+
+// --- DNS discovery ---
+
+/// `[resolver]`: its nameservers (checked by the rules) with port 53 unless given.
+fn resolver(r: &raw::Resolver) -> Resolver {
+    Resolver {
+        nameservers: r
+            .nameservers
+            .get_ref()
+            .iter()
+            .filter_map(|n| super::validate::nameserver(n.get_ref()).ok())
+            .collect(),
+        timeout: r.timeout.get_ref().get(),
+    }
+}
+
+/// `discover`, which the rules checked names exactly one of `dns` (with a port) or `srv`.
+fn discover(d: &raw::Discover) -> Option<Discover> {
+    let interval = d.interval.get_ref().get();
+    match (&d.dns, &d.srv, &d.port) {
+        (Some(name), None, Some(port)) => Some(Discover::Dns {
+            name: name.get_ref().clone(),
+            port: *port.get_ref(),
+            interval,
+        }),
+        (None, Some(name), None) => Some(Discover::Srv {
+            name: name.get_ref().clone(),
+            interval,
+        }),
+        _ => None,
+    }
+}
+
+/// `server_defaults` (weight 1, no `maxconn` when absent).
+fn server_defaults(d: Option<&raw::ServerDefaults>) -> ServerDefaults {
+    ServerDefaults {
+        weight: d.map_or(1, |d| *d.weight.get_ref()),
+        maxconn: d.and_then(|d| d.maxconn.as_ref().map(|m| *m.get_ref())),
+    }
+}
+
+/// A written server named by host, with `resolve_interval`: looked up by the resolver, not here.
+fn named_server(s: &raw::Server) -> Option<NamedServer> {
+    match s.address.get_ref() {
+        Address::Name { host, port } => Some(NamedServer {
+            name: s.name.get_ref().clone(),
+            host: host.clone(),
+            port: *port,
+            weight: *s.weight.get_ref(),
+            maxconn: s.maxconn.as_ref().map(|m| *m.get_ref()),
+            cookie: s.cookie.clone(),
+            state: s.state,
+        }),
+        Address::Socket(_) => None,
+    }
 }
 
 /// The index of the backend `name`, which the rules checked exists.
@@ -131,14 +189,22 @@ fn frontend(
 }
 
 fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<super::model::Backend, ConfigError> {
-    let addresses = b
+    // With `resolve_interval`, host names are left to the resolver task (no lookup at load).
+    let named_servers: Vec<NamedServer> = match b.resolve_interval {
+        Some(_) => b.server.iter().filter_map(named_server).collect(),
+        None => Vec::new(),
+    };
+    let written: Vec<&raw::Server> = b
         .server
+        .iter()
+        .filter(|s| !named_servers.iter().any(|n| n.name == *s.name.get_ref()))
+        .collect();
+    let addresses = written
         .iter()
         .map(|s| located(&s.address, source))
         .collect::<Result<Vec<_>, _>>()?;
-    let server_tls = tls::backend(b, &addresses, source, base)?;
-    let servers = b
-        .server
+    let server_tls = tls::backend(b, &written, &addresses, source, base)?;
+    let servers = written
         .iter()
         .zip(addresses)
         .zip(server_tls)
@@ -185,6 +251,10 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
         tunnel_timeout: b.timeouts.tunnel.get(),
         health,
         servers,
+        discover: b.discover.as_ref().and_then(|d| discover(d.get_ref())),
+        server_defaults: server_defaults(b.server_defaults.as_ref().map(|d| d.get_ref())),
+        resolve_interval: b.resolve_interval.as_ref().map(|d| d.get_ref().get()),
+        named_servers,
     })
 }
 

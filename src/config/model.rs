@@ -19,8 +19,9 @@ use crate::tls::{ServerTls, UpstreamTls};
 /// Index of a backend in `Config::backends` (and in the snapshot built from it).
 pub type BackendId = usize;
 
-/// A whole configuration that passed every check.
-#[derive(Debug)]
+/// A whole configuration that passed every check. Cloned when servers
+/// found in DNS are added to the file's (`discovery`).
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Worker threads; `None` asks for one per core (known only at start).
     pub workers: Option<usize>,
@@ -34,6 +35,78 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Shared mode through Redis, if the file has `[cluster]`.
     pub cluster: Option<Cluster>,
+    /// The DNS resolver of discovery and re-resolution (`[resolver]`); the system's when `None`.
+    pub resolver: Option<Resolver>,
+}
+
+// --- DNS discovery ---
+
+/// The nameservers asked for discovered and re-resolved servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// Nameservers, asked in order (at least one).
+    pub nameservers: Vec<SocketAddr>,
+    /// Limit of one lookup.
+    pub timeout: Duration,
+}
+
+/// Where a backend finds servers in DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Discover {
+    /// Every A/AAAA record of `name` is a server on `port`.
+    Dns {
+        /// The name looked up.
+        name: String,
+        /// The servers' port.
+        port: u16,
+        /// Time between lookups.
+        interval: Duration,
+    },
+    /// Every SRV record of `name` gives a target (its A/AAAA records), a port and a weight.
+    Srv {
+        /// The SRV name (`_service._proto.name`).
+        name: String,
+        /// Time between lookups.
+        interval: Duration,
+    },
+}
+
+impl Discover {
+    /// Time between two lookups.
+    pub fn interval(&self) -> Duration {
+        match self {
+            Discover::Dns { interval, .. } | Discover::Srv { interval, .. } => *interval,
+        }
+    }
+}
+
+/// Settings given to every discovered server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerDefaults {
+    /// Weight of an A/AAAA-discovered server (SRV records carry their own).
+    pub weight: u32,
+    /// `maxconn` of each, if capped.
+    pub maxconn: Option<u32>,
+}
+
+/// A written server whose address is a host name looked up again every
+/// `resolve_interval`: it joins the backend once the first lookup answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedServer {
+    /// Its name, as written.
+    pub name: String,
+    /// The host name looked up.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Weight, as written.
+    pub weight: u32,
+    /// `maxconn`, as written.
+    pub maxconn: Option<u32>,
+    /// Cookie id, as written.
+    pub cookie: Option<String>,
+    /// Admin state, as written.
+    pub state: AdminState,
 }
 
 /// The admin listener's settings.
@@ -87,7 +160,7 @@ pub struct Cluster {
 }
 
 /// One public entry point.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Frontend {
     /// Unique name.
     pub name: String,
@@ -183,7 +256,7 @@ pub struct WebSocket {
 }
 
 /// A group of servers and how requests are spread over them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Backend {
     /// Unique name.
     pub name: String,
@@ -221,8 +294,16 @@ pub struct Backend {
     pub tunnel_timeout: Duration,
     /// Active health checks; servers are always up when `None`.
     pub health: Option<Health>,
-    /// The servers, in file order (at least one).
+    /// The servers, in file order (none only with `discover` or `resolve_interval`).
     pub servers: Vec<Server>,
+    /// Servers found in DNS, if any.
+    pub discover: Option<Discover>,
+    /// Settings of discovered servers.
+    pub server_defaults: ServerDefaults,
+    /// How often `named_servers` are looked up again; `None`: names resolved at load.
+    pub resolve_interval: Option<Duration>,
+    /// Written servers with a host name, with `resolve_interval` (not in `servers`).
+    pub named_servers: Vec<NamedServer>,
 }
 
 /// How a hashing balance maps a key's hash to a server.
@@ -245,7 +326,7 @@ pub enum Hashing {
 }
 
 /// One backend server.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Server {
     /// Unique name within the backend.
     pub name: String,

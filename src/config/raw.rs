@@ -37,6 +37,48 @@ pub struct Config {
     /// Shared mode: several instances share stickiness, load and operator
     /// actions through Redis; every instance alone when absent.
     pub cluster: Option<Spanned<Cluster>>,
+    /// The DNS resolver of `discover` and `resolve_interval`; the
+    /// nameservers of `/etc/resolv.conf` when absent.
+    pub resolver: Option<Spanned<Resolver>>,
+}
+
+// --- DNS discovery (`[resolver]`, `discover`, `server_defaults`, `resolve_interval`) ---
+
+/// The DNS resolver tether asks for discovered and re-resolved servers (`[resolver]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolver {
+    /// `ip` or `ip:port` of each nameserver (port 53 when absent); at least one.
+    pub nameservers: Spanned<Vec<Spanned<String>>>,
+    /// How long one lookup may take.
+    #[serde(default = "defaults::resolver_timeout")]
+    pub timeout: Spanned<ConfigDuration>,
+}
+
+/// Servers found in DNS (`discover = { dns = … }` or `{ srv = … }`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discover {
+    /// A name whose every A/AAAA record is a server (with `port`).
+    pub dns: Option<Spanned<String>>,
+    /// An SRV name: each record gives a target, a port and a weight.
+    pub srv: Option<Spanned<String>>,
+    /// The servers' port with `dns`; SRV records carry their own.
+    pub port: Option<Spanned<u16>>,
+    /// Time between two lookups.
+    #[serde(default = "defaults::discover_interval")]
+    pub interval: Spanned<ConfigDuration>,
+}
+
+/// Settings of every discovered server (`server_defaults`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerDefaults {
+    /// Weight of an A/AAAA-discovered server (SRV records carry their own).
+    #[serde(default = "defaults::weight")]
+    pub weight: Spanned<u32>,
+    /// `maxconn` of each discovered server; unlimited when absent.
+    pub maxconn: Option<Spanned<u32>>,
 }
 
 /// Several tether instances sharing state through Redis (`[cluster]`).
@@ -381,6 +423,13 @@ pub struct Backend {
     /// The servers.
     #[serde(default)]
     pub server: Vec<Server>,
+    /// Servers found in DNS, besides the written ones.
+    pub discover: Option<Spanned<Discover>>,
+    /// Settings of the servers `discover` finds (weight 1, no `maxconn` when absent).
+    pub server_defaults: Option<Spanned<ServerDefaults>>,
+    /// Written servers whose address is a host name are looked up again this often
+    /// (by the `[resolver]`, not at load); resolved once at load when absent.
+    pub resolve_interval: Option<Spanned<ConfigDuration>>,
 }
 
 /// Stickiness settings of a backend. Cookie stickiness (`cookie`, `mode`, …)
@@ -544,6 +593,13 @@ mod defaults {
     }
     pub(crate) fn cluster_stick_refresh() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(10))
+    }
+
+    pub(crate) fn resolver_timeout() -> toml::Spanned<ConfigDuration> {
+        toml::Spanned::new(0..0, ConfigDuration(Duration::from_secs(2)))
+    }
+    pub(crate) fn discover_interval() -> toml::Spanned<ConfigDuration> {
+        toml::Spanned::new(0..0, ConfigDuration(Duration::from_secs(5)))
     }
 
     pub(crate) fn shutdown_grace() -> ConfigDuration {

@@ -32,6 +32,7 @@ pub(super) fn frontend(
 /// SNI name is the IP when no `sni` is given).
 pub(super) fn backend(
     backend: &Backend,
+    servers: &[&super::raw::Server],
     addresses: &[SocketAddr],
     source: &SourceMap<'_>,
     base: &Path,
@@ -43,8 +44,7 @@ pub(super) fn backend(
         }
         _ => None,
     };
-    backend
-        .server
+    servers
         .iter()
         .zip(addresses)
         .map(|(server, address)| {

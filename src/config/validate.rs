@@ -118,6 +118,141 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
     if let Some(cluster) = &config.cluster {
         validate_cluster(cluster.get_ref(), source)?;
     }
+    if let Some(resolver) = &config.resolver {
+        validate_resolver(resolver.get_ref(), source)?;
+    }
+    Ok(())
+}
+
+// --- DNS discovery ---
+
+/// A nameserver as written: `ip` (port 53) or `ip:port`.
+pub(super) fn nameserver(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| {
+            format!("nameserver `{text}` is not an IP address: write \"10.0.0.2\" or \"10.0.0.2:5353\" (no host names)")
+        })
+}
+
+fn validate_resolver(resolver: &raw::Resolver, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    if resolver.nameservers.get_ref().is_empty() {
+        return Err(source.error(
+            Some(resolver.nameservers.span()),
+            "`nameservers` is empty: list at least one, like [\"10.0.0.2:53\"], or remove [resolver] to use /etc/resolv.conf",
+        ));
+    }
+    for server in resolver.nameservers.get_ref() {
+        nameserver(server.get_ref()).map_err(|message| source.error(Some(server.span()), message))?;
+    }
+    let timeout = resolver.timeout.get_ref().get();
+    if timeout < std::time::Duration::from_millis(10) || timeout > std::time::Duration::from_secs(60) {
+        return Err(source.error(
+            Some(resolver.timeout.span()),
+            "`timeout` must be between 10ms and 60s (default \"2s\")",
+        ));
+    }
+    Ok(())
+}
+
+/// `discover`, `server_defaults` and `resolve_interval` of `backend`.
+fn validate_discovery(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let least = std::time::Duration::from_millis(100);
+    if let Some(discover) = &backend.discover {
+        let d = discover.get_ref();
+        match (&d.dns, &d.srv) {
+            (Some(_), Some(srv)) => {
+                return Err(source.error(
+                    Some(srv.span()),
+                    "`discover` takes `dns` (A/AAAA records, with `port`) or `srv` (SRV records), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(source.error(
+                    Some(discover.span()),
+                    "`discover` needs `dns = \"name\"` with `port = 8200`, or `srv = \"_service._tcp.name\"`",
+                ))
+            }
+            (Some(dns), None) if d.port.is_none() => return Err(source.error(
+                Some(dns.span()),
+                "`discover = { dns = … }` needs a `port`: A/AAAA records carry none (or use `srv`, whose records do)",
+            )),
+            (None, Some(_)) if d.port.is_some() => {
+                let port = d.port.as_ref().map(|p| p.span());
+                return Err(source.error(
+                    port,
+                    "`port` does not apply to `srv`: each SRV record carries its own port; remove `port`",
+                ));
+            }
+            _ => {}
+        }
+        for name in [&d.dns, &d.srv].into_iter().flatten() {
+            if name.get_ref().trim().is_empty() || name.get_ref().contains(char::is_whitespace) {
+                return Err(source.error(
+                    Some(name.span()),
+                    "the name to look up must be a DNS name without spaces",
+                ));
+            }
+        }
+        if let Some(port) = d.port.as_ref().filter(|p| *p.get_ref() == 0) {
+            return Err(source.error(Some(port.span()), "`port` must be between 1 and 65535"));
+        }
+        if d.interval.get_ref().get() < least {
+            return Err(source.error(
+                Some(d.interval.span()),
+                "`interval` must be at least 100ms (default \"5s\")",
+            ));
+        }
+        if let Some(tls) = &backend.tls {
+            return Err(source.error(
+                Some(tls.span()),
+                "`tls` toward discovered servers is not supported yet: remove `tls` or `discover`",
+            ));
+        }
+    }
+    if let Some(defaults) = &backend.server_defaults {
+        let d = defaults.get_ref();
+        if backend.discover.is_none() {
+            return Err(source.error(
+                Some(defaults.span()),
+                "`server_defaults` applies to discovered servers: add `discover = { … }` or remove it",
+            ));
+        }
+        if *d.weight.get_ref() > MAX_WEIGHT {
+            return Err(source.error(
+                Some(d.weight.span()),
+                format!("weight must be between 0 and {MAX_WEIGHT}"),
+            ));
+        }
+        if let Some(maxconn) = d.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
+            return Err(source.error(
+                Some(maxconn.span()),
+                "maxconn must be at least 1 (use weight = 0 to send servers no new traffic)",
+            ));
+        }
+    }
+    if let Some(interval) = &backend.resolve_interval {
+        if interval.get_ref().get() < least {
+            return Err(source.error(
+                Some(interval.span()),
+                "`resolve_interval` must be at least 100ms (leave it out to resolve names once, at load)",
+            ));
+        }
+        for server in &backend.server {
+            if matches!(server.address.get_ref(), super::address::Address::Name { .. }) {
+                if let Some(tls) = server.tls.as_ref().or(backend.tls.as_ref()) {
+                    return Err(source.error(
+                        Some(tls.span()),
+                        "`tls` toward a server re-resolved by `resolve_interval` is not supported yet: \
+                         write its IP address, or remove `resolve_interval`",
+                    ));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -280,11 +415,13 @@ fn validate_backend(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<()
     if let Some(health) = &backend.health {
         validate_health(health, source)?;
     }
-    if backend.server.is_empty() {
+    validate_discovery(backend, source)?;
+    if backend.server.is_empty() && backend.discover.is_none() {
         return Err(source.error(
             Some(backend.name.span()),
             format!(
-                "backend `{}` has no servers: add a [[backend.server]] with a name and an address",
+                "backend `{}` has no servers: add a [[backend.server]] with a name and an address, \
+                 or `discover = {{ dns = \"name\", port = 8200 }}`",
                 backend.name.get_ref()
             ),
         ));

@@ -453,6 +453,14 @@ impl ServerState {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// Starts the slow-start ramp now, as if the (up) server had just come
+    /// up: for a server that joins a running backend (found in DNS).
+    pub fn ramp_from_now(&self) {
+        if self.is_up() {
+            self.up_since_ms.store(monotonic_ms().max(1), Ordering::Relaxed);
+        }
+    }
+
     /// Marks the server up or down; returns whether that changed anything.
     /// Data only: that a server gone down must close its tunnels is
     /// `instance`'s, told through [`Changes::set_up`].

@@ -50,7 +50,13 @@ impl BackendBuilder {
 
     /// Starts the backend on 127.0.0.1:0.
     pub async fn start(self) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        self.start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the backend on `addr` (another loopback address, like
+    /// 127.0.0.2, and a chosen port for servers found in DNS).
+    pub async fn start_on(self, addr: SocketAddr) -> TestBackend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().expect("backend address");
         let shared = Arc::new(BackendShared {
             name: self.name.clone(),

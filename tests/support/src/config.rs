@@ -191,6 +191,13 @@ impl Config {
         self
     }
 
+    /// Sets `[resolver]`: the nameservers discovery asks, and its lookup timeout.
+    pub fn resolver(mut self, nameservers: &[SocketAddr], timeout: &str) -> Self {
+        set(&mut self.table, &["resolver", "nameservers"], nameservers.to_value());
+        set(&mut self.table, &["resolver", "timeout"], timeout.to_value());
+        self
+    }
+
     /// Sets `[cluster]`.
     pub fn cluster(mut self, cluster: Cluster) -> Self {
         self.table.insert("cluster".into(), Value::Table(cluster.table));
@@ -474,6 +481,30 @@ impl Backend {
     pub fn tls(mut self, tls: BackendTls) -> Self {
         set(&mut self.table, &["tls"], Value::Table(tls.table));
         self
+    }
+
+    /// `discover = { dns = name, port, interval }`: every A/AAAA record of `name` is a server.
+    pub fn discover_dns(mut self, name: &str, port: u16, interval: &str) -> Self {
+        set(&mut self.table, &["discover", "dns"], name.to_value());
+        set(&mut self.table, &["discover", "port"], i64::from(port).to_value());
+        set(&mut self.table, &["discover", "interval"], interval.to_value());
+        self
+    }
+
+    /// `discover = { srv = name, interval }`: every SRV record of `name` is a server.
+    pub fn discover_srv(mut self, name: &str, interval: &str) -> Self {
+        set(&mut self.table, &["discover", "srv"], name.to_value());
+        set(&mut self.table, &["discover", "interval"], interval.to_value());
+        self
+    }
+
+    keys! {
+        /// `server_defaults.weight`: weight of discovered servers.
+        server_defaults_weight(i64) => "server_defaults"."weight";
+        /// `server_defaults.maxconn`: `maxconn` of discovered servers.
+        server_defaults_maxconn(i64) => "server_defaults"."maxconn";
+        /// `resolve_interval`: written servers' host names are looked up again this often.
+        resolve_interval(&str) => "resolve_interval";
     }
 
     keys! {

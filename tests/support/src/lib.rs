@@ -8,6 +8,7 @@
 
 mod backend;
 mod config;
+mod dns;
 mod http;
 mod instance;
 mod logs;
@@ -20,6 +21,7 @@ pub use config::{
     pool, Admin, Backend, BackendTls, Cluster, Condition, Config, ConfigText, Frontend, FrontendTls, Health, Route,
     Server, Sticky, ToValue,
 };
+pub use dns::{Dnsmasq, SrvRecord};
 pub use http::{
     closed_port, connect_from, get, get_request, http_client, http_client_on, raw_exchange, send, server_of, TestBody,
 };
