@@ -313,9 +313,22 @@ async fn a_server_found_later_ramps_up_with_slowstart_and_a_reload_keeps_found_s
     tether.handle.reload(&config.parse()).expect("reload");
     let after = tether.handle.snapshot();
     assert_eq!(after.backends[0].servers.len(), 2, "found servers survive a reload");
+    let carried = |snapshot: &tether::snapshot::Snapshot| {
+        snapshot.backends[0]
+            .servers
+            .iter()
+            .any(|s| std::sync::Arc::ptr_eq(&s.state, &joined.state))
+    };
+    assert!(carried(&after), "with their live state");
+    // A reload that changes the lookup's interval (not what it asks) keeps them too.
+    let slower = Config::over(backend.discover_dns("ramp.internal", port, "150ms")).resolver(&[dns.addr()], "1s");
+    tether.handle.reload(&slower.parse()).expect("reload");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = tether.handle.snapshot();
+    assert_eq!(after.backends[0].servers.len(), 2);
     assert!(
-        std::sync::Arc::ptr_eq(&after.backends[0].servers[1].state, &joined.state)
-            || std::sync::Arc::ptr_eq(&after.backends[0].servers[0].state, &joined.state)
+        carried(&after),
+        "a new interval neither drains nor re-adds the found servers"
     );
     tether.stop().await;
 }

@@ -164,15 +164,21 @@ pub async fn run(config: impl Fn() -> Arc<Config>, wake: Arc<Notify>, apply: imp
             }
             settings = Some(config.resolver.clone());
         }
-        let planned = plan(&config);
-        let before = jobs.len();
-        jobs.retain(|(job, _, _)| planned.contains(job));
-        let mut changed = jobs.len() != before;
-        for job in planned {
-            if !jobs.iter().any(|(j, _, _)| *j == job) {
-                jobs.push((job, Known::default(), Instant::now()));
+        // Jobs asking what they asked before keep their set (with the new
+        // settings); the others are dropped, new ones looked up at once.
+        let mut kept = Vec::with_capacity(jobs.len());
+        for job in plan(&config) {
+            match jobs.iter().position(|(old, _, _)| old.same_lookup(&job)) {
+                Some(at) => {
+                    let (_, known, due) = jobs.swap_remove(at);
+                    kept.push((job, known, due));
+                }
+                None => kept.push((job, Known::default(), Instant::now())),
             }
         }
+        // (What dropped jobs found no longer counts: `with_found` follows the file.)
+        jobs = kept;
+        let mut changed = false;
         if let Ok(client) = &client {
             // Each round asks the nameservers afresh (no cached answer hides a change).
             client.clear_cache();

@@ -51,6 +51,27 @@ pub struct Job {
     pub interval: Duration,
 }
 
+impl Job {
+    /// Whether `other` asks the same question for the same server(s): same
+    /// backend and name looked up (and port, and named server), whatever
+    /// the interval or the named server's other settings. A reload that
+    /// changes only those keeps the servers found (no drain, no re-add).
+    pub fn same_lookup(&self, other: &Job) -> bool {
+        self.backend == other.backend
+            && match (&self.target, &other.target) {
+                (
+                    Target::Discover(Discover::Dns { name, port, .. }),
+                    Target::Discover(Discover::Dns { name: n, port: p, .. }),
+                ) => name == n && port == p,
+                (Target::Discover(Discover::Srv { name, .. }), Target::Discover(Discover::Srv { name: n, .. })) => {
+                    name == n
+                }
+                (Target::Named(a), Target::Named(b)) => a.name == b.name && a.host == b.host && a.port == b.port,
+                _ => false,
+            }
+    }
+}
+
 /// The lookups of `config`: each backend's `discover`, then each of its
 /// named servers with `resolve_interval`.
 pub fn plan(config: &Config) -> Vec<Job> {
@@ -159,10 +180,11 @@ pub fn with_found(file: &Config, found: &FoundSets) -> Config {
     let mut config = file.clone();
     let jobs = plan(file);
     for backend in &mut config.backends {
-        for (job, set) in found {
-            if job.backend != backend.name || !jobs.contains(job) {
+        for job in jobs.iter().filter(|j| j.backend == backend.name) {
+            // The file's job (its current settings), with the set its lookup found.
+            let Some((_, set)) = found.iter().find(|(old, _)| old.same_lookup(job)) else {
                 continue;
-            }
+            };
             for server in servers_of(backend, &job.target, set) {
                 if !backend.servers.iter().any(|s| s.name == server.name) {
                     backend.servers.push(server);
@@ -321,6 +343,20 @@ weight = 2
         );
         let cookie = config.backends[0].servers[1].cookie.clone();
         assert_eq!(cookie, Some(naming::cookie_id("10.0.0.5:8200".parse().unwrap())));
+        // A new interval or weight keeps what was found, with the file's settings.
+        let reweighted = crate::config::parse(
+            &TEXT
+                .replace("interval = \"1s\"", "interval = \"3s\"")
+                .replace("weight = 2", "weight = 4"),
+            "t.toml",
+        )
+        .unwrap();
+        let weights: Vec<u32> = with_found(&reweighted, &found).backends[0]
+            .servers
+            .iter()
+            .map(|s| s.weight)
+            .collect();
+        assert_eq!(weights, vec![1, 3, 4]);
         // A job the file no longer asks for adds nothing.
         let other = crate::config::parse(&TEXT.replace("ws.internal\"", "other.internal\""), "t.toml").unwrap();
         assert_eq!(with_found(&other, &found).backends[0].servers.len(), 2);
