@@ -149,16 +149,25 @@ fn cookies(headers: &HeaderMap) {
 
     // prefix: the server sees its own value with the id stripped.
     let prefix = PREFIX.get_or_init(|| CookieSticky::new(&sticky("cookie = \"JSESSIONID\", mode = \"prefix\""), &servers));
-    let before = tether::lookup::cookie(headers, "JSESSIONID").map(str::to_string);
+    // Compared as bytes: cookies are read and rewritten as bytes.
+    let raw = |headers: &HeaderMap| -> Option<Vec<u8>> {
+        headers.get_all(COOKIE).iter().find_map(|line| {
+            tether::lookup::cookie_pairs(line.as_bytes()).find_map(|(name, value)| (name == b"JSESSIONID").then(|| value.to_vec()))
+        })
+    };
+    let before = raw(headers);
     let state = prefix.state(headers);
     let mut request = headers.clone();
     prefix.rewrite_request(&mut request);
-    let after = tether::lookup::cookie(&request, "JSESSIONID");
+    let after = raw(&request);
     match before.as_deref() {
         None => assert_eq!(after, None),
         Some(value) => {
-            let expected = value.split_once('~').map_or(value, |(_, rest)| rest).trim();
-            assert_eq!(after, Some(expected), "prefix mode strips the server id");
+            let expected = match value.iter().position(|b| *b == b'~') {
+                Some(at) => &value[at + 1..],
+                None => value,
+            };
+            assert_eq!(after.as_deref(), Some(expected.trim_ascii()), "prefix mode strips the server id");
         }
     }
     let mut response = headers.clone();
@@ -172,6 +181,31 @@ fn cookies(headers: &HeaderMap) {
         }
     }
     let _ = headers.get_all(COOKIE).iter().count();
+
+    // opaque: a value is honoured only with its server part, and the value
+    // tether sets reads back as the server it was set for.
+    static OPAQUE: OnceLock<CookieSticky> = OnceLock::new();
+    let opaque = OPAQUE.get_or_init(|| {
+        CookieSticky::new(
+            &sticky("cookie = \"SERVERID\", opaque = true, secret = \"a fuzzing secret, long enough\""),
+            &servers,
+        )
+    });
+    let state = opaque.state(headers);
+    if let Some(id) = state.server() {
+        let value = tether::lookup::cookie(headers, "SERVERID").expect("a cookie was read");
+        assert!(value.starts_with(opaque.value_of(id).expect("a known server")), "{value:?}");
+    }
+    let mut response = HeaderMap::new();
+    opaque.rewrite_response(&mut response, 1, state, false);
+    if let Some(set) = response.get(SET_COOKIE) {
+        let pair = set.to_str().expect("tether's cookie is text").split(';').next().unwrap_or_default();
+        let mut again = HeaderMap::new();
+        again.insert(COOKIE, HeaderValue::from_str(pair).expect("a valid header"));
+        assert_eq!(opaque.state(&again), CookieState::Server(1), "{pair}");
+    } else {
+        assert_eq!(state, CookieState::Server(1), "only a fresh cookie for the server is not set again");
+    }
 }
 
 /// Token lists are trimmed and non-empty; hop-by-hop removal leaves none behind.
