@@ -246,3 +246,48 @@ impl Body for RequestBody {
             .map_or_else(|| SizeHint::with_exact(0), |inner| inner.size_hint())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `inactivity` has expired now (polled once).
+    async fn expired(inactivity: &mut Inactivity) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(inactivity.poll_expired(cx).is_ready())).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inactivity_counts_only_the_current_wait() {
+        let mut stall = Inactivity::new(Duration::from_secs(60));
+        // Time before the first wait (the peer was not waited on) does not count.
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(!expired(&mut stall).await, "the wait starts now");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!expired(&mut stall).await);
+        stall.moved();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!expired(&mut stall).await, "a byte moved: the next wait counts afresh");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!expired(&mut stall).await);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(expired(&mut stall).await, "sixty seconds of waiting without a byte");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_stream_is_woken_when_its_limit_passes() {
+        let mut stall = Inactivity::new(Duration::from_millis(300));
+        let started = Instant::now();
+        std::future::poll_fn(|cx| stall.poll_expired(cx)).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn abandoning_a_body_is_seen_by_its_progress() {
+        let progress = BodyProgress::default();
+        assert!(!progress.is_done());
+        progress.abandon();
+        assert!(progress.abandoned.load(Ordering::Acquire));
+        progress.finish();
+        assert!(progress.is_done());
+    }
+}

@@ -57,6 +57,9 @@ pub struct ConnActivity {
     in_flight: AtomicU64,
     /// Requests received so far.
     served: AtomicU64,
+    /// The watchdog closed the connection because the client stopped
+    /// reading its response (for the exchange's access line).
+    not_reading: std::sync::atomic::AtomicBool,
     /// Milliseconds after `epoch` (plus one; 0: not blocked) since which a
     /// write to the client has been waiting for it to read.
     write_blocked_ms: AtomicU64,
@@ -83,6 +86,7 @@ impl ConnActivity {
             served: AtomicU64::new(0),
             framing_conflict: AtomicU64::new(u64::MAX),
             write_blocked_ms: AtomicU64::new(0),
+            not_reading: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -159,6 +163,17 @@ impl ConnActivity {
             // The watchdog of a busy connection sleeps without a deadline.
             self.phase_changed.notify_one();
         }
+    }
+
+    /// The watchdog is closing the connection: the client read nothing of
+    /// its response for `client_body`.
+    pub fn cut_for_not_reading(&self) {
+        self.not_reading.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection was cut because the client stopped reading.
+    pub fn was_cut_for_not_reading(&self) -> bool {
+        self.not_reading.load(Ordering::Acquire)
     }
 
     /// A write to the client went through.

@@ -436,6 +436,16 @@ mod tests {
                 Side::Server,
                 false,
             ),
+            (
+                ProxyError::BadSwitch {
+                    server: name("s1"),
+                    cause: BadSwitch::WrongAccept,
+                },
+                502,
+                Side::Server,
+                false,
+            ),
+            (ProxyError::BodyStalled { timeout }, 408, Side::Client, true),
         ]
     }
 

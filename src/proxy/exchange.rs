@@ -90,6 +90,9 @@ impl Drop for Exchange {
             // the server's connection does not wait for the rest of the body.
             progress.abandon();
         }
+        if self.log.error.is_none() && self.activity.was_cut_for_not_reading() {
+            self.log.error = Some("the client stopped reading the response: both connections closed".to_string());
+        }
         if let Some(state) = &self.server_state {
             state.count_response(self.log.status);
             let bytes_in = self.log.bytes_in.load(Ordering::Relaxed);

@@ -240,7 +240,10 @@ async fn serve_connection(
                     if at <= std::time::Instant::now() {
                         match why {
                             Expiry::Head => tracing::info!(client = %peer, timeout = ?head_timeout, "request head not received in time: connection closed"),
-                            Expiry::NotReading => tracing::info!(client = %peer, timeout = ?body_timeout, "the client read nothing of its response in time: connection closed"),
+                            Expiry::NotReading => {
+                                activity.cut_for_not_reading();
+                                tracing::info!(client = %peer, timeout = ?body_timeout, "the client read nothing of its response in time: connection closed");
+                            }
                             Expiry::Idle => {}
                         }
                         break;
