@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub shutdown_grace: Duration,
     /// The `[admin]` settings (users, allow-lists), if any.
     pub admin: Option<Arc<AdminSettings>>,
+    /// Query parameters the access log writes as `REDACTED` (`[log] redact_query`).
+    pub redact_query: Arc<[Box<str>]>,
 }
 
 /// A public listener's routing and client-side settings.
@@ -71,6 +73,8 @@ pub struct Frontend {
     pub client_timeout: Duration,
     /// Time allowed for a request head once it started arriving.
     pub http_request_timeout: Duration,
+    /// Longest a request under way may move no byte on the client side.
+    pub client_body_timeout: Duration,
     /// TLS termination: each connection accepted from now on shakes hands
     /// with these certificates (a reload replaces them for new connections only).
     pub tls: Option<crate::tls::ServerTls>,
@@ -119,6 +123,8 @@ pub struct Backend {
     pub server_timeout: Duration,
     /// Idle limit of a WebSocket tunnel.
     pub tunnel_timeout: Duration,
+    /// Longest a response body may get no byte from its server.
+    pub server_body_timeout: Duration,
     /// How long a request may wait for a free slot (zero: no queue).
     pub queue_timeout: Duration,
     /// How long a drained server's tunnels may stay open.
@@ -216,6 +222,7 @@ impl Snapshot {
                 proxy_protocol: f.proxy_protocol,
                 client_timeout: f.client_timeout,
                 http_request_timeout: f.http_request_timeout,
+                client_body_timeout: f.client_body_timeout,
                 tls: f.tls.clone(),
                 redirect_https: f.redirect_https.map(|r| r.port),
                 hsts: f.hsts.clone(),
@@ -227,6 +234,7 @@ impl Snapshot {
             workers: config.workers,
             shutdown_grace: config.shutdown_grace,
             admin: config.admin.clone().map(Arc::new),
+            redact_query: config.log.redact_query.iter().map(|p| Box::from(p.as_str())).collect(),
         }
     }
 
@@ -314,6 +322,7 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         connect_timeout: config.connect_timeout,
         server_timeout: config.server_timeout,
         tunnel_timeout: config.tunnel_timeout,
+        server_body_timeout: config.server_body_timeout,
         queue_timeout: config.queue_timeout,
         drain_timeout: config.drain_timeout,
         drain_spread: config.drain_spread,

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::error::{ConfigError, SourceMap};
 use super::model::{
     Admin, AdminUser, BackendId, Check, Cluster, Config, Frontend, Hashing, Health, HttpCheck, HttpsRedirect, Limits,
-    PerIp, Route, Server, Sticky, StickyCookie, WebSocket,
+    Log, PerIp, Route, Server, Sticky, StickyCookie, WebSocket,
 };
 use super::raw;
 use super::resolve::located;
@@ -34,6 +34,9 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         backends,
         admin,
         cluster: raw.cluster.as_ref().map(|c| cluster(c.get_ref())),
+        log: Log {
+            redact_query: raw.log.redact_query.iter().map(|p| p.get_ref().clone()).collect(),
+        },
     })
 }
 
@@ -122,6 +125,7 @@ fn frontend(
         forward_headers: f.forward_headers.clone(),
         client_timeout: f.timeouts.client.get(),
         http_request_timeout: f.timeouts.http_request.get(),
+        client_body_timeout: f.timeouts.client_body.get(),
         tls,
         redirect_https: f.redirect_https.get_ref().then(|| HttpsRedirect {
             port: f.https_port.as_ref().map(|p| *p.get_ref()),
@@ -183,6 +187,7 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
         connect_timeout: b.timeouts.connect.get(),
         server_timeout: b.timeouts.server.get(),
         tunnel_timeout: b.timeouts.tunnel.get(),
+        server_body_timeout: b.timeouts.server_body.get(),
         health,
         servers,
     })

@@ -107,6 +107,29 @@ address = "127.0.0.1:8200"
     }
 
     #[test]
+    fn body_timeouts_and_log_redaction_have_defaults_and_can_be_set() {
+        let config = parse(GOOD, "test.toml").expect("valid");
+        assert_eq!(config.frontends[0].client_body_timeout.as_secs(), 60);
+        assert_eq!(config.backends[0].server_body_timeout.as_secs(), 60);
+        assert_eq!(config.log.redact_query, ["sid"]);
+        let text = format!(
+            "[log]\nredact_query = [\"token\", \"sid\"]\n{}",
+            GOOD.replace("name = \"web\"", "name = \"web\"\ntimeouts = { server_body = \"5s\" }")
+        );
+        let config = parse(&text, "test.toml").expect("valid");
+        assert_eq!(config.log.redact_query, ["token", "sid"]);
+        assert_eq!(config.backends[0].server_body_timeout.as_secs(), 5);
+    }
+
+    #[test]
+    fn a_redacted_parameter_must_be_a_plain_name() {
+        let text = format!("[log]\nredact_query = [\"sid=\"]\n{GOOD}");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 2);
+        assert!(message.contains("query parameter's name"), "{message}");
+    }
+
+    #[test]
     fn an_unknown_key_names_its_line() {
         let text = GOOD.replace("name = \"s1\"", "name = \"s1\"\nwieght = 3");
         let (line, message) = error_of(&text);

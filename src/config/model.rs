@@ -34,6 +34,15 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Shared mode through Redis, if the file has `[cluster]`.
     pub cluster: Option<Cluster>,
+    /// What the access log writes.
+    pub log: Log,
+}
+
+/// The access log's settings (`[log]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Log {
+    /// Query parameters whose values are written as `REDACTED`.
+    pub redact_query: Vec<String>,
 }
 
 /// The admin listener's settings.
@@ -117,6 +126,8 @@ pub struct Frontend {
     pub client_timeout: Duration,
     /// Time allowed for a request head once it started arriving.
     pub http_request_timeout: Duration,
+    /// Longest a request under way may move no byte on the client side.
+    pub client_body_timeout: Duration,
     /// TLS termination, with the certificates read from their files.
     pub tls: Option<ServerTls>,
     /// `redirect_https`: every request is redirected to https.
@@ -219,6 +230,8 @@ pub struct Backend {
     pub server_timeout: Duration,
     /// Idle limit of a WebSocket tunnel.
     pub tunnel_timeout: Duration,
+    /// Longest a response body may get no byte from its server.
+    pub server_body_timeout: Duration,
     /// Active health checks; servers are always up when `None`.
     pub health: Option<Health>,
     /// The servers, in file order (at least one).

@@ -37,6 +37,26 @@ pub struct Config {
     /// Shared mode: several instances share stickiness, load and operator
     /// actions through Redis; every instance alone when absent.
     pub cluster: Option<Spanned<Cluster>>,
+    /// What the access log writes (`[log]`).
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// The access log's settings (`[log]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// Query parameters whose values the access log replaces with `REDACTED`.
+    #[serde(default = "defaults::redact_query")]
+    pub redact_query: Vec<Spanned<String>>,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            redact_query: defaults::redact_query(),
+        }
+    }
 }
 
 /// Several tether instances sharing state through Redis (`[cluster]`).
@@ -294,6 +314,10 @@ pub struct FrontendTimeouts {
     /// How long the whole request head may take to arrive once it started.
     #[serde(default = "defaults::http_request")]
     pub http_request: ConfigDuration,
+    /// How long a request under way may move no byte on the client side
+    /// (request body not arriving, response not being read): then closed.
+    #[serde(default = "defaults::client_body")]
+    pub client_body: ConfigDuration,
 }
 
 impl Default for FrontendTimeouts {
@@ -301,6 +325,7 @@ impl Default for FrontendTimeouts {
         Self {
             client: defaults::client(),
             http_request: defaults::http_request(),
+            client_body: defaults::client_body(),
         }
     }
 }
@@ -457,6 +482,9 @@ pub struct BackendTimeouts {
     /// How long a WebSocket tunnel may carry no byte in either direction.
     #[serde(default = "defaults::tunnel")]
     pub tunnel: ConfigDuration,
+    /// How long a response body under way may get no byte from its server: then closed.
+    #[serde(default = "defaults::server_body")]
+    pub server_body: ConfigDuration,
 }
 
 impl Default for BackendTimeouts {
@@ -465,6 +493,7 @@ impl Default for BackendTimeouts {
             connect: defaults::connect(),
             server: defaults::server(),
             tunnel: defaults::tunnel(),
+            server_body: defaults::server_body(),
         }
     }
 }
@@ -563,6 +592,15 @@ mod defaults {
     }
     pub(crate) fn tunnel() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(3600))
+    }
+    pub(crate) fn client_body() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
+    }
+    pub(crate) fn server_body() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
+    }
+    pub(crate) fn redact_query() -> Vec<toml::Spanned<String>> {
+        vec![toml::Spanned::new(0..0, "sid".to_string())]
     }
     pub(crate) fn balance() -> toml::Spanned<super::Balance> {
         toml::Spanned::new(0..0, super::Balance::Roundrobin)

@@ -118,6 +118,20 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
     if let Some(cluster) = &config.cluster {
         validate_cluster(cluster.get_ref(), source)?;
     }
+    validate_log(&config.log, source)
+}
+
+/// `[log]`: each redacted query parameter is a plain name.
+fn validate_log(log: &raw::Log, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    for name in &log.redact_query {
+        let text = name.get_ref();
+        if text.is_empty() || text.contains(['&', '=', '#', ' ']) {
+            return Err(source.error(
+                Some(name.span()),
+                "a `redact_query` entry is a query parameter's name, like \"sid\" (not empty, without `&`, `=`, `#` or spaces)",
+            ));
+        }
+    }
     Ok(())
 }
 

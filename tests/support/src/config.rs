@@ -167,6 +167,8 @@ impl Config {
     }
 
     keys! {
+        /// `log.redact_query`: query parameters the access log redacts.
+        redact_query(&[&str]) => "log"."redact_query";
         /// `workers`: worker threads.
         workers(i64) => "workers";
         /// `shutdown_grace`: how long a graceful stop waits.
@@ -284,6 +286,8 @@ impl Frontend {
         client_timeout(&str) => "timeouts"."client";
         /// `timeouts.http_request`: limit for a request head to arrive.
         http_request_timeout(&str) => "timeouts"."http_request";
+        /// `timeouts.client_body`: limit of a request under way moving no byte on the client side.
+        client_body_timeout(&str) => "timeouts"."client_body";
         /// `redirect_https`: every request gets a 308 to https.
         redirect_https(bool) => "redirect_https";
         /// `https_port`: the port written in the redirect.
@@ -505,6 +509,8 @@ impl Backend {
         server_timeout(&str) => "timeouts"."server";
         /// `timeouts.tunnel`: limit of a silent tunnel.
         tunnel_timeout(&str) => "timeouts"."tunnel";
+        /// `timeouts.server_body`: limit of a response body getting no byte from its server.
+        server_body_timeout(&str) => "timeouts"."server_body";
         /// `redispatch`: a client stuck to a down server goes elsewhere.
         redispatch(bool) => "redispatch";
         /// `sticky_respects_maxconn`.
