@@ -3,8 +3,10 @@
 //! timeout, and the "is Redis up" flag with its once-per-outage log lines.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, IntoConnectionInfo, Pipeline};
@@ -31,7 +33,10 @@ pub struct RedisClient {
     client: redis::Client,
     /// Created when the instance starts running (it needs the runtime);
     /// lazy, so a Redis that is down at start costs nothing but a flag.
-    manager: OnceLock<ConnectionManager>,
+    /// Replaced by a new one when a background call times out: the manager
+    /// reconnects by itself only when the connection reports an error, and
+    /// after a silent partition (no FIN, no RST) it never does.
+    manager: ArcSwapOption<ConnectionManager>,
     /// Bound of calls a request waits for.
     pub(crate) timeout: Duration,
     /// Whether the last call or heartbeat succeeded (`tether_cluster_redis_up`).
@@ -77,7 +82,7 @@ impl RedisClient {
         };
         Ok(Self {
             client,
-            manager: OnceLock::new(),
+            manager: ArcSwapOption::empty(),
             timeout,
             up: AtomicBool::new(false),
             ever_up: AtomicBool::new(false),
@@ -88,9 +93,14 @@ impl RedisClient {
 
     /// Creates the connection manager (inside the runtime). Idempotent.
     pub fn start(&self) {
-        if self.manager.get().is_some() {
+        if self.manager.load().is_some() {
             return;
         }
+        self.connect();
+    }
+
+    /// Sets up a new connection manager in place of the current one, if any.
+    fn connect(&self) {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -98,9 +108,7 @@ impl RedisClient {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
-            Ok(manager) => {
-                let _ = self.manager.set(manager);
-            }
+            Ok(manager) => self.manager.store(Some(Arc::new(manager))),
             Err(err) => {
                 tracing::error!(cause = %err, "cannot set up the Redis connection: running without the cluster")
             }
@@ -130,10 +138,10 @@ impl RedisClient {
     /// Runs `pipe` within `limit`. A failure of the connection marks Redis down;
     /// a success marks it up.
     pub async fn query<T: FromRedisValue>(&self, pipe: &Pipeline, limit: Duration) -> Result<T, RedisCallError> {
-        let Some(manager) = self.manager.get() else {
+        let Some(manager) = self.manager.load_full() else {
             return Err(RedisCallError::NotStarted);
         };
-        let mut connection = manager.clone();
+        let mut connection = (*manager).clone();
         match tokio::time::timeout(limit, pipe.query_async::<T>(&mut connection)).await {
             Ok(Ok(value)) => {
                 self.mark(true, None);
@@ -145,7 +153,15 @@ impl RedisClient {
                 }
                 Err(err.into())
             }
-            Err(_) => Err(RedisCallError::Timeout(limit)),
+            Err(_) => {
+                if limit >= self.background_timeout() {
+                    // Maybe slow, maybe a connection nobody will ever answer
+                    // again: a new one costs a reconnection at most.
+                    tracing::debug!(?limit, "Redis call timed out: connecting again");
+                    self.connect();
+                }
+                Err(RedisCallError::Timeout(limit))
+            }
         }
     }
 
