@@ -265,6 +265,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn unknown_ids_are_remembered_for_a_short_window_within_a_bound() {
+        let cluster = offline();
+        let local = Arc::new(MemoryTable::new(Duration::from_secs(60), 100));
+        let table = SharedTable::new(local, cluster, "web", Duration::from_secs(60));
+        let now = Instant::now();
+        table.missed("gone".into(), now);
+        assert!(table.recently_missed("gone", now));
+        tokio::time::advance(MISS_TTL).await;
+        assert!(
+            !table.recently_missed("gone", Instant::now()),
+            "asked again after the window"
+        );
+        for i in 0..MAX_MISSES + 10 {
+            table.missed(format!("flood-{i}"), Instant::now());
+        }
+        assert!(lock(&table.misses).len() <= MAX_MISSES, "bounded");
+        table.missed("learned".into(), Instant::now());
+        table.insert("learned", Arc::from("s1"));
+        assert!(
+            !table.recently_missed("learned", Instant::now()),
+            "an id learned here is no longer unknown"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_hit_refreshes_the_redis_ttl_at_most_once_per_interval() {
         let cluster = offline();
         let local = Arc::new(MemoryTable::new(Duration::from_secs(8), 100));
