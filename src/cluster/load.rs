@@ -135,6 +135,14 @@ pub(crate) async fn sync_once(cluster: &Cluster, snapshot: &Snapshot) -> Result<
             heartbeat_unix_ms: score as u64,
         });
     }
+    if !instances.iter().any(|i| i.name == me) {
+        // Crowded out of the bounded read (or not stored): it is alive all the same.
+        instances.truncate(MAX_INSTANCES.saturating_sub(1));
+        instances.push(InstanceInfo {
+            name: me.to_string(),
+            heartbeat_unix_ms: now,
+        });
+    }
     instances.sort_by(|a, b| a.name.cmp(&b.name));
     let others: Vec<&str> = instances.iter().map(|i| i.name.as_str()).filter(|n| *n != me).collect();
     *lock(&cluster.instances) = instances.clone();

@@ -23,7 +23,7 @@ pub const MAX_SKEW_MS: u64 = 5_000;
 pub const MAX_NAME_LEN: usize = 256;
 /// Most bytes of one operator record (JSON) taken from Redis.
 pub const MAX_RECORD_LEN: usize = 4096;
-/// Most other instances counted at once; more in the heartbeat set are ignored.
+/// Most instances counted at once, this one included; more in the heartbeat set are ignored.
 pub const MAX_INSTANCES: usize = 128;
 /// Bytes of the HMAC kept in a signature (128 bits, written as 32 hex digits).
 const MAC_BYTES: usize = 16;
