@@ -12,6 +12,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, IntoConnectionInfo, Pipeline};
 use tokio::sync::Notify;
 
+use crate::util::clock::monotonic_ms;
+
+/// Least time between two replacements of the connection after timeouts.
+const RENEW_AT_MOST_EVERY_MS: u64 = 1_000;
+
 /// Why a Redis call did not give an answer. Never shown to a client: the
 /// request goes on without Redis.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,8 @@ pub struct RedisClient {
     ever_up: AtomicBool,
     /// Outages seen since start (flips from up to down).
     pub(crate) outages: AtomicU64,
+    /// When (monotonic ms) the connection was last replaced after a timeout.
+    renewed_at: AtomicU64,
     /// Wakes the tasks that resynchronise when Redis comes back.
     pub(crate) recovered: Notify,
 }
@@ -87,6 +94,7 @@ impl RedisClient {
             up: AtomicBool::new(false),
             ever_up: AtomicBool::new(false),
             outages: AtomicU64::new(0),
+            renewed_at: AtomicU64::new(0),
             recovered: Notify::new(),
         })
     }
@@ -155,13 +163,29 @@ impl RedisClient {
             }
             Err(_) => {
                 if limit >= self.background_timeout() {
-                    // Maybe slow, maybe a connection nobody will ever answer
-                    // again: a new one costs a reconnection at most.
-                    tracing::debug!(?limit, "Redis call timed out: connecting again");
-                    self.connect();
+                    self.renew();
                 }
                 Err(RedisCallError::Timeout(limit))
             }
+        }
+    }
+
+    /// Replaces the connection after a background call timed out, at most
+    /// once a second: maybe Redis is slow, maybe nobody will ever answer on
+    /// that connection again; a new one costs a reconnection at most.
+    fn renew(&self) {
+        let now = monotonic_ms().max(1);
+        let last = self.renewed_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < RENEW_AT_MOST_EVERY_MS {
+            return;
+        }
+        if self
+            .renewed_at
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::debug!("a Redis call timed out: connecting again");
+            self.connect();
         }
     }
 
