@@ -319,6 +319,7 @@ fn cluster(c: &raw::Cluster) -> Cluster {
         timeout: c.timeout.get_ref().get(),
         sync_interval: c.sync_interval.get_ref().get(),
         stick_refresh: c.stick_refresh.get(),
+        secret: c.secret.as_ref().map(|s| s.get_ref().clone()),
     }
 }
 

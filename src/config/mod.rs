@@ -281,5 +281,20 @@ address = "127.0.0.1:8200"
         assert!(message.contains("between 1ms and 5s"), "{message}");
         let (_, message) = error_of(&format!("{GOOD}\n[cluster]\nredis = \"redis://h:6379\"\nport = 1\n"));
         assert!(message.contains("unknown field"), "{message}");
+        assert!(cluster.secret.is_none());
+        let (line, message) = error_of(&format!(
+            "{GOOD}\n[cluster]\nredis = \"redis://h:6379\"\nsecret = \"short\"\n"
+        ));
+        assert_eq!(line, lines + 4);
+        assert!(message.contains("at least 16 bytes"), "{message}");
+        let config = parse(
+            &format!("{GOOD}\n[cluster]\nredis = \"redis://h:6379\"\nsecret = \"0123456789abcdef\"\n"),
+            "test.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.cluster.and_then(|c| c.secret).as_deref(),
+            Some("0123456789abcdef")
+        );
     }
 }

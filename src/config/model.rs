@@ -93,6 +93,8 @@ pub struct Cluster {
     pub sync_interval: Duration,
     /// Least period between two TTL refreshes of one stick entry.
     pub stick_refresh: Duration,
+    /// Key signing every value written to Redis; unsigned data is ignored when set.
+    pub secret: Option<String>,
 }
 
 /// One public entry point.

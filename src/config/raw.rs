@@ -84,6 +84,9 @@ pub struct Cluster {
     /// A stick entry in use has its Redis TTL refreshed at most this often (and at least 4 times per `idle_timeout`).
     #[serde(default = "defaults::cluster_stick_refresh")]
     pub stick_refresh: ConfigDuration,
+    /// Shared secret every instance signs what it writes to Redis with (HMAC-SHA256)
+    /// and verifies what it reads; unsigned or badly signed data is ignored.
+    pub secret: Option<Spanned<String>>,
 }
 
 /// The admin listener's settings (`[admin]`).

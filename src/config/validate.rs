@@ -191,6 +191,14 @@ fn validate_cluster(cluster: &Cluster, source: &SourceMap<'_>) -> Result<(), Con
             "`sync_interval` must be between 100ms and 60s (default \"1s\")",
         ));
     }
+    if let Some(secret) = &cluster.secret {
+        if secret.get_ref().len() < 16 {
+            return Err(source.error(
+                Some(secret.span()),
+                "`secret` must be at least 16 bytes (the same on every instance), e.g. the output of `openssl rand -hex 32`",
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -773,5 +773,7 @@ impl Cluster {
         sync_interval(&str) => "sync_interval";
         /// `stick_refresh`: how often a stick entry's TTL is refreshed.
         stick_refresh(&str) => "stick_refresh";
+        /// `secret`: the key signing every value in Redis.
+        secret(&str) => "secret";
     }
 }
