@@ -388,9 +388,13 @@ impl Handle {
 
     /// Writes each server's intended weight and admin state to its live
     /// state: the cluster's latest operator change if there is one (it
-    /// wins, as it did before the reload), else the config's.
+    /// wins, as it did before the reload), else the config's. Each
+    /// frontend's live admission state learns its IPv6 client prefix.
     fn apply_intended_states(&self, snapshot: &Snapshot) {
         let inner = &self.inner;
+        for frontend in &snapshot.frontends {
+            frontend.state.admission.set_ipv6_prefix(frontend.per_ip_ipv6_prefix);
+        }
         let cluster = inner.cluster.get();
         for backend in &snapshot.backends {
             for server in &backend.servers {

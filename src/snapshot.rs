@@ -59,6 +59,8 @@ pub struct Frontend {
     pub per_ip_connections: Option<u32>,
     /// WebSocket handshakes allowed per client address, if limited.
     pub per_ip_rate: Option<crate::config::ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length.
+    pub per_ip_ipv6_prefix: u8,
     /// Idle, ping and ping-timeout settings of the frontend's tunnels.
     pub websocket_timers: Timers,
     /// Largest client frame and message payloads in tunnels, if limited.
@@ -208,6 +210,7 @@ impl Snapshot {
                 maxconn: f.maxconn,
                 per_ip_connections: f.per_ip.max_connections,
                 per_ip_rate: f.per_ip.rate,
+                per_ip_ipv6_prefix: f.per_ip.ipv6_prefix,
                 websocket_timers: Timers {
                     idle: f.websocket.idle_timeout,
                     ping_interval: f.websocket.ping_interval,

@@ -109,6 +109,11 @@ fn frontend(
         per_ip: PerIp {
             max_connections: f.per_ip.max_connections.as_ref().map(|m| *m.get_ref()),
             rate: f.per_ip.rate,
+            ipv6_prefix: f
+                .per_ip
+                .ipv6_prefix
+                .as_ref()
+                .map_or(crate::cidr::DEFAULT_IPV6_CLIENT_PREFIX, |p| *p.get_ref()),
         },
         websocket: WebSocket {
             max_frame_size: ws.max_frame_size,

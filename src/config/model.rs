@@ -165,6 +165,8 @@ pub struct PerIp {
     pub max_connections: Option<u32>,
     /// WebSocket handshakes per address and period; unlimited when `None`.
     pub rate: Option<ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length (IPv4 per address).
+    pub ipv6_prefix: u8,
 }
 
 /// Limits and timers of a frontend's WebSocket tunnels.

@@ -254,6 +254,9 @@ pub struct PerIp {
     pub max_connections: Option<Spanned<u32>>,
     /// Most WebSocket handshakes per address and period (`"20/s"`); beyond it 429 with `Retry-After`.
     pub rate: Option<crate::config::ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length (1 to
+    /// 128; 64 when absent): one subscriber usually holds a whole /64.
+    pub ipv6_prefix: Option<Spanned<u8>>,
 }
 
 /// Size limits on what a client may send.
