@@ -39,6 +39,9 @@ use crate::ws::frames::CloseCode;
 /// kernel rather than consume tether's memory.
 const LISTEN_BACKLOG: u32 = 1024;
 
+/// Spread of the closes of a down server no snapshot names any more (the config default).
+const DEFAULT_DOWN_SPREAD: Duration = Duration::from_secs(5);
+
 /// Drain timing of a server no snapshot names any more (the config defaults).
 const DEFAULT_DRAIN: DrainTiming = DrainTiming {
     timeout: Duration::from_secs(300),
@@ -586,12 +589,20 @@ fn check_targets(snapshot: &Snapshot) -> Vec<BackendTargets> {
 
 /// Acts on the server changes reported through [`Changes`]: a server gone
 /// down has its tunnels asked to close (1012, so their clients reconnect to
-/// a healthy server); a drained or maintained one has them closed after its
-/// backend's `drain_timeout`, spread over `drain_spread`.
+/// a healthy server), spread over its backend's `down_spread` so they do not
+/// all reconnect at the same instant (stopped if it comes back up); a
+/// drained or maintained one has them closed after its backend's
+/// `drain_timeout`, spread over `drain_spread`.
 async fn act_on_changes(mut reports: mpsc::UnboundedReceiver<ChangeReport>, snapshot: Arc<ArcSwap<Snapshot>>) {
     while let Some((server, change)) = reports.recv().await {
         match change {
-            ServerChange::WentDown => server.tunnels().close_all(CloseCode::ServiceRestart),
+            ServerChange::WentDown => {
+                let spread = down_spread_of(&snapshot.load(), &server);
+                let controls = server.tunnel_controls();
+                tokio::spawn(async move {
+                    close_spread(controls, CloseCode::ServiceRestart, spread, || !server.is_up()).await;
+                });
+            }
             // The new generation alone cancels a drain in progress.
             ServerChange::Admin {
                 state: AdminState::Ready,
@@ -603,6 +614,15 @@ async fn act_on_changes(mut reports: mpsc::UnboundedReceiver<ChangeReport>, snap
             }
         }
     }
+}
+
+/// The `down_spread` of the backend `server` belongs to in `snapshot`.
+fn down_spread_of(snapshot: &Snapshot, server: &Arc<ServerState>) -> Duration {
+    snapshot
+        .backends
+        .iter()
+        .find(|b| b.servers.iter().any(|s| Arc::ptr_eq(&s.state, server)))
+        .map_or(DEFAULT_DOWN_SPREAD, |b| b.down_spread)
 }
 
 /// The drain timing of the backend `server` belongs to in `snapshot`.

@@ -129,6 +129,8 @@ pub struct Backend {
     pub drain_spread: Duration,
     /// A draining server still takes clients stuck to it.
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down are closed.
+    pub down_spread: Duration,
     /// Health checks; `None`: the servers are always up.
     pub health: Option<Arc<HealthCheck>>,
     /// Requests waiting in the queue for a slot now.
@@ -321,6 +323,7 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         drain_timeout: config.drain_timeout,
         drain_spread: config.drain_spread,
         drain_sticky: config.drain_sticky,
+        down_spread: config.down_spread,
         health,
         queued: std::sync::atomic::AtomicU32::new(0),
     }

@@ -183,6 +183,7 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
         slowstart: b.slowstart.map(|d| d.get()),
         drain_timeout: b.drain_timeout.get(),
         drain_spread: b.drain_spread.get(),
+        down_spread: b.down_spread.get(),
         drain_sticky: b.drain_sticky,
         connect_timeout: b.timeouts.connect.get(),
         server_timeout: b.timeouts.server.get(),

@@ -213,6 +213,8 @@ pub struct Backend {
     pub drain_spread: Duration,
     /// A draining server still takes clients stuck to it.
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down are closed.
+    pub down_spread: Duration,
     /// TCP connect limit.
     pub connect_timeout: Duration,
     /// Time for a server to start its response.

@@ -370,6 +370,10 @@ pub struct Backend {
     /// Whether a draining server still takes clients stuck to it.
     #[serde(default = "defaults::yes")]
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down (by an active
+    /// check) are closed with 1012, so their clients reconnect a few at a time.
+    #[serde(default = "defaults::down_spread")]
+    pub down_spread: ConfigDuration,
     /// Server-side timeouts.
     #[serde(default)]
     pub timeouts: BackendTimeouts,
@@ -586,6 +590,9 @@ mod defaults {
     }
     pub(crate) fn drain_spread() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(60))
+    }
+    pub(crate) fn down_spread() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(5))
     }
     pub(crate) fn yes() -> bool {
         true

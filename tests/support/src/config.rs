@@ -501,6 +501,8 @@ impl Backend {
         drain_timeout(&str) => "drain_timeout";
         /// `drain_spread`: the drain closes are spread over this.
         drain_spread(&str) => "drain_spread";
+        /// `down_spread`: the closes of a down server's tunnels are spread over this.
+        down_spread(&str) => "down_spread";
         /// `drain_sticky`: a draining server still takes stuck clients.
         drain_sticky(bool) => "drain_sticky";
         /// `timeouts.connect`: TCP connect limit per attempt.
