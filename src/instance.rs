@@ -28,6 +28,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::health::{BackendTargets, Checkers, Target};
 use crate::proxy::listener::accept_loop;
+use crate::proxy::tunnel::{CLOSE_BOUNDARY_WAIT, CLOSE_LINGER};
 use crate::proxy::{Shared, Stop};
 use crate::snapshot::{Diff, DrainTiming, Snapshot};
 use crate::state::{AdminState, ChangeReport, Changes, ServerChange, ServerState};
@@ -270,8 +271,11 @@ impl Tether {
             control.request(CloseCode::GoingAway);
         }
         shared.stop.begin_hard();
-        // Give closing tasks a moment to send their Close frames and log their last lines.
-        let _ = tokio::time::timeout(Duration::from_millis(500), shared.open.wait_idle()).await;
+        // Give closing tasks time to send their Close frames (at a frame
+        // boundary, waited for up to `CLOSE_BOUNDARY_WAIT`), finish both
+        // sides cleanly (up to `CLOSE_LINGER`) and log their last lines.
+        let last_closes = CLOSE_BOUNDARY_WAIT + CLOSE_LINGER + Duration::from_millis(500);
+        let _ = tokio::time::timeout(last_closes, shared.open.wait_idle()).await;
         if let Some(cluster) = inner.cluster.get() {
             drop(cluster_tasks);
             cluster.leave(&shared.snapshot.load()).await;

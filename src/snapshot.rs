@@ -65,6 +65,8 @@ pub struct Frontend {
     pub websocket_timers: Timers,
     /// Largest client frame and message payloads in tunnels, if limited.
     pub websocket_limits: Option<(u64, u64)>,
+    /// Most client messages per period in each tunnel, if limited.
+    pub websocket_max_messages: Option<crate::config::ConfigRate>,
     /// Peers whose `X-Forwarded-For` / PROXY header name the real client.
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
     /// Trusted peers send a PROXY protocol header first.
@@ -208,6 +210,7 @@ impl Snapshot {
                     (None, None) => None,
                     (frame, message) => Some((frame.unwrap_or(u64::MAX), message.unwrap_or(u64::MAX))),
                 },
+                websocket_max_messages: f.websocket.max_messages,
                 limits: f.limits,
                 maxconn: f.maxconn,
                 per_ip_connections: f.per_ip.max_connections,

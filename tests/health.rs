@@ -628,6 +628,10 @@ async fn a_server_taken_out_by_failed_connects_keeps_its_tunnels_until_an_active
         tokio::time::timeout(Duration::from_secs(1), ws.next()).await.is_err(),
         "the tunnel was closed on passive detection alone"
     );
-    // The next active check fails too: now the tunnel is closed, with 1012.
+    // The next active check fails too: now the tunnel is closed, with 1012,
+    // and the server is told with a Close of its own.
     assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(1012));
+    eventually(WAIT, async || s1.closes() == 1)
+        .await
+        .expect("the server got no Close");
 }

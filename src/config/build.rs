@@ -121,6 +121,7 @@ fn frontend(
             idle_timeout: ws.idle_timeout.map(|d| d.get()),
             ping_interval: ws.ping_interval.map(|d| d.get()),
             ping_timeout: ws.ping_timeout.or(ws.ping_interval).map(|d| d.get()),
+            max_messages: ws.max_messages,
         },
         trusted_proxies: f.trusted_proxies.clone(),
         proxy_protocol: *f.proxy_protocol.get_ref(),

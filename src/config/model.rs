@@ -182,6 +182,8 @@ pub struct WebSocket {
     pub ping_interval: Option<Duration>,
     /// How long a pinged client has to answer (`ping_interval` unless given); `None` without pings.
     pub ping_timeout: Option<Duration>,
+    /// Most client messages per period in one tunnel (Close 1008 beyond); unlimited when `None`.
+    pub max_messages: Option<ConfigRate>,
 }
 
 /// A group of servers and how requests are spread over them.

@@ -243,6 +243,9 @@ pub struct WebSocketLimits {
     /// How long a pinged client has to send anything before tether closes
     /// the tunnel with 1001; defaults to `ping_interval`.
     pub ping_timeout: Option<ConfigDuration>,
+    /// Most messages a client may send per period in one tunnel (`"100/s"`,
+    /// a token bucket whose burst is the count); beyond it Close 1008.
+    pub max_messages: Option<crate::config::ConfigRate>,
 }
 
 /// Caps per client address (the connection's peer, or the PROXY protocol

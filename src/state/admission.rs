@@ -98,6 +98,8 @@ pub struct Admission {
     pub refused_connections: AtomicU64,
     /// WebSocket handshakes refused with 429 by `per_ip.rate`.
     pub refused_handshakes: AtomicU64,
+    /// Tunnels closed with 1008 for going over `websocket.max_messages`.
+    pub message_rate_closes: AtomicU64,
 }
 
 impl Admission {

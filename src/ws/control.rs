@@ -185,6 +185,9 @@ mod tests {
         assert_eq!(closed(&regs), 1);
         closing.await.unwrap();
         assert_eq!(closed(&regs), 4);
-        assert!(started.elapsed() >= Duration::from_secs(4), "the last close lands at the end of the spread");
+        assert!(
+            started.elapsed() >= Duration::from_secs(4),
+            "the last close lands at the end of the spread"
+        );
     }
 }
