@@ -346,8 +346,8 @@ async fn a_client_over_the_message_rate_gets_1008_and_one_under_it_is_left_alone
     .expect("no Close within 5 s");
     assert_eq!(code, Some(1008));
     assert!(
-        echoed <= 21,
-        "at most the burst (and what refilled) went through: {echoed}"
+        echoed < 40,
+        "about the burst (and what refilled meanwhile) went through, not the flood: {echoed}"
     );
     assert_eq!(metric(admin, "tether_frontend_message_rate_closes_total").await, 1);
     // The calm client is still served.

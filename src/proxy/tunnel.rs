@@ -967,6 +967,25 @@ mod tests {
         assert_eq!(load(&traffic.messages_in), 1, "nothing is added twice");
     }
 
+    #[test]
+    fn the_message_bucket_allows_its_burst_then_refills_evenly() {
+        let start = Instant::now();
+        let rate = ConfigRate {
+            count: 10,
+            per: Duration::from_secs(1),
+        };
+        let mut bucket = MessageBucket::new(rate, Arc::default());
+        bucket.refilled = start;
+        assert_eq!(bucket.take(10, start), Ok(()), "the burst");
+        assert_eq!(bucket.take(1, start), Err(0));
+        assert_eq!(
+            bucket.take(3, start + Duration::from_millis(250)),
+            Err(2),
+            "2.5 tokens came back: two of the three messages may pass"
+        );
+        assert_eq!(bucket.take(1, start + Duration::from_millis(350)), Ok(()));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_tunnel_is_closed_after_its_timeout() {
         let (_client_outer, client_inner) = duplex(64);
