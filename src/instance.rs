@@ -317,7 +317,8 @@ impl Handle {
     }
 
     /// Marks a server up or down as a health check does (one gone down has
-    /// its tunnels closed with 1012); returns whether it flipped.
+    /// its tunnels closed with 1012, spread over its backend's
+    /// `down_spread`); returns whether it flipped.
     pub fn set_up(&self, server: &Arc<ServerState>, up: bool) -> bool {
         self.inner.shared.changes.set_up(server, up)
     }
