@@ -61,10 +61,14 @@ pub struct Frontend {
     pub per_ip_connections: Option<u32>,
     /// WebSocket handshakes allowed per client address, if limited.
     pub per_ip_rate: Option<crate::config::ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length.
+    pub per_ip_ipv6_prefix: u8,
     /// Idle, ping and ping-timeout settings of the frontend's tunnels.
     pub websocket_timers: Timers,
     /// Largest client frame and message payloads in tunnels, if limited.
     pub websocket_limits: Option<(u64, u64)>,
+    /// Most client messages per period in each tunnel, if limited.
+    pub websocket_max_messages: Option<crate::config::ConfigRate>,
     /// Peers whose `X-Forwarded-For` / PROXY header name the real client.
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
     /// Trusted peers send a PROXY protocol header first.
@@ -133,6 +137,8 @@ pub struct Backend {
     pub drain_spread: Duration,
     /// A draining server still takes clients stuck to it.
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down are closed.
+    pub down_spread: Duration,
     /// Health checks; `None`: the servers are always up.
     pub health: Option<Arc<HealthCheck>>,
     /// Requests waiting in the queue for a slot now.
@@ -210,10 +216,12 @@ impl Snapshot {
                     (None, None) => None,
                     (frame, message) => Some((frame.unwrap_or(u64::MAX), message.unwrap_or(u64::MAX))),
                 },
+                websocket_max_messages: f.websocket.max_messages,
                 limits: f.limits,
                 maxconn: f.maxconn,
                 per_ip_connections: f.per_ip.max_connections,
                 per_ip_rate: f.per_ip.rate,
+                per_ip_ipv6_prefix: f.per_ip.ipv6_prefix,
                 websocket_timers: Timers {
                     idle: f.websocket.idle_timeout,
                     ping_interval: f.websocket.ping_interval,
@@ -327,6 +335,7 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         drain_timeout: config.drain_timeout,
         drain_spread: config.drain_spread,
         drain_sticky: config.drain_sticky,
+        down_spread: config.down_spread,
         health,
         queued: std::sync::atomic::AtomicU32::new(0),
     }

@@ -211,6 +211,7 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
     let frontend_requests = CounterFamily::<FrontendLabels>::default();
     let frontend_refused = CounterFamily::<RefusedLabels>::default();
     let tls_failures = CounterFamily::<FrontendLabels>::default();
+    let message_rate_closes = CounterFamily::<FrontendLabels>::default();
     for frontend in &snapshot.frontends {
         let labels = FrontendLabels {
             frontend: frontend.name.to_string(),
@@ -235,6 +236,9 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
                 })
                 .inc_by(load(count));
         }
+        message_rate_closes
+            .get_or_create(&labels)
+            .inc_by(load(&state.admission.message_rate_closes));
         if frontend.tls.is_some() {
             tls_failures
                 .get_or_create(&labels)
@@ -355,6 +359,11 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         "tether_frontend_refused",
         "Connections (per_ip_connections) and WebSocket handshakes (per_ip_rate) refused with 429 by per-address limits",
         frontend_refused,
+    );
+    registry.register(
+        "tether_frontend_message_rate_closes",
+        "WebSocket tunnels closed with 1008 for going over websocket.max_messages",
+        message_rate_closes,
     );
     registry.register(
         "tether_tls_handshake_failures",

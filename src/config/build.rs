@@ -112,6 +112,11 @@ fn frontend(
         per_ip: PerIp {
             max_connections: f.per_ip.max_connections.as_ref().map(|m| *m.get_ref()),
             rate: f.per_ip.rate,
+            ipv6_prefix: f
+                .per_ip
+                .ipv6_prefix
+                .as_ref()
+                .map_or(crate::cidr::DEFAULT_IPV6_CLIENT_PREFIX, |p| *p.get_ref()),
         },
         websocket: WebSocket {
             max_frame_size: ws.max_frame_size,
@@ -119,6 +124,7 @@ fn frontend(
             idle_timeout: ws.idle_timeout.map(|d| d.get()),
             ping_interval: ws.ping_interval.map(|d| d.get()),
             ping_timeout: ws.ping_timeout.or(ws.ping_interval).map(|d| d.get()),
+            max_messages: ws.max_messages,
         },
         trusted_proxies: f.trusted_proxies.clone(),
         proxy_protocol: *f.proxy_protocol.get_ref(),
@@ -183,6 +189,7 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
         slowstart: b.slowstart.map(|d| d.get()),
         drain_timeout: b.drain_timeout.get(),
         drain_spread: b.drain_spread.get(),
+        down_spread: b.down_spread.get(),
         drain_sticky: b.drain_sticky,
         connect_timeout: b.timeouts.connect.get(),
         server_timeout: b.timeouts.server.get(),

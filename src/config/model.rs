@@ -178,6 +178,8 @@ pub struct PerIp {
     pub max_connections: Option<u32>,
     /// WebSocket handshakes per address and period; unlimited when `None`.
     pub rate: Option<ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length (IPv4 per address).
+    pub ipv6_prefix: u8,
 }
 
 /// Limits and timers of a frontend's WebSocket tunnels.
@@ -193,6 +195,8 @@ pub struct WebSocket {
     pub ping_interval: Option<Duration>,
     /// How long a pinged client has to answer (`ping_interval` unless given); `None` without pings.
     pub ping_timeout: Option<Duration>,
+    /// Most client messages per period in one tunnel (Close 1008 beyond); unlimited when `None`.
+    pub max_messages: Option<ConfigRate>,
 }
 
 /// A group of servers and how requests are spread over them.
@@ -226,6 +230,8 @@ pub struct Backend {
     pub drain_spread: Duration,
     /// A draining server still takes clients stuck to it.
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down are closed.
+    pub down_spread: Duration,
     /// TCP connect limit.
     pub connect_timeout: Duration,
     /// Time for a server to start its response.

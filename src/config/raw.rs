@@ -266,6 +266,9 @@ pub struct WebSocketLimits {
     /// How long a pinged client has to send anything before tether closes
     /// the tunnel with 1001; defaults to `ping_interval`.
     pub ping_timeout: Option<ConfigDuration>,
+    /// Most messages a client may send per period in one tunnel (`"100/s"`,
+    /// a token bucket whose burst is the count); beyond it Close 1008.
+    pub max_messages: Option<crate::config::ConfigRate>,
 }
 
 /// Caps per client address (the connection's peer, or the PROXY protocol
@@ -277,6 +280,9 @@ pub struct PerIp {
     pub max_connections: Option<Spanned<u32>>,
     /// Most WebSocket handshakes per address and period (`"20/s"`); beyond it 429 with `Retry-After`.
     pub rate: Option<crate::config::ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length (1 to
+    /// 128; 64 when absent): one subscriber usually holds a whole /64.
+    pub ipv6_prefix: Option<Spanned<u8>>,
 }
 
 /// Size limits on what a client may send.
@@ -399,6 +405,10 @@ pub struct Backend {
     /// Whether a draining server still takes clients stuck to it.
     #[serde(default = "defaults::yes")]
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down (by an active
+    /// check) are closed with 1012, so their clients reconnect a few at a time.
+    #[serde(default = "defaults::down_spread")]
+    pub down_spread: ConfigDuration,
     /// Server-side timeouts.
     #[serde(default)]
     pub timeouts: BackendTimeouts,
@@ -631,6 +641,9 @@ mod defaults {
     }
     pub(crate) fn sticky_maxconn_margin() -> toml::Spanned<u32> {
         toml::Spanned::new(0..0, 10)
+    }
+    pub(crate) fn down_spread() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(5))
     }
     pub(crate) fn yes() -> bool {
         true

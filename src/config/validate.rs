@@ -93,6 +93,17 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
                 "`maxconn` = 0 would accept nothing: give at least 1, or leave it out for no cap",
             ));
         }
+        if let Some(prefix) = frontend
+            .per_ip
+            .ipv6_prefix
+            .as_ref()
+            .filter(|p| !(1..=128).contains(p.get_ref()))
+        {
+            return Err(source.error(
+                Some(prefix.span()),
+                "`per_ip.ipv6_prefix` must be a prefix length from 1 to 128 (64 counts each /64 as one client)",
+            ));
+        }
         if let Some(max) = frontend.per_ip.max_connections.as_ref().filter(|m| *m.get_ref() == 0) {
             return Err(source.error(
                 Some(max.span()),

@@ -278,6 +278,10 @@ impl Frontend {
         websocket_ping_interval(&str) => "websocket"."ping_interval";
         /// `websocket.ping_timeout`: a pinged client silent this long is closed.
         websocket_ping_timeout(&str) => "websocket"."ping_timeout";
+        /// `websocket.max_messages`: client messages per tunnel, as `"100/s"`.
+        websocket_max_messages(&str) => "websocket"."max_messages";
+        /// `per_ip.ipv6_prefix`: IPv6 clients are counted per network of this prefix.
+        per_ip_ipv6_prefix(i64) => "per_ip"."ipv6_prefix";
         /// `trusted_proxies`: CIDR blocks of proxies whose forwarding headers are believed.
         trusted_proxies(&[&str]) => "trusted_proxies";
         /// `proxy_protocol`: trusted peers start with a PROXY protocol header.
@@ -501,6 +505,8 @@ impl Backend {
         drain_timeout(&str) => "drain_timeout";
         /// `drain_spread`: the drain closes are spread over this.
         drain_spread(&str) => "drain_spread";
+        /// `down_spread`: the closes of a down server's tunnels are spread over this.
+        down_spread(&str) => "down_spread";
         /// `drain_sticky`: a draining server still takes stuck clients.
         drain_sticky(bool) => "drain_sticky";
         /// `timeouts.connect`: TCP connect limit per attempt.
