@@ -13,7 +13,8 @@ use tether_test_support::*;
 /// `base` behind the usual frontend, with a loopback admin listener and `cluster`.
 fn cluster_config_with(base: &Backend, cluster: Cluster) -> Config {
     Config::over(base.clone())
-        .admin(Admin::bind("127.0.0.1:0"))
+        // `get` sends `Host: tether.test`: the admin listener answers only for names it knows.
+        .admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]))
         .cluster(cluster)
 }
 
@@ -225,7 +226,7 @@ async fn a_drain_through_one_instance_stops_new_connections_through_the_other_wi
     // A weight change travels the same way, and a starting instance reads the stored state.
     let body = r#"{"weight": 7}"#;
     let weight = format!(
-        "PUT /api/v1/backends/pool/servers/s2/weight HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "PUT /api/v1/backends/pool/servers/s2/weight HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     assert!(raw_exchange(admin(&a), weight.as_bytes())

@@ -59,6 +59,11 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -254,6 +259,18 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
             })
             .inc_by(count);
     }
+    let logins = &context.admin().logins;
+    let password_checks: Counter = Counter::default();
+    password_checks.inc_by(logins.password_checks());
+    let logins_refused = CounterFamily::<ReasonLabels>::default();
+    let (wrong, blocked, busy) = logins.refused();
+    for (reason, count) in [("wrong", wrong), ("blocked", blocked), ("busy", busy)] {
+        logins_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc_by(count);
+    }
     let open: Gauge = Gauge::default();
     open.set(context.open_connections() as i64);
     let worker_accepted = CounterFamily::<WorkerLabels>::default();
@@ -371,6 +388,16 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         tls_failures,
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
+    registry.register(
+        "tether_admin_password_checks",
+        "Admin passwords checked against their argon2 hash (remembered logins and refused attempts are not checked)",
+        password_checks,
+    );
+    registry.register(
+        "tether_admin_logins_refused",
+        "Admin logins refused: wrong credentials, client blocked after too many failures, password checks busy",
+        logins_refused,
+    );
     registry.register("tether_open_connections", "Open client connections and tunnels", open);
     registry.register(
         "tether_worker_connections_accepted",

@@ -26,7 +26,7 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         .iter()
         .map(|b| backend(b, source, base))
         .collect::<Result<_, _>>()?;
-    let admin = raw.admin.as_ref().map(|a| admin(a, source)).transpose()?;
+    let admin = raw.admin.as_ref().map(|a| admin(a, source, base)).transpose()?;
     Ok(Config {
         workers: raw.workers.as_ref().map(|w| *w.get_ref()),
         shutdown_grace: raw.shutdown_grace.get(),
@@ -287,7 +287,11 @@ fn health(health: &toml::Spanned<raw::Health>, source: &SourceMap<'_>) -> Result
     })
 }
 
-fn admin(admin: &toml::Spanned<raw::Admin>, source: &SourceMap<'_>) -> Result<Admin, ConfigError> {
+fn admin(
+    admin: &toml::Spanned<raw::Admin>,
+    source: &SourceMap<'_>,
+    base: &std::path::Path,
+) -> Result<Admin, ConfigError> {
     let settings = admin.get_ref();
     let bind = located(&settings.bind, source)?;
     if settings.users.is_empty() && !bind.ip().is_loopback() {
@@ -313,6 +317,12 @@ fn admin(admin: &toml::Spanned<raw::Admin>, source: &SourceMap<'_>) -> Result<Ad
             .collect(),
         allow: settings.allow.clone(),
         metrics_allow: settings.metrics_allow.clone(),
+        hosts: settings
+            .hosts
+            .iter()
+            .map(|h| h.get_ref().trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        tls: tls::admin(settings, source, base)?,
     })
 }
 

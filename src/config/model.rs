@@ -56,6 +56,10 @@ pub struct Admin {
     pub allow: Vec<Cidr>,
     /// Client addresses that may read `/metrics` without logging in.
     pub metrics_allow: Vec<Cidr>,
+    /// Host names it answers for besides its address and `localhost` (lowercase, no trailing dot).
+    pub hosts: Vec<String>,
+    /// Its TLS certificates; plain HTTP when `None`.
+    pub tls: Option<ServerTls>,
 }
 
 impl Admin {

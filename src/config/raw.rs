@@ -105,6 +105,12 @@ pub struct Admin {
     /// Client addresses (scrapers) that may read `/metrics` without a password.
     #[serde(default)]
     pub metrics_allow: Vec<crate::cidr::Cidr>,
+    /// Host names (no port) the listener answers for, besides its address
+    /// and `localhost`: any other `Host` is refused (DNS rebinding).
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// HTTPS for the listener: the same shape as a frontend's `tls`.
+    pub tls: Option<Spanned<FrontendTls>>,
 }
 
 /// One admin user.

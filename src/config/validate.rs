@@ -216,6 +216,24 @@ fn validate_cluster(cluster: &Cluster, source: &SourceMap<'_>) -> Result<(), Con
 fn validate_admin(admin: &Spanned<Admin>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     // Whether the bind address is loopback is checked once it is resolved (`build`).
     let settings = admin.get_ref();
+    for host in &settings.hosts {
+        let name = host.get_ref();
+        let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !is_ip && !name_ok {
+            return Err(source.error(
+                Some(host.span()),
+                format!(
+                    "`{name}` is not a host name or IP address: list the names the admin listener is reached by, \
+                     without scheme or port, like hosts = [\"lb1.example.net\"]"
+                ),
+            ));
+        }
+    }
     let mut names = HashSet::new();
     for user in &settings.users {
         let user = user.get_ref();

@@ -747,6 +747,14 @@ impl Admin {
         allow(&[&str]) => "allow";
         /// `metrics_allow`: CIDR blocks that read `/metrics` without a login.
         metrics_allow(&[&str]) => "metrics_allow";
+        /// `hosts`: names the listener answers for besides its address and localhost.
+        hosts(&[&str]) => "hosts";
+    }
+
+    /// `tls`: HTTPS for the listener, the same table as a frontend's.
+    pub fn tls(mut self, tls: FrontendTls) -> Self {
+        self.table.insert("tls".into(), Value::Table(tls.table));
+        self
     }
 }
 
