@@ -280,7 +280,7 @@ async fn a_drain_ends_for_sticky_clients_once_its_deadline_passed_and_the_api_sa
             .server(Server::from(&a).cookie("s1"))
             .server(Server::from(&b).cookie("s2")),
     )
-    .admin(Admin::bind("127.0.0.1:0"));
+    .admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]));
     let tether = start_tether(&config).await;
     let (mut first, name) = ws_connect_with(handshake_with_cookie(tether.addr, "SERVERID=s1")).await;
     assert_eq!(name, "s1");
