@@ -679,7 +679,7 @@ async fn slowloris_body(s: &Settings, mut r: PhaseReport) -> io::Result<PhaseRep
     let attacked = during.ms(0.99);
     r.check(
         "p99 under attack vs unattacked (worse of before/after)",
-        format!("{attacked:.2} ms vs {baseline:.2} ms (+{:.2} ms)", attacked - baseline),
+        format!("{attacked:.2} ms vs {baseline:.2} ms ({:+.2} ms)", attacked - baseline),
         &format!("≤ +{:.1} ms", s.slack_ms),
         attacked <= baseline + s.slack_ms,
     );
