@@ -5,7 +5,7 @@
 # steady checked WebSocket traffic. One table per phase, PASS/FAIL; the exit
 # status is non-zero on any FAIL. Not part of `cargo test`. See bench/README.md.
 #
-#   bench/soak.sh              full run (2,000 sockets, 100 reloads; about 5 minutes once built)
+#   bench/soak.sh              full run (2,000 sockets, 100 reloads; about 4 minutes once built)
 #   bench/soak.sh --quick      smoke run (200 sockets, 20 reloads; about 1 minute)
 #   bench/soak.sh --phases kill,redis --sockets 500     any option of `soak --help`
 #
@@ -31,7 +31,9 @@ done
 
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p tether-bench)
-    [[ -z ${BENCH_TETHER_BIN:-} ]] && (cd "$ROOT" && cargo build --release -p tether)
+    if [[ -z ${BENCH_TETHER_BIN:-} ]]; then
+        (cd "$ROOT" && cargo build --release -p tether)
+    fi
 fi
 export BENCH_TETHER_BIN=${BENCH_TETHER_BIN:-$TARGET_DIR/release/tether}
 command -v redis-server >/dev/null || echo "soak.sh: redis-server not found: the redis phase will be skipped (apt-get install redis-server)" >&2
