@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::discovery::{with_found, FoundSets};
 use crate::health::{BackendTargets, Checkers, Target};
 use crate::proxy::listener::accept_loop;
+use crate::proxy::tunnel::{CLOSE_BOUNDARY_WAIT, CLOSE_LINGER};
 use crate::proxy::{Shared, Stop};
 use crate::snapshot::{Diff, DrainTiming, Snapshot};
 use crate::state::{AdminState, ChangeReport, Changes, ServerChange, ServerState};
@@ -40,6 +41,9 @@ use crate::ws::frames::CloseCode;
 /// Backlog of each listening socket: beyond it, new clients wait in the
 /// kernel rather than consume tether's memory.
 const LISTEN_BACKLOG: u32 = 1024;
+
+/// Spread of the closes of a down server no snapshot names any more (the config default).
+const DEFAULT_DOWN_SPREAD: Duration = Duration::from_secs(5);
 
 /// Drain timing of a server no snapshot names any more (the config defaults).
 const DEFAULT_DRAIN: DrainTiming = DrainTiming {
@@ -294,8 +298,11 @@ impl Tether {
             control.request(CloseCode::GoingAway);
         }
         shared.stop.begin_hard();
-        // Give closing tasks a moment to send their Close frames and log their last lines.
-        let _ = tokio::time::timeout(Duration::from_millis(500), shared.open.wait_idle()).await;
+        // Give closing tasks time to send their Close frames (at a frame
+        // boundary, waited for up to `CLOSE_BOUNDARY_WAIT`), finish both
+        // sides cleanly (up to `CLOSE_LINGER`) and log their last lines.
+        let last_closes = CLOSE_BOUNDARY_WAIT + CLOSE_LINGER + Duration::from_millis(500);
+        let _ = tokio::time::timeout(last_closes, shared.open.wait_idle()).await;
         if let Some(cluster) = inner.cluster.get() {
             drop(cluster_tasks);
             cluster.leave(&shared.snapshot.load()).await;
@@ -337,7 +344,8 @@ impl Handle {
     }
 
     /// Marks a server up or down as a health check does (one gone down has
-    /// its tunnels closed with 1012); returns whether it flipped.
+    /// its tunnels closed with 1012, spread over its backend's
+    /// `down_spread`); returns whether it flipped.
     pub fn set_up(&self, server: &Arc<ServerState>, up: bool) -> bool {
         self.inner.shared.changes.set_up(server, up)
     }
@@ -481,9 +489,13 @@ impl Handle {
 
     /// Writes each server's intended weight and admin state to its live
     /// state: the cluster's latest operator change if there is one (it
-    /// wins, as it did before the reload), else the config's.
+    /// wins, as it did before the reload), else the config's. Each
+    /// frontend's live admission state learns its IPv6 client prefix.
     fn apply_intended_states(&self, snapshot: &Snapshot, only: Option<&[Arc<ServerState>]>) {
         let inner = &self.inner;
+        for frontend in &snapshot.frontends {
+            frontend.state.admission.set_ipv6_prefix(frontend.per_ip_ipv6_prefix);
+        }
         let cluster = inner.cluster.get();
         for backend in &snapshot.backends {
             for server in &backend.servers {
@@ -678,12 +690,20 @@ fn check_targets(snapshot: &Snapshot) -> Vec<BackendTargets> {
 
 /// Acts on the server changes reported through [`Changes`]: a server gone
 /// down has its tunnels asked to close (1012, so their clients reconnect to
-/// a healthy server); a drained or maintained one has them closed after its
-/// backend's `drain_timeout`, spread over `drain_spread`.
+/// a healthy server), spread over its backend's `down_spread` so they do not
+/// all reconnect at the same instant (stopped if it comes back up); a
+/// drained or maintained one has them closed after its backend's
+/// `drain_timeout`, spread over `drain_spread`.
 async fn act_on_changes(mut reports: mpsc::UnboundedReceiver<ChangeReport>, snapshot: Arc<ArcSwap<Snapshot>>) {
     while let Some((server, change)) = reports.recv().await {
         match change {
-            ServerChange::WentDown => server.tunnels().close_all(CloseCode::ServiceRestart),
+            ServerChange::WentDown => {
+                let spread = down_spread_of(&snapshot.load(), &server);
+                let controls = server.tunnel_controls();
+                tokio::spawn(async move {
+                    close_spread(controls, CloseCode::ServiceRestart, spread, || !server.is_up()).await;
+                });
+            }
             // The new generation alone cancels a drain in progress.
             ServerChange::Admin {
                 state: AdminState::Ready,
@@ -700,6 +720,15 @@ async fn act_on_changes(mut reports: mpsc::UnboundedReceiver<ChangeReport>, snap
             }
         }
     }
+}
+
+/// The `down_spread` of the backend `server` belongs to in `snapshot`.
+fn down_spread_of(snapshot: &Snapshot, server: &Arc<ServerState>) -> Duration {
+    snapshot
+        .backends
+        .iter()
+        .find(|b| b.servers.iter().any(|s| Arc::ptr_eq(&s.state, server)))
+        .map_or(DEFAULT_DOWN_SPREAD, |b| b.down_spread)
 }
 
 /// The drain timing of the backend `server` belongs to in `snapshot`.

@@ -30,16 +30,23 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The `name=value` pairs of one `Cookie` header line, trimmed, as bytes
 /// (a pair without `=` has an empty name, as browsers read it).
 pub fn cookie_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    line.split(|b| *b == b';').filter_map(|pair| {
-        let pair = pair.trim_ascii();
-        if pair.is_empty() {
-            return None;
-        }
-        Some(match pair.iter().position(|b| *b == b'=') {
-            Some(at) => (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()),
-            None => (&pair[..0], pair),
-        })
-    })
+    cookie_items(line).map(split_cookie_pair)
+}
+
+/// The `;`-separated items of one `Cookie` header line, trimmed, empty ones skipped.
+pub fn cookie_items(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|b| *b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
+}
+
+/// One cookie item split at its first `=` into name and value, both
+/// trimmed (no `=`: an empty name and the whole item as value).
+pub fn split_cookie_pair(item: &[u8]) -> (&[u8], &[u8]) {
+    match item.iter().position(|b| *b == b'=') {
+        Some(at) => (item[..at].trim_ascii(), item[at + 1..].trim_ascii()),
+        None => (&item[..0], item),
+    }
 }
 
 /// The host the client asked for, without port: the absolute URI's authority, else the Host header.

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub shutdown_grace: Duration,
     /// The `[admin]` settings (users, allow-lists), if any.
     pub admin: Option<Arc<AdminSettings>>,
+    /// Query parameters the access log writes as `REDACTED` (`[log] redact_query`).
+    pub redact_query: Arc<[Box<str>]>,
 }
 
 /// A public listener's routing and client-side settings.
@@ -59,10 +61,14 @@ pub struct Frontend {
     pub per_ip_connections: Option<u32>,
     /// WebSocket handshakes allowed per client address, if limited.
     pub per_ip_rate: Option<crate::config::ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length.
+    pub per_ip_ipv6_prefix: u8,
     /// Idle, ping and ping-timeout settings of the frontend's tunnels.
     pub websocket_timers: Timers,
     /// Largest client frame and message payloads in tunnels, if limited.
     pub websocket_limits: Option<(u64, u64)>,
+    /// Most client messages per period in each tunnel, if limited.
+    pub websocket_max_messages: Option<crate::config::ConfigRate>,
     /// Peers whose `X-Forwarded-For` / PROXY header name the real client.
     pub trusted_proxies: Vec<crate::cidr::Cidr>,
     /// Trusted peers send a PROXY protocol header first.
@@ -71,6 +77,8 @@ pub struct Frontend {
     pub client_timeout: Duration,
     /// Time allowed for a request head once it started arriving.
     pub http_request_timeout: Duration,
+    /// Longest a request under way may move no byte on the client side.
+    pub client_body_timeout: Duration,
     /// TLS termination: each connection accepted from now on shakes hands
     /// with these certificates (a reload replaces them for new connections only).
     pub tls: Option<crate::tls::ServerTls>,
@@ -119,6 +127,8 @@ pub struct Backend {
     pub server_timeout: Duration,
     /// Idle limit of a WebSocket tunnel.
     pub tunnel_timeout: Duration,
+    /// Longest a response body may get no byte from its server.
+    pub server_body_timeout: Duration,
     /// How long a request may wait for a free slot (zero: no queue).
     pub queue_timeout: Duration,
     /// How long a drained server's tunnels may stay open.
@@ -127,6 +137,8 @@ pub struct Backend {
     pub drain_spread: Duration,
     /// A draining server still takes clients stuck to it.
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down are closed.
+    pub down_spread: Duration,
     /// Health checks; `None`: the servers are always up.
     pub health: Option<Arc<HealthCheck>>,
     /// Requests waiting in the queue for a slot now.
@@ -204,10 +216,12 @@ impl Snapshot {
                     (None, None) => None,
                     (frame, message) => Some((frame.unwrap_or(u64::MAX), message.unwrap_or(u64::MAX))),
                 },
+                websocket_max_messages: f.websocket.max_messages,
                 limits: f.limits,
                 maxconn: f.maxconn,
                 per_ip_connections: f.per_ip.max_connections,
                 per_ip_rate: f.per_ip.rate,
+                per_ip_ipv6_prefix: f.per_ip.ipv6_prefix,
                 websocket_timers: Timers {
                     idle: f.websocket.idle_timeout,
                     ping_interval: f.websocket.ping_interval,
@@ -216,6 +230,7 @@ impl Snapshot {
                 proxy_protocol: f.proxy_protocol,
                 client_timeout: f.client_timeout,
                 http_request_timeout: f.http_request_timeout,
+                client_body_timeout: f.client_body_timeout,
                 tls: f.tls.clone(),
                 redirect_https: f.redirect_https.map(|r| r.port),
                 hsts: f.hsts.clone(),
@@ -227,6 +242,7 @@ impl Snapshot {
             workers: config.workers,
             shutdown_grace: config.shutdown_grace,
             admin: config.admin.clone().map(Arc::new),
+            redact_query: config.log.redact_query.iter().map(|p| Box::from(p.as_str())).collect(),
         }
     }
 
@@ -314,10 +330,12 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         connect_timeout: config.connect_timeout,
         server_timeout: config.server_timeout,
         tunnel_timeout: config.tunnel_timeout,
+        server_body_timeout: config.server_body_timeout,
         queue_timeout: config.queue_timeout,
         drain_timeout: config.drain_timeout,
         drain_spread: config.drain_spread,
         drain_sticky: config.drain_sticky,
+        down_spread: config.down_spread,
         health,
         queued: std::sync::atomic::AtomicU32::new(0),
     }

@@ -9,16 +9,25 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The access lines of every test in this file (one global subscriber).
+fn access_lines() -> &'static Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter("tether::access=info")
+            .with_writer(move || writer.clone())
+            .init();
+        captured
+    })
+}
+
 #[tokio::test]
 async fn access_lines_carry_the_request_id_and_tunnel_close_codes() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter("tether::access=info")
-        .with_writer(move || writer.clone())
-        .init();
+    let captured = access_lines();
 
     let s1 = backend("s1").start().await;
     let tether = start_tether(&Config::over(pool().server(&s1))).await;
@@ -68,4 +77,48 @@ async fn access_lines_carry_the_request_id_and_tunnel_close_codes() {
         .expect("the 400 line");
     assert_eq!(http["request_id"], id.as_str(), "{http}");
     assert!(http["error"].as_str().unwrap().contains("Sec-WebSocket-Key"), "{http}");
+}
+
+#[tokio::test]
+async fn session_ids_in_query_strings_are_redacted_in_access_lines() {
+    let captured = access_lines();
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&Config::over(pool().server(&s1)).redact_query(&["sid", "token"])).await;
+    let (status, _, _) = get(
+        tether.addr,
+        "/socket.io/?EIO=4&transport=polling&sid=s3cr3t-sid&token=t0k3n&t=1",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut line = None;
+    for _ in 0..100 {
+        line = captured
+            .lines()
+            .into_iter()
+            .find(|l| l["kind"] == "http" && l["uri"].as_str().is_some_and(|u| u.starts_with("/socket.io/")));
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = line.expect("the request's access line");
+    assert_eq!(
+        line["uri"], "/socket.io/?EIO=4&transport=polling&sid=REDACTED&token=REDACTED&t=1",
+        "{line}"
+    );
+    assert!(
+        !captured.text().contains("s3cr3t-sid"),
+        "the id appears nowhere in the logs"
+    );
+    // By default `sid` alone is redacted.
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
+    get(tether.addr, "/default/?sid=other-secret&token=visible").await;
+    for _ in 0..100 {
+        if captured.text().contains("/default/") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = captured.text();
+    assert!(text.contains("/default/?sid=REDACTED&token=visible"), "{text}");
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
+use sha2::Digest;
 use tether_test_support::*;
 
 const USER: &str = "admin";
@@ -173,8 +174,10 @@ async fn every_api_endpoint_answers_with_json() {
     assert_eq!(server(&body, "s1")["weight"], 1);
 
     // Sticky entries: learn one Engine.IO sid through the frontend.
-    let (status, _, _) = get(tether.addr, "/socket.io/?EIO=4&transport=polling").await;
+    let (status, _, handshake) = get(tether.addr, "/socket.io/?EIO=4&transport=polling").await;
     assert_eq!(status, StatusCode::OK);
+    let handshake: Value = serde_json::from_slice(&handshake[1..]).expect("Engine.IO handshake");
+    let sid = handshake["sid"].as_str().expect("sid").to_string();
     let (status, body) = api(
         admin,
         Method::GET,
@@ -184,7 +187,13 @@ async fn every_api_endpoint_answers_with_json() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["total"], 1);
-    assert!(body["entries"][0]["key"].as_str().unwrap().contains("-sid-"), "{body}");
+    // The live session id is not shown: the first 12 hex digits of its SHA-256 are.
+    assert!(!body.to_string().contains(&sid), "{body}");
+    let digest: String = sha2::Sha256::digest(sid.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(body["entries"][0]["key_hash"], digest[..12], "{body}");
     let (status, body) = api(admin, Method::GET, "/api/v1/backends/pool/sticky?offset=1", None).await;
     assert_eq!((status, body["entries"].as_array().unwrap().len()), (StatusCode::OK, 0));
     let (status, body) = api(admin, Method::GET, "/api/v1/backends/pool/sticky?limit=x", None).await;
@@ -807,7 +816,7 @@ async fn frontend_counters_and_the_backend_queue_are_reported() {
     let waiting = tokio::spawn(async move { ws_connect(addr, "/ws").await.1 });
     let mut queued = 0;
     for _ in 0..50 {
-        let (_, _, body) = get(admin, "/api/v1/backends").await;
+        let (_, _, body) = call(admin, Method::GET, "/api/v1/backends", None, None).await;
         let json: Value = serde_json::from_slice(&body).unwrap();
         queued = json["backends"][0]["queued"].as_u64().unwrap();
         if queued == 1 {
@@ -816,7 +825,7 @@ async fn frontend_counters_and_the_backend_queue_are_reported() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(queued, 1, "the waiting handshake shows in the queue");
-    let (_, _, metrics) = get(admin, "/metrics").await;
+    let (_, _, metrics) = call(admin, Method::GET, "/metrics", None, None).await;
     let metrics = String::from_utf8_lossy(&metrics).to_string();
     assert!(
         metrics.contains("tether_backend_queued{backend=\"pool\"} 1"),
@@ -830,7 +839,7 @@ async fn frontend_counters_and_the_backend_queue_are_reported() {
     // Two tunnels stay open (the fourth client closed its own when its task ended).
     let mut front = Value::Null;
     for _ in 0..50 {
-        let (_, _, body) = get(admin, "/api/v1/frontends").await;
+        let (_, _, body) = call(admin, Method::GET, "/api/v1/frontends", None, None).await;
         let json: Value = serde_json::from_slice(&body).unwrap();
         front = json["frontends"][0].clone();
         if front["connections_open"] == 2 {
@@ -844,7 +853,7 @@ async fn frontend_counters_and_the_backend_queue_are_reported() {
         "four WebSocket clients, nothing else on this port: {front}"
     );
     assert_eq!(front["requests"], 4, "{front}");
-    let (_, _, metrics) = get(admin, "/metrics").await;
+    let (_, _, metrics) = call(admin, Method::GET, "/metrics", None, None).await;
     let metrics = String::from_utf8_lossy(&metrics).to_string();
     assert!(
         metrics.contains("tether_frontend_requests_total{frontend=\"public\"}"),

@@ -91,6 +91,54 @@ async fn connections_per_address_are_capped_and_other_addresses_are_not_affected
     );
 }
 
+/// A connection whose PROXY protocol header names `client` (an IPv6 address), with one GET answered.
+async fn status_as(tether: SocketAddr, client: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(tether).await.unwrap();
+    let header = format!("PROXY TCP6 {client} ::1 51000 80\r\n");
+    stream.write_all(header.as_bytes()).await.unwrap();
+    let status = status_on(&mut stream).await;
+    (stream, status)
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_counted_per_64_unless_told_otherwise() {
+    let s1 = backend("s1").start().await;
+    let frontend = || {
+        Frontend::public()
+            .trusted_proxies(&["127.0.0.1"])
+            .proxy_protocol(true)
+            .per_ip_max_connections(2)
+    };
+    let tether = start_tether(&Config::simple(frontend(), pool().server(&s1))).await;
+    let (_a, first) = status_as(tether.addr, "2001:db8:0:1::1").await;
+    let (_b, second) = status_as(tether.addr, "2001:db8:0:1::2").await;
+    assert!(first.starts_with("HTTP/1.1 200") && second.starts_with("HTTP/1.1 200"));
+    // A third address of the same /64 is the same client: refused.
+    let (_c, third) = status_as(tether.addr, "2001:db8:0:1:ffff::3").await;
+    assert!(third.is_empty() || third.starts_with("HTTP/1.1 429"), "{third:?}");
+    // Another /64 is another client.
+    let (_d, other) = status_as(tether.addr, "2001:db8:0:2::1").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other:?}");
+    // `per_ip.ipv6_prefix = 128` counts each address.
+    let exact = start_tether(&Config::simple(frontend().per_ip_ipv6_prefix(128), pool().server(&s1))).await;
+    let mut held = Vec::new();
+    for last in 1..=3 {
+        let (stream, status) = status_as(exact.addr, &format!("2001:db8:0:1::{last}")).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{last}: {status:?}");
+        held.push(stream);
+    }
+}
+
+#[test]
+fn an_ipv6_prefix_outside_1_to_128_is_a_config_error() {
+    for bad in [0, 129] {
+        let servers = pool().server(Server::new("s1", "127.0.0.1:9"));
+        let text = Config::simple(Frontend::public().per_ip_ipv6_prefix(bad), servers).toml();
+        let err = tether::config::parse(&text, "t.toml").expect_err("refused");
+        assert!(err.to_string().contains("ipv6_prefix"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn handshakes_over_the_per_address_rate_get_429_with_retry_after() {
     let s1 = backend("s1").start().await;

@@ -4,237 +4,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_test_support::*;
 
-/// A `redis-server` child process on 127.0.0.1, killed when dropped.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-    /// With TLS: the CA certificate (PEM) clients must trust.
-    ca: Option<Vec<u8>>,
-    /// With `requirepass`: the password.
-    password: Option<String>,
-}
-
-impl RedisServer {
-    /// Starts one on a free port.
-    async fn start() -> RedisServer {
-        let port = closed_port().await.port();
-        Self::start_on(port).await
-    }
-
-    /// Starts one on `port` (no persistence: a restart starts empty).
-    async fn start_on(port: u16) -> RedisServer {
-        Self::spawn(port, &[], None, None).await
-    }
-
-    /// Starts one speaking only TLS with a certificate for 127.0.0.1 signed by
-    /// a fresh CA (`ca.pem` in `dir`), asking for `password`.
-    async fn start_tls(dir: &std::path::Path, password: &str) -> RedisServer {
-        let port = closed_port().await.port();
-        std::fs::create_dir_all(dir).expect("temp dir");
-        let openssl = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            assert!(
-                status.is_ok_and(|s| s.success()),
-                "openssl {args:?} failed: the TLS test needs the openssl command"
-            );
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=tether test CA",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "redis.key",
-            "-out",
-            "redis.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("write ext.cnf");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "redis.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "redis.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        let path = |name: &str| dir.join(name).display().to_string();
-        let args = [
-            "--tls-port".to_string(),
-            port.to_string(),
-            "--tls-cert-file".to_string(),
-            path("redis.pem"),
-            "--tls-key-file".to_string(),
-            path("redis.key"),
-            "--tls-ca-cert-file".to_string(),
-            path("ca.pem"),
-            "--tls-auth-clients".to_string(),
-            "no".to_string(),
-            "--requirepass".to_string(),
-            password.to_string(),
-        ];
-        let ca = std::fs::read(dir.join("ca.pem")).expect("ca.pem");
-        Self::spawn(0, &args, Some(ca), Some(password.to_string())).await
-    }
-
-    async fn spawn(port: u16, extra: &[String], ca: Option<Vec<u8>>, password: Option<String>) -> RedisServer {
-        let tls_port = extra
-            .iter()
-            .position(|a| a == "--tls-port")
-            .and_then(|i| extra.get(i + 1))
-            .and_then(|p| p.parse::<u16>().ok());
-        let binary = ["redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-            .into_iter()
-            .find(|b| {
-                Command::new(b)
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-            .expect("redis-server is needed for the cluster tests: apt-get install redis-server (.ci/run does)");
-        let child = Command::new(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let server = RedisServer {
-            port: tls_port.unwrap_or(port),
-            child: Some(child),
-            ca,
-            password,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut connection) = server.connection().await {
-                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut connection).await;
-                if pong.is_ok() {
-                    return server;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-
-    async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(self.url())?;
-        if let Some(password) = &self.password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = match &self.ca {
-            Some(ca) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            )?,
-            None => redis::Client::open(info)?,
-        };
-        client.get_multiplexed_async_connection().await
-    }
-
-    /// The value of `key`, if any.
-    async fn get(&self, key: &str) -> Option<String> {
-        let mut connection = self.connection().await.expect("connect to redis");
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut connection)
-            .await
-            .expect("GET")
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to the server process.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
-    }
-
-    /// Runs a command (`FLUSHALL`, …).
-    async fn command(&self, name: &str) {
-        let mut connection = self.connection().await.expect("connect to redis");
-        let _: () = redis::cmd(name).query_async(&mut connection).await.expect(name);
-    }
-
-    /// `kill -9`: no goodbye to the clients.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// `base` behind the usual frontend, with a loopback admin listener and `cluster`.
 fn cluster_config_with(base: &Backend, cluster: Cluster) -> Config {
     Config::over(base.clone())
-        .admin(Admin::bind("127.0.0.1:0"))
+        // `get` sends `Host: tether.test`: the admin listener answers only for names it knows.
+        .admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]))
         .cluster(cluster)
 }
 
@@ -446,7 +226,7 @@ async fn a_drain_through_one_instance_stops_new_connections_through_the_other_wi
     // A weight change travels the same way, and a starting instance reads the stored state.
     let body = r#"{"weight": 7}"#;
     let weight = format!(
-        "PUT /api/v1/backends/pool/servers/s2/weight HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "PUT /api/v1/backends/pool/servers/s2/weight HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     assert!(raw_exchange(admin(&a), weight.as_bytes())

@@ -125,7 +125,9 @@ async fn a_drained_server_takes_no_new_clients_and_closes_its_tunnels_spread_out
         closes.iter().all(|d| *d >= Duration::from_millis(190)),
         "nothing closes before drain_timeout"
     );
-    assert_eq!(state.active(), 0);
+    // A closed tunnel holds its slot until the client's Close or EOF (at most CLOSE_LINGER).
+    let emptied = eventually(Duration::from_secs(3), async || state.active() == 0).await;
+    assert!(emptied.is_some(), "{} still active on the drained server", state.active());
     assert_eq!(on_s2.len(), 150);
     for ws in on_s2.iter_mut().take(5) {
         futures_util::SinkExt::send(ws, Message::text("alive")).await.unwrap();
@@ -278,7 +280,7 @@ async fn a_drain_ends_for_sticky_clients_once_its_deadline_passed_and_the_api_sa
             .server(Server::from(&a).cookie("s1"))
             .server(Server::from(&b).cookie("s2")),
     )
-    .admin(Admin::bind("127.0.0.1:0"));
+    .admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]));
     let tether = start_tether(&config).await;
     let (mut first, name) = ws_connect_with(handshake_with_cookie(tether.addr, "SERVERID=s1")).await;
     assert_eq!(name, "s1");

@@ -117,6 +117,14 @@ impl SwitchBackend {
         }
     }
 
+    /// Closes the port but keeps the WebSockets open: new connects are
+    /// refused while the open tunnels still work.
+    fn stop_listening(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+    }
+
     fn answer(&self, status: u16, body: &str) {
         *self.shared.behaviour.lock().unwrap() = Behaviour {
             status,
@@ -593,4 +601,37 @@ async fn checker_tasks_follow_reloads_and_stop_with_the_instance() {
     let checks = s2_state.health().checks;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(s2_state.health().checks, checks);
+}
+
+#[tokio::test]
+async fn a_server_taken_out_by_failed_connects_keeps_its_tunnels_until_an_active_check_fails_too() {
+    init_logs();
+    let mut s1 = SwitchBackend::start("s1").await;
+    // The first check runs at once, the next one about 3 s later.
+    let health = Health::check("tcp").interval("3s").rise(1).fall(1).observe(true);
+    let servers = pool().down_spread("0s").health(health).server(("s1", s1.addr));
+    let tether = start_tether(&Config::over(servers)).await;
+    let s1_state = state(&tether, "s1");
+    eventually(WAIT, async || s1_state.is_up())
+        .await
+        .expect("timed out waiting until s1 is up");
+    let request = format!("ws://{}/health/ws", tether.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("tunnel");
+    // New connects are refused: one failed connect of live traffic takes s1 out.
+    s1.stop_listening();
+    let (status, _, _) = get(tether.addr, "/").await;
+    assert!(status.is_server_error(), "{status}");
+    assert!(!s1_state.is_up());
+    assert_eq!(last_flip(&tether, "s1").2, "passive");
+    // Failed connects may be load, not death: the open tunnel stays.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), ws.next()).await.is_err(),
+        "the tunnel was closed on passive detection alone"
+    );
+    // The next active check fails too: now the tunnel is closed, with 1012,
+    // and the server is told with a Close of its own.
+    assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, Some(1012));
+    eventually(WAIT, async || s1.closes() == 1)
+        .await
+        .expect("the server got no Close");
 }

@@ -200,3 +200,25 @@ async fn a_chunked_body_over_max_body_gets_413_and_the_server_sees_it_cut_off() 
     let (reply, _) = exchange(tether.addr, small).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
 }
+
+#[tokio::test]
+async fn a_pipelined_request_with_both_framings_is_refused_too() {
+    let server = RecordingServer::start().await;
+    let tether = tether_over(&server).await;
+    // Three requests in one write: a GET, a POST with a body, then the
+    // ambiguous one; the policy holds for every request, not only a read's first.
+    let request = b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n\
+        POST /second HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+        POST /third HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+        GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    let (reply, closed) = exchange(tether.addr, request).await;
+    let statuses: Vec<&str> = reply
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &reply[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{reply:?}");
+    assert!(closed, "the connection is closed after the 400");
+    let received = server.received();
+    assert!(!received.contains("/third"), "{received:?}");
+    assert!(!received.contains("smuggled"), "{received:?}");
+}

@@ -116,7 +116,8 @@ async fn a_killed_server_leaves_its_clients_a_1012_and_new_clients_see_no_error(
 #[tokio::test]
 async fn a_server_taken_out_closes_its_tunnels_with_1012_and_only_those() {
     let (a, b) = (backend("s1").start().await, backend("s2").start().await);
-    let tether = start_tether(&Config::over(pool().balance("leastconn").server(&a).server(&b))).await;
+    let servers = pool().balance("leastconn").down_spread("1s").server(&a).server(&b);
+    let tether = start_tether(&Config::over(servers)).await;
     let mut clients = Vec::new();
     for _ in 0..10 {
         clients.push(ws_connect(tether.addr, "/ws").await);
@@ -125,7 +126,8 @@ async fn a_server_taken_out_closes_its_tunnels_with_1012_and_only_those() {
     assert!(tether.handle.set_up(&snapshot.backends[0].servers[0].state, false));
     for (ws, name) in clients.iter_mut() {
         if name == "s1" {
-            assert_eq!(close_code(ws, Duration::from_secs(2)).await, Some(1012));
+            // Spread over `down_spread` (1 s), not all at once.
+            assert_eq!(close_code(ws, Duration::from_secs(3)).await, Some(1012));
         } else {
             ws.send(Message::text("ok?")).await.unwrap();
             assert_eq!(next_text(ws).await, "ok?");
@@ -165,5 +167,32 @@ async fn stopping_tether_sends_1001_spread_over_the_grace_period_and_exits_zero(
     assert!(
         *last > Duration::from_millis(400),
         "closes should be spread over the grace period, last at {last:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_tunnels_of_a_server_found_down_are_closed_over_down_spread_not_at_once() {
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&Config::over(pool().down_spread("2s").server(&s1))).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(ws_connect(tether.addr, "/ws").await.0);
+    }
+    let started = std::time::Instant::now();
+    let snapshot = tether.handle.snapshot();
+    assert!(tether.handle.set_up(&snapshot.backends[0].servers[0].state, false));
+    let mut at = Vec::new();
+    for ws in clients.iter_mut() {
+        assert_eq!(close_code(ws, Duration::from_secs(5)).await, Some(1012));
+        at.push(started.elapsed());
+    }
+    at.sort();
+    assert!(
+        at[0] >= Duration::from_millis(400),
+        "the first close comes one step in: {at:?}"
+    );
+    assert!(
+        at[3] >= Duration::from_millis(1800),
+        "the last one at the end of the spread: {at:?}"
     );
 }

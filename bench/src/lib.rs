@@ -8,6 +8,7 @@ pub mod client;
 pub mod load;
 pub mod report;
 pub mod server;
+pub mod soak;
 pub mod ws;
 
 /// Builds the tokio runtime: a current-thread runtime for one thread (the

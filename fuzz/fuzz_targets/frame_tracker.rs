@@ -71,6 +71,9 @@ fn frames(data: &[u8], limits: Option<(u64, u64)>) -> Vec<Frame> {
                     u128::from(len)
                 };
                 too_big = len > max_frame || message_len > u128::from(max_message);
+            } else {
+                // Control frames: over the frame limit, over 125 bytes or fragmented (RFC 6455 §5.5).
+                too_big = len > max_frame || len > 125 || b0 & 0x80 == 0;
             }
         }
         let end = header_end as u128 + u128::from(len);

@@ -25,8 +25,8 @@ use tether::cidr::Cidr;
 use tether::config::model::StickyCookie;
 use tether::config::types::ForwardHeader;
 use tether::proxy::client_addr::{client_ip, is_trusted, read_proxy_header, ProxyHeaderError};
-use tether::proxy::framing::HeadScanner;
-use tether::proxy::headers::{add_forwarding, has_token, remove_hop_by_hop, tokens};
+use tether::proxy::framing::RequestScanner;
+use tether::proxy::headers::{add_forwarding, has_token, remove_hop_by_hop, tokens, NEVER_NAMED};
 use tether::proxy::upgrade::{classify, Handshake};
 use tether::sticky::cookie::{CookieState, CookieSticky};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -149,16 +149,25 @@ fn cookies(headers: &HeaderMap) {
 
     // prefix: the server sees its own value with the id stripped.
     let prefix = PREFIX.get_or_init(|| CookieSticky::new(&sticky("cookie = \"JSESSIONID\", mode = \"prefix\""), &servers));
-    let before = tether::lookup::cookie(headers, "JSESSIONID").map(str::to_string);
+    // Compared as bytes: cookies are read and rewritten as bytes.
+    let raw = |headers: &HeaderMap| -> Option<Vec<u8>> {
+        headers.get_all(COOKIE).iter().find_map(|line| {
+            tether::lookup::cookie_pairs(line.as_bytes()).find_map(|(name, value)| (name == b"JSESSIONID").then(|| value.to_vec()))
+        })
+    };
+    let before = raw(headers);
     let state = prefix.state(headers);
     let mut request = headers.clone();
     prefix.rewrite_request(&mut request);
-    let after = tether::lookup::cookie(&request, "JSESSIONID");
+    let after = raw(&request);
     match before.as_deref() {
         None => assert_eq!(after, None),
         Some(value) => {
-            let expected = value.split_once('~').map_or(value, |(_, rest)| rest).trim();
-            assert_eq!(after, Some(expected), "prefix mode strips the server id");
+            let expected = match value.iter().position(|b| *b == b'~') {
+                Some(at) => &value[at + 1..],
+                None => value,
+            };
+            assert_eq!(after.as_deref(), Some(expected.trim_ascii()), "prefix mode strips the server id");
         }
     }
     let mut response = headers.clone();
@@ -172,6 +181,31 @@ fn cookies(headers: &HeaderMap) {
         }
     }
     let _ = headers.get_all(COOKIE).iter().count();
+
+    // opaque: a value is honoured only with its server part, and the value
+    // tether sets reads back as the server it was set for.
+    static OPAQUE: OnceLock<CookieSticky> = OnceLock::new();
+    let opaque = OPAQUE.get_or_init(|| {
+        CookieSticky::new(
+            &sticky("cookie = \"SERVERID\", opaque = true, secret = \"a fuzzing secret, long enough\""),
+            &servers,
+        )
+    });
+    let state = opaque.state(headers);
+    if let Some(id) = state.server() {
+        let value = tether::lookup::cookie(headers, "SERVERID").expect("a cookie was read");
+        assert!(value.starts_with(opaque.value_of(id).expect("a known server")), "{value:?}");
+    }
+    let mut response = HeaderMap::new();
+    opaque.rewrite_response(&mut response, 1, state, false);
+    if let Some(set) = response.get(SET_COOKIE) {
+        let pair = set.to_str().expect("tether's cookie is text").split(';').next().unwrap_or_default();
+        let mut again = HeaderMap::new();
+        again.insert(COOKIE, HeaderValue::from_str(pair).expect("a valid header"));
+        assert_eq!(opaque.state(&again), CookieState::Server(1), "{pair}");
+    } else {
+        assert_eq!(state, CookieState::Server(1), "only a fresh cookie for the server is not set again");
+    }
 }
 
 /// Token lists are trimmed and non-empty; hop-by-hop removal leaves none behind.
@@ -195,6 +229,11 @@ fn hop_by_hop(headers: &HeaderMap) {
     }
     for token in &listed {
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if NEVER_NAMED.contains(&name) {
+                // Host, framing and tether's own headers survive being named.
+                assert_eq!(cleaned.contains_key(&name), headers.contains_key(&name) && name != "transfer-encoding");
+                continue;
+            }
             assert!(!cleaned.contains_key(&name), "{name} was named by Connection");
         }
     }
@@ -451,30 +490,38 @@ fn proxy_protocol(seed: u8, body: &[u8]) {
 /// reads (`seed` picks the piece sizes), and that verdict is the one a plain
 /// line-by-line reading of the head gives.
 fn framing_scan(seed: u8, body: &[u8]) {
-    let mut whole = HeadScanner::default();
-    let expected = whole.scan(body);
-    let mut pieces = HeadScanner::default();
-    let mut verdict = None;
+    let verdict_of = |scanner: &RequestScanner| (scanner.heads() > 0).then(|| scanner.first_conflict() == Some(0));
+    let mut whole = RequestScanner::default();
+    whole.scan(body);
+    let expected = verdict_of(&whole);
+    let mut pieces = RequestScanner::default();
     let step = usize::from(seed % 23) + 1;
-    let mut rest = body;
-    while !rest.is_empty() && verdict.is_none() {
-        let (piece, tail) = rest.split_at(step.min(rest.len()));
-        verdict = pieces.scan(piece);
-        rest = tail;
+    for piece in body.chunks(step) {
+        pieces.scan(piece);
     }
-    assert_eq!(verdict, expected, "split every {step} bytes");
-    // The reference: lines up to the first empty one (a lone CR counts as empty).
+    assert_eq!(
+        (pieces.heads(), pieces.first_conflict()),
+        (whole.heads(), whole.first_conflict()),
+        "split every {step} bytes"
+    );
+    // The reference: lines up to the first empty one after a non-empty one
+    // (a lone CR counts as empty).
     let mut names = (false, false);
     let mut reference = None;
+    let mut started = false;
     for line in body.split_inclusive(|&b| b == b'\n') {
         if !line.ends_with(b"\n") {
             break;
         }
         let line = &line[..line.len() - 1];
         if line.is_empty() || line == b"\r" {
+            if !started {
+                continue;
+            }
             reference = Some(names.0 && names.1);
             break;
         }
+        started = true;
         let starts = |name: &[u8]| line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name);
         names.0 |= starts(b"content-length:");
         names.1 |= starts(b"transfer-encoding:");

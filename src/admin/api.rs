@@ -206,6 +206,25 @@ pub fn reload(context: &dyn Context, user: &str) -> Response<AdminBody> {
     }
 }
 
+/// Hex digits of a stick-table key's SHA-256 shown by the API.
+pub const KEY_HASH_DIGITS: usize = 12;
+
+/// What the API shows of a stick-table key: the first `KEY_HASH_DIGITS`
+/// hex digits of its SHA-256. The keys are live session ids (a client
+/// holding one is that session), so they are never shown; an operator who
+/// has an id finds its entry by hashing it the same way
+/// (`printf %s "$id" | sha256sum | cut -c1-12`).
+pub fn key_hash(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut hex = String::with_capacity(KEY_HASH_DIGITS);
+    for byte in digest.iter().take(KEY_HASH_DIGITS.div_ceil(2)) {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex.truncate(KEY_HASH_DIGITS);
+    hex
+}
+
 /// `GET /api/v1/backends/{backend}/sticky?offset=&limit=`.
 pub fn sticky(snapshot: &Snapshot, backend: &str, query: Option<&str>) -> Response<AdminBody> {
     let Some(b) = snapshot.backend(backend) else {
@@ -237,7 +256,7 @@ pub fn sticky(snapshot: &Snapshot, backend: &str, query: Option<&str>) -> Respon
     let entries: Vec<Value> = table
         .entries(offset, limit)
         .into_iter()
-        .map(|e| json!({ "key": e.key, "server": &*e.server, "idle_ms": e.idle.as_millis() as u64 }))
+        .map(|e| json!({ "key_hash": key_hash(&e.key), "server": &*e.server, "idle_ms": e.idle.as_millis() as u64 }))
         .collect();
     json_response(
         StatusCode::OK,

@@ -59,6 +59,11 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -211,6 +216,7 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
     let frontend_requests = CounterFamily::<FrontendLabels>::default();
     let frontend_refused = CounterFamily::<RefusedLabels>::default();
     let tls_failures = CounterFamily::<FrontendLabels>::default();
+    let message_rate_closes = CounterFamily::<FrontendLabels>::default();
     for frontend in &snapshot.frontends {
         let labels = FrontendLabels {
             frontend: frontend.name.to_string(),
@@ -235,6 +241,9 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
                 })
                 .inc_by(load(count));
         }
+        message_rate_closes
+            .get_or_create(&labels)
+            .inc_by(load(&state.admission.message_rate_closes));
         if frontend.tls.is_some() {
             tls_failures
                 .get_or_create(&labels)
@@ -247,6 +256,18 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         reloads
             .get_or_create(&ResultLabels {
                 result: result.to_string(),
+            })
+            .inc_by(count);
+    }
+    let logins = &context.admin().logins;
+    let password_checks: Counter = Counter::default();
+    password_checks.inc_by(logins.password_checks());
+    let logins_refused = CounterFamily::<ReasonLabels>::default();
+    let (wrong, blocked, busy) = logins.refused();
+    for (reason, count) in [("wrong", wrong), ("blocked", blocked), ("busy", busy)] {
+        logins_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
             })
             .inc_by(count);
     }
@@ -357,11 +378,26 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         frontend_refused,
     );
     registry.register(
+        "tether_frontend_message_rate_closes",
+        "WebSocket tunnels closed with 1008 for going over websocket.max_messages",
+        message_rate_closes,
+    );
+    registry.register(
         "tether_tls_handshake_failures",
         "TLS handshakes with clients that failed or did not finish in time (TLS frontends)",
         tls_failures,
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
+    registry.register(
+        "tether_admin_password_checks",
+        "Admin passwords checked against their argon2 hash (remembered logins and refused attempts are not checked)",
+        password_checks,
+    );
+    registry.register(
+        "tether_admin_logins_refused",
+        "Admin logins refused: wrong credentials, client blocked after too many failures, password checks busy",
+        logins_refused,
+    );
     registry.register("tether_open_connections", "Open client connections and tunnels", open);
     registry.register(
         "tether_worker_connections_accepted",

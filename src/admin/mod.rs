@@ -10,8 +10,12 @@
 //!
 //! The listener is bound with the frontends (`Tether::bind`), serves from
 //! `Tether::run`, and stops accepting when the graceful stop begins. Its
-//! settings (users, allow-lists) live in the snapshot, so a reload changes
-//! them; its address is read once at start.
+//! settings (users, allow-lists, host names, TLS certificates) live in the
+//! snapshot, so a reload changes them; its address is read once at start.
+//!
+//! Every request passes, in order: the `Host` check (421 unless it names this
+//! listener: DNS rebinding), the address allow-list, the route, the login, the
+//! `Origin` check of actions (CSRF); every response gets `harden`'s headers.
 
 pub mod api;
 pub mod auth;
@@ -37,6 +41,7 @@ use crate::cluster::Cluster;
 use crate::proxy::Stop;
 use crate::snapshot::{AdminSettings, Snapshot};
 use crate::state::Changes;
+use crate::tls::{ClientStream, MaybeTls};
 use crate::util::lock;
 
 /// The realm of the HTTP Basic challenge (RFC 7617 §2), shown by browsers in the login prompt.
@@ -136,6 +141,11 @@ pub fn start(context: Arc<dyn Context>) -> Option<JoinHandle<()>> {
             address = ?address,
             "admin listener has no users: it serves loopback only, without login; add [admin] users to require one"
         ),
+        Some(settings) if settings.tls.is_none() && !settings.bind.ip().is_loopback() => tracing::warn!(
+            address = ?address,
+            "admin listener is plain HTTP off loopback: its passwords cross the network readable on every poll; \
+             add [admin] tls = {{ cert, key }}"
+        ),
         _ => tracing::info!(address = ?address, "admin listener: stats page, /metrics and /api/v1/"),
     }
     Some(tokio::spawn(accept_loop(listener, context)))
@@ -150,7 +160,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: Arc<dyn Context
             _ = &mut stopping => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, context.clone()));
+                    tokio::spawn(accept_connection(stream, peer, context.clone()));
                 }
                 Err(err) => {
                     tracing::warn!(cause = %err, "admin accept failed");
@@ -161,7 +171,43 @@ async fn accept_loop(listener: tokio::net::TcpListener, context: Arc<dyn Context
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, context: Arc<dyn Context>) {
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Speaks TLS on a connection when `[admin] tls` is set (read per
+/// connection, so a reload renews the certificate), then serves it.
+async fn accept_connection(stream: tokio::net::TcpStream, peer: SocketAddr, context: Arc<dyn Context>) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let tls = context.snapshot().admin.as_ref().and_then(|a| a.tls.clone());
+    let stream: ClientStream = match tls {
+        None => MaybeTls::Plain(stream),
+        Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => MaybeTls::Tls(Box::new(stream)),
+            Ok(Err(err)) => {
+                tracing::debug!(peer = %peer, cause = %err, "admin TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "admin TLS handshake did not finish in time");
+                return;
+            }
+        },
+    };
+    serve_connection(stream, Peer { ip: peer.ip(), local }, context).await;
+}
+
+/// The two ends of an admin connection, as the checks need them.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    /// The client's address.
+    ip: IpAddr,
+    /// The address the client reached (the bind address, or one of the host's when bound to `0.0.0.0`).
+    local: SocketAddr,
+}
+
+async fn serve_connection(stream: ClientStream, peer: Peer, context: Arc<dyn Context>) {
     let service_context = context.clone();
     let service = service_fn(move |request| respond(service_context.clone(), peer, request));
     let connection = http1::Builder::new()
@@ -201,19 +247,31 @@ pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> 
     json_response(status, &json!({ "error": message.into() }))
 }
 
-fn no_store(mut response: Response<AdminBody>) -> Response<AdminBody> {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+/// The `Content-Security-Policy` of every response but the page (which
+/// allows its own script and style by hash): nothing may load, nothing may frame it.
+pub const DEFAULT_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// Adds the headers every admin response carries, errors included: not
+/// cached, never framed (the page's Drain and Maint buttons cannot be
+/// clickjacked), not MIME-sniffed, no referrer sent onward.
+pub fn harden(mut response: Response<AdminBody>) -> Response<AdminBody> {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(DEFAULT_CSP));
+    }
     response
 }
 
 async fn respond(
     context: Arc<dyn Context>,
-    peer: SocketAddr,
+    peer: Peer,
     request: Request<Incoming>,
 ) -> Result<Response<AdminBody>, Infallible> {
-    Ok(no_store(route(&*context, peer.ip(), request).await))
+    Ok(harden(route(&*context, peer, request).await))
 }
 
 /// Finds the route for `method` and `path`: its template and path parameters.
@@ -274,7 +332,52 @@ enum Login {
     User(String),
 }
 
-async fn route(context: &dyn Context, ip: IpAddr, request: Request<Incoming>) -> Response<AdminBody> {
+/// The host a request names: an absolute URI's authority (which wins,
+/// RFC 9112 §3.2.2), else its `Host` header.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    match request.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => request.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
+/// Whether `host` (a `Host` value, port optional) names this listener:
+/// an IP literal equal to the address the client reached or to the bind
+/// address, `localhost`, or one of `[admin] hosts`. Ports are not compared
+/// (a port mapping may change them; they do not matter to DNS rebinding,
+/// which needs a name the attacker controls). Names compare case-insensitively,
+/// a trailing dot ignored.
+pub fn host_allowed(host: &str, local: SocketAddr, bind: SocketAddr, names: &[String]) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, _)) => ip,
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => name,
+            Some(_) if host.contains(':') => return false,
+            _ => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return false;
+    }
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        let ip = ip.to_canonical();
+        return ip == local.ip().to_canonical()
+            || ip == bind.ip().to_canonical()
+            || names
+                .iter()
+                .any(|n| n.parse::<IpAddr>().is_ok_and(|n| n.to_canonical() == ip));
+    }
+    name.eq_ignore_ascii_case("localhost") || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+async fn route(context: &dyn Context, peer: Peer, request: Request<Incoming>) -> Response<AdminBody> {
+    let ip = peer.ip;
     let snapshot = context.snapshot();
     let Some(settings) = snapshot.admin.clone() else {
         return error_response(
@@ -282,6 +385,18 @@ async fn route(context: &dyn Context, ip: IpAddr, request: Request<Incoming>) ->
             "[admin] was removed from the configuration: restart tether to close this listener",
         );
     };
+    let host = request_host(&request);
+    if !host.is_some_and(|h| host_allowed(h, peer.local, settings.bind, &settings.hosts)) {
+        let shown = auth::printable(host.unwrap_or_default());
+        tracing::info!(peer = %ip, host = %shown, "admin request refused: its Host is not this listener's (DNS rebinding?)");
+        return error_response(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this admin listener does not answer for host `{shown}`: use its address, localhost, \
+                 or a name listed in [admin] hosts"
+            ),
+        );
+    }
     let path = request.uri().path().to_string();
     let scraper = path == "/metrics" && settings.metrics_allow.iter().any(|c| c.contains(ip));
     if !scraper && !settings.allows(ip) {
@@ -398,37 +513,34 @@ async fn authenticate<B>(
     let Some(credentials) = request.headers().get(header::AUTHORIZATION) else {
         return Err(challenge("log in to use the admin listener"));
     };
-    if let Some(wait) = logins.blocked_for(ip) {
-        tracing::warn!(peer = %ip, "admin login refused: too many failed logins from this address");
+    let parsed = credentials.to_str().ok().and_then(auth::parse_basic);
+    let (user, password) = parsed.unwrap_or_default();
+    let too_many = |wait: Duration, message: String| {
+        let seconds = wait.as_secs() + 1;
         let mut response = error_response(
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many failed logins from {ip}: try again in {} s",
-                wait.as_secs() + 1
-            ),
+            format!("{message}: try again in {seconds} s"),
         );
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs() + 1));
-        return Err(response);
-    }
-    let parsed = credentials.to_str().ok().and_then(auth::parse_basic);
-    let (user, password) = parsed.unwrap_or_default();
-    let hash = settings
-        .users
-        .iter()
-        .find(|u| u.name == user)
-        .map(|u| u.password_hash.as_str());
-    let ok = match hash {
-        Some(hash) => logins.verify(&user, &password, hash).await,
-        None => false,
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
     };
-    if ok {
-        return Ok(Login::User(user));
+    match logins.login(ip, &user, &password, &settings.users).await {
+        auth::Outcome::Accepted => Ok(Login::User(user)),
+        auth::Outcome::Refused { failures } => {
+            tracing::warn!(peer = %ip, user = %auth::printable(&user), failures, "admin login failed");
+            Err(challenge("wrong user name or password"))
+        }
+        auth::Outcome::Blocked(wait) => {
+            tracing::warn!(peer = %ip, user = %auth::printable(&user), "admin login refused: too many failed logins from this address");
+            Err(too_many(wait, format!("too many failed logins from {ip}")))
+        }
+        auth::Outcome::Busy(wait) => {
+            tracing::warn!(peer = %ip, "admin login refused: every password check is busy");
+            Err(too_many(wait, "too many logins being checked at once".to_string()))
+        }
     }
-    let failures = logins.failed(ip);
-    tracing::warn!(peer = %ip, user = %user, failures, "admin login failed");
-    Err(challenge("wrong user name or password"))
 }
 
 #[cfg(test)]
@@ -450,6 +562,42 @@ mod tests {
             match_route(&Method::POST, "/api/v1/backends//servers/s/drain"),
             Err(StatusCode::NOT_FOUND)
         );
+    }
+
+    #[test]
+    fn only_hosts_that_name_this_listener_are_served() {
+        let bind: SocketAddr = "127.0.0.1:9000".parse().expect("addr");
+        let wildcard: SocketAddr = "0.0.0.0:9000".parse().expect("addr");
+        let reached: SocketAddr = "10.0.0.5:9000".parse().expect("addr");
+        let names = vec!["lb1.example.net".to_string(), "2001:db8::5".to_string()];
+        for ok in [
+            "127.0.0.1:9000",
+            "127.0.0.1",
+            "localhost",
+            "LOCALHOST:9000",
+            "localhost.",
+        ] {
+            assert!(host_allowed(ok, bind, bind, &[]), "{ok}");
+        }
+        for ok in [
+            "10.0.0.5:9000",
+            "Lb1.Example.Net:9000",
+            "lb1.example.net",
+            "[2001:db8::5]:9000",
+        ] {
+            assert!(host_allowed(ok, reached, wildcard, &names), "{ok}");
+        }
+        for refused in [
+            "rebind.attacker.example",
+            "rebind.attacker.example:9000",
+            "127.0.0.2:9000",
+            "",
+            "localhost.attacker.example",
+            "[::1",
+            "a:b:c",
+        ] {
+            assert!(!host_allowed(refused, bind, bind, &names), "{refused}");
+        }
     }
 
     #[test]

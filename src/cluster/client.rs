@@ -3,12 +3,19 @@
 //! timeout, and the "is Redis up" flag with its once-per-outage log lines.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, IntoConnectionInfo, Pipeline};
 use tokio::sync::Notify;
+
+use crate::util::clock::monotonic_ms;
+
+/// Least time between two replacements of the connection after timeouts.
+const RENEW_AT_MOST_EVERY_MS: u64 = 1_000;
 
 /// Why a Redis call did not give an answer. Never shown to a client: the
 /// request goes on without Redis.
@@ -31,7 +38,10 @@ pub struct RedisClient {
     client: redis::Client,
     /// Created when the instance starts running (it needs the runtime);
     /// lazy, so a Redis that is down at start costs nothing but a flag.
-    manager: OnceLock<ConnectionManager>,
+    /// Replaced by a new one when a background call times out: the manager
+    /// reconnects by itself only when the connection reports an error, and
+    /// after a silent partition (no FIN, no RST) it never does.
+    manager: ArcSwapOption<ConnectionManager>,
     /// Bound of calls a request waits for.
     pub(crate) timeout: Duration,
     /// Whether the last call or heartbeat succeeded (`tether_cluster_redis_up`).
@@ -41,6 +51,8 @@ pub struct RedisClient {
     ever_up: AtomicBool,
     /// Outages seen since start (flips from up to down).
     pub(crate) outages: AtomicU64,
+    /// When (monotonic ms) the connection was last replaced after a timeout.
+    renewed_at: AtomicU64,
     /// Wakes the tasks that resynchronise when Redis comes back.
     pub(crate) recovered: Notify,
 }
@@ -77,20 +89,26 @@ impl RedisClient {
         };
         Ok(Self {
             client,
-            manager: OnceLock::new(),
+            manager: ArcSwapOption::empty(),
             timeout,
             up: AtomicBool::new(false),
             ever_up: AtomicBool::new(false),
             outages: AtomicU64::new(0),
+            renewed_at: AtomicU64::new(0),
             recovered: Notify::new(),
         })
     }
 
     /// Creates the connection manager (inside the runtime). Idempotent.
     pub fn start(&self) {
-        if self.manager.get().is_some() {
+        if self.manager.load().is_some() {
             return;
         }
+        self.connect();
+    }
+
+    /// Sets up a new connection manager in place of the current one, if any.
+    fn connect(&self) {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -98,9 +116,7 @@ impl RedisClient {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
-            Ok(manager) => {
-                let _ = self.manager.set(manager);
-            }
+            Ok(manager) => self.manager.store(Some(Arc::new(manager))),
             Err(err) => {
                 tracing::error!(cause = %err, "cannot set up the Redis connection: running without the cluster")
             }
@@ -130,10 +146,10 @@ impl RedisClient {
     /// Runs `pipe` within `limit`. A failure of the connection marks Redis down;
     /// a success marks it up.
     pub async fn query<T: FromRedisValue>(&self, pipe: &Pipeline, limit: Duration) -> Result<T, RedisCallError> {
-        let Some(manager) = self.manager.get() else {
+        let Some(manager) = self.manager.load_full() else {
             return Err(RedisCallError::NotStarted);
         };
-        let mut connection = manager.clone();
+        let mut connection = (*manager).clone();
         match tokio::time::timeout(limit, pipe.query_async::<T>(&mut connection)).await {
             Ok(Ok(value)) => {
                 self.mark(true, None);
@@ -145,7 +161,31 @@ impl RedisClient {
                 }
                 Err(err.into())
             }
-            Err(_) => Err(RedisCallError::Timeout(limit)),
+            Err(_) => {
+                if limit >= self.background_timeout() {
+                    self.renew();
+                }
+                Err(RedisCallError::Timeout(limit))
+            }
+        }
+    }
+
+    /// Replaces the connection after a background call timed out, at most
+    /// once a second: maybe Redis is slow, maybe nobody will ever answer on
+    /// that connection again; a new one costs a reconnection at most.
+    fn renew(&self) {
+        let now = monotonic_ms().max(1);
+        let last = self.renewed_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < RENEW_AT_MOST_EVERY_MS {
+            return;
+        }
+        if self
+            .renewed_at
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::debug!("a Redis call timed out: connecting again");
+            self.connect();
         }
     }
 

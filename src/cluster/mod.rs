@@ -20,6 +20,7 @@ pub mod client;
 pub mod load;
 pub mod ops;
 pub mod stick_table;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use crate::snapshot::Snapshot;
 use crate::state::Changes;
 use crate::util::lock;
 use client::RedisClient;
+use trust::Trust;
 
 /// Most stick-table writes waiting for the writer task; beyond, writes are dropped and counted.
 const WRITE_QUEUE: usize = 8192;
@@ -114,6 +116,8 @@ pub struct Cluster {
     changes: Changes,
     /// Operator changes made here that could not be published (outage), published on recovery.
     ops_pending: Mutex<Vec<ops::OpRecord>>,
+    /// Signs what is written to Redis, checks what is read back, counts what is ignored.
+    pub trust: Trust,
 }
 
 impl Cluster {
@@ -130,7 +134,9 @@ impl Cluster {
         };
         let redis = RedisClient::new(&settings.redis, settings.password.as_deref(), ca, settings.timeout)?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let trust = Trust::new(settings.secret.as_deref());
         Ok(Self {
+            trust,
             settings,
             instance: OnceLock::new(),
             redis,
@@ -165,6 +171,58 @@ impl Cluster {
         let mut key = self.settings.prefix.clone();
         key.push_str(&parts.join(":"));
         key
+    }
+
+    /// This instance's member of the heartbeat set: its name, followed by
+    /// `.` and the name's signature when values are signed.
+    pub(crate) fn member(&self) -> String {
+        let key = self.key(&["instances"]);
+        match self
+            .trust
+            .mac(&[b"instance", key.as_bytes(), self.instance().as_bytes()])
+        {
+            Some(mac) => format!("{}.{mac}", self.instance()),
+            None => self.instance().to_string(),
+        }
+    }
+
+    /// The instance name a member of the heartbeat set stands for, if it can be trusted.
+    pub(crate) fn member_name<'a>(&self, member: &'a str) -> Option<&'a str> {
+        if member.len() > trust::MAX_NAME_LEN + 33 {
+            return None;
+        }
+        if !self.trust.signs() {
+            return Some(member);
+        }
+        let (name, mac) = member.rsplit_once('.')?;
+        let key = self.key(&["instances"]);
+        self.trust
+            .verify(&[b"instance", key.as_bytes(), name.as_bytes()], mac)
+            .then_some(name)
+    }
+
+    /// The value stored for stick key `key` (full Redis key) → `server`:
+    /// the name, preceded by its signature and `.` when values are signed.
+    pub(crate) fn stick_value(&self, key: &str, server: &str) -> String {
+        match self.trust.mac(&[b"stick", key.as_bytes(), server.as_bytes()]) {
+            Some(mac) => format!("{mac}.{server}"),
+            None => server.to_string(),
+        }
+    }
+
+    /// The server a stick value read from Redis names, if it can be trusted
+    /// (signed when values are signed, a name of at most 256 bytes).
+    pub(crate) fn stick_server<'a>(&self, key: &str, value: &'a str) -> Option<&'a str> {
+        let server = if self.trust.signs() {
+            let (mac, server) = value.split_once('.')?;
+            if !self.trust.verify(&[b"stick", key.as_bytes(), server.as_bytes()], mac) {
+                return None;
+            }
+            server
+        } else {
+            value
+        };
+        (!server.is_empty() && server.len() <= trust::MAX_NAME_LEN).then_some(server)
     }
 
     /// Instances with a recent heartbeat, as of the last sync.
@@ -231,8 +289,8 @@ impl Cluster {
             tasks.push(tokio::spawn(writer(self.clone(), queue)));
         }
         tasks.push(tokio::spawn(load::sync_loop(self.clone(), snapshot.clone())));
-        tasks.push(tokio::spawn(ops::subscribe_loop(self.clone(), snapshot)));
-        tasks.push(tokio::spawn(resync_loop(self.clone())));
+        tasks.push(tokio::spawn(ops::subscribe_loop(self.clone(), snapshot.clone())));
+        tasks.push(tokio::spawn(resync_loop(self.clone(), snapshot.clone())));
         tracing::info!(instance = self.instance(), redis = %redacted(&self.settings.redis), "cluster mode: sharing state through Redis");
         TaskGuard(tasks)
     }
@@ -244,7 +302,7 @@ impl Cluster {
         let mut pipe = redis::pipe();
         pipe.cmd("ZREM")
             .arg(self.key(&["instances"]))
-            .arg(self.instance())
+            .arg(self.member())
             .ignore();
         for backend in &snapshot.backends {
             pipe.cmd("DEL")
@@ -266,7 +324,12 @@ impl Cluster {
         for chunk in entries.chunks(512) {
             let mut pipe = redis::pipe();
             for (key, (server, ttl_ms)) in chunk {
-                pipe.cmd("SET").arg(key).arg(&**server).arg("PX").arg(*ttl_ms).ignore();
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(self.stick_value(key, server))
+                    .arg("PX")
+                    .arg(*ttl_ms)
+                    .ignore();
             }
             if let Err(err) = self.redis.query::<()>(&pipe, self.redis.background_timeout()).await {
                 tracing::debug!(cause = %err, "resync of stick entries failed: kept for the next recovery");
@@ -299,7 +362,12 @@ async fn writer(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<StickWrite>) {
         for write in &batch {
             match write {
                 StickWrite::Set { key, server, ttl_ms } => {
-                    pipe.cmd("SET").arg(key).arg(&**server).arg("PX").arg(*ttl_ms).ignore();
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(cluster.stick_value(key, server))
+                        .arg("PX")
+                        .arg(*ttl_ms)
+                        .ignore();
                 }
                 StickWrite::Del { key } => {
                     pipe.cmd("DEL").arg(key).ignore();
@@ -317,14 +385,19 @@ async fn writer(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<StickWrite>) {
     }
 }
 
-/// On every recovery of Redis: pushes what was learned meanwhile,
-/// publishes the operator changes made meanwhile and stores again the
-/// operator state a restarted Redis lost. (The load sync re-publishes
-/// the counts and the subscriber re-reads the stored operator state by itself.)
-async fn resync_loop(cluster: Arc<Cluster>) {
+/// On every recovery of Redis: pushes what was learned meanwhile, reads
+/// the stored operator state (changes made elsewhere during a partition may
+/// never have reached this instance's subscription), publishes the operator
+/// changes made here meanwhile (only where they are newer than the stored
+/// ones) and stores again the operator state a restarted Redis lost. (The
+/// load sync re-publishes the counts by itself.)
+async fn resync_loop(cluster: Arc<Cluster>, snapshot: Arc<ArcSwap<Snapshot>>) {
     loop {
         cluster.redis.recovered.notified().await;
         cluster.push_pending().await;
+        if let Err(err) = cluster.read_state(&snapshot).await {
+            tracing::debug!(cause = %err, "operator state not read after the recovery");
+        }
         ops::publish_pending(&cluster).await;
         ops::restore_state(&cluster).await;
     }
@@ -373,6 +446,7 @@ mod tests {
             timeout: Duration::from_millis(50),
             sync_interval: Duration::from_secs(1),
             stick_refresh: Duration::from_secs(10),
+            secret: None,
         };
         let cluster = Cluster::new(settings, Changes::unobserved()).expect("valid URL");
         cluster.resolve_instance(8080);

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::Cluster;
+use super::{trust, Cluster};
 use crate::snapshot::Snapshot;
 use crate::state::{AdminState, Changes};
 use crate::util::clock::unix_ms;
@@ -20,6 +20,8 @@ use crate::util::lock;
 
 /// How long the subscriber waits before connecting again after losing Redis.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
+/// How often the subscribed connection is pinged (one tiny command per instance and second).
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// A server's operator state after a change, as stored and published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +40,9 @@ pub struct OpRecord {
     pub instance: String,
     /// When (Unix ms).
     pub at_unix_ms: u64,
+    /// With `[cluster] secret`: the signature of the record without this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl OpRecord {
@@ -45,6 +50,36 @@ impl OpRecord {
     fn field(&self) -> String {
         format!("{}/{}", self.backend, self.server)
     }
+}
+
+/// Stores a record only if the one stored for its server is not newer, and
+/// publishes it only if stored: an instance coming back from a partition
+/// never overwrites a change made meanwhile. A stored record stamped beyond
+/// the allowed clock skew (`ARGV[4]`) counts as absent, so a forged
+/// far-future one cannot block every later change; one that is not a
+/// record is replaced. Returns the stored record when it wins, else nil.
+/// KEYS[1] the hash; ARGV: field, record, its time, latest acceptable time, channel.
+const STORE_IF_NEWER: &str = r#"
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if stored then
+  local ok, record = pcall(cjson.decode, stored)
+  if ok and type(record) == 'table' and type(record.at_unix_ms) == 'number'
+     and record.at_unix_ms <= tonumber(ARGV[4]) and record.at_unix_ms >= tonumber(ARGV[3]) then
+    return stored
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[2])
+return false
+"#;
+
+/// What became of a record sent to Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored and published.
+    Stored,
+    /// Not stored: Redis holds a record for that server at least as recent.
+    Superseded,
 }
 
 fn admin_state(name: &str) -> Option<AdminState> {
@@ -75,28 +110,97 @@ impl Cluster {
             by: user.to_string(),
             instance: self.instance().to_string(),
             at_unix_ms: unix_ms(),
+            sig: None,
         };
         lock(&self.ops_state).insert(record.field(), record.clone());
         let cluster = self.clone();
         tokio::spawn(async move {
-            if let Err(err) = cluster.publish(&record).await {
-                tracing::warn!(backend = %record.backend, server = %record.server, cause = %err,
-                    "operator change not shared yet (Redis unreachable): it will be when Redis is back");
-                lock(&cluster.ops_pending).push(record);
+            match cluster.publish(&record).await {
+                Ok(Published::Stored) => {}
+                Ok(Published::Superseded) => tracing::warn!(backend = %record.backend, server = %record.server,
+                    "operator change not shared: Redis holds a more recent one for this server (clocks apart?), which wins at the next read"),
+                Err(err) => {
+                    tracing::warn!(backend = %record.backend, server = %record.server, cause = %err,
+                        "operator change not shared yet (Redis unreachable): it will be when Redis is back");
+                    lock(&cluster.ops_pending).push(record);
+                }
             }
         });
     }
 
-    async fn publish(&self, record: &OpRecord) -> Result<(), super::client::RedisCallError> {
-        let json = serde_json::to_string(record).unwrap_or_default();
+    /// Stores `record` in `<prefix>ops:state` and publishes it on
+    /// `<prefix>ops`, unless Redis holds a record for that server at least
+    /// as recent (compare-and-set in one Lua script).
+    pub async fn publish(&self, record: &OpRecord) -> Result<Published, super::client::RedisCallError> {
+        let value = self.encode(record);
         let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
+        pipe.cmd("EVAL")
+            .arg(STORE_IF_NEWER)
+            .arg(1)
             .arg(self.key(&["ops", "state"]))
             .arg(record.field())
-            .arg(&json)
-            .ignore();
-        pipe.cmd("PUBLISH").arg(self.key(&["ops"])).arg(&json).ignore();
-        self.redis.query::<()>(&pipe, self.redis.background_timeout()).await
+            .arg(&value)
+            .arg(record.at_unix_ms)
+            .arg(trust::latest_acceptable(unix_ms()))
+            .arg(self.key(&["ops"]));
+        let (stored,): (Option<Vec<u8>>,) = self.redis.query(&pipe, self.redis.background_timeout()).await?;
+        Ok(match stored {
+            Some(_) => Published::Superseded,
+            None => Published::Stored,
+        })
+    }
+
+    /// `record` as stored and published: JSON, signed when values are signed.
+    pub fn encode(&self, record: &OpRecord) -> String {
+        let mut record = OpRecord {
+            sig: None,
+            ..record.clone()
+        };
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        let key = self.key(&["ops", "state"]);
+        match self.trust.mac(&[b"ops", key.as_bytes(), json.as_bytes()]) {
+            Some(mac) => {
+                record.sig = Some(mac);
+                serde_json::to_string(&record).unwrap_or_default()
+            }
+            None => json,
+        }
+    }
+
+    /// The record `bytes` (read from Redis) holds, if it can be trusted:
+    /// at most 4 KiB of JSON, names of at most 256 bytes, a known admin
+    /// state, a time within the allowed clock skew, signed when values are
+    /// signed. Anything else is counted and ignored.
+    pub fn decode(&self, bytes: &[u8]) -> Option<OpRecord> {
+        let record = (bytes.len() <= trust::MAX_RECORD_LEN)
+            .then(|| serde_json::from_slice::<OpRecord>(bytes).ok())
+            .flatten();
+        let Some(mut record) = record else {
+            self.trust.reject("operator record");
+            return None;
+        };
+        let names_fit = [&record.backend, &record.server, &record.by, &record.instance]
+            .iter()
+            .all(|n| n.len() <= trust::MAX_NAME_LEN);
+        if !names_fit || admin_state(&record.admin).is_none() {
+            self.trust.reject("operator record");
+            return None;
+        }
+        if record.at_unix_ms > trust::latest_acceptable(unix_ms()) {
+            self.trust.reject("operator record from the future");
+            return None;
+        }
+        if self.trust.signs() {
+            let sig = record.sig.take().unwrap_or_default();
+            let json = serde_json::to_string(&record).unwrap_or_default();
+            let key = self.key(&["ops", "state"]);
+            if !self.trust.verify(&[b"ops", key.as_bytes(), json.as_bytes()], &sig) {
+                self.trust.reject("operator record signature");
+                return None;
+            }
+        }
+        record.sig = None;
+        Some(record)
     }
 
     /// The latest operator change known for `backend`/`server` (admin
@@ -110,8 +214,19 @@ impl Cluster {
         ))
     }
 
-    /// Records and applies `record` if it is newer than what is known of its server.
+    /// Records and applies `record` if it names a server of `snapshot` and
+    /// is newer than what is known of that server. Records for servers this
+    /// instance does not have are not kept (a reload adding the server
+    /// reads them again from Redis), so Redis cannot grow the map.
     fn receive(&self, snapshot: &Snapshot, record: OpRecord) {
+        let known_server = snapshot
+            .backend(&record.backend)
+            .is_some_and(|b| b.server_index.contains_key(record.server.as_str()));
+        if !known_server {
+            tracing::debug!(backend = %record.backend, server = %record.server,
+                "operator change for a server this instance does not have: ignored");
+            return;
+        }
         {
             let mut known = lock(&self.ops_state);
             if known
@@ -125,17 +240,33 @@ impl Cluster {
         apply(snapshot, &record, &self.changes);
     }
 
-    /// Reads the stored operator state and applies it.
-    async fn read_state(&self, snapshot: &ArcSwap<Snapshot>) -> Result<usize, super::client::RedisCallError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL").arg(self.key(&["ops", "state"]));
-        let (stored,): (std::collections::HashMap<String, String>,) =
-            self.redis.query(&pipe, self.redis.background_timeout()).await?;
+    /// Reads the stored operator state of this instance's servers (only
+    /// those: `HMGET`, so a hash grown by someone else costs nothing) and
+    /// applies what is newer than what is known. Returns how many were found.
+    pub(crate) async fn read_state(
+        &self,
+        snapshot: &ArcSwap<Snapshot>,
+    ) -> Result<usize, super::client::RedisCallError> {
         let snapshot = snapshot.load_full();
-        let count = stored.len();
-        for json in stored.values() {
-            if let Ok(record) = serde_json::from_str::<OpRecord>(json) {
-                self.receive(&snapshot, record);
+        let fields: Vec<String> = snapshot
+            .backends
+            .iter()
+            .flat_map(|b| b.servers.iter().map(move |s| format!("{}/{}", b.name, s.name)))
+            .collect();
+        if fields.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(self.key(&["ops", "state"])).arg(&fields);
+        let (stored,): (Vec<Option<Vec<u8>>>,) = self.redis.query(&pipe, self.redis.background_timeout()).await?;
+        let mut count = 0;
+        for (field, bytes) in fields.iter().zip(stored) {
+            let Some(bytes) = bytes else { continue };
+            count += 1;
+            match self.decode(&bytes) {
+                Some(record) if record.field() == *field => self.receive(&snapshot, record),
+                Some(_) => self.trust.reject("operator record under another server's field"),
+                None => {}
             }
         }
         Ok(count)
@@ -182,7 +313,7 @@ pub(crate) async fn restore_state(cluster: &Cluster) {
     }
     let mut pipe = redis::pipe();
     for record in &records {
-        let json = serde_json::to_string(record).unwrap_or_default();
+        let json = cluster.encode(record);
         pipe.cmd("HSETNX")
             .arg(cluster.key(&["ops", "state"]))
             .arg(record.field())
@@ -204,44 +335,94 @@ pub(crate) async fn publish_pending(cluster: &Cluster) {
     for record in pending {
         // Only the latest of each server matters; a newer one may have arrived meanwhile.
         let latest = lock(&cluster.ops_state).get(&record.field()) == Some(&record);
-        if latest && cluster.publish(&record).await.is_err() {
-            lock(&cluster.ops_pending).push(record);
+        if !latest {
+            continue;
+        }
+        match cluster.publish(&record).await {
+            Ok(Published::Stored) => {}
+            Ok(Published::Superseded) => tracing::info!(backend = %record.backend, server = %record.server,
+                "operator change made during the outage not shared: a more recent one was made meanwhile"),
+            Err(_) => lock(&cluster.ops_pending).push(record),
         }
     }
 }
 
 /// Subscribes to the operator channel, reads the stored state on every
-/// (re)connection, applies what others publish; reconnects when Redis goes away.
+/// (re)connection, applies what others publish; reconnects when Redis goes
+/// away, and also when the subscription stops answering a `PING` in time:
+/// after a silent partition (no FIN, no RST, TCP keepalive off) a
+/// subscribed connection would otherwise wait forever and hear nothing.
 pub(crate) async fn subscribe_loop(cluster: Arc<Cluster>, snapshot: Arc<ArcSwap<Snapshot>>) {
     let channel = cluster.key(&["ops"]);
     loop {
-        match cluster.redis.pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                Ok(()) => {
-                    // Subscribed first, then read: nothing published in between is missed.
-                    match cluster.read_state(&snapshot).await {
-                        Ok(count) => tracing::debug!(records = count, "operator state read from Redis"),
-                        Err(err) => tracing::debug!(cause = %err, "operator state not read"),
-                    }
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        let Ok(payload) = message.get_payload::<String>() else {
-                            continue;
-                        };
-                        let Ok(record) = serde_json::from_str::<OpRecord>(&payload) else {
-                            tracing::debug!("ignoring an operator message that is not a tether record");
-                            continue;
-                        };
-                        if record.instance == cluster.instance() {
-                            continue;
-                        }
-                        cluster.receive(&snapshot.load_full(), record);
-                    }
-                }
-                Err(err) => tracing::debug!(cause = %err, "cannot subscribe to the operator channel"),
-            },
-            Err(err) => tracing::debug!(cause = %err, "no pub/sub connection to Redis"),
+        if let Err(err) = listen(&cluster, &snapshot, &channel).await {
+            tracing::debug!(cause = %err, "operator channel lost: subscribing again");
         }
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+/// How often the subscription is pinged, and how long its answer may take:
+/// a dead subscription is renewed within about 2 s plus a reconnection.
+fn ping_schedule(cluster: &Cluster) -> (Duration, Duration) {
+    let deadline = cluster.redis.background_timeout().max(Duration::from_secs(1));
+    (PING_EVERY, deadline)
+}
+
+/// One subscription, until it fails or stops answering.
+async fn listen(
+    cluster: &Cluster,
+    snapshot: &ArcSwap<Snapshot>,
+    channel: &str,
+) -> Result<(), super::client::RedisCallError> {
+    let (every, deadline) = ping_schedule(cluster);
+    let (mut sink, mut messages) = cluster.redis.pubsub().await?.split();
+    match tokio::time::timeout(deadline, sink.subscribe(channel)).await {
+        Ok(result) => result?,
+        Err(_) => return Err(super::client::RedisCallError::Timeout(deadline)),
+    }
+    // Subscribed first, then read: nothing published in between is missed.
+    // Until that read succeeds (the other connection may be the one that is
+    // dead now), it is tried again at every ping.
+    let mut state_read = read_after_subscribing(cluster, snapshot).await;
+    let mut ping = tokio::time::interval(every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else { return Ok(()) };
+                let payload: &[u8] = message.get_payload_bytes();
+                let Some(record) = cluster.decode(payload) else { continue };
+                if record.instance == cluster.instance() {
+                    continue;
+                }
+                cluster.receive(&snapshot.load_full(), record);
+            }
+            _ = ping.tick() => {
+                match tokio::time::timeout(deadline, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => return Err(err.into()),
+                    Err(_) => return Err(super::client::RedisCallError::Timeout(deadline)),
+                }
+                if !state_read {
+                    state_read = read_after_subscribing(cluster, snapshot).await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the stored operator state once subscribed; whether it could.
+async fn read_after_subscribing(cluster: &Cluster, snapshot: &ArcSwap<Snapshot>) -> bool {
+    match cluster.read_state(snapshot).await {
+        Ok(count) => {
+            tracing::debug!(records = count, "operator state read from Redis");
+            true
+        }
+        Err(err) => {
+            tracing::debug!(cause = %err, "operator state not read yet: trying again at the next ping");
+            false
+        }
     }
 }

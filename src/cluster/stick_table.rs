@@ -9,8 +9,16 @@
 //! called by the request handler before the synchronous lookup), and none
 //! at all while Redis is known to be down.
 //!
+//! An id Redis does not know either is remembered as unknown for
+//! [`MISS_TTL`] (at most [`MAX_MISSES`] ids per table), so a client — or an
+//! attacker — repeating unknown ids costs one Redis call per id and window,
+//! not one per request. An id learned by another instance meanwhile is found
+//! once the window is over (the request in between is balanced).
+//!
 //! Redis keys: `<prefix>stick:<backend>:<session id>` → server name (names
-//! are the same on every instance; indexes are not).
+//! are the same on every instance; indexes are not), preceded by its
+//! signature with `[cluster] secret`. A value that does not verify, or a
+//! name longer than 256 bytes, is ignored and counted.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +29,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Cluster, StickWrite};
+
+/// How long an id Redis did not know is not asked for again.
+pub const MISS_TTL: Duration = Duration::from_secs(2);
+/// Most ids remembered as unknown per table; beyond, the oldest window is forgotten.
+pub const MAX_MISSES: usize = 10_000;
 use crate::sticky::table::{StickEntry, StickTable};
 use crate::util::lock;
 
@@ -38,6 +51,8 @@ pub struct SharedTable {
     refresh: Duration,
     /// When each key was last written to Redis (for the refresh interval).
     pushed: Mutex<HashMap<String, Instant>>,
+    /// Ids Redis did not know, and when it was asked (the negative cache).
+    misses: Mutex<HashMap<String, Instant>>,
 }
 
 impl SharedTable {
@@ -56,7 +71,28 @@ impl SharedTable {
             ttl: idle_timeout.max(Duration::from_millis(1)),
             refresh,
             pushed: Mutex::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether Redis was asked for `key` less than [`MISS_TTL`] ago and did not know it.
+    fn recently_missed(&self, key: &str, now: Instant) -> bool {
+        lock(&self.misses)
+            .get(key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < MISS_TTL)
+    }
+
+    /// Remembers that Redis did not know `key`, within the bound.
+    fn missed(&self, key: String, now: Instant) {
+        let mut misses = lock(&self.misses);
+        if misses.len() >= MAX_MISSES && !misses.contains_key(&key) {
+            misses.retain(|_, at| now.saturating_duration_since(*at) < MISS_TTL);
+            if misses.len() >= MAX_MISSES {
+                // All fresh: a flood of unknown ids. Forget them rather than grow.
+                misses.clear();
+            }
+        }
+        misses.insert(key, now);
     }
 
     fn redis_key(&self, key: &str) -> String {
@@ -104,13 +140,28 @@ impl SharedTable {
                 .arg(self.ttl.as_millis() as u64);
         }
         let limit = self.cluster.redis.timeout;
-        match self.cluster.redis.query::<Vec<Option<String>>>(&pipe, limit).await {
-            Ok(servers) => {
+        // Bytes, not strings: a value that is not UTF-8 is one bad entry, not a failed lookup.
+        match self.cluster.redis.query::<Vec<Option<Vec<u8>>>>(&pipe, limit).await {
+            Ok(values) => {
                 let now = Instant::now();
-                for (key, server) in keys.into_iter().zip(servers) {
-                    if let Some(server) = server {
-                        self.local.insert(&key, Arc::from(server.as_str()));
-                        self.pushed().insert(key, now);
+                for (key, value) in keys.into_iter().zip(values) {
+                    let Some(value) = value else {
+                        self.missed(key, now);
+                        continue;
+                    };
+                    let redis_key = self.redis_key(&key);
+                    let server = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|v| self.cluster.stick_server(&redis_key, v));
+                    match server {
+                        Some(server) => {
+                            self.local.insert(&key, Arc::from(server));
+                            self.pushed().insert(key, now);
+                        }
+                        None => {
+                            self.cluster.trust.reject("stick entry");
+                            self.missed(key, now);
+                        }
                     }
                 }
             }
@@ -130,6 +181,7 @@ impl StickTable for SharedTable {
         if key.is_empty() || key.len() > crate::sticky::table::MAX_KEY_LEN {
             return;
         }
+        lock(&self.misses).remove(key);
         self.local.insert(key, server.clone());
         self.push(key, server);
     }
@@ -158,7 +210,12 @@ impl StickTable for SharedTable {
         if !self.cluster.redis.is_up() {
             return None;
         }
-        let missing: Vec<String> = keys.into_iter().filter(|k| self.local.get(k).is_none()).collect();
+        let now = Instant::now();
+        let missing: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !k.is_empty() && k.len() <= crate::sticky::table::MAX_KEY_LEN)
+            .filter(|k| self.local.get(k).is_none() && !self.recently_missed(k, now))
+            .collect();
         if missing.is_empty() {
             return None;
         }
@@ -183,6 +240,7 @@ mod tests {
             timeout: Duration::from_millis(50),
             sync_interval: Duration::from_secs(1),
             stick_refresh: Duration::from_secs(10),
+            secret: None,
         };
         Arc::new(Cluster::new(settings, crate::state::Changes::unobserved()).expect("valid URL"))
     }
@@ -204,6 +262,31 @@ mod tests {
         table.remove("abc");
         assert_eq!(cluster.pending_writes(), 0, "a removal cancels the pending write");
         assert!(table.is_empty() && table.is_shared());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_ids_are_remembered_for_a_short_window_within_a_bound() {
+        let cluster = offline();
+        let local = Arc::new(MemoryTable::new(Duration::from_secs(60), 100));
+        let table = SharedTable::new(local, cluster, "web", Duration::from_secs(60));
+        let now = Instant::now();
+        table.missed("gone".into(), now);
+        assert!(table.recently_missed("gone", now));
+        tokio::time::advance(MISS_TTL).await;
+        assert!(
+            !table.recently_missed("gone", Instant::now()),
+            "asked again after the window"
+        );
+        for i in 0..MAX_MISSES + 10 {
+            table.missed(format!("flood-{i}"), Instant::now());
+        }
+        assert!(lock(&table.misses).len() <= MAX_MISSES, "bounded");
+        table.missed("learned".into(), Instant::now());
+        table.insert("learned", Arc::from("s1"));
+        assert!(
+            !table.recently_missed("learned", Instant::now()),
+            "an id learned here is no longer unknown"
+        );
     }
 
     #[tokio::test(start_paused = true)]

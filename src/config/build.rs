@@ -8,7 +8,7 @@ use super::address::Address;
 use super::error::{ConfigError, SourceMap};
 use super::model::{
     Admin, AdminUser, BackendId, Check, Cluster, Config, Discover, Frontend, Hashing, Health, HttpCheck, HttpsRedirect,
-    Limits, NamedServer, PerIp, Resolver, Route, Server, ServerDefaults, Sticky, StickyCookie, WebSocket,
+    Limits, Log, NamedServer, PerIp, Resolver, Route, Server, ServerDefaults, Sticky, StickyCookie, WebSocket,
 };
 use super::raw;
 use super::resolve::located;
@@ -27,7 +27,7 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         .iter()
         .map(|b| backend(b, source, base))
         .collect::<Result<_, _>>()?;
-    let admin = raw.admin.as_ref().map(|a| admin(a, source)).transpose()?;
+    let admin = raw.admin.as_ref().map(|a| admin(a, source, base)).transpose()?;
     Ok(Config {
         workers: raw.workers.as_ref().map(|w| *w.get_ref()),
         shutdown_grace: raw.shutdown_grace.get(),
@@ -36,6 +36,9 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         admin,
         cluster: raw.cluster.as_ref().map(|c| cluster(c.get_ref())),
         resolver: raw.resolver.as_ref().map(|r| resolver(r.get_ref())),
+        log: Log {
+            redact_query: raw.log.redact_query.iter().map(|p| p.get_ref().clone()).collect(),
+        },
     })
 }
 
@@ -167,6 +170,11 @@ fn frontend(
         per_ip: PerIp {
             max_connections: f.per_ip.max_connections.as_ref().map(|m| *m.get_ref()),
             rate: f.per_ip.rate,
+            ipv6_prefix: f
+                .per_ip
+                .ipv6_prefix
+                .as_ref()
+                .map_or(crate::cidr::DEFAULT_IPV6_CLIENT_PREFIX, |p| *p.get_ref()),
         },
         websocket: WebSocket {
             max_frame_size: ws.max_frame_size,
@@ -174,12 +182,14 @@ fn frontend(
             idle_timeout: ws.idle_timeout.map(|d| d.get()),
             ping_interval: ws.ping_interval.map(|d| d.get()),
             ping_timeout: ws.ping_timeout.or(ws.ping_interval).map(|d| d.get()),
+            max_messages: ws.max_messages,
         },
         trusted_proxies: f.trusted_proxies.clone(),
         proxy_protocol: *f.proxy_protocol.get_ref(),
         forward_headers: f.forward_headers.clone(),
         client_timeout: f.timeouts.client.get(),
         http_request_timeout: f.timeouts.http_request.get(),
+        client_body_timeout: f.timeouts.client_body.get(),
         tls,
         redirect_https: f.redirect_https.get_ref().then(|| HttpsRedirect {
             port: f.https_port.as_ref().map(|p| *p.get_ref()),
@@ -245,10 +255,12 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
         slowstart: b.slowstart.map(|d| d.get()),
         drain_timeout: b.drain_timeout.get(),
         drain_spread: b.drain_spread.get(),
+        down_spread: b.down_spread.get(),
         drain_sticky: b.drain_sticky,
         connect_timeout: b.timeouts.connect.get(),
         server_timeout: b.timeouts.server.get(),
         tunnel_timeout: b.timeouts.tunnel.get(),
+        server_body_timeout: b.timeouts.server_body.get(),
         health,
         servers,
         discover: b.discover.as_ref().and_then(|d| discover(d.get_ref())),
@@ -345,7 +357,11 @@ fn health(health: &toml::Spanned<raw::Health>, source: &SourceMap<'_>) -> Result
     })
 }
 
-fn admin(admin: &toml::Spanned<raw::Admin>, source: &SourceMap<'_>) -> Result<Admin, ConfigError> {
+fn admin(
+    admin: &toml::Spanned<raw::Admin>,
+    source: &SourceMap<'_>,
+    base: &std::path::Path,
+) -> Result<Admin, ConfigError> {
     let settings = admin.get_ref();
     let bind = located(&settings.bind, source)?;
     if settings.users.is_empty() && !bind.ip().is_loopback() {
@@ -371,6 +387,12 @@ fn admin(admin: &toml::Spanned<raw::Admin>, source: &SourceMap<'_>) -> Result<Ad
             .collect(),
         allow: settings.allow.clone(),
         metrics_allow: settings.metrics_allow.clone(),
+        hosts: settings
+            .hosts
+            .iter()
+            .map(|h| h.get_ref().trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        tls: tls::admin(settings, source, base)?,
     })
 }
 
@@ -384,6 +406,7 @@ fn cluster(c: &raw::Cluster) -> Cluster {
         timeout: c.timeout.get_ref().get(),
         sync_interval: c.sync_interval.get_ref().get(),
         stick_refresh: c.stick_refresh.get(),
+        secret: c.secret.as_ref().map(|s| s.get_ref().clone()),
     }
 }
 

@@ -107,6 +107,29 @@ address = "127.0.0.1:8200"
     }
 
     #[test]
+    fn body_timeouts_and_log_redaction_have_defaults_and_can_be_set() {
+        let config = parse(GOOD, "test.toml").expect("valid");
+        assert_eq!(config.frontends[0].client_body_timeout.as_secs(), 60);
+        assert_eq!(config.backends[0].server_body_timeout.as_secs(), 60);
+        assert_eq!(config.log.redact_query, ["sid"]);
+        let text = format!(
+            "[log]\nredact_query = [\"token\", \"sid\"]\n{}",
+            GOOD.replace("name = \"web\"", "name = \"web\"\ntimeouts = { server_body = \"5s\" }")
+        );
+        let config = parse(&text, "test.toml").expect("valid");
+        assert_eq!(config.log.redact_query, ["token", "sid"]);
+        assert_eq!(config.backends[0].server_body_timeout.as_secs(), 5);
+    }
+
+    #[test]
+    fn a_redacted_parameter_must_be_a_plain_name() {
+        let text = format!("[log]\nredact_query = [\"sid=\"]\n{GOOD}");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 2);
+        assert!(message.contains("query parameter's name"), "{message}");
+    }
+
+    #[test]
     fn an_unknown_key_names_its_line() {
         let text = GOOD.replace("name = \"s1\"", "name = \"s1\"\nwieght = 3");
         let (line, message) = error_of(&text);
@@ -258,5 +281,20 @@ address = "127.0.0.1:8200"
         assert!(message.contains("between 1ms and 5s"), "{message}");
         let (_, message) = error_of(&format!("{GOOD}\n[cluster]\nredis = \"redis://h:6379\"\nport = 1\n"));
         assert!(message.contains("unknown field"), "{message}");
+        assert!(cluster.secret.is_none());
+        let (line, message) = error_of(&format!(
+            "{GOOD}\n[cluster]\nredis = \"redis://h:6379\"\nsecret = \"short\"\n"
+        ));
+        assert_eq!(line, lines + 4);
+        assert!(message.contains("at least 16 bytes"), "{message}");
+        let config = parse(
+            &format!("{GOOD}\n[cluster]\nredis = \"redis://h:6379\"\nsecret = \"0123456789abcdef\"\n"),
+            "test.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.cluster.and_then(|c| c.secret).as_deref(),
+            Some("0123456789abcdef")
+        );
     }
 }

@@ -37,6 +37,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// The DNS resolver of discovery and re-resolution (`[resolver]`); the system's when `None`.
     pub resolver: Option<Resolver>,
+    /// What the access log writes.
+    pub log: Log,
 }
 
 // --- DNS discovery ---
@@ -109,6 +111,13 @@ pub struct NamedServer {
     pub state: AdminState,
 }
 
+/// The access log's settings (`[log]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Log {
+    /// Query parameters whose values are written as `REDACTED`.
+    pub redact_query: Vec<String>,
+}
+
 /// The admin listener's settings.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -120,6 +129,10 @@ pub struct Admin {
     pub allow: Vec<Cidr>,
     /// Client addresses that may read `/metrics` without logging in.
     pub metrics_allow: Vec<Cidr>,
+    /// Host names it answers for besides its address and `localhost` (lowercase, no trailing dot).
+    pub hosts: Vec<String>,
+    /// Its TLS certificates; plain HTTP when `None`.
+    pub tls: Option<ServerTls>,
 }
 
 impl Admin {
@@ -157,6 +170,8 @@ pub struct Cluster {
     pub sync_interval: Duration,
     /// Least period between two TTL refreshes of one stick entry.
     pub stick_refresh: Duration,
+    /// Key signing every value written to Redis; unsigned data is ignored when set.
+    pub secret: Option<String>,
 }
 
 /// One public entry point.
@@ -190,6 +205,8 @@ pub struct Frontend {
     pub client_timeout: Duration,
     /// Time allowed for a request head once it started arriving.
     pub http_request_timeout: Duration,
+    /// Longest a request under way may move no byte on the client side.
+    pub client_body_timeout: Duration,
     /// TLS termination, with the certificates read from their files.
     pub tls: Option<ServerTls>,
     /// `redirect_https`: every request is redirected to https.
@@ -238,6 +255,8 @@ pub struct PerIp {
     pub max_connections: Option<u32>,
     /// WebSocket handshakes per address and period; unlimited when `None`.
     pub rate: Option<ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length (IPv4 per address).
+    pub ipv6_prefix: u8,
 }
 
 /// Limits and timers of a frontend's WebSocket tunnels.
@@ -253,6 +272,8 @@ pub struct WebSocket {
     pub ping_interval: Option<Duration>,
     /// How long a pinged client has to answer (`ping_interval` unless given); `None` without pings.
     pub ping_timeout: Option<Duration>,
+    /// Most client messages per period in one tunnel (Close 1008 beyond); unlimited when `None`.
+    pub max_messages: Option<ConfigRate>,
 }
 
 /// A group of servers and how requests are spread over them.
@@ -286,12 +307,16 @@ pub struct Backend {
     pub drain_spread: Duration,
     /// A draining server still takes clients stuck to it.
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down are closed.
+    pub down_spread: Duration,
     /// TCP connect limit.
     pub connect_timeout: Duration,
     /// Time for a server to start its response.
     pub server_timeout: Duration,
     /// Idle limit of a WebSocket tunnel.
     pub tunnel_timeout: Duration,
+    /// Longest a response body may get no byte from its server.
+    pub server_body_timeout: Duration,
     /// Active health checks; servers are always up when `None`.
     pub health: Option<Health>,
     /// The servers, in file order (none only with `discover` or `resolve_interval`).

@@ -40,6 +40,9 @@ pub struct Config {
     /// The DNS resolver of `discover` and `resolve_interval`; the
     /// nameservers of `/etc/resolv.conf` when absent.
     pub resolver: Option<Spanned<Resolver>>,
+    /// What the access log writes (`[log]`).
+    #[serde(default)]
+    pub log: Log,
 }
 
 // --- DNS discovery (`[resolver]`, `discover`, `server_defaults`, `resolve_interval`) ---
@@ -81,6 +84,23 @@ pub struct ServerDefaults {
     pub maxconn: Option<Spanned<u32>>,
 }
 
+/// The access log's settings (`[log]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// Query parameters whose values the access log replaces with `REDACTED`.
+    #[serde(default = "defaults::redact_query")]
+    pub redact_query: Vec<Spanned<String>>,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            redact_query: defaults::redact_query(),
+        }
+    }
+}
+
 /// Several tether instances sharing state through Redis (`[cluster]`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +126,9 @@ pub struct Cluster {
     /// A stick entry in use has its Redis TTL refreshed at most this often (and at least 4 times per `idle_timeout`).
     #[serde(default = "defaults::cluster_stick_refresh")]
     pub stick_refresh: ConfigDuration,
+    /// Shared secret every instance signs what it writes to Redis with (HMAC-SHA256)
+    /// and verifies what it reads; unsigned or badly signed data is ignored.
+    pub secret: Option<Spanned<String>>,
 }
 
 /// The admin listener's settings (`[admin]`).
@@ -124,6 +147,12 @@ pub struct Admin {
     /// Client addresses (scrapers) that may read `/metrics` without a password.
     #[serde(default)]
     pub metrics_allow: Vec<crate::cidr::Cidr>,
+    /// Host names (no port) the listener answers for, besides its address
+    /// and `localhost`: any other `Host` is refused (DNS rebinding).
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// HTTPS for the listener: the same shape as a frontend's `tls`.
+    pub tls: Option<Spanned<FrontendTls>>,
 }
 
 /// One admin user.
@@ -285,6 +314,9 @@ pub struct WebSocketLimits {
     /// How long a pinged client has to send anything before tether closes
     /// the tunnel with 1001; defaults to `ping_interval`.
     pub ping_timeout: Option<ConfigDuration>,
+    /// Most messages a client may send per period in one tunnel (`"100/s"`,
+    /// a token bucket whose burst is the count); beyond it Close 1008.
+    pub max_messages: Option<crate::config::ConfigRate>,
 }
 
 /// Caps per client address (the connection's peer, or the PROXY protocol
@@ -296,6 +328,9 @@ pub struct PerIp {
     pub max_connections: Option<Spanned<u32>>,
     /// Most WebSocket handshakes per address and period (`"20/s"`); beyond it 429 with `Retry-After`.
     pub rate: Option<crate::config::ConfigRate>,
+    /// IPv6 clients are counted per network of this prefix length (1 to
+    /// 128; 64 when absent): one subscriber usually holds a whole /64.
+    pub ipv6_prefix: Option<Spanned<u8>>,
 }
 
 /// Size limits on what a client may send.
@@ -336,6 +371,10 @@ pub struct FrontendTimeouts {
     /// How long the whole request head may take to arrive once it started.
     #[serde(default = "defaults::http_request")]
     pub http_request: ConfigDuration,
+    /// How long a request under way may move no byte on the client side
+    /// (request body not arriving, response not being read): then closed.
+    #[serde(default = "defaults::client_body")]
+    pub client_body: ConfigDuration,
 }
 
 impl Default for FrontendTimeouts {
@@ -343,6 +382,7 @@ impl Default for FrontendTimeouts {
         Self {
             client: defaults::client(),
             http_request: defaults::http_request(),
+            client_body: defaults::client_body(),
         }
     }
 }
@@ -413,6 +453,10 @@ pub struct Backend {
     /// Whether a draining server still takes clients stuck to it.
     #[serde(default = "defaults::yes")]
     pub drain_sticky: bool,
+    /// Over how long the tunnels of a server found down (by an active
+    /// check) are closed with 1012, so their clients reconnect a few at a time.
+    #[serde(default = "defaults::down_spread")]
+    pub down_spread: ConfigDuration,
     /// Server-side timeouts.
     #[serde(default)]
     pub timeouts: BackendTimeouts,
@@ -506,6 +550,9 @@ pub struct BackendTimeouts {
     /// How long a WebSocket tunnel may carry no byte in either direction.
     #[serde(default = "defaults::tunnel")]
     pub tunnel: ConfigDuration,
+    /// How long a response body under way may get no byte from its server: then closed.
+    #[serde(default = "defaults::server_body")]
+    pub server_body: ConfigDuration,
 }
 
 impl Default for BackendTimeouts {
@@ -514,6 +561,7 @@ impl Default for BackendTimeouts {
             connect: defaults::connect(),
             server: defaults::server(),
             tunnel: defaults::tunnel(),
+            server_body: defaults::server_body(),
         }
     }
 }
@@ -620,6 +668,15 @@ mod defaults {
     pub(crate) fn tunnel() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(3600))
     }
+    pub(crate) fn client_body() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
+    }
+    pub(crate) fn server_body() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(60))
+    }
+    pub(crate) fn redact_query() -> Vec<toml::Spanned<String>> {
+        vec![toml::Spanned::new(0..0, "sid".to_string())]
+    }
     pub(crate) fn balance() -> toml::Spanned<super::Balance> {
         toml::Spanned::new(0..0, super::Balance::Roundrobin)
     }
@@ -646,6 +703,9 @@ mod defaults {
     }
     pub(crate) fn sticky_maxconn_margin() -> toml::Spanned<u32> {
         toml::Spanned::new(0..0, 10)
+    }
+    pub(crate) fn down_spread() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(5))
     }
     pub(crate) fn yes() -> bool {
         true

@@ -12,7 +12,7 @@ use rustls_pki_types::ServerName;
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
-use super::raw::{Backend, Frontend, Server, UpstreamTlsSetting};
+use super::raw::{Admin, Backend, Frontend, FrontendTls, Server, UpstreamTlsSetting};
 use crate::tls::{client::client_config, server::load_pair, ServerTls, TlsError, UpstreamTls};
 
 /// Checks a frontend's TLS keys and reads the certificates they name (`None`:
@@ -128,10 +128,30 @@ fn blamed<'a>(
     }
 }
 
+/// Reads the certificates of the admin listener's `tls` (`None`: plain
+/// HTTP): the same keys and the same loader as a frontend's.
+pub(super) fn admin(admin: &Admin, source: &SourceMap<'_>, base: &Path) -> Result<Option<ServerTls>, ConfigError> {
+    match &admin.tls {
+        Some(tls) => load_server_tls(tls, "[admin]", source, base).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn load_frontend(frontend: &Frontend, source: &SourceMap<'_>, base: &Path) -> Result<Option<ServerTls>, ConfigError> {
     let Some(tls) = &frontend.tls else {
         return Ok(None);
     };
+    let owner = format!("frontend `{}`", frontend.name.get_ref());
+    load_server_tls(tls, &owner, source, base).map(Some)
+}
+
+/// Reads the certificate pairs of a frontend's (or the admin listener's) `tls`.
+fn load_server_tls(
+    tls: &Spanned<FrontendTls>,
+    owner: &str,
+    source: &SourceMap<'_>,
+    base: &Path,
+) -> Result<ServerTls, ConfigError> {
     let settings = tls.get_ref();
     let mut pairs: Vec<(&Spanned<String>, &Spanned<String>)> = Vec::new();
     match (&settings.cert, &settings.key) {
@@ -171,20 +191,14 @@ fn load_frontend(frontend: &Frontend, source: &SourceMap<'_>, base: &Path) -> Re
             source.error(
                 Some(at.span()),
                 format!(
-                    "frontend `{}`, tls `{name}`: {err}: fix the file or the path \
-                     (relative paths start at the configuration file's directory)",
-                    frontend.name.get_ref()
+                    "{owner}, tls `{name}`: {err}: fix the file or the path \
+                     (relative paths start at the configuration file's directory)"
                 ),
             )
         })?;
         keys.push(Arc::new(loaded));
     }
-    ServerTls::from_keys(keys).map(Some).map_err(|err| {
-        source.error(
-            Some(tls.span()),
-            format!("frontend `{}`: {err}", frontend.name.get_ref()),
-        )
-    })
+    ServerTls::from_keys(keys).map_err(|err| source.error(Some(tls.span()), format!("{owner}: {err}")))
 }
 
 /// A client configuration per distinct setting, so the servers of a backend share one.

@@ -93,6 +93,17 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
                 "`maxconn` = 0 would accept nothing: give at least 1, or leave it out for no cap",
             ));
         }
+        if let Some(prefix) = frontend
+            .per_ip
+            .ipv6_prefix
+            .as_ref()
+            .filter(|p| !(1..=128).contains(p.get_ref()))
+        {
+            return Err(source.error(
+                Some(prefix.span()),
+                "`per_ip.ipv6_prefix` must be a prefix length from 1 to 128 (64 counts each /64 as one client)",
+            ));
+        }
         if let Some(max) = frontend.per_ip.max_connections.as_ref().filter(|m| *m.get_ref() == 0) {
             return Err(source.error(
                 Some(max.span()),
@@ -120,6 +131,20 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
     }
     if let Some(resolver) = &config.resolver {
         validate_resolver(resolver.get_ref(), source)?;
+    }
+    validate_log(&config.log, source)
+}
+
+/// `[log]`: each redacted query parameter is a plain name.
+fn validate_log(log: &raw::Log, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    for name in &log.redact_query {
+        let text = name.get_ref();
+        if text.is_empty() || text.contains(['&', '=', '#', ' ']) {
+            return Err(source.error(
+                Some(name.span()),
+                "a `redact_query` entry is a query parameter's name, like \"sid\" (not empty, without `&`, `=`, `#` or spaces)",
+            ));
+        }
     }
     Ok(())
 }
@@ -312,12 +337,38 @@ fn validate_cluster(cluster: &Cluster, source: &SourceMap<'_>) -> Result<(), Con
             "`sync_interval` must be between 100ms and 60s (default \"1s\")",
         ));
     }
+    if let Some(secret) = &cluster.secret {
+        if secret.get_ref().len() < 16 {
+            return Err(source.error(
+                Some(secret.span()),
+                "`secret` must be at least 16 bytes (the same on every instance), e.g. the output of `openssl rand -hex 32`",
+            ));
+        }
+    }
     Ok(())
 }
 
 fn validate_admin(admin: &Spanned<Admin>, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     // Whether the bind address is loopback is checked once it is resolved (`build`).
     let settings = admin.get_ref();
+    for host in &settings.hosts {
+        let name = host.get_ref();
+        let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !is_ip && !name_ok {
+            return Err(source.error(
+                Some(host.span()),
+                format!(
+                    "`{name}` is not a host name or IP address: list the names the admin listener is reached by, \
+                     without scheme or port, like hosts = [\"lb1.example.net\"]"
+                ),
+            ));
+        }
+    }
     let mut names = HashSet::new();
     for user in &settings.users {
         let user = user.get_ref();

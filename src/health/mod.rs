@@ -96,6 +96,14 @@ fn record_check(
         });
         let first = !status.machine.is_checked();
         let flip = status.machine.observe(state.is_up(), passed, settings.thresholds);
+        if flip.is_some() {
+            // A flip either way settles the tunnels: back up they stay, a flip down closes them.
+            status.tunnels_kept = false;
+        } else if status.tunnels_kept && !passed && !state.is_up() {
+            // Down by passive detection, and the active check fails too: gone.
+            status.tunnels_kept = false;
+            changes.confirm_down(state);
+        }
         flip.filter(|flip| changes.set_up(state, flip.is_up())).map(|flip| {
             let after = if first {
                 1
@@ -140,7 +148,11 @@ fn log_flip(names: &Names, report: &FlipReport) {
 }
 
 /// Passive detection: a connect of live traffic to `server` failed. With
-/// `observe` on, it counts toward `fall` and may take the server down at once.
+/// `observe` on, it counts toward `fall` and may take the server down at
+/// once, for new traffic only: its tunnels stay open until an active check
+/// fails too (failed connects may be a server under load, not a dead one;
+/// a dead server's tunnels end by themselves, with 1012, when their
+/// connections do).
 pub fn connect_failed(
     backend: &Arc<str>,
     server: &Arc<str>,
@@ -158,7 +170,8 @@ pub fn connect_failed(
         let flip = status
             .machine
             .observe_passive_failure(state.is_up(), settings.thresholds);
-        flip.filter(|flip| changes.set_up(state, flip.is_up())).map(|flip| {
+        flip.filter(|_| changes.set_down_keeping_tunnels(state)).map(|flip| {
+            status.tunnels_kept = true;
             let after = status.machine.failure_streak();
             status.record_flip(flip, "passive", after, cause.to_string())
         })

@@ -1,17 +1,18 @@
 //! Client connection timing: which phase a keep-alive connection is in
-//! (idle, reading a head, busy) and since when, so one watchdog per
-//! connection can apply the `client` and `http_request` timeouts.
+//! (idle, reading a head, busy) and since when, and since when a response
+//! has been waiting for the client to read it, so one watchdog per
+//! connection can apply the `client`, `http_request` and `client_body` timeouts.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-use super::framing::HeadScanner;
+use super::framing::RequestScanner;
 
 /// What a client connection is doing, which decides its timeout. Stored
 /// as a `u8` in an atomic (read on every client read), hence `repr(u8)`.
@@ -22,7 +23,8 @@ pub enum Phase {
     Idle = 0,
     /// The first bytes of a request head arrived (the `http_request` timeout applies).
     Head = 1,
-    /// A request is being served, or the connection became a tunnel: no client timeout.
+    /// A request is being served, or the connection became a tunnel: no
+    /// client timeout, except `client_body` while a write waits for the client to read.
     Busy = 2,
 }
 
@@ -55,8 +57,15 @@ pub struct ConnActivity {
     in_flight: AtomicU64,
     /// Requests received so far.
     served: AtomicU64,
-    /// The head just read named both `Content-Length` and `Transfer-Encoding`.
-    framing_conflict: AtomicBool,
+    /// The watchdog closed the connection because the client stopped
+    /// reading its response (for the exchange's access line).
+    not_reading: std::sync::atomic::AtomicBool,
+    /// Milliseconds after `epoch` (plus one; 0: not blocked) since which a
+    /// write to the client has been waiting for it to read.
+    write_blocked_ms: AtomicU64,
+    /// The place (0 = first) of the first request whose head named both
+    /// `Content-Length` and `Transfer-Encoding`; `u64::MAX` while none did.
+    framing_conflict: AtomicU64,
 }
 
 impl Default for ConnActivity {
@@ -75,7 +84,9 @@ impl ConnActivity {
             phase_changed: Notify::new(),
             in_flight: AtomicU64::new(0),
             served: AtomicU64::new(0),
-            framing_conflict: AtomicBool::new(false),
+            framing_conflict: AtomicU64::new(u64::MAX),
+            write_blocked_ms: AtomicU64::new(0),
+            not_reading: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -111,17 +122,21 @@ impl ConnActivity {
         }
     }
 
-    /// Whether the request head just read named both `Content-Length` and
-    /// `Transfer-Encoding` (hyper would have dropped the first); clears the flag.
-    pub fn take_framing_conflict(&self) -> bool {
-        self.framing_conflict.swap(false, Ordering::Relaxed)
+    /// Whether the head of request number `index` on this connection (0 =
+    /// first, as `request_started` returns) named both `Content-Length` and
+    /// `Transfer-Encoding` (hyper would have dropped the first). Every head
+    /// was scanned by the time hyper hands its request over.
+    pub fn framing_conflict_in(&self, index: u64) -> bool {
+        self.framing_conflict.load(Ordering::Acquire) == index
     }
 
-    /// A request head was parsed and is being served.
-    pub fn request_started(&self) {
+    /// A request head was parsed and is being served; returns its place on
+    /// the connection (0 = first).
+    pub fn request_started(&self) -> u64 {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.served.fetch_add(1, Ordering::Relaxed);
+        let index = self.served.fetch_add(1, Ordering::Relaxed);
         self.enter(Phase::Busy);
+        index
     }
 
     /// A response was fully sent; the connection waits for the next request.
@@ -137,14 +152,58 @@ impl ConnActivity {
         self.enter(Phase::Busy);
     }
 
-    /// When the connection should be closed if nothing changes, and whether
-    /// that would cut a half-received head (`true`) or an idle connection.
-    pub fn deadline(&self, client: Duration, http_request: Duration) -> Option<(Instant, bool)> {
+    /// A write to the client could not proceed (its receive window is full).
+    fn write_blocked(&self) {
+        if self.write_blocked_ms.load(Ordering::Relaxed) == 0
+            && self
+                .write_blocked_ms
+                .compare_exchange(0, self.now_ms() + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // The watchdog of a busy connection sleeps without a deadline.
+            self.phase_changed.notify_one();
+        }
+    }
+
+    /// The watchdog is closing the connection: the client read nothing of
+    /// its response for `client_body`.
+    pub fn cut_for_not_reading(&self) {
+        self.not_reading.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection was cut because the client stopped reading.
+    pub fn was_cut_for_not_reading(&self) -> bool {
+        self.not_reading.load(Ordering::Acquire)
+    }
+
+    /// A write to the client went through.
+    fn write_moved(&self) {
+        if self.write_blocked_ms.load(Ordering::Relaxed) != 0 {
+            self.write_blocked_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection should be closed if nothing changes, and why:
+    /// idle between requests (`client`), a head arriving too slowly
+    /// (`http_request`), or a busy connection whose client has not read
+    /// what tether is writing for `client_body`.
+    pub fn deadline(
+        &self,
+        client: Duration,
+        http_request: Duration,
+        client_body: Duration,
+    ) -> Option<(Instant, Expiry)> {
         let since = self.epoch + Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
         match self.phase() {
-            Phase::Idle => Some((since + client, false)),
-            Phase::Head => Some((since + http_request, true)),
-            Phase::Busy => None,
+            Phase::Idle => Some((since + client, Expiry::Idle)),
+            Phase::Head => Some((since + http_request, Expiry::Head)),
+            Phase::Busy => match self.write_blocked_ms.load(Ordering::Relaxed) {
+                0 => None,
+                blocked => Some((
+                    self.epoch + Duration::from_millis(blocked - 1) + client_body,
+                    Expiry::NotReading,
+                )),
+            },
         }
     }
 
@@ -169,13 +228,24 @@ impl ConnActivity {
     }
 }
 
+/// Which client timeout a connection's deadline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// `client`: idle between requests.
+    Idle,
+    /// `http_request`: a head that did not finish arriving.
+    Head,
+    /// `client_body`: a response the client stopped reading.
+    NotReading,
+}
+
 /// The client socket, reporting reads to its `ConnActivity` and following
-/// request heads for framing conflicts.
+/// the request stream (every head, every body) for framing conflicts.
 #[derive(Debug)]
 pub struct WatchedIo<T> {
     inner: T,
     activity: std::sync::Arc<ConnActivity>,
-    scanner: HeadScanner,
+    scanner: RequestScanner,
 }
 
 impl<T> WatchedIo<T> {
@@ -184,13 +254,23 @@ impl<T> WatchedIo<T> {
         Self {
             inner,
             activity,
-            scanner: HeadScanner::default(),
+            scanner: RequestScanner::default(),
         }
     }
 
     /// The socket, once the connection became a tunnel.
     pub fn into_inner(self) -> T {
         self.inner
+    }
+}
+
+impl<T> WatchedIo<T> {
+    /// Reports whether a write to the client went through or waits for it.
+    fn note_write(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(_) => self.activity.write_moved(),
+        }
     }
 }
 
@@ -201,16 +281,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
         let read = &buf.filled()[before..];
         if !read.is_empty() {
             let this = &mut *self;
-            match this.activity.phase() {
-                Phase::Busy => {}
-                phase => {
-                    if phase == Phase::Idle && this.scanner.finished() {
-                        this.scanner.reset();
-                    }
-                    if this.scanner.scan(read) == Some(true) {
-                        this.activity.framing_conflict.store(true, Ordering::Relaxed);
-                    }
-                }
+            // Whatever the phase: a pipelined head may come in the same read
+            // as the body of the request before it.
+            let known = this.scanner.first_conflict().is_some();
+            this.scanner.scan(read);
+            if let (false, Some(index)) = (known, this.scanner.first_conflict()) {
+                this.activity.framing_conflict.store(index, Ordering::Release);
             }
             this.activity.on_read();
         }
@@ -220,14 +296,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&result);
+        result
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&result);
+        result
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -247,17 +327,29 @@ mod tests {
     #[test]
     fn phases_pick_their_timeout() {
         let activity = ConnActivity::new();
-        let (client, head) = (Duration::from_secs(30), Duration::from_secs(10));
-        let (_, cuts_head) = activity.deadline(client, head).unwrap();
-        assert!(!cuts_head);
+        let (client, head, body) = (
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
+        let expiry = |a: &ConnActivity| a.deadline(client, head, body).map(|(_, why)| why);
+        assert_eq!(expiry(&activity), Some(Expiry::Idle));
         activity.on_read();
-        assert!(activity.deadline(client, head).unwrap().1);
+        assert_eq!(expiry(&activity), Some(Expiry::Head));
         activity.request_started();
-        assert!(activity.deadline(client, head).is_none());
+        assert_eq!(expiry(&activity), None);
+        activity.write_blocked();
+        assert_eq!(
+            expiry(&activity),
+            Some(Expiry::NotReading),
+            "a response the client does not read"
+        );
+        activity.write_moved();
+        assert_eq!(expiry(&activity), None);
         activity.request_finished();
-        assert!(!activity.deadline(client, head).unwrap().1);
+        assert_eq!(expiry(&activity), Some(Expiry::Idle));
         activity.upgraded();
-        assert!(activity.deadline(client, head).is_none());
+        assert_eq!(expiry(&activity), None);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct ConnContext {
     pub frontend: Arc<str>,
     /// The client's address.
     pub client: SocketAddr,
+    /// The address the client reached (tether's end of the connection): the
+    /// `Host` of an HTTP/1.0 request that sent none.
+    pub local: SocketAddr,
     /// The connection's phase tracker (for its timeouts).
     pub activity: Arc<ConnActivity>,
     /// Whether the client connection is TLS (for `X-Forwarded-Proto`).

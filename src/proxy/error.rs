@@ -14,7 +14,7 @@ use super::body::ClientBodyError;
 use super::exchange::{Exchange, ResponseBody};
 use super::log::{RequestId, REQUEST_ID_HEADER};
 use super::pool::ConnectError;
-use super::upgrade::BadHandshake;
+use super::upgrade::{BadHandshake, BadSwitch};
 
 /// Who is at fault for a [`ProxyError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,23 @@ pub enum ProxyError {
         #[source]
         cause: hyper::Error,
     },
+    /// The server answered a WebSocket handshake with a 101 a client must
+    /// not believe (RFC 6455 §4.1); its connection is closed.
+    #[error("server `{server}` switched protocols wrongly: {cause}")]
+    BadSwitch {
+        /// The server chosen.
+        server: Arc<str>,
+        /// What was wrong with its 101.
+        #[source]
+        cause: BadSwitch,
+    },
+    /// The client sent no byte of its request body for the frontend's
+    /// `timeouts.client_body` (HAProxy's `timeout client`).
+    #[error("the request body stalled: nothing arrived for {timeout:?}")]
+    BodyStalled {
+        /// The frontend's `timeouts.client_body`.
+        timeout: Duration,
+    },
     /// The server did not start its response within the backend's `server` timeout.
     #[error("server `{server}` did not answer within {timeout:?}")]
     ServerTimeout {
@@ -164,6 +181,11 @@ impl From<&ClientBodyError> for ProxyError {
             ClientBodyError::Malformed(cause) => Self::BodyMalformed {
                 cause: cause.to_string(),
             },
+            ClientBodyError::Stalled { timeout } => Self::BodyStalled { timeout: *timeout },
+            // Only after the response ended, so no client sees it; kept apart all the same.
+            ClientBodyError::Abandoned => Self::BodyMalformed {
+                cause: fault.to_string(),
+            },
         }
     }
 }
@@ -181,7 +203,10 @@ impl ProxyError {
             Self::DeclaredBodyTooLarge | Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TargetTooLong => StatusCode::URI_TOO_LONG,
             Self::HandshakeRate { .. } | Self::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
-            Self::AllFailed { .. } | Self::Unreachable { .. } | Self::ServerFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::AllFailed { .. } | Self::Unreachable { .. } | Self::ServerFailed { .. } | Self::BadSwitch { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::FrontendGone
             | Self::NoRoute
             | Self::NoServer { .. }
@@ -204,7 +229,8 @@ impl ProxyError {
             | Self::TooManyConnections
             | Self::OriginNotAllowed
             | Self::BodyTooLarge { .. }
-            | Self::BodyMalformed { .. } => Side::Client,
+            | Self::BodyMalformed { .. }
+            | Self::BodyStalled { .. } => Side::Client,
             Self::FrontendGone | Self::NoRoute => Side::Tether,
             Self::NoServer { .. }
             | Self::StuckUnavailable { .. }
@@ -212,6 +238,7 @@ impl ProxyError {
             | Self::AllFailed { .. }
             | Self::Unreachable { .. }
             | Self::ServerFailed { .. }
+            | Self::BadSwitch { .. }
             | Self::ServerTimeout { .. } => Side::Server,
         }
     }
@@ -409,6 +436,16 @@ mod tests {
                 Side::Server,
                 false,
             ),
+            (
+                ProxyError::BadSwitch {
+                    server: name("s1"),
+                    cause: BadSwitch::WrongAccept,
+                },
+                502,
+                Side::Server,
+                false,
+            ),
+            (ProxyError::BodyStalled { timeout }, 408, Side::Client, true),
         ]
     }
 

@@ -6,11 +6,13 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::body::{BodyProgress, Inactivity};
 use super::conn::ConnActivity;
 use super::log::HttpLog;
 use super::pool::{Pool, UpstreamSender};
@@ -35,6 +37,9 @@ pub struct Exchange {
     pub learner: Option<SidLearner>,
     /// The server chosen, once known: its response and byte counters move when the exchange ends.
     pub server_state: Option<Arc<ServerState>>,
+    /// How far the request body got: a connection whose server answered
+    /// before the body ended is not pooled (nor left waiting for the rest).
+    pub request_progress: Option<Arc<BodyProgress>>,
 }
 
 impl Exchange {
@@ -48,13 +53,26 @@ impl Exchange {
             upgraded: false,
             learner: None,
             server_state: None,
+            request_progress: None,
         }
     }
 
-    /// The response body ended cleanly: the upstream connection may serve again.
+    /// The response body ended cleanly: the upstream connection may serve
+    /// again if the request body was all sent; if it was not, the server
+    /// answered early, and its connection is closed instead.
     fn completed(&mut self) {
         if let Some((sender, pool)) = self.keep_alive.take() {
-            pool.put(sender);
+            match &self.request_progress {
+                Some(progress) if !progress.is_done() => {
+                    tracing::debug!(
+                        request_id = %self.log.request_id,
+                        "the server answered before the request body ended: its connection is closed"
+                    );
+                    progress.abandon();
+                    drop(sender);
+                }
+                _ => pool.put(sender),
+            }
         }
         self.guard = None;
     }
@@ -67,6 +85,14 @@ impl Drop for Exchange {
         } else {
             self.activity.request_finished();
         }
+        if let Some(progress) = self.request_progress.as_ref().filter(|p| !p.is_done()) {
+            // The response was abandoned mid-way (client gone, timeout):
+            // the server's connection does not wait for the rest of the body.
+            progress.abandon();
+        }
+        if self.log.error.is_none() && self.activity.was_cut_for_not_reading() {
+            self.log.error = Some("the client stopped reading the response: both connections closed".to_string());
+        }
         if let Some(state) = &self.server_state {
             state.count_response(self.log.status);
             let bytes_in = self.log.bytes_in.load(Ordering::Relaxed);
@@ -77,8 +103,21 @@ impl Drop for Exchange {
 }
 
 enum Source {
-    Upstream(Incoming),
+    /// A server's body, with the backend's `server_body` limit on waiting for it.
+    Upstream(Incoming, Inactivity),
     Local(Option<Bytes>),
+}
+
+/// Why a response body stopped before its end; the client connection is
+/// closed (the client sees a cut-off body).
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    /// The server broke its response off.
+    #[error("server aborted the response body: {0}")]
+    Server(#[source] hyper::Error),
+    /// The server sent no byte for the backend's `timeouts.server_body`.
+    #[error("the server sent nothing of the response body for {0:?}")]
+    Stalled(Duration),
 }
 
 /// A response body to the client: streamed from a server or made by tether.
@@ -94,10 +133,11 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 impl ResponseBody {
-    /// A body streamed from the server.
-    pub fn upstream(inner: Incoming, exchange: Box<Exchange>) -> Self {
+    /// A body streamed from the server, which may keep the client waiting
+    /// at most `stall` between bytes.
+    pub fn upstream(inner: Incoming, stall: Duration, exchange: Box<Exchange>) -> Self {
         Self {
-            source: Source::Upstream(inner),
+            source: Source::Upstream(inner, Inactivity::new(stall)),
             exchange: Some(exchange),
         }
     }
@@ -137,13 +177,25 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = &mut *self;
         let frame = match &mut this.source {
             Source::Local(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
-            Source::Upstream(inner) => ready!(Pin::new(inner).poll_frame(cx)),
+            Source::Upstream(inner, stall) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    stall.moved();
+                    frame.map(|f| f.map_err(ResponseBodyError::Server))
+                }
+                Poll::Pending => {
+                    ready!(stall.poll_expired(cx));
+                    Some(Err(ResponseBodyError::Stalled(stall.limit())))
+                }
+            },
         };
         match &frame {
             Some(Ok(frame)) => {
@@ -151,9 +203,16 @@ impl Body for ResponseBody {
                     this.observe(data);
                 }
             }
-            Some(Err(_)) => {
+            Some(Err(err)) => {
                 if let Some(exchange) = &mut this.exchange {
-                    exchange.log.error = Some("server aborted the response body".to_string());
+                    if matches!(err, ResponseBodyError::Stalled(_)) {
+                        tracing::info!(
+                            request_id = %exchange.log.request_id,
+                            server = exchange.log.server.as_deref().unwrap_or("-"),
+                            "{err}: both connections closed"
+                        );
+                    }
+                    exchange.log.error = Some(err.to_string());
                     exchange.keep_alive = None;
                 }
             }
@@ -165,14 +224,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Local(bytes) => bytes.is_none(),
-            Source::Upstream(inner) => inner.is_end_stream(),
+            Source::Upstream(inner, _) => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Source::Upstream(inner) => inner.size_hint(),
+            Source::Upstream(inner, _) => inner.size_hint(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub(super) struct TunnelJob {
     pub(super) idle: std::time::Duration,
     /// The frontend's WebSocket frame and message limits (client → server).
     pub(super) limits: Option<(u64, u64)>,
+    /// The frontend's message rate per tunnel, if any.
+    pub(super) max_messages: Option<tunnel::MessageRate>,
     /// The frontend's WebSocket idle and ping timers.
     pub(super) timers: tunnel::Timers,
 }
@@ -78,6 +80,10 @@ impl TunnelJob {
             },
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
+            max_messages: frontend.websocket_max_messages.map(|rate| tunnel::MessageRate {
+                rate,
+                frontend: frontend.state.clone(),
+            }),
             timers: frontend.websocket_timers,
         }
     }
@@ -102,6 +108,7 @@ impl TunnelJob {
             close: registration.control().clone(),
             traffic: state.traffic.clone(),
             client_limits: self.limits,
+            max_messages: self.max_messages,
             timers: self.timers,
         };
         let carried = CarriedBy {

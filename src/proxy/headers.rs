@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::types::ForwardHeader;
@@ -13,6 +13,22 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers a `Connection` list may not remove: the target's host, the
+/// message's framing, and what tether itself writes (forwarding headers,
+/// request id). A peer naming them would otherwise strip `Host` (an
+/// HTTP/1.1 request without one) or the forwarding chain the server trusts.
+pub static NEVER_NAMED: [HeaderName; 8] = [
+    HOST,
+    CONTENT_LENGTH,
+    TRANSFER_ENCODING,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    FORWARDED,
+    X_REQUEST_ID,
+];
 
 /// The comma-separated tokens of every `name` header, trimmed.
 pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
@@ -35,7 +51,8 @@ static HOP_BY_HOP: [HeaderName; 6] = [CONNECTION, PROXY_CONNECTION, KEEP_ALIVE, 
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection`, every header
 /// it names, and `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`,
-/// `Upgrade`. hyper frames the forwarded body itself.
+/// `Upgrade`. hyper frames the forwarded body itself. A header `Connection`
+/// names is kept when it is one of [`NEVER_NAMED`].
 ///
 /// One pass over the names (no hashing) finds which are present, so only
 /// those are removed: most messages carry one or two of them, or none.
@@ -49,7 +66,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if present[0] {
         let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|name| !HOP_BY_HOP.contains(name))
+            .filter(|name| !HOP_BY_HOP.contains(name) && !NEVER_NAMED.contains(name))
             .collect();
         for name in named {
             headers.remove(name);
@@ -175,6 +192,34 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_cannot_name_host_framing_or_forwarding_headers_away() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            "close, host, content-length, x-forwarded-for, forwarded, x-request-id, cookie"
+                .parse()
+                .unwrap(),
+        );
+        for name in [
+            "host",
+            "content-length",
+            "x-forwarded-for",
+            "forwarded",
+            "x-request-id",
+            "cookie",
+        ] {
+            h.insert(name, "1".parse().unwrap());
+        }
+        remove_hop_by_hop(&mut h);
+        let mut kept: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            ["content-length", "forwarded", "host", "x-forwarded-for", "x-request-id"]
+        );
     }
 
     #[test]

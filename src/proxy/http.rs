@@ -15,7 +15,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 
-use super::body::{ClientBodyError, RequestBody};
+use super::body::{BodyProgress, ClientBodyError, RequestBody};
 use super::choose::{self, Stickiness, Upstream};
 use super::context::ConnContext;
 use super::error::ProxyError;
@@ -33,10 +33,13 @@ use crate::sticky::StickyPolicy;
 /// hyper's service function: forwards `request` and never fails (errors become responses).
 pub async fn handle(
     context: Arc<ConnContext>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    context.activity.request_started();
-    let framing_conflict = context.activity.take_framing_conflict();
+    let index = context.activity.request_started();
+    let framing_conflict = context.activity.framing_conflict_in(index);
+    // Before anything reads it: routing, Origin checks, redirects, the
+    // forwarding headers and the server all see this one host.
+    settle_host(&mut request, context.local);
     let snapshot = context.shared.snapshot.load_full();
     let frontend = snapshot.frontend(&context.frontend);
     // Behind trusted proxies the client is the rightmost untrusted X-Forwarded-For hop.
@@ -60,6 +63,7 @@ pub async fn handle(
             bytes_in: Arc::new(AtomicU64::new(0)),
             bytes_out: 0,
             error: None,
+            redact_query: snapshot.redact_query.clone(),
         },
         context.activity.clone(),
     ));
@@ -81,6 +85,25 @@ pub async fn handle(
         response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     Ok(response)
+}
+
+/// Makes `Host` name the host the request is for (RFC 9112 §3.2.2): an
+/// absolute-form target's authority wins over any `Host` the client sent
+/// (rewritten, not refused: the RFC tells a server to ignore `Host` then,
+/// as NGINX does); an HTTP/1.0 request without `Host` gets the address the
+/// client reached, so the HTTP/1.1 request forwarded has one.
+fn settle_host<B>(request: &mut Request<B>, local: SocketAddr) {
+    let host = match request.uri().authority() {
+        // RFC 9110 §7.2: the authority without its userinfo.
+        Some(authority) => HeaderValue::from_str(authority.as_str().rsplit('@').next().unwrap_or_default()).ok(),
+        None if request.version() <= Version::HTTP_10 && !request.headers().contains_key(HOST) => {
+            HeaderValue::from_str(&local.to_string()).ok()
+        }
+        None => None,
+    };
+    if let Some(host) = host {
+        request.headers_mut().insert(HOST, host);
+    }
 }
 
 /// Step 1, admit the connection's request: its head is not ambiguous and
@@ -127,8 +150,9 @@ fn redirect(location: HeaderValue, mut exchange: Box<Exchange>) -> Response<Resp
 
 /// What the server answered, ready for the client except for its body.
 enum Answer {
-    /// A response whose body streams from the server.
-    Relayed(http::response::Parts, Incoming),
+    /// A response whose body streams from the server, which may pause it
+    /// at most this long (the backend's `server_body`).
+    Relayed(http::response::Parts, Incoming, std::time::Duration),
     /// A 101: both connections now belong to a tunnel task.
     Switched(http::response::Parts),
 }
@@ -143,7 +167,9 @@ async fn forward(
     mut exchange: Box<Exchange>,
 ) -> Response<ResponseBody> {
     match pipeline(context, snapshot, frontend, request, &mut exchange).await {
-        Ok(Answer::Relayed(parts, body)) => Response::from_parts(parts, ResponseBody::upstream(body, exchange)),
+        Ok(Answer::Relayed(parts, body, stall)) => {
+            Response::from_parts(parts, ResponseBody::upstream(body, stall, exchange))
+        }
         Ok(Answer::Switched(parts)) => Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange)),
         Err(failure) => failure.into_response(exchange),
     }
@@ -177,20 +203,31 @@ async fn pipeline(
     .await?;
     served_by(exchange, &backend.servers[upstream.server]);
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+    let accept = websocket.then(|| upgrade::expected_accept(&request));
     let policy = sticky.as_ref().map(|s| s.policy);
+    let progress = Arc::new(BodyProgress::default());
+    exchange.request_progress = Some(progress.clone());
     let request = prepare_request(
         request,
         frontend,
         context,
         websocket,
         policy,
-        exchange.log.bytes_in.clone(),
+        (exchange.log.bytes_in.clone(), progress),
     );
     let (upstream, mut response) = send(backend, upstream, request, websocket, exchange, &context.shared).await?;
     exchange.log.status = response.status().as_u16();
     *response.version_mut() = Version::HTTP_11;
     let server = &backend.servers[upstream.server];
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
+        // A 101 that does not answer the handshake: the client would fail
+        // it (RFC 6455 §4.1), so no tunnel; the server's connection drops.
+        upgrade::check_switch(response.headers(), accept.as_deref().unwrap_or_default()).map_err(|cause| {
+            ProxyError::BadSwitch {
+                server: server.name.clone(),
+                cause,
+            }
+        })?;
         exchange.upgraded = true;
         let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log);
         let mut parts = upgrade::switch_protocols(response, client_upgrade, tunnel);
@@ -208,7 +245,7 @@ async fn pipeline(
     if let Some(pool) = upstream.pool {
         exchange.keep_alive = Some((upstream.sender, pool));
     }
-    Ok(Answer::Relayed(parts, body))
+    Ok(Answer::Relayed(parts, body, backend.server_body_timeout))
 }
 
 /// Step 2, check the request against the frontend: a well-formed handshake
@@ -408,14 +445,14 @@ fn replay_of(request: &Request<RequestBody>, received: Arc<AtomicU64>) -> Reques
 }
 
 /// Rewrites the client's request for the server: hop-by-hop headers out,
-/// forwarding headers in, origin-form target, Host kept.
+/// forwarding headers in, origin-form target, Host kept (as `settle_host` left it).
 fn prepare_request(
     request: Request<Incoming>,
     frontend: &Frontend,
     context: &ConnContext,
     websocket: bool,
     sticky: Option<&StickyPolicy>,
-    received: Arc<AtomicU64>,
+    (received, progress): (Arc<AtomicU64>, Arc<BodyProgress>),
 ) -> Request<RequestBody> {
     let (mut parts, body) = request.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -425,13 +462,9 @@ fn prepare_request(
     if websocket {
         set_websocket_upgrade(&mut parts.headers);
     }
-    if let Some(authority) = parts.uri.authority() {
-        // An absolute-form target: the server gets origin-form plus Host.
-        if !parts.headers.contains_key(HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(HOST, host);
-            }
-        }
+    if parts.uri.authority().is_some() {
+        // An absolute-form target: the server gets origin-form (`Host`
+        // already names the authority, see `settle_host`).
         let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
     }
@@ -442,7 +475,14 @@ fn prepare_request(
         context.https,
     );
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, RequestBody::new(body, received, frontend.limits.max_body))
+    let body = RequestBody::new(
+        body,
+        received,
+        frontend.limits.max_body,
+        frontend.client_body_timeout,
+        progress,
+    );
+    Request::from_parts(parts, body)
 }
 
 #[cfg(test)]
@@ -520,6 +560,28 @@ mod tests {
             https_location(&request, Some(8443)).unwrap(),
             "https://example.com:8443/a?b=1"
         );
+    }
+
+    #[test]
+    fn an_absolute_target_names_the_host_whatever_host_says() {
+        let local: SocketAddr = "192.0.2.1:8080".parse().unwrap();
+        let mut request = Request::get("http://user:pw@public.example:81/x")
+            .header("host", "internal.example")
+            .body(())
+            .unwrap();
+        settle_host(&mut request, local);
+        assert_eq!(request.headers()["host"], "public.example:81");
+        let mut request = Request::get("/x").header("host", "a.example").body(()).unwrap();
+        settle_host(&mut request, local);
+        assert_eq!(request.headers()["host"], "a.example", "origin-form keeps its Host");
+    }
+
+    #[test]
+    fn an_http10_request_without_host_gets_the_address_reached() {
+        let local: SocketAddr = "[2001:db8::1]:8080".parse().unwrap();
+        let mut request = Request::get("/x").version(Version::HTTP_10).body(()).unwrap();
+        settle_host(&mut request, local);
+        assert_eq!(request.headers()["host"], "[2001:db8::1]:8080");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::sleep_until;
 
 use super::client_addr::{is_trusted, read_proxy_header};
-use super::conn::{ConnActivity, WatchedIo};
+use super::conn::{ConnActivity, Expiry, WatchedIo};
 use super::context::ConnContext;
 use super::error::ProxyError;
 use super::http::handle;
@@ -111,14 +111,18 @@ async fn serve_connection(
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     // The TLS settings are those in force at accept: a reload that changes
     // certificates applies to the next connections, never to this one.
-    let (client_timeout, head_timeout, expects_proxy_header, limits, per_ip, tls) = {
+    let (client_timeout, head_timeout, body_timeout, expects_proxy_header, limits, per_ip, tls) = {
         let snapshot = shared.snapshot.load();
         match snapshot.frontend(&frontend) {
             Some(f) => (
                 f.client_timeout,
                 f.http_request_timeout,
+                f.client_body_timeout,
                 f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
                 f.limits,
                 f.per_ip_connections,
@@ -176,6 +180,7 @@ async fn serve_connection(
         shared: shared.clone(),
         frontend,
         client: peer,
+        local,
         activity: activity.clone(),
         https: stream.is_tls(),
         counted,
@@ -183,7 +188,13 @@ async fn serve_connection(
     let service = service_fn(move |request| handle(context.clone(), request));
     let mut builder = http1::Builder::new();
     // A head larger than the buffer, or with more fields, is answered 431 by hyper.
-    builder.keep_alive(true).max_buf_size(limits.max_request_head);
+    // `half_close`: a client that shuts its sending side after a whole
+    // request still gets the response (RFC 9112 §9.6); without it hyper
+    // drops the request in flight when it reads the end of the stream.
+    builder
+        .keep_alive(true)
+        .half_close(true)
+        .max_buf_size(limits.max_request_head);
     if limits.max_headers != 100 {
         // hyper's default; any other count moves its header array to the heap.
         builder.max_headers(limits.max_headers);
@@ -204,7 +215,9 @@ async fn serve_connection(
                 connection.as_mut().graceful_shutdown();
             }
         }
-        let mut deadline = activity.deadline(client_timeout, head_timeout).map(|(at, _)| at);
+        let mut deadline = activity
+            .deadline(client_timeout, head_timeout, body_timeout)
+            .map(|(at, _)| at);
         if let (Some(since), false, false) = (stop_requested, stop_sent, activity.is_busy()) {
             let stop_at = since + FRESH_CONNECTION_GRACE;
             deadline = Some(deadline.map_or(stop_at, |d| d.min(stop_at)));
@@ -223,10 +236,15 @@ async fn serve_connection(
                 break;
             }
             _ = timer => {
-                if let Some((at, cuts_head)) = activity.deadline(client_timeout, head_timeout) {
+                if let Some((at, why)) = activity.deadline(client_timeout, head_timeout, body_timeout) {
                     if at <= std::time::Instant::now() {
-                        if cuts_head {
-                            tracing::info!(client = %peer, timeout = ?head_timeout, "request head not received in time: connection closed");
+                        match why {
+                            Expiry::Head => tracing::info!(client = %peer, timeout = ?head_timeout, "request head not received in time: connection closed"),
+                            Expiry::NotReading => {
+                                activity.cut_for_not_reading();
+                                tracing::info!(client = %peer, timeout = ?body_timeout, "the client read nothing of its response in time: connection closed");
+                            }
+                            Expiry::Idle => {}
                         }
                         break;
                     }

@@ -77,6 +77,8 @@ pub struct HttpLog {
     pub bytes_out: u64,
     /// Why the exchange ended early, if it did.
     pub error: Option<String>,
+    /// Query parameters whose values the line writes as `REDACTED`.
+    pub redact_query: Arc<[Box<str>]>,
 }
 
 impl HttpLog {
@@ -91,13 +93,76 @@ impl HttpLog {
             backend = self.backend.as_deref().unwrap_or("-"),
             server = self.server.as_deref().unwrap_or("-"),
             method = %self.method,
-            uri = %self.uri,
+            uri = %RedactedUri {
+                uri: &self.uri,
+                names: &self.redact_query
+            },
             status = self.status,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             error = self.error.as_deref().unwrap_or("-"),
         );
+    }
+}
+
+/// What a log line writes in place of a redacted parameter's value.
+pub const REDACTED: &str = "REDACTED";
+
+/// A request target as the access log writes it: the values of the named
+/// query parameters (session ids, tokens) replaced by [`REDACTED`]. A name
+/// matches after percent-decoding, so `s%69d=` is caught as `sid=`.
+pub struct RedactedUri<'a> {
+    /// The target.
+    pub uri: &'a Uri,
+    /// The parameter names to redact.
+    pub names: &'a [Box<str>],
+}
+
+impl fmt::Display for RedactedUri<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(query) = self.uri.query().filter(|_| !self.names.is_empty()) else {
+            return fmt::Display::fmt(self.uri, f);
+        };
+        if let (Some(scheme), Some(authority)) = (self.uri.scheme_str(), self.uri.authority()) {
+            write!(f, "{scheme}://{authority}")?;
+        }
+        f.write_str(self.uri.path())?;
+        f.write_str("?")?;
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if self.names.iter().any(|n| decoded_equals(name, n)) => {
+                    write!(f, "{name}={REDACTED}")?
+                }
+                _ => f.write_str(pair)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `raw` (a query parameter name as sent: `+` for space, `%XX`
+/// escapes) decodes to `name`.
+fn decoded_equals(raw: &str, name: &str) -> bool {
+    let (mut raw, mut name) = (raw.as_bytes(), name.as_bytes());
+    loop {
+        let (byte, rest) = match raw {
+            [] => return name.is_empty(),
+            [b'%', hi, lo, rest @ ..] => match (char::from(*hi).to_digit(16), char::from(*lo).to_digit(16)) {
+                (Some(hi), Some(lo)) => ((hi * 16 + lo) as u8, rest),
+                _ => (b'%', &raw[1..]),
+            },
+            [b'+', rest @ ..] => (b' ', rest),
+            [byte, rest @ ..] => (*byte, rest),
+        };
+        match name.split_first() {
+            Some((first, others)) if *first == byte => name = others,
+            _ => return false,
+        }
+        raw = rest;
     }
 }
 
@@ -146,6 +211,38 @@ impl TunnelLog<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_query_parameters_are_redacted_even_when_escaped() {
+        let names: Vec<Box<str>> = vec!["sid".into(), "token".into()];
+        let show = |uri: &str| {
+            RedactedUri {
+                uri: &uri.parse().unwrap(),
+                names: &names,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            show("/socket.io/?EIO=4&transport=polling&sid=abc123&t=1"),
+            "/socket.io/?EIO=4&transport=polling&sid=REDACTED&t=1"
+        );
+        assert_eq!(
+            show("/a?s%69d=abc&token=x&sidx=1&sid"),
+            "/a?s%69d=REDACTED&token=REDACTED&sidx=1&sid"
+        );
+        assert_eq!(show("http://h.example/a?sid=1"), "http://h.example/a?sid=REDACTED");
+        assert_eq!(show("/plain"), "/plain");
+        let none: Vec<Box<str>> = Vec::new();
+        let uri: Uri = "/a?sid=1".parse().unwrap();
+        assert_eq!(
+            RedactedUri {
+                uri: &uri,
+                names: &none
+            }
+            .to_string(),
+            "/a?sid=1"
+        );
+    }
 
     #[test]
     fn request_ids_are_unique_and_sixteen_hex_digits() {

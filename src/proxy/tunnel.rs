@@ -6,7 +6,16 @@
 //! costs one task and two buffers. Both directions follow WebSocket frame
 //! headers as bytes are written (`frames`), so tether can put its own Close
 //! frame in front of the client at a frame boundary: 1012 when the server
-//! connection dies or the server is taken out, 1001 when tether stops.
+//! connection dies or the server is taken out, 1001 when tether stops,
+//! 1009 / 1002 / 1008 when the client breaks the frontend's limits.
+//!
+//! When tether closes a tunnel itself it does not just drop the sockets
+//! (closing a socket with unread input sends a RST, which can destroy the
+//! Close frame before the client reads it): after its Close it forwards
+//! nothing new from the client, writes what it had already read to the
+//! server followed by a Close (1001: the client is going away), shuts down
+//! writing both ways, and reads (throwing away) until the client's Close or
+//! end of stream and the server's end of stream, for at most `CLOSE_LINGER`.
 
 use std::fmt;
 use std::future::Future;
@@ -20,9 +29,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 
+use crate::config::ConfigRate;
 /// The frontend's WebSocket timers, defined with the rest of the runtime model.
 pub use crate::snapshot::Timers;
-use crate::state::Traffic;
+use crate::state::{FrontendState, Traffic};
 use crate::ws::control::TunnelControl;
 use crate::ws::frames::{CloseCode, FrameTracker, PING_FRAME};
 
@@ -30,7 +40,11 @@ use crate::ws::frames::{CloseCode, FrameTracker, PING_FRAME};
 const BUF_SIZE: usize = 16 * 1024;
 
 /// How long tether waits for a frame boundary before closing without a Close frame.
-const CLOSE_BOUNDARY_WAIT: Duration = Duration::from_secs(2);
+pub const CLOSE_BOUNDARY_WAIT: Duration = Duration::from_secs(2);
+
+/// After tether's own Close, how long it keeps reading (and throwing away)
+/// for the peers' Close or end of stream before dropping the sockets.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// While bytes flow, how often a tunnel adds what it carried to its server's
 /// counters (so stats show live rates); an idle tunnel adds nothing until it moves again.
@@ -116,21 +130,75 @@ struct Half {
     active: bool,
     /// Frame boundaries of what was written so far.
     frames: FrameTracker,
-    /// Server → client only: when the reader fails or ends without a
-    /// WebSocket Close, put a 1012 Close in front of the client first.
-    close_on_loss: bool,
     /// tether's own Close frame is queued or written.
     close_queued: bool,
-    /// The read error that ended this direction, when `close_on_loss` turned it into a Close.
-    lost: Option<io::Error>,
     /// Bytes were written since the last flush (a no-op for TCP, needed for layered streams).
     unflushed: bool,
     /// The other direction already carried a Close: the endpoint is closing on
     /// purpose, so a bare end of stream is not a lost server.
     peer_closing: bool,
-    /// Client → server only: a frame or message over the frontend's limits
-    /// arrived; it was not forwarded and the client gets 1009.
-    refused: bool,
+    /// Client → server only: bytes that break the frontend's limits
+    /// arrived; they were not forwarded and the client gets this Close code
+    /// (1009 too big, 1002 protocol error, 1008 over the message rate).
+    refused: Option<CloseCode>,
+    /// While tether closes: the reader's input was read to its Close or end
+    /// of stream (and thrown away), so the socket can be dropped without a RST.
+    drained: bool,
+    /// Client → server only: the message rate, if the frontend sets one.
+    bucket: Option<Box<MessageBucket>>,
+}
+
+/// A per-tunnel token bucket of client messages (`websocket.max_messages`).
+#[derive(Debug)]
+struct MessageBucket {
+    rate: ConfigRate,
+    /// Messages the client may still send at once.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    refilled: Instant,
+    /// Where a close for the rate is counted.
+    frontend: Arc<FrontendState>,
+}
+
+impl MessageBucket {
+    fn new(rate: ConfigRate, frontend: Arc<FrontendState>) -> Self {
+        Self {
+            rate,
+            tokens: f64::from(rate.count),
+            refilled: Instant::now(),
+            frontend,
+        }
+    }
+
+    /// Takes `messages` tokens if there are that many (after refilling for
+    /// the time passed); otherwise takes what there is and says how many
+    /// messages that allowed.
+    fn take(&mut self, messages: u64, now: Instant) -> Result<(), u64> {
+        if messages == 0 {
+            return Ok(());
+        }
+        let capacity = f64::from(self.rate.count);
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * capacity / self.rate.per.as_secs_f64()).min(capacity);
+        self.refilled = now;
+        let wanted = messages as f64;
+        if self.tokens >= wanted {
+            self.tokens -= wanted;
+            return Ok(());
+        }
+        let allowed = self.tokens.floor();
+        self.tokens -= allowed;
+        Err(allowed as u64)
+    }
+}
+
+/// What a client may send through a tunnel beyond frame sizes: messages per period.
+#[derive(Debug, Clone)]
+pub struct MessageRate {
+    /// Messages per period (also the burst allowed at once).
+    pub rate: ConfigRate,
+    /// The frontend, whose `admission.message_rate_closes` counts the tunnels closed for it.
+    pub frontend: Arc<FrontendState>,
 }
 
 thread_local! {
@@ -148,12 +216,12 @@ enum Read {
     Kept,
     /// End of stream, or (with `close_on_loss`) a failed read.
     End,
-    /// The bytes read hold a frame or message over the limits; nothing of them was written.
-    TooBig,
+    /// The bytes read break the limits (the Close code owed); nothing of them was written.
+    Refused(CloseCode),
 }
 
 impl Half {
-    fn new(pending: Bytes, close_on_loss: bool) -> Self {
+    fn new(pending: Bytes) -> Self {
         Self {
             // Bytes already read count as activity, so they are reported within a second too.
             active: !pending.is_empty(),
@@ -163,12 +231,12 @@ impl Half {
             done: false,
             moved: 0,
             frames: FrameTracker::default(),
-            close_on_loss,
             close_queued: false,
-            lost: None,
             unflushed: false,
             peer_closing: false,
-            refused: false,
+            refused: None,
+            drained: false,
+            bucket: None,
         }
     }
 
@@ -198,12 +266,16 @@ impl Half {
         self.unflushed |= n > 0;
     }
 
-    /// Moves bytes from `reader` to `writer` until both would block or EOF was passed on.
+    /// Moves bytes from `reader` to `writer` until both would block or EOF
+    /// was passed on. `close_on_loss` (server → client only): when the
+    /// reader fails or ends without a WebSocket Close, a 1012 Close goes in
+    /// front of the client first.
     fn poll_pump<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
+        close_on_loss: bool,
     ) -> Poll<Result<(), (Side, io::Error)>>
     where
         R: AsyncRead + Unpin,
@@ -235,19 +307,17 @@ impl Half {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            match ready!(self.read_and_forward(cx, reader, writer))? {
+            match ready!(self.read_and_forward(cx, reader, writer, close_on_loss))? {
                 Read::Moved => continue,
                 Read::Kept => continue, // the write loop above registers the waker
-                Read::TooBig => {
-                    self.refused = true;
-                    self.done = true;
+                Read::Refused(code) => {
+                    self.refused = Some(code);
                     return Poll::Ready(Ok(()));
                 }
                 Read::End => {
                     // A server that vanished without a WebSocket Close leaves
                     // the client a 1012 instead of a bare close.
-                    if self.close_on_loss && !self.peer_closing && !self.frames.saw_close() && self.frames.at_boundary()
-                    {
+                    if close_on_loss && !self.peer_closing && !self.frames.saw_close() && self.frames.at_boundary() {
                         self.queue_close(CloseCode::ServiceRestart);
                     } else {
                         self.read_eof = true;
@@ -264,6 +334,7 @@ impl Half {
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
+        close_on_loss: bool,
     ) -> Poll<Result<Read, (Side, io::Error)>>
     where
         R: AsyncRead + Unpin,
@@ -275,10 +346,9 @@ impl Half {
             let read = ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf));
             let n = read_buf.filled().len();
             if let Err(err) = read {
-                if !self.close_on_loss {
+                if !close_on_loss {
                     return Poll::Ready(Err((Side::Reader, err)));
                 }
-                self.lost = Some(err);
                 return Poll::Ready(Ok(Read::End));
             }
             if n == 0 {
@@ -287,11 +357,34 @@ impl Half {
             self.active = true;
             let data = &scratch[..n];
             if self.frames.is_limited() {
-                // Look ahead on a copy, so an oversized frame never reaches the server.
+                // Look ahead on a copy, so a frame over the limits (or over
+                // the message rate) never reaches the server.
+                // What comes before the offending frame still goes (when
+                // tether's Close has gone to the client, see `poll_finish`),
+                // so the server's stream ends at a frame boundary and can
+                // get a Close too.
                 let mut probe = self.frames.clone();
                 probe.observe(data);
-                if probe.too_big() {
-                    return Poll::Ready(Ok(Read::TooBig));
+                if let Some(code) = probe.violation() {
+                    let clean = self.frames.prefix_before(data, |p| p.violation().is_some());
+                    self.pending = data[..clean].to_vec();
+                    self.start = 0;
+                    return Poll::Ready(Ok(Read::Refused(code)));
+                }
+                if let Some(bucket) = self.bucket.as_mut() {
+                    let base = self.frames.messages();
+                    let messages = probe.messages() - base;
+                    if let Err(allowed) = bucket.take(messages, Instant::now()) {
+                        bucket
+                            .frontend
+                            .admission
+                            .message_rate_closes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let clean = self.frames.prefix_before(data, |p| p.messages() > base + allowed);
+                        self.pending = data[..clean].to_vec();
+                        self.start = 0;
+                        return Poll::Ready(Ok(Read::Refused(CloseCode::PolicyViolation)));
+                    }
                 }
             }
             let written = match Pin::new(&mut *writer).poll_write(cx, data) {
@@ -313,6 +406,98 @@ impl Half {
     }
 }
 
+impl Half {
+    /// Client → server, once tether's Close went to the client: writes what
+    /// was already read from the client, then (at a frame boundary, unless
+    /// the client sent its own Close) a Close as a client sends it, then
+    /// shuts the server's write side. A failed write ends it quietly: the
+    /// server side is going anyway.
+    fn poll_finish<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        close: Option<CloseCode>,
+    ) -> Poll<()> {
+        loop {
+            while self.start < self.pending.len() {
+                match Pin::new(&mut *writer).poll_write(cx, &self.pending[self.start..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        if !self.close_queued {
+                            // The client's own bytes (tether's Close is not the client's).
+                            let pending = std::mem::take(&mut self.pending);
+                            self.wrote(&pending[self.start..], n);
+                            self.pending = pending;
+                        }
+                        self.start += n;
+                    }
+                    Poll::Ready(_) => {
+                        self.done = true;
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.close_queued {
+                break;
+            }
+            self.close_queued = true;
+            let at_boundary = self.frames.at_boundary() && !self.frames.saw_close();
+            match close.filter(|_| at_boundary) {
+                Some(code) => {
+                    // Any mask is valid: the frame's content is tether's own.
+                    let mask = (self.moved as u32 ^ 0x7e7e_5a5a).to_be_bytes();
+                    self.pending = code.client_frame(mask);
+                    self.start = 0;
+                }
+                None => break,
+            }
+        }
+        // Flushed and shut down even when a write failed before: errors end it just as well.
+        if ready!(Pin::new(&mut *writer).poll_flush(cx)).is_ok() {
+            let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
+        }
+        self.pending = Vec::new();
+        self.start = 0;
+        self.done = true;
+        Poll::Ready(())
+    }
+
+    /// Reads `reader` and throws the bytes away until its end of stream (or
+    /// an error), or, with `until_close`, until the Close frame it sends
+    /// ends. Ready once drained.
+    fn poll_drain<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        until_close: bool,
+    ) -> Poll<()> {
+        self.frames.discard_from_now();
+        while !self.drained {
+            if until_close && self.frames.saw_close() && self.frames.at_boundary() {
+                self.drained = true;
+                break;
+            }
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut read_buf = ReadBuf::new(&mut scratch[..]);
+                let read = ready!(Pin::new(&mut *reader).poll_read(cx, &mut read_buf));
+                let n = read_buf.filled().len();
+                if read.is_err() || n == 0 {
+                    return Poll::Ready(false);
+                }
+                if until_close {
+                    self.frames.observe(&scratch[..n]);
+                }
+                Poll::Ready(true)
+            });
+            if !ready!(read) {
+                self.drained = true;
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
 /// How one tunnel runs.
 #[derive(Clone)]
 pub struct Settings {
@@ -324,6 +509,8 @@ pub struct Settings {
     pub traffic: Arc<Traffic>,
     /// Largest client frame and message payloads, if limited (1009 beyond).
     pub client_limits: Option<(u64, u64)>,
+    /// Most client messages per period, if limited (1008 beyond).
+    pub max_messages: Option<MessageRate>,
     /// The frontend's WebSocket idle and ping timers.
     pub timers: Timers,
 }
@@ -405,6 +592,7 @@ where
         close,
         traffic,
         client_limits,
+        max_messages,
         timers,
     } = settings;
     // The frontend's idle timeout, when it is the shorter one, closes with 1001.
@@ -412,10 +600,12 @@ where
         Some(ws_idle) if ws_idle <= idle => (ws_idle, Some(CloseCode::Idle)),
         _ => (idle, None),
     };
-    let mut up = Half::new(client_pending, false);
-    if let Some((max_frame, max_message)) = client_limits {
-        up.frames = FrameTracker::with_limits(max_frame, max_message);
-    }
+    let mut up = Half::new(client_pending);
+    // What a client sends is always checked: control frames over 125 bytes
+    // break the protocol whatever the frontend's limits.
+    let (max_frame, max_message) = client_limits.unwrap_or((u64::MAX, u64::MAX));
+    up.frames = FrameTracker::with_limits(max_frame, max_message);
+    up.bucket = max_messages.map(|m| Box::new(MessageBucket::new(m.rate, m.frontend)));
     let last_activity = Instant::now();
     let pinger = timers.ping_interval.map(|interval| {
         Box::new(Pinger {
@@ -429,7 +619,7 @@ where
         client,
         server,
         up,
-        down: Half::new(server_pending, true),
+        down: Half::new(server_pending),
         close,
         traffic,
         idle,
@@ -481,6 +671,9 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if t.down.close_queued && t.down.done {
+        return poll_linger(t, cx);
+    }
     let (up, down) = (&mut *t.up, &mut *t.down);
     if t.closing.is_none() {
         if let Poll::Ready(code) = t.close.poll_requested(cx) {
@@ -501,12 +694,13 @@ where
             return Poll::Ready(CloseReason::ClosedByTether(code));
         }
     }
-    if !up.done {
-        match up.poll_pump(cx, &mut *t.client, &mut *t.server) {
-            Poll::Ready(Ok(())) if up.refused => {
-                // Answer with 1009 at the next frame boundary towards the client.
-                if t.closing.is_none() {
-                    start_closing(t.closing, t.boundary_wait, CloseCode::MessageTooBig, cx);
+    if !up.done && up.refused.is_none() {
+        match up.poll_pump(cx, &mut *t.client, &mut *t.server, false) {
+            Poll::Ready(Ok(())) if up.refused.is_some() => {
+                // Answer at the next frame boundary towards the client; the
+                // client's further bytes are no longer forwarded.
+                if let Some(code) = up.refused.filter(|_| t.closing.is_none()) {
+                    start_closing(t.closing, t.boundary_wait, code, cx);
                     return Poll::Pending;
                 }
             }
@@ -520,17 +714,12 @@ where
     }
     if !down.done {
         down.peer_closing = up.frames.saw_close();
-        match down.poll_pump(cx, &mut *t.server, &mut *t.client) {
+        match down.poll_pump(cx, &mut *t.server, &mut *t.client, true) {
             Poll::Ready(Ok(())) if down.close_queued => {
-                // tether's Close is out: the client will reconnect; nothing more to carry.
-                return Poll::Ready(match *t.closing {
-                    Some(CloseCode::Idle) => CloseReason::IdleClosed(*t.idle),
-                    Some(CloseCode::NoPong) => {
-                        CloseReason::NoPong(t.pinger.as_ref().map_or(Duration::ZERO, |p| p.timeout))
-                    }
-                    Some(code) => CloseReason::ClosedByTether(code),
-                    None => CloseReason::ServerLost,
-                });
+                // tether's Close is out: the client will reconnect; nothing
+                // more to carry. Finish both sides cleanly, for a bounded time.
+                *t.boundary_wait = Some(Box::pin(sleep_until(Instant::now() + CLOSE_LINGER)));
+                return poll_linger(t, cx);
             }
             Poll::Ready(Ok(())) => {
                 t.first_closer.get_or_insert(CloseReason::ServerClosed);
@@ -602,6 +791,45 @@ where
     Poll::Pending
 }
 
+/// After tether's Close went to the client: what the client had sent goes
+/// to the server with a Close of its own, both write sides are shut, and
+/// both peers are read (and their bytes thrown away) until the client's
+/// Close or end of stream and the server's end of stream, or `CLOSE_LINGER`.
+/// Dropping a socket with unread input would send a RST, which can destroy
+/// the Close frame before the client reads it.
+fn poll_linger<C, S>(t: &mut TunnelProjection<'_, C, S>, cx: &mut Context<'_>) -> Poll<CloseReason>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (up, down) = (&mut *t.up, &mut *t.down);
+    let lingered = t
+        .boundary_wait
+        .as_mut()
+        .is_none_or(|wait| wait.as_mut().poll(cx).is_ready());
+    let finished = lingered || {
+        // The server's side: nothing more goes to it after its Close (none
+        // to a server that is already gone), then its input runs dry.
+        let to_server = t.closing.map(|_| CloseCode::GoingAway);
+        let up_done = up.done || up.poll_finish(cx, &mut *t.server, to_server).is_ready();
+        let server_drained = down.poll_drain(cx, &mut *t.server, false).is_ready();
+        // The client's input, once what was read before went on: to its
+        // Close (not followed after a refused frame, so to its end then).
+        let until_close = up.refused.is_none();
+        let client_drained = up_done && up.poll_drain(cx, &mut *t.client, until_close).is_ready();
+        server_drained && client_drained
+    };
+    if !finished {
+        return Poll::Pending;
+    }
+    Poll::Ready(match *t.closing {
+        Some(CloseCode::Idle) => CloseReason::IdleClosed(*t.idle),
+        Some(CloseCode::NoPong) => CloseReason::NoPong(t.pinger.as_ref().map_or(Duration::ZERO, |p| p.timeout)),
+        Some(code) => CloseReason::ClosedByTether(code),
+        None => CloseReason::ServerLost,
+    })
+}
+
 /// Starts tether's closing with `code` (unless a close is already under
 /// way): the Close goes to the client at the next frame boundary.
 fn start_closing(
@@ -642,7 +870,8 @@ mod tests {
         let (server_inner, server_outer) = duplex(64);
         let tunnel = tokio::spawn(async move {
             let never_asked = Arc::new(TunnelControl::default());
-            let early = Bytes::from_static(b"early-");
+            // A masked text frame "early-" (mask 0), as a client sends it.
+            let early = Bytes::from_static(b"\x81\x86\0\0\0\0early-");
             run(
                 client_inner,
                 early,
@@ -653,6 +882,7 @@ mod tests {
                     close: never_asked,
                     traffic: Arc::default(),
                     client_limits: None,
+                    max_messages: None,
                     timers: Timers::default(),
                 },
             )
@@ -660,7 +890,11 @@ mod tests {
         });
         let (mut c_read, mut c_write) = tokio::io::split(client_outer);
         let (mut s_read, mut s_write) = tokio::io::split(server_outer);
-        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        // One masked binary frame of 100,000 bytes.
+        let mut payload = vec![0x82, 0x80 | 127];
+        payload.extend_from_slice(&100_000u64.to_be_bytes());
+        payload.extend_from_slice(&[0; 4]);
+        payload.extend((0..100_000u32).map(|i| (i % 251) as u8));
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
             c_write.write_all(&sent).await.unwrap();
@@ -669,8 +903,8 @@ mod tests {
         let mut at_server = Vec::new();
         s_read.read_to_end(&mut at_server).await.unwrap();
         writer.await.unwrap();
-        assert_eq!(&at_server[..6], b"early-");
-        assert_eq!(&at_server[6..], &payload[..]);
+        assert_eq!(&at_server[6..12], b"early-");
+        assert_eq!(&at_server[12..], &payload[..]);
         // The client half-closed; the server can still answer.
         s_write.write_all(b"bye").await.unwrap();
         s_write.shutdown().await.unwrap();
@@ -679,7 +913,7 @@ mod tests {
         assert_eq!(at_client, b"hello-bye");
         let end = tunnel.await.unwrap();
         assert!(matches!(end.reason, CloseReason::ClientClosed), "{}", end.reason);
-        assert_eq!(end.client_to_server, 100_006);
+        assert_eq!(end.client_to_server, 12 + 14 + 100_000);
         assert_eq!(end.server_to_client, 9);
     }
 
@@ -702,6 +936,7 @@ mod tests {
                     close: never_asked,
                     traffic: counters,
                     client_limits: None,
+                    max_messages: None,
                     timers: Timers::default(),
                 },
             )
@@ -732,6 +967,25 @@ mod tests {
         assert_eq!(load(&traffic.messages_in), 1, "nothing is added twice");
     }
 
+    #[test]
+    fn the_message_bucket_allows_its_burst_then_refills_evenly() {
+        let start = Instant::now();
+        let rate = ConfigRate {
+            count: 10,
+            per: Duration::from_secs(1),
+        };
+        let mut bucket = MessageBucket::new(rate, Arc::default());
+        bucket.refilled = start;
+        assert_eq!(bucket.take(10, start), Ok(()), "the burst");
+        assert_eq!(bucket.take(1, start), Err(0));
+        assert_eq!(
+            bucket.take(3, start + Duration::from_millis(250)),
+            Err(2),
+            "2.5 tokens came back: two of the three messages may pass"
+        );
+        assert_eq!(bucket.take(1, start + Duration::from_millis(350)), Ok(()));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_tunnel_is_closed_after_its_timeout() {
         let (_client_outer, client_inner) = duplex(64);
@@ -748,6 +1002,7 @@ mod tests {
                     close: never_asked,
                     traffic: Arc::default(),
                     client_limits: None,
+                    max_messages: None,
                     timers: Timers::default(),
                 },
             )
@@ -785,6 +1040,7 @@ mod footprint {
             close: Arc::default(),
             traffic: Arc::default(),
             client_limits: None,
+            max_messages: None,
             timers: Timers::default(),
         };
         let tunnel = run(client, Bytes::new(), server, Bytes::new(), settings);

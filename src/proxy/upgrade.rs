@@ -1,10 +1,11 @@
 //! Recognising and checking a WebSocket opening handshake (RFC 6455 §4.1),
 //! and completing one the server accepted.
 
-use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
-use http::{Method, Request, Response};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::handoff::TunnelJob;
 use super::headers::{has_token, remove_hop_by_hop, set_websocket_upgrade};
@@ -30,6 +31,41 @@ pub enum BadHandshake {
     /// RFC 6455 §4.4: only version 13 is defined.
     #[error("Sec-WebSocket-Version must be 13")]
     BadVersion,
+}
+
+/// Why a server's 101 to a WebSocket handshake was not believed (RFC 6455
+/// §4.1: the client fails the connection then); the client gets a 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadSwitch {
+    /// `Sec-WebSocket-Accept` is missing or is not the digest of the client's key.
+    #[error("its Sec-WebSocket-Accept does not answer the client's key")]
+    WrongAccept,
+    /// `Upgrade: websocket` or `Connection: upgrade` is missing.
+    #[error("it does not switch to websocket (Upgrade/Connection)")]
+    NotWebSocket,
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer `request` (a checked
+/// handshake) with: base64 of the SHA-1 of its key and the RFC's GUID.
+pub fn expected_accept<B>(request: &Request<B>) -> String {
+    let key = request
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .map_or(&b""[..], |k| k.as_bytes().trim_ascii());
+    derive_accept_key(key)
+}
+
+/// Checks a server's 101 against the handshake it answers (RFC 6455 §4.1,
+/// what a client checks): `Upgrade: websocket`, `Connection: upgrade` and
+/// the accept digest `expected_accept` computed.
+pub fn check_switch(headers: &HeaderMap, expected_accept: &str) -> Result<(), BadSwitch> {
+    if !has_token(headers, &UPGRADE, "websocket") || !has_token(headers, &CONNECTION, "upgrade") {
+        return Err(BadSwitch::NotWebSocket);
+    }
+    match headers.get(SEC_WEBSOCKET_ACCEPT) {
+        Some(accept) if accept.as_bytes().trim_ascii() == expected_accept.as_bytes() => Ok(()),
+        _ => Err(BadSwitch::WrongAccept),
+    }
 }
 
 /// Classifies `request`. `Connection` is read as a token list, so
@@ -109,6 +145,24 @@ mod tests {
         );
         assert_eq!(classify(&handshake("UPGRADE", &[KEY, V13])), Ok(Handshake::WebSocket));
         assert_eq!(classify(&handshake("keep-alive", &[KEY, V13])), Ok(Handshake::Plain));
+    }
+
+    #[test]
+    fn a_switch_must_answer_the_key_and_name_websocket() {
+        // RFC 6455 §1.3's example key and accept.
+        let request = handshake("upgrade", &[KEY, V13]);
+        let expected = expected_accept(&request);
+        assert_eq!(expected, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, "Upgrade".parse().unwrap());
+        headers.insert(UPGRADE, "websocket".parse().unwrap());
+        assert_eq!(check_switch(&headers, &expected), Err(BadSwitch::WrongAccept));
+        headers.insert(SEC_WEBSOCKET_ACCEPT, "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
+        assert_eq!(check_switch(&headers, &expected), Err(BadSwitch::WrongAccept));
+        headers.insert(SEC_WEBSOCKET_ACCEPT, expected.parse().unwrap());
+        assert_eq!(check_switch(&headers, &expected), Ok(()));
+        headers.insert(UPGRADE, "h2c".parse().unwrap());
+        assert_eq!(check_switch(&headers, &expected), Err(BadSwitch::NotWebSocket));
     }
 
     #[test]

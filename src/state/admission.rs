@@ -2,6 +2,11 @@
 //! on connections per client address (`per_ip.max_connections`) and the
 //! per-address WebSocket handshake rate (`per_ip.rate`).
 //!
+//! A "client address" is an IPv4 address as it is, or an IPv6 address cut
+//! to its first `per_ip.ipv6_prefix` bits (/64 by default,
+//! [`crate::cidr::client_key`]): one subscriber usually holds a whole /64,
+//! so counting each IPv6 address would hand one client 2^64 budgets.
+//!
 //! Lives in the frontend's state, so counts survive reloads. The per-address
 //! table is only touched when a per-IP limit is configured; an address's
 //! entry goes away once it has no connection and its rate bucket is full
@@ -9,12 +14,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::cidr::{client_key, DEFAULT_IPV6_CLIENT_PREFIX};
 use crate::config::ConfigRate;
 use crate::util::lock;
 
@@ -82,6 +88,8 @@ pub struct Admission {
     sweep_at: AtomicUsize,
     /// The period of the rate in force, in milliseconds (for sweeping).
     rate_per_ms: AtomicU64,
+    /// The IPv6 prefix length clients are counted by (0: the default, 64).
+    ipv6_prefix: AtomicU8,
     /// Wakes accept loops waiting below `maxconn`.
     slot_freed: Notify,
     /// Accept loops waiting for a slot (closes only notify when some wait).
@@ -90,14 +98,39 @@ pub struct Admission {
     pub refused_connections: AtomicU64,
     /// WebSocket handshakes refused with 429 by `per_ip.rate`.
     pub refused_handshakes: AtomicU64,
+    /// Tunnels closed with 1008 for going over `websocket.max_messages`.
+    pub message_rate_closes: AtomicU64,
 }
 
 impl Admission {
-    /// Counts a new connection from `ip` unless it already has `max` open.
-    pub fn try_connect(&self, ip: IpAddr, max: u32) -> bool {
+    /// Sets the IPv6 prefix length clients are counted by (`per_ip.ipv6_prefix`).
+    /// Connections counted before keep the key they were counted under.
+    pub fn set_ipv6_prefix(&self, prefix: u8) {
+        self.ipv6_prefix.store(prefix, Ordering::Relaxed);
+    }
+
+    /// The key `ip` is counted under: IPv4 as it is, IPv6 cut to the prefix in force.
+    pub fn client_key(&self, ip: IpAddr) -> IpAddr {
+        let prefix = match self.ipv6_prefix.load(Ordering::Relaxed) {
+            0 => DEFAULT_IPV6_CLIENT_PREFIX,
+            prefix => prefix,
+        };
+        client_key(ip, prefix)
+    }
+
+    /// Counts a new connection from `ip` unless its client (see
+    /// `client_key`) already has `max` open; returns the key it was counted
+    /// under, for `disconnect`.
+    pub fn try_connect(&self, ip: IpAddr, max: u32) -> Option<IpAddr> {
+        let key = self.client_key(ip);
+        self.try_connect_key(key, max).then_some(key)
+    }
+
+    /// Counts a new connection under `key` (already a client key) unless it has `max` open.
+    pub fn try_connect_key(&self, key: IpAddr, max: u32) -> bool {
         let now = Instant::now();
         let mut table = self.table();
-        let entry = table.entry(ip).or_insert_with(|| IpEntry::new(now));
+        let entry = table.entry(key).or_insert_with(|| IpEntry::new(now));
         if entry.connections >= max {
             drop(table);
             self.refused_connections.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +141,7 @@ impl Admission {
         true
     }
 
-    /// A connection counted by `try_connect` closed.
+    /// A connection counted by `try_connect` under `ip` (the key it returned) closed.
     pub fn disconnect(&self, ip: IpAddr) {
         let now = Instant::now();
         let rate_per = self.rate_per();
@@ -121,10 +154,10 @@ impl Admission {
         }
     }
 
-    /// Takes one WebSocket handshake from `ip`'s bucket, or says how long
-    /// until one is available again.
+    /// Takes one WebSocket handshake from the bucket of `ip`'s client (see
+    /// `client_key`), or says how long until one is available again.
     pub fn try_handshake(&self, ip: IpAddr, rate: ConfigRate) -> Result<(), Duration> {
-        self.try_handshake_at(ip, rate, Instant::now())
+        self.try_handshake_at(self.client_key(ip), rate, Instant::now())
     }
 
     fn try_handshake_at(&self, ip: IpAddr, rate: ConfigRate, now: Instant) -> Result<(), Duration> {
@@ -212,21 +245,64 @@ mod tests {
     #[test]
     fn connections_per_address_are_capped_and_freed() {
         let admission = Admission::default();
-        assert!(admission.try_connect(ip(1), 2));
-        assert!(admission.try_connect(ip(1), 2));
+        assert!(admission.try_connect(ip(1), 2).is_some());
+        assert!(admission.try_connect(ip(1), 2).is_some());
         assert!(
-            !admission.try_connect(ip(1), 2),
+            admission.try_connect(ip(1), 2).is_none(),
             "a third connection from the same address"
         );
-        assert!(admission.try_connect(ip(2), 2), "other addresses are not affected");
+        assert!(
+            admission.try_connect(ip(2), 2).is_some(),
+            "other addresses are not affected"
+        );
         admission.disconnect(ip(1));
-        assert!(admission.try_connect(ip(1), 2));
+        assert!(admission.try_connect(ip(1), 2).is_some());
         assert_eq!(admission.refused_connections.load(Ordering::Relaxed), 1);
         for _ in 0..2 {
             admission.disconnect(ip(1));
         }
         admission.disconnect(ip(2));
         assert_eq!(admission.tracked(), 0, "addresses without connections are forgotten");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_prefix() {
+        let admission = Admission::default();
+        let v6 = |last: u16, net: u16| IpAddr::from([0x2001, 0xdb8, 0, net, 0, 0, 0, last]);
+        // The default: one /64 is one client.
+        let first = admission.try_connect(v6(1, 1), 2).expect("first");
+        assert_eq!(first, v6(0, 1), "counted under the /64");
+        assert!(admission.try_connect(v6(2, 1), 2).is_some());
+        assert!(
+            admission.try_connect(v6(3, 1), 2).is_none(),
+            "a third address of the same /64 is the same client"
+        );
+        assert!(
+            admission.try_connect(v6(1, 2), 2).is_some(),
+            "another /64 is another client"
+        );
+        // IPv4 and IPv4-mapped addresses are counted as they are.
+        assert!(admission.try_connect(ip(1), 1).is_some());
+        let mapped = IpAddr::from(std::net::Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
+        assert!(admission.try_connect(mapped, 1).is_none());
+        // Per address with a prefix of 128.
+        let exact = Admission::default();
+        exact.set_ipv6_prefix(128);
+        assert!(exact.try_connect(v6(1, 1), 1).is_some());
+        assert!(exact.try_connect(v6(2, 1), 1).is_some());
+        // Handshake buckets follow the same keys.
+        let rate = ConfigRate {
+            count: 1,
+            per: Duration::from_secs(60),
+        };
+        assert!(admission.try_handshake(v6(7, 9), rate).is_ok());
+        assert!(
+            admission.try_handshake(v6(8, 9), rate).is_err(),
+            "same /64, same bucket"
+        );
+        // A connection is uncounted under the key it was counted under.
+        admission.disconnect(first);
+        assert!(admission.try_connect(v6(3, 1), 2).is_some());
     }
 
     #[test]

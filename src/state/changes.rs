@@ -62,6 +62,23 @@ impl Changes {
         flipped
     }
 
+    /// Marks `server` down for new traffic only, without reporting it:
+    /// passive detection (failed connects of live traffic may mean a server
+    /// under load, not a dead one) leaves its tunnels open until an active
+    /// check confirms, with [`Changes::confirm_down`]. Returns whether it flipped.
+    pub fn set_down_keeping_tunnels(&self, server: &Arc<ServerState>) -> bool {
+        server.set_up(false)
+    }
+
+    /// An active check confirmed that `server`, marked down by passive
+    /// detection, is gone: reported as gone down (if it still is), so
+    /// `instance` closes its tunnels.
+    pub fn confirm_down(&self, server: &Arc<ServerState>) {
+        if !server.is_up() {
+            self.report(server, ServerChange::WentDown);
+        }
+    }
+
     /// Sets the operator's intent for `server`; returns whether it changed.
     /// The change is reported, so `instance` starts (or, by the new
     /// generation, cancels) the drain of its tunnels.
@@ -90,6 +107,10 @@ mod tests {
         assert!(!changes.set_up(&server, true), "already up");
         assert!(changes.set_up(&server, false));
         assert!(changes.set_up(&server, true));
+        assert!(changes.set_down_keeping_tunnels(&server), "flipped, not reported");
+        changes.confirm_down(&server);
+        assert!(changes.set_up(&server, true));
+        changes.confirm_down(&server);
         assert!(changes.set_admin(&server, AdminState::Drain));
         assert!(!changes.set_admin(&server, AdminState::Drain));
         let mut seen = Vec::new();
@@ -100,6 +121,7 @@ mod tests {
         assert_eq!(
             seen,
             vec![
+                ServerChange::WentDown,
                 ServerChange::WentDown,
                 ServerChange::Admin {
                     state: AdminState::Drain,

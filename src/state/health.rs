@@ -21,6 +21,10 @@ pub struct HealthStatus {
     pub last_check: Option<CheckReport>,
     /// The latest flip.
     pub last_flip: Option<FlipReport>,
+    /// Passive detection took the server down and its tunnels were kept
+    /// open: failed connects may be load, not death. The next failed active
+    /// check confirms it and has them closed.
+    pub tunnels_kept: bool,
 }
 
 /// One check result.

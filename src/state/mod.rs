@@ -101,7 +101,7 @@ impl FrontendState {
 #[derive(Debug)]
 pub struct FrontendConnection {
     state: Arc<FrontendState>,
-    /// The client address it is counted for, when a per-address cap applies.
+    /// The client key it is counted under (see `Admission::client_key`), when a per-address cap applies.
     ip: Option<IpAddr>,
 }
 
@@ -112,11 +112,13 @@ impl FrontendConnection {
         if self.ip.is_some() {
             return true;
         }
-        if !self.state.admission.try_connect(ip, max) {
-            return false;
+        match self.state.admission.try_connect(ip, max) {
+            Some(key) => {
+                self.ip = Some(key);
+                true
+            }
+            None => false,
         }
-        self.ip = Some(ip);
-        true
     }
 
     /// Keeps the connection counted after it changed hands (an HTTP
@@ -125,7 +127,7 @@ impl FrontendConnection {
         self.state.connections_open.fetch_add(1, Ordering::AcqRel);
         if let Some(ip) = self.ip {
             // Cannot be refused: the handover briefly counts the connection twice.
-            self.state.admission.try_connect(ip, u32::MAX);
+            self.state.admission.try_connect_key(ip, u32::MAX);
         }
         FrontendConnection {
             state: self.state.clone(),

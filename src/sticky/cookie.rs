@@ -392,9 +392,11 @@ fn rewrite_cookies(headers: &mut HeaderMap, mut keep: impl FnMut(&[u8], &[u8]) -
     let mut rebuilt = Vec::new();
     for header in headers.get_all(COOKIE) {
         let mut line = Vec::with_capacity(header.len());
-        for (name, value) in crate::lookup::cookie_pairs(header.as_bytes()) {
+        for item in crate::lookup::cookie_items(header.as_bytes()) {
+            let (name, value) = crate::lookup::split_cookie_pair(item);
+            // An item without a name (`flag`, `=x`) is nobody's cookie: kept as it was.
             let pair = if name.is_empty() {
-                Some(value.to_vec())
+                Some(item.to_vec())
             } else {
                 keep(name, value).map(|kept| [name, b"=", &kept].concat())
             };
@@ -506,6 +508,16 @@ mod tests {
             b"a=\xff; b=\xc3\xa9",
             "tether's cookie stripped, the rest byte for byte"
         );
+    }
+
+    #[test]
+    fn a_nameless_item_is_kept_as_it_was_and_never_becomes_tethers_cookie() {
+        // Found by the request_head fuzz target: `=SERVERID=s1` came out as `SERVERID=s1`.
+        let c = CookieSticky::new(&sticky("cookie = \"SERVERID\"\nindirect = true"), &servers());
+        let mut h = with_cookie("a=%; =SERVERID=s1; flag");
+        assert_eq!(c.state(&h), CookieState::Absent);
+        c.rewrite_request(&mut h);
+        assert_eq!(h[COOKIE], "a=%; =SERVERID=s1; flag");
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum CloseCode {
     Idle,
     /// 1001 for a client that did not answer tether's ping in time.
     NoPong,
+    /// 1002: the client broke the protocol (a control frame over 125 bytes or fragmented).
+    ProtocolError,
+    /// 1008: the client sent messages faster than the frontend allows.
+    PolicyViolation,
 }
 
 impl CloseCode {
@@ -25,6 +29,8 @@ impl CloseCode {
             CloseCode::GoingAway | CloseCode::Idle | CloseCode::NoPong => 1001,
             CloseCode::ServiceRestart => 1012,
             CloseCode::MessageTooBig => 1009,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::PolicyViolation => 1008,
         }
     }
 
@@ -35,6 +41,8 @@ impl CloseCode {
             1001 => Some(CloseCode::GoingAway),
             1012 => Some(CloseCode::ServiceRestart),
             1009 => Some(CloseCode::MessageTooBig),
+            1002 => Some(CloseCode::ProtocolError),
+            1008 => Some(CloseCode::PolicyViolation),
             _ => None,
         }
     }
@@ -46,6 +54,8 @@ impl CloseCode {
             CloseCode::MessageTooBig => b"message too big",
             CloseCode::Idle => b"idle for too long",
             CloseCode::NoPong => b"no answer to ping",
+            CloseCode::ProtocolError => b"protocol error",
+            CloseCode::PolicyViolation => b"too many messages",
         }
     }
 
@@ -59,7 +69,23 @@ impl CloseCode {
         frame.extend_from_slice(reason);
         frame
     }
+
+    /// The Close frame a client sends (masked, RFC 6455 §5.3), carrying this
+    /// code and reason: what tether tells a server when it ends a tunnel
+    /// itself. `mask` is the masking key (any value is valid; it hides
+    /// nothing from a server).
+    pub fn client_frame(self, mask: [u8; 4]) -> Vec<u8> {
+        let mut frame = self.frame();
+        frame[1] |= 0x80;
+        let payload = frame.split_off(2);
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, byte)| byte ^ mask[i % 4]));
+        frame
+    }
 }
+
+/// Largest control frame payload (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
 
 /// The unmasked server-to-client Ping frame tether sends to an idle client.
 pub const PING_FRAME: &[u8] = b"\x89\x06tether";
@@ -85,8 +111,10 @@ pub struct FrameTracker {
     limits: Option<(u64, u64)>,
     /// Payload bytes of the data message being received so far.
     message_len: u64,
-    /// A frame or message went over `limits`.
-    too_big: bool,
+    /// The first frame that broke the limits (1009) or the protocol (1002).
+    violation: Option<CloseCode>,
+    /// Bytes are read only to be thrown away (tether is closing): messages are no longer counted.
+    discarding: bool,
 }
 
 /// The start of a Close frame's payload being read: its two code bytes.
@@ -182,23 +210,59 @@ impl FrameTracker {
             }
         }
         if let Some((max_frame, max_message)) = self.limits {
-            if opcode < 0x8 {
-                // A continuation (0) adds to the message; text or binary starts one.
-                // Saturating: a 64-bit length near u64::MAX must not wrap to a small total.
+            let violation = if opcode < 0x8 {
+                // A continuation (0) adds to the message; text or binary (or a
+                // reserved data opcode) starts one. Saturating: a 64-bit length
+                // near u64::MAX must not wrap to a small total.
                 self.message_len = if opcode == 0 {
                     self.message_len.saturating_add(self.remaining)
                 } else {
                     self.remaining
                 };
-                if self.remaining > max_frame || self.message_len > max_message {
-                    self.too_big = true;
-                }
+                (self.remaining > max_frame || self.message_len > max_message).then_some(CloseCode::MessageTooBig)
+            } else if self.remaining > MAX_CONTROL_PAYLOAD || !fin {
+                // Control (and reserved control) frames: at most 125 bytes, never fragmented.
+                Some(CloseCode::ProtocolError)
+            } else {
+                (self.remaining > max_frame).then_some(CloseCode::MessageTooBig)
+            };
+            if self.violation.is_none() {
+                self.violation = violation;
             }
         }
-        if fin && opcode < 0x8 {
+        if fin && opcode < 0x8 && !self.discarding {
             self.messages += 1;
         }
         self.have = 0;
+    }
+
+    /// How many bytes of `data` (the next bytes of the stream) may pass
+    /// before `stop` first holds: the longest prefix that ends at a frame
+    /// boundary before the frame whose header makes `stop` hold (a frame
+    /// over the limits, one message too many), all of `data` if it never
+    /// does. The tracker itself is not changed.
+    pub fn prefix_before(&self, data: &[u8], stop: impl Fn(&FrameTracker) -> bool) -> usize {
+        let mut probe = self.clone();
+        let mut passed = 0;
+        let mut at = 0;
+        while at < data.len() {
+            // Payloads in one step; headers a byte at a time, so `stop` is
+            // asked as soon as a header is complete.
+            let step = if probe.remaining > 0 {
+                probe.remaining.min((data.len() - at) as u64) as usize
+            } else {
+                1
+            };
+            probe.observe(&data[at..at + step]);
+            at += step;
+            if stop(&probe) {
+                return passed;
+            }
+            if probe.at_boundary() {
+                passed = at;
+            }
+        }
+        data.len()
     }
 
     /// Whether the bytes so far end exactly at a frame boundary.
@@ -211,7 +275,9 @@ impl FrameTracker {
         self.saw_close
     }
 
-    /// A tracker that flags frames over `max_frame` and messages over `max_message` payload bytes.
+    /// A tracker that flags frames over `max_frame` and messages over
+    /// `max_message` payload bytes (1009), and control frames over 125 bytes
+    /// or fragmented (1002): the checks of what a client sends.
     pub fn with_limits(max_frame: u64, max_message: u64) -> Self {
         Self {
             limits: Some((max_frame, max_message)),
@@ -219,14 +285,26 @@ impl FrameTracker {
         }
     }
 
+    /// From now on the bytes observed are thrown away, not carried: frames
+    /// (a Close among them) are still followed, messages no longer counted.
+    pub fn discard_from_now(&mut self) {
+        self.discarding = true;
+    }
+
     /// Whether this tracker enforces limits.
     pub fn is_limited(&self) -> bool {
         self.limits.is_some()
     }
 
-    /// Whether a frame or message went over the limits.
+    /// Whether a frame or message went over the limits (or broke the protocol).
     pub fn too_big(&self) -> bool {
-        self.too_big
+        self.violation.is_some()
+    }
+
+    /// The Close code owed for the first frame that broke the limits
+    /// (1009) or the protocol (1002), if one did.
+    pub fn violation(&self) -> Option<CloseCode> {
+        self.violation
     }
 
     /// The status code of the first Close frame that passed, if it had one.
@@ -338,9 +416,72 @@ mod tests {
         let mut big_frame = FrameTracker::with_limits(1000, 1_000_000);
         big_frame.observe(&frame(0x2, true, 1001, true)[..8]);
         assert!(big_frame.too_big(), "the header alone tells");
-        let mut control = FrameTracker::with_limits(10, 10);
+        let mut control = FrameTracker::with_limits(200, 200);
         control.observe(&frame(0x9, true, 100, true));
-        assert!(!control.too_big(), "control frames are not data");
+        control.observe(&frame(0x1, true, 150, true));
+        assert!(!control.too_big(), "a control frame is not part of a message");
+    }
+
+    #[test]
+    fn control_and_reserved_frames_are_checked_too() {
+        // Reserved control opcode 0xB over the frame limit: 1009.
+        let mut t = FrameTracker::with_limits(10, 1000);
+        t.observe(&frame(0xB, true, 20, true));
+        assert_eq!(t.violation(), Some(CloseCode::MessageTooBig));
+        // A ping over 125 bytes breaks RFC 6455 whatever the limits: 1002.
+        let mut t = FrameTracker::with_limits(u64::MAX, u64::MAX);
+        t.observe(&frame(0x9, true, 126, true)[..8]);
+        assert_eq!(t.violation(), Some(CloseCode::ProtocolError), "the header alone tells");
+        // So does a fragmented control frame.
+        let mut t = FrameTracker::with_limits(u64::MAX, u64::MAX);
+        t.observe(&frame(0xA, false, 3, true));
+        assert_eq!(t.violation(), Some(CloseCode::ProtocolError));
+        // Reserved data opcodes count as messages.
+        let mut t = FrameTracker::with_limits(10, 10);
+        t.observe(&frame(0x3, true, 11, true));
+        assert_eq!(t.violation(), Some(CloseCode::MessageTooBig));
+        // The first violation is the one answered.
+        t.observe(&frame(0x9, true, 200, true));
+        assert_eq!(t.violation(), Some(CloseCode::MessageTooBig));
+    }
+
+    #[test]
+    fn the_prefix_before_a_bad_frame_ends_at_a_boundary() {
+        let tracker = FrameTracker::with_limits(100, 100);
+        let first = frame(0x2, true, 50, true);
+        let mut stream = first[..20].to_vec();
+        let rest_of_first = first[20..].to_vec();
+        let mut t = tracker.clone();
+        t.observe(&stream);
+        stream = rest_of_first.clone();
+        stream.extend(frame(0x1, true, 10, true));
+        stream.extend(frame(0x2, true, 500, true));
+        let clean = t.prefix_before(&stream, |p| p.violation().is_some());
+        assert_eq!(
+            clean,
+            rest_of_first.len() + 16,
+            "the end of the first frame and the small one pass"
+        );
+        let base = t.messages();
+        let none_more = t.prefix_before(&stream, |p| p.messages() > base);
+        assert_eq!(
+            none_more,
+            rest_of_first.len(),
+            "no new message allowed: the frame in progress ends"
+        );
+        let one_more = t.prefix_before(&stream, |p| p.messages() > base + 1);
+        assert_eq!(one_more, rest_of_first.len() + 16, "one more message allowed");
+        assert_eq!(t.prefix_before(&stream[..10], |p| p.violation().is_some()), 10);
+    }
+
+    #[test]
+    fn a_client_close_frame_is_masked_and_reads_back() {
+        let f = CloseCode::GoingAway.client_frame([7, 1, 2, 9]);
+        assert_eq!(f[1] & 0x80, 0x80, "masked");
+        let mut t = FrameTracker::default();
+        t.observe(&f);
+        assert!(t.at_boundary() && t.saw_close());
+        assert_eq!(t.close_code(), Some(1001));
     }
 
     #[test]

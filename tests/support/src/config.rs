@@ -167,6 +167,8 @@ impl Config {
     }
 
     keys! {
+        /// `log.redact_query`: query parameters the access log redacts.
+        redact_query(&[&str]) => "log"."redact_query";
         /// `workers`: worker threads.
         workers(i64) => "workers";
         /// `shutdown_grace`: how long a graceful stop waits.
@@ -283,6 +285,10 @@ impl Frontend {
         websocket_ping_interval(&str) => "websocket"."ping_interval";
         /// `websocket.ping_timeout`: a pinged client silent this long is closed.
         websocket_ping_timeout(&str) => "websocket"."ping_timeout";
+        /// `websocket.max_messages`: client messages per tunnel, as `"100/s"`.
+        websocket_max_messages(&str) => "websocket"."max_messages";
+        /// `per_ip.ipv6_prefix`: IPv6 clients are counted per network of this prefix.
+        per_ip_ipv6_prefix(i64) => "per_ip"."ipv6_prefix";
         /// `trusted_proxies`: CIDR blocks of proxies whose forwarding headers are believed.
         trusted_proxies(&[&str]) => "trusted_proxies";
         /// `proxy_protocol`: trusted peers start with a PROXY protocol header.
@@ -291,6 +297,8 @@ impl Frontend {
         client_timeout(&str) => "timeouts"."client";
         /// `timeouts.http_request`: limit for a request head to arrive.
         http_request_timeout(&str) => "timeouts"."http_request";
+        /// `timeouts.client_body`: limit of a request under way moving no byte on the client side.
+        client_body_timeout(&str) => "timeouts"."client_body";
         /// `redirect_https`: every request gets a 308 to https.
         redirect_https(bool) => "redirect_https";
         /// `https_port`: the port written in the redirect.
@@ -528,6 +536,8 @@ impl Backend {
         drain_timeout(&str) => "drain_timeout";
         /// `drain_spread`: the drain closes are spread over this.
         drain_spread(&str) => "drain_spread";
+        /// `down_spread`: the closes of a down server's tunnels are spread over this.
+        down_spread(&str) => "down_spread";
         /// `drain_sticky`: a draining server still takes stuck clients.
         drain_sticky(bool) => "drain_sticky";
         /// `timeouts.connect`: TCP connect limit per attempt.
@@ -536,6 +546,8 @@ impl Backend {
         server_timeout(&str) => "timeouts"."server";
         /// `timeouts.tunnel`: limit of a silent tunnel.
         tunnel_timeout(&str) => "timeouts"."tunnel";
+        /// `timeouts.server_body`: limit of a response body getting no byte from its server.
+        server_body_timeout(&str) => "timeouts"."server_body";
         /// `redispatch`: a client stuck to a down server goes elsewhere.
         redispatch(bool) => "redispatch";
         /// `sticky_respects_maxconn`.
@@ -766,6 +778,14 @@ impl Admin {
         allow(&[&str]) => "allow";
         /// `metrics_allow`: CIDR blocks that read `/metrics` without a login.
         metrics_allow(&[&str]) => "metrics_allow";
+        /// `hosts`: names the listener answers for besides its address and localhost.
+        hosts(&[&str]) => "hosts";
+    }
+
+    /// `tls`: HTTPS for the listener, the same table as a frontend's.
+    pub fn tls(mut self, tls: FrontendTls) -> Self {
+        self.table.insert("tls".into(), Value::Table(tls.table));
+        self
     }
 }
 
@@ -798,5 +818,7 @@ impl Cluster {
         sync_interval(&str) => "sync_interval";
         /// `stick_refresh`: how often a stick entry's TTL is refreshed.
         stick_refresh(&str) => "stick_refresh";
+        /// `secret`: the key signing every value in Redis.
+        secret(&str) => "secret";
     }
 }

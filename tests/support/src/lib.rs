@@ -13,6 +13,7 @@ mod http;
 mod instance;
 mod logs;
 mod node;
+mod redis_server;
 mod timing;
 mod ws;
 
@@ -28,5 +29,6 @@ pub use http::{
 pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
 pub use logs::{init_logs, Captured};
 pub use node::ensure_npm_packages;
+pub use redis_server::{PartitionProxy, RedisServer};
 pub use timing::eventually;
 pub use ws::{close_code, next_text, ws_connect, ws_connect_with, Ws};
