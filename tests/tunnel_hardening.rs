@@ -311,8 +311,11 @@ async fn metric(admin: SocketAddr, name: &str) -> u64 {
 #[tokio::test]
 async fn a_client_over_the_message_rate_gets_1008_and_one_under_it_is_left_alone() {
     let s1 = backend("s1").start().await;
-    let config = Config::simple(Frontend::public().websocket_max_messages("20/s"), pool().server(&s1))
-        .admin(Admin::bind("127.0.0.1:0").metrics_allow(&["127.0.0.1/32"]));
+    let config = Config::simple(Frontend::public().websocket_max_messages("20/s"), pool().server(&s1)).admin(
+        Admin::bind("127.0.0.1:0")
+            .metrics_allow(&["127.0.0.1/32"])
+            .hosts(&["tether.test"]),
+    );
     let tether = start_tether(&config).await;
     let admin = tether.handle.admin_addr().expect("admin listener");
     // Under the rate: 10 messages a second for two seconds, all echoed.
