@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
 use crate::tls::{ClientStream, UpstreamStream};
+use crate::util::mix::{unit_of, AtomicSplitMix64};
 
 /// Everything a tunnel task needs once both sides have switched protocols.
 pub(super) struct TunnelJob {
@@ -32,6 +33,8 @@ pub(super) struct TunnelJob {
     pub(super) max_messages: Option<tunnel::MessageRate>,
     /// The frontend's WebSocket idle and ping timers.
     pub(super) timers: tunnel::Timers,
+    /// This tunnel's own lifetime limit, drawn within the frontend's jitter.
+    pub(super) lifetime: Option<tunnel::Lifetime>,
 }
 
 /// What an open tunnel holds besides its sockets: the counts it keeps up
@@ -67,6 +70,14 @@ impl TunnelJob {
         guard: ActiveGuard,
         log: &HttpLog,
     ) -> Self {
+        let timers = frontend.websocket_timers;
+        let lifetime = timers
+            .max_lifetime
+            .and_then(|_| timers.lifetime(lifetime_draw()))
+            .map(|limit| tunnel::Lifetime {
+                limit,
+                frontend: frontend.state.clone(),
+            });
         Self {
             holds: TunnelHolds {
                 token: context.shared.open.enter(),
@@ -84,7 +95,8 @@ impl TunnelJob {
                 rate,
                 frontend: frontend.state.clone(),
             }),
-            timers: frontend.websocket_timers,
+            timers,
+            lifetime,
         }
     }
 
@@ -110,6 +122,7 @@ impl TunnelJob {
             client_limits: self.limits,
             max_messages: self.max_messages,
             timers: self.timers,
+            lifetime: self.lifetime,
         };
         let carried = CarriedBy {
             holds: self.holds,
@@ -134,6 +147,15 @@ impl TunnelJob {
             }
         }
     }
+}
+
+/// A draw in [0, 1) placing one tunnel's lifetime within the jitter: spread
+/// is all it needs, not unpredictability.
+fn lifetime_draw() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    static DRAWS: OnceLock<AtomicSplitMix64> = OnceLock::new();
+    let draws = DRAWS.get_or_init(|| AtomicSplitMix64::new(RandomState::new().hash_one(0x11fe_u64)));
+    unit_of(draws.next_u64())
 }
 
 /// An open tunnel's holdings, its registration and its start.
