@@ -18,6 +18,7 @@ use super::log::{HttpLog, RequestId, TunnelLog};
 use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
+use crate::sticky::table::StickHold;
 use crate::tls::{ClientStream, UpstreamStream};
 use crate::util::mix::{unit_of, AtomicSplitMix64};
 
@@ -57,11 +58,15 @@ pub(super) struct TunnelHolds {
     pub(super) server: Arc<str>,
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     pub(super) guard: ActiveGuard,
+    /// The learned session ids that led here, kept from expiring while the
+    /// tunnel lives (boxed: most tunnels hold none, see `footprint`).
+    pub(super) stick: Option<Box<StickHold>>,
 }
 
 impl TunnelJob {
     /// The job for a handshake `server` of `backend` accepted, holding the
-    /// server's slot `guard`; what its log line says comes from `log`.
+    /// server's slot `guard` and the learned ids `stick`; what its log line
+    /// says comes from `log`.
     pub(super) fn new(
         context: &ConnContext,
         frontend: &Frontend,
@@ -69,6 +74,7 @@ impl TunnelJob {
         server: &Server,
         guard: ActiveGuard,
         log: &HttpLog,
+        stick: Option<StickHold>,
     ) -> Self {
         let timers = frontend.websocket_timers;
         let lifetime = timers
@@ -88,6 +94,7 @@ impl TunnelJob {
                 backend: backend.name.clone(),
                 server: server.name.clone(),
                 guard,
+                stick: stick.map(Box::new),
             },
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
@@ -196,6 +203,8 @@ impl CarriedBy {
         }
         .emit();
         drop(self.registration);
+        // The learned ids that led here start their idle time now.
+        drop(holds.stick);
         drop(holds.guard);
         drop(holds.frontend_connection);
         drop(holds.token);
