@@ -98,6 +98,22 @@ pub struct Timers {
     pub ping_interval: Option<Duration>,
     /// How long a pinged client has to send anything before the tunnel is closed with 1001.
     pub ping_timeout: Option<Duration>,
+    /// Longest a tunnel may stay open (`websocket.max_lifetime`); no limit when `None`.
+    pub max_lifetime: Option<Duration>,
+    /// How much shorter than `max_lifetime` one tunnel's own limit may be.
+    pub lifetime_jitter: Duration,
+}
+
+impl Timers {
+    /// One tunnel's lifetime limit for a draw `unit` in [0, 1): uniform in
+    /// `[max_lifetime - lifetime_jitter, max_lifetime]`, so `max_lifetime`
+    /// stays a hard bound (no tunnel is older) and tunnels opened together
+    /// are closed spread over the jitter. `None` without `max_lifetime`.
+    pub fn lifetime(&self, unit: f64) -> Option<Duration> {
+        let max = self.max_lifetime?;
+        let jitter = self.lifetime_jitter.min(max);
+        Some(max - jitter.mul_f64(unit.clamp(0.0, 1.0)))
+    }
 }
 
 /// Size limits on what a client may send: the config model's, as they are.
@@ -226,6 +242,8 @@ impl Snapshot {
                     idle: f.websocket.idle_timeout,
                     ping_interval: f.websocket.ping_interval,
                     ping_timeout: f.websocket.ping_timeout,
+                    max_lifetime: f.websocket.max_lifetime,
+                    lifetime_jitter: f.websocket.lifetime_jitter,
                 },
                 proxy_protocol: f.proxy_protocol,
                 client_timeout: f.client_timeout,
@@ -540,5 +558,29 @@ mod tests {
             ..Diff::default()
         };
         assert_eq!(diff.to_string(), "backends +api; servers +api/a1 -web/s1 ~web/s2");
+    }
+
+    #[test]
+    fn a_tunnels_lifetime_is_drawn_within_the_jitter_below_the_maximum() {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        let timers = Timers {
+            max_lifetime: Some(minutes(30)),
+            lifetime_jitter: minutes(5),
+            ..Timers::default()
+        };
+        assert_eq!(timers.lifetime(0.0), Some(minutes(30)));
+        assert_eq!(timers.lifetime(0.5), Some(Duration::from_secs(27 * 60 + 30)));
+        let shortest = timers.lifetime(0.999_999).unwrap();
+        assert!(shortest >= minutes(25) && shortest < minutes(25) + Duration::from_millis(1));
+        assert_eq!(Timers::default().lifetime(0.3), None, "no limit unless configured");
+        let fixed = Timers {
+            max_lifetime: Some(minutes(1)),
+            ..Timers::default()
+        };
+        assert_eq!(
+            fixed.lifetime(0.7),
+            Some(minutes(1)),
+            "without jitter every tunnel gets the maximum"
+        );
     }
 }

@@ -217,6 +217,7 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
     let frontend_refused = CounterFamily::<RefusedLabels>::default();
     let tls_failures = CounterFamily::<FrontendLabels>::default();
     let message_rate_closes = CounterFamily::<FrontendLabels>::default();
+    let lifetime_closes = CounterFamily::<FrontendLabels>::default();
     for frontend in &snapshot.frontends {
         let labels = FrontendLabels {
             frontend: frontend.name.to_string(),
@@ -244,6 +245,9 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         message_rate_closes
             .get_or_create(&labels)
             .inc_by(load(&state.admission.message_rate_closes));
+        lifetime_closes
+            .get_or_create(&labels)
+            .inc_by(load(&state.lifetime_closes));
         if frontend.tls.is_some() {
             tls_failures
                 .get_or_create(&labels)
@@ -381,6 +385,11 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         "tether_frontend_message_rate_closes",
         "WebSocket tunnels closed with 1008 for going over websocket.max_messages",
         message_rate_closes,
+    );
+    registry.register(
+        "tether_frontend_lifetime_closes",
+        "WebSocket tunnels closed with 1001 at their websocket.max_lifetime",
+        lifetime_closes,
     );
     registry.register(
         "tether_tls_handshake_failures",

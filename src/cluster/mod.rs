@@ -62,6 +62,14 @@ pub(crate) enum StickWrite {
         /// The full Redis key.
         key: String,
     },
+    /// `PEXPIRE key ttl`: the last tunnel holding the id closed, so its
+    /// TTL starts again from now (nothing to replay after an outage).
+    Expire {
+        /// The full Redis key.
+        key: String,
+        /// Milliseconds to live.
+        ttl_ms: u64,
+    },
 }
 
 /// Another instance as last seen in Redis.
@@ -118,6 +126,10 @@ pub struct Cluster {
     ops_pending: Mutex<Vec<ops::OpRecord>>,
     /// Signs what is written to Redis, checks what is read back, counts what is ignored.
     pub trust: Trust,
+    /// The shared stick tables made by `share_tables` (weak: a table goes
+    /// with the last snapshot and tunnel using it), whose ids held by open
+    /// tunnels the refresh task keeps alive in Redis.
+    tables: Mutex<Vec<std::sync::Weak<stick_table::SharedTable>>>,
 }
 
 impl Cluster {
@@ -148,6 +160,7 @@ impl Cluster {
             ops_state: Mutex::new(HashMap::new()),
             ops_pending: Mutex::new(Vec::new()),
             changes,
+            tables: Mutex::new(Vec::new()),
         })
     }
 
@@ -242,8 +255,14 @@ impl Cluster {
             if table.is_shared() {
                 continue;
             }
-            let shared = stick_table::SharedTable::new(table.clone(), self.clone(), &name, policy.idle_timeout);
-            policy.table = Some(Arc::new(shared));
+            let shared = Arc::new(stick_table::SharedTable::new(
+                table.clone(),
+                self.clone(),
+                &name,
+                policy.idle_timeout,
+            ));
+            lock(&self.tables).push(Arc::downgrade(&shared));
+            policy.table = Some(shared);
         }
     }
 
@@ -277,7 +296,16 @@ impl Cluster {
             StickWrite::Del { key } => {
                 pending.remove(&key);
             }
+            // A pending SET, if any, carries a whole TTL already.
+            StickWrite::Expire { .. } => {}
         }
+    }
+
+    /// The shared stick tables still in use (dropping those no longer).
+    fn live_tables(&self) -> Vec<Arc<stick_table::SharedTable>> {
+        let mut tables = lock(&self.tables);
+        tables.retain(|t| t.strong_count() > 0);
+        tables.iter().filter_map(std::sync::Weak::upgrade).collect()
     }
 
     /// Starts the background tasks (writer, load sync and heartbeat, operator
@@ -291,6 +319,7 @@ impl Cluster {
         tasks.push(tokio::spawn(load::sync_loop(self.clone(), snapshot.clone())));
         tasks.push(tokio::spawn(ops::subscribe_loop(self.clone(), snapshot.clone())));
         tasks.push(tokio::spawn(resync_loop(self.clone(), snapshot.clone())));
+        tasks.push(tokio::spawn(held_loop(self.clone())));
         tracing::info!(instance = self.instance(), redis = %redacted(&self.settings.redis), "cluster mode: sharing state through Redis");
         TaskGuard(tasks)
     }
@@ -372,6 +401,9 @@ async fn writer(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<StickWrite>) {
                 StickWrite::Del { key } => {
                     pipe.cmd("DEL").arg(key).ignore();
                 }
+                StickWrite::Expire { key, ttl_ms } => {
+                    pipe.cmd("PEXPIRE").arg(key).arg(*ttl_ms).ignore();
+                }
             }
         }
         let limit = cluster.redis.background_timeout();
@@ -400,6 +432,20 @@ async fn resync_loop(cluster: Arc<Cluster>, snapshot: Arc<ArcSwap<Snapshot>>) {
         }
         ops::publish_pending(&cluster).await;
         ops::restore_state(&cluster).await;
+    }
+}
+
+/// Keeps the ids held by open tunnels alive in Redis: each shared table
+/// refreshes their TTLs when due (a third of its `idle_timeout`); the task
+/// wakes for the earliest, and at least every `sync_interval` for tables a
+/// reload added.
+async fn held_loop(cluster: Arc<Cluster>) {
+    loop {
+        let mut next = tokio::time::Instant::now() + cluster.settings.sync_interval;
+        for table in cluster.live_tables() {
+            next = next.min(table.refresh_held().await);
+        }
+        tokio::time::sleep_until(next).await;
     }
 }
 

@@ -15,6 +15,13 @@
 //! not one per request. An id learned by another instance meanwhile is found
 //! once the window is over (the request in between is balanced).
 //!
+//! An id an open tunnel holds (`StickHold`) is kept alive in Redis too: the
+//! cluster's refresh task calls [`SharedTable::refresh_held`] about every
+//! third of `idle_timeout`, which sends one pipelined `PEXPIRE … ttl` per
+//! batch of held ids (never one call per message or per tunnel), and writes
+//! again an id Redis lost meanwhile (a flush, an outage). When the last
+//! tunnel holding an id closes, its TTL starts again from then.
+//!
 //! Redis keys: `<prefix>stick:<backend>:<session id>` → server name (names
 //! are the same on every instance; indexes are not), preceded by its
 //! signature with `[cluster] secret`. A value that does not verify, or a
@@ -53,6 +60,13 @@ pub struct SharedTable {
     pushed: Mutex<HashMap<String, Instant>>,
     /// Ids Redis did not know, and when it was asked (the negative cache).
     misses: Mutex<HashMap<String, Instant>>,
+    /// Ids held by open tunnels here, with how many hold each (their Redis
+    /// TTL is refreshed by `refresh_held`).
+    held: Mutex<HashMap<String, u32>>,
+    /// Time between two TTL refreshes of the held ids: a third of the TTL.
+    held_every: Duration,
+    /// When the held ids' TTLs are next due for a refresh.
+    held_due: Mutex<Instant>,
 }
 
 impl SharedTable {
@@ -64,6 +78,7 @@ impl SharedTable {
             .stick_refresh
             .min(idle_timeout / 4)
             .max(Duration::from_millis(10));
+        let held_every = (idle_timeout / 3).max(Duration::from_millis(10));
         Self {
             local,
             cluster,
@@ -72,7 +87,60 @@ impl SharedTable {
             refresh,
             pushed: Mutex::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            held_every,
+            held_due: Mutex::new(Instant::now() + held_every),
         }
+    }
+
+    /// If due, refreshes the Redis TTL of every id held by an open tunnel
+    /// here (`PEXPIRE` in pipelines of up to 512), and writes again the ids
+    /// Redis no longer has. Returns when it is next due. Skipped (and
+    /// tried again at the next round) while Redis is down.
+    pub async fn refresh_held(&self) -> Instant {
+        let now = Instant::now();
+        {
+            let mut due = lock(&self.held_due);
+            if *due > now {
+                return *due;
+            }
+            *due = now + self.held_every;
+        }
+        let next = now + self.held_every;
+        if !self.cluster.redis.is_up() {
+            return next;
+        }
+        let keys: Vec<String> = lock(&self.held).keys().cloned().collect();
+        let ttl_ms = self.ttl.as_millis() as u64;
+        for chunk in keys.chunks(512) {
+            let mut pipe = ::redis::pipe();
+            for key in chunk {
+                pipe.cmd("PEXPIRE").arg(self.redis_key(key)).arg(ttl_ms);
+            }
+            let limit = self.cluster.redis.background_timeout();
+            match self.cluster.redis.query::<Vec<i64>>(&pipe, limit).await {
+                Ok(found) => {
+                    for (key, found) in chunk.iter().zip(found) {
+                        if found == 0 {
+                            // Gone from Redis (flushed, or expired during an outage): write it again.
+                            if let Some(server) = self.local.get(key) {
+                                self.push(key, server);
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(cause = %err, ids = chunk.len(), "TTL refresh of ids held by tunnels skipped");
+                    return next;
+                }
+            }
+        }
+        next
+    }
+
+    /// Ids held by open tunnels here (for tests and stats).
+    pub fn held(&self) -> usize {
+        lock(&self.held).len()
     }
 
     /// Whether Redis was asked for `key` less than [`MISS_TTL`] ago and did not know it.
@@ -206,6 +274,39 @@ impl StickTable for SharedTable {
         true
     }
 
+    fn hold(&self, key: &str) {
+        if key.is_empty() || key.len() > crate::sticky::table::MAX_KEY_LEN {
+            return;
+        }
+        self.local.hold(key);
+        *lock(&self.held).entry(key.to_string()).or_insert(0) += 1;
+    }
+
+    fn release(&self, key: &str) {
+        self.local.release(key);
+        let last = {
+            let mut held = lock(&self.held);
+            match held.get_mut(key) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    held.remove(key);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            // Its TTL starts again now, as the local entry's idle time does.
+            self.cluster.write(StickWrite::Expire {
+                key: self.redis_key(key),
+                ttl_ms: self.ttl.as_millis() as u64,
+            });
+        }
+    }
+
     fn fetch<'a>(&'a self, keys: Vec<String>) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
         if !self.cluster.redis.is_up() {
             return None;
@@ -287,6 +388,32 @@ mod tests {
             !table.recently_missed("learned", Instant::now()),
             "an id learned here is no longer unknown"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tunnels_hold_ids_locally_and_for_the_refresh_until_the_last_one_closes() {
+        let cluster = offline();
+        let local: Arc<dyn StickTable> = Arc::new(MemoryTable::new(Duration::from_secs(3), 100));
+        let table = SharedTable::new(local.clone(), cluster, "web", Duration::from_secs(3));
+        assert_eq!(table.held_every, Duration::from_secs(1), "a third of the TTL");
+        table.insert("abc", Arc::from("s1"));
+        table.hold("abc");
+        table.hold("abc");
+        assert_eq!(table.held(), 1);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(local.get("abc").as_deref(), Some("s1"), "held in the local table too");
+        let next = table.refresh_held().await;
+        assert_eq!(
+            next,
+            Instant::now() + Duration::from_secs(1),
+            "Redis down: tried again next round"
+        );
+        table.release("abc");
+        assert_eq!(table.held(), 1, "one tunnel still holds it");
+        table.release("abc");
+        assert_eq!(table.held(), 0);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(local.get("abc").is_none(), "expires once released");
     }
 
     #[tokio::test(start_paused = true)]

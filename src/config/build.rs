@@ -183,6 +183,11 @@ fn frontend(
             ping_interval: ws.ping_interval.map(|d| d.get()),
             ping_timeout: ws.ping_timeout.or(ws.ping_interval).map(|d| d.get()),
             max_messages: ws.max_messages,
+            max_lifetime: ws.max_lifetime.as_ref().map(|d| d.get_ref().get()),
+            lifetime_jitter: ws
+                .lifetime_jitter
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |d| d.get_ref().get()),
         },
         trusted_proxies: f.trusted_proxies.clone(),
         proxy_protocol: *f.proxy_protocol.get_ref(),

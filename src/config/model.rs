@@ -274,6 +274,10 @@ pub struct WebSocket {
     pub ping_timeout: Option<Duration>,
     /// Most client messages per period in one tunnel (Close 1008 beyond); unlimited when `None`.
     pub max_messages: Option<ConfigRate>,
+    /// Longest a tunnel may stay open (Close 1001 "max lifetime" at the limit); unlimited when `None`.
+    pub max_lifetime: Option<Duration>,
+    /// How much shorter than `max_lifetime` a tunnel's own limit may be (zero without jitter).
+    pub lifetime_jitter: Duration,
 }
 
 /// A group of servers and how requests are spread over them.

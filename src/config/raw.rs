@@ -317,6 +317,13 @@ pub struct WebSocketLimits {
     /// Most messages a client may send per period in one tunnel (`"100/s"`,
     /// a token bucket whose burst is the count); beyond it Close 1008.
     pub max_messages: Option<crate::config::ConfigRate>,
+    /// Close every tunnel this long after it opened, with 1001 "max lifetime"
+    /// at a frame boundary (Envoy's `max_connection_duration`); no limit when absent.
+    pub max_lifetime: Option<Spanned<ConfigDuration>>,
+    /// Each tunnel's own limit is drawn uniformly from
+    /// `[max_lifetime - lifetime_jitter, max_lifetime]`, so tunnels opened
+    /// together do not all reconnect together; needs `max_lifetime`.
+    pub lifetime_jitter: Option<Spanned<ConfigDuration>>,
 }
 
 /// Caps per client address (the connection's peer, or the PROXY protocol

@@ -110,6 +110,7 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
                 "`per_ip.max_connections` = 0 would refuse everyone: give at least 1, or leave it out for no cap",
             ));
         }
+        validate_lifetime(&frontend.websocket, source)?;
         if *frontend.proxy_protocol.get_ref() && frontend.trusted_proxies.is_empty() {
             return Err(source.error(
                 Some(frontend.proxy_protocol.span()),
@@ -133,6 +134,28 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
         validate_resolver(resolver.get_ref(), source)?;
     }
     validate_log(&config.log, source)
+}
+
+/// `websocket.max_lifetime` and `websocket.lifetime_jitter`: a lifetime is
+/// more than zero, and its jitter goes with one and is not longer than it.
+fn validate_lifetime(ws: &raw::WebSocketLimits, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    if let Some(max) = ws.max_lifetime.as_ref().filter(|m| m.get_ref().get().is_zero()) {
+        return Err(source.error(
+            Some(max.span()),
+            "`websocket.max_lifetime` = 0 would close every tunnel at once: give a duration like \"30m\", or leave it out for no limit",
+        ));
+    }
+    match (&ws.max_lifetime, &ws.lifetime_jitter) {
+        (None, Some(jitter)) => Err(source.error(
+            Some(jitter.span()),
+            "`websocket.lifetime_jitter` needs `websocket.max_lifetime`: add max_lifetime = \"30m\", or remove the jitter",
+        )),
+        (Some(max), Some(jitter)) if jitter.get_ref() > max.get_ref() => Err(source.error(
+            Some(jitter.span()),
+            "`websocket.lifetime_jitter` is longer than `max_lifetime`: each tunnel's limit is drawn from [max_lifetime - lifetime_jitter, max_lifetime], so give a jitter of at most max_lifetime (like \"5m\" for \"30m\")",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `[log]`: each redacted query parameter is a plain name.

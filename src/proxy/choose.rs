@@ -15,6 +15,7 @@ use super::Shared;
 use crate::balance::{Candidates, RequestKey, ServerId};
 use crate::snapshot::{Backend, Server};
 use crate::state::{ActiveGuard, AdminState, Changes};
+use crate::sticky::table::StickHold;
 use crate::sticky::{Lookup, SidLearner, StickyPolicy, StuckMaxconn};
 
 /// A connection to the chosen server, with the slot held on it.
@@ -69,6 +70,18 @@ impl<'a> Stickiness<'a> {
     ) -> Option<SidLearner> {
         self.policy
             .on_response(headers, server, server_name, &self.lookup, https)
+    }
+
+    /// Applies stickiness to the 101 of `server`; returns the hold on the
+    /// learned ids that lead to it, for the tunnel to keep while it lives.
+    pub(super) fn on_switch(
+        &self,
+        headers: &mut http::HeaderMap,
+        server: ServerId,
+        server_name: &std::sync::Arc<str>,
+        https: bool,
+    ) -> Option<StickHold> {
+        self.policy.on_switch(headers, server, server_name, &self.lookup, https)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,7 +18,9 @@ use super::log::{HttpLog, RequestId, TunnelLog};
 use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
+use crate::sticky::table::StickHold;
 use crate::tls::{ClientStream, UpstreamStream};
+use crate::util::mix::{unit_of, AtomicSplitMix64};
 
 /// Everything a tunnel task needs once both sides have switched protocols.
 pub(super) struct TunnelJob {
@@ -32,6 +34,8 @@ pub(super) struct TunnelJob {
     pub(super) max_messages: Option<tunnel::MessageRate>,
     /// The frontend's WebSocket idle and ping timers.
     pub(super) timers: tunnel::Timers,
+    /// This tunnel's own lifetime limit, drawn within the frontend's jitter.
+    pub(super) lifetime: Option<tunnel::Lifetime>,
 }
 
 /// What an open tunnel holds besides its sockets: the counts it keeps up
@@ -54,11 +58,15 @@ pub(super) struct TunnelHolds {
     pub(super) server: Arc<str>,
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     pub(super) guard: ActiveGuard,
+    /// The learned session ids that led here, kept from expiring while the
+    /// tunnel lives (boxed: most tunnels hold none, see `footprint`).
+    pub(super) stick: Option<Box<StickHold>>,
 }
 
 impl TunnelJob {
     /// The job for a handshake `server` of `backend` accepted, holding the
-    /// server's slot `guard`; what its log line says comes from `log`.
+    /// server's slot `guard` and the learned ids `stick`; what its log line
+    /// says comes from `log`.
     pub(super) fn new(
         context: &ConnContext,
         frontend: &Frontend,
@@ -66,7 +74,16 @@ impl TunnelJob {
         server: &Server,
         guard: ActiveGuard,
         log: &HttpLog,
+        stick: Option<StickHold>,
     ) -> Self {
+        let timers = frontend.websocket_timers;
+        let lifetime = timers
+            .max_lifetime
+            .and_then(|_| timers.lifetime(lifetime_draw()))
+            .map(|limit| tunnel::Lifetime {
+                limit,
+                frontend: frontend.state.clone(),
+            });
         Self {
             holds: TunnelHolds {
                 token: context.shared.open.enter(),
@@ -77,6 +94,7 @@ impl TunnelJob {
                 backend: backend.name.clone(),
                 server: server.name.clone(),
                 guard,
+                stick: stick.map(Box::new),
             },
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
@@ -84,7 +102,8 @@ impl TunnelJob {
                 rate,
                 frontend: frontend.state.clone(),
             }),
-            timers: frontend.websocket_timers,
+            timers,
+            lifetime,
         }
     }
 
@@ -110,6 +129,7 @@ impl TunnelJob {
             client_limits: self.limits,
             max_messages: self.max_messages,
             timers: self.timers,
+            lifetime: self.lifetime,
         };
         let carried = CarriedBy {
             holds: self.holds,
@@ -134,6 +154,15 @@ impl TunnelJob {
             }
         }
     }
+}
+
+/// A draw in [0, 1) placing one tunnel's lifetime within the jitter: spread
+/// is all it needs, not unpredictability.
+fn lifetime_draw() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    static DRAWS: OnceLock<AtomicSplitMix64> = OnceLock::new();
+    let draws = DRAWS.get_or_init(|| AtomicSplitMix64::new(RandomState::new().hash_one(0x11fe_u64)));
+    unit_of(draws.next_u64())
 }
 
 /// An open tunnel's holdings, its registration and its start.
@@ -174,6 +203,8 @@ impl CarriedBy {
         }
         .emit();
         drop(self.registration);
+        // The learned ids that led here start their idle time now.
+        drop(holds.stick);
         drop(holds.guard);
         drop(holds.frontend_connection);
         drop(holds.token);

@@ -229,11 +229,12 @@ async fn pipeline(
             }
         })?;
         exchange.upgraded = true;
-        let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log);
-        let mut parts = upgrade::switch_protocols(response, client_upgrade, tunnel);
-        if let Some(sticky) = &sticky {
-            sticky.on_response(&mut parts.headers, upstream.server, &server.name, context.https);
-        }
+        let (mut parts, server_upgrade) = upgrade::switch_protocols(response);
+        let stick = sticky
+            .as_ref()
+            .and_then(|sticky| sticky.on_switch(&mut parts.headers, upstream.server, &server.name, context.https));
+        let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log, stick);
+        upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
         return Ok(Answer::Switched(parts));
     }
     let (mut parts, body) = response.into_parts();

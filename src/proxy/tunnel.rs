@@ -7,7 +7,8 @@
 //! headers as bytes are written (`frames`), so tether can put its own Close
 //! frame in front of the client at a frame boundary: 1012 when the server
 //! connection dies or the server is taken out, 1001 when tether stops,
-//! 1009 / 1002 / 1008 when the client breaks the frontend's limits.
+//! 1009 / 1002 / 1008 when the client breaks the frontend's limits, 1001
+//! when the tunnel reached its `websocket.max_lifetime`.
 //!
 //! When tether closes a tunnel itself it does not just drop the sockets
 //! (closing a socket with unread input sends a RST, which can destroy the
@@ -67,6 +68,8 @@ pub enum CloseReason {
     IdleClosed(Duration),
     /// The client sent nothing within `ping_timeout` of tether's ping: tether sent 1001.
     NoPong(Duration),
+    /// The tunnel was open for its own lifetime limit (`websocket.max_lifetime`): tether sent 1001.
+    MaxLifetime(Duration),
     /// Reading from or writing to the client failed.
     ClientError(io::Error),
     /// Reading from or writing to the server failed.
@@ -83,6 +86,7 @@ impl fmt::Display for CloseReason {
             CloseReason::IdleTimeout(d) => write!(f, "idle for {d:?}"),
             CloseReason::IdleClosed(d) => write!(f, "idle for {d:?}: sent 1001"),
             CloseReason::NoPong(d) => write!(f, "no answer to a ping within {d:?}: sent 1001"),
+            CloseReason::MaxLifetime(d) => write!(f, "open for its max lifetime of {d:?}: sent 1001"),
             CloseReason::ClientError(e) => write!(f, "client error: {e}"),
             CloseReason::ServerError(e) => write!(f, "server error: {e}"),
         }
@@ -513,6 +517,35 @@ pub struct Settings {
     pub max_messages: Option<MessageRate>,
     /// The frontend's WebSocket idle and ping timers.
     pub timers: Timers,
+    /// This tunnel's own lifetime limit, if the frontend sets one.
+    pub lifetime: Option<Lifetime>,
+}
+
+/// One tunnel's lifetime limit (drawn within the frontend's jitter, see
+/// `Timers::lifetime`) and where a close for it is counted.
+#[derive(Debug, Clone)]
+pub struct Lifetime {
+    /// How long after it opened the tunnel is closed with 1001 "max lifetime".
+    pub limit: Duration,
+    /// The frontend, whose `lifetime_closes` counts the tunnels closed for it.
+    pub frontend: Arc<FrontendState>,
+}
+
+/// A running tunnel's lifetime deadline.
+struct Deadline {
+    /// When the tunnel reaches its limit.
+    at: Instant,
+    /// The limit (for the log line).
+    limit: Duration,
+    /// Where the close is counted.
+    frontend: Arc<FrontendState>,
+}
+
+/// The peer whose direction ended first, when both end on their own.
+#[derive(Debug, Clone, Copy)]
+enum FirstCloser {
+    Client,
+    Server,
 }
 
 /// Ping bookkeeping of one tunnel.
@@ -558,11 +591,14 @@ pin_project_lite::pin_project! {
         // The idle limit in force, and the Close it sends (None: close bare).
         idle: Duration,
         idle_code: Option<CloseCode>,
-        first_closer: Option<CloseReason>,
+        // Which side finished first (1 byte, not a 24-byte `CloseReason`: see `footprint`).
+        first_closer: Option<FirstCloser>,
         last_activity: Instant,
         // Boxed: most frontends do not ping, and the unboxed 64 bytes moved
         // every idle tunnel's task into the next allocation size (see `footprint`).
         pinger: Option<Box<Pinger>>,
+        // Boxed for the same reason: most frontends set no max_lifetime.
+        deadline: Option<Box<Deadline>>,
         // Bytes in, bytes out, messages in, messages out already added to `traffic`.
         reported: [u64; 4],
         // The timer is set for the next report rather than the next deadline.
@@ -594,6 +630,7 @@ where
         client_limits,
         max_messages,
         timers,
+        lifetime,
     } = settings;
     // The frontend's idle timeout, when it is the shorter one, closes with 1001.
     let (idle, idle_code) = match timers.idle {
@@ -615,6 +652,13 @@ where
             sent: None,
         })
     });
+    let deadline = lifetime.map(|l| {
+        Box::new(Deadline {
+            at: last_activity + l.limit,
+            limit: l.limit,
+            frontend: l.frontend,
+        })
+    });
     Tunnel {
         client,
         server,
@@ -626,8 +670,9 @@ where
         idle_code,
         first_closer: None,
         last_activity,
-        timer: sleep_until(next_due(last_activity, idle, &pinger)),
+        timer: sleep_until(next_due(last_activity, idle, &pinger, &deadline)),
         pinger,
+        deadline,
         reported: [0; 4],
         report_armed: false,
         closing: None,
@@ -635,10 +680,16 @@ where
     }
 }
 
-/// The next deadline: the idle limit or the ping's, whichever comes first.
-fn next_due(last_activity: Instant, idle: Duration, pinger: &Option<Box<Pinger>>) -> Instant {
+/// The next deadline: the idle limit, the ping's or the lifetime's, whichever comes first.
+fn next_due(
+    last_activity: Instant,
+    idle: Duration,
+    pinger: &Option<Box<Pinger>>,
+    deadline: &Option<Box<Deadline>>,
+) -> Instant {
     let idle_at = last_activity + idle;
-    pinger.as_ref().map_or(idle_at, |p| p.due().min(idle_at))
+    let due = pinger.as_ref().map_or(idle_at, |p| p.due().min(idle_at));
+    deadline.as_ref().map_or(due, |d| d.at.min(due))
 }
 
 impl<C, S> Future for Tunnel<C, S>
@@ -705,7 +756,7 @@ where
                 }
             }
             Poll::Ready(Ok(())) => {
-                t.first_closer.get_or_insert(CloseReason::ClientClosed);
+                t.first_closer.get_or_insert(FirstCloser::Client);
             }
             Poll::Ready(Err((Side::Reader, e))) => return Poll::Ready(CloseReason::ClientError(e)),
             Poll::Ready(Err((Side::Writer, e))) => return Poll::Ready(CloseReason::ServerError(e)),
@@ -722,7 +773,7 @@ where
                 return poll_linger(t, cx);
             }
             Poll::Ready(Ok(())) => {
-                t.first_closer.get_or_insert(CloseReason::ServerClosed);
+                t.first_closer.get_or_insert(FirstCloser::Server);
             }
             Poll::Ready(Err((Side::Reader, e))) => return Poll::Ready(CloseReason::ServerError(e)),
             Poll::Ready(Err((Side::Writer, e))) => return Poll::Ready(CloseReason::ClientError(e)),
@@ -734,7 +785,10 @@ where
     // so a peer that keeps its TCP connection open is not waited for.
     let handshake_done = up.frames.saw_close() && down.frames.saw_close();
     if (up.done && down.done) || ((up.done || down.done) && handshake_done) {
-        return Poll::Ready(t.first_closer.take().unwrap_or(CloseReason::ClientClosed));
+        return Poll::Ready(match t.first_closer.take() {
+            Some(FirstCloser::Server) => CloseReason::ServerClosed,
+            Some(FirstCloser::Client) | None => CloseReason::ClientClosed,
+        });
     }
     let idle = *t.idle;
     if up.active || down.active {
@@ -748,7 +802,7 @@ where
         if !*t.report_armed {
             *t.report_armed = true;
             let report_at = *t.last_activity + REPORT_EVERY.min(idle);
-            let due = next_due(*t.last_activity, idle, t.pinger);
+            let due = next_due(*t.last_activity, idle, t.pinger, t.deadline);
             t.timer.as_mut().reset(report_at.min(due));
         }
     }
@@ -756,6 +810,14 @@ where
     // after a report), not on every read.
     while t.timer.as_mut().poll(cx).is_ready() {
         let now = Instant::now();
+        if let Some(deadline) = t.deadline.as_ref().filter(|d| d.at <= now && t.closing.is_none()) {
+            // At the next frame boundary towards the client, like every close of tether's own.
+            deadline
+                .frontend
+                .lifetime_closes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            start_closing(t.closing, t.boundary_wait, CloseCode::MaxLifetime, cx);
+        }
         if *t.last_activity + idle <= now {
             match *t.idle_code {
                 None => return Poll::Ready(CloseReason::IdleTimeout(idle)),
@@ -782,7 +844,7 @@ where
         }
         report(t.traffic, up, down, t.reported);
         *t.report_armed = false;
-        let next = next_due(*t.last_activity, idle, t.pinger);
+        let next = next_due(*t.last_activity, idle, t.pinger, t.deadline);
         // Once closing, the boundary wait decides; keep the timer from spinning.
         t.timer
             .as_mut()
@@ -810,7 +872,11 @@ where
     let finished = lingered || {
         // The server's side: nothing more goes to it after its Close (none
         // to a server that is already gone), then its input runs dry.
-        let to_server = t.closing.map(|_| CloseCode::GoingAway);
+        // The client is going away (1001); the server hears "max lifetime" when that is why.
+        let to_server = t.closing.map(|code| match code {
+            CloseCode::MaxLifetime => code,
+            _ => CloseCode::GoingAway,
+        });
         let up_done = up.done || up.poll_finish(cx, &mut *t.server, to_server).is_ready();
         let server_drained = down.poll_drain(cx, &mut *t.server, false).is_ready();
         // The client's input, once what was read before went on: to its
@@ -825,6 +891,9 @@ where
     Poll::Ready(match *t.closing {
         Some(CloseCode::Idle) => CloseReason::IdleClosed(*t.idle),
         Some(CloseCode::NoPong) => CloseReason::NoPong(t.pinger.as_ref().map_or(Duration::ZERO, |p| p.timeout)),
+        Some(CloseCode::MaxLifetime) => {
+            CloseReason::MaxLifetime(t.deadline.as_ref().map_or(Duration::ZERO, |d| d.limit))
+        }
         Some(code) => CloseReason::ClosedByTether(code),
         None => CloseReason::ServerLost,
     })
@@ -884,6 +953,7 @@ mod tests {
                     client_limits: None,
                     max_messages: None,
                     timers: Timers::default(),
+                    lifetime: None,
                 },
             )
             .await
@@ -938,6 +1008,7 @@ mod tests {
                     client_limits: None,
                     max_messages: None,
                     timers: Timers::default(),
+                    lifetime: None,
                 },
             )
             .await
@@ -987,6 +1058,71 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn at_its_max_lifetime_a_tunnel_closes_with_1001_after_the_frame_under_way() {
+        let (mut client_outer, client_inner) = duplex(1024);
+        let (server_inner, mut server_outer) = duplex(1024);
+        let frontend = Arc::new(FrontendState::default());
+        let counted = frontend.clone();
+        let tunnel = tokio::spawn(async move {
+            run(
+                client_inner,
+                Bytes::new(),
+                server_inner,
+                Bytes::new(),
+                Settings {
+                    idle: Duration::from_secs(3600),
+                    close: Arc::default(),
+                    traffic: Arc::default(),
+                    client_limits: None,
+                    max_messages: None,
+                    timers: Timers::default(),
+                    lifetime: Some(Lifetime {
+                        limit: Duration::from_secs(10),
+                        frontend: counted,
+                    }),
+                },
+            )
+            .await
+        });
+        // The server starts a 10-byte text frame before the limit...
+        server_outer
+            .write_all(&[0x81, 10, b'h', b'e', b'l', b'l', b'o'])
+            .await
+            .unwrap();
+        let mut head = [0u8; 7];
+        client_outer.read_exact(&mut head).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        tokio::task::yield_now().await;
+        let mut more = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(100), client_outer.read(&mut more)).await;
+        assert!(early.is_err(), "nothing may cut into the frame under way: {early:?}");
+        assert_eq!(frontend.lifetime_closes.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // ...and ends it after: the frame arrives whole, then tether's Close.
+        server_outer.write_all(b"world").await.unwrap();
+        let mut rest = [0u8; 5];
+        client_outer.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"world");
+        let close = CloseCode::MaxLifetime.frame();
+        let mut got = vec![0u8; close.len()];
+        client_outer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, close);
+        assert_eq!(&got[2..], b"\x03\xe9max lifetime");
+        // The server gets a Close of tether's own (masked, as from a client).
+        let mut to_server = [0u8; 2];
+        server_outer.read_exact(&mut to_server).await.unwrap();
+        assert_eq!(to_server, [0x88, 0x80 | (2 + 12)]);
+        drop(client_outer);
+        drop(server_outer);
+        let end = tunnel.await.unwrap();
+        assert!(
+            matches!(end.reason, CloseReason::MaxLifetime(d) if d == Duration::from_secs(10)),
+            "{}",
+            end.reason
+        );
+        assert_eq!(end.close_code_out, Some(1001));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_idle_tunnel_is_closed_after_its_timeout() {
         let (_client_outer, client_inner) = duplex(64);
         let (server_inner, mut server_outer) = duplex(64);
@@ -1004,6 +1140,7 @@ mod tests {
                     client_limits: None,
                     max_messages: None,
                     timers: Timers::default(),
+                    lifetime: None,
                 },
             )
             .await
@@ -1027,7 +1164,8 @@ mod footprint {
     /// An idle WebSocket costs about the size of this future (plus its task
     /// header and two socket registrations): a guard against it growing back
     /// (it was 1,152 bytes as an `async fn` over `poll_fn`; 696 as a struct;
-    /// 592 with compact frame trackers and the pinger boxed).
+    /// 592 with compact frame trackers and the pinger boxed; 576 with the
+    /// first closer in one byte, the lifetime deadline boxed).
     #[tokio::test]
     async fn a_tunnel_between_two_tcp_sockets_stays_within_600_bytes() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1042,6 +1180,7 @@ mod footprint {
             client_limits: None,
             max_messages: None,
             timers: Timers::default(),
+            lifetime: None,
         };
         let tunnel = run(client, Bytes::new(), server, Bytes::new(), settings);
         let size = std::mem::size_of_val(&tunnel);

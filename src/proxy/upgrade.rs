@@ -93,21 +93,21 @@ pub fn classify<B>(request: &Request<B>) -> Result<Handshake, BadHandshake> {
     Ok(Handshake::WebSocket)
 }
 
-/// Completes a handshake the server answered with 101: hands both
-/// connections to `tunnel` (a task that waits for both to switch) and
-/// returns the response head for the client, its hop-by-hop headers
-/// replaced by the upgrade's own.
-pub(super) fn switch_protocols(
-    mut response: Response<Incoming>,
-    client: OnUpgrade,
-    tunnel: TunnelJob,
-) -> http::response::Parts {
+/// Completes a handshake the server answered with 101: returns the
+/// response head for the client, its hop-by-hop headers replaced by the
+/// upgrade's own, and the server's side of the upgrade, for `start_tunnel`.
+pub(super) fn switch_protocols(mut response: Response<Incoming>) -> (http::response::Parts, OnUpgrade) {
     let server = hyper::upgrade::on(&mut response);
     let (mut parts, _empty) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     set_websocket_upgrade(&mut parts.headers);
+    (parts, server)
+}
+
+/// Hands both connections of a switched handshake to `tunnel`, a task that
+/// waits for both to switch, then carries the tunnel.
+pub(super) fn start_tunnel(tunnel: TunnelJob, client: OnUpgrade, server: OnUpgrade) {
     tokio::spawn(tunnel.run(client, server));
-    parts
 }
 
 /// 16 bytes in base64 are exactly 22 alphabet characters followed by `==`.

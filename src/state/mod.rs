@@ -76,6 +76,8 @@ pub struct FrontendState {
     pub admission: admission::Admission,
     /// TLS handshakes that failed or did not finish in time (TLS frontends).
     pub tls_handshake_failures: AtomicU64,
+    /// Tunnels tether closed with 1001 at their `websocket.max_lifetime`.
+    pub lifetime_closes: AtomicU64,
 }
 
 impl FrontendState {

@@ -23,7 +23,7 @@ use crate::config::types::MatchSource;
 use crate::lookup;
 use cookie::{CookieState, CookieSticky};
 use engineio::SidSniffer;
-use table::{MemoryTable, StickTable, MAX_KEY_LEN};
+use table::{MemoryTable, StickHold, StickTable, MAX_KEY_LEN};
 
 /// Where a request may carry a learned session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,8 +113,8 @@ pub struct Lookup {
     pub target: Option<ServerId>,
     /// What the stickiness cookie said.
     pub cookie: Option<CookieState>,
-    /// Session ids the request carried that the table knows.
-    pub known_ids: Vec<String>,
+    /// Session ids the request carried that the table knows, with the server each names.
+    pub known_ids: Vec<(String, ServerId)>,
     /// The server the table named for them.
     pub table_target: Option<ServerId>,
     /// The request opens an Engine.IO session whose `sid` is to be learned.
@@ -198,7 +198,7 @@ impl StickyPolicy {
                 let Some(name) = table.get(id) else { continue };
                 if let Some(server) = servers.get(&name) {
                     found.table_target.get_or_insert(*server);
-                    found.known_ids.push(id.to_string());
+                    found.known_ids.push((id.to_string(), *server));
                 }
             }
             found.target = found.target.or(found.table_target);
@@ -226,6 +226,45 @@ impl StickyPolicy {
         lookup: &Lookup,
         https: bool,
     ) -> Option<SidLearner> {
+        let table = self.respond(headers, server, server_name, lookup, https, &mut Vec::new())?;
+        lookup.engine_io_handshake.then(|| SidLearner {
+            sniffer: SidSniffer::default(),
+            table: table.clone(),
+            server: server_name.clone(),
+        })
+    }
+
+    /// `on_response` for a WebSocket handshake `server` accepted (101), then
+    /// holds the ids that now lead to `server` (those the request carried
+    /// and those the response taught) for as long as the tunnel lives, so
+    /// the client's reconnect with the same id finds them however long the
+    /// tunnel lasted.
+    pub fn on_switch(
+        &self,
+        headers: &mut HeaderMap,
+        server: ServerId,
+        server_name: &Arc<str>,
+        lookup: &Lookup,
+        https: bool,
+    ) -> Option<StickHold> {
+        let mut ids = Vec::new();
+        let table = self.respond(headers, server, server_name, lookup, https, &mut ids)?;
+        ids.sort_unstable();
+        ids.dedup();
+        StickHold::new(table.clone(), ids)
+    }
+
+    /// The common part of `on_response` and `on_switch`; adds to `ids` the
+    /// ids that lead to `server` afterwards. The table, if there is one.
+    fn respond(
+        &self,
+        headers: &mut HeaderMap,
+        server: ServerId,
+        server_name: &Arc<str>,
+        lookup: &Lookup,
+        https: bool,
+        ids: &mut Vec<String>,
+    ) -> Option<&Arc<dyn StickTable>> {
         if let (Some(cookie), Some(state)) = (&self.cookie, lookup.cookie) {
             cookie.rewrite_response(headers, server, state, https);
         }
@@ -234,9 +273,13 @@ impl StickyPolicy {
         // (redispatch, a drain past its deadline), never because a cookie
         // chose another server: a cookie cannot move someone else's session.
         let cookie_chose = lookup.cookie.and_then(CookieState::server) == Some(server);
-        if !cookie_chose && lookup.table_target.is_some_and(|t| t != server) {
-            for id in &lookup.known_ids {
+        let repoint = !cookie_chose && lookup.table_target.is_some_and(|t| t != server);
+        for (id, stuck_to) in &lookup.known_ids {
+            if repoint {
                 table.insert(id, server_name.clone());
+            }
+            if repoint || *stuck_to == server {
+                ids.push(id.clone());
             }
         }
         if let Some(name) = &self.learn_cookie {
@@ -245,6 +288,7 @@ impl StickyPolicy {
                 if let Some((cookie_name, id)) = pair.split_once('=') {
                     if cookie_name.trim() == name && !id.trim().is_empty() {
                         table.insert(id.trim(), server_name.clone());
+                        ids.push(id.trim().to_string());
                     }
                 }
             }
@@ -252,13 +296,10 @@ impl StickyPolicy {
         if let Some(header) = &self.learn_header {
             if let Some(id) = headers.get(header).and_then(|v| v.to_str().ok()) {
                 table.insert(id.trim(), server_name.clone());
+                ids.push(id.trim().to_string());
             }
         }
-        lookup.engine_io_handshake.then(|| SidLearner {
-            sniffer: SidSniffer::default(),
-            table: table.clone(),
-            server: server_name.clone(),
-        })
+        Some(table)
     }
 }
 

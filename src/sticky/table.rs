@@ -6,6 +6,13 @@
 //! expiry (its front is the oldest) and LRU eviction (the same front).
 //! Expired entries are purged lazily on each access, so no background task
 //! is needed and a paused tokio clock drives the tests.
+//!
+//! An entry an open tunnel was routed by is *held* (`StickHold`) while the
+//! tunnel lives: when it comes to the front of the order it is moved back
+//! instead of forgotten or evicted, and once its last tunnel closes its idle
+//! time starts again from then. A two-hour tunnel thus keeps its session id
+//! for the client's reconnect (HAProxy issue #1480), without a timer per
+//! tunnel and without touching the table per message.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -36,6 +43,11 @@ pub trait StickTable: Send + Sync {
     /// Up to `limit` entries after skipping `offset`, most recently used
     /// first (for the admin API; does not refresh their idle timers).
     fn entries(&self, offset: usize, limit: usize) -> Vec<StickEntry>;
+    /// Keeps `key` from expiring (or being evicted) until as many `release`s:
+    /// an open tunnel was routed by it.
+    fn hold(&self, key: &str);
+    /// Ends one `hold` of `key`; after the last, its idle time starts from now.
+    fn release(&self, key: &str);
     /// Whether the table holds no entry.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -76,6 +88,9 @@ struct Inner {
     /// `(last_use, seq, key)`: oldest first; `seq` makes equal instants distinct.
     order: BTreeSet<(Instant, u64, String)>,
     next_seq: u64,
+    /// Keys held by open tunnels, with how many hold each. Apart from
+    /// `entries`, so a hold outlives an entry replaced or learned again.
+    held: HashMap<String, u32>,
 }
 
 /// The in-memory stick table.
@@ -101,6 +116,7 @@ impl MemoryTable {
                 entries: HashMap::new(),
                 order: BTreeSet::new(),
                 next_seq: 0,
+                held: HashMap::new(),
             }),
         }
     }
@@ -111,25 +127,61 @@ impl MemoryTable {
 }
 
 impl Inner {
+    /// Forgets the entries unused for `idle`, except held ones, which are
+    /// moved to the back as if used now.
     fn purge_expired(&mut self, now: Instant, idle: Duration) {
+        let mut held = Vec::new();
         while let Some((last_use, _, _)) = self.order.first() {
             if *last_use + idle > now {
                 break;
             }
             if let Some((_, _, key)) = self.order.pop_first() {
-                self.entries.remove(&key);
+                if self.held.contains_key(&key) {
+                    held.push(key);
+                } else {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+        for key in held {
+            self.place(key, now);
+        }
+    }
+
+    /// Makes room for one more entry below `max_entries`: the least recently
+    /// used go first; held ones are moved to the back instead (so a table
+    /// whose every entry is held by an open tunnel may hold more).
+    fn evict_for_one(&mut self, max_entries: usize, now: Instant) {
+        let mut spared = 0;
+        while self.entries.len() >= max_entries && spared < self.entries.len() {
+            match self.order.pop_first() {
+                Some((_, _, oldest)) if self.held.contains_key(&oldest) => {
+                    self.place(oldest, now);
+                    spared += 1;
+                }
+                Some((_, _, oldest)) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
             }
         }
     }
 
-    fn touch(&mut self, key: &str, now: Instant) {
+    /// Puts the entry of `key` (already out of `order`) in the order as used at `now`.
+    fn place(&mut self, key: String, now: Instant) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(entry) = self.entries.get_mut(key) {
-            self.order.remove(&(entry.last_use, entry.seq, key.to_string()));
+        if let Some(entry) = self.entries.get_mut(&key) {
             entry.last_use = now;
             entry.seq = seq;
-            self.order.insert((now, seq, key.to_string()));
+            self.order.insert((now, seq, key));
+        }
+    }
+
+    fn touch(&mut self, key: &str, now: Instant) {
+        if let Some(entry) = self.entries.get(key) {
+            self.order.remove(&(entry.last_use, entry.seq, key.to_string()));
+            self.place(key.to_string(), now);
         }
     }
 }
@@ -162,14 +214,7 @@ impl StickTable for MemoryTable {
             inner.touch(key, now);
             return;
         }
-        while inner.entries.len() >= self.max_entries {
-            match inner.order.pop_first() {
-                Some((_, _, oldest)) => {
-                    inner.entries.remove(&oldest);
-                }
-                None => break,
-            }
-        }
+        inner.evict_for_one(self.max_entries, now);
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.entries.insert(
@@ -215,6 +260,68 @@ impl StickTable for MemoryTable {
                 })
             })
             .collect()
+    }
+
+    fn hold(&self, key: &str) {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return;
+        }
+        *self.lock().held.entry(key.to_string()).or_insert(0) += 1;
+    }
+
+    fn release(&self, key: &str) {
+        let mut inner = self.lock();
+        let Some(count) = inner.held.get_mut(key) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            inner.held.remove(key);
+            // The tunnel used the entry until now: it expires `idle_timeout` after it closed.
+            inner.touch(key, Instant::now());
+        }
+    }
+}
+
+/// The session ids an open tunnel was routed by (or learned at its
+/// handshake), held in their table while the tunnel lives and released
+/// when it ends (this guard drops with the tunnel's task).
+pub struct StickHold {
+    table: Arc<dyn StickTable>,
+    keys: Vec<String>,
+}
+
+impl StickHold {
+    /// Holds `keys` in `table`; `None` when there is none to hold.
+    pub fn new(table: Arc<dyn StickTable>, keys: Vec<String>) -> Option<Self> {
+        if keys.is_empty() {
+            return None;
+        }
+        for key in &keys {
+            table.hold(key);
+        }
+        Some(Self { table, keys })
+    }
+
+    /// The keys held.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+}
+
+impl Drop for StickHold {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            self.table.release(key);
+        }
+    }
+}
+
+impl std::fmt::Debug for StickHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickHold")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -269,6 +376,47 @@ mod tests {
         assert_eq!(table.get(&long), None);
         table.remove("k");
         assert!(table.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_entry_outlives_its_idle_timeout_and_expires_after_the_last_release() {
+        let table: Arc<dyn StickTable> = Arc::new(MemoryTable::new(Duration::from_secs(60), 100));
+        table.insert("held", name("s1"));
+        table.insert("free", name("s2"));
+        let first = StickHold::new(table.clone(), vec!["held".into()]).expect("a key");
+        let second = StickHold::new(table.clone(), vec!["held".into()]).expect("a key");
+        assert!(StickHold::new(table.clone(), Vec::new()).is_none());
+        tokio::time::advance(Duration::from_secs(150)).await;
+        assert_eq!(table.get("free"), None, "an entry no tunnel holds expires");
+        assert_eq!(
+            table.get("held").as_deref(),
+            Some("s1"),
+            "held for 150 s past 60 s idle"
+        );
+        tokio::time::advance(Duration::from_secs(100)).await;
+        drop(first);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(table.len(), 1, "still held by the second tunnel");
+        drop(second);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(table.len(), 1, "idle again from the last release");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(table.is_empty(), "forgotten idle_timeout after the tunnel closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_entries_are_not_evicted_at_max_entries() {
+        let table: Arc<dyn StickTable> = Arc::new(MemoryTable::new(Duration::from_secs(3600), 2));
+        table.insert("a", name("s1"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        table.insert("b", name("s2"));
+        let _hold = StickHold::new(table.clone(), vec!["a".into()]);
+        table.insert("c", name("s3"));
+        assert_eq!(table.get("a").as_deref(), Some("s1"), "the oldest, but held");
+        assert_eq!(table.get("b"), None, "the oldest not held went instead");
+        table.insert("d", name("s1"));
+        assert_eq!(table.len(), 2);
+        assert!(table.get("a").is_some() && table.get("d").is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,13 +20,15 @@ pub enum CloseCode {
     ProtocolError,
     /// 1008: the client sent messages faster than the frontend allows.
     PolicyViolation,
+    /// 1001 for a tunnel open for its `websocket.max_lifetime`.
+    MaxLifetime,
 }
 
 impl CloseCode {
     /// The numeric code.
     pub fn code(self) -> u16 {
         match self {
-            CloseCode::GoingAway | CloseCode::Idle | CloseCode::NoPong => 1001,
+            CloseCode::GoingAway | CloseCode::Idle | CloseCode::NoPong | CloseCode::MaxLifetime => 1001,
             CloseCode::ServiceRestart => 1012,
             CloseCode::MessageTooBig => 1009,
             CloseCode::ProtocolError => 1002,
@@ -56,6 +58,7 @@ impl CloseCode {
             CloseCode::NoPong => b"no answer to ping",
             CloseCode::ProtocolError => b"protocol error",
             CloseCode::PolicyViolation => b"too many messages",
+            CloseCode::MaxLifetime => b"max lifetime",
         }
     }
 

@@ -287,6 +287,10 @@ impl Frontend {
         websocket_ping_timeout(&str) => "websocket"."ping_timeout";
         /// `websocket.max_messages`: client messages per tunnel, as `"100/s"`.
         websocket_max_messages(&str) => "websocket"."max_messages";
+        /// `websocket.max_lifetime`: every tunnel is closed with 1001 this long after it opened.
+        websocket_max_lifetime(&str) => "websocket"."max_lifetime";
+        /// `websocket.lifetime_jitter`: each tunnel's limit is up to this much shorter.
+        websocket_lifetime_jitter(&str) => "websocket"."lifetime_jitter";
         /// `per_ip.ipv6_prefix`: IPv6 clients are counted per network of this prefix.
         per_ip_ipv6_prefix(i64) => "per_ip"."ipv6_prefix";
         /// `trusted_proxies`: CIDR blocks of proxies whose forwarding headers are believed.

@@ -64,6 +64,19 @@ pub async fn server_of(addr: SocketAddr, path: &str) -> String {
     headers["x-server"].to_str().unwrap().to_string()
 }
 
+/// The value of the series `series` (name and labels as printed, e.g.
+/// `tether_frontend_lifetime_closes_total{frontend="public"}`) in the
+/// `/metrics` of the admin listener at `admin`; panics when it is absent.
+pub async fn metric(admin: SocketAddr, series: &str) -> u64 {
+    let (status, _, body) = get(admin, "/metrics").await;
+    assert!(status.is_success(), "/metrics: {status}");
+    let text = String::from_utf8_lossy(&body).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
+}
+
 /// Writes raw bytes on a new connection and reads until the peer closes or 5 s pass.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");

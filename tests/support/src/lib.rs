@@ -24,11 +24,12 @@ pub use config::{
 };
 pub use dns::{Dnsmasq, SrvRecord};
 pub use http::{
-    closed_port, connect_from, get, get_request, http_client, http_client_on, raw_exchange, send, server_of, TestBody,
+    closed_port, connect_from, get, get_request, http_client, http_client_on, metric, raw_exchange, send, server_of,
+    TestBody,
 };
 pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
 pub use logs::{init_logs, Captured};
 pub use node::ensure_npm_packages;
 pub use redis_server::{PartitionProxy, RedisServer};
 pub use timing::eventually;
-pub use ws::{close_code, next_text, ws_connect, ws_connect_with, Ws};
+pub use ws::{close_code, close_frame, next_text, ws_connect, ws_connect_with, Ws};

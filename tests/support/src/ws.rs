@@ -54,3 +54,21 @@ pub async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
     .await
     .expect("the client was left hanging")
 }
+
+/// The code and reason of the next Close frame the client sees (other
+/// messages are skipped); `None` for a bare close or an error. Panics if
+/// nothing comes within `within`.
+pub async fn close_frame(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
+    tokio::time::timeout(within, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the client was left hanging")
+}
