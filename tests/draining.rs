@@ -127,7 +127,11 @@ async fn a_drained_server_takes_no_new_clients_and_closes_its_tunnels_spread_out
     );
     // A closed tunnel holds its slot until the client's Close or EOF (at most CLOSE_LINGER).
     let emptied = eventually(Duration::from_secs(3), async || state.active() == 0).await;
-    assert!(emptied.is_some(), "{} still active on the drained server", state.active());
+    assert!(
+        emptied.is_some(),
+        "{} still active on the drained server",
+        state.active()
+    );
     assert_eq!(on_s2.len(), 150);
     for ws in on_s2.iter_mut().take(5) {
         futures_util::SinkExt::send(ws, Message::text("alive")).await.unwrap();
