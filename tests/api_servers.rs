@@ -323,6 +323,41 @@ async fn adding_a_server_needs_the_login_and_a_same_origin_request() {
     tether.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_found_in_dns_says_dns_and_only_api_servers_can_be_deleted() {
+    let found = backend("found").start_on("127.0.0.2:0".parse().unwrap()).await;
+    let (s1, s3) = (backend("s1").start().await, backend("s3").start().await);
+    let dns = Dnsmasq::start(&[("127.0.0.2", "api.found.internal")], &[]);
+    let pool = pool()
+        .balance("roundrobin")
+        .discover_dns("api.found.internal", found.addr.port(), "100ms")
+        .servers([&s1]);
+    let tether = start_tether(&config_with(pool).resolver(&[dns.addr()], "1s")).await;
+    let dns_name = format!("pool-127.0.0.2-{}", found.addr.port());
+    let appeared = eventually(Duration::from_secs(5), async || {
+        listed_server(&tether, &dns_name).await.is_some()
+    })
+    .await;
+    assert!(appeared.is_some(), "the DNS server joins");
+    assert_eq!(add(&tether, "s3", s3.addr).await.0, StatusCode::CREATED);
+    let sources: Vec<(Value, Value)> = listed(&tether)
+        .await
+        .iter()
+        .map(|s| (s["name"].clone(), s["source"].clone()))
+        .collect();
+    assert_eq!(
+        sources,
+        [("s1", "config"), (dns_name.as_str(), "dns"), ("s3", "api")].map(|(n, s)| (Value::from(n), Value::from(s)))
+    );
+    let (status, refused) = delete(&tether, &dns_name).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(refused["error"].as_str().unwrap().contains("found in DNS"), "{refused}");
+    // The three sources are balanced together.
+    let (reached, _open) = connect(tether.addr, 3).await;
+    assert_eq!((count(&reached, "found"), count(&reached, "s3")), (1, 1), "{reached:?}");
+    tether.stop().await;
+}
+
 /// A fresh folder for a state file.
 fn state_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tether-api-servers-{}-{name}", std::process::id()));
@@ -443,6 +478,56 @@ async fn with_a_cluster_a_server_added_through_one_instance_reaches_every_instan
     for tether in [a, b, c] {
         tether.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_records_in_redis_that_are_unsigned_malformed_or_from_the_future_are_ignored() {
+    let redis = RedisServer::start().await;
+    let s1 = backend("s1").start().await;
+    let cluster = Cluster::redis(&redis.url())
+        .instance("a")
+        .sync_interval("100ms")
+        .secret("0123456789abcdef0123");
+    let a = start_tether(&config_with(pool().servers([&s1])).cluster(cluster)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let record = |name: &str, address: &str, at: u64| {
+        format!(
+            r#"{{"server": {{"backend": "pool", "name": "{name}", "address": "{address}"}}, "deleted": false, "by": "evil", "instance": "x", "at_unix_ms": {at}}}"#
+        )
+    };
+    let forged = [
+        ("unsigned", record("unsigned", "127.0.0.1:9", now)),
+        ("host", record("host", "evil.example:80", now)),
+        ("future", record("future", "127.0.0.1:9", now + 3_600_000)),
+        (
+            "huge",
+            record("huge", "127.0.0.1:9", now).replace("\"evil\"", &format!("\"{}\"", "e".repeat(5000))),
+        ),
+    ];
+    for (name, value) in &forged {
+        let _: () = redis
+            .run(
+                redis::cmd("HSET")
+                    .arg("tether:servers:state")
+                    .arg(format!("pool/{name}"))
+                    .arg(value),
+            )
+            .await;
+        let _: () = redis.run(redis::cmd("PUBLISH").arg("tether:servers").arg(value)).await;
+    }
+    // Published and read back again (every 5 sync intervals): never applied.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let names: Vec<Value> = listed(&a).await.iter().map(|s| s["name"].clone()).collect();
+    assert_eq!(names, [Value::from("s1")], "no forged server was added");
+    // A genuine add still goes through.
+    assert_eq!(
+        add(&a, "s2", "127.0.0.1:9".parse().unwrap()).await.0,
+        StatusCode::CREATED
+    );
+    a.stop().await;
 }
 
 /// The new key as `tether check` reads it: errors at file:line:column.

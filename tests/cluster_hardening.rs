@@ -49,7 +49,7 @@ fn member(redis: &str, instance: &str) -> Cluster {
 
 fn config(base: &Backend, cluster: Cluster) -> Config {
     Config::over(base.clone())
-        .admin(Admin::bind("127.0.0.1:0"))
+        .admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]))
         .cluster(cluster)
 }
 
@@ -301,9 +301,10 @@ async fn a_huge_stick_value_is_not_cached() {
         .as_array()
         .expect("entries")
         .iter()
-        .filter_map(|e| e["key"].as_str())
+        .filter_map(|e| e["key_hash"].as_str())
         .collect();
-    assert_eq!(keys, ["fine"], "the 1 MiB value is not kept in the local table");
+    let fine = tether::admin::api::key_hash("fine");
+    assert_eq!(keys, [fine.as_str()], "the 1 MiB value is not kept in the local table");
 }
 
 #[tokio::test]
@@ -593,6 +594,18 @@ async fn the_documented_acl_user_is_enough_for_everything_tether_does() {
     assert!(
         reaches(&b, "s1", "admin", "drain".into(), Duration::from_secs(2)).await,
         "EVAL (HGET, HSET, PUBLISH) and SUBSCRIBE allowed"
+    );
+    let (status, _) = admin_call(
+        admin(&a),
+        http::Method::POST,
+        "/api/v1/backends/pool/servers",
+        Some(&format!(r#"{{"name": "s3", "address": "{}"}}"#, s2.addr)),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::CREATED);
+    assert!(
+        reaches(&b, "s3", "source", "api".into(), Duration::from_secs(2)).await,
+        "a server added through the API reaches the other instance (the servers channel)"
     );
     for _ in 0..15 {
         assert!(redis_up(&a).await && redis_up(&b).await, "no command refused");

@@ -38,6 +38,9 @@ end
 return 0
 "#;
 
+/// A hash field and its value, as `HSCAN` returns them.
+type FieldValue = (Vec<u8>, Vec<u8>);
+
 /// What applies received servers: `instance`'s merge into its set and its
 /// reload path (given at start, so this module never sees the instance).
 pub type ServerSink = Arc<dyn Fn(Vec<Entry>) + Send + Sync>;
@@ -238,11 +241,11 @@ impl Cluster {
     pub(crate) async fn read_servers(&self) -> Result<usize, super::client::RedisCallError> {
         let key = self.servers_key();
         let mut cursor: u64 = 0;
-        let mut read: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut read: Vec<FieldValue> = Vec::new();
         loop {
             let mut pipe = redis::pipe();
             pipe.cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(256);
-            let ((next, pairs),): ((u64, Vec<(Vec<u8>, Vec<u8>)>),) =
+            let ((next, pairs),): ((u64, Vec<FieldValue>),) =
                 self.redis.query(&pipe, self.redis.background_timeout()).await?;
             read.extend(pairs);
             cursor = next;
@@ -257,6 +260,7 @@ impl Cluster {
         read.truncate(MAX_SCANNED);
         let count = read.len();
         let now = unix_ms();
+        lock(&self.servers_known).retain(|_, record| !record.expired(now));
         let mut entries = Vec::new();
         let mut expired = Vec::new();
         for (field, bytes) in read {

@@ -388,6 +388,9 @@ impl Handle {
         let _one_at_a_time = lock(&inner.reloading);
         let combined = self.compose(config, &lock(&inner.discovery.found), &lock(&inner.api.servers));
         self.swap_in(&combined, false)?;
+        if config.state_file != inner.api.state_file {
+            tracing::warn!("`state_file` changed: restart tether to use the new one (this process keeps its own)");
+        }
         *lock(&inner.discovery.file) = Arc::new(config.clone());
         inner.discovery.wake.notify_one();
         Ok(())
@@ -476,9 +479,6 @@ impl Handle {
                     "`workers` changed: restart tether to apply it (this process keeps its workers)"
                 );
             }
-        }
-        if config.state_file != inner.api.state_file {
-            tracing::warn!("`state_file` changed: restart tether to use the new one (this process keeps its own)");
         }
         let diff = Diff::between(&previous, &next);
         let next = Arc::new(next);
