@@ -7,7 +7,7 @@
 //! The modules form layers, each importing only from the layers below it
 //! (README's Layout table; `tests/architecture.rs` checks it): `util`;
 //! the leaves `cidr`, `origin`, `lookup`, `tls`, `workers`, `ws`; `config`;
-//! `state`; `route` and `balance`; `sticky`; `health`; `snapshot`; the
+//! `state`, `discovery` and `dynamic`; `route` and `balance`; `sticky`; `health`; `snapshot`; the
 //! engines `proxy` and `cluster`; `admin`; `instance`; `demo` and this root.
 
 pub mod admin;
@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod dynamic;
 pub mod health;
 pub mod instance;
 pub mod lookup;

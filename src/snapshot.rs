@@ -182,6 +182,11 @@ pub struct Server {
     /// config's wins at every load, as in HAProxy without a state file,
     /// unless a cluster peer's operator change is newer).
     pub configured_admin: crate::config::types::AdminState,
+    /// Where it came from: the file, DNS or the admin API.
+    pub source: crate::config::types::ServerSource,
+    /// Deleted through the admin API and draining: no new client, not even
+    /// a stuck one; it leaves the backend once it holds no connection.
+    pub leaving: bool,
 }
 
 impl Server {
@@ -308,6 +313,8 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
                 cookie: s.cookie.clone(),
                 state,
                 tls: s.tls.clone(),
+                source: s.source,
+                leaving: s.leaving,
             }
         })
         .collect();
@@ -487,6 +494,7 @@ fn configured_differently(before: &Server, after: &Server) -> bool {
         || before.maxconn != after.maxconn
         || before.cookie != after.cookie
         || before.tls_name() != after.tls_name()
+        || before.leaving != after.leaving
 }
 
 impl std::fmt::Display for Diff {

@@ -24,7 +24,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (0, &["util"]),
     (1, &["cidr", "origin", "lookup", "tls", "workers", "ws"]),
     (2, &["config"]),
-    (3, &["state", "discovery"]),
+    (3, &["state", "discovery", "dynamic"]),
     (4, &["route", "balance"]),
     (5, &["sticky"]),
     (6, &["health"]),

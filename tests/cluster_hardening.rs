@@ -595,6 +595,18 @@ async fn the_documented_acl_user_is_enough_for_everything_tether_does() {
         reaches(&b, "s1", "admin", "drain".into(), Duration::from_secs(2)).await,
         "EVAL (HGET, HSET, PUBLISH) and SUBSCRIBE allowed"
     );
+    let (status, _) = admin_call(
+        admin(&a),
+        http::Method::POST,
+        "/api/v1/backends/pool/servers",
+        Some(&format!(r#"{{"name": "s3", "address": "{}"}}"#, s2.addr)),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::CREATED);
+    assert!(
+        reaches(&b, "s3", "source", "api".into(), Duration::from_secs(2)).await,
+        "a server added through the API reaches the other instance (the servers channel)"
+    );
     for _ in 0..15 {
         assert!(redis_up(&a).await && redis_up(&b).await, "no command refused");
         tokio::time::sleep(Duration::from_millis(100)).await;

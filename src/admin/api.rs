@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::Context;
 use super::{error_response, json_response, AdminBody};
 use crate::config::MAX_WEIGHT;
+use crate::dynamic::{Refusal, RefusalKind};
 use crate::snapshot::{Backend, Server, Snapshot};
 use crate::state::{AdminState, Changes};
 
@@ -62,6 +63,8 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
     json!({
         "backend": &*backend.name,
         "name": &*server.name,
+        "source": server.source.as_str(),
+        "deleting": server.leaving,
         "address": server.address.to_string(),
         "state": state_name(server),
         "admin": state.admin().as_str(),
@@ -161,6 +164,9 @@ pub fn server_action(
         Ok(found) => found,
         Err(message) => return error_response(StatusCode::NOT_FOUND, message),
     };
+    if b.servers[index].leaving {
+        return leaving(backend, server);
+    }
     let target = match verb {
         "drain" => AdminState::Drain,
         "enable" => AdminState::Ready,
@@ -180,6 +186,9 @@ pub fn set_weight(snapshot: &Snapshot, backend: &str, server: &str, body: &[u8],
         Ok(found) => found,
         Err(message) => return error_response(StatusCode::NOT_FOUND, message),
     };
+    if b.servers[index].leaving {
+        return leaving(backend, server);
+    }
     let weight = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("weight").and_then(Value::as_u64))
@@ -195,6 +204,58 @@ pub fn set_weight(snapshot: &Snapshot, backend: &str, server: &str, body: &[u8],
     let before = state.set_weight(weight);
     tracing::info!(backend = %b.name, server = %server, weight, before, user, "weight set through the API");
     json_response(StatusCode::OK, &server_json(b, index))
+}
+
+/// The 409 of an operator action on a server being deleted.
+fn leaving(backend: &str, server: &str) -> Response<AdminBody> {
+    error_response(
+        StatusCode::CONFLICT,
+        format!("server `{server}` of backend `{backend}` is being deleted: it drains until it holds no connection"),
+    )
+}
+
+/// The answer to a refused add or delete: its class's status, the reason in `error`.
+fn refused(refusal: Refusal) -> Response<AdminBody> {
+    let status = match refusal.kind {
+        RefusalKind::BadRequest => StatusCode::BAD_REQUEST,
+        RefusalKind::NotFound => StatusCode::NOT_FOUND,
+        RefusalKind::Conflict => StatusCode::CONFLICT,
+        RefusalKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_response(status, refusal.message)
+}
+
+/// `POST /api/v1/backends/{backend}/servers` with `{ "name", "address",
+/// "weight", "maxconn", "cookie" }`: 201 with the new server.
+pub fn add_server(context: &dyn Context, backend: &str, body: &[u8], user: &str) -> Response<AdminBody> {
+    match context.add_server(backend, body, user) {
+        Ok(name) => {
+            let snapshot = context.snapshot();
+            match find(&snapshot, backend, &name) {
+                Ok((b, index)) => json_response(StatusCode::CREATED, &server_json(b, index)),
+                Err(_) => json_response(StatusCode::CREATED, &json!({ "backend": backend, "name": name })),
+            }
+        }
+        Err(refusal) => refused(refusal),
+    }
+}
+
+/// `DELETE /api/v1/backends/{backend}/servers/{server}`: 202 with the
+/// server, now draining (it leaves once it holds no connection).
+pub fn delete_server(context: &dyn Context, backend: &str, server: &str, user: &str) -> Response<AdminBody> {
+    match context.delete_server(backend, server, user) {
+        Ok(()) => {
+            let snapshot = context.snapshot();
+            match find(&snapshot, backend, server) {
+                Ok((b, index)) => json_response(StatusCode::ACCEPTED, &server_json(b, index)),
+                Err(_) => json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({ "backend": backend, "name": server, "deleting": true }),
+                ),
+            }
+        }
+        Err(refusal) => refused(refusal),
+    }
 }
 
 /// `POST /api/v1/reload`.

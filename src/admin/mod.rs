@@ -4,7 +4,8 @@
 //! - `auth`: address allow-lists, HTTP Basic logins against argon2 hashes,
 //!   the limit on failed logins;
 //! - `api`: the JSON views and the operator actions (drain, enable,
-//!   disable, maint, weight, reload, stick-table entries, cluster instances);
+//!   disable, maint, weight, servers added and deleted, reload, stick-table
+//!   entries, cluster instances);
 //! - `metrics`: the Prometheus exposition, collected from the snapshot at scrape time;
 //! - `page`: the HTML stats page with its polling script.
 //!
@@ -38,6 +39,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
+use crate::dynamic::Refusal;
 use crate::proxy::Stop;
 use crate::snapshot::{AdminSettings, Snapshot};
 use crate::state::Changes;
@@ -58,6 +60,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/frontends"),
     ("GET", "/api/v1/backends"),
     ("GET", "/api/v1/servers"),
+    ("POST", "/api/v1/backends/{backend}/servers"),
+    ("DELETE", "/api/v1/backends/{backend}/servers/{server}"),
     ("POST", "/api/v1/backends/{backend}/servers/{server}/drain"),
     ("POST", "/api/v1/backends/{backend}/servers/{server}/enable"),
     ("POST", "/api/v1/backends/{backend}/servers/{server}/disable"),
@@ -92,6 +96,16 @@ pub trait Context: Send + Sync + 'static {
     fn open_connections(&self) -> usize;
     /// Connections each worker accepted since start (worker 0 first).
     fn accepted_per_worker(&self) -> Vec<u64>;
+    /// Adds a server to `backend` from the JSON `body` of `POST
+    /// …/servers`, checked like the config and applied without a reload
+    /// of the file; its name, or why not (with the HTTP class).
+    fn add_server(&self, backend: &str, body: &[u8], user: &str) -> Result<String, Refusal>;
+    /// Deletes a server added through the API: it drains and leaves once
+    /// it holds no connection; why not (with the HTTP class).
+    fn delete_server(&self, backend: &str, server: &str, user: &str) -> Result<(), Refusal>;
+    /// An operator change (drain, enable, maint, weight) of `backend`/`server`
+    /// succeeded: kept across restarts where the instance keeps state.
+    fn operator_changed(&self, backend: &str, server: &str);
 }
 
 /// The admin listener's own state within an instance.
@@ -441,16 +455,22 @@ async fn route(context: &dyn Context, peer: Peer, request: Request<Incoming>) ->
         "/api/v1/backends/{backend}/sticky" => api::sticky(&snapshot, param(0), request.uri().query()),
         "/api/v1/reload" => api::reload(context, user),
         "/api/v1/backends/{backend}/servers/{server}/weight" => {
-            let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(err) => {
-                    return error_response(StatusCode::BAD_REQUEST, format!("cannot read the request body: {err}"))
-                }
+            let body = match read_body(request).await {
+                Ok(body) => body,
+                Err(response) => return response,
             };
             let response = api::set_weight(&snapshot, param(0), param(1), &body, user);
             announce(context, &snapshot, &response, param(0), param(1), user);
             response
         }
+        "/api/v1/backends/{backend}/servers" => {
+            let body = match read_body(request).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            api::add_server(context, param(0), &body, user)
+        }
+        "/api/v1/backends/{backend}/servers/{server}" => api::delete_server(context, param(0), param(1), user),
         "/api/v1/cluster" => api::cluster(context),
         action => {
             let verb = action.rsplit('/').next().unwrap_or_default();
@@ -461,7 +481,19 @@ async fn route(context: &dyn Context, peer: Peer, request: Request<Incoming>) ->
     }
 }
 
-/// In a cluster, shares an operator change that succeeded with the other instances.
+/// The body of an action (at most `MAX_BODY` bytes), or the 400 answer.
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<AdminBody>> {
+    match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(err) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {err}"),
+        )),
+    }
+}
+
+/// Keeps an operator change that succeeded: shared with the other
+/// instances of a cluster, or written to the state file.
 fn announce(
     context: &dyn Context,
     snapshot: &crate::snapshot::Snapshot,
@@ -470,8 +502,12 @@ fn announce(
     server: &str,
     user: &str,
 ) {
-    if let (Some(cluster), StatusCode::OK) = (context.cluster(), response.status()) {
-        cluster.announce(snapshot, backend, server, user);
+    if response.status() != StatusCode::OK {
+        return;
+    }
+    match context.cluster() {
+        Some(cluster) => cluster.announce(snapshot, backend, server, user),
+        None => context.operator_changed(backend, server),
     }
 }
 

@@ -47,10 +47,12 @@ pub fn render_backends(snapshot: &Snapshot) -> String {
             let _ = write!(
                 html,
                 "<div class=\"server\" data-backend=\"{b}\" data-server=\"{s}\"><h3>{s} <span class=\"state {st}\">{st}</span></h3>\
-                 <dl><dt>weight</dt><dd>{w}</dd><dt>active</dt><dd>{a}</dd><dt>tunnels</dt><dd>{t}</dd></dl></div>",
+                 <dl><dt>source</dt><dd class=\"source\">{src}</dd><dt>weight</dt><dd>{w}</dd><dt>active</dt><dd>{a}</dd>\
+                 <dt>tunnels</dt><dd>{t}</dd></dl></div>",
                 b = escape(&backend.name),
                 s = escape(&server.name),
                 st = state_name(server),
+                src = server.source.as_str(),
                 w = state.weight(),
                 a = state.active(),
                 t = state.tunnels.load(std::sync::atomic::Ordering::Relaxed),

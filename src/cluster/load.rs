@@ -26,10 +26,10 @@ use crate::util::lock;
 
 /// Heartbeats older than this many intervals mean the instance is gone.
 const LIVE_INTERVALS: u32 = 3;
-/// Every this many rounds the stored operator state is restored if Redis lost it.
+/// Every this many rounds the stored servers and operator state are restored if Redis lost them.
 const RESTORE_EVERY: u64 = 30;
-/// Every this many rounds the stored operator state is read again, in case
-/// a published change never reached this instance (a partition).
+/// Every this many rounds the stored servers and operator state are read
+/// again, in case a published change never reached this instance (a partition).
 const REREAD_EVERY: u64 = 5;
 /// Instances silent for this long are removed from the sorted set.
 const FORGET_AFTER_MS: u64 = 3_600_000;
@@ -45,6 +45,9 @@ pub(crate) async fn sync_loop(cluster: Arc<Cluster>, snapshot_source: Arc<ArcSwa
         let snapshot = snapshot_source.load_full();
         let result = sync_once(&cluster, &snapshot).await;
         if result.is_ok() && round % REREAD_EVERY == 0 {
+            if let Err(err) = cluster.read_servers().await {
+                tracing::debug!(cause = %err, "servers not read again");
+            }
             if let Err(err) = cluster.read_state(&snapshot_source).await {
                 tracing::debug!(cause = %err, "operator state not read again");
             }
@@ -52,6 +55,7 @@ pub(crate) async fn sync_loop(cluster: Arc<Cluster>, snapshot_source: Arc<ArcSwa
         if result.is_ok() && round % RESTORE_EVERY == 0 {
             // A FLUSHALL does not disconnect anyone: repair the stored operator state now and then.
             super::ops::restore_state(&cluster).await;
+            super::servers::restore(&cluster).await;
         }
         if let Err(err) = result {
             // The first failure of an outage is logged by `mark`; a plain

@@ -8,7 +8,9 @@
 //!   add to their local live counts (`ServerState::remote_active`);
 //! - `ops`: drain, enable, disable, maint and weight changes made through
 //!   any instance's admin API, published on a channel and stored in a hash
-//!   a starting instance reads.
+//!   a starting instance reads;
+//! - `servers`: servers added and deleted through any instance's admin
+//!   API, shared the same way, applied by each instance's reload path.
 //!
 //! The shared stick table itself is `stick_table`. Nothing here is on a
 //! request's critical path except one bounded GET for a session id the
@@ -19,6 +21,7 @@
 pub mod client;
 pub mod load;
 pub mod ops;
+pub mod servers;
 pub mod stick_table;
 pub mod trust;
 
@@ -130,6 +133,13 @@ pub struct Cluster {
     /// with the last snapshot and tunnel using it), whose ids held by open
     /// tunnels the refresh task keeps alive in Redis.
     tables: Mutex<Vec<std::sync::Weak<stick_table::SharedTable>>>,
+    /// The latest record of each server added or deleted through the API
+    /// (`backend/server`), as stored in Redis; bounded by `servers::MAX_SCANNED`.
+    servers_known: Mutex<HashMap<String, servers::ServerRecord>>,
+    /// Server changes made here that could not be published (outage), published on recovery.
+    servers_pending: Mutex<Vec<servers::ServerRecord>>,
+    /// Where received servers are applied (set by `start`).
+    servers_sink: OnceLock<servers::ServerSink>,
 }
 
 impl Cluster {
@@ -161,6 +171,9 @@ impl Cluster {
             ops_pending: Mutex::new(Vec::new()),
             changes,
             tables: Mutex::new(Vec::new()),
+            servers_known: Mutex::new(HashMap::new()),
+            servers_pending: Mutex::new(Vec::new()),
+            servers_sink: OnceLock::new(),
         })
     }
 
@@ -309,8 +322,11 @@ impl Cluster {
     }
 
     /// Starts the background tasks (writer, load sync and heartbeat, operator
-    /// changes, resync on recovery); they stop when the returned guard drops.
-    pub fn start(self: &Arc<Self>, snapshot: Arc<ArcSwap<Snapshot>>) -> TaskGuard {
+    /// changes and servers added through the API, resync on recovery); they
+    /// stop when the returned guard drops. Servers the others add or delete
+    /// are handed to `servers`.
+    pub fn start(self: &Arc<Self>, snapshot: Arc<ArcSwap<Snapshot>>, servers: servers::ServerSink) -> TaskGuard {
+        let _ = self.servers_sink.set(servers);
         self.redis.start();
         let mut tasks = Vec::new();
         if let Some(queue) = lock(&self.write_queue).take() {
@@ -418,15 +434,20 @@ async fn writer(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<StickWrite>) {
 }
 
 /// On every recovery of Redis: pushes what was learned meanwhile, reads
-/// the stored operator state (changes made elsewhere during a partition may
-/// never have reached this instance's subscription), publishes the operator
-/// changes made here meanwhile (only where they are newer than the stored
-/// ones) and stores again the operator state a restarted Redis lost. (The
-/// load sync re-publishes the counts by itself.)
+/// the stored servers and operator state (changes made elsewhere during a
+/// partition may never have reached this instance's subscription),
+/// publishes the server and operator changes made here meanwhile (only
+/// where they are newer than the stored ones) and stores again what a
+/// restarted Redis lost. (The load sync re-publishes the counts by itself.)
 async fn resync_loop(cluster: Arc<Cluster>, snapshot: Arc<ArcSwap<Snapshot>>) {
     loop {
         cluster.redis.recovered.notified().await;
         cluster.push_pending().await;
+        servers::publish_pending(&cluster).await;
+        if let Err(err) = cluster.read_servers().await {
+            tracing::debug!(cause = %err, "servers not read after the recovery");
+        }
+        servers::restore(&cluster).await;
         if let Err(err) = cluster.read_state(&snapshot).await {
             tracing::debug!(cause = %err, "operator state not read after the recovery");
         }

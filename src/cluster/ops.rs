@@ -59,7 +59,7 @@ impl OpRecord {
 /// far-future one cannot block every later change; one that is not a
 /// record is replaced. Returns the stored record when it wins, else nil.
 /// KEYS[1] the hash; ARGV: field, record, its time, latest acceptable time, channel.
-const STORE_IF_NEWER: &str = r#"
+pub(crate) const STORE_IF_NEWER: &str = r#"
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if stored then
   local ok, record = pcall(cjson.decode, stored)
@@ -284,6 +284,10 @@ pub fn apply(snapshot: &Snapshot, record: &OpRecord, changes: &Changes) -> bool 
     let Some(target) = admin_state(&record.admin) else {
         return false;
     };
+    if backend.servers[index].leaving {
+        // Deleted through the API: it drains until it leaves, whatever the operator state says.
+        return false;
+    }
     let state = &backend.servers[index].state;
     let admin_changed = changes.set_admin(state, target);
     let weight = record.weight.min(crate::config::MAX_WEIGHT);
@@ -376,8 +380,9 @@ async fn listen(
     channel: &str,
 ) -> Result<(), super::client::RedisCallError> {
     let (every, deadline) = ping_schedule(cluster);
+    let servers = cluster.servers_channel();
     let (mut sink, mut messages) = cluster.redis.pubsub().await?.split();
-    match tokio::time::timeout(deadline, sink.subscribe(channel)).await {
+    match tokio::time::timeout(deadline, sink.subscribe(&[channel, servers.as_str()])).await {
         Ok(result) => result?,
         Err(_) => return Err(super::client::RedisCallError::Timeout(deadline)),
     }
@@ -393,6 +398,12 @@ async fn listen(
             message = messages.next() => {
                 let Some(message) = message else { return Ok(()) };
                 let payload: &[u8] = message.get_payload_bytes();
+                if message.get_channel_name() == servers {
+                    if let Some(record) = cluster.decode_server(payload) {
+                        cluster.receive_server(snapshot, record).await;
+                    }
+                    continue;
+                }
                 let Some(record) = cluster.decode(payload) else { continue };
                 if record.instance == cluster.instance() {
                     continue;
@@ -413,8 +424,16 @@ async fn listen(
     }
 }
 
-/// Reads the stored operator state once subscribed; whether it could.
+/// Reads the stored servers, then the operator state (the servers' too),
+/// once subscribed; whether it could.
 async fn read_after_subscribing(cluster: &Cluster, snapshot: &ArcSwap<Snapshot>) -> bool {
+    match cluster.read_servers().await {
+        Ok(count) => tracing::debug!(records = count, "servers added through the API read from Redis"),
+        Err(err) => {
+            tracing::debug!(cause = %err, "servers not read yet: trying again at the next ping");
+            return false;
+        }
+    }
     match cluster.read_state(snapshot).await {
         Ok(count) => {
             tracing::debug!(records = count, "operator state read from Redis");

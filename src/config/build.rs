@@ -13,7 +13,7 @@ use super::model::{
 use super::raw;
 use super::resolve::located;
 use super::tls;
-use super::types::{defaults, CheckKind, HashMethod, MatchSource, Preset};
+use super::types::{defaults, CheckKind, HashMethod, MatchSource, Preset, ServerSource};
 
 /// The model of `raw`, which passed `validate`'s rules.
 pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> Result<Config, ConfigError> {
@@ -28,6 +28,11 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         .map(|b| backend(b, source, base))
         .collect::<Result<_, _>>()?;
     let admin = raw.admin.as_ref().map(|a| admin(a, source, base)).transpose()?;
+    let state_file = raw
+        .state_file
+        .as_ref()
+        .map(|f| state_file(f, source, base))
+        .transpose()?;
     Ok(Config {
         workers: raw.workers.as_ref().map(|w| *w.get_ref()),
         shutdown_grace: raw.shutdown_grace.get(),
@@ -39,7 +44,41 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         log: Log {
             redact_query: raw.log.redact_query.iter().map(|p| p.get_ref().clone()).collect(),
         },
+        state_file,
     })
+}
+
+/// `state_file`, relative to the configuration's folder; its folder must exist
+/// (tether creates the file there, not the folder).
+fn state_file(
+    file: &toml::Spanned<String>,
+    source: &SourceMap<'_>,
+    base: &Path,
+) -> Result<std::path::PathBuf, ConfigError> {
+    let path = base.join(file.get_ref());
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if !folder.is_dir() {
+        return Err(source.error(
+            Some(file.span()),
+            format!(
+                "the folder of `state_file` ({}) does not exist: create it (tether writes the file there)",
+                folder.display()
+            ),
+        ));
+    }
+    if path.is_dir() {
+        return Err(source.error(
+            Some(file.span()),
+            format!(
+                "`state_file` {} is a folder: name a file in it, like state.json",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path)
 }
 
 // --- DNS discovery ---
@@ -231,6 +270,8 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
             cookie: s.cookie.clone(),
             state: s.state,
             tls,
+            source: ServerSource::Config,
+            leaving: false,
         })
         .collect();
     let balance_factor = b.balance_factor.as_ref().map(|f| *f.get_ref());

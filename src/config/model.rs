@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use super::condition::Condition;
 use super::rate::ConfigRate;
-use super::types::{AdminState, Balance, CookieMode, ForwardHeader, MatchSource, SameSite, StatusRange};
+use super::types::{AdminState, Balance, CookieMode, ForwardHeader, MatchSource, SameSite, ServerSource, StatusRange};
 use crate::cidr::Cidr;
 use crate::origin::OriginPattern;
 use crate::tls::{ServerTls, UpstreamTls};
@@ -39,6 +39,9 @@ pub struct Config {
     pub resolver: Option<Resolver>,
     /// What the access log writes.
     pub log: Log,
+    /// Where servers added through the API and operator states are kept
+    /// across restarts without a cluster (`state_file`); nowhere when `None`.
+    pub state_file: Option<PathBuf>,
 }
 
 // --- DNS discovery ---
@@ -371,6 +374,11 @@ pub struct Server {
     pub state: AdminState,
     /// TLS toward the server (its own `tls` or the backend's), with its SNI name; plain TCP when `None`.
     pub tls: Option<UpstreamTls>,
+    /// Where it came from (the file, DNS, the admin API).
+    pub source: ServerSource,
+    /// Deleted through the API and draining: it takes no new client, not
+    /// even a stuck one, and leaves the backend once it holds no connection.
+    pub leaving: bool,
 }
 
 /// Stickiness of a backend: a cookie, learned session ids, or both.

@@ -43,6 +43,10 @@ pub struct Config {
     /// What the access log writes (`[log]`).
     #[serde(default)]
     pub log: Log,
+    /// The JSON file that keeps servers added through the admin API and
+    /// operator states across restarts when there is no `[cluster]`
+    /// (written atomically, read at start); none when absent.
+    pub state_file: Option<Spanned<String>>,
 }
 
 // --- DNS discovery (`[resolver]`, `discover`, `server_defaults`, `resolve_interval`) ---

@@ -181,7 +181,7 @@ impl<'de> Deserialize<'de> for StatusRange {
 }
 
 /// The operator's intent for a server (HAProxy's admin states).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminState {
     /// Takes traffic.
@@ -210,6 +210,30 @@ impl AdminState {
             AdminState::Ready => "ready",
             AdminState::Drain => "drain",
             AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// Where a server of a backend came from: shown by the admin API and the
+/// stats page, and deciding which servers the API may delete (its own only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerSource {
+    /// Written in the configuration file (with `resolve_interval`, its address comes from DNS).
+    #[default]
+    Config,
+    /// Found in DNS by the backend's `discover`.
+    Dns,
+    /// Added through the admin API (`POST /api/v1/backends/{b}/servers`).
+    Api,
+}
+
+impl ServerSource {
+    /// The name used in the admin API and on the stats page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerSource::Config => "config",
+            ServerSource::Dns => "dns",
+            ServerSource::Api => "api",
         }
     }
 }

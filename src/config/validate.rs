@@ -133,6 +133,9 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
     if let Some(resolver) = &config.resolver {
         validate_resolver(resolver.get_ref(), source)?;
     }
+    if let Some(state_file) = &config.state_file {
+        validate_state_file(state_file, config.cluster.is_some(), source)?;
+    }
     validate_log(&config.log, source)
 }
 
@@ -156,6 +159,25 @@ fn validate_lifetime(ws: &raw::WebSocketLimits, source: &SourceMap<'_>) -> Resul
         )),
         _ => Ok(()),
     }
+}
+
+/// `state_file`: a file name, and only without `[cluster]` (whose state lives in Redis).
+fn validate_state_file(state_file: &Spanned<String>, cluster: bool, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let path = state_file.get_ref();
+    if path.trim().is_empty() || path.ends_with('/') {
+        return Err(source.error(
+            Some(state_file.span()),
+            "`state_file` names a file, like \"/var/lib/tether/state.json\"",
+        ));
+    }
+    if cluster {
+        return Err(source.error(
+            Some(state_file.span()),
+            "`state_file` keeps state without a cluster; with [cluster] the servers added through the API \
+             and the operator states live in Redis: remove `state_file` or [cluster]",
+        ));
+    }
+    Ok(())
 }
 
 /// `[log]`: each redacted query parameter is a plain name.

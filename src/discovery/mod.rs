@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::model::{Backend, Config, Discover, NamedServer, Server};
-use crate::config::types::AdminState;
+use crate::config::types::{AdminState, ServerSource};
 
 /// One server an answer names: its address and, from an SRV record, its weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -208,6 +208,8 @@ fn servers_of(backend: &Backend, target: &Target, set: &BTreeSet<Found>) -> Vec<
                 cookie: Some(naming::cookie_id(found.address)),
                 state: AdminState::Ready,
                 tls: None,
+                source: ServerSource::Dns,
+                leaving: false,
             })
             .collect(),
         Target::Named(named) => set
@@ -221,6 +223,9 @@ fn servers_of(backend: &Backend, target: &Target, set: &BTreeSet<Found>) -> Vec<
                 cookie: named.cookie.clone(),
                 state: named.state,
                 tls: None,
+                // Written in the file: only its address comes from DNS.
+                source: ServerSource::Config,
+                leaving: false,
             })
             .into_iter()
             .collect(),

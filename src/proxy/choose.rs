@@ -208,6 +208,11 @@ impl Attempt<'_> {
         tries: &mut Tries,
     ) -> Option<Result<Upstream, ProxyError>> {
         let server = &self.backend.servers[id];
+        if server.leaving {
+            // Deleted through the API: like a server removed by a reload, it
+            // takes nobody back; the client is balanced and re-pinned.
+            return None;
+        }
         if server.state.admin() == AdminState::Drain && !server.state.takes_stuck_clients() {
             // The drain's deadline passed: the client is not stuck to it any
             // more, it is balanced (and its cookie or learned id re-pointed).

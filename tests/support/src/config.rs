@@ -173,6 +173,8 @@ impl Config {
         workers(i64) => "workers";
         /// `shutdown_grace`: how long a graceful stop waits.
         shutdown_grace(&str) => "shutdown_grace";
+        /// `state_file`: where API servers and operator states are kept across restarts.
+        state_file(&str) => "state_file";
     }
 
     /// Adds a `[[frontend]]`.

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, Request, StatusCode};
+use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -55,6 +55,31 @@ pub fn get_request(path: &str) -> Request<TestBody> {
 pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes) {
     let mut client = http_client(addr).await;
     send(&mut client, get_request(path)).await
+}
+
+/// One call to the admin listener at `addr` (loopback, no login): `method`
+/// on `path` with an optional JSON `body`, sent with `Host` naming `addr`.
+/// Returns the status and the JSON answer (`Null` when it is not JSON).
+pub async fn admin_call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let mut client = http_client(addr).await;
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(
+            Full::new(Bytes::from(body.unwrap_or_default().to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap();
+    let (status, _, bytes) = send(&mut client, request).await;
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
 /// GET `path` on a fresh connection and return the backend name (`x-server`).

@@ -24,8 +24,8 @@ pub use config::{
 };
 pub use dns::{Dnsmasq, SrvRecord};
 pub use http::{
-    closed_port, connect_from, get, get_request, http_client, http_client_on, metric, raw_exchange, send, server_of,
-    TestBody,
+    admin_call, closed_port, connect_from, get, get_request, http_client, http_client_on, metric, raw_exchange, send,
+    server_of, TestBody,
 };
 pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
 pub use logs::{init_logs, Captured};

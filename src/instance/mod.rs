@@ -9,6 +9,11 @@
 //! same ports while an old one drains (binary upgrade), a reload can open
 //! a moved address before closing the old one, and each worker thread has a
 //! socket of its own on every address (see [`crate::workers`]).
+//!
+//! `servers` holds what the admin API's server adds and deletes, the state
+//! file and the cluster's shared servers need of the instance.
+
+mod servers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,6 +32,7 @@ use crate::admin::{AdminShared, Context};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::discovery::{with_found, FoundSets};
+use crate::dynamic::{with_api, ApiServers};
 use crate::health::{BackendTargets, Checkers, Target};
 use crate::proxy::listener::accept_loop;
 use crate::proxy::tunnel::{CLOSE_BOUNDARY_WAIT, CLOSE_LINGER};
@@ -79,6 +85,9 @@ pub enum StartError {
         /// What the system said.
         source: std::io::Error,
     },
+    /// The state file (`state_file`) could not be read.
+    #[error(transparent)]
+    StateFile(#[from] crate::dynamic::state_file::StateFileError),
 }
 
 /// One bound address: which frontend it serves and how to close it.
@@ -133,6 +142,8 @@ struct Inner {
     /// DNS discovery: the configuration as the file gives it, the servers
     /// found for it, and the wake-up of the lookup loop after a reload.
     discovery: Discovery,
+    /// Servers added through the admin API and the state file.
+    api: servers::ApiState,
 }
 
 /// What DNS discovery needs of the instance: the snapshot is built from
@@ -178,7 +189,8 @@ impl Tether {
     pub fn bind_on(config: &Config, workers: Vec<RuntimeHandle>) -> Result<Tether, StartError> {
         assert!(!workers.is_empty(), "tether needs at least one worker runtime");
         let (changes, reports) = Changes::channel();
-        let mut snapshot = Snapshot::build(config, None);
+        let api = servers::ApiState::load(config)?;
+        let mut snapshot = Snapshot::build(&with_api(config, &lock(&api.servers)), None);
         let cluster = match &config.cluster {
             Some(settings) => {
                 let settings = settings.clone();
@@ -214,6 +226,7 @@ impl Tether {
                     found: Mutex::default(),
                     wake: Arc::default(),
                 },
+                api,
             }),
         };
         handle.sync_listeners(&snapshot)?;
@@ -271,9 +284,11 @@ impl Tether {
         let cluster_tasks = inner
             .cluster
             .get()
-            .map(|cluster| cluster.start(shared.snapshot.clone()));
+            .map(|cluster| cluster.start(shared.snapshot.clone(), handle.server_sink()));
         // DNS lookups of `discover` and `resolve_interval` run until this function ends.
         let _discovery = handle.start_discovery();
+        // Servers deleted through the API leave once drained, until this function ends.
+        let _deletions = handle.start_deletions();
         shutdown.await;
         let grace = shared.snapshot.load().shutdown_grace;
         let open = shared.open.count();
@@ -366,12 +381,16 @@ impl Handle {
     /// tunnels keep the snapshot they started with.
     ///
     /// Servers found in DNS stay (the new file's own lookups are planned
-    /// again, and a changed `discover` drops the old name's servers).
+    /// again, and a changed `discover` drops the old name's servers), and
+    /// so do servers added through the API.
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
         let inner = &self.inner;
         let _one_at_a_time = lock(&inner.reloading);
-        let combined = with_found(config, &lock(&inner.discovery.found));
+        let combined = self.compose(config, &lock(&inner.discovery.found), &lock(&inner.api.servers));
         self.swap_in(&combined, false)?;
+        if config.state_file != inner.api.state_file {
+            tracing::warn!("`state_file` changed: restart tether to use the new one (this process keeps its own)");
+        }
         *lock(&inner.discovery.file) = Arc::new(config.clone());
         inner.discovery.wake.notify_one();
         Ok(())
@@ -397,36 +416,50 @@ impl Handle {
         let inner = &self.inner;
         let _one_at_a_time = lock(&inner.reloading);
         let file = lock(&inner.discovery.file).clone();
-        let combined = with_found(&file, &found);
+        let combined = self.compose(&file, &found, &lock(&inner.api.servers));
         *lock(&inner.discovery.found) = found;
         if let Err(err) = self.swap_in(&combined, true) {
             tracing::error!(cause = %err, "servers found in DNS could not be applied");
         }
     }
 
+    /// The configuration a snapshot is built from: the file's, with the
+    /// servers found in DNS, then those added through the API.
+    fn compose(&self, file: &Config, found: &FoundSets, api: &ApiServers) -> Config {
+        with_api(&with_found(file, found), api)
+    }
+
     /// Build, diff, bind, swap and apply `config` (the reload lock held);
-    /// with `ramp_new`, servers new in it start their slow-start ramp.
+    /// with `ramp_new` (a server set changed at run time: DNS, the API),
+    /// servers new in it start their slow-start ramp, and only they and
+    /// those starting or stopping to leave take their intended states.
     fn swap_in(&self, config: &Config, ramp_new: bool) -> Result<(), StartError> {
         let inner = &self.inner;
         let previous = self.snapshot();
         let mut next = Snapshot::build(config, Some(&previous));
-        // Found in DNS: only the servers new in it take their intended
-        // states (operator changes to the others stay) and ramp up.
-        let fresh: Option<Vec<Arc<ServerState>>> = ramp_new.then(|| {
-            let known = |state: &Arc<ServerState>| {
+        // Operator changes to the others stay.
+        let mut fresh = Vec::new();
+        let mut only: Option<Vec<Arc<ServerState>>> = None;
+        if ramp_new {
+            let before = |state: &Arc<ServerState>| {
                 previous
                     .backends
                     .iter()
-                    .any(|b| b.servers.iter().any(|s| Arc::ptr_eq(&s.state, state)))
+                    .flat_map(|b| b.servers.iter())
+                    .find(|s| Arc::ptr_eq(&s.state, state))
             };
-            next.backends
-                .iter()
-                .flat_map(|b| b.servers.iter())
-                .filter(|s| !known(&s.state))
-                .map(|s| s.state.clone())
-                .collect()
-        });
-        for state in fresh.iter().flatten() {
+            let mut touched = Vec::new();
+            for server in next.backends.iter().flat_map(|b| b.servers.iter()) {
+                match before(&server.state) {
+                    None => fresh.push(server.state.clone()),
+                    Some(old) if old.leaving != server.leaving => touched.push(server.state.clone()),
+                    Some(_) => {}
+                }
+            }
+            touched.extend(fresh.iter().cloned());
+            only = Some(touched);
+        }
+        for state in &fresh {
             state.ramp_from_now();
         }
         if let Some(cluster) = inner.cluster.get() {
@@ -451,7 +484,7 @@ impl Handle {
         let next = Arc::new(next);
         self.sync_listeners(&next)?;
         inner.shared.snapshot.store(next.clone());
-        self.apply(&next, diff, fresh.as_deref());
+        self.apply(&next, diff, only.as_deref());
         Ok(())
     }
 
@@ -489,8 +522,9 @@ impl Handle {
 
     /// Writes each server's intended weight and admin state to its live
     /// state: the cluster's latest operator change if there is one (it
-    /// wins, as it did before the reload), else the config's. Each
-    /// frontend's live admission state learns its IPv6 client prefix.
+    /// wins, as it did before the reload), else the state file's, else the
+    /// config's; a server deleted through the API drains whatever they say.
+    /// Each frontend's live admission state learns its IPv6 client prefix.
     fn apply_intended_states(&self, snapshot: &Snapshot, only: Option<&[Arc<ServerState>]>) {
         let inner = &self.inner;
         for frontend in &snapshot.frontends {
@@ -502,9 +536,14 @@ impl Handle {
                 if only.is_some_and(|only| !only.iter().any(|s| Arc::ptr_eq(s, &server.state))) {
                     continue;
                 }
-                let (admin, weight) = cluster
-                    .and_then(|c| c.operator_state(&backend.name, &server.name))
-                    .unwrap_or((server.configured_admin, server.configured_weight));
+                let (admin, weight) = if server.leaving {
+                    (AdminState::Drain, server.configured_weight)
+                } else {
+                    cluster
+                        .and_then(|c| c.operator_state(&backend.name, &server.name))
+                        .or_else(|| self.stored_operator_state(&backend.name, &server.name))
+                        .unwrap_or((server.configured_admin, server.configured_weight))
+                };
                 server.state.set_weight(weight);
                 inner.shared.changes.set_admin(&server.state, admin);
             }
@@ -731,13 +770,22 @@ fn down_spread_of(snapshot: &Snapshot, server: &Arc<ServerState>) -> Duration {
         .map_or(DEFAULT_DOWN_SPREAD, |b| b.down_spread)
 }
 
-/// The drain timing of the backend `server` belongs to in `snapshot`.
+/// The drain timing of the backend `server` belongs to in `snapshot`; a
+/// server deleted through the API drains as a server removed by a reload
+/// does (no stuck client comes back).
 fn drain_timing_of(snapshot: &Snapshot, server: &Arc<ServerState>) -> DrainTiming {
     snapshot
         .backends
         .iter()
-        .find(|b| b.servers.iter().any(|s| Arc::ptr_eq(&s.state, server)))
-        .map_or(DEFAULT_DRAIN, |b| b.drain_timing())
+        .find_map(|b| {
+            let found = b.servers.iter().find(|s| Arc::ptr_eq(&s.state, server))?;
+            let timing = b.drain_timing();
+            Some(DrainTiming {
+                sticky: timing.sticky && !found.leaving,
+                ..timing
+            })
+        })
+        .unwrap_or(DEFAULT_DRAIN)
 }
 
 /// Runs a drain (or maintenance) of `server` started at admin `generation`,
@@ -817,6 +865,18 @@ impl Context for Handle {
 
     fn accepted_per_worker(&self) -> Vec<u64> {
         Handle::accepted_per_worker(self)
+    }
+
+    fn add_server(&self, backend: &str, body: &[u8], user: &str) -> Result<String, crate::dynamic::Refusal> {
+        Handle::add_server(self, backend, body, user)
+    }
+
+    fn delete_server(&self, backend: &str, server: &str, user: &str) -> Result<(), crate::dynamic::Refusal> {
+        Handle::delete_server(self, backend, server, user)
+    }
+
+    fn operator_changed(&self, backend: &str, server: &str) {
+        Handle::remember_operator_state(self, backend, server);
     }
 }
 
