@@ -62,6 +62,16 @@ impl<'de> Deserialize<'de> for Address {
     }
 }
 
+/// A nameserver as written: `ip` (port 53) or `ip:port`.
+pub(super) fn nameserver(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)).map_err(|_| {
+        format!("nameserver `{text}` is not an IP address: write \"10.0.0.2\" or \"10.0.0.2:5353\" (no host names)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

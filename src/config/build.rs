@@ -90,7 +90,7 @@ fn resolver(r: &raw::Resolver) -> Resolver {
             .nameservers
             .get_ref()
             .iter()
-            .filter_map(|n| super::validate::nameserver(n.get_ref()).ok())
+            .filter_map(|n| super::address::nameserver(n.get_ref()).ok())
             .collect(),
         timeout: r.timeout.get_ref().get(),
     }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use toml::Spanned;
 
+use super::address::nameserver;
 use super::error::{ConfigError, SourceMap};
 use super::model::Config;
 use super::raw::{self, Admin, Cluster, Health, Route, Sticky};
@@ -195,18 +196,6 @@ fn validate_log(log: &raw::Log, source: &SourceMap<'_>) -> Result<(), ConfigErro
 }
 
 // --- DNS discovery ---
-
-/// A nameserver as written: `ip` (port 53) or `ip:port`.
-pub(super) fn nameserver(text: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
-        return Ok(addr);
-    }
-    text.parse::<std::net::IpAddr>()
-        .map(|ip| std::net::SocketAddr::new(ip, 53))
-        .map_err(|_| {
-            format!("nameserver `{text}` is not an IP address: write \"10.0.0.2\" or \"10.0.0.2:5353\" (no host names)")
-        })
-}
 
 fn validate_resolver(resolver: &raw::Resolver, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     if resolver.nameservers.get_ref().is_empty() {
