@@ -4,10 +4,11 @@
 //! them restarts it on the same port). It answers nothing else (`--no-resolv`,
 //! `--no-hosts`). A missing `dnsmasq` fails the test, saying how to install it.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// One SRV record: `name` points at `target` (a name of the hosts file).
@@ -68,13 +69,31 @@ fn srv_text(srv: &[SrvRecord]) -> String {
         .collect()
 }
 
+/// A port of 127.0.0.1 free for both UDP and TCP, below Linux's ephemeral
+/// range (32768–60999). dnsmasq takes both protocols, and is restarted on the
+/// same port by `set_srv`/`restart`: a port from the ephemeral range (what
+/// binding port 0 gives) can meanwhile be taken as the local port of some
+/// other test's outgoing connection ("Address already in use"); nothing
+/// takes a port below the range unless asked for it by number.
+fn port_outside_the_ephemeral_range() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts at its own place in 20000..32000.
+    let base = std::process::id() % 600 * 20;
+    for _ in 0..12_000 {
+        let offset = (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = 20_000 + offset as u16;
+        let free = UdpSocket::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no port of 20000..32000 is free for both UDP and TCP on 127.0.0.1");
+}
+
 impl Dnsmasq {
     /// Starts dnsmasq on a free port with these A records and SRV records.
     pub fn start(hosts: &[(&str, &str)], srv: &[SrvRecord]) -> Dnsmasq {
-        let port = {
-            let probe = UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
-            probe.local_addr().expect("its address").port()
-        };
+        let port = port_outside_the_ephemeral_range();
         let dir = std::env::temp_dir().join(format!("tether-dnsmasq-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dnsmasq directory");
         let mut dns = Dnsmasq { port, dir, child: None };
