@@ -47,7 +47,7 @@ pub enum RedisCallError {
 /// Where the Redis server is.
 enum Target {
     /// One address, from a `redis://` or `rediss://` URL (with TLS, password, database).
-    Direct(redis::Client),
+    Direct(Box<redis::Client>),
     /// Whichever server the sentinels name master now.
     Sentinel(Arc<Sentinels>),
 }
@@ -121,7 +121,7 @@ impl RedisClient {
                 })?;
                 Target::Sentinel(Arc::new(sentinels(&parsed, password)?))
             }
-            None => Target::Direct(direct(url, password, ca)?),
+            None => Target::Direct(Box::new(direct(url, password, ca)?)),
         };
         Ok(Self {
             target,
@@ -144,7 +144,7 @@ impl RedisClient {
         }
         match &self.target {
             Target::Direct(client) => {
-                install(&self.manager, client.clone());
+                install(&self.manager, (**client).clone());
                 None
             }
             Target::Sentinel(sentinels) => Some(tokio::spawn(follow_master(sentinels.clone(), self.manager.clone()))),
@@ -155,7 +155,7 @@ impl RedisClient {
     /// with sentinels, a new lookup of the master.
     fn connect(&self) {
         match &self.target {
-            Target::Direct(client) => install(&self.manager, client.clone()),
+            Target::Direct(client) => install(&self.manager, (**client).clone()),
             Target::Sentinel(sentinels) => sentinels.stale.notify_one(),
         }
     }
@@ -165,7 +165,7 @@ impl RedisClient {
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisCallError> {
         let limit = self.background_timeout().max(Duration::from_secs(1));
         let client = match &self.target {
-            Target::Direct(client) => client.clone(),
+            Target::Direct(client) => (**client).clone(),
             Target::Sentinel(sentinels) => sentinels.master().await?,
         };
         match tokio::time::timeout(limit, client.get_async_pubsub()).await {
