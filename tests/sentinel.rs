@@ -153,6 +153,25 @@ async fn killing_the_master_under_load_fails_no_handshake_and_both_instances_fol
         owner,
         "an id learned before the failover was replicated and survives it"
     );
+    // The subscription follows the master too: an operator change made
+    // through A reaches B at once (the periodic re-read takes 5 s).
+    let request = "POST /api/v1/backends/pool/servers/s3/drain HTTP/1.1\r\nHost: tether.test\r\n\
+                   Content-Length: 0\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(admin(&a), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let applied = eventually(Duration::from_secs(1), async || {
+        let (_, _, body) = get(admin(&b), "/api/v1/servers").await;
+        let servers: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        servers["servers"]
+            .as_array()
+            .and_then(|list| list.iter().find(|s| s["name"] == "s3"))
+            .is_some_and(|s| s["admin"] == "drain")
+    })
+    .await;
+    assert!(
+        applied.is_some(),
+        "B applies A's drain within a second, through the promoted master"
+    );
     eprintln!(
         "sentinel failover: {handshakes} handshakes, 0 failed; replica promoted {promoted_after:?} after the kill, \
          tether writing to it {reconnected_after:?} after; whole test {:?}",
