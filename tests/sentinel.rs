@@ -219,3 +219,43 @@ fn check_refuses_a_sentinel_url_without_hosts_or_master_naming_line_and_column()
     assert_eq!(code, Some(0), "a well-formed sentinel URL passes: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_password_in_the_sentinel_url_or_in_cluster_password_reaches_the_master() {
+    let master = RedisServer::start_with_password("s3cret pass").await;
+    let sentinels = start_sentinels(&master, 1, 1, 0).await;
+    let hosts = format!("127.0.0.1:{}", sentinels[0].port);
+    let (base, _servers) = pool_with_learned_ids().await;
+    // In the URL (percent-encoded) for A, in `password` for B.
+    let a = start_tether(&cluster_config(
+        &base,
+        &format!("redis+sentinel://:s3cret%20pass@{hosts}/{MASTER_NAME}"),
+        "a",
+    ))
+    .await;
+    let b_config = Config::over(base.clone())
+        .admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]))
+        .cluster(
+            Cluster::redis(&format!("redis+sentinel://{hosts}/{MASTER_NAME}"))
+                .password("s3cret pass")
+                .instance("b"),
+        );
+    let b = start_tether(&b_config).await;
+    let up = eventually(Duration::from_secs(5), async || {
+        redis_up(&a).await == Some(true) && redis_up(&b).await == Some(true)
+    })
+    .await;
+    assert!(
+        up.is_some(),
+        "both instances authenticate to the master the sentinel names"
+    );
+    let owner = server_of(a.addr, "/?set_cookie=io=pw").await;
+    let stored = eventually(Duration::from_secs(3), async || {
+        master.get("tether:stick:pool:pw").await.as_deref() == Some(owner.as_str())
+    })
+    .await;
+    assert!(stored.is_some(), "A writes the learned id to the master");
+    for _ in 0..6 {
+        assert_eq!(server_of(b.addr, "/?sid=pw").await, owner, "B reads it there");
+    }
+}

@@ -37,7 +37,7 @@ impl RedisSentinel {
             master = master.port,
         );
         if let Some(password) = master.password() {
-            conf.push_str(&format!("sentinel auth-pass {MASTER_NAME} {password}\n"));
+            conf.push_str(&format!("sentinel auth-pass {MASTER_NAME} \"{password}\"\n"));
         }
         let file = dir.join("sentinel.conf");
         std::fs::write(&file, conf).expect("write sentinel.conf");
