@@ -88,6 +88,8 @@ pub struct RedisClient {
     /// reconnects to the address it was made for, which after a failover is
     /// a dead or demoted server). Shared with the lookup task.
     manager: Arc<ArcSwapOption<ConnectionManager>>,
+    /// Set by `start`, so a second call makes no second manager or lookup task.
+    started: AtomicBool,
     /// Bound of calls a request waits for.
     pub(crate) timeout: Duration,
     /// Whether the last call or heartbeat succeeded (`tether_cluster_redis_up`).
@@ -126,6 +128,7 @@ impl RedisClient {
         Ok(Self {
             target,
             manager: Arc::new(ArcSwapOption::empty()),
+            started: AtomicBool::new(false),
             timeout,
             up: AtomicBool::new(false),
             ever_up: AtomicBool::new(false),
@@ -137,9 +140,9 @@ impl RedisClient {
 
     /// Creates the connection manager (inside the runtime), or with
     /// sentinels starts the task that looks up the master and makes it.
-    /// Returns that task, if any. Call once.
+    /// Returns that task, if any. Idempotent.
     pub fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
-        if self.manager.load().is_some() {
+        if self.started.swap(true, Ordering::AcqRel) {
             return None;
         }
         match &self.target {
