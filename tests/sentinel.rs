@@ -215,6 +215,15 @@ fn check_refuses_a_sentinel_url_without_hosts_or_master_naming_line_and_column()
         let at = format!("{}:6:9", dir.join(name).display());
         assert!(stderr.contains(&at) && stderr.contains(needle), "{url}: {stderr}");
     }
+    let (code, stderr) = check(
+        "tls.toml",
+        "redis+sentinel://127.0.0.1/mymaster\"\ntls_ca_file = \"/etc/ssl/ca.pem",
+    );
+    let at = format!("{}:7:", dir.join("tls.toml").display());
+    assert!(
+        code == Some(1) && stderr.contains(&at) && stderr.contains("not supported"),
+        "TLS through sentinels is refused where it is asked for: {stderr}"
+    );
     let (code, stderr) = check("good.toml", "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1/mymaster/1");
     assert_eq!(code, Some(0), "a well-formed sentinel URL passes: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
