@@ -1,6 +1,11 @@
 //! The Redis connection of a cluster member: one `ConnectionManager`
 //! (multiplexed, pipelined, reconnecting by itself), every call bounded by a
 //! timeout, and the "is Redis up" flag with its once-per-outage log lines.
+//!
+//! With `redis+sentinel://`, the master's address is asked of the sentinels
+//! (`sentinel`) at every connection: a background task looks it up at start
+//! and again whenever a call fails the way a dead or demoted master makes
+//! it fail, and swaps in a connection manager to the master it names.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,13 +14,20 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, IntoConnectionInfo, Pipeline};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline, RedisConnectionInfo, ServerErrorKind};
 use tokio::sync::Notify;
 
+use crate::config::sentinel_url::{parse_sentinel_url, SentinelUrl};
 use crate::util::clock::monotonic_ms;
 
 /// Least time between two replacements of the connection after timeouts.
 const RENEW_AT_MOST_EVERY_MS: u64 = 1_000;
+/// Bound of one question to the sentinels (the master's address and its
+/// `ROLE` check), so a sentinel behind a silent partition cannot hold it.
+const SENTINEL_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a lookup of the master, so failing calls ask the sentinels a few times a second at most.
+const SENTINEL_LOOKUP_PAUSE: Duration = Duration::from_millis(200);
 
 /// Why a Redis call did not give an answer. Never shown to a client: the
 /// request goes on without Redis.
@@ -32,16 +44,52 @@ pub enum RedisCallError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Where the Redis server is.
+enum Target {
+    /// One address, from a `redis://` or `rediss://` URL (with TLS, password, database).
+    Direct(Box<redis::Client>),
+    /// Whichever server the sentinels name master now.
+    Sentinel(Arc<Sentinels>),
+}
+
+/// The sentinels of a `redis+sentinel://` URL and the task that asks them.
+struct Sentinels {
+    /// The sentinels and the master's name; a lock because a lookup caches
+    /// its connections to the sentinels (taken by the lookup task and by
+    /// the pub/sub connection, never on a request's path).
+    client: tokio::sync::Mutex<SentinelClient>,
+    /// Wakes the lookup task: a call failed as if the master were gone.
+    stale: Notify,
+    /// The sentinels, for logs.
+    shown: String,
+}
+
+impl Sentinels {
+    /// A client for the master the sentinels name now (checked with `ROLE`).
+    async fn master(&self) -> Result<redis::Client, RedisCallError> {
+        let lookup = async { self.client.lock().await.async_get_client().await };
+        match tokio::time::timeout(SENTINEL_LOOKUP_TIMEOUT, lookup).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(RedisCallError::Timeout(SENTINEL_LOOKUP_TIMEOUT)),
+        }
+    }
+}
+
 /// The connection to Redis and what is known about its health.
 pub struct RedisClient {
-    /// The parsed URL (address, TLS, password, database).
-    client: redis::Client,
+    /// Where Redis is: one address, or the sentinels' master.
+    target: Target,
     /// Created when the instance starts running (it needs the runtime);
     /// lazy, so a Redis that is down at start costs nothing but a flag.
     /// Replaced by a new one when a background call times out: the manager
     /// reconnects by itself only when the connection reports an error, and
-    /// after a silent partition (no FIN, no RST) it never does.
-    manager: ArcSwapOption<ConnectionManager>,
+    /// after a silent partition (no FIN, no RST) it never does. With
+    /// sentinels, replaced after every lookup of the master (a manager
+    /// reconnects to the address it was made for, which after a failover is
+    /// a dead or demoted server). Shared with the lookup task.
+    manager: Arc<ArcSwapOption<ConnectionManager>>,
+    /// Set by `start`, so a second call makes no second manager or lookup task.
+    started: AtomicBool,
     /// Bound of calls a request waits for.
     pub(crate) timeout: Duration,
     /// Whether the last call or heartbeat succeeded (`tether_cluster_redis_up`).
@@ -60,36 +108,27 @@ pub struct RedisClient {
 impl RedisClient {
     /// A client for `url` (already validated) with `password` overriding
     /// the URL's and `ca` (PEM) as the only trusted root for `rediss://`.
+    /// A `redis+sentinel://` URL's password (or `password`) is the data
+    /// nodes'; the sentinels are asked without one.
     pub fn new(
         url: &str,
         password: Option<&str>,
         ca: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Self, redis::RedisError> {
-        if url.starts_with("rediss://") {
-            // rustls needs one process-wide crypto provider; pick ring
-            // explicitly (it fails to guess when several are compiled in).
-            // An error means one is installed already, which is as good.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let mut info: redis::ConnectionInfo = url.into_connection_info()?;
-        if let Some(password) = password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = match ca {
-            Some(root_cert) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            )?,
-            None => redis::Client::open(info)?,
+        let target = match parse_sentinel_url(url) {
+            Some(parsed) => {
+                let parsed = parsed.map_err(|what| {
+                    redis::RedisError::from((ErrorKind::InvalidClientConfig, "bad sentinel URL", what))
+                })?;
+                Target::Sentinel(Arc::new(sentinels(&parsed, password)?))
+            }
+            None => Target::Direct(Box::new(direct(url, password, ca)?)),
         };
         Ok(Self {
-            client,
-            manager: ArcSwapOption::empty(),
+            target,
+            manager: Arc::new(ArcSwapOption::empty()),
+            started: AtomicBool::new(false),
             timeout,
             up: AtomicBool::new(false),
             ever_up: AtomicBool::new(false),
@@ -99,34 +138,40 @@ impl RedisClient {
         })
     }
 
-    /// Creates the connection manager (inside the runtime). Idempotent.
-    pub fn start(&self) {
-        if self.manager.load().is_some() {
-            return;
+    /// Creates the connection manager (inside the runtime), or with
+    /// sentinels starts the task that looks up the master and makes it.
+    /// Returns that task, if any. Idempotent.
+    pub fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return None;
         }
-        self.connect();
-    }
-
-    /// Sets up a new connection manager in place of the current one, if any.
-    fn connect(&self) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
-            Ok(manager) => self.manager.store(Some(Arc::new(manager))),
-            Err(err) => {
-                tracing::error!(cause = %err, "cannot set up the Redis connection: running without the cluster")
+        match &self.target {
+            Target::Direct(client) => {
+                install(&self.manager, (**client).clone());
+                None
             }
+            Target::Sentinel(sentinels) => Some(tokio::spawn(follow_master(sentinels.clone(), self.manager.clone()))),
         }
     }
 
-    /// A separate connection for pub/sub (a subscribed connection can do nothing else).
+    /// Sets up a new connection: a new manager for the same address, or
+    /// with sentinels, a new lookup of the master.
+    fn connect(&self) {
+        match &self.target {
+            Target::Direct(client) => install(&self.manager, (**client).clone()),
+            Target::Sentinel(sentinels) => sentinels.stale.notify_one(),
+        }
+    }
+
+    /// A separate connection for pub/sub (a subscribed connection can do
+    /// nothing else); with sentinels, to the master they name now.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisCallError> {
         let limit = self.background_timeout().max(Duration::from_secs(1));
-        match tokio::time::timeout(limit, self.client.get_async_pubsub()).await {
+        let client = match &self.target {
+            Target::Direct(client) => (**client).clone(),
+            Target::Sentinel(sentinels) => sentinels.master().await?,
+        };
+        match tokio::time::timeout(limit, client.get_async_pubsub()).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(RedisCallError::Timeout(limit)),
         }
@@ -156,8 +201,18 @@ impl RedisClient {
                 Ok(value)
             }
             Ok(Err(err)) => {
-                if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
+                // READONLY: the server was demoted to a replica by a failover.
+                let demoted = err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly);
+                if err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || err.is_timeout()
+                    || demoted
+                {
                     self.mark(false, Some(&err.to_string()));
+                    if let Target::Sentinel(sentinels) = &self.target {
+                        sentinels.stale.notify_one();
+                    }
                 }
                 Err(err.into())
             }
@@ -220,6 +275,108 @@ impl RedisClient {
                 cause,
                 "Redis is unreachable: serving from the local stick table and hashing until it is"
             );
+        }
+    }
+}
+
+/// The client for a `redis://` or `rediss://` URL.
+fn direct(url: &str, password: Option<&str>, ca: Option<Vec<u8>>) -> Result<redis::Client, redis::RedisError> {
+    if url.starts_with("rediss://") {
+        // rustls needs one process-wide crypto provider; pick ring
+        // explicitly (it fails to guess when several are compiled in).
+        // An error means one is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let mut info: redis::ConnectionInfo = url.into_connection_info()?;
+    if let Some(password) = password {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    match ca {
+        Some(root_cert) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+}
+
+/// The sentinels of a parsed `redis+sentinel://` URL, asking for its
+/// master with the URL's credentials and database (`password` wins).
+fn sentinels(url: &SentinelUrl, password: Option<&str>) -> Result<Sentinels, redis::RedisError> {
+    let mut node = RedisConnectionInfo::default().set_db(url.db);
+    if let Some(user) = &url.username {
+        node = node.set_username(user);
+    }
+    if let Some(password) = password.or(url.password.as_deref()) {
+        node = node.set_password(password);
+    }
+    let client = SentinelClient::build(
+        url.sentinels.clone(),
+        url.master.clone(),
+        Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(node)),
+        SentinelServerType::Master,
+    )?;
+    let shown = url
+        .sentinels
+        .iter()
+        .map(|(host, port)| format!("{host}:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Sentinels {
+        client: tokio::sync::Mutex::new(client),
+        stale: Notify::new(),
+        shown: format!("{shown}/{}", url.master),
+    })
+}
+
+/// Puts a new lazy connection manager for `client` in `slot`.
+fn install(slot: &ArcSwapOption<ConnectionManager>, client: redis::Client) {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    match ConnectionManager::new_lazy_with_config(client, config) {
+        Ok(manager) => slot.store(Some(Arc::new(manager))),
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot set up the Redis connection: running without the cluster")
+        }
+    }
+}
+
+/// The lookup task of a `redis+sentinel://` cluster: asks the sentinels
+/// for the master at start, then every time a call fails as if the master
+/// were gone or demoted, and installs a connection manager to the server
+/// they name (retrying while they still name a dead one: the failover
+/// takes the sentinels' `down-after-milliseconds` and an election).
+async fn follow_master(sentinels: Arc<Sentinels>, slot: Arc<ArcSwapOption<ConnectionManager>>) {
+    let mut current: Option<String> = None;
+    let mut failures = 0u32;
+    loop {
+        match sentinels.master().await {
+            Ok(client) => {
+                let address = client.get_connection_info().addr().to_string();
+                if current.as_deref() != Some(address.as_str()) {
+                    tracing::info!(master = %address, sentinels = %sentinels.shown, "Redis master found by the sentinels");
+                }
+                current = Some(address);
+                failures = 0;
+                install(&slot, client);
+                tokio::time::sleep(SENTINEL_LOOKUP_PAUSE).await;
+                sentinels.stale.notified().await;
+            }
+            Err(err) => {
+                if failures == 0 {
+                    tracing::warn!(cause = %err, sentinels = %sentinels.shown, "the sentinels name no reachable Redis master: asking again");
+                }
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(SENTINEL_LOOKUP_PAUSE).await;
+            }
         }
     }
 }

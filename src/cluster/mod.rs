@@ -1,7 +1,9 @@
 //! Scale-out: several tether instances share stickiness, load and operator
-//! actions through one Redis server (`[cluster] redis = "redis://…"`).
+//! actions through one Redis server (`[cluster] redis = "redis://…"`), or
+//! whichever master Redis Sentinel names (`redis+sentinel://…`).
 //!
-//! - `client`: the Redis connection (a reconnecting `ConnectionManager`),
+//! - `client`: the Redis connection (a reconnecting `ConnectionManager`;
+//!   with sentinels, remade to the master they name after a failover),
 //!   every call under a timeout, the "Redis is up" flag;
 //! - `load`: each instance publishes its per-server connection counts every
 //!   `sync_interval` and reads the others', which `leastconn` and `random`
@@ -327,8 +329,8 @@ impl Cluster {
     /// are handed to `servers`.
     pub fn start(self: &Arc<Self>, snapshot: Arc<ArcSwap<Snapshot>>, servers: servers::ServerSink) -> TaskGuard {
         let _ = self.servers_sink.set(servers);
-        self.redis.start();
         let mut tasks = Vec::new();
+        tasks.extend(self.redis.start());
         if let Some(queue) = lock(&self.write_queue).take() {
             tasks.push(tokio::spawn(writer(self.clone(), queue)));
         }

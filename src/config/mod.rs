@@ -21,6 +21,7 @@ pub mod model;
 mod rate;
 mod raw;
 mod resolve;
+pub mod sentinel_url;
 mod tls;
 pub mod types;
 mod validate;

@@ -157,7 +157,7 @@ pub struct AdminUser {
 /// Several instances sharing state through Redis.
 #[derive(Debug, Clone)]
 pub struct Cluster {
-    /// `redis://…` or `rediss://…`, checked to be usable.
+    /// `redis://…`, `rediss://…` or `redis+sentinel://…`, checked to be usable.
     pub redis: String,
     /// Password that wins over the URL's.
     pub password: Option<String>,

@@ -109,7 +109,8 @@ impl Default for Log {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
-    /// `redis://[:password@]host:port[/db]` or `rediss://…` (TLS).
+    /// `redis://[:password@]host:port[/db]`, `rediss://…` (TLS) or
+    /// `redis+sentinel://[:password@]h1[:port],h2[:port]/master[/db]` (Sentinel).
     pub redis: Spanned<String>,
     /// Redis password, when it is not in the URL (wins over the URL's).
     pub password: Option<String>,

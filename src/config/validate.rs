@@ -317,13 +317,27 @@ fn validate_discovery(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<
 
 fn validate_cluster(cluster: &Cluster, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     let url = cluster.redis.get_ref();
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    let sentinel = super::sentinel_url::parse_sentinel_url(url);
+    if let Some(Err(what)) = &sentinel {
         return Err(source.error(
             Some(cluster.redis.span()),
-            format!("`redis = \"{url}\"` must be a redis:// or rediss:// URL, like \"redis://127.0.0.1:6379\""),
+            format!("`redis` is not a usable sentinel URL: {what}"),
         ));
     }
-    if let Err(err) = redis::Client::open(url.as_str()) {
+    if sentinel.is_none() && !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(source.error(
+            Some(cluster.redis.span()),
+            format!("`redis = \"{url}\"` must be a redis://, rediss:// or redis+sentinel:// URL, like \"redis://127.0.0.1:6379\" or \"redis+sentinel://h1:26379,h2:26379/mymaster\""),
+        ));
+    }
+    if sentinel.is_some() {
+        if let Some(ca) = &cluster.tls_ca_file {
+            return Err(source.error(
+                Some(ca.span()),
+                "`tls_ca_file` does not apply to redis+sentinel:// (TLS through sentinels is not supported): remove it or connect to Redis directly with \"rediss://host:port\"",
+            ));
+        }
+    } else if let Err(err) = redis::Client::open(url.as_str()) {
         return Err(source.error(
             Some(cluster.redis.span()),
             format!("`redis` is not a usable Redis URL ({err}): write it as \"redis://[:password@]host:port[/db]\""),

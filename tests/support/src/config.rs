@@ -802,7 +802,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster over the Redis at `redis` (a `redis://` or `rediss://` URL).
+    /// A cluster over the Redis at `redis` (a `redis://`, `rediss://` or `redis+sentinel://` URL).
     pub fn redis(redis: &str) -> Cluster {
         let mut cluster = Cluster::default();
         set(&mut cluster.table, &["redis"], redis.to_value());

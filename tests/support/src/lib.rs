@@ -14,6 +14,7 @@ mod instance;
 mod logs;
 mod node;
 mod redis_server;
+mod sentinel;
 mod timing;
 mod ws;
 
@@ -31,5 +32,6 @@ pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
 pub use logs::{init_logs, Captured};
 pub use node::ensure_npm_packages;
 pub use redis_server::{PartitionProxy, RedisServer};
+pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};
 pub use timing::eventually;
 pub use ws::{close_code, close_frame, next_text, ws_connect, ws_connect_with, Ws};

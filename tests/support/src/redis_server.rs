@@ -36,6 +36,74 @@ impl RedisServer {
         Self::spawn(port, &[], None, None).await
     }
 
+    /// Starts one on a free port asking for `password` (clients and replicas alike).
+    pub async fn start_with_password(password: &str) -> RedisServer {
+        let port = closed_port().await.port();
+        let args = [
+            "--requirepass".to_string(),
+            password.to_string(),
+            "--masterauth".to_string(),
+            password.to_string(),
+        ];
+        Self::spawn(port, &args, None, Some(password.to_string())).await
+    }
+
+    /// Starts a replica of `master` on a free port (with its password, if
+    /// any) and waits until it has synchronised.
+    pub async fn start_replica_of(master: &RedisServer) -> RedisServer {
+        let port = closed_port().await.port();
+        let mut args = vec![
+            "--replicaof".to_string(),
+            "127.0.0.1".to_string(),
+            master.port.to_string(),
+        ];
+        if let Some(password) = &master.password {
+            args.extend([
+                "--requirepass".to_string(),
+                password.clone(),
+                "--masterauth".to_string(),
+                password.clone(),
+            ]);
+        }
+        let replica = Self::spawn(port, &args, None, master.password.clone()).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut cmd = redis::cmd("INFO");
+            cmd.arg("replication");
+            let info: String = replica.run(&cmd).await;
+            if info.contains("master_link_status:up") {
+                return replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica on {port} did not synchronise: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the server says it is (`master` or `slave`, from `ROLE`); an
+    /// error's text when it does not answer (a sentinel promoting it closes
+    /// its clients' connections).
+    pub async fn role(&self) -> String {
+        let answer: redis::RedisResult<Vec<redis::Value>> = async {
+            let mut connection = self.connection().await?;
+            redis::cmd("ROLE").query_async(&mut connection).await
+        }
+        .await;
+        match answer.as_deref() {
+            Ok([redis::Value::BulkString(bytes), ..]) => String::from_utf8_lossy(bytes).into_owned(),
+            Ok([redis::Value::SimpleString(text), ..]) => text.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// The value of `key`; `None` when there is none or the server does not answer.
+    pub async fn try_get(&self, key: &str) -> Option<String> {
+        let mut connection = self.connection().await.ok()?;
+        redis::cmd("GET").arg(key).query_async(&mut connection).await.ok()?
+    }
+
     /// Starts one speaking only TLS with a certificate for 127.0.0.1 signed by
     /// a fresh CA (`ca.pem` in `dir`), asking for `password`.
     pub async fn start_tls(dir: &std::path::Path, password: &str) -> RedisServer {
@@ -196,6 +264,11 @@ impl RedisServer {
             None => redis::Client::open(info)?,
         };
         client.get_multiplexed_async_connection().await
+    }
+
+    /// The password it asks for, if any.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 
     /// The value of `key`, if any.
