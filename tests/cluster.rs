@@ -253,18 +253,6 @@ async fn a_drain_through_one_instance_stops_new_connections_through_the_other_wi
     assert_eq!(cluster["redis_up"], true);
 }
 
-/// One WebSocket handshake and close; whether it succeeded.
-async fn handshake(addr: SocketAddr, sid: usize) -> bool {
-    let url = format!("ws://{addr}/ws?sid=k{sid}");
-    match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((mut ws, _))) => {
-            let _ = ws.close(None).await;
-            true
-        }
-        _ => false,
-    }
-}
-
 #[tokio::test]
 async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resynchronise() {
     init_logs();
@@ -297,7 +285,7 @@ async fn killing_redis_during_2000_handshakes_fails_none_and_the_instances_resyn
                 if i >= 2000 {
                     break;
                 }
-                if !handshake(targets[i % 2], i).await {
+                if !handshake_with_sid(targets[i % 2], i).await {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
                 done.fetch_add(1, Ordering::Relaxed);

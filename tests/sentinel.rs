@@ -48,18 +48,6 @@ async fn pool_with_learned_ids() -> (Backend, [TestBackend; 3]) {
     (base, servers)
 }
 
-/// One WebSocket handshake (with a session id tether looks up) and close; whether it succeeded.
-async fn handshake(addr: SocketAddr, sid: usize) -> bool {
-    let url = format!("ws://{addr}/ws?sid=k{sid}");
-    match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((mut ws, _))) => {
-            let _ = ws.close(None).await;
-            true
-        }
-        _ => false,
-    }
-}
-
 #[tokio::test]
 async fn killing_the_master_under_load_fails_no_handshake_and_both_instances_follow_the_promoted_replica() {
     init_logs();
@@ -96,7 +84,7 @@ async fn killing_the_master_under_load_fails_no_handshake_and_both_instances_fol
         workers.push(tokio::spawn(async move {
             let mut i = w;
             while !stop.load(Ordering::Relaxed) {
-                if !handshake(targets[i % 2], i).await {
+                if !handshake_with_sid(targets[i % 2], i).await {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
                 done.fetch_add(1, Ordering::Relaxed);

@@ -34,4 +34,4 @@ pub use node::ensure_npm_packages;
 pub use redis_server::{PartitionProxy, RedisServer};
 pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};
 pub use timing::eventually;
-pub use ws::{close_code, close_frame, next_text, ws_connect, ws_connect_with, Ws};
+pub use ws::{close_code, close_frame, handshake_with_sid, next_text, ws_connect, ws_connect_with, Ws};

@@ -195,15 +195,7 @@ impl RedisServer {
             .position(|a| a == "--tls-port")
             .and_then(|i| extra.get(i + 1))
             .and_then(|p| p.parse::<u16>().ok());
-        let binary = ["redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-            .into_iter()
-            .find(|b| {
-                Command::new(b)
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
+        let binary = first_runnable(["redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"])
             .expect("redis-server is needed for the cluster tests: apt-get install redis-server (.ci/run does)");
         let child = Command::new(binary)
             .args([
@@ -435,4 +427,16 @@ async fn pump(
             return;
         }
     }
+}
+
+/// The first of `candidates` that runs (`--version` exits 0): a program by
+/// its name on the PATH, else at its usual Debian or local paths.
+pub(crate) fn first_runnable(candidates: [&'static str; 3]) -> Option<&'static str> {
+    candidates.into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }

@@ -41,19 +41,11 @@ impl RedisSentinel {
         }
         let file = dir.join("sentinel.conf");
         std::fs::write(&file, conf).expect("write sentinel.conf");
-        let binary = [
+        let binary = crate::redis_server::first_runnable([
             "redis-sentinel",
             "/usr/bin/redis-sentinel",
             "/usr/local/bin/redis-sentinel",
-        ]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        ])
         .expect("redis-sentinel is needed for the sentinel tests: apt-get install redis-sentinel (.ci/run does)");
         let child = Command::new(binary)
             .arg(&file)

@@ -72,3 +72,17 @@ pub async fn close_frame(ws: &mut Ws, within: Duration) -> Option<(u16, String)>
     .await
     .expect("the client was left hanging")
 }
+
+/// One WebSocket handshake to `/ws?sid=k<sid>` (a session id tether looks
+/// up) and a close, within 10 s; whether the handshake succeeded. The load
+/// of the tests that kill Redis under handshakes.
+pub async fn handshake_with_sid(addr: SocketAddr, sid: usize) -> bool {
+    let url = format!("ws://{addr}/ws?sid=k{sid}");
+    match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((mut ws, _))) => {
+            let _ = ws.close(None).await;
+            true
+        }
+        _ => false,
+    }
+}
