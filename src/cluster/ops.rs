@@ -45,6 +45,20 @@ pub struct OpRecord {
     pub sig: Option<String>,
 }
 
+impl trust::SignedRecord for OpRecord {
+    const MALFORMED: &'static str = "operator record";
+    const FROM_THE_FUTURE: &'static str = "operator record from the future";
+    const BAD_SIGNATURE: &'static str = "operator record signature";
+
+    fn signature(&mut self) -> &mut Option<String> {
+        &mut self.sig
+    }
+
+    fn at_unix_ms(&self) -> u64 {
+        self.at_unix_ms
+    }
+}
+
 impl OpRecord {
     /// The hash field of this record.
     fn field(&self) -> String {
@@ -152,19 +166,7 @@ impl Cluster {
 
     /// `record` as stored and published: JSON, signed when values are signed.
     pub fn encode(&self, record: &OpRecord) -> String {
-        let mut record = OpRecord {
-            sig: None,
-            ..record.clone()
-        };
-        let json = serde_json::to_string(&record).unwrap_or_default();
-        let key = self.key(&["ops", "state"]);
-        match self.trust.mac(&[b"ops", key.as_bytes(), json.as_bytes()]) {
-            Some(mac) => {
-                record.sig = Some(mac);
-                serde_json::to_string(&record).unwrap_or_default()
-            }
-            None => json,
-        }
+        self.trust.encode(b"ops", &self.key(&["ops", "state"]), record)
     }
 
     /// The record `bytes` (read from Redis) holds, if it can be trusted:
@@ -172,35 +174,13 @@ impl Cluster {
     /// state, a time within the allowed clock skew, signed when values are
     /// signed. Anything else is counted and ignored.
     pub fn decode(&self, bytes: &[u8]) -> Option<OpRecord> {
-        let record = (bytes.len() <= trust::MAX_RECORD_LEN)
-            .then(|| serde_json::from_slice::<OpRecord>(bytes).ok())
-            .flatten();
-        let Some(mut record) = record else {
-            self.trust.reject("operator record");
-            return None;
-        };
-        let names_fit = [&record.backend, &record.server, &record.by, &record.instance]
-            .iter()
-            .all(|n| n.len() <= trust::MAX_NAME_LEN);
-        if !names_fit || admin_state(&record.admin).is_none() {
-            self.trust.reject("operator record");
-            return None;
-        }
-        if record.at_unix_ms > trust::latest_acceptable(unix_ms()) {
-            self.trust.reject("operator record from the future");
-            return None;
-        }
-        if self.trust.signs() {
-            let sig = record.sig.take().unwrap_or_default();
-            let json = serde_json::to_string(&record).unwrap_or_default();
-            let key = self.key(&["ops", "state"]);
-            if !self.trust.verify(&[b"ops", key.as_bytes(), json.as_bytes()], &sig) {
-                self.trust.reject("operator record signature");
-                return None;
-            }
-        }
-        record.sig = None;
-        Some(record)
+        self.trust
+            .decode(b"ops", &self.key(&["ops", "state"]), bytes, |record: &OpRecord| {
+                [&record.backend, &record.server, &record.by, &record.instance]
+                    .iter()
+                    .all(|n| n.len() <= trust::MAX_NAME_LEN)
+                    && admin_state(&record.admin).is_some()
+            })
     }
 
     /// The latest operator change known for `backend`/`server` (admin

@@ -64,6 +64,20 @@ pub struct ServerRecord {
     pub sig: Option<String>,
 }
 
+impl trust::SignedRecord for ServerRecord {
+    const MALFORMED: &'static str = "server record";
+    const FROM_THE_FUTURE: &'static str = "server record from the future";
+    const BAD_SIGNATURE: &'static str = "server record signature";
+
+    fn signature(&mut self) -> &mut Option<String> {
+        &mut self.sig
+    }
+
+    fn at_unix_ms(&self) -> u64 {
+        self.at_unix_ms
+    }
+}
+
 impl ServerRecord {
     /// The hash field of this record.
     fn field(&self) -> String {
@@ -149,19 +163,7 @@ impl Cluster {
 
     /// `record` as stored and published: JSON, signed when values are signed.
     pub fn encode_server(&self, record: &ServerRecord) -> String {
-        let mut record = ServerRecord {
-            sig: None,
-            ..record.clone()
-        };
-        let json = serde_json::to_string(&record).unwrap_or_default();
-        let key = self.servers_key();
-        match self.trust.mac(&[b"servers", key.as_bytes(), json.as_bytes()]) {
-            Some(mac) => {
-                record.sig = Some(mac);
-                serde_json::to_string(&record).unwrap_or_default()
-            }
-            None => json,
-        }
+        self.trust.encode(b"servers", &self.servers_key(), record)
     }
 
     /// The record `bytes` (read from Redis) holds, if it can be trusted: at
@@ -169,36 +171,13 @@ impl Cluster {
     /// names of at most `MAX_NAME_LEN` bytes, a time within the clock skew,
     /// signed when values are signed. Anything else is counted and ignored.
     pub fn decode_server(&self, bytes: &[u8]) -> Option<ServerRecord> {
-        let record = (bytes.len() <= trust::MAX_RECORD_LEN)
-            .then(|| serde_json::from_slice::<ServerRecord>(bytes).ok())
-            .flatten();
-        let Some(mut record) = record else {
-            self.trust.reject("server record");
-            return None;
-        };
-        let fits = record.server.check().is_ok()
-            && [&record.by, &record.instance]
-                .iter()
-                .all(|n| n.len() <= trust::MAX_NAME_LEN);
-        if !fits {
-            self.trust.reject("server record");
-            return None;
-        }
-        if record.at_unix_ms > trust::latest_acceptable(unix_ms()) {
-            self.trust.reject("server record from the future");
-            return None;
-        }
-        if self.trust.signs() {
-            let sig = record.sig.take().unwrap_or_default();
-            let json = serde_json::to_string(&record).unwrap_or_default();
-            let key = self.servers_key();
-            if !self.trust.verify(&[b"servers", key.as_bytes(), json.as_bytes()], &sig) {
-                self.trust.reject("server record signature");
-                return None;
-            }
-        }
-        record.sig = None;
-        Some(record)
+        self.trust
+            .decode(b"servers", &self.servers_key(), bytes, |record: &ServerRecord| {
+                record.server.check().is_ok()
+                    && [&record.by, &record.instance]
+                        .iter()
+                        .all(|n| n.len() <= trust::MAX_NAME_LEN)
+            })
     }
 
     /// Keeps `record` if it is newer than the one known for its server;

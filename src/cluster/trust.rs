@@ -35,6 +35,21 @@ pub fn latest_acceptable(now_ms: u64) -> u64 {
     now_ms.saturating_add(MAX_SKEW_MS)
 }
 
+/// A record tether keeps in Redis as JSON, stamped with its time and, with
+/// `[cluster] secret`, signed over its JSON without the signature.
+pub trait SignedRecord: serde::Serialize + serde::de::DeserializeOwned + Clone {
+    /// What a malformed or out-of-bounds one is counted as.
+    const MALFORMED: &'static str;
+    /// What one stamped beyond the allowed clock skew is counted as.
+    const FROM_THE_FUTURE: &'static str;
+    /// What one with a bad or missing signature is counted as.
+    const BAD_SIGNATURE: &'static str;
+    /// Its signature field.
+    fn signature(&mut self) -> &mut Option<String>;
+    /// When it was made (Unix ms).
+    fn at_unix_ms(&self) -> u64;
+}
+
 /// Signs and verifies values, and counts what is rejected.
 pub struct Trust {
     /// The HMAC key, when `[cluster] secret` is set.
@@ -104,6 +119,55 @@ impl Trust {
                  check who can write to the cluster's Redis and that every instance has the same `[cluster] secret`"
             );
         }
+    }
+
+    /// `record` as stored and published under `domain` and the hash `key`:
+    /// its JSON, with its signature when values are signed.
+    pub fn encode<R: SignedRecord>(&self, domain: &[u8], key: &str, record: &R) -> String {
+        let mut record = record.clone();
+        *record.signature() = None;
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        match self.mac(&[domain, key.as_bytes(), json.as_bytes()]) {
+            Some(mac) => {
+                *record.signature() = Some(mac);
+                serde_json::to_string(&record).unwrap_or_default()
+            }
+            None => json,
+        }
+    }
+
+    /// The record `bytes` (read from Redis) holds, if it can be trusted: at
+    /// most `MAX_RECORD_LEN` bytes of JSON whose fields `fits`, a time within
+    /// the clock skew, signed (over `domain` and `key`) when values are
+    /// signed. Anything else is counted and ignored.
+    pub fn decode<R: SignedRecord>(
+        &self,
+        domain: &[u8],
+        key: &str,
+        bytes: &[u8],
+        fits: impl FnOnce(&R) -> bool,
+    ) -> Option<R> {
+        let record = (bytes.len() <= MAX_RECORD_LEN)
+            .then(|| serde_json::from_slice::<R>(bytes).ok())
+            .flatten();
+        let Some(mut record) = record.filter(fits) else {
+            self.reject(R::MALFORMED);
+            return None;
+        };
+        if record.at_unix_ms() > latest_acceptable(unix_ms()) {
+            self.reject(R::FROM_THE_FUTURE);
+            return None;
+        }
+        if self.signs() {
+            let sig = record.signature().take().unwrap_or_default();
+            let json = serde_json::to_string(&record).unwrap_or_default();
+            if !self.verify(&[domain, key.as_bytes(), json.as_bytes()], &sig) {
+                self.reject(R::BAD_SIGNATURE);
+                return None;
+            }
+        }
+        *record.signature() = None;
+        Some(record)
     }
 
     /// Values ignored since start.
