@@ -620,19 +620,6 @@ fn the_openapi_file_lists_exactly_the_routes_of_the_router() {
 // with TETHER_REQUIRE_BROWSER=1 (CI) a missing browser fails the test instead.
 // ---------------------------------------------------------------------------
 
-/// The Chromium binary: `$CHROMIUM`, else the Debian package's.
-fn chromium() -> Result<std::path::PathBuf, String> {
-    let path = std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), std::path::PathBuf::from);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found (install it with `apt-get install -y chromium`, or set CHROMIUM)",
-            path.display()
-        ))
-    }
-}
-
 /// Runs headless Chromium on `url` with `extra` arguments; returns its stdout.
 async fn run_chromium(binary: &std::path::Path, profile: &std::path::Path, extra: &[String], url: &str) -> String {
     let output = tokio::time::timeout(
@@ -793,6 +780,83 @@ async fn browser_a_logged_in_operator_drains_a_server_from_the_page() {
     assert_ne!(name, "s2", "a drained server takes no new tunnel");
     assert!(std::fs::read(&shot).expect("screenshot").starts_with(b"\x89PNG"));
     println!("screenshot after the drain: {}", shot.display());
+}
+
+/// The stats page opened as `http://user:pass@host/` (its fetches are built
+/// from `location.origin`), its add-server form (and the API's reason shown
+/// for a refused name), the Delete button of a server added by API, and the
+/// rebalance line of a backend JSON that has a `rebalance` field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_the_stats_page_adds_and_deletes_servers_with_credentials_in_its_url() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
+    let servers = three().await;
+    let fourth = backend("s4").start().await;
+    let tether = start_tether(&config(pool_of(&servers), admin_section(true))).await;
+    let admin = tether.handle.admin_addr().unwrap();
+    let url = format!("http://{USER}:{}@{admin}/", PASSWORD.replace(' ', "%20"));
+    let args = [
+        url,
+        "pool".into(),
+        "s4".into(),
+        fourth.addr.to_string(),
+        "2".into(),
+        "s1".into(),
+    ];
+    let report = run_browser_script("servers.mjs", &args, &binary, Duration::from_secs(60)).await;
+    assert!(report["error"].is_null(), "{report}");
+    assert!(
+        report["status"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("live: refreshed"),
+        "the page polls the API although its URL carries credentials: {report}"
+    );
+    assert_eq!(report["cards"], serde_json::json!(["s1", "s2", "s3"]), "{report}");
+    assert_eq!(
+        report["sources"],
+        serde_json::json!(["config", "config", "config"]),
+        "{report}"
+    );
+    assert_eq!(
+        report["addedSource"], "api",
+        "the added server appears with its source: {report}"
+    );
+    assert_eq!(
+        report["apiAfterAdd"]["weight"], 2,
+        "the form's weight reached the API: {report}"
+    );
+    assert_eq!(report["apiAfterAdd"]["address"], fourth.addr.to_string(), "{report}");
+    assert_eq!(
+        report["deleteButtons"],
+        serde_json::json!(["s4"]),
+        "only the API server can be deleted: {report}"
+    );
+    let dialog = report["dialogs"][0].as_str().unwrap_or_default();
+    assert!(dialog.contains("s1"), "a refused name shows the API's reason: {report}");
+    assert_eq!(report["deletedGone"], true, "{report}");
+    assert!(
+        report["apiAfterDelete"].is_null(),
+        "the deleted server left the API: {report}"
+    );
+    let (status, servers_now) = api(admin, Method::GET, "/api/v1/servers", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        servers_now["servers"].as_array().map(Vec::len),
+        Some(3),
+        "{servers_now}"
+    );
+    assert_eq!(
+        report["rebalanceBefore"], 0,
+        "no rebalance line without the field: {report}"
+    );
+    assert_eq!(
+        report["rebalanceActive"], "rebalancing: shed 12 so far, target \u{2264} 76 per server (over: s1)",
+        "{report}"
+    );
+    assert_eq!(report["rebalanceInactiveHidden"], true, "{report}");
+    tether.stop().await;
 }
 
 #[tokio::test]
