@@ -52,22 +52,41 @@ enum Command {
     },
     /// Read a password from standard input and print its argon2id hash for `[admin] users`.
     HashPassword,
-    /// Start three demo WebSocket echo servers behind tether and serve a page showing the balancing.
+    /// Start demo WebSocket echo servers behind tether with simulated users, and a page to watch and act on them.
     Demo {
         /// Where the demo balancer listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where tether's admin listener (stats page, API) listens.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        admin: SocketAddr,
+        /// Where the demo page (live picture and buttons) listens.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        page: SocketAddr,
+        /// How many simulated users connect through tether.
+        #[arg(long, default_value_t = 90)]
+        users: usize,
     },
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's simulated users would fill the terminal with access-log lines.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "info,tether::access=warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_filter);
     let result = match cli.command {
         Command::Check { file } => check(&file),
         Command::Run { config } => run(&config),
-        Command::Demo { listen } => demo(listen),
+        Command::Demo {
+            listen,
+            admin,
+            page,
+            users,
+        } => demo(listen, admin, page, users),
         Command::Echo { listen, name } => echo(listen, name),
         Command::HashPassword => hash_password(),
     };
@@ -80,9 +99,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -169,15 +188,23 @@ fn run(path: &Path) -> anyhow::Result<()> {
     served
 }
 
-fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+fn demo(listen: SocketAddr, admin: SocketAddr, page: SocketAddr, users: usize) -> anyhow::Result<()> {
     runtime(Scheduler::WorkStealing)?.block_on(async {
-        let tether = tether::demo::prepare(listen).await?;
-        let address = tether.local_addrs("demo").first().copied().unwrap_or(listen);
+        let mut options = tether::demo::DemoOptions::new(listen, admin, page);
+        options.users.count = users;
+        let demo = tether::demo::Demo::prepare(options).await?;
         println!(
-            "\ntether demo is running.\n\n  Open http://{address}/ in a browser: it shows which of the three echo servers\n  ({}) your WebSocket reached. Press Reconnect, or open more tabs, and watch\n  leastconn spread them. From a shell: `curl -i http://{address}/`.\n\n  Ctrl-C stops it.\n",
-            tether::demo::SERVER_NAMES.join(", ")
+            "\ntether demo is running: {users} simulated users over three echo servers ({}).\n\n  \
+             Open http://{page}/ in a browser: connections per server, live, with buttons to add a\n  \
+             server, kill one, drain one and bring it back. Watch the users fail over and spread.\n\n  \
+             tether's stats page and API: http://{admin}/   your own WebSocket: http://{front}/\n\n  \
+             Ctrl-C stops it.\n",
+            tether::demo::SERVER_NAMES.join(", "),
+            page = demo.page(),
+            admin = demo.admin(),
+            front = demo.frontend(),
         );
-        tether.run(stop_signal()).await;
+        demo.run(stop_signal()).await;
         Ok(())
     })
 }
