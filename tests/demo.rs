@@ -75,6 +75,25 @@ async fn until(
     last
 }
 
+/// Sends `request` to `addr` as is and returns its status.
+async fn raw_status(addr: SocketAddr, request: http::Request<String>) -> u16 {
+    let (parts, body) = request.into_parts();
+    let mut text = format!("{} {} HTTP/1.1\r\n", parts.method, parts.uri);
+    for (name, value) in &parts.headers {
+        text.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    text.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let answer = raw_exchange(addr, text.as_bytes()).await;
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("{answer}"))
+}
+
 fn tunnels_of(report: &Value, step: &str, side: &str, server: &str) -> u64 {
     report["steps"][step][side][server]["tunnels"]
         .as_u64()
@@ -174,9 +193,23 @@ async fn the_demo_endpoints_add_kill_drain_and_bring_back_servers() {
     let (_, state) = admin_call(page, Method::GET, "/demo/state", None).await;
     assert_eq!(state["killed"], serde_json::json!([]), "{state}");
 
-    // Another page may not press the buttons; unknown servers are 404.
+    // Unknown servers are 404; another page may not press the buttons, nor
+    // a page whose name is re-pointed at 127.0.0.1 read anything.
     let (status, _) = admin_call(page, Method::POST, "/demo/servers/nope/kill", None).await;
     assert_eq!(status, 404);
+    let kill = "/demo/servers/echo-3/kill";
+    let from = |origin: &str, host: &str| {
+        http::Request::post(kill)
+            .header(http::header::HOST, host.to_string())
+            .header(http::header::ORIGIN, origin.to_string())
+            .body(String::new())
+            .unwrap()
+    };
+    let elsewhere = raw_status(page, from("http://evil.example", &page.to_string())).await;
+    assert_eq!(elsewhere, 403, "a POST from another origin");
+    let rebound = raw_status(page, from("http://evil.example:80", "evil.example:80")).await;
+    assert_eq!(rebound, 421, "a request naming another host");
+    assert_eq!(servers(admin).await["echo-3"].1, "up", "echo-3 was not killed");
     let _ = stop.send(());
     running.await.unwrap();
 }

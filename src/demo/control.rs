@@ -13,6 +13,9 @@
 //! | `POST /demo/servers/{name}/kill` | stops that echo server at once (port and connections) |
 //! | `POST /demo/servers/{name}/drain` | the admin API's drain |
 //! | `POST /demo/servers/{name}/back` | restarts a killed echo server on its port, then the admin API's enable |
+//!
+//! A request whose `Host` is not an IP address or `localhost` gets 421, a
+//! POST a browser sends from another origin 403.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -115,6 +118,10 @@ impl Control {
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
+        if !local_host(&request) {
+            let error = "this page answers at an IP address or localhost only";
+            return reply(StatusCode::MISDIRECTED_REQUEST, &json!({ "error": error }));
+        }
         if method == Method::POST && !same_origin(&request) {
             return reply(
                 StatusCode::FORBIDDEN,
@@ -255,6 +262,21 @@ impl Control {
             Err(err) => reply(StatusCode::BAD_GATEWAY, &json!({ "error": err })),
         }
     }
+}
+
+/// The request's `Host` is an IP address or `localhost` (any port): a page
+/// whose own name an attacker re-points at 127.0.0.1 (DNS rebinding) can
+/// neither read the demo's state nor press its buttons.
+fn local_host(request: &Request<Incoming>) -> bool {
+    let Some(host) = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// A POST is refused when a browser says it comes from another page
