@@ -135,6 +135,15 @@ async fn browser_the_demo_page_shows_users_fail_over_drain_and_spread_to_a_new_s
         assert_eq!(report["steps"]["back"]["api"][name]["state"], "up", "{report}");
         assert!(tunnels_of(&report, "back", "api", name) > 0, "{name}: {report}");
     }
+    assert_eq!(
+        report["rebalanceBefore"], "",
+        "no rebalance line without the field: {report}"
+    );
+    assert_eq!(
+        report["rebalanceActive"], "rebalancing: shed 9 so far, target \u{2264} 17 per server (over: echo-3)",
+        "{report}"
+    );
+    assert_eq!(report["rebalanceNullHidden"], true, "{report}");
     assert_eq!(report["statsLink"], format!("http://{admin}/"), "{report}");
     for step in ["spread", "added", "killed", "drained", "back"] {
         println!(

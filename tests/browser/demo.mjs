@@ -64,6 +64,20 @@ try {
     const r = document.querySelector(`.row[data-server="${n}"]`);
     return r.dataset.state === "up" && Number(r.dataset.tunnels) >= 2;
   }));
+  // The rebalance line follows the backend's `rebalance` field (added to tether's answer here).
+  result.rebalanceBefore = await page.textContent("#rebalance");
+  let rebalance = { max_skew: 1.2, rate_per_s: 5, settle_ms: 10000, active: true, target_max: 17, shed_total: 9, over: ["echo-3"] };
+  await page.route("**/api/v1/backends", async (route) => {
+    const response = await route.fetch();
+    const json = await response.json();
+    for (const b of json.backends || []) b.rebalance = rebalance;
+    await route.fulfill({ response, json });
+  });
+  await page.waitForFunction(() => document.getElementById("rebalance").textContent !== "", null, { timeout: 5000 });
+  result.rebalanceActive = await page.textContent("#rebalance");
+  rebalance = null;
+  await page.waitForFunction(() => document.getElementById("rebalance").textContent === "", null, { timeout: 5000 });
+  result.rebalanceNullHidden = true;
   result.summary = await page.textContent("#summary");
   result.log = await page.textContent("#log");
   result.statsLink = await page.getAttribute("#stats", "href");
