@@ -93,10 +93,36 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: library errors
+/// that already name their cause in their own message (`cannot listen on
+/// …: Address already in use`) are not followed by that cause again.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Colour in log lines only on a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>): escape codes are noise in a file or a pipe.
+fn log_colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {
@@ -104,6 +130,7 @@ fn init_logging(format: LogFormat, default_filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -174,9 +201,6 @@ fn run(path: &Path) -> anyhow::Result<()> {
         let tether = Tether::bind_on(&config, worker_threads.runtimes())?;
         for frontend in &config.frontends {
             tracing::info!(frontend = %frontend.name, addresses = ?tether.local_addrs(&frontend.name), "listening");
-        }
-        if let Some(address) = tether.admin_addr() {
-            tracing::info!(address = %address, "admin listening: stats page at /, /metrics, /api/v1/");
         }
         let handle = tether.handle();
         handle.set_config_path(path.to_path_buf());

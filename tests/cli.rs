@@ -112,3 +112,93 @@ fn check_refuses_an_admin_listener_without_users_off_loopback() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A temporary directory for one test's files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tether-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A config with one frontend on `bind`, an unreachable server and a loopback admin listener.
+fn config_binding(bind: &str) -> String {
+    format!(
+        "[[frontend]]\nname = \"public\"\nbind = [\"{bind}\"]\ndefault_backend = \"web\"\n\n\
+         [[backend]]\nname = \"web\"\n\n[[backend.server]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n"
+    )
+}
+
+#[test]
+fn errors_name_their_cause_once_in_one_style() {
+    let dir = scratch("once");
+    let missing = tether().arg("check").arg(dir.join("missing.toml")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = dir.join("busy.toml");
+    std::fs::write(&path, config_binding(&busy.local_addr().unwrap().to_string())).unwrap();
+    let out = tether().arg("run").arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().find(|l| l.contains("error")).unwrap_or_default();
+    assert!(error.starts_with("error: "), "{stderr}");
+    assert_eq!(error.matches("Address already in use").count(), 1, "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_logs_to_a_pipe_without_colour_and_names_the_admin_listener_once() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = scratch("pipe");
+    let path = dir.join("ok.toml");
+    std::fs::write(&path, config_binding("127.0.0.1:0")).unwrap();
+    let mut child = tether()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let frontend = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "tether stopped: {seen}");
+        seen.push_str(&line);
+        if let Some(rest) = line.split("addresses=[").nth(1) {
+            break rest.split(']').next().unwrap().to_string();
+        }
+    };
+    // One request, so the access log writes a line.
+    let mut stream = std::net::TcpStream::connect(&frontend).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "tether stopped: {seen}");
+        seen.push_str(&line);
+        if line.contains("kind=http") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+
+    assert!(!seen.contains('\u{1b}'), "colour escapes in a pipe: {seen:?}");
+    assert_eq!(seen.matches("admin listening").count(), 1, "{seen}");
+    assert!(!seen.contains("Some("), "{seen}");
+    let access = seen.lines().find(|l| l.contains("kind=http")).unwrap();
+    assert!(
+        access.contains("frontend=public backend=web server=-"),
+        "names written one way: {access}"
+    );
+}

@@ -149,18 +149,23 @@ pub fn start(context: Arc<dyn Context>) -> Option<JoinHandle<()>> {
             return None;
         }
     };
-    let address = context.admin().local_addr();
+    // The one start-up line of the admin listener (the binary does not log another).
+    let address = context
+        .admin()
+        .local_addr()
+        .map_or_else(|| "-".to_owned(), |a| a.to_string());
     match context.snapshot().admin.as_deref() {
         Some(settings) if settings.users.is_empty() => tracing::warn!(
-            address = ?address,
-            "admin listener has no users: it serves loopback only, without login; add [admin] users to require one"
+            %address,
+            "admin listening (stats page at /, /metrics, /api/v1/) with no users: it serves loopback only, \
+             without login; add [admin] users to require one"
         ),
         Some(settings) if settings.tls.is_none() && !settings.bind.ip().is_loopback() => tracing::warn!(
-            address = ?address,
-            "admin listener is plain HTTP off loopback: its passwords cross the network readable on every poll; \
-             add [admin] tls = {{ cert, key }}"
+            %address,
+            "admin listening (stats page at /, /metrics, /api/v1/) as plain HTTP off loopback: its passwords \
+             cross the network readable on every poll; add [admin] tls = {{ cert, key }}"
         ),
-        _ => tracing::info!(address = ?address, "admin listener: stats page, /metrics and /api/v1/"),
+        _ => tracing::info!(%address, "admin listening: stats page at /, /metrics, /api/v1/"),
     }
     Some(tokio::spawn(accept_loop(listener, context)))
 }

@@ -86,12 +86,12 @@ impl HttpLog {
     pub fn emit(&self) {
         tracing::info!(
             target: ACCESS_TARGET,
-            kind = "http",
+            kind = %"http",
             request_id = %self.request_id,
             client = %self.client,
             frontend = %self.frontend,
-            backend = self.backend.as_deref().unwrap_or("-"),
-            server = self.server.as_deref().unwrap_or("-"),
+            backend = %self.backend.as_deref().unwrap_or("-"),
+            server = %self.server.as_deref().unwrap_or("-"),
             method = %self.method,
             uri = %RedactedUri {
                 uri: &self.uri,
@@ -100,10 +100,16 @@ impl HttpLog {
             status = self.status,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = duration_ms(self.started),
             error = self.error.as_deref().unwrap_or("-"),
         );
     }
+}
+
+/// Milliseconds since `started`, to the microsecond (`0.359`, not
+/// `0.35939499999999996`).
+fn duration_ms(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// What a log line writes in place of a redacted parameter's value.
@@ -190,19 +196,19 @@ impl TunnelLog<'_> {
     pub fn emit(&self) {
         tracing::info!(
             target: ACCESS_TARGET,
-            kind = "tunnel",
+            kind = %"tunnel",
             request_id = %self.request_id,
             client = %self.client,
-            frontend = self.frontend,
-            backend = self.backend,
-            server = self.server,
+            frontend = %self.frontend,
+            backend = %self.backend,
+            server = %self.server,
             bytes_in = self.end.client_to_server,
             bytes_out = self.end.server_to_client,
             messages_in = self.end.messages_in,
             messages_out = self.end.messages_out,
             close_code_in = self.end.close_code_in.map_or(0, u64::from),
             close_code_out = self.end.close_code_out.map_or(0, u64::from),
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = duration_ms(self.started),
             close = %self.end.reason,
         );
     }

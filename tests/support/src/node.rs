@@ -10,15 +10,28 @@ pub fn ensure_npm_packages(dir: &std::path::Path, packages: &[&str]) {
     let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let missing = |p: &&str| !dir.join("node_modules").join(p).join("package.json").is_file();
     if packages.iter().any(missing) {
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        // Output captured, not inherited: npm's progress lines would land in
+        // the middle of the test output. It is shown only when npm fails.
+        let output = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
             .arg(dir)
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "`npm ci --prefix {}` failed ({status:?}): Node.js 18+ and npm are needed for this test",
-            dir.display()
-        );
+            .output();
+        let failure = match &output {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "{}\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Err(err) => Some(err.to_string()),
+        };
+        if let Some(failure) = failure {
+            panic!(
+                "`npm ci --prefix {}` failed (Node.js 18+ and npm are needed for this test): {failure}",
+                dir.display()
+            );
+        }
     }
     for package in packages {
         assert!(!missing(package), "{package} is still missing in {}", dir.display());
