@@ -152,6 +152,14 @@ impl ConnActivity {
         self.enter(Phase::Busy);
     }
 
+    /// An HTTP/2 stream became a tunnel: the connection counts it in
+    /// flight (so it is never idle under it) until the hold drops.
+    pub fn hold_stream(self: &std::sync::Arc<Self>) -> StreamHold {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.enter(Phase::Busy);
+        StreamHold(self.clone())
+    }
+
     /// A write to the client could not proceed (its receive window is full).
     fn write_blocked(&self) {
         if self.write_blocked_ms.load(Ordering::Relaxed) == 0
@@ -228,6 +236,17 @@ impl ConnActivity {
     }
 }
 
+/// One tunnel on an HTTP/2 stream, counted in flight on its connection
+/// until dropped (see [`ConnActivity::hold_stream`]).
+#[derive(Debug)]
+pub struct StreamHold(std::sync::Arc<ConnActivity>);
+
+impl Drop for StreamHold {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
 /// Which client timeout a connection's deadline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {
@@ -246,15 +265,27 @@ pub struct WatchedIo<T> {
     inner: T,
     activity: std::sync::Arc<ConnActivity>,
     scanner: RequestScanner,
+    /// Whether reads go through `scanner` (HTTP/1 only: HTTP/2 frames its
+    /// own messages, and its binary frames mean nothing to the scanner).
+    scan: bool,
 }
 
 impl<T> WatchedIo<T> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, an HTTP/1 connection.
     pub fn new(inner: T, activity: std::sync::Arc<ConnActivity>) -> Self {
         Self {
             inner,
             activity,
             scanner: RequestScanner::default(),
+            scan: true,
+        }
+    }
+
+    /// Wraps `inner`, an HTTP/2 connection: timing only, no HTTP/1 scanning.
+    pub fn unscanned(inner: T, activity: std::sync::Arc<ConnActivity>) -> Self {
+        Self {
+            scan: false,
+            ..Self::new(inner, activity)
         }
     }
 
@@ -283,10 +314,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
             let this = &mut *self;
             // Whatever the phase: a pipelined head may come in the same read
             // as the body of the request before it.
-            let known = this.scanner.first_conflict().is_some();
-            this.scanner.scan(read);
-            if let (false, Some(index)) = (known, this.scanner.first_conflict()) {
-                this.activity.framing_conflict.store(index, Ordering::Release);
+            if this.scan {
+                let known = this.scanner.first_conflict().is_some();
+                this.scanner.scan(read);
+                if let (false, Some(index)) = (known, this.scanner.first_conflict()) {
+                    this.activity.framing_conflict.store(index, Ordering::Release);
+                }
             }
             this.activity.on_read();
         }

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::conn::WatchedIo;
+use super::conn::{StreamHold, WatchedIo};
 use super::context::ConnContext;
-use super::log::{HttpLog, RequestId, TunnelLog};
+use super::log::{HttpLog, Protocol, RequestId, TunnelLog};
 use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
@@ -61,6 +61,9 @@ pub(super) struct TunnelHolds {
     /// The learned session ids that led here, kept from expiring while the
     /// tunnel lives (boxed: most tunnels hold none, see `footprint`).
     pub(super) stick: Option<Box<StickHold>>,
+    /// The client connection's hold of its HTTP/2 stream (`None`: the
+    /// tunnel is the whole HTTP/1.1 connection).
+    pub(super) stream: Option<StreamHold>,
 }
 
 impl TunnelJob {
@@ -76,6 +79,7 @@ impl TunnelJob {
         log: &HttpLog,
         stick: Option<StickHold>,
     ) -> Self {
+        let stream = (context.protocol == Protocol::Http2).then(|| context.activity.hold_stream());
         let timers = frontend.websocket_timers;
         let lifetime = timers
             .max_lifetime
@@ -95,6 +99,7 @@ impl TunnelJob {
                 server: server.name.clone(),
                 guard,
                 stick: stick.map(Box::new),
+                stream,
             },
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
@@ -200,6 +205,10 @@ impl CarriedBy {
             server: &holds.server,
             started: self.started,
             end: &end,
+            protocol: match holds.stream {
+                Some(_) => Protocol::Http2,
+                None => Protocol::Http1,
+            },
         }
         .emit();
         drop(self.registration);
@@ -207,6 +216,7 @@ impl CarriedBy {
         drop(holds.stick);
         drop(holds.guard);
         drop(holds.frontend_connection);
+        drop(holds.stream);
         drop(holds.token);
     }
 }

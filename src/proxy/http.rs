@@ -22,7 +22,7 @@ use super::error::ProxyError;
 use super::exchange::{Exchange, ResponseBody};
 use super::handoff::TunnelJob;
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
-use super::log::{HttpLog, RequestId};
+use super::log::{HttpLog, Protocol, RequestId};
 use super::upgrade::{self, Handshake};
 use super::{client_addr, Shared};
 use crate::balance::{ip_octets_of, RequestKey};
@@ -40,6 +40,9 @@ pub async fn handle(
     // Before anything reads it: routing, Origin checks, redirects, the
     // forwarding headers and the server all see this one host.
     settle_host(&mut request, context.local);
+    if context.protocol == Protocol::Http2 {
+        join_cookies(request.headers_mut());
+    }
     let snapshot = context.shared.snapshot.load_full();
     let frontend = snapshot.frontend(&context.frontend);
     // Behind trusted proxies the client is the rightmost untrusted X-Forwarded-For hop.
@@ -64,11 +67,22 @@ pub async fn handle(
             bytes_out: 0,
             error: None,
             redact_query: snapshot.redact_query.clone(),
+            protocol: context.protocol,
         },
         context.activity.clone(),
     ));
     if let Some(f) = frontend {
         f.state.requests.fetch_add(1, Ordering::Relaxed);
+        if context.protocol == Protocol::Http2 {
+            f.state.http2_requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // RFC 8441: a WebSocket over HTTP/2 goes on as the HTTP/1.1 handshake
+    // the server will get, so every check below sees one kind of handshake.
+    if context.protocol == Protocol::Http2 {
+        if let Err(refused) = upgrade::bridge_extended_connect(&mut request) {
+            return Ok(ProxyError::from(refused).into_response(exchange));
+        }
     }
     let frontend = match admit(&context, framing_conflict, frontend) {
         Ok(frontend) => frontend,
@@ -103,6 +117,25 @@ fn settle_host<B>(request: &mut Request<B>, local: SocketAddr) {
     };
     if let Some(host) = host {
         request.headers_mut().insert(HOST, host);
+    }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `Cookie` into one field per
+/// cookie; an HTTP/1.1 server (and tether's own cookie reading) expects one
+/// field, so they are joined with "; ".
+fn join_cookies(headers: &mut http::HeaderMap) {
+    use http::header::COOKIE;
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -228,11 +261,23 @@ async fn pipeline(
                 cause,
             }
         })?;
-        exchange.upgraded = true;
         let (mut parts, server_upgrade) = upgrade::switch_protocols(response);
         let stick = sticky
             .as_ref()
             .and_then(|sticky| sticky.on_switch(&mut parts.headers, upstream.server, &server.name, context.https));
+        match context.protocol {
+            // The whole connection becomes the tunnel.
+            Protocol::Http1 => {
+                exchange.upgraded = true;
+                frontend.state.websockets_http1.fetch_add(1, Ordering::Relaxed);
+            }
+            // Only this stream does; the tunnel holds it (`TunnelJob`).
+            Protocol::Http2 => {
+                upgrade::answer_over_http2(&mut parts);
+                exchange.log.status = parts.status.as_u16();
+                frontend.state.websockets_http2.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log, stick);
         upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
         return Ok(Answer::Switched(parts));
@@ -523,6 +568,8 @@ mod tests {
             max_headers: 100,
             max_uri,
             max_body,
+            http2_max_concurrent_streams: 100,
+            http2_max_header_list_size: 32768,
         }
     }
 

@@ -78,6 +78,14 @@ pub struct FrontendState {
     pub tls_handshake_failures: AtomicU64,
     /// Tunnels tether closed with 1001 at their `websocket.max_lifetime`.
     pub lifetime_closes: AtomicU64,
+    /// Client connections that spoke HTTP/2 (ALPN `h2` or h2c).
+    pub http2_connections: AtomicU64,
+    /// Requests received over HTTP/2 (part of `requests`).
+    pub http2_requests: AtomicU64,
+    /// WebSocket tunnels opened over HTTP/1.1 (`Upgrade: websocket`).
+    pub websockets_http1: AtomicU64,
+    /// WebSocket tunnels opened over HTTP/2 (RFC 8441 extended CONNECT).
+    pub websockets_http2: AtomicU64,
 }
 
 impl FrontendState {
