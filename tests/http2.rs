@@ -252,6 +252,22 @@ async fn ws_close_code(ws: &mut H2Ws, within: Duration) -> Option<u16> {
     }
 }
 
+/// The access-log lines of every test in this file (one global subscriber).
+fn access_lines() -> &'static Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter("tether::access=info")
+            .with_writer(move || writer.clone())
+            .init();
+        captured
+    })
+}
+
 /// `config` with a loopback admin listener (for `/metrics`).
 fn with_admin(config: Config) -> Config {
     config.admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]))
@@ -492,6 +508,7 @@ async fn a_sixteen_mebibyte_message_crosses_an_h2_websocket_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tether_closes_h2_websockets_itself_with_1009_and_1012_and_logs_the_protocol() {
+    let captured = access_lines();
     let (s1, s2) = (backend("s1").start().await, backend("s2").start().await);
     let config = Config::simple(
         Frontend::public().http2(true).websocket_max_message_size(1024),
@@ -523,6 +540,26 @@ async fn tether_closes_h2_websockets_itself_with_1009_and_1012_and_logs_the_prot
     kept.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_ws_text(&mut kept).await, "still here");
     kept.close(None).await.unwrap();
+    // The access log names the protocol of the handshake and of the tunnel.
+    let closed_too_big = eventually(Duration::from_secs(5), async || {
+        captured.lines().iter().any(|l| {
+            l["kind"] == "tunnel" && l["protocol"] == "h2" && l["server"] == "s1" && l["close_code_out"] == 1009
+        })
+    })
+    .await;
+    assert!(
+        closed_too_big.is_some(),
+        "a tunnel line with protocol h2:\n{}",
+        captured.text()
+    );
+    assert!(
+        captured
+            .lines()
+            .iter()
+            .any(|l| l["kind"] == "http" && l["protocol"] == "h2" && l["method"] == "CONNECT" && l["status"] == 200),
+        "an http line for the extended CONNECT:\n{}",
+        captured.text()
+    );
     tether.stop().await;
 }
 
@@ -684,5 +721,99 @@ async fn http2_limits_are_announced_and_enforced() {
     }
     let (status, _, _) = h2_get(&client, "http", "/", None).await;
     assert_eq!(status, StatusCode::OK);
+    tether.stop().await;
+}
+
+/// A server of one HTML page (any request, `Connection: close`).
+async fn page_server(html: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read_exact(&mut byte).await.is_ok() {
+                    head.push(byte[0]);
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                    html.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The page: opens `wss://<its host>/ws`, reads the server's name, has a
+/// message echoed, and writes both into the DOM.
+const WEBSOCKET_PAGE: &str = r#"<!doctype html><html><body><pre id="out">pending</pre><script>
+const out = document.getElementById("out");
+const ws = new WebSocket("wss://" + location.host + "/ws");
+let server = null;
+ws.onmessage = (e) => {
+  if (server === null) { server = e.data; ws.send("echo over h2"); }
+  else { out.textContent = "server=" + server + " echo=" + e.data; ws.close(); }
+};
+ws.onerror = () => { out.textContent = "error"; };
+</script></body></html>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_headless_chromium_opens_wss_over_h2_through_tether() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
+    let cert = SelfSigned::new();
+    let s1 = backend("s1").decline_extensions().start().await;
+    let (page, _page_task) = page_server(WEBSOCKET_PAGE).await;
+    let config = Config::new()
+        .frontend(
+            Frontend::public()
+                .tls(cert.tls())
+                .route(Route::to("pages").path_prefix("/page")),
+        )
+        .backend(pool().server(&s1))
+        .backend(Backend::new("pages").server(Server::new("page", page)));
+    let tether = start_tether(&with_admin(config)).await;
+    let harness = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    ensure_npm_packages(&harness, &["playwright-core"]);
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(harness.join("h2_websocket.mjs"))
+            .arg(format!("https://tether.test:{}/page", tether.addr.port()))
+            .arg("tether.test")
+            .env("CHROMIUM", &binary)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser script finished in time")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let report: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "browser report {line:?}: {e}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(
+        report["out"], "server=s1 echo=echo over h2",
+        "the page's WebSocket worked: {report}"
+    );
+    let h2 = |series: &str| format!("{series}{{frontend=\"public\",protocol=\"h2\"}}");
+    assert!(
+        frontend_metric(&tether, &h2("tether_frontend_protocol_requests_total")).await >= 1,
+        "the page came over h2"
+    );
+    assert_eq!(
+        frontend_metric(&tether, &h2("tether_frontend_protocol_websockets_total")).await,
+        1,
+        "the wss:// WebSocket rode the h2 connection (RFC 8441)"
+    );
     tether.stop().await;
 }

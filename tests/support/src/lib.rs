@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod browser;
 mod config;
 mod dns;
 mod http;
@@ -19,6 +20,7 @@ mod timing;
 mod ws;
 
 pub use backend::{backend, BackendBuilder, TestBackend};
+pub use browser::{chromium, chromium_or_skip, run_chromium};
 pub use config::{
     pool, Admin, Backend, BackendTls, Cluster, Condition, Config, ConfigText, Frontend, FrontendTls, Health, Route,
     Server, Sticky, ToValue,
