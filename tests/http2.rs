@@ -563,6 +563,41 @@ async fn tether_closes_h2_websockets_itself_with_1009_and_1012_and_logs_the_prot
     tether.stop().await;
 }
 
+#[tokio::test]
+async fn a_websocket_on_an_h2_stream_counts_as_a_connection_for_the_per_address_cap() {
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&Config::simple(
+        Frontend::public().http2(true).per_ip_max_connections(2),
+        pool().server(&s1),
+    ))
+    .await;
+    let client = h2_client(TcpStream::connect(tether.addr).await.unwrap()).await;
+    assert!(extended_connect_allowed(&client).await);
+    // The connection is one, its first WebSocket the second.
+    let (parts, first) = h2_websocket(&client, "http", "/ws", &[]).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let mut first = first.expect("a WebSocket");
+    assert_eq!(next_ws_text(&mut first).await, "s1");
+    let (parts, _) = h2_websocket(&client, "http", "/ws", &[]).await;
+    assert_eq!(
+        parts.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a third one is over the cap"
+    );
+    // Plain requests on the connection are not refused.
+    let (status, _, _) = h2_get(&client, "http", "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Once the first closes, there is room again.
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = first.next().await {}
+    let room = eventually(Duration::from_secs(5), async || {
+        h2_websocket(&client, "http", "/ws", &[]).await.0.status == StatusCode::OK
+    })
+    .await;
+    assert!(room.is_some(), "a WebSocket is let in once the first one ended");
+    tether.stop().await;
+}
+
 /// Writes one HTTP/2 frame header and payload into `out` (RFC 9113 §4.1).
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);

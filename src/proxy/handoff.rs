@@ -68,8 +68,10 @@ pub(super) struct TunnelHolds {
 
 impl TunnelJob {
     /// The job for a handshake `server` of `backend` accepted, holding the
-    /// server's slot `guard` and the learned ids `stick`; what its log line
-    /// says comes from `log`.
+    /// server's slot `guard`, the learned ids `stick` and the frontend's
+    /// count of it (`counted`, taken before the handshake for a stream of an
+    /// HTTP/2 connection; else the connection's own count carries over);
+    /// what its log line says comes from `log`.
     pub(super) fn new(
         context: &ConnContext,
         frontend: &Frontend,
@@ -78,6 +80,7 @@ impl TunnelJob {
         guard: ActiveGuard,
         log: &HttpLog,
         stick: Option<StickHold>,
+        counted: Option<crate::state::FrontendConnection>,
     ) -> Self {
         let stream = (context.protocol == Protocol::Http2).then(|| context.activity.hold_stream());
         let timers = frontend.websocket_timers;
@@ -91,7 +94,7 @@ impl TunnelJob {
         Self {
             holds: TunnelHolds {
                 token: context.shared.open.enter(),
-                frontend_connection: context.counted.still_open(),
+                frontend_connection: counted.unwrap_or_else(|| context.counted.still_open()),
                 client: log.client,
                 request_id: log.request_id,
                 frontend: frontend.name.clone(),

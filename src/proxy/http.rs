@@ -219,6 +219,16 @@ async fn pipeline(
 ) -> Result<Answer, ProxyError> {
     let websocket = check_request(frontend, &request, exchange.log.client)? == Handshake::WebSocket;
     let backend = route_request(snapshot, frontend, &request, websocket, &exchange.log)?;
+    // A WebSocket on an HTTP/2 stream counts as a connection of its own.
+    let counted = match (websocket, context.protocol) {
+        (true, Protocol::Http2) => Some(
+            context
+                .counted
+                .try_another(frontend.maxconn, frontend.per_ip_connections)
+                .ok_or(ProxyError::TooManyConnections)?,
+        ),
+        _ => None,
+    };
     exchange.log.backend = Some(backend.name.clone());
     let client_ip = ip_octets_of(exchange.log.client.ip());
     let key = RequestKey {
@@ -278,7 +288,16 @@ async fn pipeline(
                 frontend.state.websockets_http2.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log, stick);
+        let tunnel = TunnelJob::new(
+            context,
+            frontend,
+            backend,
+            server,
+            upstream.guard,
+            &exchange.log,
+            stick,
+            counted,
+        );
         upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
         return Ok(Answer::Switched(parts));
     }

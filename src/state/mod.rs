@@ -146,6 +146,34 @@ impl FrontendConnection {
     }
 }
 
+impl FrontendConnection {
+    /// Counts one more connection for the same client, if the frontend's
+    /// `maxconn` and the address's cap `per_ip` leave room: a WebSocket on
+    /// an HTTP/2 stream holds a server connection as a connection of its
+    /// own would, so it counts as one (else many streams would slip past both caps).
+    pub fn try_another(&self, maxconn: Option<u64>, per_ip: Option<u32>) -> Option<FrontendConnection> {
+        let limit = maxconn.unwrap_or(u64::MAX);
+        self.state
+            .connections_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()?;
+        let mut another = FrontendConnection {
+            state: self.state.clone(),
+            ip: None,
+        };
+        if let Some(ip) = self.ip {
+            // Dropping `another` un-counts it if the address has no room.
+            if !self.state.admission.try_connect_key(ip, per_ip.unwrap_or(u32::MAX)) {
+                return None;
+            }
+            another.ip = Some(ip);
+        }
+        Some(another)
+    }
+}
+
 impl Drop for FrontendConnection {
     fn drop(&mut self) {
         self.state.connections_open.fetch_sub(1, Ordering::AcqRel);
