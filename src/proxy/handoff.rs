@@ -67,8 +67,8 @@ pub(super) struct TunnelHolds {
 }
 
 impl TunnelJob {
-    /// The job for a handshake `server` of `backend` accepted, holding the
-    /// server's slot `guard`, the learned ids `stick` and the frontend's
+    /// The job for a handshake `server` of `backend` accepted (with the
+    /// server's slot, its guard), holding the learned ids `stick` and the frontend's
     /// count of it (`counted`, taken before the handshake for a stream of an
     /// HTTP/2 connection; else the connection's own count carries over);
     /// what its log line says comes from `log`.
@@ -76,8 +76,7 @@ impl TunnelJob {
         context: &ConnContext,
         frontend: &Frontend,
         backend: &Backend,
-        server: &Server,
-        guard: ActiveGuard,
+        (server, guard): (&Server, ActiveGuard),
         log: &HttpLog,
         stick: Option<StickHold>,
         counted: Option<crate::state::FrontendConnection>,
