@@ -689,6 +689,60 @@ async fn a_rapid_reset_flood_gets_goaway_and_others_are_still_served() {
     tether.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_one_by_one_after_tether_took_them_get_goaway_too() {
+    let s1 = backend("s1").delay(Duration::from_secs(2)).start().await;
+    let tether = start_tether(&Config::simple(Frontend::public().http2(true), pool().server(&s1))).await;
+    let mut attacker = raw_h2c(tether.addr).await;
+    // The paced variant of CVE-2023-44487: each stream is taken (its
+    // request is on its way to the server) before the client resets it.
+    let mut goaway = None;
+    for i in 0..300u32 {
+        let stream = 2 * i + 1;
+        let mut open = Vec::new();
+        frame(&mut open, HEADERS, END_HEADERS | END_STREAM, stream, &get_block());
+        if attacker.write_all(&open).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let mut reset = Vec::new();
+        frame(&mut reset, RST_STREAM, 0, stream, &8u32.to_be_bytes());
+        if attacker.write_all(&reset).await.is_err() {
+            break;
+        }
+        if let Ok(code) = tokio::time::timeout(Duration::from_millis(1), peek_goaway(&mut attacker)).await {
+            goaway = code;
+            break;
+        }
+    }
+    let goaway = match goaway {
+        Some(code) => Some(code),
+        None => goaway_code(&mut attacker).await,
+    };
+    assert!(goaway.is_some(), "GOAWAY for the paced reset flood");
+    assert!(closed(&mut attacker).await, "the attacker's connection is closed");
+    let client = h2_client(TcpStream::connect(tether.addr).await.unwrap()).await;
+    let (status, _, body) = h2_get(&client, "http", "/", None).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"s1"[..]));
+    tether.stop().await;
+}
+
+/// Reads frames as they come; resolves with the GOAWAY's code when one
+/// arrives, `None` at the end of the connection (cancel-safe enough for a
+/// short timeout: a frame cut by it is only lost to the attacker).
+async fn peek_goaway(stream: &mut TcpStream) -> Option<u32> {
+    loop {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.ok()?;
+        if head[3] == GOAWAY && payload.len() >= 8 {
+            return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_continuation_flood_gets_goaway_and_others_are_still_served() {
     let s1 = backend("s1").start().await;

@@ -66,7 +66,20 @@ pub struct ConnActivity {
     /// The place (0 = first) of the first request whose head named both
     /// `Content-Length` and `Transfer-Encoding`; `u64::MAX` while none did.
     framing_conflict: AtomicU64,
+    /// HTTP/2 streams the client reset before their response head.
+    cancelled: AtomicU64,
+    /// The client reset too many of its streams: the watchdog ends the
+    /// connection with GOAWAY.
+    resets_abusive: std::sync::atomic::AtomicBool,
 }
+
+/// A connection whose client reset at least this many streams before their
+/// response, and more than half of all it opened, is ended with GOAWAY:
+/// the "rapid reset" attack (CVE-2023-44487) paced so that tether accepts
+/// each stream before its reset (h2 itself counts only the streams reset
+/// before they were accepted). A browser cancels a few requests when the
+/// user navigates away, not hundreds, nor most of them.
+pub const HTTP2_MAX_CANCELLED_STREAMS: u64 = 100;
 
 impl Default for ConnActivity {
     fn default() -> Self {
@@ -85,6 +98,8 @@ impl ConnActivity {
             in_flight: AtomicU64::new(0),
             served: AtomicU64::new(0),
             framing_conflict: AtomicU64::new(u64::MAX),
+            cancelled: AtomicU64::new(0),
+            resets_abusive: std::sync::atomic::AtomicBool::new(false),
             write_blocked_ms: AtomicU64::new(0),
             not_reading: std::sync::atomic::AtomicBool::new(false),
         }
@@ -128,6 +143,23 @@ impl ConnActivity {
     /// was scanned by the time hyper hands its request over.
     pub fn framing_conflict_in(&self, index: u64) -> bool {
         self.framing_conflict.load(Ordering::Acquire) == index
+    }
+
+    /// An HTTP/2 stream was reset by the client before its response head:
+    /// past [`HTTP2_MAX_CANCELLED_STREAMS`], and more than half of the
+    /// streams, the connection is flagged (`resets_too_many`) and its watchdog woken.
+    pub fn stream_cancelled(&self) {
+        let cancelled = self.cancelled.fetch_add(1, Ordering::AcqRel) + 1;
+        if is_reset_flood(cancelled, self.served.load(Ordering::Relaxed))
+            && !self.resets_abusive.swap(true, Ordering::AcqRel)
+        {
+            self.phase_changed.notify_one();
+        }
+    }
+
+    /// Whether the client reset too many streams (see `stream_cancelled`).
+    pub fn resets_too_many(&self) -> bool {
+        self.resets_abusive.load(Ordering::Acquire)
     }
 
     /// A request head was parsed and is being served; returns its place on
@@ -245,6 +277,12 @@ impl Drop for StreamHold {
     fn drop(&mut self) {
         self.0.request_finished();
     }
+}
+
+/// Whether `cancelled` streams reset before their response, out of
+/// `opened`, make a reset flood (see [`HTTP2_MAX_CANCELLED_STREAMS`]).
+fn is_reset_flood(cancelled: u64, opened: u64) -> bool {
+    cancelled >= HTTP2_MAX_CANCELLED_STREAMS && cancelled * 2 > opened
 }
 
 /// Which client timeout a connection's deadline is.
@@ -383,6 +421,25 @@ mod tests {
         assert_eq!(expiry(&activity), Some(Expiry::Idle));
         activity.upgraded();
         assert_eq!(expiry(&activity), None);
+    }
+
+    #[test]
+    fn a_reset_flood_is_many_cancelled_streams_and_most_of_them() {
+        assert!(!is_reset_flood(
+            HTTP2_MAX_CANCELLED_STREAMS - 1,
+            HTTP2_MAX_CANCELLED_STREAMS
+        ));
+        assert!(is_reset_flood(HTTP2_MAX_CANCELLED_STREAMS, HTTP2_MAX_CANCELLED_STREAMS));
+        assert!(
+            !is_reset_flood(HTTP2_MAX_CANCELLED_STREAMS, 4 * HTTP2_MAX_CANCELLED_STREAMS),
+            "a long-lived connection that served many"
+        );
+        let activity = ConnActivity::new();
+        for _ in 0..HTTP2_MAX_CANCELLED_STREAMS {
+            activity.request_started();
+            activity.stream_cancelled();
+        }
+        assert!(activity.resets_too_many());
     }
 
     #[test]

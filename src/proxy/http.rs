@@ -30,8 +30,36 @@ use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
 use crate::sticky::StickyPolicy;
 
-/// hyper's service function: forwards `request` and never fails (errors become responses).
+/// hyper's service function: forwards `request` and never fails (errors
+/// become responses). On HTTP/2 a request dropped before its response head
+/// (the client reset its stream) is counted against the connection (see
+/// `ConnActivity::stream_cancelled`).
 pub async fn handle(
+    context: Arc<ConnContext>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let watch = (context.protocol == Protocol::Http2).then(|| CancelWatch(Some(context.activity.clone())));
+    let response = respond(context, request).await;
+    if let Some(mut watch) = watch {
+        watch.0 = None;
+    }
+    response
+}
+
+/// Reports a stream whose request was dropped unanswered, unless disarmed
+/// (its `Option` taken) when the response head is ready.
+struct CancelWatch(Option<Arc<super::conn::ConnActivity>>);
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        if let Some(activity) = self.0.take() {
+            activity.stream_cancelled();
+        }
+    }
+}
+
+/// Forwards `request`: the steps of the module's pipeline.
+async fn respond(
     context: Arc<ConnContext>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {

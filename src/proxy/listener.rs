@@ -24,6 +24,9 @@ use super::{Shared, TrackerToken};
 use crate::state::{FrontendConnection, FrontendState};
 use crate::tls::{ClientStream, ALPN_H2};
 
+/// How long a connection that flooded resets keeps its GOAWAY in flight before it is cut.
+const FLOOD_GOAWAY_GRACE: Duration = Duration::from_millis(200);
+
 /// How long a graceful stop waits for a just-accepted connection's first request.
 const FRESH_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -327,7 +330,18 @@ async fn watch<C>(
     tokio::pin!(graceful, hard);
     let mut stop_requested: Option<std::time::Instant> = None;
     let mut stop_sent = false;
+    // When a reset flood was seen: the connection is cut shortly after its
+    // GOAWAY (a graceful close would wait for the flooder's PING answer).
+    let mut flood_since: Option<std::time::Instant> = None;
     loop {
+        if activity.resets_too_many() && flood_since.is_none() {
+            tracing::warn!(client = %peer, "the client reset most of its HTTP/2 streams (rapid reset): GOAWAY, connection closed");
+            flood_since = Some(std::time::Instant::now());
+            if !stop_sent {
+                stop_sent = true;
+                stop(connection.as_mut());
+            }
+        }
         if let (Some(since), false) = (stop_requested, stop_sent) {
             if eager_stop
                 || activity.may_stop_now()
@@ -344,6 +358,10 @@ async fn watch<C>(
             let stop_at = since + FRESH_CONNECTION_GRACE;
             deadline = Some(deadline.map_or(stop_at, |d| d.min(stop_at)));
         }
+        if let Some(since) = flood_since {
+            let cut_at = since + FLOOD_GOAWAY_GRACE;
+            deadline = Some(deadline.map_or(cut_at, |d| d.min(cut_at)));
+        }
         let timer = async {
             match deadline {
                 Some(at) => sleep_until(at.into()).await,
@@ -358,6 +376,9 @@ async fn watch<C>(
                 break;
             }
             _ = timer => {
+                if flood_since.is_some_and(|since| since.elapsed() >= FLOOD_GOAWAY_GRACE) {
+                    break;
+                }
                 if let Some((at, why)) = activity.deadline(client_timeout, head_timeout, body_timeout) {
                     if at <= std::time::Instant::now() {
                         match why {
