@@ -6,9 +6,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -24,38 +23,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-
-/// A self-signed certificate for `tether.test`, as PEM files removed on drop.
-struct SelfSigned {
-    dir: PathBuf,
-}
-
-impl SelfSigned {
-    fn new() -> SelfSigned {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tether-h2-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let cert = rcgen::generate_simple_self_signed(vec!["tether.test".to_string()]).expect("certificate");
-        std::fs::write(dir.join("site.pem"), cert.cert.pem()).expect("write cert");
-        std::fs::write(dir.join("site.key"), cert.signing_key.serialize_pem()).expect("write key");
-        SelfSigned { dir }
-    }
-
-    fn tls(&self) -> FrontendTls {
-        let path = |name: &str| self.dir.join(name).to_str().expect("UTF-8 path").to_string();
-        FrontendTls::new(&path("site.pem"), &path("site.key"))
-    }
-}
-
-impl Drop for SelfSigned {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A TLS connection to tether offering `alpn`, trusting any certificate.
 async fn tls_connect(addr: SocketAddr, alpn: &[&[u8]]) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
@@ -811,30 +778,6 @@ async fn http2_limits_are_announced_and_enforced() {
     tether.stop().await;
 }
 
-/// A server of one HTML page (any request, `Connection: close`).
-async fn page_server(html: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read_exact(&mut byte).await.is_ok() {
-                    head.push(byte[0]);
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
-                    html.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 /// The page: opens `wss://<its host>/ws`, reads the server's name, has a
 /// message echoed, and writes both into the DOM.
 const WEBSOCKET_PAGE: &str = r#"<!doctype html><html><body><pre id="out">pending</pre><script>
@@ -865,29 +808,7 @@ async fn browser_headless_chromium_opens_wss_over_h2_through_tether() {
         .backend(pool().server(&s1))
         .backend(Backend::new("pages").server(Server::new("page", page)));
     let tether = start_tether(&with_admin(config)).await;
-    let harness = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    ensure_npm_packages(&harness, &["playwright-core"]);
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .arg(harness.join("h2_websocket.mjs"))
-            .arg(format!("https://tether.test:{}/page", tether.addr.port()))
-            .arg("tether.test")
-            .env("CHROMIUM", &binary)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the browser script finished in time")
-    .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let report: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!(
-            "browser report {line:?}: {e}; stderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
+    let report = browser_page_out(&binary, &format!("https://tether.test:{}/page", tether.addr.port())).await;
     assert_eq!(
         report["out"], "server=s1 echo=echo over h2",
         "the page's WebSocket worked: {report}"

@@ -1,8 +1,9 @@
-// Loads a page over https:// in headless Chromium and waits for its script,
-// which opens a wss:// WebSocket to the same host, to write its result.
-// Chromium carries the WebSocket over the page's HTTP/2 connection when the
+// Loads a page over https:// in headless Chromium and waits for its script
+// to write its result into `#out` (anything but "pending"); the pages of
+// tests/http2.rs and tests/socketio.rs open wss:// WebSockets to their own
+// host, which Chromium carries over the page's HTTP/2 connection when the
 // server allows extended CONNECT (RFC 8441): no flag is needed for that.
-// Prints one JSON line. Usage: node h2_websocket.mjs URL HOST
+// Prints one JSON line. Usage: node page_out.mjs URL HOST
 // (HOST is resolved to 127.0.0.1; the certificate is self-signed).
 import { chromium } from "playwright-core";
 
