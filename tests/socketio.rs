@@ -236,7 +236,7 @@ async fn socketio_engine_io_preset_needs_no_cookies() {
 
 /// The page of the browser test: a Socket.IO client (the script the servers
 /// serve themselves) with its default transports, long-polling then the
-/// upgrade to WebSocket; once upgraded it sends an acked `echo` and writes
+/// upgrade to WebSocket; once connected and upgraded it sends an acked `echo` and writes
 /// what it saw into `#out`.
 const SOCKETIO_PAGE: &str = r#"<!doctype html><html><body><pre id="out">pending</pre>
 <script src="/socket.io/socket.io.js"></script><script>
@@ -244,13 +244,14 @@ const out = document.getElementById("out");
 const socket = io();
 let hello = null;
 socket.on("hello", (name) => { hello = name; });
-socket.on("connect", () => {
-  socket.io.engine.on("upgrade", () => {
-    socket.emit("echo", "over h2", (ack) => {
-      out.textContent = `hello=${hello} transport=${socket.io.engine.transport.name} ack=${ack.server}:${ack.payload}`;
-    });
+// The upgrade may finish before or after `connect`: wait for both.
+const waiting = setInterval(() => {
+  if (!socket.connected || socket.io.engine.transport.name !== "websocket") return;
+  clearInterval(waiting);
+  socket.emit("echo", "over h2", (ack) => {
+    out.textContent = `hello=${hello} transport=${socket.io.engine.transport.name} ack=${ack.server}:${ack.payload}`;
   });
-});
+}, 50);
 socket.on("connect_error", (err) => { out.textContent = "error " + err.message; });
 </script></body></html>"#;
 

@@ -126,6 +126,11 @@ async fn respond(
     if let (true, Some(hsts)) = (context.https, &frontend.hsts) {
         response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
+    if context.protocol == Protocol::Http2 {
+        // RFC 9113 §8.2.2: no connection-specific fields; an error that
+        // closes an HTTP/1.1 connection ends only its stream here.
+        response.headers_mut().remove(http::header::CONNECTION);
+    }
     Ok(response)
 }
 

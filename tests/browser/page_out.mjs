@@ -25,7 +25,7 @@ try {
   const page = await context.newPage();
   await page.goto(url, { waitUntil: "domcontentloaded", timeout: 15000 });
   await page.waitForFunction(() => document.getElementById("out")?.textContent !== "pending", null, {
-    timeout: 15000,
+    timeout: 40000,
   });
   result.out = await page.$eval("#out", (el) => el.textContent);
 } catch (err) {
