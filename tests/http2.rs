@@ -565,6 +565,27 @@ async fn a_websocket_on_an_h2_stream_counts_as_a_connection_for_the_per_address_
     tether.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_closes_h2_websockets_with_1001_and_ends() {
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&Config::simple(Frontend::public().http2(true), pool().server(&s1))).await;
+    let client = h2_client(TcpStream::connect(tether.addr).await.unwrap()).await;
+    assert!(extended_connect_allowed(&client).await);
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (_, ws) = h2_websocket(&client, "http", "/ws", &[]).await;
+        let mut ws = ws.expect("a WebSocket");
+        assert_eq!(next_ws_text(&mut ws).await, "s1");
+        sockets.push(ws);
+    }
+    let (stopped, ()) = tokio::join!(tether.stopped_within(Duration::from_secs(8)), async {
+        for ws in sockets.iter_mut() {
+            assert_eq!(ws_close_code(ws, Duration::from_secs(6)).await, Some(1001));
+        }
+    });
+    assert!(stopped, "tether stopped with the h2 connection and its tunnels gone");
+}
+
 /// Writes one HTTP/2 frame header and payload into `out` (RFC 9113 §4.1).
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
