@@ -86,6 +86,8 @@ pub struct Frontend {
     pub redirect_https: Option<Option<u16>>,
     /// `Strict-Transport-Security` added to every response (TLS frontends only).
     pub hsts: Option<http::HeaderValue>,
+    /// Whether clients may speak HTTP/2 (see the config model's `http2`).
+    pub http2: bool,
 }
 
 /// The frontend's WebSocket timers for its tunnels.
@@ -257,6 +259,7 @@ impl Snapshot {
                 tls: f.tls.clone(),
                 redirect_https: f.redirect_https.map(|r| r.port),
                 hsts: f.hsts.clone(),
+                http2: f.http2,
             })
             .collect();
         Snapshot {

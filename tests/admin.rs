@@ -620,50 +620,10 @@ fn the_openapi_file_lists_exactly_the_routes_of_the_router() {
 // with TETHER_REQUIRE_BROWSER=1 (CI) a missing browser fails the test instead.
 // ---------------------------------------------------------------------------
 
-/// Runs headless Chromium on `url` with `extra` arguments; returns its stdout.
-async fn run_chromium(binary: &std::path::Path, profile: &std::path::Path, extra: &[String], url: &str) -> String {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(binary)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--hide-scrollbars",
-                // Lets the page's polls and timers run before the DOM is dumped.
-                "--virtual-time-budget=6000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(extra)
-            .arg(url)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chromium took over 60 s")
-    .expect("chromium runs");
-    assert!(
-        output.status.success(),
-        "chromium failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn browser_headless_chromium_shows_the_servers_their_tunnels_and_the_chart() {
-    let binary = match chromium() {
-        Ok(binary) => binary,
-        Err(reason) if std::env::var_os("TETHER_REQUIRE_BROWSER").is_none() => {
-            println!("SKIPPED browser test: {reason}");
-            eprintln!("SKIPPED browser test: {reason}");
-            return;
-        }
-        Err(reason) => panic!("TETHER_REQUIRE_BROWSER is set but {reason}"),
+    let Some(binary) = chromium_or_skip() else {
+        return;
     };
     let servers = three().await;
     // Without users the loopback listener asks for no login.

@@ -233,3 +233,78 @@ async fn socketio_engine_io_preset_needs_no_cookies() {
     assert_every_session_kept(&report, &servers);
     tether.stop().await;
 }
+
+/// The page of the browser test: a Socket.IO client (the script the servers
+/// serve themselves) with its default transports, long-polling then the
+/// upgrade to WebSocket; once connected and upgraded it sends an acked `echo` and writes
+/// what it saw into `#out`.
+const SOCKETIO_PAGE: &str = r#"<!doctype html><html><body><pre id="out">pending</pre>
+<script src="/socket.io/socket.io.js"></script><script>
+const out = document.getElementById("out");
+const socket = io();
+let hello = null;
+socket.on("hello", (name) => { hello = name; });
+// The upgrade may finish before or after `connect`: wait for both.
+const waiting = setInterval(() => {
+  if (!socket.connected || socket.io.engine.transport.name !== "websocket") return;
+  clearInterval(waiting);
+  socket.emit("echo", "over h2", (ack) => {
+    out.textContent = `hello=${hello} transport=${socket.io.engine.transport.name} ack=${ack.server}:${ack.payload}`;
+  });
+}, 50);
+socket.on("connect_error", (err) => { out.textContent = "error " + err.message; });
+</script></body></html>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_socketio_over_h2_polls_then_upgrades_on_its_sticky_server() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
+    let servers = three_servers().await;
+    let cert = SelfSigned::new();
+    let (page, _page_task) = page_server(SOCKETIO_PAGE).await;
+    let mut socketio = Backend::new("socketio")
+        .balance("roundrobin")
+        .sticky(Sticky::cookie("SERVERID").mode("insert").indirect(true).nocache(true));
+    for server in &servers {
+        socketio = socketio.server(Server::new(&server.name, server.addr).cookie(&server.name));
+    }
+    let config = Config::new()
+        .shutdown_grace("1s")
+        .frontend(
+            Frontend::new("public")
+                .bind("127.0.0.1:0")
+                .default_backend("pages")
+                .tls(cert.tls())
+                .route(Route::to("socketio").path_prefix("/socket.io")),
+        )
+        .backend(socketio)
+        .backend(Backend::new("pages").server(Server::new("page", page)))
+        .admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]));
+    let tether = start_tether(&config).await;
+    let report = browser_page_out(&binary, &format!("https://tether.test:{}/", tether.addr.port())).await;
+    let out = report["out"].as_str().unwrap_or_default().to_string();
+    // Round robin over three servers: without stickiness the polls and the
+    // upgrade would reach servers that do not know the session.
+    let hello = out
+        .strip_prefix("hello=")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("the page connected: {report}"));
+    assert_eq!(
+        out,
+        format!("hello={hello} transport=websocket ack={hello}:over h2"),
+        "polling then WebSocket, all on one server: {report}"
+    );
+    let admin = tether.handle.admin_addr().expect("admin listener");
+    let h2 = |series: &str| format!("{series}{{frontend=\"public\",protocol=\"h2\"}}");
+    assert!(
+        metric(admin, &h2("tether_frontend_protocol_requests_total")).await >= 3,
+        "the page, the script and the polls came over h2"
+    );
+    assert_eq!(
+        metric(admin, &h2("tether_frontend_protocol_websockets_total")).await,
+        1,
+        "the upgrade rode the h2 connection (RFC 8441)"
+    );
+    tether.stop().await;
+}

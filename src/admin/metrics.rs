@@ -59,6 +59,12 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    frontend: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -218,6 +224,9 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
     let tls_failures = CounterFamily::<FrontendLabels>::default();
     let message_rate_closes = CounterFamily::<FrontendLabels>::default();
     let lifetime_closes = CounterFamily::<FrontendLabels>::default();
+    let http2_connections = CounterFamily::<FrontendLabels>::default();
+    let requests_by_protocol = CounterFamily::<ProtocolLabels>::default();
+    let websockets_by_protocol = CounterFamily::<ProtocolLabels>::default();
     for frontend in &snapshot.frontends {
         let labels = FrontendLabels {
             frontend: frontend.name.to_string(),
@@ -231,6 +240,22 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
             .get_or_create(&labels)
             .inc_by(load(&state.connections_accepted));
         frontend_requests.get_or_create(&labels).inc_by(load(&state.requests));
+        http2_connections
+            .get_or_create(&labels)
+            .inc_by(load(&state.http2_connections));
+        let requests = load(&state.requests);
+        let http2 = load(&state.http2_requests).min(requests);
+        for (protocol, requests, websockets) in [
+            ("http/1.1", requests - http2, load(&state.websockets_http1)),
+            ("h2", http2, load(&state.websockets_http2)),
+        ] {
+            let labels = ProtocolLabels {
+                frontend: frontend.name.to_string(),
+                protocol: protocol.to_string(),
+            };
+            requests_by_protocol.get_or_create(&labels).inc_by(requests);
+            websockets_by_protocol.get_or_create(&labels).inc_by(websockets);
+        }
         for (reason, count) in [
             ("per_ip_connections", &state.admission.refused_connections),
             ("per_ip_rate", &state.admission.refused_handshakes),
@@ -375,6 +400,21 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         "tether_frontend_requests",
         "Requests (WebSocket handshakes included) received by the frontend",
         frontend_requests,
+    );
+    registry.register(
+        "tether_frontend_http2_connections",
+        "Client connections that spoke HTTP/2 (ALPN h2 or h2c with prior knowledge)",
+        http2_connections,
+    );
+    registry.register(
+        "tether_frontend_protocol_requests",
+        "Requests (WebSocket handshakes included) received by the frontend, by protocol (http/1.1, h2)",
+        requests_by_protocol,
+    );
+    registry.register(
+        "tether_frontend_protocol_websockets",
+        "WebSocket tunnels opened, by the protocol that carries them (http/1.1 Upgrade, h2 extended CONNECT)",
+        websockets_by_protocol,
     );
     registry.register(
         "tether_frontend_refused",

@@ -204,6 +204,8 @@ fn frontend(
             max_headers: *f.limits.max_headers.get_ref(),
             max_uri: f.limits.max_uri,
             max_body: f.limits.max_body,
+            http2_max_concurrent_streams: *f.limits.http2_max_concurrent_streams.get_ref(),
+            http2_max_header_list_size: *f.limits.http2_max_header_list_size.get_ref(),
         },
         maxconn: f.maxconn.as_ref().map(|m| *m.get_ref()),
         per_ip: PerIp {
@@ -239,7 +241,14 @@ fn frontend(
             port: f.https_port.as_ref().map(|p| *p.get_ref()),
         }),
         hsts,
+        http2: http2_enabled(f),
     })
+}
+
+/// `http2` as written, else on for a TLS frontend and off for a plain one
+/// (h2c with prior knowledge is opt-in: plain clients rarely speak it).
+pub(super) fn http2_enabled(f: &raw::Frontend) -> bool {
+    f.http2.as_ref().map_or(f.tls.is_some(), |h| *h.get_ref())
 }
 
 fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<super::model::Backend, ConfigError> {

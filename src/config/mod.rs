@@ -123,6 +123,35 @@ address = "127.0.0.1:8200"
     }
 
     #[test]
+    fn http2_is_on_for_tls_frontends_only_unless_set_and_its_limits_are_checked() {
+        let config = parse(GOOD, "test.toml").expect("valid");
+        assert!(!config.frontends[0].http2, "a plain frontend takes h2c only when asked");
+        assert_eq!(config.frontends[0].limits.http2_max_concurrent_streams, 100);
+        assert_eq!(config.frontends[0].limits.http2_max_header_list_size, 32768);
+        let text = GOOD.replace("default_backend = \"web\"", "default_backend = \"web\"\nhttp2 = true");
+        assert!(parse(&text, "test.toml").expect("valid").frontends[0].http2);
+        let text = GOOD.replace(
+            "default_backend = \"web\"",
+            "default_backend = \"web\"\nlimits = { http2_max_concurrent_streams = 0 }",
+        );
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 6);
+        assert!(
+            message.contains("`http2_max_concurrent_streams` must be between 1 and 10000"),
+            "{message}"
+        );
+        let text = GOOD.replace(
+            "default_backend = \"web\"",
+            "default_backend = \"web\"\nlimits = { http2_max_header_list_size = 10 }",
+        );
+        let (_, message) = error_of(&text);
+        assert!(
+            message.contains("`http2_max_header_list_size` must be between 1024"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn a_redacted_parameter_must_be_a_plain_name() {
         let text = format!("[log]\nredact_query = [\"sid=\"]\n{GOOD}");
         let (line, message) = error_of(&text);

@@ -216,6 +216,8 @@ pub struct Frontend {
     pub redirect_https: Option<HttpsRedirect>,
     /// `Strict-Transport-Security` value (TLS frontends only).
     pub hsts: Option<HeaderValue>,
+    /// Whether clients may speak HTTP/2 (ALPN `h2` with TLS, h2c with prior knowledge without).
+    pub http2: bool,
 }
 
 /// Where `redirect_https` sends clients.
@@ -249,6 +251,10 @@ pub struct Limits {
     pub max_uri: usize,
     /// Largest request body, bytes; unlimited when `None`.
     pub max_body: Option<u64>,
+    /// HTTP/2: most concurrent streams per client connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: largest decoded request header list, bytes.
+    pub http2_max_header_list_size: u32,
 }
 
 /// Caps per client address.

@@ -220,6 +220,9 @@ pub struct Frontend {
     pub https_port: Option<Spanned<u16>>,
     /// `Strict-Transport-Security` value added to every response of a TLS frontend.
     pub hsts: Option<Spanned<String>>,
+    /// HTTP/2 to clients: ALPN `h2` on a TLS frontend (on when absent),
+    /// h2c with prior knowledge on a plain one (off when absent).
+    pub http2: Option<Spanned<bool>>,
 }
 
 /// A TLS frontend's certificates: `cert` + `key` for one, `certificates` for
@@ -360,6 +363,14 @@ pub struct Limits {
     pub max_uri: usize,
     /// Largest request body in bytes (413 beyond; a chunked body is counted as it streams); unlimited when absent.
     pub max_body: Option<u64>,
+    /// HTTP/2: most streams one client connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    #[serde(default = "defaults::http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: Spanned<u32>,
+    /// HTTP/2: largest decoded header list of a request, bytes
+    /// (`SETTINGS_MAX_HEADER_LIST_SIZE`; also bounds CONTINUATION frames).
+    #[serde(default = "defaults::http2_max_header_list_size")]
+    pub http2_max_header_list_size: Spanned<u32>,
 }
 
 impl Default for Limits {
@@ -369,6 +380,8 @@ impl Default for Limits {
             max_headers: defaults::max_headers(),
             max_uri: defaults::max_uri(),
             max_body: None,
+            http2_max_concurrent_streams: defaults::http2_max_concurrent_streams(),
+            http2_max_header_list_size: defaults::http2_max_header_list_size(),
         }
     }
 }
@@ -700,6 +713,12 @@ mod defaults {
     }
     pub(crate) fn max_headers() -> toml::Spanned<usize> {
         toml::Spanned::new(0..0, 100)
+    }
+    pub(crate) fn http2_max_concurrent_streams() -> toml::Spanned<u32> {
+        toml::Spanned::new(0..0, 100)
+    }
+    pub(crate) fn http2_max_header_list_size() -> toml::Spanned<u32> {
+        toml::Spanned::new(0..0, 32 * 1024)
     }
     pub(crate) fn max_uri() -> usize {
         8 * 1024

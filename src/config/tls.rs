@@ -132,7 +132,8 @@ fn blamed<'a>(
 /// HTTP): the same keys and the same loader as a frontend's.
 pub(super) fn admin(admin: &Admin, source: &SourceMap<'_>, base: &Path) -> Result<Option<ServerTls>, ConfigError> {
     match &admin.tls {
-        Some(tls) => load_server_tls(tls, "[admin]", source, base).map(Some),
+        // The admin listener speaks HTTP/1.1 only.
+        Some(tls) => load_server_tls(tls, "[admin]", false, source, base).map(Some),
         None => Ok(None),
     }
 }
@@ -142,13 +143,16 @@ fn load_frontend(frontend: &Frontend, source: &SourceMap<'_>, base: &Path) -> Re
         return Ok(None);
     };
     let owner = format!("frontend `{}`", frontend.name.get_ref());
-    load_server_tls(tls, &owner, source, base).map(Some)
+    let http2 = super::build::http2_enabled(frontend);
+    load_server_tls(tls, &owner, http2, source, base).map(Some)
 }
 
-/// Reads the certificate pairs of a frontend's (or the admin listener's) `tls`.
+/// Reads the certificate pairs of a frontend's (or the admin listener's)
+/// `tls`; with `http2` the handshake offers ALPN `h2` too.
 fn load_server_tls(
     tls: &Spanned<FrontendTls>,
     owner: &str,
+    http2: bool,
     source: &SourceMap<'_>,
     base: &Path,
 ) -> Result<ServerTls, ConfigError> {
@@ -198,7 +202,7 @@ fn load_server_tls(
         })?;
         keys.push(Arc::new(loaded));
     }
-    ServerTls::from_keys(keys).map_err(|err| source.error(Some(tls.span()), format!("{owner}: {err}")))
+    ServerTls::from_keys(keys, http2).map_err(|err| source.error(Some(tls.span()), format!("{owner}: {err}")))
 }
 
 /// A client configuration per distinct setting, so the servers of a backend share one.

@@ -88,6 +88,20 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
                 "`max_headers` must be between 1 and 1000 (default 100)",
             ));
         }
+        let streams = &frontend.limits.http2_max_concurrent_streams;
+        if !(1..=10_000).contains(streams.get_ref()) {
+            return Err(source.error(
+                Some(streams.span()),
+                "`http2_max_concurrent_streams` must be between 1 and 10000 (default 100)",
+            ));
+        }
+        let header_list = &frontend.limits.http2_max_header_list_size;
+        if !(1024..=1 << 20).contains(header_list.get_ref()) {
+            return Err(source.error(
+                Some(header_list.span()),
+                "`http2_max_header_list_size` must be between 1024 and 1048576 bytes (default 32768)",
+            ));
+        }
         if let Some(maxconn) = frontend.maxconn.as_ref().filter(|m| *m.get_ref() == 0) {
             return Err(source.error(
                 Some(maxconn.span()),

@@ -66,7 +66,20 @@ pub struct ConnActivity {
     /// The place (0 = first) of the first request whose head named both
     /// `Content-Length` and `Transfer-Encoding`; `u64::MAX` while none did.
     framing_conflict: AtomicU64,
+    /// HTTP/2 streams the client reset before their response head.
+    cancelled: AtomicU64,
+    /// The client reset too many of its streams: the watchdog ends the
+    /// connection with GOAWAY.
+    resets_abusive: std::sync::atomic::AtomicBool,
 }
+
+/// A connection whose client reset at least this many streams before their
+/// response, and more than half of all it opened, is ended with GOAWAY:
+/// the "rapid reset" attack (CVE-2023-44487) paced so that tether accepts
+/// each stream before its reset (h2 itself counts only the streams reset
+/// before they were accepted). A browser cancels a few requests when the
+/// user navigates away, not hundreds, nor most of them.
+pub const HTTP2_MAX_CANCELLED_STREAMS: u64 = 100;
 
 impl Default for ConnActivity {
     fn default() -> Self {
@@ -85,6 +98,8 @@ impl ConnActivity {
             in_flight: AtomicU64::new(0),
             served: AtomicU64::new(0),
             framing_conflict: AtomicU64::new(u64::MAX),
+            cancelled: AtomicU64::new(0),
+            resets_abusive: std::sync::atomic::AtomicBool::new(false),
             write_blocked_ms: AtomicU64::new(0),
             not_reading: std::sync::atomic::AtomicBool::new(false),
         }
@@ -130,6 +145,23 @@ impl ConnActivity {
         self.framing_conflict.load(Ordering::Acquire) == index
     }
 
+    /// An HTTP/2 stream was reset by the client before its response head:
+    /// past [`HTTP2_MAX_CANCELLED_STREAMS`], and more than half of the
+    /// streams, the connection is flagged (`resets_too_many`) and its watchdog woken.
+    pub fn stream_cancelled(&self) {
+        let cancelled = self.cancelled.fetch_add(1, Ordering::AcqRel) + 1;
+        if is_reset_flood(cancelled, self.served.load(Ordering::Relaxed))
+            && !self.resets_abusive.swap(true, Ordering::AcqRel)
+        {
+            self.phase_changed.notify_one();
+        }
+    }
+
+    /// Whether the client reset too many streams (see `stream_cancelled`).
+    pub fn resets_too_many(&self) -> bool {
+        self.resets_abusive.load(Ordering::Acquire)
+    }
+
     /// A request head was parsed and is being served; returns its place on
     /// the connection (0 = first).
     pub fn request_started(&self) -> u64 {
@@ -150,6 +182,14 @@ impl ConnActivity {
     /// The connection became a tunnel: client timeouts no longer apply.
     pub fn upgraded(&self) {
         self.enter(Phase::Busy);
+    }
+
+    /// An HTTP/2 stream became a tunnel: the connection counts it in
+    /// flight (so it is never idle under it) until the hold drops.
+    pub fn hold_stream(self: &std::sync::Arc<Self>) -> StreamHold {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.enter(Phase::Busy);
+        StreamHold(self.clone())
     }
 
     /// A write to the client could not proceed (its receive window is full).
@@ -228,6 +268,23 @@ impl ConnActivity {
     }
 }
 
+/// One tunnel on an HTTP/2 stream, counted in flight on its connection
+/// until dropped (see [`ConnActivity::hold_stream`]).
+#[derive(Debug)]
+pub struct StreamHold(std::sync::Arc<ConnActivity>);
+
+impl Drop for StreamHold {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// Whether `cancelled` streams reset before their response, out of
+/// `opened`, make a reset flood (see [`HTTP2_MAX_CANCELLED_STREAMS`]).
+fn is_reset_flood(cancelled: u64, opened: u64) -> bool {
+    cancelled >= HTTP2_MAX_CANCELLED_STREAMS && cancelled * 2 > opened
+}
+
 /// Which client timeout a connection's deadline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {
@@ -246,15 +303,27 @@ pub struct WatchedIo<T> {
     inner: T,
     activity: std::sync::Arc<ConnActivity>,
     scanner: RequestScanner,
+    /// Whether reads go through `scanner` (HTTP/1 only: HTTP/2 frames its
+    /// own messages, and its binary frames mean nothing to the scanner).
+    scan: bool,
 }
 
 impl<T> WatchedIo<T> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, an HTTP/1 connection.
     pub fn new(inner: T, activity: std::sync::Arc<ConnActivity>) -> Self {
         Self {
             inner,
             activity,
             scanner: RequestScanner::default(),
+            scan: true,
+        }
+    }
+
+    /// Wraps `inner`, an HTTP/2 connection: timing only, no HTTP/1 scanning.
+    pub fn unscanned(inner: T, activity: std::sync::Arc<ConnActivity>) -> Self {
+        Self {
+            scan: false,
+            ..Self::new(inner, activity)
         }
     }
 
@@ -283,10 +352,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
             let this = &mut *self;
             // Whatever the phase: a pipelined head may come in the same read
             // as the body of the request before it.
-            let known = this.scanner.first_conflict().is_some();
-            this.scanner.scan(read);
-            if let (false, Some(index)) = (known, this.scanner.first_conflict()) {
-                this.activity.framing_conflict.store(index, Ordering::Release);
+            if this.scan {
+                let known = this.scanner.first_conflict().is_some();
+                this.scanner.scan(read);
+                if let (false, Some(index)) = (known, this.scanner.first_conflict()) {
+                    this.activity.framing_conflict.store(index, Ordering::Release);
+                }
             }
             this.activity.on_read();
         }
@@ -350,6 +421,25 @@ mod tests {
         assert_eq!(expiry(&activity), Some(Expiry::Idle));
         activity.upgraded();
         assert_eq!(expiry(&activity), None);
+    }
+
+    #[test]
+    fn a_reset_flood_is_many_cancelled_streams_and_most_of_them() {
+        assert!(!is_reset_flood(
+            HTTP2_MAX_CANCELLED_STREAMS - 1,
+            HTTP2_MAX_CANCELLED_STREAMS
+        ));
+        assert!(is_reset_flood(HTTP2_MAX_CANCELLED_STREAMS, HTTP2_MAX_CANCELLED_STREAMS));
+        assert!(
+            !is_reset_flood(HTTP2_MAX_CANCELLED_STREAMS, 4 * HTTP2_MAX_CANCELLED_STREAMS),
+            "a long-lived connection that served many"
+        );
+        let activity = ConnActivity::new();
+        for _ in 0..HTTP2_MAX_CANCELLED_STREAMS {
+            activity.request_started();
+            activity.stream_cancelled();
+        }
+        assert!(activity.resets_too_many());
     }
 
     #[test]

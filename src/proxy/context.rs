@@ -26,4 +26,7 @@ pub struct ConnContext {
     pub https: bool,
     /// Keeps the connection counted in its frontend (and for its address).
     pub counted: FrontendConnection,
+    /// HTTP/1.1 or HTTP/2: an HTTP/2 connection carries many requests and
+    /// tunnels at once, each on its own stream.
+    pub protocol: super::log::Protocol,
 }

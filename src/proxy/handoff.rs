@@ -12,9 +12,9 @@ use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::conn::WatchedIo;
+use super::conn::{StreamHold, WatchedIo};
 use super::context::ConnContext;
-use super::log::{HttpLog, RequestId, TunnelLog};
+use super::log::{HttpLog, Protocol, RequestId, TunnelLog};
 use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
@@ -61,21 +61,27 @@ pub(super) struct TunnelHolds {
     /// The learned session ids that led here, kept from expiring while the
     /// tunnel lives (boxed: most tunnels hold none, see `footprint`).
     pub(super) stick: Option<Box<StickHold>>,
+    /// The client connection's hold of its HTTP/2 stream (`None`: the
+    /// tunnel is the whole HTTP/1.1 connection).
+    pub(super) stream: Option<StreamHold>,
 }
 
 impl TunnelJob {
-    /// The job for a handshake `server` of `backend` accepted, holding the
-    /// server's slot `guard` and the learned ids `stick`; what its log line
-    /// says comes from `log`.
+    /// The job for a handshake `server` of `backend` accepted (with the
+    /// server's slot, its guard), holding the learned ids `stick` and the frontend's
+    /// count of it (`counted`, taken before the handshake for a stream of an
+    /// HTTP/2 connection; else the connection's own count carries over);
+    /// what its log line says comes from `log`.
     pub(super) fn new(
         context: &ConnContext,
         frontend: &Frontend,
         backend: &Backend,
-        server: &Server,
-        guard: ActiveGuard,
+        (server, guard): (&Server, ActiveGuard),
         log: &HttpLog,
         stick: Option<StickHold>,
+        counted: Option<crate::state::FrontendConnection>,
     ) -> Self {
+        let stream = (context.protocol == Protocol::Http2).then(|| context.activity.hold_stream());
         let timers = frontend.websocket_timers;
         let lifetime = timers
             .max_lifetime
@@ -87,7 +93,7 @@ impl TunnelJob {
         Self {
             holds: TunnelHolds {
                 token: context.shared.open.enter(),
-                frontend_connection: context.counted.still_open(),
+                frontend_connection: counted.unwrap_or_else(|| context.counted.still_open()),
                 client: log.client,
                 request_id: log.request_id,
                 frontend: frontend.name.clone(),
@@ -95,6 +101,7 @@ impl TunnelJob {
                 server: server.name.clone(),
                 guard,
                 stick: stick.map(Box::new),
+                stream,
             },
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
@@ -200,6 +207,10 @@ impl CarriedBy {
             server: &holds.server,
             started: self.started,
             end: &end,
+            protocol: match holds.stream {
+                Some(_) => Protocol::Http2,
+                None => Protocol::Http1,
+            },
         }
         .emit();
         drop(self.registration);
@@ -207,6 +218,7 @@ impl CarriedBy {
         drop(holds.stick);
         drop(holds.guard);
         drop(holds.frontend_connection);
+        drop(holds.stream);
         drop(holds.token);
     }
 }

@@ -22,7 +22,7 @@ use super::error::ProxyError;
 use super::exchange::{Exchange, ResponseBody};
 use super::handoff::TunnelJob;
 use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
-use super::log::{HttpLog, RequestId};
+use super::log::{HttpLog, Protocol, RequestId};
 use super::upgrade::{self, Handshake};
 use super::{client_addr, Shared};
 use crate::balance::{ip_octets_of, RequestKey};
@@ -30,8 +30,36 @@ use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
 use crate::sticky::StickyPolicy;
 
-/// hyper's service function: forwards `request` and never fails (errors become responses).
+/// hyper's service function: forwards `request` and never fails (errors
+/// become responses). On HTTP/2 a request dropped before its response head
+/// (the client reset its stream) is counted against the connection (see
+/// `ConnActivity::stream_cancelled`).
 pub async fn handle(
+    context: Arc<ConnContext>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let watch = (context.protocol == Protocol::Http2).then(|| CancelWatch(Some(context.activity.clone())));
+    let response = respond(context, request).await;
+    if let Some(mut watch) = watch {
+        watch.0 = None;
+    }
+    response
+}
+
+/// Reports a stream whose request was dropped unanswered, unless disarmed
+/// (its `Option` taken) when the response head is ready.
+struct CancelWatch(Option<Arc<super::conn::ConnActivity>>);
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        if let Some(activity) = self.0.take() {
+            activity.stream_cancelled();
+        }
+    }
+}
+
+/// Forwards `request`: the steps of the module's pipeline.
+async fn respond(
     context: Arc<ConnContext>,
     mut request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -40,6 +68,9 @@ pub async fn handle(
     // Before anything reads it: routing, Origin checks, redirects, the
     // forwarding headers and the server all see this one host.
     settle_host(&mut request, context.local);
+    if context.protocol == Protocol::Http2 {
+        join_cookies(request.headers_mut());
+    }
     let snapshot = context.shared.snapshot.load_full();
     let frontend = snapshot.frontend(&context.frontend);
     // Behind trusted proxies the client is the rightmost untrusted X-Forwarded-For hop.
@@ -64,11 +95,22 @@ pub async fn handle(
             bytes_out: 0,
             error: None,
             redact_query: snapshot.redact_query.clone(),
+            protocol: context.protocol,
         },
         context.activity.clone(),
     ));
     if let Some(f) = frontend {
         f.state.requests.fetch_add(1, Ordering::Relaxed);
+        if context.protocol == Protocol::Http2 {
+            f.state.http2_requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // RFC 8441: a WebSocket over HTTP/2 goes on as the HTTP/1.1 handshake
+    // the server will get, so every check below sees one kind of handshake.
+    if context.protocol == Protocol::Http2 {
+        if let Err(refused) = upgrade::bridge_extended_connect(&mut request) {
+            return Ok(ProxyError::from(refused).into_response(exchange));
+        }
     }
     let frontend = match admit(&context, framing_conflict, frontend) {
         Ok(frontend) => frontend,
@@ -83,6 +125,11 @@ pub async fn handle(
     let mut response = forward(&context, &snapshot, frontend, request, exchange).await;
     if let (true, Some(hsts)) = (context.https, &frontend.hsts) {
         response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    if context.protocol == Protocol::Http2 {
+        // RFC 9113 §8.2.2: no connection-specific fields; an error that
+        // closes an HTTP/1.1 connection ends only its stream here.
+        response.headers_mut().remove(http::header::CONNECTION);
     }
     Ok(response)
 }
@@ -103,6 +150,25 @@ fn settle_host<B>(request: &mut Request<B>, local: SocketAddr) {
     };
     if let Some(host) = host {
         request.headers_mut().insert(HOST, host);
+    }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `Cookie` into one field per
+/// cookie; an HTTP/1.1 server (and tether's own cookie reading) expects one
+/// field, so they are joined with "; ".
+fn join_cookies(headers: &mut http::HeaderMap) {
+    use http::header::COOKIE;
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -186,6 +252,16 @@ async fn pipeline(
 ) -> Result<Answer, ProxyError> {
     let websocket = check_request(frontend, &request, exchange.log.client)? == Handshake::WebSocket;
     let backend = route_request(snapshot, frontend, &request, websocket, &exchange.log)?;
+    // A WebSocket on an HTTP/2 stream counts as a connection of its own.
+    let counted = match (websocket, context.protocol) {
+        (true, Protocol::Http2) => Some(
+            context
+                .counted
+                .try_another(frontend.maxconn, frontend.per_ip_connections)
+                .ok_or(ProxyError::TooManyConnections)?,
+        ),
+        _ => None,
+    };
     exchange.log.backend = Some(backend.name.clone());
     let client_ip = ip_octets_of(exchange.log.client.ip());
     let key = RequestKey {
@@ -228,12 +304,32 @@ async fn pipeline(
                 cause,
             }
         })?;
-        exchange.upgraded = true;
         let (mut parts, server_upgrade) = upgrade::switch_protocols(response);
         let stick = sticky
             .as_ref()
             .and_then(|sticky| sticky.on_switch(&mut parts.headers, upstream.server, &server.name, context.https));
-        let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log, stick);
+        match context.protocol {
+            // The whole connection becomes the tunnel.
+            Protocol::Http1 => {
+                exchange.upgraded = true;
+                frontend.state.websockets_http1.fetch_add(1, Ordering::Relaxed);
+            }
+            // Only this stream does; the tunnel holds it (`TunnelJob`).
+            Protocol::Http2 => {
+                upgrade::answer_over_http2(&mut parts);
+                exchange.log.status = parts.status.as_u16();
+                frontend.state.websockets_http2.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let tunnel = TunnelJob::new(
+            context,
+            frontend,
+            backend,
+            (server, upstream.guard),
+            &exchange.log,
+            stick,
+            counted,
+        );
         upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
         return Ok(Answer::Switched(parts));
     }
@@ -523,6 +619,8 @@ mod tests {
             max_headers: 100,
             max_uri,
             max_body,
+            http2_max_concurrent_streams: 100,
+            http2_max_header_list_size: 32768,
         }
     }
 

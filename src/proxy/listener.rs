@@ -1,5 +1,5 @@
-//! Accepting client connections and serving each with hyper's HTTP/1 server,
-//! under a watchdog that applies the `client` and `http_request` timeouts
+//! Accepting client connections and serving each with hyper's HTTP/1 or
+//! HTTP/2 server (ALPN `h2`, or h2c with prior knowledge), under a watchdog that applies the `client` and `http_request` timeouts
 //! and the stop signals.
 
 use std::net::SocketAddr;
@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::sleep_until;
@@ -19,9 +19,13 @@ use super::conn::{ConnActivity, Expiry, WatchedIo};
 use super::context::ConnContext;
 use super::error::ProxyError;
 use super::http::handle;
+use super::log::Protocol;
 use super::{Shared, TrackerToken};
 use crate::state::{FrontendConnection, FrontendState};
-use crate::tls::ClientStream;
+use crate::tls::{ClientStream, ALPN_H2};
+
+/// How long a connection that flooded resets keeps its GOAWAY in flight before it is cut.
+const FLOOD_GOAWAY_GRACE: Duration = Duration::from_millis(200);
 
 /// How long a graceful stop waits for a just-accepted connection's first request.
 const FRESH_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -116,7 +120,7 @@ async fn serve_connection(
     };
     // The TLS settings are those in force at accept: a reload that changes
     // certificates applies to the next connections, never to this one.
-    let (client_timeout, head_timeout, body_timeout, expects_proxy_header, limits, per_ip, tls) = {
+    let (client_timeout, head_timeout, body_timeout, expects_proxy_header, limits, per_ip, tls, http2) = {
         let snapshot = shared.snapshot.load();
         match snapshot.frontend(&frontend) {
             Some(f) => (
@@ -127,6 +131,7 @@ async fn serve_connection(
                 f.limits,
                 f.per_ip_connections,
                 f.tls.as_ref().map(|t| (t.acceptor(), f.state.clone())),
+                f.http2,
             ),
             None => return,
         }
@@ -175,6 +180,21 @@ async fn serve_connection(
             }
         }
     };
+    let protocol = match &stream {
+        ClientStream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(ALPN_H2) => Protocol::Http2,
+        ClientStream::Plain(tcp) if http2 => {
+            let hard = shared.stop.hard();
+            tokio::select! {
+                sniffed = tokio::time::timeout(client_timeout, starts_with_h2_preface(tcp)) => match sniffed {
+                    Ok(Ok(true)) => Protocol::Http2,
+                    Ok(Ok(false)) => Protocol::Http1,
+                    Ok(Err(_)) | Err(_) => return,
+                },
+                _ = hard => return,
+            }
+        }
+        _ => Protocol::Http1,
+    };
     let activity = Arc::new(ConnActivity::new());
     let context = Arc::new(ConnContext {
         shared: shared.clone(),
@@ -184,35 +204,151 @@ async fn serve_connection(
         activity: activity.clone(),
         https: stream.is_tls(),
         counted,
+        protocol,
     });
-    let service = service_fn(move |request| handle(context.clone(), request));
-    let mut builder = http1::Builder::new();
-    // A head larger than the buffer, or with more fields, is answered 431 by hyper.
-    // `half_close`: a client that shuts its sending side after a whole
-    // request still gets the response (RFC 9112 §9.6); without it hyper
-    // drops the request in flight when it reads the end of the stream.
-    builder
-        .keep_alive(true)
-        .half_close(true)
-        .max_buf_size(limits.max_request_head);
-    if limits.max_headers != 100 {
-        // hyper's default; any other count moves its header array to the heap.
-        builder.max_headers(limits.max_headers);
+    let timeouts = (client_timeout, head_timeout, body_timeout);
+    match protocol {
+        Protocol::Http1 => {
+            let service = service_fn(move |request| handle(context.clone(), request));
+            let mut builder = http1::Builder::new();
+            // A head larger than the buffer, or with more fields, is answered 431 by hyper.
+            // `half_close`: a client that shuts its sending side after a whole
+            // request still gets the response (RFC 9112 §9.6); without it hyper
+            // drops the request in flight when it reads the end of the stream.
+            builder
+                .keep_alive(true)
+                .half_close(true)
+                .max_buf_size(limits.max_request_head);
+            if limits.max_headers != 100 {
+                // hyper's default; any other count moves its header array to the heap.
+                builder.max_headers(limits.max_headers);
+            }
+            let connection = builder
+                .serve_connection(TokioIo::new(WatchedIo::new(stream, activity.clone())), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            watch(
+                connection,
+                http1::UpgradeableConnection::graceful_shutdown,
+                false,
+                &shared,
+                &activity,
+                peer,
+                timeouts,
+            )
+            .await;
+        }
+        Protocol::Http2 => {
+            if let Some(f) = shared.snapshot.load().frontend(&context.frontend) {
+                f.state.http2_connections.fetch_add(1, Ordering::Relaxed);
+            }
+            let service = service_fn(move |request| handle(context.clone(), request));
+            let connection = http2_builder(&limits)
+                .serve_connection(TokioIo::new(WatchedIo::unscanned(stream, activity.clone())), service);
+            tokio::pin!(connection);
+            watch(
+                connection,
+                http2::Connection::graceful_shutdown,
+                true,
+                &shared,
+                &activity,
+                peer,
+                timeouts,
+            )
+            .await;
+        }
     }
-    let connection = builder
-        .serve_connection(TokioIo::new(WatchedIo::new(stream, activity.clone())), service)
-        .with_upgrades();
-    tokio::pin!(connection);
+}
+
+/// A client may open at most this many streams that it resets before
+/// tether accepted them; beyond it the connection gets GOAWAY
+/// `ENHANCE_YOUR_CALM` (the "rapid reset" attack, CVE-2023-44487; h2's
+/// counter, hyper's default, set here so it stays deliberate).
+pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// A client may make tether reset at most this many of its streams for
+/// protocol errors; beyond it the connection gets GOAWAY (the
+/// server-side reset variant of CVE-2023-44487; h2's default).
+pub const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// hyper's HTTP/2 server as a frontend's limits set it: extended CONNECT
+/// (RFC 8441) advertised, concurrent streams and header list size capped
+/// (the header list size also caps CONTINUATION frames per header block,
+/// h2's defence against CVE-2024-27316), reset floods answered with GOAWAY.
+fn http2_builder(limits: &crate::snapshot::Limits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .enable_connect_protocol()
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.http2_max_header_list_size)
+        .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS);
+    builder
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a plain client that
+/// starts with it speaks h2c with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection's first bytes are the HTTP/2 preface, read
+/// without consuming them (so an HTTP/1.1 connection is served from its
+/// first byte, on the socket itself). False at the end of the stream.
+async fn starts_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A preface split across segments (rare): wait for the rest
+        // without spinning on the bytes already there.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Serves `connection` under the watchdog: the `client`, `http_request`
+/// and `client_body` timeouts (`timeouts`, in that order) and the stop
+/// signals. `stop` asks hyper to finish gracefully; with `eager_stop`
+/// (HTTP/2, whose GOAWAY lets streams in flight finish) it is asked at
+/// once, else only between requests.
+async fn watch<C>(
+    mut connection: std::pin::Pin<&mut C>,
+    stop: fn(std::pin::Pin<&mut C>),
+    eager_stop: bool,
+    shared: &Shared,
+    activity: &ConnActivity,
+    peer: SocketAddr,
+    (client_timeout, head_timeout, body_timeout): (Duration, Duration, Duration),
+) where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+{
     let graceful = shared.stop.graceful();
     let hard = shared.stop.hard();
     tokio::pin!(graceful, hard);
     let mut stop_requested: Option<std::time::Instant> = None;
     let mut stop_sent = false;
+    // When a reset flood was seen: the connection is cut shortly after its
+    // GOAWAY (a graceful close would wait for the flooder's PING answer).
+    let mut flood_since: Option<std::time::Instant> = None;
     loop {
-        if let (Some(since), false) = (stop_requested, stop_sent) {
-            if activity.may_stop_now() || (!activity.is_busy() && since.elapsed() >= FRESH_CONNECTION_GRACE) {
+        if activity.resets_too_many() && flood_since.is_none() {
+            tracing::warn!(client = %peer, "the client reset most of its HTTP/2 streams (rapid reset): GOAWAY, connection closed");
+            flood_since = Some(std::time::Instant::now());
+            if !stop_sent {
                 stop_sent = true;
-                connection.as_mut().graceful_shutdown();
+                stop(connection.as_mut());
+            }
+        }
+        if let (Some(since), false) = (stop_requested, stop_sent) {
+            if eager_stop
+                || activity.may_stop_now()
+                || (!activity.is_busy() && since.elapsed() >= FRESH_CONNECTION_GRACE)
+            {
+                stop_sent = true;
+                stop(connection.as_mut());
             }
         }
         let mut deadline = activity
@@ -221,6 +357,10 @@ async fn serve_connection(
         if let (Some(since), false, false) = (stop_requested, stop_sent, activity.is_busy()) {
             let stop_at = since + FRESH_CONNECTION_GRACE;
             deadline = Some(deadline.map_or(stop_at, |d| d.min(stop_at)));
+        }
+        if let Some(since) = flood_since {
+            let cut_at = since + FLOOD_GOAWAY_GRACE;
+            deadline = Some(deadline.map_or(cut_at, |d| d.min(cut_at)));
         }
         let timer = async {
             match deadline {
@@ -236,6 +376,9 @@ async fn serve_connection(
                 break;
             }
             _ = timer => {
+                if flood_since.is_some_and(|since| since.elapsed() >= FLOOD_GOAWAY_GRACE) {
+                    break;
+                }
                 if let Some((at, why)) = activity.deadline(client_timeout, head_timeout, body_timeout) {
                     if at <= std::time::Instant::now() {
                         match why {

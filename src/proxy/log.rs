@@ -50,6 +50,25 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// The protocol a client connection speaks (for log lines and counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 (ALPN `h2` or h2c with prior knowledge).
+    Http2,
+}
+
+impl Protocol {
+    /// The name written in logs and metrics labels (the ALPN names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1.1",
+            Protocol::Http2 => "h2",
+        }
+    }
+}
+
 /// What an access-log line says about one HTTP exchange.
 #[derive(Debug)]
 pub struct HttpLog {
@@ -79,6 +98,8 @@ pub struct HttpLog {
     pub error: Option<String>,
     /// Query parameters whose values the line writes as `REDACTED`.
     pub redact_query: Arc<[Box<str>]>,
+    /// The client connection's protocol.
+    pub protocol: Protocol,
 }
 
 impl HttpLog {
@@ -87,6 +108,7 @@ impl HttpLog {
         tracing::info!(
             target: ACCESS_TARGET,
             kind = %"http",
+            protocol = %self.protocol.as_str(),
             request_id = %self.request_id,
             client = %self.client,
             frontend = %self.frontend,
@@ -189,6 +211,9 @@ pub struct TunnelLog<'a> {
     /// What the tunnel reported when it ended: bytes and messages each
     /// way, close codes, why it ended.
     pub end: &'a TunnelEnd,
+    /// The protocol carrying the tunnel on the client side (HTTP/1.1
+    /// upgrade or an HTTP/2 stream).
+    pub protocol: Protocol,
 }
 
 impl TunnelLog<'_> {
@@ -197,6 +222,7 @@ impl TunnelLog<'_> {
         tracing::info!(
             target: ACCESS_TARGET,
             kind = %"tunnel",
+            protocol = %self.protocol.as_str(),
             request_id = %self.request_id,
             client = %self.client,
             frontend = %self.frontend,

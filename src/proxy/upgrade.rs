@@ -1,10 +1,12 @@
 //! Recognising and checking a WebSocket opening handshake (RFC 6455 §4.1),
-//! and completing one the server accepted.
+//! bridging one made over HTTP/2 (RFC 8441) to the HTTP/1.1 form servers
+//! speak, and completing one the server accepted.
 
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::handoff::TunnelJob;
@@ -31,6 +33,10 @@ pub enum BadHandshake {
     /// RFC 6455 §4.4: only version 13 is defined.
     #[error("Sec-WebSocket-Version must be 13")]
     BadVersion,
+    /// An HTTP/2 CONNECT that is not an RFC 8441 WebSocket (`:protocol
+    /// websocket`): tether opens no other tunnels.
+    #[error("an HTTP/2 CONNECT must be an extended CONNECT with :protocol websocket (RFC 8441)")]
+    NotWebSocketConnect,
 }
 
 /// Why a server's 101 to a WebSocket handshake was not believed (RFC 6455
@@ -110,6 +116,43 @@ pub(super) fn start_tunnel(tunnel: TunnelJob, client: OnUpgrade, server: OnUpgra
     tokio::spawn(tunnel.run(client, server));
 }
 
+/// RFC 8441 §4-5: turns an HTTP/2 extended CONNECT with `:protocol
+/// websocket` into the HTTP/1.1 handshake the server gets (RFC 6455 §4.1):
+/// a GET with `Upgrade: websocket`, `Connection: Upgrade` and a fresh
+/// `Sec-WebSocket-Key` (an HTTP/2 client sends none); the client's
+/// version, subprotocols and extensions stay as sent. True when `request`
+/// was such a CONNECT; any other CONNECT is refused (an HTTP/2 request
+/// that is not a CONNECT is left alone).
+pub fn bridge_extended_connect<B>(request: &mut Request<B>) -> Result<bool, BadHandshake> {
+    if request.method() != Method::CONNECT {
+        return Ok(false);
+    }
+    let websocket = request
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        return Err(BadHandshake::NotWebSocketConnect);
+    }
+    *request.method_mut() = Method::GET;
+    let headers = request.headers_mut();
+    set_websocket_upgrade(headers);
+    if let Ok(key) = HeaderValue::from_str(&generate_key()) {
+        headers.insert(SEC_WEBSOCKET_KEY, key);
+    }
+    Ok(true)
+}
+
+/// RFC 8441 §5: the server's 101 to a bridged handshake becomes a 200 on
+/// the client's HTTP/2 stream, without the HTTP/1.1-only switch headers
+/// (`Upgrade`, `Connection`, the accept digest of a key the client never sent).
+pub(super) fn answer_over_http2(parts: &mut http::response::Parts) {
+    parts.status = StatusCode::OK;
+    parts.headers.remove(UPGRADE);
+    parts.headers.remove(CONNECTION);
+    parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+}
+
 /// 16 bytes in base64 are exactly 22 alphabet characters followed by `==`.
 fn is_websocket_key(key: &[u8]) -> bool {
     let key = key.trim_ascii();
@@ -182,5 +225,32 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(classify(&post), Err(BadHandshake::NotGet));
+    }
+
+    #[test]
+    fn an_extended_connect_becomes_an_http1_handshake() {
+        let mut connect = Request::connect("https://example.com/chat")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-protocol", "chat")
+            .body(())
+            .unwrap();
+        connect
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        assert_eq!(bridge_extended_connect(&mut connect), Ok(true));
+        assert_eq!(connect.method(), Method::GET);
+        assert_eq!(
+            classify(&connect),
+            Ok(Handshake::WebSocket),
+            "a well-formed handshake, fresh key included"
+        );
+        assert_eq!(connect.headers()["sec-websocket-protocol"], "chat");
+        let mut plain = Request::connect("example.com:443").body(()).unwrap();
+        assert_eq!(
+            bridge_extended_connect(&mut plain),
+            Err(BadHandshake::NotWebSocketConnect)
+        );
+        let mut get = Request::get("/").body(()).unwrap();
+        assert_eq!(bridge_extended_connect(&mut get), Ok(false));
     }
 }

@@ -78,6 +78,14 @@ pub struct FrontendState {
     pub tls_handshake_failures: AtomicU64,
     /// Tunnels tether closed with 1001 at their `websocket.max_lifetime`.
     pub lifetime_closes: AtomicU64,
+    /// Client connections that spoke HTTP/2 (ALPN `h2` or h2c).
+    pub http2_connections: AtomicU64,
+    /// Requests received over HTTP/2 (part of `requests`).
+    pub http2_requests: AtomicU64,
+    /// WebSocket tunnels opened over HTTP/1.1 (`Upgrade: websocket`).
+    pub websockets_http1: AtomicU64,
+    /// WebSocket tunnels opened over HTTP/2 (RFC 8441 extended CONNECT).
+    pub websockets_http2: AtomicU64,
 }
 
 impl FrontendState {
@@ -135,6 +143,34 @@ impl FrontendConnection {
             state: self.state.clone(),
             ip: self.ip,
         }
+    }
+}
+
+impl FrontendConnection {
+    /// Counts one more connection for the same client, if the frontend's
+    /// `maxconn` and the address's cap `per_ip` leave room: a WebSocket on
+    /// an HTTP/2 stream holds a server connection as a connection of its
+    /// own would, so it counts as one (else many streams would slip past both caps).
+    pub fn try_another(&self, maxconn: Option<u64>, per_ip: Option<u32>) -> Option<FrontendConnection> {
+        let limit = maxconn.unwrap_or(u64::MAX);
+        self.state
+            .connections_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()?;
+        let mut another = FrontendConnection {
+            state: self.state.clone(),
+            ip: None,
+        };
+        if let Some(ip) = self.ip {
+            // Dropping `another` un-counts it if the address has no room.
+            if !self.state.admission.try_connect_key(ip, per_ip.unwrap_or(u32::MAX)) {
+                return None;
+            }
+            another.ip = Some(ip);
+        }
+        Some(another)
     }
 }
 

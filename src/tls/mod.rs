@@ -3,8 +3,9 @@
 //! (`client`), and the stream type that carries either plain TCP or TLS
 //! through the proxy without a box per message (`MaybeTls`).
 //!
-//! Only TLS 1.2 and 1.3 are spoken, with the `ring` provider, and ALPN offers
-//! `http/1.1` only (tether speaks HTTP/1.1 and WebSocket over it).
+//! Only TLS 1.2 and 1.3 are spoken, with the `ring` provider. Frontends
+//! offer ALPN `h2` and `http/1.1` (`h2` only with `http2` on); toward
+//! servers tether offers `http/1.1` only.
 //!
 //! Certificates are read when the configuration is read (`tether check`,
 //! start, reload), so a bad file fails there with the config key's line and
@@ -28,8 +29,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub use client::UpstreamTls;
 pub use server::ServerTls;
 
-/// The ALPN protocol tether offers and accepts (RFC 7301): HTTP/1.1 only.
+/// The ALPN name of HTTP/1.1 (RFC 7301), the only protocol tether speaks to servers.
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+
+/// The ALPN name of HTTP/2 over TLS (RFC 9113 §3.2), offered to clients
+/// of frontends with `http2` on.
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// The TLS versions tether speaks: 1.3 and 1.2, never older ones.
 pub static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];

@@ -9,7 +9,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::{DnsName, ServerName};
 
-use super::{load_certificates, load_key, provider, TlsError, ALPN_HTTP_1_1, VERSIONS};
+use super::{load_certificates, load_key, provider, TlsError, ALPN_H2, ALPN_HTTP_1_1, VERSIONS};
 
 /// A TLS frontend's settings, built once per configuration load and shared
 /// by every connection accepted under it.
@@ -22,21 +22,26 @@ pub struct ServerTls {
 impl ServerTls {
     /// Reads each `(certificate chain, key)` pair of files and builds the
     /// frontend's configuration; the first pair is the default certificate.
+    /// It offers ALPN `http/1.1` only.
     pub fn load(pairs: &[(&Path, &Path)]) -> Result<ServerTls, TlsError> {
         let keys = pairs
             .iter()
             .map(|(cert, key)| load_pair(cert, key).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Self::from_keys(keys)
+        Self::from_keys(keys, false)
     }
 
-    /// Builds the configuration from certificates already loaded (first: the default).
-    pub fn from_keys(keys: Vec<Arc<CertifiedKey>>) -> Result<ServerTls, TlsError> {
+    /// Builds the configuration from certificates already loaded (first:
+    /// the default); with `http2` it offers ALPN `h2` before `http/1.1`.
+    pub fn from_keys(keys: Vec<Arc<CertifiedKey>>, http2: bool) -> Result<ServerTls, TlsError> {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SniResolver { keys }));
-        config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+        config.alpn_protocols = match http2 {
+            true => vec![ALPN_H2.to_vec(), ALPN_HTTP_1_1.to_vec()],
+            false => vec![ALPN_HTTP_1_1.to_vec()],
+        };
         Ok(ServerTls {
             config: Arc::new(config),
         })

@@ -25,6 +25,7 @@ pub fn backend(name: &str) -> BackendBuilder {
         name: name.to_string(),
         upgrade_status: None,
         response_delay: None,
+        decline_extensions: false,
     }
 }
 
@@ -33,9 +34,18 @@ pub struct BackendBuilder {
     name: String,
     upgrade_status: Option<StatusCode>,
     response_delay: Option<Duration>,
+    decline_extensions: bool,
 }
 
 impl BackendBuilder {
+    /// Accept WebSocket handshakes without any extension (a browser offers
+    /// `permessage-deflate; client_max_window_bits`, which the usual echo
+    /// of the offer would not answer validly).
+    pub fn decline_extensions(mut self) -> Self {
+        self.decline_extensions = true;
+        self
+    }
+
     /// Answer WebSocket handshakes with this status instead of 101.
     pub fn refuse_upgrades_with(mut self, status: StatusCode) -> Self {
         self.upgrade_status = Some(status);
@@ -62,6 +72,7 @@ impl BackendBuilder {
             name: self.name.clone(),
             upgrade_status: self.upgrade_status,
             response_delay: self.response_delay,
+            decline_extensions: self.decline_extensions,
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             last_headers: Mutex::new(HeaderMap::new()),
@@ -91,6 +102,7 @@ struct BackendShared {
     name: String,
     upgrade_status: Option<StatusCode>,
     response_delay: Option<Duration>,
+    decline_extensions: bool,
     connections: AtomicUsize,
     requests: AtomicUsize,
     last_headers: Mutex<HeaderMap>,
@@ -181,7 +193,11 @@ async fn serve(shared: Arc<BackendShared>, mut req: Request<Incoming>) -> Result
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
             .map(|v| v.trim().to_string());
-        let extensions = req.headers().get(header::SEC_WEBSOCKET_EXTENSIONS).cloned();
+        let extensions = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_EXTENSIONS)
+            .filter(|_| !shared.decline_extensions)
+            .cloned();
         tokio::spawn(tether::demo::announce_and_echo(
             hyper::upgrade::on(&mut req),
             name.clone(),

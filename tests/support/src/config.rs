@@ -311,6 +311,12 @@ impl Frontend {
         https_port(i64) => "https_port";
         /// `hsts`: the `Strict-Transport-Security` value.
         hsts(&str) => "hsts";
+        /// `http2`: ALPN `h2` on a TLS frontend, h2c with prior knowledge on a plain one.
+        http2(bool) => "http2";
+        /// `limits.http2_max_concurrent_streams`: most streams open at once per connection.
+        http2_max_concurrent_streams(i64) => "limits"."http2_max_concurrent_streams";
+        /// `limits.http2_max_header_list_size`: largest decoded header list, bytes.
+        http2_max_header_list_size(i64) => "limits"."http2_max_header_list_size";
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod backend;
 mod browser;
+mod cert;
 mod config;
 mod dns;
 mod http;
@@ -20,7 +21,10 @@ mod timing;
 mod ws;
 
 pub use backend::{backend, BackendBuilder, TestBackend};
-pub use browser::{browser_scripts, chromium, chromium_or_skip, run_browser_script};
+pub use browser::{
+    browser_page_out, browser_scripts, chromium, chromium_or_skip, page_server, run_browser_script, run_chromium,
+};
+pub use cert::SelfSigned;
 pub use config::{
     pool, Admin, Backend, BackendTls, Cluster, Condition, Config, ConfigText, Frontend, FrontendTls, Health, Route,
     Server, Sticky, ToValue,
