@@ -19,6 +19,9 @@
 #   BENCH_ROUNDS, BENCH_ECHO_SECONDS, BENCH_ECHO_CONNECTIONS, BENCH_ECHO_SIZE,
 #   BENCH_CONNECT_COUNT, BENCH_CONNECT_CONCURRENCY, BENCH_HTTP_SECONDS,
 #   BENCH_HTTP_CONNECTIONS, BENCH_IDLE_COUNT, BENCH_IDLE_HOLD, BENCH_IDLE_PING
+#   BENCH_H2=0         skip the HTTP/2 rows (WebSockets over one h2c connection,
+#                      RFC 8441; tether and HAProxy only: NGINX cannot proxy them)
+#   BENCH_H2_STREAMS   WebSockets held open on one h2 connection for the h2 idle row
 #   BENCH_NO_INSTALL=1 don't apt-get install missing proxies
 #   BENCH_NO_BUILD=1   use the binaries already built
 #   BENCH_TETHER_BIN   a tether binary to measure instead of building one (e.g. an older build)
@@ -114,6 +117,9 @@ if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     fi
 fi
 [[ -x $BIN/bench-load && -x $BIN/bench-echo-server ]] || die "no bench binaries in $BIN"
+H2=${BENCH_H2:-1}
+[[ $H2 == 1 && ! -x $BIN/bench-h2 ]] && die "no bench-h2 in $BIN (or set BENCH_H2=0)"
+if [[ $QUICK == 1 ]]; then H2_STREAMS=${BENCH_H2_STREAMS:-1000}; else H2_STREAMS=${BENCH_H2_STREAMS:-4000}; fi
 TETHER_BIN=${BENCH_TETHER_BIN:-$BIN/tether}
 if [[ $TETHER_OK == 1 && " $TARGETS " == *" tether "* && ! -x $TETHER_BIN ]]; then
     TETHER_OK=0
@@ -169,7 +175,9 @@ wait_port() {
 
 SERVER_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
 declare -A PROXY_PORT=([tether]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30)))
-for port in "${SERVER_PORTS[@]}" "${PROXY_PORT[@]}"; do
+# The h2c listeners of the HTTP/2 rows (one worker each).
+declare -A H2_PORT=([tether]=$((PORT_BASE + 40)) [haproxy]=$((PORT_BASE + 50)))
+for port in "${SERVER_PORTS[@]}" "${PROXY_PORT[@]}" "${H2_PORT[@]}"; do
     port_open "$port" && die "port $port on 127.0.0.1 is in use (set BENCH_PORT_BASE)"
 done
 
@@ -267,6 +275,17 @@ write_configs() {
 }
 
 for w in $WORKERS; do write_configs "$w"; done
+
+# The HTTP/2 rows: the one-worker configs with an h2c listener (prior
+# knowledge) that lets one connection hold $H2_STREAMS WebSockets.
+write_h2_configs() {
+    sed -e "s/127.0.0.1:${PROXY_PORT[tether]}\"\]/127.0.0.1:${H2_PORT[tether]}\"]\nhttp2 = true\nlimits = { http2_max_concurrent_streams = $((H2_STREAMS + 100)) }/" \
+        -e 's/^workers = .*/workers = 1/' "$OUT/tether-1.toml" >"$OUT/tether-h2.toml"
+    sed -e "s/bind 127.0.0.1:${PROXY_PORT[haproxy]}/bind 127.0.0.1:${H2_PORT[haproxy]} proto h2/" \
+        -e "s/^    nbthread .*/    nbthread 1\n    tune.h2.max-concurrent-streams $((H2_STREAMS + 100))/" \
+        "$OUT/haproxy-1.cfg" >"$OUT/haproxy-h2.cfg"
+}
+[[ $H2 == 1 ]] && write_configs 1 && write_h2_configs
 
 # --- targets -------------------------------------------------------------------
 # An instance is "direct" or "<proxy>/<workers>".
@@ -411,6 +430,49 @@ for ((k = 0; k < n; k++)); do
     # Let the sockets of the last run leave TIME_WAIT/FIN states before the next.
     sleep 1
 done
+
+# --- HTTP/2: WebSockets as streams of one h2c connection (tether and HAProxy) ----------
+start_h2() {
+    local t=$1
+    case $t in
+        tether) TETHER_LOG=error RUST_LOG=error start_pinned "$OUT/tether-h2.log" "$TETHER_BIN" run --config "$OUT/tether-h2.toml" ;;
+        haproxy) start_pinned "$OUT/haproxy-h2.log" haproxy -db -f "$OUT/haproxy-h2.cfg" ;;
+    esac
+    PROXY_PID=$STARTED
+    wait_port "$PROXY_PID" "${H2_PORT[$t]}" || { stop_instance; return 1; }
+    sleep 0.2
+}
+
+run_h2() {
+    local t=$1 round=$2 mode=$3 out
+    shift 3
+    out=$(taskset -c "$CPU" "$BIN/bench-h2" --addr "127.0.0.1:${H2_PORT[$t]}" --target "$t" "$mode" "$@" 2>>"$OUT/bench-h2.log" | tail -n 1) || true
+    [[ $out == "{"* ]] || out="{\"mode\":\"h2-$mode\",\"target\":\"$t\",\"ok\":false,\"first_error\":\"bench-h2 gave no result\"}"
+    echo "${out%\}},\"round\":$round}" >>"$RESULTS"
+    log "  $t h2 $mode: $(sed -n 's/.*"messages_per_s":\([0-9.]*\).*/\1 msg\/s/p; s/.*"kib_per_websocket":\([0-9.]*\).*/\1 KiB\/WebSocket/p' <<<"$out" | head -n 1)"
+}
+
+if [[ $H2 == 1 ]]; then
+    H2_TARGETS=()
+    for t in tether haproxy; do [[ " $TARGETS " == *" $t "* ]] && H2_TARGETS+=("$t"); done
+    log "h2: ${ECHO_CONNECTIONS} WebSockets on one h2c connection, echo ${ECHO_SECONDS}s; idle ${H2_STREAMS} on one connection"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for ((k = 0; k < ${#H2_TARGETS[@]}; k++)); do
+            t=${H2_TARGETS[$(((k + round - 1) % ${#H2_TARGETS[@]}))]}
+            [[ $t == tether && $TETHER_OK != 1 ]] && continue
+            start_h2 "$t" || { log "  $t h2: did not start"; continue; }
+            run_h2 "$t" "$round" echo --streams "$ECHO_CONNECTIONS" --size "$ECHO_SIZE" --duration "$ECHO_SECONDS"
+            stop_instance
+        done
+    done
+    for t in "${H2_TARGETS[@]}"; do
+        [[ $t == tether && $TETHER_OK != 1 ]] && continue
+        start_h2 "$t" || continue
+        run_h2 "$t" 1 idle --streams "$H2_STREAMS" --hold "$IDLE_HOLD" --rss-pid "$PROXY_PID"
+        stop_instance
+        sleep 1
+    done
+fi
 
 log "done in $((SECONDS - START_TIME))s; raw results: $RESULTS"
 echo

@@ -170,7 +170,11 @@ pub fn render(records: &[Value]) -> String {
     let cells = group(records);
     let empty = Cell::default();
     let cell = |t: &str, w: u64, m: &str| cells.get(&(t.to_string(), w, m.to_string())).unwrap_or(&empty);
-    let mut workers: Vec<u64> = cells.keys().filter(|k| k.0 != "direct").map(|k| k.1).collect();
+    let mut workers: Vec<u64> = cells
+        .keys()
+        .filter(|k| k.0 != "direct" && !k.2.starts_with("h2-"))
+        .map(|k| k.1)
+        .collect();
     workers.sort_unstable();
     workers.dedup();
 
@@ -248,6 +252,8 @@ pub fn render(records: &[Value]) -> String {
         }
     }
 
+    render_h2(&mut out, &cell);
+
     // The same failure in several rounds is listed once, with its count.
     let mut notes: Vec<(String, usize)> = Vec::new();
     for r in records {
@@ -282,6 +288,52 @@ pub fn render(records: &[Value]) -> String {
         }
     }
     out
+}
+
+/// The HTTP/2 rows, when the run has them: WebSockets as streams of one h2c
+/// connection (RFC 8441) beside the same echo over one HTTP/1.1 connection
+/// per WebSocket (the one-worker `echo` row), and the memory an idle
+/// WebSocket on a shared h2 connection costs.
+fn render_h2<'c>(out: &mut String, cell: &dyn Fn(&str, u64, &str) -> &'c Cell) {
+    let present: Vec<&str> = ["tether", "haproxy"]
+        .into_iter()
+        .filter(|t| !cell(t, 1, "h2-echo").ok.is_empty() || !cell(t, 1, "h2-idle").ok.is_empty())
+        .collect();
+    if present.is_empty() {
+        return;
+    }
+    out.push_str("\nWebSockets over HTTP/2 (one worker; h2: every WebSocket a stream of ONE h2c connection):\n\n");
+    out.push_str("| target | h1 echo msg/s | h2 echo msg/s | h2 ÷ h1 | h2 echo p50 / p99 µs | h2 idle KiB/WebSocket | h1 idle KiB/conn |\n");
+    out.push_str("|---|--:|--:|--:|--:|--:|--:|\n");
+    for t in &present {
+        let (h1, h2, idle) = (cell(t, 1, "echo"), cell(t, 1, "h2-echo"), cell(t, 1, "h2-idle"));
+        let lat = match (h2.median("p50_us"), h2.median("p99_us")) {
+            (Some(a), Some(b)) => format!("{a:.0} / {b:.0}"),
+            _ => h2.show("p99_us", 0),
+        };
+        let _ = writeln!(
+            out,
+            "| {t} | {} | {} | {} | {lat} | {} | {} |",
+            h1.show("rate", 0),
+            h2.show("rate", 0),
+            ratio(h2.median("rate"), h1.median("rate")),
+            idle.show("kib_per_websocket", 2),
+            cell(t, 1, "idle").show("kib_per_conn", 2),
+        );
+    }
+    if present.len() == 2 {
+        let m = |t: &str, mode: &str, f: &str| cell(t, 1, mode).median(f);
+        let _ = writeln!(
+            out,
+            "| **tether ÷ haproxy** | | **{}** | | p99 {} | {} | |",
+            ratio(m("tether", "h2-echo", "rate"), m("haproxy", "h2-echo", "rate")),
+            ratio(m("tether", "h2-echo", "p99_us"), m("haproxy", "h2-echo", "p99_us")),
+            ratio(
+                m("tether", "h2-idle", "kib_per_websocket"),
+                m("haproxy", "h2-idle", "kib_per_websocket")
+            ),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -325,5 +377,21 @@ mod tests {
         assert!(t.contains("| – | direct | 100 | 1.00 | 10 / 20 / 30 | — | — |"), "{t}");
         assert_eq!(t.lines().filter(|l| l.starts_with("| 1 |")).count(), 5);
         assert!(t.contains("| 45 * |"), "{t}");
+    }
+
+    #[test]
+    fn h2_rows_sit_beside_the_h1_echo_and_compare_tether_with_haproxy() {
+        let records = vec![
+            json!({"target":"tether","workers":1,"mode":"echo","ok":true,"rate":100.0,"p50_us":1.0,"p99_us":2.0,"p999_us":3.0}),
+            json!({"target":"tether","workers":1,"mode":"h2-echo","ok":true,"rate":80.0,"p50_us":10.0,"p99_us":20.0}),
+            json!({"target":"tether","workers":1,"mode":"h2-idle","ok":true,"opened":1000,"kib_per_websocket":2.0}),
+            json!({"target":"haproxy","workers":1,"mode":"h2-echo","ok":true,"rate":40.0,"p50_us":10.0,"p99_us":40.0}),
+            json!({"target":"haproxy","workers":1,"mode":"h2-idle","ok":true,"opened":1000,"kib_per_websocket":4.0}),
+        ];
+        let t = render(&records);
+        assert!(t.contains("| tether | 100 | 80 | 0.80 | 10 / 20 | 2.00 | — |"), "{t}");
+        assert!(t.contains("| **tether ÷ haproxy** | | **2.00** | | p99 0.50 | 0.50 | |"), "{t}");
+        // The h2 lines add no worker group of their own to the main table.
+        assert_eq!(t.lines().filter(|l| l.starts_with("| 1 |")).count(), 3, "{t}");
     }
 }

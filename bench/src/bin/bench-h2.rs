@@ -243,6 +243,9 @@ async fn echo(
     Ok(serde_json::json!({
         "mode": "h2-echo",
         "target": args.target,
+        "workers": 1,
+        "ok": true,
+        "rate": histogram.len() as f64 / elapsed,
         "streams": streams,
         "size": size,
         "messages_per_s": histogram.len() as f64 / elapsed,
@@ -274,6 +277,9 @@ async fn idle(
     Ok(serde_json::json!({
         "mode": "h2-idle",
         "target": args.target,
+        "workers": 1,
+        "ok": true,
+        "opened": streams,
         "streams": streams,
         "rss_before_kib": before,
         "rss_after_kib": after,
