@@ -195,6 +195,34 @@ fn validate_log(log: &raw::Log, source: &SourceMap<'_>) -> Result<(), ConfigErro
     Ok(())
 }
 
+// --- rebalancing ---
+
+/// `rebalance = { max_skew, rate, settle }`: a skew that can trigger, a rate
+/// of whole seconds or minutes, a settle time a deploy fits in.
+fn validate_rebalance(rebalance: &raw::Rebalance, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let skew = *rebalance.max_skew.get_ref();
+    if !skew.is_finite() || skew <= 1.0 || skew > 100.0 {
+        return Err(source.error(
+            Some(rebalance.max_skew.span()),
+            "`max_skew` must be above 1.0 (a server may hold that many times the mean, e.g. 1.2) and at most 100",
+        ));
+    }
+    let rate = rebalance.rate.get_ref();
+    if rate.per > std::time::Duration::from_secs(60) {
+        return Err(source.error(
+            Some(rebalance.rate.span()),
+            "`rate` is per second or per minute: write it as \"5/s\" or \"60/m\"",
+        ));
+    }
+    if rebalance.settle.get_ref().get() > std::time::Duration::from_secs(24 * 3600) {
+        return Err(source.error(
+            Some(rebalance.settle.span()),
+            "`settle` must be at most 24h (e.g. \"10s\": the time a scale-out or a rolling deploy takes to finish)",
+        ));
+    }
+    Ok(())
+}
+
 // --- DNS discovery ---
 
 fn validate_resolver(resolver: &raw::Resolver, source: &SourceMap<'_>) -> Result<(), ConfigError> {
@@ -515,6 +543,9 @@ fn validate_backend(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<()
         validate_health(health, source)?;
     }
     validate_discovery(backend, source)?;
+    if let Some(rebalance) = &backend.rebalance {
+        validate_rebalance(rebalance.get_ref(), source)?;
+    }
     if backend.server.is_empty() && backend.discover.is_none() {
         return Err(source.error(
             Some(backend.name.span()),

@@ -61,18 +61,20 @@ pub(super) struct TunnelHolds {
     /// The learned session ids that led here, kept from expiring while the
     /// tunnel lives (boxed: most tunnels hold none, see `footprint`).
     pub(super) stick: Option<Box<StickHold>>,
+    /// Rebalancing moved the client here from the server it was stuck to.
+    pub(super) moved: bool,
 }
 
 impl TunnelJob {
     /// The job for a handshake `server` of `backend` accepted, holding the
-    /// server's slot `guard` and the learned ids `stick`; what its log line
-    /// says comes from `log`.
+    /// server's slot `guard` (and whether rebalancing `moved` the client
+    /// there) and the learned ids `stick`; what its log line says comes from `log`.
     pub(super) fn new(
         context: &ConnContext,
         frontend: &Frontend,
         backend: &Backend,
         server: &Server,
-        guard: ActiveGuard,
+        (guard, moved): (ActiveGuard, bool),
         log: &HttpLog,
         stick: Option<StickHold>,
     ) -> Self {
@@ -95,6 +97,7 @@ impl TunnelJob {
                 server: server.name.clone(),
                 guard,
                 stick: stick.map(Box::new),
+                moved,
             },
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
@@ -121,7 +124,7 @@ impl TunnelJob {
         let state = self.holds.guard.state().clone();
         state.tunnels.fetch_add(1, Ordering::Relaxed);
         // Server down, drain and shutdown ask through this registration.
-        let registration = state.register_tunnel();
+        let registration = state.register_tunnel(self.holds.moved);
         let settings = tunnel::Settings {
             idle: self.idle,
             close: registration.control().clone(),

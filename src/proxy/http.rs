@@ -233,7 +233,15 @@ async fn pipeline(
         let stick = sticky
             .as_ref()
             .and_then(|sticky| sticky.on_switch(&mut parts.headers, upstream.server, &server.name, context.https));
-        let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log, stick);
+        let tunnel = TunnelJob::new(
+            context,
+            frontend,
+            backend,
+            server,
+            (upstream.guard, upstream.moved),
+            &exchange.log,
+            stick,
+        );
         upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
         return Ok(Answer::Switched(parts));
     }

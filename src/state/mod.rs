@@ -10,6 +10,7 @@ pub mod admission;
 mod changes;
 pub mod health;
 pub mod machine;
+pub mod rebalance;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -24,6 +25,7 @@ use crate::util::clock::{monotonic_ms, unix_ms};
 use crate::util::lock;
 use crate::ws::control::{TunnelControl, TunnelRegistration, TunnelSet};
 pub use changes::{ChangeReport, Changes, ServerChange};
+pub use rebalance::{RebalanceReading, RebalanceState};
 use health::HealthStatus;
 
 /// Bytes and WebSocket messages carried to and from one server. Tunnels add
@@ -402,9 +404,10 @@ impl ServerState {
         &self.open_tunnels
     }
 
-    /// Registers a tunnel to this server, so it can be asked to close.
-    pub fn register_tunnel(&self) -> TunnelRegistration {
-        self.open_tunnels.register()
+    /// Registers a tunnel to this server, so it can be asked to close;
+    /// `moved`: its client was moved here by rebalancing (never shed again).
+    pub fn register_tunnel(&self, moved: bool) -> TunnelRegistration {
+        self.open_tunnels.register(moved)
     }
 
     /// The open tunnels' controls (for a shutdown that spreads its closes).
