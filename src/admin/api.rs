@@ -147,6 +147,14 @@ pub fn frontends(snapshot: &Snapshot) -> Response<AdminBody> {
     json_response(StatusCode::OK, &json!({ "frontends": list }))
 }
 
+/// `GET /api/v1/backends/{backend}`: one backend as `GET /api/v1/backends` lists it.
+pub fn backend(snapshot: &Snapshot, backend: &str) -> Response<AdminBody> {
+    match snapshot.backend(backend) {
+        Some(b) => json_response(StatusCode::OK, &backend_json(b)),
+        None => error_response(StatusCode::NOT_FOUND, format!("there is no backend named `{backend}`")),
+    }
+}
+
 /// `GET /api/v1/backends`.
 pub fn backends(snapshot: &Snapshot) -> Response<AdminBody> {
     let list: Vec<Value> = snapshot.backends.iter().map(backend_json).collect();

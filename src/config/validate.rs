@@ -980,4 +980,48 @@ mod health_tests {
         let (_, _, message) = error_of("check = \"tcp\", intervall = \"2s\"");
         assert!(message.contains("intervall"), "{message}");
     }
+
+    /// A config whose backend has `rebalance = { <rebalance> }` on line 7, column 13.
+    fn with_rebalance(rebalance: &str) -> String {
+        format!(
+            "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"web\"\n\n\
+             [[backend]]\nrebalance = {{ {rebalance} }}\nname = \"web\"\n[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8200\"\n"
+        )
+    }
+
+    fn rebalance_error(rebalance: &str) -> (usize, usize, String) {
+        match parse(&with_rebalance(rebalance), "test.toml") {
+            Err(ConfigError::Invalid {
+                line, column, message, ..
+            }) => (line, column, message),
+            other => panic!("{rebalance}: expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rebalance_reads_its_keys_and_fills_in_defaults() {
+        let config = parse(&with_rebalance("max_skew = 1.5, rate = \"30/m\", settle = \"2s\""), "t.toml").unwrap();
+        let r = config.backends[0].rebalance.expect("rebalance");
+        assert_eq!((r.max_skew, r.settle), (1.5, Duration::from_secs(2)));
+        assert!((r.rate_per_s() - 0.5).abs() < 1e-9);
+        let r = parse(&with_rebalance(""), "t.toml").unwrap().backends[0].rebalance.expect("defaults");
+        assert_eq!((r.max_skew, r.rate.count, r.settle), (1.2, 5, Duration::from_secs(10)));
+        assert!(parse(&with_health("check = \"tcp\""), "t.toml").unwrap().backends[0].rebalance.is_none());
+    }
+
+    #[test]
+    fn bad_rebalance_values_name_their_place_and_the_fix() {
+        let (line, column, message) = rebalance_error("max_skew = 1.0");
+        assert_eq!((line, column), (7, 26));
+        assert!(message.contains("above 1.0"), "{message}");
+        let (line, column, message) = rebalance_error("rate = \"5/h\"");
+        assert_eq!((line, column), (7, 22));
+        assert!(message.contains("per second or per minute"), "{message}");
+        let (_, _, message) = rebalance_error("rate = \"fast\"");
+        assert!(message.contains("not a rate"), "{message}");
+        let (_, _, message) = rebalance_error("settle = \"soon\"");
+        assert!(message.contains("soon"), "{message}");
+        let (_, _, message) = rebalance_error("max_skew = 1.2, burst = 3");
+        assert!(message.contains("burst"), "{message}");
+    }
 }

@@ -34,6 +34,11 @@ const ROUND_SYNCS: u32 = 3;
 /// ones finish before the next round counts).
 const SPREAD_SHARE: f64 = 0.8;
 
+/// Rounds start this long after a multiple of the round length in Unix
+/// time, so every instance's rounds (and the sheds of a round) fall in the
+/// same rate window.
+const ROUND_OFFSET_MS: u64 = 50;
+
 /// What the loop remembers of one backend between rounds.
 #[derive(Default)]
 struct Memory {
@@ -55,7 +60,10 @@ pub(super) fn round_length(cluster: Option<&Cluster>) -> Duration {
 /// Runs rounds until the task is aborted.
 pub(super) async fn rebalance_loop(snapshot: Arc<ArcSwap<Snapshot>>, cluster: Option<Arc<Cluster>>) {
     let round = round_length(cluster.as_deref());
-    let mut tick = tokio::time::interval(round);
+    let round_ms = (round.as_millis() as u64).max(1);
+    let to_boundary = (round_ms - unix_ms() % round_ms + ROUND_OFFSET_MS) % round_ms;
+    let first = tokio::time::Instant::now() + Duration::from_millis(to_boundary);
+    let mut tick = tokio::time::interval_at(first, round);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut memory: HashMap<Arc<str>, Memory> = HashMap::new();
     loop {

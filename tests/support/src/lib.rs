@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod clients;
 mod config;
 mod dns;
 mod http;
@@ -18,7 +19,8 @@ mod sentinel;
 mod timing;
 mod ws;
 
-pub use backend::{backend, BackendBuilder, TestBackend};
+pub use backend::{backend, loopback_backends, BackendBuilder, TestBackend};
+pub use clients::{Clients, Close};
 pub use config::{
     pool, Admin, Backend, BackendTls, Cluster, Condition, Config, ConfigText, Frontend, FrontendTls, Health, Route,
     Server, Sticky, ToValue,
