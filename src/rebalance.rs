@@ -335,7 +335,10 @@ mod tests {
             },
             Duration::from_secs(1),
         );
-        assert_eq!((per_second.window_ms, per_second.limit, per_second.per_round), (1000, 50, 50));
+        assert_eq!(
+            (per_second.window_ms, per_second.limit, per_second.per_round),
+            (1000, 50, 50)
+        );
         let mut local = LocalWindow::default();
         assert_eq!(local.take(&per_second, 10_000, 30), 30);
         assert_eq!(local.take(&per_second, 10_500, 30), 20, "the window's 50 are used up");
@@ -355,7 +358,10 @@ mod tests {
             },
             Duration::from_secs(3),
         );
-        assert_eq!((slow_rounds.window_ms, slow_rounds.limit, slow_rounds.per_round), (3000, 15, 15));
+        assert_eq!(
+            (slow_rounds.window_ms, slow_rounds.limit, slow_rounds.per_round),
+            (3000, 15, 15)
+        );
         assert_eq!(granted(50, 37, 38), 13, "a shared window grants what is left");
         assert_eq!(granted(50, 75, 5), 0);
     }

@@ -95,10 +95,18 @@ async fn assert_evened_out(
             .all(|s| after.get(*s).is_some_and(|n| n.abs_diff(expected) <= 8)),
         "the spread moved again: {after:?}"
     );
-    assert_eq!(after.values().sum::<usize>(), CLIENTS, "every client is connected: {after:?}");
+    assert_eq!(
+        after.values().sum::<usize>(),
+        CLIENTS,
+        "every client is connected: {after:?}"
+    );
     let closes = clients.closes();
     assert!(closes.len() <= 90, "{} closes: more than had to move", closes.len());
-    assert!(closes.len() >= 60, "only {} closes: the spread cannot be even", closes.len());
+    assert!(
+        closes.len() >= 60,
+        "only {} closes: the spread cannot be even",
+        closes.len()
+    );
     assert!(
         closes.iter().all(|c| c.code == Some(1012)),
         "every close is a 1012: {:?}",
@@ -172,7 +180,11 @@ async fn a_server_added_through_the_api_gets_its_share_of_the_open_websockets() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_found_in_dns_gets_its_share_of_the_open_websockets() {
     let (port, _servers) = loopback_backends(&[2, 3, 4, 5]).await;
-    let three = [("127.0.0.2", "ws.internal"), ("127.0.0.3", "ws.internal"), ("127.0.0.4", "ws.internal")];
+    let three = [
+        ("127.0.0.2", "ws.internal"),
+        ("127.0.0.3", "ws.internal"),
+        ("127.0.0.4", "ws.internal"),
+    ];
     let mut dns = Dnsmasq::start(&three, &[]);
     let pool = rebalanced(pool().discover_dns("ws.internal", port, "100ms"), "50/s");
     let tether = start_tether(&with_admin(pool).resolver(&[dns.addr()], "1s")).await;
@@ -228,11 +240,8 @@ async fn under_a_cluster_the_fleet_keeps_to_the_shared_rate_and_evens_out_the_cl
     ];
     let s4 = backend("s4").start().await;
     let config = |instance: &str| {
-        with_admin(rebalanced(pool().servers(&servers), &format!("{RATE}/s"))).cluster(
-            Cluster::redis(&redis.url())
-                .instance(instance)
-                .sync_interval("200ms"),
-        )
+        with_admin(rebalanced(pool().servers(&servers), &format!("{RATE}/s")))
+            .cluster(Cluster::redis(&redis.url()).instance(instance).sync_interval("200ms"))
     };
     let a = start_tether(&config("a")).await;
     let b = start_tether(&config("b")).await;
@@ -251,7 +260,10 @@ async fn under_a_cluster_the_fleet_keeps_to_the_shared_rate_and_evens_out_the_cl
     let shed_a = metric(admin(&a), "tether_rebalance_shed_total{backend=\"pool\"}").await;
     let shed_b = metric(admin(&b), "tether_rebalance_shed_total{backend=\"pool\"}").await;
     assert_eq!((shed_a + shed_b) as usize, outcome.closes.len());
-    assert!(shed_a > 0 && shed_b > 0, "both instances shed their share: {shed_a} and {shed_b}");
+    assert!(
+        shed_a > 0 && shed_b > 0,
+        "both instances shed their share: {shed_a} and {shed_b}"
+    );
     report(&format!("cluster (per second {per_second:?})"), &outcome);
 }
 
@@ -281,7 +293,13 @@ async fn larger_run_1200_clients_four_servers_then_five() {
     println!("{MANY} clients connected in {:.1} s", started.elapsed().as_secs_f64());
     let before = clients.spread();
     let body = format!(r#"{{"name": "s5", "address": "{}"}}"#, s5.addr);
-    let (status, _) = admin_call(admin(&tether), Method::POST, "/api/v1/backends/pool/servers", Some(&body)).await;
+    let (status, _) = admin_call(
+        admin(&tether),
+        Method::POST,
+        "/api/v1/backends/pool/servers",
+        Some(&body),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     let grown = Instant::now();
     let names = ["s1", "s2", "s3", "s4", "s5"];
@@ -289,6 +307,8 @@ async fn larger_run_1200_clients_four_servers_then_five() {
     let within = Duration::from_secs(2 + MANY as u64 / RATE + 5);
     let waited = clients.wait_spread(&names, expected, expected / 10, within).await;
     let converged = grown.elapsed();
+    let exact = clients.wait_spread(&names, expected, 1, within).await;
+    let exact_after = grown.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = clients.spread();
     let closes = clients.closes();
@@ -302,11 +322,12 @@ async fn larger_run_1200_clients_four_servers_then_five() {
         clients.failed_handshakes()
     );
     println!(
-        "even (±10%) {:.1} s after the fifth server joined (settle 2 s, rate {RATE}/s)",
-        converged.as_secs_f64()
+        "even (±10%) {:.1} s, even (±1) {:.1} s after the fifth server joined (settle 2 s, rate {RATE}/s)",
+        converged.as_secs_f64(),
+        exact_after.as_secs_f64()
     );
     println!("closes per second: {:?}", clients.closes_per_second());
-    assert!(waited.is_some(), "never even: {after:?}");
+    assert!(waited.is_some() && exact.is_some(), "never even: {after:?}");
     assert_eq!(clients.closed_twice(), vec![]);
     assert_eq!(clients.failed_handshakes(), 0);
 }

@@ -1000,13 +1000,21 @@ mod health_tests {
 
     #[test]
     fn rebalance_reads_its_keys_and_fills_in_defaults() {
-        let config = parse(&with_rebalance("max_skew = 1.5, rate = \"30/m\", settle = \"2s\""), "t.toml").unwrap();
+        let config = parse(
+            &with_rebalance("max_skew = 1.5, rate = \"30/m\", settle = \"2s\""),
+            "t.toml",
+        )
+        .unwrap();
         let r = config.backends[0].rebalance.expect("rebalance");
         assert_eq!((r.max_skew, r.settle), (1.5, Duration::from_secs(2)));
         assert!((r.rate_per_s() - 0.5).abs() < 1e-9);
-        let r = parse(&with_rebalance(""), "t.toml").unwrap().backends[0].rebalance.expect("defaults");
+        let r = parse(&with_rebalance(""), "t.toml").unwrap().backends[0]
+            .rebalance
+            .expect("defaults");
         assert_eq!((r.max_skew, r.rate.count, r.settle), (1.2, 5, Duration::from_secs(10)));
-        assert!(parse(&with_health("check = \"tcp\""), "t.toml").unwrap().backends[0].rebalance.is_none());
+        assert!(parse(&with_health("check = \"tcp\""), "t.toml").unwrap().backends[0]
+            .rebalance
+            .is_none());
     }
 
     #[test]

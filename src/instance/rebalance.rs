@@ -32,7 +32,7 @@ const ROUND_SYNCS: u32 = 3;
 
 /// The share of a round its closes are spread over (the rest lets the last
 /// ones finish before the next round counts).
-const SPREAD_SHARE: f64 = 0.8;
+const SPREAD_SHARE: f64 = 0.75;
 
 /// Rounds start this long after a multiple of the round length in Unix
 /// time, so every instance's rounds (and the sheds of a round) fall in the
@@ -92,7 +92,13 @@ fn is_ready(backend: &Backend, index: usize) -> bool {
 }
 
 /// One round of one backend.
-async fn run_round(backend: &Backend, settings: &Rebalance, memory: &mut Memory, cluster: Option<&Cluster>, round: Duration) {
+async fn run_round(
+    backend: &Backend,
+    settings: &Rebalance,
+    memory: &mut Memory,
+    cluster: Option<&Cluster>,
+    round: Duration,
+) {
     let now = monotonic_ms();
     let ready: Vec<bool> = (0..backend.servers.len()).map(|i| is_ready(backend, i)).collect();
     let mut names: Vec<Arc<str>> = backend
@@ -185,7 +191,13 @@ async fn run_round(backend: &Backend, settings: &Rebalance, memory: &mut Memory,
 /// The sheds this round may make: from the fleet's shared window in Redis
 /// under a cluster, else (or while Redis does not answer, with the rate
 /// split among the live instances) from this instance's own window.
-async fn take_budget(backend: &Backend, budget: &Budget, memory: &mut Memory, cluster: Option<&Cluster>, wanted: u32) -> u32 {
+async fn take_budget(
+    backend: &Backend,
+    budget: &Budget,
+    memory: &mut Memory,
+    cluster: Option<&Cluster>,
+    wanted: u32,
+) -> u32 {
     let now = unix_ms();
     let asked = wanted.min(budget.per_round);
     let Some(cluster) = cluster else {

@@ -25,8 +25,8 @@ use crate::util::clock::{monotonic_ms, unix_ms};
 use crate::util::lock;
 use crate::ws::control::{TunnelControl, TunnelRegistration, TunnelSet};
 pub use changes::{ChangeReport, Changes, ServerChange};
-pub use rebalance::{RebalanceReading, RebalanceState};
 use health::HealthStatus;
+pub use rebalance::{RebalanceReading, RebalanceState};
 
 /// Bytes and WebSocket messages carried to and from one server. Tunnels add
 /// their deltas at most about once a second and when they end; HTTP

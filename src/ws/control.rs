@@ -157,9 +157,11 @@ pub async fn close_spread(
     keep_going: impl Fn() -> bool,
 ) {
     let step = spread.checked_div(controls.len().max(1) as u32).unwrap_or_default();
-    for control in controls {
+    let start = tokio::time::Instant::now();
+    for (index, control) in (1u32..).zip(controls) {
         if !step.is_zero() {
-            tokio::time::sleep(step).await;
+            // From the start, not from the last wake-up: late timers do not add up.
+            tokio::time::sleep_until(start + step * index).await;
         }
         if !keep_going() {
             return;

@@ -130,7 +130,13 @@ impl Clients {
 
     /// Waits up to `within` until every server in `servers` holds `expected`
     /// ± `tolerance` clients (and no other server holds any); how long it took.
-    pub async fn wait_spread(&self, servers: &[&str], expected: usize, tolerance: usize, within: Duration) -> Option<Duration> {
+    pub async fn wait_spread(
+        &self,
+        servers: &[&str],
+        expected: usize,
+        tolerance: usize,
+        within: Duration,
+    ) -> Option<Duration> {
         let started = Instant::now();
         loop {
             let spread = self.spread();
