@@ -228,6 +228,39 @@ async fn without_a_scale_out_nothing_is_shed() {
     assert_eq!(rebalance_json(&tether).await["target_max"], 60, "1.2 × the mean of 50");
 }
 
+/// No server joins here: 60 clients arrive all stuck to `s1` (a cookie from
+/// before), so `s1` is far over the skew at once; their tunnels are younger
+/// than `settle` (2 s) and are left alone until they are 2 s old, then
+/// `s1` is evened out with `s2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_younger_than_settle_are_left_alone() {
+    let (s1, s2) = (backend("s1").start().await, backend("s2").start().await);
+    let pool = pool()
+        .server(Server::from(&s1).cookie("s1"))
+        .server(Server::from(&s2).cookie("s2"))
+        .balance("leastconn")
+        .sticky(Sticky::cookie("SERVERID"))
+        .rebalance(1.2, "50/s", "2s");
+    let tether = start_tether(&with_admin(pool)).await;
+    // The server set settles first, so only the tunnels' age holds the sheds back.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let connecting = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let clients = Clients::connect_with_cookie(&[tether.addr], "/ws", 60, 60, "SERVERID=s1").await;
+    let waited = clients.wait_spread(&["s1", "s2"], 30, 3, Duration::from_secs(8)).await;
+    assert!(waited.is_some(), "never even: {:?}", clients.spread());
+    let first = clients.first_close_unix_ms().expect("some tunnels were shed");
+    assert!(
+        first >= connecting + 1900,
+        "a tunnel was shed {} ms after the clients connected, younger than settle",
+        first - connecting
+    );
+    assert_eq!(clients.closed_twice(), vec![]);
+    assert_eq!(clients.failed_handshakes(), 0);
+}
+
 /// Two instances sharing a real Redis; clients alternate between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_cluster_the_fleet_keeps_to_the_shared_rate_and_evens_out_the_cluster_counts() {

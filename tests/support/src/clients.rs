@@ -57,6 +57,28 @@ impl Clients {
     /// on `path`, at most `parallel` handshaking at once at the start, and
     /// waits (up to 30 s) until every one is connected.
     pub async fn connect(addrs: &[SocketAddr], path: &str, count: usize, parallel: usize) -> Clients {
+        Self::connect_with(addrs, path, count, parallel, None).await
+    }
+
+    /// Like [`Clients::connect`], each client starting with the cookie
+    /// `cookie` (`"NAME=value"`), as if it had been stuck to a server before.
+    pub async fn connect_with_cookie(
+        addrs: &[SocketAddr],
+        path: &str,
+        count: usize,
+        parallel: usize,
+        cookie: &str,
+    ) -> Clients {
+        Self::connect_with(addrs, path, count, parallel, Some(cookie)).await
+    }
+
+    async fn connect_with(
+        addrs: &[SocketAddr],
+        path: &str,
+        count: usize,
+        parallel: usize,
+        cookie: Option<&str>,
+    ) -> Clients {
         let shared = Arc::new(Shared {
             on: Mutex::new(vec![None; count]),
             ..Shared::default()
@@ -65,7 +87,8 @@ impl Clients {
         let tasks = (0..count)
             .map(|i| {
                 let url = format!("ws://{}{path}", addrs[i % addrs.len()]);
-                tokio::spawn(client(i, url, shared.clone(), gate.clone()))
+                let cookie = cookie.map(str::to_string);
+                tokio::spawn(client(i, url, cookie, shared.clone(), gate.clone()))
             })
             .collect();
         let clients = Clients { shared, tasks };
@@ -93,6 +116,11 @@ impl Clients {
             *spread.entry(server.clone()).or_default() += 1;
         }
         spread
+    }
+
+    /// When the first close was seen (Unix ms), if any.
+    pub fn first_close_unix_ms(&self) -> Option<u64> {
+        self.closes().iter().map(|c| c.at_unix_ms).min()
     }
 
     /// Every close seen so far, in order.
@@ -166,8 +194,13 @@ impl Drop for Clients {
 
 /// One client: handshake (with its cookie), read the server's name, wait
 /// for the close, record it, reconnect at once.
-async fn client(index: usize, url: String, shared: Arc<Shared>, gate: Arc<tokio::sync::Semaphore>) {
-    let mut cookie: Option<String> = None;
+async fn client(
+    index: usize,
+    url: String,
+    mut cookie: Option<String>,
+    shared: Arc<Shared>,
+    gate: Arc<tokio::sync::Semaphore>,
+) {
     let mut first = Some(gate.acquire_owned().await);
     loop {
         let mut request = url.as_str().into_client_request().expect("request");
