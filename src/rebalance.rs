@@ -88,12 +88,27 @@ pub fn plan(loads: &[ServerLoad], max_skew: f64, settled: bool, was_active: bool
     if round.active {
         for &i in &round.over {
             let load = loads[i];
-            let excess = u64::from(load.total() - round.target_max);
-            let share = (excess * u64::from(load.local)).div_ceil(u64::from(load.total()).max(1));
-            round.want[i] = (share.min(u64::from(load.local)) as u32).min(load.sheddable);
+            round.want[i] = local_share(load, round.target_max).min(load.sheddable);
         }
     }
     round
+}
+
+/// This instance's part of a server's surplus over `target_max`: in
+/// proportion to the connections it holds there, rounded down so the
+/// instances' parts never add up to more than the surplus; a last one or
+/// two go to an instance holding more than half of the server's connections.
+fn local_share(load: ServerLoad, target_max: u32) -> u32 {
+    let total = u64::from(load.total());
+    let local = u64::from(load.local);
+    let excess = total.saturating_sub(u64::from(target_max));
+    let share = (excess * local).checked_div(total).unwrap_or(0);
+    let share = if share == 0 && excess > 0 && local * 2 > total {
+        1
+    } else {
+        share
+    };
+    share.min(local) as u32
 }
 
 /// Shares `budget` sheds among the servers' `want`s, one at a time to the
@@ -275,7 +290,29 @@ mod tests {
         };
         let round = plan(&[half(50), half(50), half(50), half(0)], 1.2, true, false);
         assert_eq!(round.target_max, 75);
-        assert_eq!(round.want, vec![13, 13, 13, 0], "half of 25, rounded up");
+        assert_eq!(
+            round.want,
+            vec![12, 12, 12, 0],
+            "half of 25, rounded down: the other instance sheds its half too"
+        );
+        let last_one = |local, remote| ServerLoad {
+            ready: true,
+            local,
+            remote,
+            sheddable: local,
+        };
+        let round = plan(
+            &[last_one(50, 26), last_one(35, 40), half(38), half(36)],
+            1.2,
+            true,
+            true,
+        );
+        assert_eq!(round.target_max, 75);
+        assert_eq!(
+            round.want,
+            vec![1, 0, 0, 0],
+            "the last one goes to the instance holding most of it, none on a tie"
+        );
         let mine_only = ServerLoad {
             ready: true,
             local: 0,
