@@ -161,6 +161,11 @@ pub struct Backend {
     pub health: Option<Arc<HealthCheck>>,
     /// Requests waiting in the queue for a slot now.
     pub queued: std::sync::atomic::AtomicU32,
+    /// Evening out tunnels after the server set changed; off when `None`.
+    pub rebalance: Option<crate::config::model::Rebalance>,
+    /// Where rebalancing stands (carried across reloads by backend name):
+    /// a client stuck to a server it sheds from is balanced elsewhere.
+    pub rebalance_state: Arc<crate::state::RebalanceState>,
 }
 
 /// One server of a backend.
@@ -366,6 +371,8 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         down_spread: config.down_spread,
         health,
         queued: std::sync::atomic::AtomicU32::new(0),
+        rebalance: config.rebalance,
+        rebalance_state: previous.map(|p| p.rebalance_state.clone()).unwrap_or_default(),
     }
 }
 

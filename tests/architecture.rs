@@ -25,7 +25,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (1, &["cidr", "origin", "lookup", "tls", "workers", "ws"]),
     (2, &["config"]),
     (3, &["state", "discovery", "dynamic"]),
-    (4, &["route", "balance"]),
+    (4, &["route", "balance", "rebalance"]),
     (5, &["sticky"]),
     (6, &["health"]),
     (7, &["snapshot"]),

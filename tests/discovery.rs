@@ -40,25 +40,6 @@ fn loopback(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
-/// Test backends `b{n}` on 127.0.0.{n}, all on one port (which is returned).
-async fn fleet(hosts: &[u8]) -> (u16, Vec<TestBackend>) {
-    'again: loop {
-        let first = backend(&format!("b{}", hosts[0]))
-            .start_on(SocketAddr::from((loopback(hosts[0]), 0)))
-            .await;
-        let port = first.addr.port();
-        let mut all = vec![first];
-        for n in &hosts[1..] {
-            let addr = SocketAddr::from((loopback(*n), port));
-            if std::net::TcpListener::bind(addr).is_err() {
-                continue 'again;
-            }
-            all.push(backend(&format!("b{n}")).start_on(addr).await);
-        }
-        return (port, all);
-    }
-}
-
 /// The servers of the first backend in force: `(name, address, weight)`.
 fn servers(tether: &RunningTether) -> Vec<(String, SocketAddr, u32)> {
     let snapshot = tether.handle.snapshot();
@@ -104,7 +85,7 @@ fn at(last: u8, port: u16) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_records_are_servers_that_join_and_leave_with_the_dns() {
-    let (port, _fleet) = fleet(&[2, 3, 4]).await;
+    let (port, _fleet) = loopback_backends(&[2, 3, 4]).await;
     let mut dns = Dnsmasq::start(&[("127.0.0.2", "ws.internal"), ("127.0.0.3", "ws.internal")], &[]);
     let config = Config::over(
         pool()
@@ -206,7 +187,7 @@ async fn srv_records_give_ports_and_weights_and_only_the_best_priority_serves() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_empty_dns_keeps_the_servers_and_warns_once() {
     logs();
-    let (port, _fleet) = fleet(&[2]).await;
+    let (port, _fleet) = loopback_backends(&[2]).await;
     // Before any answer the backend has no server: 503, not a crash.
     let mut dns = Dnsmasq::start(&[], &[]);
     let config = Config::over(pool().discover_dns("blink.internal", port, "100ms")).resolver(&[dns.addr()], "300ms");
@@ -250,7 +231,7 @@ async fn a_failing_or_empty_dns_keeps_the_servers_and_warns_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_written_host_name_is_looked_up_again_with_resolve_interval() {
-    let (port, _fleet) = fleet(&[2, 3]).await;
+    let (port, _fleet) = loopback_backends(&[2, 3]).await;
     let mut dns = Dnsmasq::start(&[("127.0.0.2", "app.named.internal")], &[]);
     let config = Config::over(
         pool()
@@ -279,7 +260,7 @@ async fn a_written_host_name_is_looked_up_again_with_resolve_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_found_later_ramps_up_with_slowstart_and_a_reload_keeps_found_servers() {
-    let (port, _fleet) = fleet(&[2, 3]).await;
+    let (port, _fleet) = loopback_backends(&[2, 3]).await;
     let mut dns = Dnsmasq::start(&[("127.0.0.2", "ramp.internal")], &[]);
     let backend = pool()
         .balance("roundrobin")

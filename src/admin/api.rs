@@ -100,7 +100,30 @@ fn backend_json(backend: &Backend) -> Value {
         "sticky": backend.sticky.is_some(),
         "stick_table_entries": table.map(|t| t.len()),
         "queued": backend.queued.load(Ordering::Relaxed),
+        "rebalance": rebalance_json(backend),
         "servers": (0..backend.servers.len()).map(|i| server_json(backend, i)).collect::<Vec<_>>(),
+    })
+}
+
+/// A backend's `rebalance` object: `null` when not configured; the settings
+/// and where the rounds stand otherwise (`target_max` is 0 before the first round).
+fn rebalance_json(backend: &Backend) -> Value {
+    let Some(settings) = &backend.rebalance else {
+        return Value::Null;
+    };
+    let reading = backend.rebalance_state.reading();
+    let target_max = match reading.target_max {
+        u32::MAX => 0,
+        target => u64::from(target),
+    };
+    json!({
+        "max_skew": settings.max_skew,
+        "rate_per_s": settings.rate_per_s(),
+        "settle_ms": settings.settle.as_millis() as u64,
+        "active": reading.active,
+        "target_max": target_max,
+        "shed_total": reading.shed_total,
+        "over": reading.over.iter().map(|s| &**s).collect::<Vec<_>>(),
     })
 }
 
@@ -122,6 +145,14 @@ pub fn frontends(snapshot: &Snapshot) -> Response<AdminBody> {
         })
         .collect();
     json_response(StatusCode::OK, &json!({ "frontends": list }))
+}
+
+/// `GET /api/v1/backends/{backend}`: one backend as `GET /api/v1/backends` lists it.
+pub fn backend(snapshot: &Snapshot, backend: &str) -> Response<AdminBody> {
+    match snapshot.backend(backend) {
+        Some(b) => json_response(StatusCode::OK, &backend_json(b)),
+        None => error_response(StatusCode::NOT_FOUND, format!("there is no backend named `{backend}`")),
+    }
 }
 
 /// `GET /api/v1/backends`.

@@ -217,6 +217,14 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
             })
             .set(i64::from(backend.queued.load(std::sync::atomic::Ordering::Relaxed)));
     }
+    let rebalance_shed = CounterFamily::<BackendLabels>::default();
+    for backend in snapshot.backends.iter().filter(|b| b.rebalance.is_some()) {
+        rebalance_shed
+            .get_or_create(&BackendLabels {
+                backend: backend.name.to_string(),
+            })
+            .inc_by(backend.rebalance_state.shed_total());
+    }
     let frontend_open = GaugeFamily::<FrontendLabels>::default();
     let frontend_accepted = CounterFamily::<FrontendLabels>::default();
     let frontend_requests = CounterFamily::<FrontendLabels>::default();
@@ -385,6 +393,11 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         "tether_backend_queued",
         "Requests waiting for a slot because every server is at maxconn",
         queued,
+    );
+    registry.register(
+        "tether_rebalance_shed",
+        "Tunnels closed with 1012 by rebalancing, to even out servers after the server set changed",
+        rebalance_shed,
     );
     registry.register(
         "tether_frontend_connections_open",

@@ -20,6 +20,7 @@
 //! are served from local state and the instance resynchronises once Redis
 //! is back.
 
+pub mod budget;
 pub mod client;
 pub mod load;
 pub mod ops;

@@ -322,6 +322,14 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
         server_defaults: server_defaults(b.server_defaults.as_ref().map(|d| d.get_ref())),
         resolve_interval: b.resolve_interval.as_ref().map(|d| d.get_ref().get()),
         named_servers,
+        rebalance: b.rebalance.as_ref().map(|r| {
+            let r = r.get_ref();
+            super::model::Rebalance {
+                max_skew: *r.max_skew.get_ref(),
+                rate: *r.rate.get_ref(),
+                settle: r.settle.get_ref().get(),
+            }
+        }),
     })
 }
 

@@ -342,6 +342,28 @@ pub struct Backend {
     pub resolve_interval: Option<Duration>,
     /// Written servers with a host name, with `resolve_interval` (not in `servers`).
     pub named_servers: Vec<NamedServer>,
+    /// Evening out long-lived connections after scale-out; off when `None`.
+    pub rebalance: Option<Rebalance>,
+}
+
+/// `rebalance`: when a server holds more than `max_skew` times the mean of
+/// the backend's ready servers, its oldest tunnels are closed with 1012 (at
+/// most `rate`), `settle` after the server set last changed, down to the mean.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rebalance {
+    /// The skew over the mean that starts a round (above 1.0).
+    pub max_skew: f64,
+    /// Most sheds per period (`count` per `per`: one second or one minute).
+    pub rate: crate::config::ConfigRate,
+    /// Quiet time after the server set changed; tunnels younger than this are never shed.
+    pub settle: Duration,
+}
+
+impl Rebalance {
+    /// The rate as sheds per second (for the API).
+    pub fn rate_per_s(&self) -> f64 {
+        f64::from(self.rate.count) / self.rate.per.as_secs_f64().max(f64::EPSILON)
+    }
 }
 
 /// How a hashing balance maps a key's hash to a server.

@@ -499,6 +499,24 @@ pub struct Backend {
     /// Written servers whose address is a host name are looked up again this often
     /// (by the `[resolver]`, not at load); resolved once at load when absent.
     pub resolve_interval: Option<Spanned<ConfigDuration>>,
+    /// Evening out long-lived connections after the server set changed
+    /// (`rebalance = { max_skew, rate, settle }`); off when absent.
+    pub rebalance: Option<Spanned<Rebalance>>,
+}
+
+/// `rebalance = { max_skew = 1.2, rate = "5/s", settle = "10s" }` of a backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rebalance {
+    /// A server holding more than this many times the mean starts a round of sheds.
+    #[serde(default = "defaults::rebalance_max_skew")]
+    pub max_skew: Spanned<f64>,
+    /// Most tunnels closed per period across the backend (the whole fleet under `[cluster]`).
+    #[serde(default = "defaults::rebalance_rate")]
+    pub rate: Spanned<crate::config::ConfigRate>,
+    /// Quiet time after the server set changed before shedding starts; younger tunnels are never shed.
+    #[serde(default = "defaults::rebalance_settle")]
+    pub settle: Spanned<ConfigDuration>,
 }
 
 /// Stickiness settings of a backend. Cookie stickiness (`cookie`, `mode`, …)
@@ -666,6 +684,22 @@ mod defaults {
     }
     pub(crate) fn cluster_stick_refresh() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(10))
+    }
+
+    pub(crate) fn rebalance_max_skew() -> toml::Spanned<f64> {
+        toml::Spanned::new(0..0, 1.2)
+    }
+    pub(crate) fn rebalance_rate() -> toml::Spanned<crate::config::ConfigRate> {
+        toml::Spanned::new(
+            0..0,
+            crate::config::ConfigRate {
+                count: 5,
+                per: Duration::from_secs(1),
+            },
+        )
+    }
+    pub(crate) fn rebalance_settle() -> toml::Spanned<ConfigDuration> {
+        toml::Spanned::new(0..0, ConfigDuration(Duration::from_secs(10)))
     }
 
     pub(crate) fn resolver_timeout() -> toml::Spanned<ConfigDuration> {

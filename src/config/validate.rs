@@ -209,6 +209,34 @@ fn validate_log(log: &raw::Log, source: &SourceMap<'_>) -> Result<(), ConfigErro
     Ok(())
 }
 
+// --- rebalancing ---
+
+/// `rebalance = { max_skew, rate, settle }`: a skew that can trigger, a rate
+/// of whole seconds or minutes, a settle time a deploy fits in.
+fn validate_rebalance(rebalance: &raw::Rebalance, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let skew = *rebalance.max_skew.get_ref();
+    if !skew.is_finite() || skew <= 1.0 || skew > 100.0 {
+        return Err(source.error(
+            Some(rebalance.max_skew.span()),
+            "`max_skew` must be above 1.0 (a server may hold that many times the mean, e.g. 1.2) and at most 100",
+        ));
+    }
+    let rate = rebalance.rate.get_ref();
+    if rate.per > std::time::Duration::from_secs(60) {
+        return Err(source.error(
+            Some(rebalance.rate.span()),
+            "`rate` is per second or per minute: write it as \"5/s\" or \"60/m\"",
+        ));
+    }
+    if rebalance.settle.get_ref().get() > std::time::Duration::from_secs(24 * 3600) {
+        return Err(source.error(
+            Some(rebalance.settle.span()),
+            "`settle` must be at most 24h (e.g. \"10s\": the time a scale-out or a rolling deploy takes to finish)",
+        ));
+    }
+    Ok(())
+}
+
 // --- DNS discovery ---
 
 fn validate_resolver(resolver: &raw::Resolver, source: &SourceMap<'_>) -> Result<(), ConfigError> {
@@ -529,6 +557,9 @@ fn validate_backend(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<()
         validate_health(health, source)?;
     }
     validate_discovery(backend, source)?;
+    if let Some(rebalance) = &backend.rebalance {
+        validate_rebalance(rebalance.get_ref(), source)?;
+    }
     if backend.server.is_empty() && backend.discover.is_none() {
         return Err(source.error(
             Some(backend.name.span()),
@@ -962,5 +993,57 @@ mod health_tests {
         assert!(message.contains("unknown variant `icmp`"), "{message}");
         let (_, _, message) = error_of("check = \"tcp\", intervall = \"2s\"");
         assert!(message.contains("intervall"), "{message}");
+    }
+
+    /// A config whose backend has `rebalance = { <rebalance> }` on line 7, column 13.
+    fn with_rebalance(rebalance: &str) -> String {
+        format!(
+            "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"web\"\n\n\
+             [[backend]]\nrebalance = {{ {rebalance} }}\nname = \"web\"\n[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8200\"\n"
+        )
+    }
+
+    fn rebalance_error(rebalance: &str) -> (usize, usize, String) {
+        match parse(&with_rebalance(rebalance), "test.toml") {
+            Err(ConfigError::Invalid {
+                line, column, message, ..
+            }) => (line, column, message),
+            other => panic!("{rebalance}: expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rebalance_reads_its_keys_and_fills_in_defaults() {
+        let config = parse(
+            &with_rebalance("max_skew = 1.5, rate = \"30/m\", settle = \"2s\""),
+            "t.toml",
+        )
+        .unwrap();
+        let r = config.backends[0].rebalance.expect("rebalance");
+        assert_eq!((r.max_skew, r.settle), (1.5, Duration::from_secs(2)));
+        assert!((r.rate_per_s() - 0.5).abs() < 1e-9);
+        let r = parse(&with_rebalance(""), "t.toml").unwrap().backends[0]
+            .rebalance
+            .expect("defaults");
+        assert_eq!((r.max_skew, r.rate.count, r.settle), (1.2, 5, Duration::from_secs(10)));
+        assert!(parse(&with_health("check = \"tcp\""), "t.toml").unwrap().backends[0]
+            .rebalance
+            .is_none());
+    }
+
+    #[test]
+    fn bad_rebalance_values_name_their_place_and_the_fix() {
+        let (line, column, message) = rebalance_error("max_skew = 1.0");
+        assert_eq!((line, column), (7, 26));
+        assert!(message.contains("above 1.0"), "{message}");
+        let (line, column, message) = rebalance_error("rate = \"5/h\"");
+        assert_eq!((line, column), (7, 22));
+        assert!(message.contains("per second or per minute"), "{message}");
+        let (_, _, message) = rebalance_error("rate = \"fast\"");
+        assert!(message.contains("not a rate"), "{message}");
+        let (_, _, message) = rebalance_error("settle = \"soon\"");
+        assert!(message.contains("soon"), "{message}");
+        let (_, _, message) = rebalance_error("max_skew = 1.2, burst = 3");
+        assert!(message.contains("burst"), "{message}");
     }
 }

@@ -13,6 +13,7 @@
 //! `servers` holds what the admin API's server adds and deletes, the state
 //! file and the cluster's shared servers need of the instance.
 
+mod rebalance;
 mod servers;
 
 use std::collections::HashMap;
@@ -289,6 +290,11 @@ impl Tether {
         let _discovery = handle.start_discovery();
         // Servers deleted through the API leave once drained, until this function ends.
         let _deletions = handle.start_deletions();
+        // Rebalancing rounds (backends with `rebalance`) run until this function ends.
+        let _rebalance = AbortOnDrop(tokio::spawn(rebalance::rebalance_loop(
+            shared.snapshot.clone(),
+            inner.cluster.get().cloned(),
+        )));
         shutdown.await;
         let grace = shared.snapshot.load().shutdown_grace;
         let open = shared.open.count();

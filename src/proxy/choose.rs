@@ -31,6 +31,9 @@ pub(super) struct Upstream {
     /// The server's pool, where the connection goes back after a clean
     /// exchange (`None` for a WebSocket handshake).
     pub(super) pool: Option<Arc<Pool>>,
+    /// The client was stuck to a server that rebalancing sheds from, and
+    /// was balanced elsewhere instead: its tunnel is never shed again.
+    pub(super) moved: bool,
 }
 
 /// What stickiness said about a request: its backend's policy and the
@@ -103,6 +106,18 @@ pub(super) async fn connect(
     };
     let mut tries = Tries::default();
     if let Some((policy, id)) = sticky.and_then(Stickiness::stuck) {
+        if backend.rebalance_state.redispatches_from(&backend.servers[id].state) {
+            // Rebalancing sheds from that server: like a full `maxconn`, the
+            // client is balanced elsewhere (and re-pinned by the response).
+            let mut elsewhere = Tries {
+                tried: vec![id],
+                last: None,
+            };
+            if let Ok(mut upstream) = attempt.balanced(key, &mut elsewhere).await {
+                upstream.moved = true;
+                return Ok(upstream);
+            }
+        }
         if let Some(done) = attempt.stuck(policy, id, &mut tries).await {
             return done;
         }
@@ -282,6 +297,7 @@ impl Attempt<'_> {
                 sender,
                 reused,
                 pool,
+                moved: false,
             }),
             Err(err) => {
                 let failure = connect_failed(self.backend, server, err, self.request_id, &self.shared.changes);

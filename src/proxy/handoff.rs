@@ -64,19 +64,23 @@ pub(super) struct TunnelHolds {
     /// The client connection's hold of its HTTP/2 stream (`None`: the
     /// tunnel is the whole HTTP/1.1 connection).
     pub(super) stream: Option<StreamHold>,
+    /// Rebalancing moved the client here from the server it was stuck to.
+    pub(super) moved: bool,
 }
 
 impl TunnelJob {
-    /// The job for a handshake `server` of `backend` accepted (with the
-    /// server's slot, its guard), holding the learned ids `stick` and the frontend's
-    /// count of it (`counted`, taken before the handshake for a stream of an
-    /// HTTP/2 connection; else the connection's own count carries over);
-    /// what its log line says comes from `log`.
+    /// The job for a handshake `server` of `backend` accepted, holding the
+    /// server's slot `guard` (and whether rebalancing `moved` the client
+    /// there), the learned ids `stick` and the frontend's count of it
+    /// (`counted`, taken before the handshake for a stream of an HTTP/2
+    /// connection; else the connection's own count carries over); what its
+    /// log line says comes from `log`.
     pub(super) fn new(
         context: &ConnContext,
         frontend: &Frontend,
         backend: &Backend,
-        (server, guard): (&Server, ActiveGuard),
+        server: &Server,
+        (guard, moved): (ActiveGuard, bool),
         log: &HttpLog,
         stick: Option<StickHold>,
         counted: Option<crate::state::FrontendConnection>,
@@ -102,6 +106,7 @@ impl TunnelJob {
                 guard,
                 stick: stick.map(Box::new),
                 stream,
+                moved,
             },
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
@@ -128,7 +133,7 @@ impl TunnelJob {
         let state = self.holds.guard.state().clone();
         state.tunnels.fetch_add(1, Ordering::Relaxed);
         // Server down, drain and shutdown ask through this registration.
-        let registration = state.register_tunnel();
+        let registration = state.register_tunnel(self.holds.moved);
         let settings = tunnel::Settings {
             idle: self.idle,
             close: registration.control().clone(),

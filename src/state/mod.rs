@@ -10,6 +10,7 @@ pub mod admission;
 mod changes;
 pub mod health;
 pub mod machine;
+pub mod rebalance;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -25,6 +26,7 @@ use crate::util::lock;
 use crate::ws::control::{TunnelControl, TunnelRegistration, TunnelSet};
 pub use changes::{ChangeReport, Changes, ServerChange};
 use health::HealthStatus;
+pub use rebalance::{RebalanceReading, RebalanceState};
 
 /// Bytes and WebSocket messages carried to and from one server. Tunnels add
 /// their deltas at most about once a second and when they end; HTTP
@@ -438,9 +440,10 @@ impl ServerState {
         &self.open_tunnels
     }
 
-    /// Registers a tunnel to this server, so it can be asked to close.
-    pub fn register_tunnel(&self) -> TunnelRegistration {
-        self.open_tunnels.register()
+    /// Registers a tunnel to this server, so it can be asked to close;
+    /// `moved`: its client was moved here by rebalancing (never shed again).
+    pub fn register_tunnel(&self, moved: bool) -> TunnelRegistration {
+        self.open_tunnels.register(moved)
     }
 
     /// The open tunnels' controls (for a shutdown that spreads its closes).

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 
 use super::frames::CloseCode;
+use crate::util::clock::monotonic_ms;
 use crate::util::lock;
 
 /// The close request of one tunnel.
@@ -22,9 +23,25 @@ pub struct TunnelControl {
     code: AtomicU16,
     /// The tunnel's task, woken by a request.
     waker: AtomicWaker,
+    /// When the tunnel opened (`monotonic_ms`): rebalancing sheds the oldest
+    /// first and never one younger than its `settle`.
+    opened_ms: u64,
+    /// Its client was moved here by rebalancing: never shed again, so no
+    /// client is shed twice in a row.
+    moved: bool,
 }
 
 impl TunnelControl {
+    /// When the tunnel opened (`monotonic_ms`).
+    pub fn opened_ms(&self) -> u64 {
+        self.opened_ms
+    }
+
+    /// Whether rebalancing moved this tunnel's client here.
+    pub fn moved(&self) -> bool {
+        self.moved
+    }
+
     /// Asks the tunnel to close with `code` (later requests are ignored).
     pub fn request(&self, code: CloseCode) {
         if self
@@ -66,10 +83,15 @@ impl TunnelSet {
         lock(&self.open)
     }
 
-    /// Registers a tunnel; it leaves the set when the registration drops.
-    pub fn register(self: &Arc<Self>) -> TunnelRegistration {
+    /// Registers a tunnel opened now; it leaves the set when the
+    /// registration drops. `moved`: rebalancing moved its client here.
+    pub fn register(self: &Arc<Self>, moved: bool) -> TunnelRegistration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let control = Arc::new(TunnelControl::default());
+        let control = Arc::new(TunnelControl {
+            opened_ms: monotonic_ms(),
+            moved,
+            ..TunnelControl::default()
+        });
         self.lock().insert(id, control.clone());
         TunnelRegistration {
             set: self.clone(),
@@ -135,9 +157,11 @@ pub async fn close_spread(
     keep_going: impl Fn() -> bool,
 ) {
     let step = spread.checked_div(controls.len().max(1) as u32).unwrap_or_default();
-    for control in controls {
+    let start = tokio::time::Instant::now();
+    for (index, control) in (1u32..).zip(controls) {
         if !step.is_zero() {
-            tokio::time::sleep(step).await;
+            // From the start, not from the last wake-up: late timers do not add up.
+            tokio::time::sleep_until(start + step * index).await;
         }
         if !keep_going() {
             return;
@@ -153,8 +177,8 @@ mod tests {
     #[test]
     fn the_first_request_wins_and_registrations_leave_on_drop() {
         let set = Arc::new(TunnelSet::default());
-        let a = set.register();
-        let b = set.register();
+        let a = set.register(false);
+        let b = set.register(false);
         assert_eq!(set.len(), 2);
         a.control().request(CloseCode::ServiceRestart);
         a.control().request(CloseCode::GoingAway);
@@ -169,7 +193,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closes_are_spread_evenly() {
         let set = Arc::new(TunnelSet::default());
-        let regs: Vec<_> = (0..4).map(|_| set.register()).collect();
+        let regs: Vec<_> = (0..4).map(|_| set.register(false)).collect();
         let started = tokio::time::Instant::now();
         let closing = tokio::spawn(close_spread(
             set.controls(),

@@ -235,3 +235,21 @@ async fn serve(shared: Arc<BackendShared>, mut req: Request<Incoming>) -> Result
     }
     Ok(builder.body(full(name)).unwrap())
 }
+
+/// Test backends `b{n}` on 127.0.0.{n} for each `n` of `hosts`, all on one
+/// port (which is returned): servers a DNS name can list by address alone.
+pub async fn loopback_backends(hosts: &[u8]) -> (u16, Vec<TestBackend>) {
+    let at = |n: u8, port: u16| SocketAddr::from((std::net::Ipv4Addr::new(127, 0, 0, n), port));
+    'again: loop {
+        let first = backend(&format!("b{}", hosts[0])).start_on(at(hosts[0], 0)).await;
+        let port = first.addr.port();
+        let mut all = vec![first];
+        for n in &hosts[1..] {
+            if std::net::TcpListener::bind(at(*n, port)).is_err() {
+                continue 'again;
+            }
+            all.push(backend(&format!("b{n}")).start_on(at(*n, port)).await);
+        }
+        return (port, all);
+    }
+}

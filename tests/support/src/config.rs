@@ -511,6 +511,15 @@ impl Backend {
         self
     }
 
+    /// `rebalance = { max_skew, rate, settle }`: tunnels are shed from servers
+    /// over their share after the server set changed.
+    pub fn rebalance(mut self, max_skew: f64, rate: &str, settle: &str) -> Self {
+        set(&mut self.table, &["rebalance", "max_skew"], max_skew.to_value());
+        set(&mut self.table, &["rebalance", "rate"], rate.to_value());
+        set(&mut self.table, &["rebalance", "settle"], settle.to_value());
+        self
+    }
+
     /// `discover = { srv = name, interval }`: every SRV record of `name` is a server.
     pub fn discover_srv(mut self, name: &str, interval: &str) -> Self {
         set(&mut self.table, &["discover", "srv"], name.to_value());

@@ -9,6 +9,7 @@
 mod backend;
 mod browser;
 mod cert;
+mod clients;
 mod config;
 mod dns;
 mod http;
@@ -20,11 +21,12 @@ mod sentinel;
 mod timing;
 mod ws;
 
-pub use backend::{backend, BackendBuilder, TestBackend};
+pub use backend::{backend, loopback_backends, BackendBuilder, TestBackend};
 pub use browser::{
     browser_page_out, browser_scripts, chromium, chromium_or_skip, page_server, run_browser_script, run_chromium,
 };
 pub use cert::SelfSigned;
+pub use clients::{Clients, Close};
 pub use config::{
     pool, Admin, Backend, BackendTls, Cluster, Condition, Config, ConfigText, Frontend, FrontendTls, Health, Route,
     Server, Sticky, ToValue,
@@ -35,7 +37,7 @@ pub use http::{
     server_of, TestBody,
 };
 pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
-pub use logs::{init_logs, Captured};
+pub use logs::{captured_logs, init_logs, Captured};
 pub use node::ensure_npm_packages;
 pub use redis_server::{PartitionProxy, RedisServer};
 pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};

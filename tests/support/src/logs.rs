@@ -11,6 +11,22 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Every `info` (and above) log line of this test binary, captured from
+/// the first call on (tests tell theirs apart by what the lines name).
+pub fn captured_logs() -> &'static Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_env_filter("info")
+            .try_init();
+        captured
+    })
+}
+
 /// Collects every log line written (give it to a `tracing_subscriber` as its writer).
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
