@@ -101,7 +101,8 @@ pub fn demo_config(options: &DemoOptions, servers: &[(&str, SocketAddr)]) -> Res
          [[backend]]\nname = \"{BACKEND}\"\nbalance = \"leastconn\"\n\
          sticky = {{ cookie = \"SERVERID\", mode = \"insert\" }}\n\
          health = {{ check = \"websocket\", path = \"/ws\", interval = \"{interval}\", rise = 1, fall = 1, observe = true }}\n\
-         drain_timeout = \"{drain}\"\ndrain_spread = \"{spread}\"\ndown_spread = \"{spread}\"\n",
+         drain_timeout = \"{drain}\"\ndrain_spread = \"{spread}\"\ndown_spread = \"{spread}\"\n\
+         rebalance = {{ max_skew = 1.2, rate = \"10/s\", settle = \"3s\" }}\n",
         admin = options.admin,
         listen = options.listen,
         interval = ms(options.check_interval),
@@ -210,5 +211,9 @@ mod tests {
             "kill shows failover only with health checks"
         );
         assert!(config.admin.is_some(), "the demo page reads tether's admin API");
+        assert!(
+            config.backends[0].rebalance.is_some(),
+            "an added server gets its share of long-lived users"
+        );
     }
 }
