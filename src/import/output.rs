@@ -187,6 +187,7 @@ impl Doc {
             seen: BTreeSet::new(),
             untranslated: Vec::new(),
             last: None,
+            last_remark: None,
         };
         writer.section(&self.top);
         if let Some(admin) = &self.admin {
@@ -212,6 +213,8 @@ struct Writer<'a> {
     untranslated: Vec<Untranslated>,
     /// The line the last source comment named: keys from one line share one comment.
     last: Option<usize>,
+    /// The last `# note:` printed, so keys sharing one are not noted twice.
+    last_remark: Option<String>,
 }
 
 impl Writer<'_> {
@@ -236,8 +239,11 @@ impl Writer<'_> {
                         self.origin(origin);
                     }
                     if let Some(remark) = remark {
-                        let _ = writeln!(self.out, "# note: {remark}");
+                        if self.last_remark.as_ref() != Some(remark) {
+                            let _ = writeln!(self.out, "# note: {remark}");
+                        }
                     }
+                    self.last_remark = remark.clone();
                     let _ = writeln!(self.out, "{key} = {}", value.render());
                 }
                 Item::Builtin { from, why } => {
