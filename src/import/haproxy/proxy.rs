@@ -168,7 +168,8 @@ impl Frontend {
 
     /// Whether the section only serves the stats page (no route, no backend).
     fn is_stats_only(&self, has_servers: bool) -> bool {
-        !self.stats.is_empty() && self.targets.is_empty() && !has_servers
+        let routes_elsewhere = self.targets.iter().any(|(t, _)| t != &self.name);
+        !self.stats.is_empty() && !routes_elsewhere && !has_servers
     }
 
     /// The `[[frontend]]` sections (two when it listens both plain and TLS).

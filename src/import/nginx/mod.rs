@@ -87,7 +87,7 @@ fn tokens(text: &str) -> Result<Vec<(Token, usize)>, (usize, String)> {
                     match chars.next() {
                         Some(q) if q == c => break,
                         Some('\\') => match chars.next() {
-                            Some(next) => quoted.push(next),
+                            Some(next) => unescape(&mut quoted, next),
                             None => return Err((start, "unterminated quote".to_string())),
                         },
                         Some(other) => {
@@ -107,7 +107,7 @@ fn tokens(text: &str) -> Result<Vec<(Token, usize)>, (usize, String)> {
                     word_line = line;
                 }
                 if let Some(next) = chars.next() {
-                    word.push(next);
+                    unescape(&mut word, next);
                 }
             }
             other => {
@@ -120,6 +120,21 @@ fn tokens(text: &str) -> Result<Vec<(Token, usize)>, (usize, String)> {
     }
     flush(&mut word, &mut out, word_line);
     Ok(out)
+}
+
+/// NGINX's escapes: `\"`, `\'`, `\\`, `\t`, `\r`, `\n`; any other `\x` stays
+/// as written (so `\.` reaches a regular expression intact).
+fn unescape(out: &mut String, next: char) {
+    match next {
+        '"' | '\'' | '\\' => out.push(next),
+        't' => out.push('\t'),
+        'r' => out.push('\r'),
+        'n' => out.push('\n'),
+        other => {
+            out.push('\\');
+            out.push(other);
+        }
+    }
 }
 
 fn parse(tokens: &[(Token, usize)]) -> Result<Vec<Node>, (usize, String)> {
