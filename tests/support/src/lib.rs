@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod balancer;
 mod config;
 mod dns;
 mod http;
@@ -19,6 +20,7 @@ mod timing;
 mod ws;
 
 pub use backend::{backend, BackendBuilder, TestBackend};
+pub use balancer::{find_balancer, BalancerKind, ExternalBalancer};
 pub use config::{
     pool, Admin, Backend, BackendTls, Cluster, Condition, Config, ConfigText, Frontend, FrontendTls, Health, Route,
     Server, Sticky, ToValue,
@@ -34,4 +36,6 @@ pub use node::ensure_npm_packages;
 pub use redis_server::{PartitionProxy, RedisServer};
 pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};
 pub use timing::eventually;
-pub use ws::{close_code, close_frame, handshake_with_sid, next_text, ws_connect, ws_connect_with, Ws};
+pub use ws::{
+    close_code, close_frame, handshake_with_sid, next_text, ws_connect, ws_connect_with, ws_handshake_on, Handshake, Ws,
+};
