@@ -152,7 +152,10 @@ fn import(from: ImportFrom, file: &Path) -> ExitCode {
         Ok(translation) => {
             print!("{}", translation.toml);
             for u in &translation.untranslated {
-                eprintln!("warning: {name}:{}: not translated: {} ({})", u.line, u.directive, u.reason);
+                eprintln!(
+                    "warning: {name}:{}: not translated: {} ({})",
+                    u.line, u.directive, u.reason
+                );
             }
             if translation.untranslated.is_empty() {
                 ExitCode::SUCCESS

@@ -28,7 +28,11 @@ struct Imported {
 fn import_in(dir: &Path, kind: &str, name: &str) -> Imported {
     let copy = dir.join(name);
     std::fs::copy(fixture(name), &copy).expect("copy fixture");
-    let out = tether().args(["import", kind]).arg(&copy).output().expect("run tether import");
+    let out = tether()
+        .args(["import", kind])
+        .arg(&copy)
+        .output()
+        .expect("run tether import");
     Imported {
         code: out.status.code(),
         toml: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -59,7 +63,13 @@ fn assert_checks(dir: &Path, imported: &Imported, name: &str) {
 fn import_checked(kind: &str, name: &str, code: i32) -> Imported {
     let dir = temp_dir(name);
     let imported = import_in(&dir, kind, name);
-    assert_eq!(imported.code, Some(code), "{name}: {}\n{}", imported.stderr, imported.toml);
+    assert_eq!(
+        imported.code,
+        Some(code),
+        "{name}: {}\n{}",
+        imported.stderr,
+        imported.toml
+    );
     assert_checks(&dir, &imported, name);
     std::fs::remove_dir_all(&dir).ok();
     imported
@@ -93,7 +103,10 @@ fn assert_not_translated(imported: &Imported, file: &str, line: usize, reason: &
     );
     let warning = format!("{file}:{line}: not translated:");
     assert!(
-        imported.stderr.lines().any(|l| l.starts_with("warning: ") && l.contains(&warning) && l.contains(reason)),
+        imported
+            .stderr
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains(&warning) && l.contains(reason)),
         "no warning for line {line} with `{reason}`:\n{}",
         imported.stderr
     );
@@ -105,8 +118,12 @@ fn haproxy_socketio_tutorial_translates_completely() {
     assert!(imported.stderr.is_empty(), "{}", imported.stderr);
     assert!(!imported.toml.contains("not translated"));
     // Every piece names its source line.
-    assert!(imported.toml.contains("haproxy-socketio.cfg:30  balance leastconn\nbalance = \"leastconn\""));
-    assert!(imported.toml.contains("haproxy-socketio.cfg:31  cookie SERVERID insert indirect nocache\n"));
+    assert!(imported
+        .toml
+        .contains("haproxy-socketio.cfg:30  balance leastconn\nbalance = \"leastconn\""));
+    assert!(imported
+        .toml
+        .contains("haproxy-socketio.cfg:31  cookie SERVERID insert indirect nocache\n"));
     let config = value(&imported.toml);
     assert_eq!(config["workers"].as_integer(), Some(2));
     let frontend = &config["frontend"][0];
@@ -114,7 +131,11 @@ fn haproxy_socketio_tutorial_translates_completely() {
     assert_eq!(frontend["default_backend"].as_str(), Some("web"));
     let route = &frontend["route"][0];
     assert_eq!(route["backend"].as_str(), Some("websockets"));
-    assert_eq!(route["any"].as_array().unwrap().len(), 3, "the three is_websocket lines are ORed");
+    assert_eq!(
+        route["any"].as_array().unwrap().len(),
+        3,
+        "the three is_websocket lines are ORed"
+    );
     assert_eq!(route["any"][0]["path_prefix"].as_str(), Some("/socket.io"));
     assert_eq!(route["any"][2]["host_prefix"].as_str(), Some("ws"));
     let ws = backend(&config, "websockets");
@@ -123,7 +144,11 @@ fn haproxy_socketio_tutorial_translates_completely() {
     assert_eq!(ws["sticky"]["mode"].as_str(), Some("insert"));
     assert_eq!(ws["sticky"]["indirect"].as_bool(), Some(true));
     assert_eq!(ws["sticky"]["nocache"].as_bool(), Some(true));
-    assert_eq!(ws["sticky"]["httponly"].as_bool(), Some(false), "HAProxy sets HttpOnly only when asked");
+    assert_eq!(
+        ws["sticky"]["httponly"].as_bool(),
+        Some(false),
+        "HAProxy sets HttpOnly only when asked"
+    );
     assert_eq!(ws["health"]["check"].as_str(), Some("http"));
     assert_eq!(ws["health"]["path"].as_str(), Some("/health"));
     assert_eq!(ws["health"]["expect_status"].as_str(), Some("200"));
@@ -142,9 +167,16 @@ fn haproxy_balance_source_and_url_param_layouts_translate() {
     let ws = backend(&source, "ws");
     assert_eq!(ws["balance"].as_str(), Some("source"));
     assert_eq!(ws["hash"].as_str(), Some("consistent"));
-    assert_eq!(ws["redispatch"].as_bool(), Some(false), "no option redispatch: HAProxy's default");
+    assert_eq!(
+        ws["redispatch"].as_bool(),
+        Some(false),
+        "no option redispatch: HAProxy's default"
+    );
     assert_eq!(source["frontend"][0]["bind"][0].as_str(), Some("0.0.0.0:8080"));
-    assert_eq!(source["frontend"][0]["forward_headers"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        source["frontend"][0]["forward_headers"].as_array().map(Vec::len),
+        Some(0)
+    );
 
     let url_param = value(&import_checked("haproxy", "haproxy-url-param.cfg", 0).toml);
     let chat = backend(&url_param, "chat");
@@ -162,7 +194,11 @@ fn haproxy_every_directive_is_translated_or_reported() {
     assert_eq!(config["workers"].as_integer(), Some(4));
     let public = &config["frontend"][0];
     assert_eq!(public["timeouts"]["client_body"].as_str(), Some("40s"));
-    assert_eq!(public["timeouts"]["client"].as_str(), Some("3s"), "http-keep-alive wins over client");
+    assert_eq!(
+        public["timeouts"]["client"].as_str(),
+        Some("3s"),
+        "http-keep-alive wins over client"
+    );
     assert_eq!(public["timeouts"]["http_request"].as_str(), Some("8s"));
     assert_eq!(public["maxconn"].as_integer(), Some(3000));
     let routes = public["route"].as_array().unwrap();
@@ -174,9 +210,18 @@ fn haproxy_every_directive_is_translated_or_reported() {
                     .is_some_and(|c| c.iter().any(|c| c.get(selector).is_some()))
         })
     };
-    assert!(find("sio", "all", "path_prefix") && find("sio", "all", "header"), "`||` makes two routes");
-    assert!(find("api", "all", "host") && find("api", "all", "method"), "`a b` is one route with both");
-    assert!(find("api", "all", "path") && find("api", "all", "path_regex"), "path and path_end");
+    assert!(
+        find("sio", "all", "path_prefix") && find("sio", "all", "header"),
+        "`||` makes two routes"
+    );
+    assert!(
+        find("api", "all", "host") && find("api", "all", "method"),
+        "`a b` is one route with both"
+    );
+    assert!(
+        find("api", "all", "path") && find("api", "all", "path_regex"),
+        "path and path_end"
+    );
     assert!(find("rooms", "all", "query") && find("rooms", "all", "host_prefix"));
     assert!(find("hashed", "all", "path_regex"), "-i on a path is a (?i) regex");
     assert!(find("api", "any", "method"), "METH_GET is GET or HEAD");
@@ -189,7 +234,10 @@ fn haproxy_every_directive_is_translated_or_reported() {
     assert_eq!(web["queue_timeout"].as_str(), Some("6s"));
     assert_eq!(web["retries"].as_integer(), Some(2));
     let servers = web["server"].as_array().unwrap();
-    assert!(servers.iter().all(|s| s["name"].as_str() != Some("w3")), "the backup server is left out");
+    assert!(
+        servers.iter().all(|s| s["name"].as_str() != Some("w3")),
+        "the backup server is left out"
+    );
     assert_eq!(servers[2]["state"].as_str(), Some("maint"), "disabled");
     let sio = backend(&config, "sio");
     assert_eq!(sio["sticky"]["max_age"].as_str(), Some("12h"));
@@ -204,7 +252,10 @@ fn haproxy_every_directive_is_translated_or_reported() {
     let rooms = backend(&config, "rooms");
     assert_eq!(rooms["balance"].as_str(), Some("header"));
     assert_eq!(rooms["hash_key"].as_str(), Some("X-Room"));
-    assert_eq!(rooms["sticky"]["learn"]["response_cookie"].as_str(), Some("room_session"));
+    assert_eq!(
+        rooms["sticky"]["learn"]["response_cookie"].as_str(),
+        Some("room_session")
+    );
     assert_eq!(rooms["sticky"]["match"][0]["cookie"].as_str(), Some("room_session"));
     assert_eq!(rooms["sticky"]["idle_timeout"].as_str(), Some("20m"));
     assert_eq!(rooms["sticky"]["max_entries"].as_integer(), Some(10 * 1024));
@@ -213,8 +264,16 @@ fn haproxy_every_directive_is_translated_or_reported() {
     assert_eq!(hashed["redispatch"].as_bool(), Some(false));
     assert_eq!(backend(&config, "source_pool")["balance"].as_str(), Some("source"));
     let admin = &config["admin"];
-    assert_eq!(admin["bind"].as_str(), Some("127.0.0.1:8404"), "the stats listen becomes [admin]");
-    assert!(config["frontend"].as_array().unwrap().iter().all(|f| f["name"].as_str() != Some("stats")));
+    assert_eq!(
+        admin["bind"].as_str(),
+        Some("127.0.0.1:8404"),
+        "the stats listen becomes [admin]"
+    );
+    assert!(config["frontend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["name"].as_str() != Some("stats")));
 
     for (line, reason) in [
         (4, "process-wide"),
@@ -279,12 +338,22 @@ fn unparsable_files_exit_1_naming_file_and_line() {
         let dir = temp_dir(name);
         let imported = import_in(&dir, kind, name);
         assert_eq!(imported.code, Some(1), "{name}");
-        assert!(imported.toml.is_empty(), "nothing is printed for a file that cannot be read");
+        assert!(
+            imported.toml.is_empty(),
+            "nothing is printed for a file that cannot be read"
+        );
         let expected = format!("{}:{line}: ", dir.join(name).display());
-        assert!(imported.stderr.contains(&expected) && imported.stderr.contains(why), "{name}: {}", imported.stderr);
+        assert!(
+            imported.stderr.contains(&expected) && imported.stderr.contains(why),
+            "{name}: {}",
+            imported.stderr
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
-    let missing = tether().args(["import", "nginx", "/nonexistent/nginx.conf"]).output().unwrap();
+    let missing = tether()
+        .args(["import", "nginx", "/nonexistent/nginx.conf"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(1));
 }
 
@@ -292,7 +361,11 @@ fn unparsable_files_exit_1_naming_file_and_line() {
 fn nginx_ip_hash_tutorial_translates_completely() {
     let imported = import_checked("nginx", "nginx-ip-hash.conf", 0);
     assert!(imported.stderr.is_empty(), "{}", imported.stderr);
-    assert!(imported.toml.contains("(built in: the WebSocket Connection idiom"), "{}", imported.toml);
+    assert!(
+        imported.toml.contains("(built in: the WebSocket Connection idiom"),
+        "{}",
+        imported.toml
+    );
     let config = value(&imported.toml);
     assert_eq!(config["workers"].as_integer(), Some(2));
     let ws = backend(&config, "websocket");
@@ -320,7 +393,12 @@ fn nginx_hash_consistent_and_location_ws_layouts_translate() {
     let frontend = &ws["frontend"][0];
     assert_eq!(frontend["route"][0]["backend"].as_str(), Some("app"));
     assert_eq!(frontend["default_backend"].as_str(), Some("127.0.0.1-9100"));
-    let forward: Vec<&str> = frontend["forward_headers"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let forward: Vec<&str> = frontend["forward_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     assert_eq!(forward, ["x-forwarded-for", "x-forwarded-proto"]);
     assert_eq!(backend(&ws, "app")["balance"].as_str(), Some("leastconn"));
 }
@@ -356,22 +434,46 @@ fn nginx_every_directive_is_translated_or_reported() {
     assert_eq!(sticky["timeouts"]["connect"].as_str(), Some("4s"));
     assert_eq!(sticky["timeouts"]["tunnel"].as_str(), Some("90s"));
     let learned = backend(&config, "learned");
-    assert_eq!(learned["sticky"]["learn"]["response_cookie"].as_str(), Some("sessionid"));
+    assert_eq!(
+        learned["sticky"]["learn"]["response_cookie"].as_str(),
+        Some("sessionid")
+    );
     assert_eq!(learned["sticky"]["match"][0]["cookie"].as_str(), Some("sessionid"));
     assert_eq!(learned["sticky"]["idle_timeout"].as_str(), Some("45m"));
     let by_arg = backend(&config, "by_arg");
-    assert_eq!((by_arg["balance"].as_str(), by_arg["hash_key"].as_str()), (Some("url_param"), Some("room")));
+    assert_eq!(
+        (by_arg["balance"].as_str(), by_arg["hash_key"].as_str()),
+        (Some("url_param"), Some("room"))
+    );
     assert_eq!(by_arg["hash"].as_str(), Some("consistent"));
     let by_header = backend(&config, "by_header");
-    assert_eq!((by_header["balance"].as_str(), by_header["hash_key"].as_str()), (Some("header"), Some("x-tenant")));
+    assert_eq!(
+        (by_header["balance"].as_str(), by_header["hash_key"].as_str()),
+        (Some("header"), Some("x-tenant"))
+    );
     let by_cookie = backend(&config, "by_cookie");
-    assert_eq!((by_cookie["balance"].as_str(), by_cookie["hash_key"].as_str()), (Some("cookie"), Some("uid")));
+    assert_eq!(
+        (by_cookie["balance"].as_str(), by_cookie["hash_key"].as_str()),
+        (Some("cookie"), Some("uid"))
+    );
     assert_eq!(backend(&config, "by_uri")["balance"].as_str(), Some("uri"));
     assert_eq!(backend(&config, "p2c")["balance"].as_str(), Some("random"));
-    let forward: Vec<&str> = fe["forward_headers"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let forward: Vec<&str> = fe["forward_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     assert_eq!(forward, ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]);
-    let redirect = config["frontend"].as_array().unwrap().iter().find(|f| f.get("redirect_https").and_then(|v| v.as_bool()) == Some(true));
-    assert!(redirect.is_some(), "return 301 https://$host$request_uri is redirect_https");
+    let redirect = config["frontend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f.get("redirect_https").and_then(|v| v.as_bool()) == Some(true));
+    assert!(
+        redirect.is_some(),
+        "return 301 https://$host$request_uri is redirect_https"
+    );
 
     let path = fixture_path_in_output(&imported, file);
     for (line, reason) in [

@@ -33,8 +33,12 @@ fn balancer_binary(kind: BalancerKind) -> Option<String> {
 }
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import").join(name))
-        .expect("fixture")
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/import")
+            .join(name),
+    )
+    .expect("fixture")
 }
 
 /// `text` with each `(from, to)` address replaced.
@@ -72,7 +76,11 @@ async fn start_both(
     pairs.push((listen.to_string(), port.to_string()));
     let text = substitute(original, &pairs);
     let external = ExternalBalancer::start(kind, bin, &text, port).await;
-    let kind_name = if kind == BalancerKind::Haproxy { "haproxy" } else { "nginx" };
+    let kind_name = if kind == BalancerKind::Haproxy {
+        "haproxy"
+    } else {
+        "nginx"
+    };
     // The import's frontend binds what the original did; tether's test process moves it to a free port.
     let imported = import(kind_name, &text).replace(&port.to_string(), "127.0.0.1:0");
     let tether = TetherProcess::start(env!("CARGO_BIN_EXE_tether"), &imported).await;
@@ -89,7 +97,12 @@ struct Landing {
 /// Opens one WebSocket per client (from `sources`, each a 127.0.0.x),
 /// all held open until every one is up, then closed; `cookies` are sent
 /// when given. Failures are counted, not fatal.
-async fn wave(addr: SocketAddr, path: &str, sources: &[String], cookies: Option<&[Landing]>) -> Vec<Result<Landing, String>> {
+async fn wave(
+    addr: SocketAddr,
+    path: &str,
+    sources: &[String],
+    cookies: Option<&[Landing]>,
+) -> Vec<Result<Landing, String>> {
     let mut open = Vec::new();
     let mut out = Vec::new();
     for (i, source) in sources.iter().enumerate() {
@@ -143,7 +156,10 @@ async fn until_serving(addr: SocketAddr, path: &str) {
             let _ = handshake.ws.close(None).await;
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "{addr} never served {path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{addr} never served {path}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -191,7 +207,13 @@ async fn haproxy_socketio_layout_behaves_the_same_through_tether() {
     };
     let (mut servers, pairs) = backends(
         &["web1", "web2", "ws1", "ws2", "ws3"],
-        &["127.0.0.1:8101", "127.0.0.1:8102", "127.0.0.1:8201", "127.0.0.1:8202", "127.0.0.1:8203"],
+        &[
+            "127.0.0.1:8101",
+            "127.0.0.1:8102",
+            "127.0.0.1:8201",
+            "127.0.0.1:8202",
+            "127.0.0.1:8203",
+        ],
     )
     .await;
     let (haproxy, tether) = start_both(
@@ -218,8 +240,14 @@ async fn haproxy_socketio_layout_behaves_the_same_through_tether() {
         ];
         let landings = ok(wave(addr, path, &clients, None).await, who);
         let again = ok(wave(addr, path, &clients, Some(&landings)).await, who);
-        let stuck = landings.iter().zip(&again).filter(|(a, b)| a.server == b.server).count();
-        let mut counts: Vec<usize> = spread(&landings.iter().cloned().map(Ok).collect::<Vec<_>>()).into_values().collect();
+        let stuck = landings
+            .iter()
+            .zip(&again)
+            .filter(|(a, b)| a.server == b.server)
+            .count();
+        let mut counts: Vec<usize> = spread(&landings.iter().cloned().map(Ok).collect::<Vec<_>>())
+            .into_values()
+            .collect();
         counts.sort_unstable();
         first.push((who, addr, groups, counts, stuck, landings));
     }
@@ -292,7 +320,14 @@ async fn hash_side_by_side(
     };
     let names = ["s1", "s2", "s3"];
     let (mut servers, pairs) = backends(&names, &["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]).await;
-    let (nginx, tether) = start_both(BalancerKind::Nginx, &bin, &fixture(fixture_name), "127.0.0.1:8080", &pairs).await;
+    let (nginx, tether) = start_both(
+        BalancerKind::Nginx,
+        &bin,
+        &fixture(fixture_name),
+        "127.0.0.1:8080",
+        &pairs,
+    )
+    .await;
     let balancers = [("nginx", nginx.addr), ("tether", tether.addr)];
     for (_, addr) in balancers {
         until_serving(addr, path).await;
@@ -302,7 +337,13 @@ async fn hash_side_by_side(
     for (who, addr) in balancers {
         let landings = ok(wave(addr, path, &sources, None).await, who);
         let again = ok(wave(addr, path, &sources, None).await, who);
-        stables.push(landings.iter().zip(&again).filter(|(a, b)| a.server == b.server).count());
+        stables.push(
+            landings
+                .iter()
+                .zip(&again)
+                .filter(|(a, b)| a.server == b.server)
+                .count(),
+        );
         firsts.push(landings);
     }
     let victim = dead(&firsts);
@@ -318,7 +359,9 @@ async fn hash_side_by_side(
             kept += usize::from(before.server != victim && now.server == before.server);
             moved += usize::from(before.server == victim && now.server != victim);
         }
-        let mut counts: Vec<usize> = spread(&landings.iter().cloned().map(Ok).collect::<Vec<_>>()).into_values().collect();
+        let mut counts: Vec<usize> = spread(&landings.iter().cloned().map(Ok).collect::<Vec<_>>())
+            .into_values()
+            .collect();
         counts.sort_unstable();
         let on_victim = landings.iter().filter(|l| l.server == victim).count();
         out.push((
@@ -342,7 +385,10 @@ async fn nginx_ip_hash_layout_behaves_the_same_through_tether() {
     // 30 clients of one address: ip_hash (NGINX: first three octets;
     // tether: the whole address) sends all of them to one server.
     let sources = vec!["127.0.0.1".to_string(); 30];
-    let results = hash_side_by_side("nginx-ip-hash.conf", "/ws", sources, |firsts| firsts[0][0].server.clone()).await;
+    let results = hash_side_by_side("nginx-ip-hash.conf", "/ws", sources, |firsts| {
+        firsts[0][0].server.clone()
+    })
+    .await;
     let [(_, nginx, nginx_on), (_, tether, tether_on)] = results.as_slice() else {
         return;
     };
@@ -351,8 +397,15 @@ async fn nginx_ip_hash_layout_behaves_the_same_through_tether() {
         assert_eq!(b.stable, 30, "{who}: every reconnect reaches the same server");
         assert_eq!(b.failed_after_death, 0, "{who}: {b:?}");
         // The dead server is NGINX's choice; tether's hash may have chosen another.
-        assert_eq!(b.kept_after_death, 30 - on_victim, "{who}: clients elsewhere stay: {b:?}");
-        assert_eq!(b.moved_after_death, *on_victim, "{who}: the dead server's clients move: {b:?}");
+        assert_eq!(
+            b.kept_after_death,
+            30 - on_victim,
+            "{who}: clients elsewhere stay: {b:?}"
+        );
+        assert_eq!(
+            b.moved_after_death, *on_victim,
+            "{who}: the dead server's clients move: {b:?}"
+        );
     }
     assert_eq!(*nginx_on, 30, "NGINX's server was the one killed");
 }
@@ -379,7 +432,14 @@ async fn nginx_hash_remote_addr_consistent_layout_behaves_the_same_through_tethe
         assert_eq!(b.stable, 30, "{who}: every address keeps its server");
         assert!(*on_victim > 0, "{who}: the dead server had clients");
         assert_eq!(b.failed_after_death, 0, "{who}: {b:?}");
-        assert_eq!(b.kept_after_death, 30 - on_victim, "{who}: the other clients did not move");
-        assert_eq!(b.moved_after_death, *on_victim, "{who}: the dead server's clients moved");
+        assert_eq!(
+            b.kept_after_death,
+            30 - on_victim,
+            "{who}: the other clients did not move"
+        );
+        assert_eq!(
+            b.moved_after_death, *on_victim,
+            "{who}: the dead server's clients moved"
+        );
     }
 }

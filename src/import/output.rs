@@ -180,7 +180,10 @@ impl Doc {
     pub fn render(&self, file: &str, kind: &str) -> Translation {
         let mut out = String::new();
         let _ = writeln!(out, "# tether configuration imported from {kind} file {file}");
-        let _ = writeln!(out, "# (each comment names the line it came from; check it with `tether check`)");
+        let _ = writeln!(
+            out,
+            "# (each comment names the line it came from; check it with `tether check`)"
+        );
         let mut writer = Writer {
             file,
             out,
@@ -248,7 +251,11 @@ impl Writer<'_> {
                 }
                 Item::Builtin { from, why } => {
                     self.last = Some(from.line);
-                    let _ = writeln!(self.out, "# {}:{}  {}  (built in: {why})", self.file, from.line, from.text);
+                    let _ = writeln!(
+                        self.out,
+                        "# {}:{}  {}  (built in: {why})",
+                        self.file, from.line, from.text
+                    );
                 }
                 Item::NotTranslated { from, reason } => {
                     self.last = None;
@@ -310,7 +317,12 @@ mod tests {
         doc.backends.push(backend.clone());
         doc.backends.push(backend);
         let t = doc.render("h.cfg", "HAProxy");
-        assert!(t.toml.contains("# h.cfg:9  timeout connect 1s\ntimeouts.connect = \"1s\""), "{}", t.toml);
+        assert!(
+            t.toml
+                .contains("# h.cfg:9  timeout connect 1s\ntimeouts.connect = \"1s\""),
+            "{}",
+            t.toml
+        );
         assert!(!t.toml.contains("h.cfg:3  timeout connect 5s\ntimeouts"), "{}", t.toml);
         assert_eq!(t.untranslated.len(), 1, "reported once though inherited twice");
     }

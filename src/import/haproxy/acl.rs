@@ -191,7 +191,10 @@ fn predefined(name: &str) -> Option<Result<Vec<String>, String>> {
         }
         _ => return None,
     };
-    Some(Ok(methods.iter().map(|m| format!("{{ method = {} }}", quote(m))).collect()))
+    Some(Ok(methods
+        .iter()
+        .map(|m| format!("{{ method = {} }}", quote(m)))
+        .collect()))
 }
 
 /// How an ACL compares (`-m`, or the criterion's suffix).
@@ -258,7 +261,12 @@ fn conditions(words: &[String]) -> Result<Vec<String>, String> {
                     Some("sub") => Match::Sub,
                     Some("reg") => Match::Reg,
                     Some("found") => Match::Found,
-                    other => return Err(format!("match method `-m {}` has no tether condition", other.unwrap_or(""))),
+                    other => {
+                        return Err(format!(
+                            "match method `-m {}` has no tether condition",
+                            other.unwrap_or("")
+                        ))
+                    }
                 };
                 i += 1;
             }
@@ -326,7 +334,9 @@ fn one(fetch: &Fetch, method: Match, ignore_case: bool, value: &str, criterion: 
         },
         Fetch::Query(name) => match (method, ignore_case) {
             (Match::Str, false) => Ok(format!("{{ query = {}, equals = {} }}", quote(name), quote(value))),
-            _ => Err(format!("`{criterion}`: tether tests a query parameter for presence or exact equality only")),
+            _ => Err(format!(
+                "`{criterion}`: tether tests a query parameter for presence or exact equality only"
+            )),
         },
         Fetch::Method => match method {
             Match::Str if value.bytes().all(|b| b.is_ascii_alphabetic()) => {
@@ -347,20 +357,34 @@ mod tests {
 
     #[test]
     fn criteria_become_tether_conditions() {
-        assert_eq!(conditions(&w("path_beg /socket.io /ws")).unwrap(), [
-            "{ path_prefix = \"/socket.io\" }",
-            "{ path_prefix = \"/ws\" }"
-        ]);
-        assert_eq!(conditions(&w("path_end .js")).unwrap(), ["{ path_regex = \"\\\\.js$\" }"]);
-        assert_eq!(conditions(&w("path_beg -i /WS")).unwrap(), ["{ path_regex = \"(?i)^/WS\" }"]);
-        assert_eq!(conditions(&w("hdr(host) -i ws.example.com")).unwrap(), [
-            "{ host = \"ws.example.com\" }"
-        ]);
-        assert_eq!(conditions(&w("hdr_beg(host) -i ws")).unwrap(), ["{ host_prefix = \"ws\" }"]);
-        assert_eq!(conditions(&w("hdr(Upgrade) -i WebSocket")).unwrap(), [
-            "{ header = \"upgrade\", equals = \"WebSocket\" }"
-        ]);
-        assert_eq!(conditions(&w("url_param(sid) -m found")).unwrap(), ["{ query = \"sid\" }"]);
+        assert_eq!(
+            conditions(&w("path_beg /socket.io /ws")).unwrap(),
+            ["{ path_prefix = \"/socket.io\" }", "{ path_prefix = \"/ws\" }"]
+        );
+        assert_eq!(
+            conditions(&w("path_end .js")).unwrap(),
+            ["{ path_regex = \"\\\\.js$\" }"]
+        );
+        assert_eq!(
+            conditions(&w("path_beg -i /WS")).unwrap(),
+            ["{ path_regex = \"(?i)^/WS\" }"]
+        );
+        assert_eq!(
+            conditions(&w("hdr(host) -i ws.example.com")).unwrap(),
+            ["{ host = \"ws.example.com\" }"]
+        );
+        assert_eq!(
+            conditions(&w("hdr_beg(host) -i ws")).unwrap(),
+            ["{ host_prefix = \"ws\" }"]
+        );
+        assert_eq!(
+            conditions(&w("hdr(Upgrade) -i WebSocket")).unwrap(),
+            ["{ header = \"upgrade\", equals = \"WebSocket\" }"]
+        );
+        assert_eq!(
+            conditions(&w("url_param(sid) -m found")).unwrap(),
+            ["{ query = \"sid\" }"]
+        );
         assert_eq!(conditions(&w("method post")).unwrap(), ["{ method = \"POST\" }"]);
         assert!(conditions(&w("src 10.0.0.0/8")).unwrap_err().contains("client address"));
         assert!(conditions(&w("hdr_end(host) .com")).is_err());
@@ -385,7 +409,10 @@ mod tests {
         assert!(acls.routes(&w("if nope")).is_err(), "an unknown ACL is a parse error");
         let anonymous = acls.routes(&w("if { path_beg /api } METH_POST")).unwrap().unwrap();
         assert_eq!(anonymous.len(), 1);
-        assert_eq!(anonymous[0].all, ["{ path_prefix = \"/api\" }", "{ method = \"POST\" }"]);
+        assert_eq!(
+            anonymous[0].all,
+            ["{ path_prefix = \"/api\" }", "{ method = \"POST\" }"]
+        );
         acls.define(&w("two path /a /b")).unwrap();
         assert_eq!(acls.routes(&w("if is_ws two")).unwrap().unwrap().len(), 4);
     }

@@ -2,8 +2,8 @@
 //! `stick`, `server`, health checks, retries, server timeouts) → a tether
 //! `[[backend]]` with its `[[backend.server]]`s.
 
-use super::super::output::{quote, Origin, Section, Value};
 use super::super::duration;
+use super::super::output::{quote, Origin, Section, Value};
 use super::Directive;
 
 /// A backend being translated.
@@ -32,12 +32,58 @@ pub(super) struct Backend {
 
 /// Server options that take one argument (so the next word is skipped with them).
 const SERVER_OPTIONS_WITH_ARGUMENT: &[&str] = &[
-    "weight", "maxconn", "inter", "fastinter", "downinter", "rise", "fall", "cookie", "ca-file", "sni", "slowstart",
-    "observe", "port", "id", "resolvers", "init-addr", "on-error", "error-limit", "verify", "crt", "addr",
-    "agent-port", "agent-inter", "agent-send", "on-marked-down", "on-marked-up", "track", "maxqueue", "minconn",
-    "redir", "source", "proto", "alpn", "check-alpn", "ciphers", "ciphersuites", "pool-max-conn",
-    "pool-purge-delay", "namespace", "ws", "resolve-prefer", "resolve-net", "crl-file", "verifyhost", "log-proto",
-    "max-reuse", "pool-low-conn", "tcp-ut", "check-sni", "check-proto", "set-proxy-v2-tlv-fmt", "shard",
+    "weight",
+    "maxconn",
+    "inter",
+    "fastinter",
+    "downinter",
+    "rise",
+    "fall",
+    "cookie",
+    "ca-file",
+    "sni",
+    "slowstart",
+    "observe",
+    "port",
+    "id",
+    "resolvers",
+    "init-addr",
+    "on-error",
+    "error-limit",
+    "verify",
+    "crt",
+    "addr",
+    "agent-port",
+    "agent-inter",
+    "agent-send",
+    "on-marked-down",
+    "on-marked-up",
+    "track",
+    "maxqueue",
+    "minconn",
+    "redir",
+    "source",
+    "proto",
+    "alpn",
+    "check-alpn",
+    "ciphers",
+    "ciphersuites",
+    "pool-max-conn",
+    "pool-purge-delay",
+    "namespace",
+    "ws",
+    "resolve-prefer",
+    "resolve-net",
+    "crl-file",
+    "verifyhost",
+    "log-proto",
+    "max-reuse",
+    "pool-low-conn",
+    "tcp-ut",
+    "check-sni",
+    "check-proto",
+    "set-proxy-v2-tlv-fmt",
+    "shard",
 ];
 
 impl Backend {
@@ -74,11 +120,14 @@ impl Backend {
             ("hash-type", "map-based") => s.set("hash", Value::Str("map".into()), o),
             ("hash-type", _) => s.not_translated(o, "tether hashes with `map`, `consistent` or `maglev`"),
             ("hash-balance-factor", factor) => match factor.parse::<u32>() {
-                Ok(percent) if percent >= 100 => {
-                    s.set("balance_factor", Value::Float(f64::from(percent) / 100.0), o)
-                }
+                Ok(percent) if percent >= 100 => s.set("balance_factor", Value::Float(f64::from(percent) / 100.0), o),
                 Ok(0) => s.builtin(o, "0 disables the bound, as an absent `balance_factor` does"),
-                _ => return Err((o.line, format!("`hash-balance-factor {factor}`: write a percentage of 100 or more"))),
+                _ => {
+                    return Err((
+                        o.line,
+                        format!("`hash-balance-factor {factor}`: write a percentage of 100 or more"),
+                    ))
+                }
             },
             ("cookie", _) => self.cookie(d)?,
             ("stick-table", _) => self.stick_table = Some(d.clone()),
@@ -128,7 +177,9 @@ impl Backend {
                     return Err((o.line, format!("`{}` is not a time like 5000, 5s or 1m", d.word(2))));
                 };
                 match key {
-                    "check" => self.check_keys.push(("health.timeout".into(), Value::Str(value), o.clone())),
+                    "check" => self
+                        .check_keys
+                        .push(("health.timeout".into(), Value::Str(value), o.clone())),
                     "timeouts.server" => {
                         s.set("timeouts.server", Value::Str(value.clone()), o);
                         s.set("timeouts.server_body", Value::Str(value), o);
@@ -158,7 +209,10 @@ impl Backend {
                 set("header");
                 s.set("hash_key", Value::Str(k[4..k.len() - 1].to_string()), o);
             }
-            _ => s.not_translated(o, "tether balances by roundrobin, leastconn, source, uri, url_param, hdr() or random (two draws)"),
+            _ => s.not_translated(
+                o,
+                "tether balances by roundrobin, leastconn, source, uri, url_param, hdr() or random (two draws)",
+            ),
         }
     }
 
@@ -205,7 +259,10 @@ impl Backend {
                 s.set("sticky.mode", Value::Str(mode.clone().unwrap_or_default()), o);
             }
             _ => {
-                s.not_translated(o, "cookie `rewrite` mode (HAProxy's default): tether inserts its own cookie or prefixes the server's");
+                s.not_translated(
+                    o,
+                    "cookie `rewrite` mode (HAProxy's default): tether inserts its own cookie or prefixes the server's",
+                );
                 return Ok(());
             }
         }
@@ -283,7 +340,9 @@ impl Backend {
         };
         self.has_servers = true;
         let address = address.strip_prefix("ipv4@").unwrap_or(address);
-        let port_ok = address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        let port_ok = address
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
         if !port_ok {
             self.section.not_translated(
                 o,
@@ -302,8 +361,15 @@ impl Backend {
         while i < options.len() {
             let option = options[i].as_str();
             let value = options.get(i + 1).cloned().unwrap_or_default();
-            i += if SERVER_OPTIONS_WITH_ARGUMENT.contains(&option) { 2 } else { 1 };
-            let number = |v: &str| v.parse::<u64>().map_err(|_| (o.line, format!("`{option} {v}` is not a number")));
+            i += if SERVER_OPTIONS_WITH_ARGUMENT.contains(&option) {
+                2
+            } else {
+                1
+            };
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| (o.line, format!("`{option} {v}` is not a number")))
+            };
             match option {
                 "weight" => server.set("weight", Value::Int(number(&value)?), o),
                 "maxconn" => server.set("maxconn", Value::Int(number(&value)?), o),
@@ -312,11 +378,17 @@ impl Backend {
                 "no-check" => checked = false,
                 "inter" | "rise" | "fall" => {
                     let v = if option == "inter" {
-                        Value::Str(duration(&value, "ms").ok_or_else(|| (o.line, format!("`inter {value}` is not a time")))?)
+                        Value::Str(
+                            duration(&value, "ms").ok_or_else(|| (o.line, format!("`inter {value}` is not a time")))?,
+                        )
                     } else {
                         Value::Int(number(&value)?)
                     };
-                    let key = if option == "inter" { "health.interval".to_string() } else { format!("health.{option}") };
+                    let key = if option == "inter" {
+                        "health.interval".to_string()
+                    } else {
+                        format!("health.{option}")
+                    };
                     keys.push((key, v));
                 }
                 "observe" => keys.push(("health.observe".to_string(), Value::Bool(true))),
@@ -373,16 +445,24 @@ impl Backend {
             3 => ("OPTIONS".to_string(), d.word(2).to_string(), String::new()),
             _ => (d.word(2).to_string(), d.word(3).to_string(), d.words[4..].join(" ")),
         };
-        self.http_check.push(("health.check".into(), Value::Str("http".into()), o.clone()));
-        self.http_check.push(("health.method".into(), Value::Str(method.to_ascii_uppercase()), o.clone()));
+        self.http_check
+            .push(("health.check".into(), Value::Str("http".into()), o.clone()));
+        self.http_check.push((
+            "health.method".into(),
+            Value::Str(method.to_ascii_uppercase()),
+            o.clone(),
+        ));
         self.http_check.push(("health.path".into(), Value::Str(uri), o.clone()));
         for header in version.split("\r\n").skip(1) {
             match header.split_once(':') {
                 Some((h, v)) if h.trim().eq_ignore_ascii_case("host") => {
-                    self.http_check.push(("health.host".into(), Value::Str(v.trim().to_string()), o.clone()))
+                    self.http_check
+                        .push(("health.host".into(), Value::Str(v.trim().to_string()), o.clone()))
                 }
                 _ if header.trim().is_empty() => {}
-                _ => self.section.not_translated(o, &format!("check header `{header}`: tether's check sends Host only")),
+                _ => self
+                    .section
+                    .not_translated(o, &format!("check header `{header}`: tether's check sends Host only")),
             }
         }
         self.http_check_origin = Some(o.clone());
@@ -429,7 +509,10 @@ impl Backend {
                 let origin = self.servers[self.checked.iter().position(|c| *c).unwrap_or(0)]
                     .from
                     .clone()
-                    .unwrap_or(Origin { line: 0, text: String::new() });
+                    .unwrap_or(Origin {
+                        line: 0,
+                        text: String::new(),
+                    });
                 vec![("health.check".to_string(), Value::Str("tcp".into()), origin)]
             } else {
                 std::mem::take(&mut self.http_check)
@@ -440,12 +523,16 @@ impl Backend {
             if self.checked.iter().any(|c| !*c) {
                 for (server, checked) in self.servers.iter_mut().zip(&self.checked) {
                     if let (false, Some(from)) = (checked, server.from.clone()) {
-                        server.not_translated(&from, "no `check` here, but tether checks every server of a backend with `health`");
+                        server.not_translated(
+                            &from,
+                            "no `check` here, but tether checks every server of a backend with `health`",
+                        );
                     }
                 }
             }
         } else if let Some(origin) = &self.http_check_origin {
-            self.section.builtin(origin, "no server has `check`, so nothing is checked (as in HAProxy)");
+            self.section
+                .builtin(origin, "no server has `check`, so nothing is checked (as in HAProxy)");
         }
         self.finish_stick();
         if self.redispatch.is_none() {
@@ -466,18 +553,23 @@ impl Backend {
         let table = self.stick_table.take();
         if self.stick_learn.is_empty() {
             for d in &self.stick_on {
-                self.section.not_translated(&d.origin, "tether stores ids only from server responses: add `stick store-response res.cook(…)`");
+                self.section.not_translated(
+                    &d.origin,
+                    "tether stores ids only from server responses: add `stick store-response res.cook(…)`",
+                );
             }
             if let Some(t) = table {
                 if !self.stick_match.is_empty() || self.stick_on.is_empty() {
-                    self.section.not_translated(&t.origin, "no `stick store-response` that tether can learn ids from");
+                    self.section
+                        .not_translated(&t.origin, "no `stick store-response` that tether can learn ids from");
                 }
             }
             return;
         }
         if self.stick_match.is_empty() {
             for (_, _, origin) in &self.stick_learn {
-                self.section.not_translated(origin, "no `stick on`/`stick match` saying where requests carry the id");
+                self.section
+                    .not_translated(origin, "no `stick on`/`stick match` saying where requests carry the id");
             }
             return;
         }
@@ -488,8 +580,12 @@ impl Backend {
         let origin = self.stick_match[0].1.clone();
         let remark = (!self.stick_on.is_empty())
             .then(|| "`stick on` also stores ids from requests; tether learns them only from responses".to_string());
-        self.section
-            .set_remarked("sticky.match", Value::Raw(format!("[{}]", matches.join(", "))), &origin, remark);
+        self.section.set_remarked(
+            "sticky.match",
+            Value::Raw(format!("[{}]", matches.join(", "))),
+            &origin,
+            remark,
+        );
         if let Some(t) = table {
             let mut i = 1;
             while i + 1 < t.words.len() {
@@ -504,8 +600,13 @@ impl Backend {
                         None => self.section.not_translated(&t.origin, "`size` is not a number"),
                     },
                     "type" | "len" => {}
-                    "peers" => self.section.not_translated(&t.origin, "`peers`: share learned ids between instances with [cluster] instead"),
-                    other => self.section.not_translated(&t.origin, &format!("stick-table `{other}` has no tether equivalent")),
+                    "peers" => self.section.not_translated(
+                        &t.origin,
+                        "`peers`: share learned ids between instances with [cluster] instead",
+                    ),
+                    other => self
+                        .section
+                        .not_translated(&t.origin, &format!("stick-table `{other}` has no tether equivalent")),
                 }
                 i += 2;
             }

@@ -104,7 +104,9 @@ fn parse(text: &str) -> Result<Vec<Block>, (usize, String)> {
         let Some(block) = blocks.last_mut() else {
             return Err((
                 line,
-                format!("`{first}` is outside any section: start one with global, defaults, frontend, backend or listen"),
+                format!(
+                    "`{first}` is outside any section: start one with global, defaults, frontend, backend or listen"
+                ),
             ));
         };
         block.directives.push(Directive { words, origin });
@@ -186,7 +188,10 @@ mod tests {
             words(r#"option httpchk GET /health HTTP/1.1\r\nHost:\ a"#).unwrap(),
             ["option", "httpchk", "GET", "/health", "HTTP/1.1\r\nHost: a"]
         );
-        assert_eq!(words(r#"acl a hdr(x) "a b" 'c\d'"#).unwrap(), ["acl", "a", "hdr(x)", "a b", "c\\d"]);
+        assert_eq!(
+            words(r#"acl a hdr(x) "a b" 'c\d'"#).unwrap(),
+            ["acl", "a", "hdr(x)", "a b", "c\\d"]
+        );
         assert!(words("acl a path \"x").is_err());
     }
 

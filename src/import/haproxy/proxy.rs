@@ -56,11 +56,17 @@ impl Frontend {
                     return Err((o.line, "`use_backend` needs a backend name".to_string()));
                 }
                 if backend.contains("%[") {
-                    s.not_translated(o, "tether routes name their backend; it cannot be computed from the request");
+                    s.not_translated(
+                        o,
+                        "tether routes name their backend; it cannot be computed from the request",
+                    );
                     return Ok(true);
                 }
                 if d.words.len() == 2 {
-                    s.not_translated(o, "a tether route needs a condition: write `default_backend` for a catch-all");
+                    s.not_translated(
+                        o,
+                        "a tether route needs a condition: write `default_backend` for a catch-all",
+                    );
                     return Ok(true);
                 }
                 match self.acls.routes(&d.words[2..]).map_err(|reason| (o.line, reason))? {
@@ -86,7 +92,8 @@ impl Frontend {
                     return Err((o.line, "`default_backend` needs a backend name".to_string()));
                 }
                 s.set("default_backend", Value::Str(backend.to_string()), o);
-                self.targets.retain(|(_, origin)| !origin.text.starts_with("default_backend"));
+                self.targets
+                    .retain(|(_, origin)| !origin.text.starts_with("default_backend"));
                 self.targets.push((backend.to_string(), o.clone()));
             }
             ("maxconn", n) => match n.parse::<u64>() {
@@ -179,11 +186,16 @@ impl Frontend {
             text: String::new(),
         });
         if self.plain_binds.is_empty() && self.tls_binds.is_empty() {
-            return Err((origin.line, format!("`{}` has no `bind`: tether cannot listen for it", self.name)));
+            return Err((
+                origin.line,
+                format!("`{}` has no `bind`: tether cannot listen for it", self.name),
+            ));
         }
         for stats in &self.stats {
-            self.section
-                .not_translated(&stats.origin, "tether serves its stats page on the [admin] address, not on a frontend");
+            self.section.not_translated(
+                &stats.origin,
+                "tether serves its stats page on the [admin] address, not on a frontend",
+            );
         }
         if let Some((value, from, remark)) = forward {
             self.section.set_remarked("forward_headers", value, &from, remark);
@@ -229,7 +241,11 @@ impl Frontend {
                         .iter()
                         .map(|(f, _)| format!("{{ cert = {}, key = {} }}", quote(f), quote(f)))
                         .collect();
-                    tls.set("tls.certificates", Value::Raw(format!("[{}]", list.join(", "))), &many[0].1);
+                    tls.set(
+                        "tls.certificates",
+                        Value::Raw(format!("[{}]", list.join(", "))),
+                        &many[0].1,
+                    );
                 }
             }
             tls.children = self.routes;
@@ -278,7 +294,9 @@ pub(super) fn translate(blocks: &[Block]) -> Result<Doc, (usize, String)> {
                     if d.word(0) == "mode" {
                         match d.word(1) {
                             "http" => doc.top.builtin(&d.origin, "tether always speaks HTTP"),
-                            _ => doc.top.not_translated(&d.origin, "tether balances HTTP and WebSocket only, not raw TCP"),
+                            _ => doc
+                                .top
+                                .not_translated(&d.origin, "tether balances HTTP and WebSocket only, not raw TCP"),
                         }
                         continue;
                     }
@@ -289,9 +307,11 @@ pub(super) fn translate(blocks: &[Block]) -> Result<Doc, (usize, String)> {
                 }
             }
             Kind::Other => {
-                doc.top.not_translated(&block.origin, "a section tether has no equivalent of");
+                doc.top
+                    .not_translated(&block.origin, "a section tether has no equivalent of");
                 for d in &block.directives {
-                    doc.top.not_translated(&d.origin, "inside a section tether has no equivalent of");
+                    doc.top
+                        .not_translated(&d.origin, "inside a section tether has no equivalent of");
                 }
             }
             Kind::Frontend | Kind::Backend | Kind::Listen => {
@@ -299,18 +319,28 @@ pub(super) fn translate(blocks: &[Block]) -> Result<Doc, (usize, String)> {
                 let mut fe = (block.kind != Kind::Backend).then(|| Frontend::new(&block.name, &block.origin));
                 let mut be = (block.kind != Kind::Frontend).then(|| Backend::new(&block.name, &block.origin));
                 if let (Some(fe), Some(_)) = (&mut fe, &be) {
-                    fe.section.set("default_backend", Value::Str(block.name.clone()), &block.origin);
+                    fe.section
+                        .set("default_backend", Value::Str(block.name.clone()), &block.origin);
                     fe.targets.push((block.name.clone(), block.origin.clone()));
                 }
-                for (own, d) in inherited.iter().map(|d| (false, d)).chain(block.directives.iter().map(|d| (true, d))) {
+                for (own, d) in inherited
+                    .iter()
+                    .map(|d| (false, d))
+                    .chain(block.directives.iter().map(|d| (true, d)))
+                {
                     if d.word(0) == "mode" {
                         if own || d.word(1) != "http" {
-                            let target = fe.as_mut().map_or_else(|| be.as_mut().map(|b| &mut b.section), |f| Some(&mut f.section));
+                            let target = fe
+                                .as_mut()
+                                .map_or_else(|| be.as_mut().map(|b| &mut b.section), |f| Some(&mut f.section));
                             if let Some(section) = target {
                                 if d.word(1) == "http" {
                                     section.builtin(&d.origin, "tether always speaks HTTP");
                                 } else {
-                                    section.not_translated(&d.origin, "tether balances HTTP and WebSocket only, not raw TCP");
+                                    section.not_translated(
+                                        &d.origin,
+                                        "tether balances HTTP and WebSocket only, not raw TCP",
+                                    );
                                 }
                             }
                         }
@@ -417,7 +447,10 @@ fn admin(fe: Frontend) -> Result<Section, (usize, String)> {
                     ),
                 );
             }
-            "uri" => admin.not_translated(o, "tether's stats page is at / of the admin address (JSON under /api/v1/, metrics at /metrics)"),
+            "uri" => admin.not_translated(
+                o,
+                "tether's stats page is at / of the admin address (JSON under /api/v1/, metrics at /metrics)",
+            ),
             other => admin.not_translated(o, &format!("`stats {other}` has no tether equivalent")),
         }
     }
@@ -435,7 +468,10 @@ fn admin(fe: Frontend) -> Result<Section, (usize, String)> {
                 if users { " (see the re-hashing note)" } else { "" }
             )),
         );
-        admin.not_translated(&bind_origin, "the stats page listens on loopback until [admin] has users");
+        admin.not_translated(
+            &bind_origin,
+            "the stats page listens on loopback until [admin] has users",
+        );
     }
     for d in fe.section.items.iter() {
         if let super::super::output::Item::NotTranslated { from, reason } = d {

@@ -220,8 +220,9 @@ mod tests {
 
     #[test]
     fn blocks_nest_and_keep_their_lines() {
-        let nodes = read("http {\n  upstream ws { server 127.0.0.1:1 weight=2; }\n  map $a $b { default x; '' y; }\n}\n")
-            .unwrap();
+        let nodes =
+            read("http {\n  upstream ws { server 127.0.0.1:1 weight=2; }\n  map $a $b { default x; '' y; }\n}\n")
+                .unwrap();
         let http = nodes[0].block.as_ref().unwrap();
         assert_eq!(http[0].name, "upstream");
         assert_eq!(http[0].origin.line, 2);

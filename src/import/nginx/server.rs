@@ -115,9 +115,10 @@ pub(super) fn translate(nodes: &[Node]) -> Result<Doc, (usize, String)> {
                 }
             }
             "http" => http_level.extend(node.block.iter().flatten().cloned()),
-            "user" | "pid" | "daemon" | "master_process" | "worker_rlimit_nofile" => {
-                ctx.doc.top.not_translated(o, "run tether under a service manager (systemd) for this")
-            }
+            "user" | "pid" | "daemon" | "master_process" | "worker_rlimit_nofile" => ctx
+                .doc
+                .top
+                .not_translated(o, "run tether under a service manager (systemd) for this"),
             "error_log" => ctx.doc.top.not_translated(o, "tether logs to stderr"),
             "stream" | "mail" => ctx.doc.top.not_translated(o, "tether balances HTTP and WebSocket only"),
             _ => http_level.push(node.clone()),
@@ -151,9 +152,10 @@ fn http(ctx: &mut Ctx, nodes: &[Node]) -> Result<(), (usize, String)> {
     // http-level inherited directives no server used are still accounted for.
     for node in nodes.iter().filter(|n| inheritable(&n.name)) {
         if !ctx.noted.iter().any(|(_, line)| *line == node.origin.line) {
-            ctx.doc
-                .top
-                .builtin(&node.origin, "inherited by the server blocks below (see their comments)");
+            ctx.doc.top.builtin(
+                &node.origin,
+                "inherited by the server blocks below (see their comments)",
+            );
         }
     }
     Ok(())
@@ -166,10 +168,16 @@ fn reason(name: &str) -> String {
         "root" | "index" | "try_files" | "alias" | "sendfile" | "default_type" | "types" | "autoindex" => {
             "tether serves no files".into()
         }
-        "ssl_protocols" | "ssl_ciphers" | "ssl_prefer_server_ciphers" | "ssl_session_cache" | "ssl_session_timeout"
-        | "ssl_session_tickets" | "ssl_dhparam" | "ssl_ecdh_curve" | "ssl_stapling" | "ssl_stapling_verify" => {
-            "tether's TLS settings are rustls's safe defaults (TLS 1.2 and 1.3)".into()
-        }
+        "ssl_protocols"
+        | "ssl_ciphers"
+        | "ssl_prefer_server_ciphers"
+        | "ssl_session_cache"
+        | "ssl_session_timeout"
+        | "ssl_session_tickets"
+        | "ssl_dhparam"
+        | "ssl_ecdh_curve"
+        | "ssl_stapling"
+        | "ssl_stapling_verify" => "tether's TLS settings are rustls's safe defaults (TLS 1.2 and 1.3)".into(),
         "add_header" | "more_set_headers" => "tether has no response header rules yet".into(),
         "gzip" | "gzip_types" | "gzip_proxied" => "tether does not compress responses".into(),
         name => format!("`{name}` has no tether equivalent"),
@@ -181,18 +189,22 @@ fn reason(name: &str) -> String {
 fn map(ctx: &mut Ctx, node: &Node) {
     let entries = node.block.as_deref().unwrap_or(&[]);
     let idiom = node.arg(0) == "$http_upgrade"
-        && entries
-            .iter()
-            .all(|e| matches!((e.name.as_str(), e.arg(0)), ("default", "upgrade" | "Upgrade") | ("", "close")));
+        && entries.iter().all(|e| {
+            matches!(
+                (e.name.as_str(), e.arg(0)),
+                ("default", "upgrade" | "Upgrade") | ("", "close")
+            )
+        });
     if idiom {
         ctx.doc.top.builtin(
             &node.origin,
             "the WebSocket Connection idiom: tether forwards Upgrade handshakes by itself",
         );
     } else {
-        ctx.doc
-            .top
-            .not_translated(&node.origin, "tether has no variables; maps other than the Upgrade idiom are not translated");
+        ctx.doc.top.not_translated(
+            &node.origin,
+            "tether has no variables; maps other than the Upgrade idiom are not translated",
+        );
     }
 }
 
@@ -234,7 +246,10 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
                 "default_server" | "default" => {}
                 "http2" => fe.builtin(&n.origin, "tether offers HTTP/2 by ALPN on TLS frontends"),
                 "reuseport" => fe.builtin(&n.origin, "tether listens with SO_REUSEPORT, one socket per worker"),
-                other => fe.not_translated(&n.origin, &format!("listen parameter `{other}` has no tether equivalent")),
+                other => fe.not_translated(
+                    &n.origin,
+                    &format!("listen parameter `{other}` has no tether equivalent"),
+                ),
             }
         }
         if ctx.listening.contains(&address) {
@@ -263,15 +278,19 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
         let no = &n.origin;
         match n.name.as_str() {
             "listen" => {}
-            "server_name" => fe.builtin(no, "the only server block on its addresses takes every host, as NGINX's default server"),
+            "server_name" => fe.builtin(
+                no,
+                "the only server block on its addresses takes every host, as NGINX's default server",
+            ),
             "ssl_certificate" => certs.push(n),
             "ssl_certificate_key" => keys.push(n),
             "location" => {
                 let order = located.len();
                 located.push(location(ctx, &mut fe, &key, n, &inherited, &mut forward, order)?);
             }
-            "return" if matches!(n.arg(0), "301" | "302" | "307" | "308")
-                && (n.arg(1) == "https://$host$request_uri" || n.arg(1) == "https://$server_name$request_uri") =>
+            "return"
+                if matches!(n.arg(0), "301" | "302" | "307" | "308")
+                    && (n.arg(1) == "https://$host$request_uri" || n.arg(1) == "https://$server_name$request_uri") =>
             {
                 fe.set_remarked(
                     "redirect_https",
@@ -293,10 +312,19 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
     let remark = forward
         .is_empty()
         .then(|| "NGINX adds no forwarding headers unless `proxy_set_header` sets them".to_string());
-    if fe.items.iter().all(|i| !matches!(i, Item::Key { key, .. } if key == "redirect_https")) {
+    if fe
+        .items
+        .iter()
+        .all(|i| !matches!(i, Item::Key { key, .. } if key == "redirect_https"))
+    {
         fe.set_remarked("forward_headers", forward_value, &from, remark);
     }
-    located.sort_by(|a, b| a.rank.cmp(&b.rank).then(b.length.cmp(&a.length)).then(a.order.cmp(&b.order)));
+    located.sort_by(|a, b| {
+        a.rank
+            .cmp(&b.rank)
+            .then(b.length.cmp(&a.length))
+            .then(a.order.cmp(&b.order))
+    });
     let routes: Vec<Section> = located.into_iter().filter_map(|l| l.route).collect();
     let bind = |list: &[(String, Origin)]| Value::Strs(list.iter().map(|(a, _)| a.clone()).collect());
     if !plain.is_empty() {
@@ -314,7 +342,9 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
                 &tls[0].1,
                 Some("a tether frontend is all TLS or all plain: the ssl listens are a frontend of their own".into()),
             );
-            section.items.retain(|i| !matches!(i, Item::Key { key, .. } if key == "redirect_https"));
+            section
+                .items
+                .retain(|i| !matches!(i, Item::Key { key, .. } if key == "redirect_https"));
         }
         section.set("bind", bind(&tls), &tls[0].1);
         match (certs.first(), keys.first()) {
@@ -325,7 +355,10 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
             _ => section.not_translated(&tls[0].1, "`ssl` without ssl_certificate and ssl_certificate_key"),
         }
         for extra in certs.iter().skip(1).chain(keys.iter().skip(1)) {
-            section.not_translated(&extra.origin, "a second certificate for one name (RSA + ECDSA): tether takes one per name");
+            section.not_translated(
+                &extra.origin,
+                "a second certificate for one name (RSA + ECDSA): tether takes one per name",
+            );
         }
         section.children = routes;
         ctx.doc.frontends.push(section);
@@ -366,7 +399,6 @@ fn size(text: &str) -> Option<u64> {
     digits.parse::<u64>().ok().map(|n| n * factor)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn location(
     ctx: &mut Ctx,
     fe: &mut Section,
@@ -382,7 +414,12 @@ fn location(
     let (modifier, path) = match node.args.as_slice() {
         [path] => ("", path.as_str()),
         [modifier, path] => (modifier.as_str(), path.as_str()),
-        _ => return Err((o.line, "`location` needs a path, optionally after =, ^~, ~ or ~*".to_string())),
+        _ => {
+            return Err((
+                o.line,
+                "`location` needs a path, optionally after =, ^~, ~ or ~*".to_string(),
+            ))
+        }
     };
     let mut out = Located {
         rank: 3,
@@ -402,7 +439,11 @@ fn location(
         }
         "~" | "~*" => {
             out.rank = 2;
-            let pattern = if modifier == "~*" { format!("(?i){path}") } else { path.to_string() };
+            let pattern = if modifier == "~*" {
+                format!("(?i){path}")
+            } else {
+                path.to_string()
+            };
             if regex::Regex::new(&pattern).is_err() {
                 fe.not_translated(o, "a regular expression tether (Rust regex) does not accept");
                 return Ok(out);
@@ -412,7 +453,10 @@ fn location(
         other => return Err((o.line, format!("`{other}` is not a location modifier (=, ^~, ~, ~*)"))),
     };
     if path.starts_with('@') {
-        fe.not_translated(o, "named locations are reached by internal redirects, which tether does not make");
+        fe.not_translated(
+            o,
+            "named locations are reached by internal redirects, which tether does not make",
+        );
         return Ok(out);
     }
     let mut backend = None;
@@ -457,7 +501,10 @@ fn proxy_pass(ctx: &mut Ctx, fe: &mut Section, n: &Node, location: &str) -> Resu
     } else if let Some(rest) = url.strip_prefix("https://") {
         (true, rest)
     } else {
-        return Err((o.line, format!("`proxy_pass {url}`: the URL starts with http:// or https://")));
+        return Err((
+            o.line,
+            format!("`proxy_pass {url}`: the URL starts with http:// or https://"),
+        ));
     };
     if rest.contains('$') {
         fe.not_translated(o, "tether's backends are named, not computed from variables");
@@ -466,12 +513,20 @@ fn proxy_pass(ctx: &mut Ctx, fe: &mut Section, n: &Node, location: &str) -> Resu
     let (host, uri) = rest.split_once('/').map_or((rest, None), |(h, u)| (h, Some(u)));
     if let Some(uri) = uri {
         if !(uri.is_empty() && location == "/") {
-            fe.not_translated(o, "a URI in proxy_pass rewrites the path; tether forwards the path as it came");
+            fe.not_translated(
+                o,
+                "a URI in proxy_pass rewrites the path; tether forwards the path as it came",
+            );
             return Ok(None);
         }
     }
     if let Some(upstream) = ctx.upstreams.iter_mut().find(|u| name_of(u) == host) {
-        if tls && !upstream.items.iter().any(|i| matches!(i, Item::Key { key, .. } if key == "tls")) {
+        if tls
+            && !upstream
+                .items
+                .iter()
+                .any(|i| matches!(i, Item::Key { key, .. } if key == "tls"))
+        {
             upstream.set_remarked(
                 "tls",
                 Value::Raw("{ verify = false }".into()),
@@ -563,11 +618,20 @@ fn proxy_settings(ctx: &mut Ctx, backend: &str, inherited: &Inherited, location:
                     return;
                 }
             },
-            None => (default.to_string(), location.clone(), Some(format!("NGINX's default when not set: {default}"))),
+            None => (
+                default.to_string(),
+                location.clone(),
+                Some(format!("NGINX's default when not set: {default}")),
+            ),
         };
         for key in keys {
             let earlier = section.items.iter().find_map(|i| match i {
-                Item::Key { key: k, value: Value::Str(v), from, .. } if k == key => Some((v.clone(), from[0].line)),
+                Item::Key {
+                    key: k,
+                    value: Value::Str(v),
+                    from,
+                    ..
+                } if k == key => Some((v.clone(), from[0].line)),
                 _ => None,
             });
             match earlier {

@@ -54,14 +54,22 @@ fn directive(backend: &mut Section, d: &Node) -> Result<(), (usize, String)> {
                 "balance",
                 Value::Str("source".into()),
                 o,
-                Some("NGINX's ip_hash hashes the first three octets of an IPv4 address; tether hashes the whole address".into()),
+                Some(
+                    "NGINX's ip_hash hashes the first three octets of an IPv4 address; tether hashes the whole address"
+                        .into(),
+                ),
             );
         }
         ("hash", key) => {
             let consistent = match d.arg(1) {
                 "consistent" => true,
                 "" => false,
-                other => return Err((o.line, format!("`hash {key} {other}`: only `consistent` may follow the key"))),
+                other => {
+                    return Err((
+                        o.line,
+                        format!("`hash {key} {other}`: only `consistent` may follow the key"),
+                    ))
+                }
             };
             let named = |prefix: &str| key.strip_prefix(prefix).filter(|n| !n.is_empty());
             let (balance, hash_key, remark) = if key == "$remote_addr" || key == "$binary_remote_addr" {
@@ -87,10 +95,17 @@ fn directive(backend: &mut Section, d: &Node) -> Result<(), (usize, String)> {
             if let Some(hash_key) = hash_key {
                 backend.set("hash_key", Value::Str(hash_key), o);
             }
-            backend.set("hash", Value::Str(if consistent { "consistent" } else { "map" }.into()), o);
+            backend.set(
+                "hash",
+                Value::Str(if consistent { "consistent" } else { "map" }.into()),
+                o,
+            );
         }
         ("random", "two") if matches!(d.arg(1), "" | "least_conn") => set_balance(backend, "random"),
-        ("random", _) => backend.not_translated(o, "tether's random picks the less loaded of two servers (`random two least_conn`)"),
+        ("random", _) => backend.not_translated(
+            o,
+            "tether's random picks the less loaded of two servers (`random two least_conn`)",
+        ),
         ("sticky", "cookie") => sticky_cookie(backend, d),
         ("sticky", "learn") => sticky_learn(backend, d),
         ("sticky", _) => backend.not_translated(o, "tether's stickiness is `sticky cookie` or `sticky learn`"),
@@ -124,7 +139,10 @@ fn server(backend: &mut Section, d: &Node) -> Result<(), (usize, String)> {
     let mut max_fails_zero = false;
     for param in &d.args[1..] {
         let (key, value) = param.split_once('=').unwrap_or((param.as_str(), ""));
-        let number = |v: &str| v.parse::<u64>().map_err(|_| (o.line, format!("`{param}`: not a number")));
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| (o.line, format!("`{param}`: not a number")))
+        };
         match key {
             "weight" => server.set("weight", Value::Int(number(value)?), o),
             "max_conns" => match number(value)? {
@@ -202,7 +220,10 @@ fn sticky_learn(backend: &mut Section, d: &Node) {
                 } else if let Some(h) = value.strip_prefix("$upstream_http_") {
                     learned.push(("sticky.learn.response_header", h.replace('_', "-")));
                 } else {
-                    backend.not_translated(o, &format!("`create={value}`: tether learns from a response cookie or header"));
+                    backend.not_translated(
+                        o,
+                        &format!("`create={value}`: tether learns from a response cookie or header"),
+                    );
                 }
             }
             "lookup" => {
@@ -213,7 +234,10 @@ fn sticky_learn(backend: &mut Section, d: &Node) {
                 } else if let Some(h) = value.strip_prefix("$http_") {
                     lookups.push(format!("{{ header = {} }}", quote(&h.replace('_', "-"))));
                 } else {
-                    backend.not_translated(o, &format!("`lookup={value}`: tether matches a cookie, query parameter or header"));
+                    backend.not_translated(
+                        o,
+                        &format!("`lookup={value}`: tether matches a cookie, query parameter or header"),
+                    );
                 }
             }
             "timeout" => match duration(value, "s") {
@@ -221,12 +245,17 @@ fn sticky_learn(backend: &mut Section, d: &Node) {
                 None => backend.not_translated(o, "`timeout` is not a time"),
             },
             "zone" => {}
-            "header" | "sync" => backend.not_translated(o, &format!("`{key}`: share learned ids with [cluster] instead")),
+            "header" | "sync" => {
+                backend.not_translated(o, &format!("`{key}`: share learned ids with [cluster] instead"))
+            }
             _ => backend.not_translated(o, &format!("sticky learn parameter `{key}` has no tether equivalent")),
         }
     }
     if learned.is_empty() || lookups.is_empty() {
-        backend.not_translated(o, "`sticky learn` needs a create= tether can learn from and a lookup= it can match");
+        backend.not_translated(
+            o,
+            "`sticky learn` needs a create= tether can learn from and a lookup= it can match",
+        );
         return;
     }
     for (key, value) in learned {

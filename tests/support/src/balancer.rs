@@ -36,7 +36,9 @@ pub fn find_balancer(kind: BalancerKind) -> Result<String, String> {
             return Ok(candidate);
         }
     }
-    Err(format!("{name} is not installed: `apt-get install {name}` (.ci/run installs it)"))
+    Err(format!(
+        "{name} is not installed: `apt-get install {name}` (.ci/run installs it)"
+    ))
 }
 
 /// A running HAProxy or NGINX; killed when dropped.
