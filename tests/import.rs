@@ -527,3 +527,33 @@ fn write_certificate(dir: &Path, cert: &str, key: &str) {
         std::fs::write(dir.join(key), pair.serialize_pem()).unwrap();
     }
 }
+
+#[test]
+fn haproxy_stats_listener_becomes_admin_and_asks_for_rehashed_passwords() {
+    let file = "haproxy-stats.cfg";
+    let imported = import_checked("haproxy", file, 2);
+    let config = value(&imported.toml);
+    assert_eq!(
+        config["admin"]["bind"].as_str(),
+        Some("127.0.0.1:8404"),
+        "without users tether serves the admin address on loopback only"
+    );
+    assert!(config["admin"].get("users").is_none(), "no password is invented");
+    assert_eq!(config["frontend"].as_array().map(Vec::len), Some(1));
+    assert!(imported
+        .toml
+        .contains("# note: tether serves an admin address other than loopback only with `users`"));
+    let path = fixture_path_in_output(&imported, file);
+    assert_not_translated(
+        &imported,
+        &path,
+        16,
+        "passwords must be re-hashed with `tether hash-password`",
+    );
+    assert_not_translated(&imported, &path, 14, "loopback");
+    assert!(imported.toml.contains("stats auth admin:****"), "{}", imported.toml);
+    assert!(
+        !imported.toml.contains("s3cret") && !imported.stderr.contains("s3cret"),
+        "the password is not copied"
+    );
+}

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tether_test_support::{
-    backend, closed_port, connect_from, find_balancer, server_of, ws_handshake_on, BalancerKind, ExternalBalancer,
-    TestBackend, TetherProcess,
+    backend, closed_port, connect_from, find_balancer, get_request, http_client, send, server_of, ws_handshake_on,
+    BalancerKind, ExternalBalancer, TestBackend, TetherProcess,
 };
 
 /// The balancer's binary, or None (test skipped) when it is missing and not required.
@@ -179,8 +179,8 @@ async fn backends(names: &[&str], written: &[&str]) -> (Vec<Option<TestBackend>>
 /// What one balancer did with the Socket.IO layout.
 #[derive(Debug, PartialEq, Eq)]
 struct SocketIoBehaviour {
-    /// Backend group of `/`, `/socket.io/`, and a WebSocket to another path.
-    groups: [&'static str; 3],
+    /// Backend group of `/`, `/socket.io/`, a WebSocket to another path, and `/` for host `ws.example.com`.
+    groups: [&'static str; 4],
     /// Clients per server for 30 WebSockets opened one after another, all held open.
     spread: Vec<usize>,
     /// Reconnects (with the cookie) that reached the same server.
@@ -190,6 +190,15 @@ struct SocketIoBehaviour {
     failed_after_death: usize,
     kept_after_death: usize,
     moved_after_death: usize,
+}
+
+/// The server that answers `GET /` for `host`.
+async fn server_for_host(addr: SocketAddr, host: &str) -> String {
+    let mut request = get_request("/");
+    request.headers_mut().insert("host", host.parse().expect("a host"));
+    let (status, headers, _) = send(&mut http_client(addr).await, request).await;
+    assert_eq!(status.as_u16(), 200, "GET / for {host}");
+    headers["x-server"].to_str().unwrap_or_default().to_string()
 }
 
 fn group(server: &str) -> &'static str {
@@ -237,6 +246,7 @@ async fn haproxy_socketio_layout_behaves_the_same_through_tether() {
             group(&server_of(addr, "/").await),
             group(&server_of(addr, "/socket.io/?EIO=4&transport=polling&t=1").await),
             group(&ok(other, who)[0].server),
+            group(&server_for_host(addr, "ws.example.com").await),
         ];
         let landings = ok(wave(addr, path, &clients, None).await, who);
         let again = ok(wave(addr, path, &clients, Some(&landings)).await, who);
@@ -282,7 +292,7 @@ async fn haproxy_socketio_layout_behaves_the_same_through_tether() {
         ));
     }
     let expected = SocketIoBehaviour {
-        groups: ["web", "websockets", "websockets"],
+        groups: ["web", "websockets", "websockets", "websockets"],
         spread: vec![10, 10, 10],
         stuck: 30,
         failed_after_death: 0,

@@ -68,7 +68,7 @@ fn parse(text: &str) -> Result<Vec<Block>, (usize, String)> {
         let Some(first) = words.first() else { continue };
         let origin = Origin {
             line,
-            text: raw_line.trim().to_string(),
+            text: redacted(raw_line.trim(), &words),
         };
         let kind = match first.as_str() {
             "global" => Some(Kind::Global),
@@ -112,6 +112,20 @@ fn parse(text: &str) -> Result<Vec<Block>, (usize, String)> {
         block.directives.push(Directive { words, origin });
     }
     Ok(blocks)
+}
+
+/// The line as comments and warnings quote it: passwords (`stats auth
+/// user:password`, `user NAME password|insecure-password SECRET`) replaced by
+/// `****`, so the import never copies a secret into the new file or a log.
+fn redacted(line: &str, words: &[String]) -> String {
+    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["stats", "auth", credentials, ..] => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("stats auth {user}:****")
+        }
+        ["user", name, kind @ ("password" | "insecure-password"), ..] => format!("user {name} {kind} ****"),
+        _ => line.to_string(),
+    }
 }
 
 /// The words of one line, HAProxy-style: spaces separate, `#` starts a

@@ -122,6 +122,21 @@ fn tokens(text: &str) -> Result<Vec<(Token, usize)>, (usize, String)> {
     Ok(out)
 }
 
+/// Words as they would be written: empty ones and ones with spaces quoted.
+fn shown(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.is_empty() || w.contains(char::is_whitespace) {
+                format!("\"{w}\"")
+            } else {
+                w.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// NGINX's escapes: `\"`, `\'`, `\\`, `\t`, `\r`, `\n`; any other `\x` stays
 /// as written (so `\.` reaches a regular expression intact).
 fn unescape(out: &mut String, next: char) {
@@ -166,7 +181,7 @@ fn block(tokens: &[(Token, usize)], at: &mut usize, opened: Option<usize>) -> Re
                     args: args.to_vec(),
                     origin: Origin {
                         line: first_line,
-                        text: format!("{};", words.join(" ")),
+                        text: format!("{};", shown(&words)),
                     },
                     block: None,
                 });
@@ -178,7 +193,7 @@ fn block(tokens: &[(Token, usize)], at: &mut usize, opened: Option<usize>) -> Re
                 };
                 let origin = Origin {
                     line: first_line,
-                    text: format!("{} {{", words.join(" ")),
+                    text: format!("{} {{", shown(&words)),
                 };
                 let (name, args) = (name.clone(), args.to_vec());
                 words.clear();
