@@ -7,7 +7,7 @@ mod server;
 mod stick;
 
 use super::super::duration;
-use super::super::output::{Origin, Section, Value};
+use super::super::output::{Item, Origin, Section, Value};
 use super::Directive;
 
 /// A backend being translated.
@@ -291,6 +291,36 @@ impl Backend {
         Ok(())
     }
 
+    /// Without `timeout tunnel`, HAProxy closes an idle WebSocket after
+    /// `timeout client`/`timeout server`; tether's own default is an hour, so
+    /// the server timeout is written as the tunnel's.
+    fn tunnel_from_server_timeout(&mut self) {
+        let key = |item: &Item, name: &str| matches!(item, Item::Key { key, .. } if key == name);
+        if self.section.items.iter().any(|i| key(i, "timeouts.tunnel")) {
+            return;
+        }
+        let server = self.section.items.iter().find_map(|i| match i {
+            Item::Key {
+                key,
+                value: Value::Str(v),
+                from,
+                ..
+            } if key == "timeouts.server" => Some((v.clone(), from[0].clone())),
+            _ => None,
+        });
+        if let Some((value, from)) = server {
+            self.section.set_remarked(
+                "timeouts.tunnel",
+                Value::Str(value),
+                &from,
+                Some(
+                    "no `timeout tunnel`: HAProxy closes idle WebSockets after `timeout client`/`timeout server`"
+                        .into(),
+                ),
+            );
+        }
+    }
+
     /// Writes the health, stickiness and redispatch keys and returns the finished section.
     pub fn finish(mut self) -> Section {
         let any_checked = self.checked.iter().any(|c| *c);
@@ -325,6 +355,7 @@ impl Backend {
                 .builtin(origin, "no server has `check`, so nothing is checked (as in HAProxy)");
         }
         self.finish_stick();
+        self.tunnel_from_server_timeout();
         if self.redispatch.is_none() {
             if let Some(from) = self.section.from.clone() {
                 self.section.set_remarked(
