@@ -297,10 +297,26 @@ fn haproxy_every_directive_is_translated_or_reported() {
         (115, "stats realm"),
         (116, "tether hash-password"),
         (119, "section"),
+        (129, "backup"),
+        (128, "backend `spare` has no server tether can use"),
+        (125, "backend `spare` has no server tether can use"),
+        (126, "backend `spare` has no server tether can use"),
     ] {
         assert_not_translated(&imported, &fixture_path_in_output(&imported, file), line, reason);
     }
     assert!(imported.stderr.contains("directive(s) not translated"));
+    let spare = config["frontend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"].as_str() == Some("spare_in"));
+    let spare = spare.expect("the frontend stays");
+    assert!(spare.get("route").is_none() && spare.get("default_backend").is_none());
+    assert!(config["backend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b["name"].as_str() != Some("spare")));
 }
 
 /// The file name as the import printed it (the temporary copy's path).

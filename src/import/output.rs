@@ -175,6 +175,66 @@ pub(super) struct Doc {
 }
 
 impl Doc {
+    /// Leaves out backends left without a server tether can use (every one
+    /// a backup, a socket path, …), and the routes and `default_backend`s
+    /// naming them, each with a note: tether refuses a backend without servers.
+    pub fn drop_empty_backends(&mut self) {
+        let (empty, kept): (Vec<Section>, Vec<Section>) = std::mem::take(&mut self.backends)
+            .into_iter()
+            .partition(|b| b.children.is_empty());
+        self.backends = kept;
+        for backend in empty {
+            let name = match backend.items.iter().find_map(|i| match i {
+                Item::Key {
+                    key,
+                    value: Value::Str(v),
+                    ..
+                } if key == "name" => Some(v.clone()),
+                _ => None,
+            }) {
+                Some(name) => name,
+                None => continue,
+            };
+            let reason =
+                format!("backend `{name}` has no server tether can use: it is left out, with what routes to it");
+            for item in &backend.items {
+                if let Item::NotTranslated { .. } = item {
+                    self.top.items.push(item.clone());
+                }
+            }
+            if let Some(from) = &backend.from {
+                self.top.not_translated(from, &reason);
+            }
+            for frontend in &mut self.frontends {
+                let mut notes = Vec::new();
+                frontend.items.retain(|item| match item {
+                    Item::Key {
+                        key,
+                        value: Value::Str(v),
+                        from,
+                        ..
+                    } if key == "default_backend" && *v == name => {
+                        notes.extend(from.iter().cloned());
+                        false
+                    }
+                    _ => true,
+                });
+                frontend.children.retain(|route| {
+                    let to_it = route.items.iter().any(
+                        |i| matches!(i, Item::Key { key, value: Value::Str(v), .. } if key == "backend" && *v == name),
+                    );
+                    if to_it {
+                        notes.extend(route.from.iter().cloned());
+                    }
+                    !to_it
+                });
+                for from in notes {
+                    frontend.not_translated(&from, &reason);
+                }
+            }
+        }
+    }
+
     /// Prints the TOML (source comments naming `file:line`) and collects the
     /// untranslated directives, each once even when several sections inherited it.
     pub fn render(&self, file: &str, kind: &str) -> Translation {

@@ -51,11 +51,12 @@ pub(super) fn translate(text: &str, file: &str) -> Result<Translation, ParseErro
         line,
         reason,
     })?;
-    let doc = proxy::translate(&blocks).map_err(|(line, reason)| ParseError {
+    let mut doc = proxy::translate(&blocks).map_err(|(line, reason)| ParseError {
         file: file.to_string(),
         line,
         reason,
     })?;
+    doc.drop_empty_backends();
     Ok(doc.render(file, "HAProxy"))
 }
 

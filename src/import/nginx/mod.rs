@@ -32,7 +32,8 @@ pub(super) fn translate(text: &str, file: &str) -> Result<Translation, ParseErro
     };
     let tokens = tokens(text).map_err(error)?;
     let nodes = parse(&tokens).map_err(error)?;
-    let doc = server::translate(&nodes).map_err(error)?;
+    let mut doc = server::translate(&nodes).map_err(error)?;
+    doc.drop_empty_backends();
     Ok(doc.render(file, "NGINX"))
 }
 

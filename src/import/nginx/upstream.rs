@@ -18,8 +18,8 @@ pub(super) fn upstream(node: &Node) -> Result<Section, (usize, String)> {
     for d in node.block.iter().flatten() {
         directive(&mut backend, d)?;
     }
-    if backend.children.is_empty() {
-        return Err((o.line, format!("upstream `{name}` has no server tether can use")));
+    if !node.block.iter().flatten().any(|d| d.name == "server") {
+        return Err((o.line, format!("upstream `{name}` has no `server`")));
     }
     Ok(backend)
 }
