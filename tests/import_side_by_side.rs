@@ -48,7 +48,10 @@ fn substitute(text: &str, pairs: &[(String, String)]) -> String {
 
 /// `tether import KIND` of `text` (through a file, as an operator does); it must translate completely.
 fn import(kind: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("tether-side-by-side-{}-{kind}", std::process::id()));
+    // One folder per call: the tests run in parallel threads of one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tether-side-by-side-{}-{kind}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("original.conf");
     std::fs::write(&file, text).unwrap();
