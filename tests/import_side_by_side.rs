@@ -302,6 +302,9 @@ async fn haproxy_socketio_layout_behaves_the_same_through_tether() {
         kept_after_death: 20,
         moved_after_death: 10,
     };
+    for (who, behaviour) in &behaviours {
+        eprintln!("{who}: {behaviour:?}");
+    }
     assert_eq!(behaviours[0].1, expected, "HAProxy: {}", haproxy.logs());
     assert_eq!(behaviours[1].1, behaviours[0].1, "tether behaves as HAProxy does");
     drop(servers);
@@ -441,6 +444,7 @@ async fn nginx_hash_remote_addr_consistent_layout_behaves_the_same_through_tethe
         return;
     };
     for (who, b, on_victim) in [("NGINX", nginx, nginx_on), ("tether", tether, tether_on)] {
+        eprintln!("{who}: {b:?}, {on_victim} on the dead server");
         assert!(b.spread.len() >= 2, "{who} spreads the addresses: {b:?}");
         assert_eq!(b.stable, 30, "{who}: every address keeps its server");
         assert!(*on_victim > 0, "{who}: the dead server had clients");

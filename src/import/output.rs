@@ -28,7 +28,9 @@ pub struct Untranslated {
 /// A source line: its number and its text (trimmed), quoted in comments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Origin {
+    /// 1-based line number.
     pub line: usize,
+    /// The directive as written (passwords redacted), quoted in the comment.
     pub text: String,
 }
 
@@ -101,6 +103,7 @@ pub(super) struct Section {
     pub header: String,
     /// The line that opened it in the source (a section, a block).
     pub from: Option<Origin>,
+    /// Its keys and comments, in the order they are printed.
     pub items: Vec<Item>,
     /// `[[frontend.route]]`, `[[backend.server]]`.
     pub children: Vec<Section>,
@@ -169,8 +172,11 @@ impl Section {
 pub(super) struct Doc {
     /// Top-level keys (`workers`) and notes about global directives.
     pub top: Section,
+    /// `[admin]`, from a stats listener.
     pub admin: Option<Section>,
+    /// `[[frontend]]`s with their `[[frontend.route]]`s.
     pub frontends: Vec<Section>,
+    /// `[[backend]]`s with their `[[backend.server]]`s.
     pub backends: Vec<Section>,
 }
 
