@@ -11,8 +11,10 @@ use super::upstream;
 use super::Node;
 
 mod location;
+mod vhost;
 
 use location::location;
+use vhost::{merge_virtual_host, virtual_host_target};
 
 /// Directives inherited from `http` to `server` to `location`.
 #[derive(Debug, Clone, Default)]
@@ -256,13 +258,6 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
                 ),
             }
         }
-        if ctx.listening.contains(&address) {
-            ctx.doc.top.not_translated(
-                o,
-                &format!("a second server block on {address} (virtual hosts): tether routes by host inside one frontend; merge them with `host` route conditions"),
-            );
-            return Ok(());
-        }
         if ssl {
             tls.push((address, n.origin.clone()));
         } else {
@@ -273,6 +268,18 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
         plain.push(("0.0.0.0:80".to_string(), o.clone()));
         fe.builtin(o, "no `listen`: NGINX listens on *:80");
     }
+    let shared = plain.iter().chain(&tls).any(|(a, _)| ctx.listening.contains(a));
+    let merge_into = if shared {
+        match virtual_host_target(ctx, nodes, &plain, &tls) {
+            Ok(target) => Some(target),
+            Err(reason) => {
+                ctx.doc.top.not_translated(o, &reason);
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
     for (address, _) in plain.iter().chain(&tls) {
         ctx.listening.insert(address.clone());
     }
@@ -282,9 +289,10 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
         let no = &n.origin;
         match n.name.as_str() {
             "listen" => {}
+            "server_name" if merge_into.is_some() => fe.builtin(no, "its routes ask for these hosts"),
             "server_name" => fe.builtin(
                 no,
-                "the only server block on its addresses takes every host, as NGINX's default server",
+                "the first server block on its addresses is NGINX's default server: it takes every host no other block names",
             ),
             "ssl_certificate" => certs.push(n),
             "ssl_certificate_key" => keys.push(n),
@@ -330,6 +338,10 @@ fn server(ctx: &mut Ctx, node: &Node, outer: &Inherited) -> Result<(), (usize, S
             .then(a.order.cmp(&b.order))
     });
     let routes: Vec<Section> = located.into_iter().filter_map(|l| l.route).collect();
+    if let Some((index, hosts, names_origin)) = merge_into {
+        merge_virtual_host(&mut ctx.doc.frontends[index], fe, routes, &hosts, &names_origin);
+        return Ok(());
+    }
     let bind = |list: &[(String, Origin)]| Value::Strs(list.iter().map(|(a, _)| a.clone()).collect());
     if !plain.is_empty() {
         let mut section = fe.clone();
