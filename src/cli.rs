@@ -1,4 +1,4 @@
-//! Commands (`run`, `check`, `demo`), logging set-up, the runtime, and signals.
+//! Commands (`run`, `check`, `demo`, `import`, …), logging set-up, the runtime, and signals.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,15 @@ enum LogFormat {
     Json,
 }
 
+/// The configurations `tether import` reads.
+#[derive(Clone, Copy, ValueEnum)]
+enum ImportFrom {
+    /// An HAProxy configuration (`haproxy.cfg`).
+    Haproxy,
+    /// An NGINX configuration (`nginx.conf`).
+    Nginx,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the balancer with a configuration file.
@@ -52,6 +61,16 @@ enum Command {
     },
     /// Read a password from standard input and print its argon2id hash for `[admin] users`.
     HashPassword,
+    /// Translate an HAProxy or NGINX configuration into tether's TOML, printed on standard
+    /// output: exit 0 when everything was translated, 2 when something was not (each such
+    /// directive is a `# not translated:` comment and a warning), 1 when the file cannot be read.
+    Import {
+        /// The kind of file.
+        #[arg(value_enum)]
+        from: ImportFrom,
+        /// The `haproxy.cfg` or `nginx.conf`.
+        file: PathBuf,
+    },
     /// Start demo WebSocket echo servers behind tether with simulated users, and a page to watch and act on them.
     Demo {
         /// Where the demo balancer listens.
@@ -78,6 +97,9 @@ pub fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(cli.log_format, default_filter);
+    if let Command::Import { from, file } = &cli.command {
+        return import(*from, file);
+    }
     let result = match cli.command {
         Command::Check { file } => check(&file),
         Command::Run { config } => run(&config),
@@ -89,6 +111,7 @@ pub fn main() -> ExitCode {
         } => demo(listen, admin, page, users),
         Command::Echo { listen, name } => echo(listen, name),
         Command::HashPassword => hash_password(),
+        Command::Import { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +178,46 @@ fn hash_password() -> anyhow::Result<()> {
     let hash = tether::admin::auth::hash_password(password)?;
     println!("{hash}");
     Ok(())
+}
+
+/// `import`: the TOML on stdout, a warning on stderr per directive not translated.
+fn import(from: ImportFrom, file: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("error: cannot read {}: {err}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = file.display().to_string();
+    let translated = match from {
+        ImportFrom::Haproxy => tether::import::haproxy(&text, &name),
+        ImportFrom::Nginx => tether::import::nginx(&text, &name),
+    };
+    match translated {
+        Ok(translation) => {
+            print!("{}", translation.toml);
+            for u in &translation.untranslated {
+                eprintln!(
+                    "warning: {name}:{}: not translated: {} ({})",
+                    u.line, u.directive, u.reason
+                );
+            }
+            if translation.untranslated.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "warning: {} directive(s) not translated; see the `# not translated:` comments",
+                    translation.untranslated.len()
+                );
+                ExitCode::from(2)
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(file: &Path) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@
 //! (README's Layout table; `tests/architecture.rs` checks it): `util`;
 //! the leaves `cidr`, `origin`, `lookup`, `tls`, `workers`, `ws`; `config`;
 //! `state`, `discovery` and `dynamic`; `route` and `balance`; `sticky`; `health`; `snapshot`; the
-//! engines `proxy` and `cluster`; `admin`; `instance`; `demo` and this root.
+//! engines `proxy` and `cluster`; `admin`; `instance`; `demo`, `import` and this root.
 
 pub mod admin;
 pub mod balance;
@@ -19,6 +19,7 @@ pub mod demo;
 pub mod discovery;
 pub mod dynamic;
 pub mod health;
+pub mod import;
 pub mod instance;
 pub mod lookup;
 pub mod origin;

@@ -32,7 +32,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (8, &["proxy", "cluster"]),
     (9, &["admin"]),
     (10, &["instance"]),
-    (11, &["demo", "lib", "main"]),
+    (11, &["demo", "import", "lib", "main"]),
 ];
 
 /// The module of the crate root (`src/lib.rs`): where `crate::Tether` and other

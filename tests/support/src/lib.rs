@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod balancer;
 mod browser;
 mod cert;
 mod clients;
@@ -25,6 +26,7 @@ pub use backend::{backend, loopback_backends, BackendBuilder, TestBackend};
 pub use browser::{
     browser_page_out, browser_scripts, chromium, chromium_or_skip, page_server, run_browser_script, run_chromium,
 };
+pub use balancer::{find_balancer, BalancerKind, ExternalBalancer};
 pub use cert::SelfSigned;
 pub use clients::{Clients, Close};
 pub use config::{
@@ -42,4 +44,6 @@ pub use node::ensure_npm_packages;
 pub use redis_server::{PartitionProxy, RedisServer};
 pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};
 pub use timing::eventually;
-pub use ws::{close_code, close_frame, handshake_with_sid, next_text, ws_connect, ws_connect_with, Ws};
+pub use ws::{
+    close_code, close_frame, handshake_with_sid, next_text, ws_connect, ws_connect_with, ws_handshake_on, Handshake, Ws,
+};

@@ -86,3 +86,43 @@ pub async fn handshake_with_sid(addr: SocketAddr, sid: usize) -> bool {
         _ => false,
     }
 }
+
+/// What a WebSocket handshake through a balancer gave: the stream, the name
+/// the server announced, and the `name=value` of the response's first
+/// `Set-Cookie` (a stickiness cookie), if any.
+pub struct Handshake {
+    /// The open WebSocket.
+    pub ws: Ws,
+    /// The server's announced name.
+    pub server: String,
+    /// `NAME=value` of the first `Set-Cookie`, without its attributes.
+    pub set_cookie: Option<String>,
+}
+
+/// A WebSocket handshake for `url` over an already connected `stream` (from
+/// [`crate::connect_from`] to pick the client address), sending `cookie` as
+/// the `Cookie` header when given. An error (refused, not 101, no name) is
+/// returned as text, so a test can count failures instead of panicking.
+pub async fn ws_handshake_on(stream: TcpStream, url: &str, cookie: Option<&str>) -> Result<Handshake, String> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(cookie) = cookie {
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().map_err(|_| "bad cookie".to_string())?);
+    }
+    let handshake = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream));
+    let (mut ws, response) = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let set_cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_string());
+    let server = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => text.to_string(),
+        other => return Err(format!("no announced name: {other:?}")),
+    };
+    Ok(Handshake { ws, server, set_cookie })
+}
