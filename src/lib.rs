@@ -23,6 +23,7 @@ pub mod instance;
 pub mod lookup;
 pub mod origin;
 pub mod proxy;
+pub mod proxy_header;
 pub mod route;
 pub mod snapshot;
 pub mod state;

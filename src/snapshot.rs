@@ -159,6 +159,10 @@ pub struct Backend {
     pub health: Option<Arc<HealthCheck>>,
     /// Requests waiting in the queue for a slot now.
     pub queued: std::sync::atomic::AtomicU32,
+    /// Headers set and removed on requests sent to the servers (before a route's own rules).
+    pub request_headers: crate::config::HeaderRules,
+    /// Headers set and removed on the servers' responses (before a route's own rules).
+    pub response_headers: crate::config::HeaderRules,
 }
 
 /// One server of a backend.
@@ -187,6 +191,8 @@ pub struct Server {
     /// Deleted through the admin API and draining: no new client, not even
     /// a stuck one; it leaves the backend once it holds no connection.
     pub leaving: bool,
+    /// The PROXY header written at the start of each connection to it; none when `None`.
+    pub send_proxy: Option<crate::proxy_header::ProxyVersion>,
 }
 
 impl Server {
@@ -223,6 +229,8 @@ impl Snapshot {
                         any: r.any.iter().map(Condition::from_config).collect(),
                         all: r.all.iter().map(Condition::from_config).collect(),
                         allowed_origins: r.allowed_origins.clone(),
+                        request_headers: r.request_headers.clone(),
+                        response_headers: r.response_headers.clone(),
                     })
                     .collect(),
                 default_backend: f.default_backend,
@@ -315,6 +323,7 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
                 tls: s.tls.clone(),
                 source: s.source,
                 leaving: s.leaving,
+                send_proxy: s.send_proxy,
             }
         })
         .collect();
@@ -363,6 +372,8 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         down_spread: config.down_spread,
         health,
         queued: std::sync::atomic::AtomicU32::new(0),
+        request_headers: config.request_headers.clone(),
+        response_headers: config.response_headers.clone(),
     }
 }
 
@@ -495,6 +506,7 @@ fn configured_differently(before: &Server, after: &Server) -> bool {
         || before.cookie != after.cookie
         || before.tls_name() != after.tls_name()
         || before.leaving != after.leaving
+        || before.send_proxy != after.send_proxy
 }
 
 impl std::fmt::Display for Diff {

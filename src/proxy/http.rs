@@ -21,7 +21,7 @@ use super::context::ConnContext;
 use super::error::ProxyError;
 use super::exchange::{Exchange, ResponseBody};
 use super::handoff::TunnelJob;
-use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
+use super::headers::{add_forwarding, apply_rules, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, RequestId};
 use super::upgrade::{self, Handshake};
 use super::{client_addr, Shared};
@@ -185,7 +185,7 @@ async fn pipeline(
     exchange: &mut Exchange,
 ) -> Result<Answer, ProxyError> {
     let websocket = check_request(frontend, &request, exchange.log.client)? == Handshake::WebSocket;
-    let backend = route_request(snapshot, frontend, &request, websocket, &exchange.log)?;
+    let (backend, route) = route_request(snapshot, frontend, &request, websocket, &exchange.log)?;
     exchange.log.backend = Some(backend.name.clone());
     let client_ip = ip_octets_of(exchange.log.client.ip());
     let key = RequestKey {
@@ -207,13 +207,19 @@ async fn pipeline(
     let policy = sticky.as_ref().map(|s| s.policy);
     let progress = Arc::new(BodyProgress::default());
     exchange.request_progress = Some(progress.clone());
-    let request = prepare_request(
+    let mut request = prepare_request(
         request,
         frontend,
         context,
         websocket,
         policy,
         (exchange.log.bytes_in.clone(), progress),
+    );
+    // The operator's rules come last, so they may override tether's own forwarding headers.
+    apply_rules(
+        request.headers_mut(),
+        &backend.request_headers,
+        route.map(|r| &r.request_headers),
     );
     let (upstream, mut response) = send(backend, upstream, request, websocket, exchange, &context.shared).await?;
     exchange.log.status = response.status().as_u16();
@@ -233,6 +239,11 @@ async fn pipeline(
         let stick = sticky
             .as_ref()
             .and_then(|sticky| sticky.on_switch(&mut parts.headers, upstream.server, &server.name, context.https));
+        apply_rules(
+            &mut parts.headers,
+            &backend.response_headers,
+            route.map(|r| &r.response_headers),
+        );
         let tunnel = TunnelJob::new(context, frontend, backend, server, upstream.guard, &exchange.log, stick);
         upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
         return Ok(Answer::Switched(parts));
@@ -242,6 +253,11 @@ async fn pipeline(
     if let Some(sticky) = &sticky {
         exchange.learner = sticky.on_response(&mut parts.headers, upstream.server, &server.name, context.https);
     }
+    apply_rules(
+        &mut parts.headers,
+        &backend.response_headers,
+        route.map(|r| &r.response_headers),
+    );
     exchange.guard = Some(upstream.guard);
     if let Some(pool) = upstream.pool {
         exchange.keep_alive = Some((upstream.sender, pool));
@@ -286,15 +302,15 @@ fn within_limits<B>(request: &Request<B>, limits: &crate::snapshot::Limits) -> R
     }
 }
 
-/// Step 3, route: the backend of the first matching rule (or the default),
-/// and for a WebSocket handshake an `Origin` that rule allows.
-fn route_request<'s, B>(
+/// Step 3, route: the backend of the first matching rule (or the default)
+/// with that rule, and for a WebSocket handshake an `Origin` that rule allows.
+fn route_request<'s, 'f, B>(
     snapshot: &'s Snapshot,
-    frontend: &Frontend,
+    frontend: &'f Frontend,
     request: &Request<B>,
     websocket: bool,
     log: &HttpLog,
-) -> Result<&'s Backend, ProxyError> {
+) -> Result<(&'s Backend, Option<&'f crate::route::Route>), ProxyError> {
     let (backend_id, matched) =
         route::select(&frontend.routes, frontend.default_backend, request).ok_or(ProxyError::NoRoute)?;
     if websocket {
@@ -315,7 +331,7 @@ fn route_request<'s, B>(
             return Err(ProxyError::OriginNotAllowed);
         }
     }
-    Ok(&snapshot.backends[backend_id])
+    Ok((&snapshot.backends[backend_id], matched))
 }
 
 /// Records `server` as the one serving the exchange (its counters move when the exchange ends).
