@@ -23,6 +23,7 @@ use super::exchange::{Exchange, ResponseBody};
 use super::handoff::TunnelJob;
 use super::headers::{add_forwarding, apply_rules, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, RequestId};
+use super::pool::ClientAddrs;
 use super::upgrade::{self, Handshake};
 use super::{client_addr, Shared};
 use crate::balance::{ip_octets_of, RequestKey};
@@ -192,10 +193,15 @@ async fn pipeline(
         hash_input: backend.key_source.extract(&request, client_ip.as_slice()),
     };
     let sticky = Stickiness::of(backend, &request).await;
+    let whom = ClientAddrs {
+        client: exchange.log.client,
+        reached: context.local,
+    };
     let upstream = choose::connect(
         backend,
         &key,
         websocket,
+        whom,
         sticky.as_ref(),
         exchange.log.request_id,
         &context.shared,
@@ -221,7 +227,7 @@ async fn pipeline(
         &backend.request_headers,
         route.map(|r| &r.request_headers),
     );
-    let (upstream, mut response) = send(backend, upstream, request, websocket, exchange, &context.shared).await?;
+    let (upstream, mut response) = send(backend, upstream, whom, request, websocket, exchange, &context.shared).await?;
     exchange.log.status = response.status().as_u16();
     *response.version_mut() = Version::HTTP_11;
     let server = &backend.servers[upstream.server];
@@ -366,6 +372,7 @@ fn next_try<R>(reused: bool, unsent: Option<R>, replay: &mut Option<R>) -> Optio
 async fn send(
     backend: &Backend,
     mut upstream: Upstream,
+    whom: ClientAddrs,
     mut request: Request<RequestBody>,
     websocket: bool,
     exchange: &mut Exchange,
@@ -390,7 +397,7 @@ async fn send(
             // Both retries are rare: their connect futures (a TLS handshake
             // among them) are boxed so every request's future stays small.
             Retry::Reconnect(again) => {
-                upstream.sender = Box::pin(choose::open(server, backend, websocket))
+                upstream.sender = Box::pin(choose::open(server, backend, websocket, whom))
                     .await
                     .map_err(|cause| ProxyError::Unreachable {
                         server: server.name.clone(),
@@ -403,6 +410,7 @@ async fn send(
                 upstream = Box::pin(choose::connect_elsewhere(
                     backend,
                     upstream.server,
+                    whom,
                     exchange.log.request_id,
                     shared,
                 ))
