@@ -152,7 +152,7 @@ mod tests {
         compile(&wrap.rules, side, &SourceMap::new("t.toml", text))
     }
 
-    fn message(result: Result<HeaderRules, ConfigError>) -> (usize, usize, String) {
+    fn refusal(result: Result<HeaderRules, ConfigError>) -> (usize, usize, String) {
         match result {
             Err(ConfigError::Invalid {
                 line, column, message, ..
@@ -189,22 +189,22 @@ mod tests {
             "Sec-WebSocket-Accept",
         ] {
             let text = format!("\nrules = {{ remove = [\"{name}\"] }}");
-            let (line, column, message) = message(compiled(&text, Side::Request));
-            assert_eq!((line, column), (2, 22), "{name}: {message}");
+            let (line, column, message) = refusal(compiled(&text, Side::Request));
+            assert_eq!((line, column), (2, 21), "{name}: {message}");
             assert!(message.contains("cannot change"), "{message}");
         }
-        let (_, _, message) = message(compiled("rules = { set = { Host = \"x\" } }", Side::Response));
+        let (_, _, message) = refusal(compiled("rules = { set = { Host = \"x\" } }", Side::Response));
         assert!(message.contains("request header"), "{message}");
         compiled("rules = { set = { Host = \"x\" } }", Side::Request).expect("Host may be set on requests");
     }
 
     #[test]
     fn invalid_names_and_values_are_refused() {
-        let (_, _, message) = message(compiled("rules = { set = { \"X App\" = \"1\" } }", Side::Request));
+        let (_, _, message) = refusal(compiled("rules = { set = { \"X App\" = \"1\" } }", Side::Request));
         assert!(message.contains("not a valid header name"), "{message}");
-        let (_, _, message) = message(compiled("rules = { set = { \"X-App\" = \"a\\nb\" } }", Side::Request));
+        let (_, _, message) = refusal(compiled("rules = { set = { \"X-App\" = \"a\\nb\" } }", Side::Request));
         assert!(message.contains("not a valid header value"), "{message}");
-        let (_, _, message) = message(compiled(
+        let (_, _, message) = refusal(compiled(
             "rules = { set = { \"X-App\" = \"1\" }, remove = [\"x-app\"] }",
             Side::Request,
         ));
