@@ -107,6 +107,11 @@ impl Drop for ProxiedServer {
 
 impl ProxiedServer {
     async fn start() -> ProxiedServer {
+        ProxiedServer::start_with(None).await
+    }
+
+    /// With `tls`, the TLS handshake comes after the PROXY header.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> ProxiedServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let headers = Arc::new(Mutex::new(Vec::new()));
@@ -119,18 +124,23 @@ impl ProxiedServer {
                     continue;
                 };
                 number += 1;
-                let (seen, refusals) = (seen.clone(), refusals.clone());
+                let (seen, refusals, tls) = (seen.clone(), refusals.clone(), tls.clone());
                 tokio::spawn(async move {
                     let Some(header) = read_header(&mut stream).await else {
                         refusals.fetch_add(1, Ordering::SeqCst);
                         return; // no header: the connection is closed unanswered
                     };
                     seen.lock().unwrap().push(header);
-                    let service = service_fn(move |req| serve(req, header, number));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    match tls {
+                        None => serve_connection(stream, header, number).await,
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                refusals.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            };
+                            serve_connection(stream, header, number).await;
+                        }
+                    }
                 });
             }
         });
@@ -145,6 +155,18 @@ impl ProxiedServer {
     fn headers(&self) -> Vec<Header> {
         self.headers.lock().unwrap().clone()
     }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `stream`, whose PROXY header said `header`.
+async fn serve_connection<S>(stream: S, header: Header, number: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| serve(req, header, number));
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }
 
 async fn serve(
@@ -224,6 +246,36 @@ async fn a_websocket_handshake_carries_the_client_address() {
         assert_eq!(next_text(&mut ws).await, local.to_string(), "{version}");
         assert_eq!(server.headers()[0].source, local);
     }
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `localhost`.
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn the_header_comes_before_the_tls_handshake_of_a_tls_server() {
+    let server = ProxiedServer::start_with(Some(tls_acceptor())).await;
+    let backend = pool()
+        .send_proxy("v2")
+        .tls(BackendTls::new().verify(false))
+        .server(Server::new("p1", server.addr));
+    let tether = start_tether(&Config::over(backend)).await;
+    let (mut sender, local) = client(tether.addr).await;
+    assert_eq!(ask(&mut sender).await.0, local.to_string());
+    assert_eq!(
+        server.refused.load(Ordering::SeqCst),
+        0,
+        "the TLS handshake followed the header"
+    );
 }
 
 #[tokio::test]
