@@ -25,6 +25,7 @@ pub mod lookup;
 pub mod origin;
 pub mod proxy;
 pub mod rebalance;
+pub mod proxy_header;
 pub mod route;
 pub mod snapshot;
 pub mod state;

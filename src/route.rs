@@ -118,6 +118,10 @@ pub struct Route {
     pub all: Vec<Condition>,
     /// Origins allowed to open WebSockets through this rule (`None`: the frontend's list).
     pub allowed_origins: Option<Vec<crate::origin::OriginPattern>>,
+    /// Headers set and removed on requests through this rule (after the backend's rules).
+    pub request_headers: crate::config::HeaderRules,
+    /// Headers set and removed on server responses through this rule (after the backend's rules).
+    pub response_headers: crate::config::HeaderRules,
 }
 
 impl Route {
@@ -198,18 +202,24 @@ mod tests {
                 any: vec![cond("path_prefix = \"/ws\"")],
                 all: vec![],
                 allowed_origins: None,
+                request_headers: Default::default(),
+                response_headers: Default::default(),
             },
             Route {
                 backend: 2,
                 any: vec![cond("path_prefix = \"/w\"")],
                 all: vec![],
                 allowed_origins: None,
+                request_headers: Default::default(),
+                response_headers: Default::default(),
             },
             Route {
                 backend: 3,
                 any: vec![],
                 all: vec![cond("method = \"POST\""), cond("path = \"/api\"")],
                 allowed_origins: None,
+                request_headers: Default::default(),
+                response_headers: Default::default(),
             },
         ];
         let backend = |req: &Request<()>, default| select(&routes, default, req).map(|(b, _)| b);

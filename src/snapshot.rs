@@ -166,6 +166,10 @@ pub struct Backend {
     /// Where rebalancing stands (carried across reloads by backend name):
     /// a client stuck to a server it sheds from is balanced elsewhere.
     pub rebalance_state: Arc<crate::state::RebalanceState>,
+    /// Headers set and removed on requests sent to the servers (before a route's own rules).
+    pub request_headers: crate::config::HeaderRules,
+    /// Headers set and removed on the servers' responses (before a route's own rules).
+    pub response_headers: crate::config::HeaderRules,
 }
 
 /// One server of a backend.
@@ -194,6 +198,8 @@ pub struct Server {
     /// Deleted through the admin API and draining: no new client, not even
     /// a stuck one; it leaves the backend once it holds no connection.
     pub leaving: bool,
+    /// The PROXY header written at the start of each connection to it; none when `None`.
+    pub send_proxy: Option<crate::proxy_header::ProxyVersion>,
 }
 
 impl Server {
@@ -230,6 +236,8 @@ impl Snapshot {
                         any: r.any.iter().map(Condition::from_config).collect(),
                         all: r.all.iter().map(Condition::from_config).collect(),
                         allowed_origins: r.allowed_origins.clone(),
+                        request_headers: r.request_headers.clone(),
+                        response_headers: r.response_headers.clone(),
                     })
                     .collect(),
                 default_backend: f.default_backend,
@@ -323,6 +331,7 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
                 tls: s.tls.clone(),
                 source: s.source,
                 leaving: s.leaving,
+                send_proxy: s.send_proxy,
             }
         })
         .collect();
@@ -373,6 +382,8 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         queued: std::sync::atomic::AtomicU32::new(0),
         rebalance: config.rebalance,
         rebalance_state: previous.map(|p| p.rebalance_state.clone()).unwrap_or_default(),
+        request_headers: config.request_headers.clone(),
+        response_headers: config.response_headers.clone(),
     }
 }
 
@@ -505,6 +516,7 @@ fn configured_differently(before: &Server, after: &Server) -> bool {
         || before.cookie != after.cookie
         || before.tls_name() != after.tls_name()
         || before.leaving != after.leaving
+        || before.send_proxy != after.send_proxy
 }
 
 impl std::fmt::Display for Diff {

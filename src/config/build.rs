@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::address::Address;
 use super::error::{ConfigError, SourceMap};
+use super::header_rules::{self, Side as HeaderSide};
 use super::model::{
     Admin, AdminUser, BackendId, Check, Cluster, Config, Discover, Frontend, Hashing, Health, HttpCheck, HttpsRedirect,
     Limits, Log, NamedServer, PerIp, Resolver, Route, Server, ServerDefaults, Sticky, StickyCookie, WebSocket,
@@ -122,7 +123,7 @@ fn server_defaults(d: Option<&raw::ServerDefaults>) -> ServerDefaults {
 }
 
 /// A written server named by host, with `resolve_interval`: looked up by the resolver, not here.
-fn named_server(s: &raw::Server) -> Option<NamedServer> {
+fn named_server(s: &raw::Server, b: &raw::Backend) -> Option<NamedServer> {
     match s.address.get_ref() {
         Address::Name { host, port } => Some(NamedServer {
             name: s.name.get_ref().clone(),
@@ -132,9 +133,18 @@ fn named_server(s: &raw::Server) -> Option<NamedServer> {
             maxconn: s.maxconn.as_ref().map(|m| *m.get_ref()),
             cookie: s.cookie.clone(),
             state: s.state,
+            send_proxy: send_proxy(s, b),
         }),
         Address::Socket(_) => None,
     }
+}
+
+/// The PROXY header toward `s`: its own `send_proxy`, else its backend's.
+fn send_proxy(s: &raw::Server, b: &raw::Backend) -> Option<crate::proxy_header::ProxyVersion> {
+    s.send_proxy
+        .as_ref()
+        .or(b.send_proxy.as_ref())
+        .and_then(|p| p.get_ref().version())
 }
 
 /// The index of the backend `name`, which the rules checked exists.
@@ -175,6 +185,8 @@ fn frontend(
                 any: r.any.iter().map(|c| c.get_ref().clone()).collect(),
                 all: r.all.iter().map(|c| c.get_ref().clone()).collect(),
                 allowed_origins: r.allowed_origins.clone(),
+                request_headers: header_rules::compile(&r.request_headers, HeaderSide::Request, source)?,
+                response_headers: header_rules::compile(&r.response_headers, HeaderSide::Response, source)?,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -254,7 +266,7 @@ pub(super) fn http2_enabled(f: &raw::Frontend) -> bool {
 fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<super::model::Backend, ConfigError> {
     // With `resolve_interval`, host names are left to the resolver task (no lookup at load).
     let named_servers: Vec<NamedServer> = match b.resolve_interval {
-        Some(_) => b.server.iter().filter_map(named_server).collect(),
+        Some(_) => b.server.iter().filter_map(|s| named_server(s, b)).collect(),
         None => Vec::new(),
     };
     let written: Vec<&raw::Server> = b
@@ -281,6 +293,7 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
             tls,
             source: ServerSource::Config,
             leaving: false,
+            send_proxy: send_proxy(s, b),
         })
         .collect();
     let balance_factor = b.balance_factor.as_ref().map(|f| *f.get_ref());
@@ -330,6 +343,9 @@ fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<supe
                 settle: r.settle.get_ref().get(),
             }
         }),
+        send_proxy: b.send_proxy.as_ref().and_then(|p| p.get_ref().version()),
+        request_headers: header_rules::compile(&b.request_headers, HeaderSide::Request, source)?,
+        response_headers: header_rules::compile(&b.response_headers, HeaderSide::Response, source)?,
     })
 }
 
@@ -417,6 +433,7 @@ fn health(health: &toml::Spanned<raw::Health>, source: &SourceMap<'_>) -> Result
         rise: *h.rise.get_ref(),
         fall: *h.fall.get_ref(),
         observe: *h.observe.get_ref(),
+        send_proxy: *h.send_proxy.get_ref(),
     })
 }
 

@@ -10,10 +10,12 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 
 use super::condition::Condition;
+pub use super::header_rules::HeaderRules;
 use super::rate::ConfigRate;
 use super::types::{AdminState, Balance, CookieMode, ForwardHeader, MatchSource, SameSite, ServerSource, StatusRange};
 use crate::cidr::Cidr;
 use crate::origin::OriginPattern;
+use crate::proxy_header::ProxyVersion;
 use crate::tls::{ServerTls, UpstreamTls};
 
 /// Index of a backend in `Config::backends` (and in the snapshot built from it).
@@ -112,6 +114,8 @@ pub struct NamedServer {
     pub cookie: Option<String>,
     /// Admin state, as written.
     pub state: AdminState,
+    /// The PROXY header toward it (its own `send_proxy`, else the backend's).
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// The access log's settings (`[log]`).
@@ -238,6 +242,10 @@ pub struct Route {
     pub all: Vec<Condition>,
     /// Origins allowed through this rule, overriding the frontend's; the frontend's when `None`.
     pub allowed_origins: Option<Vec<OriginPattern>>,
+    /// Headers set and removed on requests through this rule (after the backend's).
+    pub request_headers: HeaderRules,
+    /// Headers set and removed on server responses through this rule (after the backend's).
+    pub response_headers: HeaderRules,
 }
 
 /// Size limits on what a client may send.
@@ -344,6 +352,12 @@ pub struct Backend {
     pub named_servers: Vec<NamedServer>,
     /// Evening out long-lived connections after scale-out; off when `None`.
     pub rebalance: Option<Rebalance>,
+    /// The PROXY header toward servers without their own `send_proxy` (discovered and API servers too).
+    pub send_proxy: Option<ProxyVersion>,
+    /// Headers set and removed on requests sent to the servers (after the forwarding headers).
+    pub request_headers: HeaderRules,
+    /// Headers set and removed on the servers' responses.
+    pub response_headers: HeaderRules,
 }
 
 /// `rebalance`: when a server holds more than `max_skew` times the mean of
@@ -407,6 +421,9 @@ pub struct Server {
     /// Deleted through the API and draining: it takes no new client, not
     /// even a stuck one, and leaves the backend once it holds no connection.
     pub leaving: bool,
+    /// The PROXY header written at the start of each connection (its own
+    /// `send_proxy`, else the backend's); none when `None`.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// Stickiness of a backend: a cookie, learned session ids, or both.
@@ -471,6 +488,8 @@ pub struct Health {
     pub fall: u32,
     /// Failed connects of live traffic count toward `fall`.
     pub observe: bool,
+    /// Checks start with the PROXY header of each server's `send_proxy` version.
+    pub send_proxy: bool,
 }
 
 /// What one health check does, with the keys of its kind.

@@ -13,8 +13,10 @@ use toml::Spanned;
 use super::address::Address;
 use super::condition::Condition;
 use super::duration::ConfigDuration;
+use super::header_rules::RawHeaderRules;
 use super::types::{
-    AdminState, Balance, CheckKind, CookieMode, ForwardHeader, HashMethod, MatchSource, Preset, SameSite, StatusRange,
+    AdminState, Balance, CheckKind, CookieMode, ForwardHeader, HashMethod, MatchSource, Preset, SameSite, SendProxy,
+    StatusRange,
 };
 
 /// The whole configuration file.
@@ -427,6 +429,12 @@ pub struct Route {
     /// WebSocket handshakes through this rule must come from one of these
     /// origins (overrides the frontend's list); others get 403.
     pub allowed_origins: Option<Vec<crate::origin::OriginPattern>>,
+    /// Headers set and removed on requests through this rule, after the backend's rules.
+    #[serde(default)]
+    pub request_headers: RawHeaderRules,
+    /// Headers set and removed on server responses through this rule, after the backend's rules.
+    #[serde(default)]
+    pub response_headers: RawHeaderRules,
 }
 
 /// A group of servers and how requests are spread over them.
@@ -489,6 +497,15 @@ pub struct Backend {
     pub health: Option<Spanned<Health>>,
     /// TLS toward every server of the backend (a server's own `tls` wins).
     pub tls: Option<Spanned<UpstreamTlsSetting>>,
+    /// A PROXY protocol header (`"v1"` or `"v2"`) at the start of every
+    /// connection to the servers (a server's own `send_proxy` wins); none when absent.
+    pub send_proxy: Option<Spanned<SendProxy>>,
+    /// Headers set and removed on requests sent to the servers (after the forwarding headers).
+    #[serde(default)]
+    pub request_headers: RawHeaderRules,
+    /// Headers set and removed on the servers' responses.
+    #[serde(default)]
+    pub response_headers: RawHeaderRules,
     /// The servers.
     #[serde(default)]
     pub server: Vec<Server>,
@@ -640,6 +657,10 @@ pub struct Health {
     /// Count connect failures and timeouts of live traffic toward `fall`.
     #[serde(default = "defaults::off")]
     pub observe: Spanned<bool>,
+    /// Start each check's connection with the PROXY header of the server's
+    /// `send_proxy` version (the check's own addresses).
+    #[serde(default = "defaults::off")]
+    pub send_proxy: Spanned<bool>,
 }
 
 /// One backend server.
@@ -665,6 +686,9 @@ pub struct Server {
     /// With TLS: the name sent as SNI and checked in the server's certificate
     /// (the address is an IP, so tether cannot know the name otherwise).
     pub sni: Option<Spanned<String>>,
+    /// The PROXY header toward this server (`"v1"`, `"v2"`, or `"off"`),
+    /// overriding the backend's `send_proxy`.
+    pub send_proxy: Option<Spanned<SendProxy>>,
 }
 
 /// The serde defaults of the keys an operator may leave out (documented in

@@ -22,6 +22,30 @@ pub enum ForwardHeader {
     Forwarded,
 }
 
+/// `send_proxy`: the PROXY protocol header written at the start of each
+/// connection to a server (HAProxy's `send-proxy` / `send-proxy-v2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxy {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+    /// No header (a server's way to opt out of its backend's setting).
+    Off,
+}
+
+impl SendProxy {
+    /// The header version to write, if any.
+    pub fn version(self) -> Option<crate::proxy_header::ProxyVersion> {
+        match self {
+            SendProxy::V1 => Some(crate::proxy_header::ProxyVersion::V1),
+            SendProxy::V2 => Some(crate::proxy_header::ProxyVersion::V2),
+            SendProxy::Off => None,
+        }
+    }
+}
+
 /// The balancing algorithm of a backend (HAProxy's `balance` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -528,6 +528,23 @@ fn validate_route(route: &Route, backends: &HashSet<&str>, source: &SourceMap<'_
     Ok(())
 }
 
+/// `health.send_proxy` needs a `send_proxy` version on the backend or one of its servers.
+fn validate_health_proxy(backend: &raw::Backend, health: &Health, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    let some_version = backend
+        .send_proxy
+        .iter()
+        .chain(backend.server.iter().filter_map(|s| s.send_proxy.as_ref()))
+        .any(|p| p.get_ref().version().is_some());
+    if *health.send_proxy.get_ref() && !some_version {
+        return Err(source.error(
+            Some(health.send_proxy.span()),
+            "`health.send_proxy` sends the PROXY header of the servers' `send_proxy` version, and no server has one: \
+             add send_proxy = \"v1\" or \"v2\" to the backend, or remove `health.send_proxy`",
+        ));
+    }
+    Ok(())
+}
+
 fn validate_backend(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     let balance = *backend.balance.get_ref();
     let needs_key = matches!(balance, Balance::UrlParam | Balance::Header | Balance::Cookie);
@@ -555,6 +572,7 @@ fn validate_backend(backend: &raw::Backend, source: &SourceMap<'_>) -> Result<()
     }
     if let Some(health) = &backend.health {
         validate_health(health, source)?;
+        validate_health_proxy(backend, health.get_ref(), source)?;
     }
     validate_discovery(backend, source)?;
     if let Some(rebalance) = &backend.rebalance {

@@ -210,6 +210,7 @@ fn servers_of(backend: &Backend, target: &Target, set: &BTreeSet<Found>) -> Vec<
                 tls: None,
                 source: ServerSource::Dns,
                 leaving: false,
+                send_proxy: backend.send_proxy,
             })
             .collect(),
         Target::Named(named) => set
@@ -226,6 +227,7 @@ fn servers_of(backend: &Backend, target: &Target, set: &BTreeSet<Found>) -> Vec<
                 // Written in the file: only its address comes from DNS.
                 source: ServerSource::Config,
                 leaving: false,
+                send_proxy: named.send_proxy,
             })
             .into_iter()
             .collect(),

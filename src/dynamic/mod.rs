@@ -87,7 +87,8 @@ impl ApiServer {
     }
 
     /// The configuration model's server for it (`leaving`: being deleted).
-    fn model(&self, leaving: bool) -> Server {
+    /// `send_proxy`: its backend's PROXY header setting.
+    fn model(&self, leaving: bool, send_proxy: Option<crate::proxy_header::ProxyVersion>) -> Server {
         Server {
             name: self.name.clone(),
             address: self.address,
@@ -98,6 +99,7 @@ impl ApiServer {
             tls: None,
             source: ServerSource::Api,
             leaving,
+            send_proxy,
         }
     }
 }
@@ -278,7 +280,10 @@ pub fn with_api(config: &Config, api: &ApiServers) -> Config {
         if backend.servers.iter().any(|s| s.name == server.name) {
             continue;
         }
-        backend.servers.push(server.model(entry.phase == Phase::Deleting));
+        let send_proxy = backend.send_proxy;
+        backend
+            .servers
+            .push(server.model(entry.phase == Phase::Deleting, send_proxy));
     }
     config
 }

@@ -29,9 +29,10 @@ use crate::tls::UpstreamTls;
 use crate::util::lock;
 use crate::util::mix::SplitMix64;
 
+use crate::proxy_header::ProxyVersion;
 pub use crate::state::health::{CheckReport, FlipReport, HealthStatus};
 pub use crate::state::machine::{Flip, Machine, Thresholds};
-pub use probe::{check, CheckError, HttpProbe, Probe, BODY_LIMIT};
+pub use probe::{check, CheckError, HttpProbe, Probe, Reach, BODY_LIMIT};
 
 /// The health settings of one backend, resolved from the config with defaults.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct HealthCheck {
     pub thresholds: Thresholds,
     /// Failed connects of live traffic count toward `fall`.
     pub observe: bool,
+    /// Checks start with the PROXY header of each server's `send_proxy` version.
+    pub send_proxy: bool,
 }
 
 impl HealthCheck {
@@ -60,6 +63,7 @@ impl HealthCheck {
                 fall: config.fall,
             },
             observe: config.observe,
+            send_proxy: config.send_proxy,
         }
     }
 }
@@ -212,7 +216,7 @@ impl Jitter {
 async fn watch_server(
     names: Names,
     address: SocketAddr,
-    tls: Option<UpstreamTls>,
+    (tls, send_proxy): (Option<UpstreamTls>, Option<ProxyVersion>),
     state: Arc<ServerState>,
     settings: Arc<HealthCheck>,
     changes: Changes,
@@ -225,7 +229,11 @@ async fn watch_server(
     }
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = check(&settings.probe, address, tls.as_ref(), settings.timeout).await;
+        let reach = Reach {
+            tls: tls.as_ref(),
+            send_proxy: send_proxy.filter(|_| settings.send_proxy),
+        };
+        let outcome = check(&settings.probe, address, reach, settings.timeout).await;
         record_check(&names, &state, &settings, outcome, started.elapsed(), &changes);
         tokio::time::sleep_until(started + jittered(settings.interval, jitter.unit())).await;
     }
@@ -240,6 +248,8 @@ pub struct Target {
     pub address: SocketAddr,
     /// TLS toward the server, if it is reached over TLS.
     pub tls: Option<UpstreamTls>,
+    /// The server's `send_proxy` version (written by checks with `health.send_proxy`).
+    pub send_proxy: Option<ProxyVersion>,
     /// Its live state, where results and flips are written.
     pub state: Arc<ServerState>,
 }
@@ -360,7 +370,7 @@ fn spawn_generation(generation: &mut Generation, backends: &[BackendTargets], ch
             let task = watch_server(
                 names,
                 server.address,
-                server.tls.clone(),
+                (server.tls.clone(), server.send_proxy),
                 server.state.clone(),
                 settings.clone(),
                 changes.clone(),
@@ -425,6 +435,7 @@ mod tests {
             timeout: Duration::from_millis(500),
             thresholds: Thresholds { rise, fall },
             observe,
+            send_proxy: false,
         }
     }
 
@@ -495,7 +506,7 @@ mod tests {
         let task = tokio::spawn(watch_server(
             names,
             address,
-            None,
+            (None, None),
             state.clone(),
             Arc::new(settings(1, 1, false)),
             Changes::unobserved(),

@@ -12,10 +12,12 @@ use http::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::proxy_header::ProxyVersion;
 use crate::tls::{UpstreamStream, UpstreamTls};
 
 /// How much of a response body an HTTP check reads, at most.
@@ -66,12 +68,23 @@ pub enum CheckError {
     WebSocket(tungstenite::Error),
 }
 
+/// How a check reaches its server: over TLS or not, and whether its
+/// connection starts with a PROXY header (`health.send_proxy`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reach<'a> {
+    /// TLS toward the server, if it is reached over TLS.
+    pub tls: Option<&'a UpstreamTls>,
+    /// The PROXY header version written first, naming the check's own connection.
+    pub send_proxy: Option<ProxyVersion>,
+}
+
 /// Runs one check of `address` within `timeout`; on success, how long it took.
-/// With `tls`, every check (even `tcp`) includes the TLS handshake, as traffic would.
+/// With TLS, every check (even `tcp`) includes the TLS handshake, as traffic
+/// would; with `send_proxy`, the PROXY header before it.
 pub async fn check(
     probe: &Probe,
     address: SocketAddr,
-    tls: Option<&UpstreamTls>,
+    tls: Reach<'_>,
     timeout: Duration,
 ) -> Result<Duration, CheckError> {
     let started = Instant::now();
@@ -90,20 +103,22 @@ pub async fn check(
     }
 }
 
-async fn connect(
-    address: SocketAddr,
-    tls: Option<&UpstreamTls>,
-    timeout: Duration,
-) -> Result<UpstreamStream, CheckError> {
-    let stream = TcpStream::connect(address).await.map_err(CheckError::Connect)?;
+async fn connect(address: SocketAddr, reach: Reach<'_>, timeout: Duration) -> Result<UpstreamStream, CheckError> {
+    let mut stream = TcpStream::connect(address).await.map_err(CheckError::Connect)?;
     // Best effort: a check works the same with Nagle on.
     let _ = stream.set_nodelay(true);
-    UpstreamTls::maybe_start(tls, stream, timeout)
+    if let Some(version) = reach.send_proxy {
+        // The check's own connection: tether's address as source, the server as destination.
+        let local = stream.local_addr().map_err(CheckError::Connect)?;
+        let header = crate::proxy_header::encode(version, local, address);
+        stream.write_all(&header).await.map_err(CheckError::Connect)?;
+    }
+    UpstreamTls::maybe_start(reach.tls, stream, timeout)
         .await
         .map_err(CheckError::Tls)
 }
 
-async fn tcp(address: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<(), CheckError> {
+async fn tcp(address: SocketAddr, tls: Reach<'_>, timeout: Duration) -> Result<(), CheckError> {
     connect(address, tls, timeout).await.map(drop)
 }
 
@@ -119,7 +134,7 @@ impl Drop for AbortOnDrop {
 async fn http_check(
     probe: &HttpProbe,
     address: SocketAddr,
-    tls: Option<&UpstreamTls>,
+    tls: Reach<'_>,
     timeout: Duration,
 ) -> Result<(), CheckError> {
     let host = probe.host.clone().unwrap_or_else(|| address.to_string());
@@ -174,7 +189,7 @@ async fn websocket(
     path: &str,
     host: Option<&str>,
     address: SocketAddr,
-    tls: Option<&UpstreamTls>,
+    tls: Reach<'_>,
     timeout: Duration,
 ) -> Result<(), CheckError> {
     let authority = host.map_or_else(|| address.to_string(), str::to_string);
@@ -228,7 +243,7 @@ mod tests {
             expect_body: None,
         });
         let started = tokio::time::Instant::now();
-        let outcome = check(&probe, address, None, Duration::from_secs(3)).await;
+        let outcome = check(&probe, address, Reach::default(), Duration::from_secs(3)).await;
         assert!(
             matches!(outcome, Err(CheckError::Timeout(t)) if t == Duration::from_secs(3)),
             "{outcome:?}"
@@ -247,7 +262,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let outcome = check(&Probe::Tcp, address, None, Duration::from_secs(2)).await;
+        let outcome = check(&Probe::Tcp, address, Reach::default(), Duration::from_secs(2)).await;
         assert!(matches!(outcome, Err(CheckError::Connect(_))), "{outcome:?}");
     }
 }

@@ -726,6 +726,7 @@ fn check_targets(snapshot: &Snapshot) -> Vec<BackendTargets> {
                     name: server.name.clone(),
                     address: server.address,
                     tls: server.tls.clone(),
+                    send_proxy: server.send_proxy,
                     state: server.state.clone(),
                 })
                 .collect(),

@@ -10,7 +10,7 @@ use http::Request;
 
 use super::error::{ConnectFailure, ProxyError};
 use super::log::RequestId;
-use super::pool::{self, Pool, UpstreamSender};
+use super::pool::{self, ClientAddrs, Pool, UpstreamSender};
 use super::Shared;
 use crate::balance::{Candidates, RequestKey, ServerId};
 use crate::snapshot::{Backend, Server};
@@ -94,6 +94,7 @@ pub(super) async fn connect(
     backend: &Backend,
     key: &RequestKey<'_>,
     websocket: bool,
+    whom: ClientAddrs,
     sticky: Option<&Stickiness<'_>>,
     request_id: RequestId,
     shared: &Shared,
@@ -101,6 +102,7 @@ pub(super) async fn connect(
     let attempt = Attempt {
         backend,
         websocket,
+        whom,
         request_id,
         shared,
     };
@@ -130,12 +132,14 @@ pub(super) async fn connect(
 pub(super) async fn connect_elsewhere(
     backend: &Backend,
     failed: ServerId,
+    whom: ClientAddrs,
     request_id: RequestId,
     shared: &Shared,
 ) -> Result<Upstream, ProxyError> {
     let attempt = Attempt {
         backend,
         websocket: true,
+        whom,
         request_id,
         shared,
     };
@@ -207,6 +211,8 @@ fn stuck_admitted(up: bool, admin: AdminState, drain_sticky: bool) -> bool {
 struct Attempt<'a> {
     backend: &'a Backend,
     websocket: bool,
+    /// The client the connections are for (a `send_proxy` server is told).
+    whom: ClientAddrs,
     request_id: RequestId,
     /// Where passive detection flips a server down, and the pools.
     shared: &'a Shared,
@@ -289,8 +295,9 @@ impl Attempt<'_> {
     /// counted, logged, and recorded in `tries`.
     async fn connect(&self, id: ServerId, guard: ActiveGuard, tries: &mut Tries) -> Option<Upstream> {
         let server = &self.backend.servers[id];
-        let pool = (!self.websocket).then(|| self.shared.pools.of(&server.state));
-        match connection_to(server, self.backend, pool.as_deref()).await {
+        // A connection announcing its client in a PROXY header is that client's alone: never pooled.
+        let pool = (!self.websocket && server.send_proxy.is_none()).then(|| self.shared.pools.of(&server.state));
+        match connection_to(server, self.backend, pool.as_deref(), self.websocket, self.whom).await {
             Ok((sender, reused)) => Some(Upstream {
                 server: id,
                 guard,
@@ -353,20 +360,21 @@ async fn wait_for_slot(backend: &Backend, key: &RequestKey<'_>, deadline: tokio:
 }
 
 /// A keep-alive connection to `server` from its `pool` (plain HTTP only:
-/// WebSocket handshakes have none), or a new one. The flag says whether it
+/// WebSocket handshakes and `send_proxy` servers have none), or a new one. The flag says whether it
 /// came from the pool.
 async fn connection_to(
     server: &Server,
     backend: &Backend,
     pool: Option<&Pool>,
+    websocket: bool,
+    whom: ClientAddrs,
 ) -> Result<(UpstreamSender, bool), pool::ConnectError> {
-    let websocket = pool.is_none();
     if let Some(pool) = pool {
         if let Some(sender) = pool.take().await {
             return Ok((sender, true));
         }
     }
-    let sender = open(server, backend, websocket).await?;
+    let sender = open(server, backend, websocket, whom).await?;
     // Clears passive failures counted against the server (one atomic load when there are none).
     server.state.connect_succeeded();
     Ok((sender, false))
@@ -421,13 +429,16 @@ fn pick(backend: &Backend, key: &RequestKey<'_>, tried: &[ServerId]) -> Option<(
     }
 }
 
-/// A new connection to `server`, ready for requests (`upgrades`: it may switch protocols).
+/// A new connection to `server`, ready for requests (`upgrades`: it may
+/// switch protocols), made for `whom` (named in its PROXY header, if any).
 pub(super) async fn open(
     server: &Server,
     backend: &Backend,
     upgrades: bool,
+    whom: ClientAddrs,
 ) -> Result<UpstreamSender, pool::ConnectError> {
-    let stream = pool::connect_stream(server.address, backend.connect_timeout, server.tls.as_ref()).await?;
+    let tls = server.tls.as_ref();
+    let stream = pool::connect_stream(server.address, backend.connect_timeout, tls, server.send_proxy, whom).await?;
     pool::handshake(stream, upgrades).await
 }
 

@@ -6,6 +6,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGR
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::types::ForwardHeader;
+use crate::config::HeaderRules;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -74,6 +75,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
+    }
+}
+
+/// Applies the operator's header rules (`request_headers` /
+/// `response_headers`) of a backend, then of the route: removals, then the
+/// set headers replacing any of their name, so the route's rules win on a
+/// name both give. Names and values were compiled at load; the config
+/// refused the hop-by-hop and framing headers tether owns.
+pub fn apply_rules(headers: &mut HeaderMap, backend: &HeaderRules, route: Option<&HeaderRules>) {
+    for rules in std::iter::once(backend).chain(route).filter(|r| !r.is_empty()) {
+        for name in &rules.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &rules.set {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 

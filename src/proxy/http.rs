@@ -21,8 +21,9 @@ use super::context::ConnContext;
 use super::error::ProxyError;
 use super::exchange::{Exchange, ResponseBody};
 use super::handoff::TunnelJob;
-use super::headers::{add_forwarding, remove_hop_by_hop, set_websocket_upgrade};
+use super::headers::{add_forwarding, apply_rules, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, Protocol, RequestId};
+use super::pool::ClientAddrs;
 use super::upgrade::{self, Handshake};
 use super::{client_addr, Shared};
 use crate::balance::{ip_octets_of, RequestKey};
@@ -251,7 +252,7 @@ async fn pipeline(
     exchange: &mut Exchange,
 ) -> Result<Answer, ProxyError> {
     let websocket = check_request(frontend, &request, exchange.log.client)? == Handshake::WebSocket;
-    let backend = route_request(snapshot, frontend, &request, websocket, &exchange.log)?;
+    let (backend, route) = route_request(snapshot, frontend, &request, websocket, &exchange.log)?;
     // A WebSocket on an HTTP/2 stream counts as a connection of its own.
     let counted = match (websocket, context.protocol) {
         (true, Protocol::Http2) => Some(
@@ -268,10 +269,15 @@ async fn pipeline(
         hash_input: backend.key_source.extract(&request, client_ip.as_slice()),
     };
     let sticky = Stickiness::of(backend, &request).await;
+    let whom = ClientAddrs {
+        client: exchange.log.client,
+        reached: context.local,
+    };
     let upstream = choose::connect(
         backend,
         &key,
         websocket,
+        whom,
         sticky.as_ref(),
         exchange.log.request_id,
         &context.shared,
@@ -283,7 +289,7 @@ async fn pipeline(
     let policy = sticky.as_ref().map(|s| s.policy);
     let progress = Arc::new(BodyProgress::default());
     exchange.request_progress = Some(progress.clone());
-    let request = prepare_request(
+    let mut request = prepare_request(
         request,
         frontend,
         context,
@@ -291,7 +297,13 @@ async fn pipeline(
         policy,
         (exchange.log.bytes_in.clone(), progress),
     );
-    let (upstream, mut response) = send(backend, upstream, request, websocket, exchange, &context.shared).await?;
+    // The operator's rules come last, so they may override tether's own forwarding headers.
+    apply_rules(
+        request.headers_mut(),
+        &backend.request_headers,
+        route.map(|r| &r.request_headers),
+    );
+    let (upstream, mut response) = send(backend, upstream, whom, request, websocket, exchange, &context.shared).await?;
     exchange.log.status = response.status().as_u16();
     *response.version_mut() = Version::HTTP_11;
     let server = &backend.servers[upstream.server];
@@ -308,6 +320,11 @@ async fn pipeline(
         let stick = sticky
             .as_ref()
             .and_then(|sticky| sticky.on_switch(&mut parts.headers, upstream.server, &server.name, context.https));
+        apply_rules(
+            &mut parts.headers,
+            &backend.response_headers,
+            route.map(|r| &r.response_headers),
+        );
         match context.protocol {
             // The whole connection becomes the tunnel.
             Protocol::Http1 => {
@@ -339,6 +356,11 @@ async fn pipeline(
     if let Some(sticky) = &sticky {
         exchange.learner = sticky.on_response(&mut parts.headers, upstream.server, &server.name, context.https);
     }
+    apply_rules(
+        &mut parts.headers,
+        &backend.response_headers,
+        route.map(|r| &r.response_headers),
+    );
     exchange.guard = Some(upstream.guard);
     if let Some(pool) = upstream.pool {
         exchange.keep_alive = Some((upstream.sender, pool));
@@ -383,15 +405,15 @@ fn within_limits<B>(request: &Request<B>, limits: &crate::snapshot::Limits) -> R
     }
 }
 
-/// Step 3, route: the backend of the first matching rule (or the default),
-/// and for a WebSocket handshake an `Origin` that rule allows.
-fn route_request<'s, B>(
+/// Step 3, route: the backend of the first matching rule (or the default)
+/// with that rule, and for a WebSocket handshake an `Origin` that rule allows.
+fn route_request<'s, 'f, B>(
     snapshot: &'s Snapshot,
-    frontend: &Frontend,
+    frontend: &'f Frontend,
     request: &Request<B>,
     websocket: bool,
     log: &HttpLog,
-) -> Result<&'s Backend, ProxyError> {
+) -> Result<(&'s Backend, Option<&'f crate::route::Route>), ProxyError> {
     let (backend_id, matched) =
         route::select(&frontend.routes, frontend.default_backend, request).ok_or(ProxyError::NoRoute)?;
     if websocket {
@@ -412,7 +434,7 @@ fn route_request<'s, B>(
             return Err(ProxyError::OriginNotAllowed);
         }
     }
-    Ok(&snapshot.backends[backend_id])
+    Ok((&snapshot.backends[backend_id], matched))
 }
 
 /// Records `server` as the one serving the exchange (its counters move when the exchange ends).
@@ -447,6 +469,7 @@ fn next_try<R>(reused: bool, unsent: Option<R>, replay: &mut Option<R>) -> Optio
 async fn send(
     backend: &Backend,
     mut upstream: Upstream,
+    whom: ClientAddrs,
     mut request: Request<RequestBody>,
     websocket: bool,
     exchange: &mut Exchange,
@@ -471,7 +494,7 @@ async fn send(
             // Both retries are rare: their connect futures (a TLS handshake
             // among them) are boxed so every request's future stays small.
             Retry::Reconnect(again) => {
-                upstream.sender = Box::pin(choose::open(server, backend, websocket))
+                upstream.sender = Box::pin(choose::open(server, backend, websocket, whom))
                     .await
                     .map_err(|cause| ProxyError::Unreachable {
                         server: server.name.clone(),
@@ -484,6 +507,7 @@ async fn send(
                 upstream = Box::pin(choose::connect_elsewhere(
                     backend,
                     upstream.server,
+                    whom,
                     exchange.log.request_id,
                     shared,
                 ))

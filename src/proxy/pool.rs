@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::RequestBody;
+use crate::proxy_header::{self, ProxyVersion};
 use crate::state::ServerState;
 use crate::tls::{UpstreamStream, UpstreamTls};
 use crate::util::lock;
@@ -168,14 +170,35 @@ pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream
     Ok(stream)
 }
 
-/// Opens a connection to `address` within `timeout`, then, with `tls`,
-/// starts TLS on it (the handshake gets its own `timeout`).
+/// Whom a connection to a server is made for: what a PROXY header toward
+/// it names (`send_proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddrs {
+    /// The client as tether determined it (the peer, a trusted PROXY
+    /// header's client, or the client a trusted proxy's `X-Forwarded-For` names).
+    pub client: SocketAddr,
+    /// The frontend address the client reached.
+    pub reached: SocketAddr,
+}
+
+/// Opens a connection to `address` within `timeout`; with `send_proxy`,
+/// writes the PROXY header naming `whom` right after the TCP connect (so
+/// before TLS); then, with `tls`, starts TLS on it (the handshake gets its
+/// own `timeout`).
 pub async fn connect_stream(
     address: SocketAddr,
     timeout: Duration,
     tls: Option<&UpstreamTls>,
+    send_proxy: Option<ProxyVersion>,
+    whom: ClientAddrs,
 ) -> Result<UpstreamStream, ConnectError> {
-    let stream = connect(address, timeout).await?;
+    let mut stream = connect(address, timeout).await?;
+    if let Some(version) = send_proxy {
+        let header = proxy_header::encode(version, whom.client, whom.reached);
+        tokio::time::timeout(timeout, stream.write_all(&header))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+    }
     UpstreamTls::maybe_start(tls, stream, timeout)
         .await
         .map_err(ConnectError::Tls)

@@ -106,6 +106,56 @@ fn push(table: &mut Table, key: &str, value: Value) {
     entry.as_array_mut().expect("an array").push(value);
 }
 
+/// Appends `value` to the array at `path` (keys of nested tables) of `table`.
+fn push_at(table: &mut Table, path: &[&str], value: Value) {
+    let (last, parents) = path.split_last().expect("a key");
+    let mut table = table;
+    for key in parents {
+        let entry = table
+            .entry(key.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        table = entry.as_table_mut().expect("a table");
+    }
+    push(table, last, value);
+}
+
+/// Header rule methods (`request_headers` / `response_headers`) of a route or backend.
+macro_rules! header_rules {
+    () => {
+        /// `request_headers.set.NAME = VALUE`.
+        pub fn request_set(mut self, name: &str, value: &str) -> Self {
+            set(
+                &mut self.table,
+                &["request_headers", "set", name],
+                value.to_value(),
+            );
+            self
+        }
+
+        /// Adds NAME to `request_headers.remove`.
+        pub fn request_remove(mut self, name: &str) -> Self {
+            push_at(&mut self.table, &["request_headers", "remove"], name.to_value());
+            self
+        }
+
+        /// `response_headers.set.NAME = VALUE`.
+        pub fn response_set(mut self, name: &str, value: &str) -> Self {
+            set(
+                &mut self.table,
+                &["response_headers", "set", name],
+                value.to_value(),
+            );
+            self
+        }
+
+        /// Adds NAME to `response_headers.remove`.
+        pub fn response_remove(mut self, name: &str) -> Self {
+            push_at(&mut self.table, &["response_headers", "remove"], name.to_value());
+            self
+        }
+    };
+}
+
 /// Setter methods writing one key (or a dotted path into nested tables).
 macro_rules! keys {
     ($($(#[$doc:meta])* $method:ident($ty:ty) => $($key:literal).+;)*) => {
@@ -385,6 +435,8 @@ impl Route {
         self.any(Condition::path_prefix(prefix))
     }
 
+    header_rules!();
+
     keys! {
         /// `allowed_origins`: this rule's own list, replacing the frontend's.
         allowed_origins(&[&str]) => "allowed_origins";
@@ -503,6 +555,8 @@ impl Backend {
         self
     }
 
+    header_rules!();
+
     /// `discover = { dns = name, port, interval }`: every A/AAAA record of `name` is a server.
     pub fn discover_dns(mut self, name: &str, port: u16, interval: &str) -> Self {
         set(&mut self.table, &["discover", "dns"], name.to_value());
@@ -577,6 +631,8 @@ impl Backend {
         sticky_maxconn_margin(i64) => "sticky_maxconn_margin";
         /// `tls = true|false` (verified against the Mozilla roots, or off).
         tls_enabled(bool) => "tls";
+        /// `send_proxy`: `v1` or `v2`, the PROXY header toward every server.
+        send_proxy(&str) => "send_proxy";
     }
 }
 
@@ -614,6 +670,8 @@ impl Server {
         sni(&str) => "sni";
         /// `tls = true|false` for this server only.
         tls_enabled(bool) => "tls";
+        /// `send_proxy`: `v1`, `v2` or `off` for this server only.
+        send_proxy(&str) => "send_proxy";
     }
 }
 
@@ -768,6 +826,8 @@ impl Health {
         fall(i64) => "fall";
         /// `observe`: failed connects of live traffic count too.
         observe(bool) => "observe";
+        /// `send_proxy`: checks start with the servers' PROXY header.
+        send_proxy(bool) => "send_proxy";
     }
 }
 
