@@ -390,7 +390,10 @@ mod tests {
         ];
         let t = render(&records);
         assert!(t.contains("| tether | 100 | 80 | 0.80 | 10 / 20 | 2.00 | — |"), "{t}");
-        assert!(t.contains("| **tether ÷ haproxy** | | **2.00** | | p99 0.50 | 0.50 | |"), "{t}");
+        assert!(
+            t.contains("| **tether ÷ haproxy** | | **2.00** | | p99 0.50 | 0.50 | |"),
+            "{t}"
+        );
         // The h2 lines add no worker group of their own to the main table.
         assert_eq!(t.lines().filter(|l| l.starts_with("| 1 |")).count(), 3, "{t}");
     }

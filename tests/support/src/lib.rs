@@ -23,10 +23,10 @@ mod timing;
 mod ws;
 
 pub use backend::{backend, loopback_backends, BackendBuilder, TestBackend};
+pub use balancer::{find_balancer, BalancerKind, ExternalBalancer};
 pub use browser::{
     browser_page_out, browser_scripts, chromium, chromium_or_skip, page_server, run_browser_script, run_chromium,
 };
-pub use balancer::{find_balancer, BalancerKind, ExternalBalancer};
 pub use cert::SelfSigned;
 pub use clients::{Clients, Close};
 pub use config::{
