@@ -465,10 +465,10 @@ fn start_logs(admin: Admin, wanted: &'static str) -> String {
 
 #[test]
 fn users_on_a_plain_http_admin_off_loopback_are_warned_about_at_start() {
-    let warning = "admin listener is plain HTTP off loopback";
+    let warning = "as plain HTTP off loopback";
     let log = start_logs(Admin::bind("0.0.0.0:0").user(USER, &hash()), warning);
     assert!(log.contains(warning), "{log}");
-    let quiet = start_logs(Admin::bind("127.0.0.1:0").user(USER, &hash()), "admin listener");
-    assert!(quiet.contains("admin listener"), "{quiet}");
+    let quiet = start_logs(Admin::bind("127.0.0.1:0").user(USER, &hash()), "admin listening");
+    assert!(quiet.contains("admin listening"), "{quiet}");
     assert!(!quiet.contains(warning), "{quiet}");
 }

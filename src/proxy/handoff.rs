@@ -36,6 +36,10 @@ pub(super) struct TunnelJob {
     pub(super) timers: tunnel::Timers,
     /// This tunnel's own lifetime limit, drawn within the frontend's jitter.
     pub(super) lifetime: Option<tunnel::Lifetime>,
+    /// Rebalancing moved the client here from the server it was stuck to
+    /// (read once, at registration: the open tunnel's task does not carry it,
+    /// see `footprint`).
+    pub(super) moved: bool,
 }
 
 /// What an open tunnel holds besides its sockets: the counts it keeps up
@@ -64,8 +68,6 @@ pub(super) struct TunnelHolds {
     /// The client connection's hold of its HTTP/2 stream (`None`: the
     /// tunnel is the whole HTTP/1.1 connection).
     pub(super) stream: Option<StreamHold>,
-    /// Rebalancing moved the client here from the server it was stuck to.
-    pub(super) moved: bool,
 }
 
 impl TunnelJob {
@@ -105,8 +107,8 @@ impl TunnelJob {
                 guard,
                 stick: stick.map(Box::new),
                 stream,
-                moved,
             },
+            moved,
             idle: backend.tunnel_timeout,
             limits: frontend.websocket_limits,
             max_messages: frontend.websocket_max_messages.map(|rate| tunnel::MessageRate {
@@ -132,7 +134,7 @@ impl TunnelJob {
         let state = self.holds.guard.state().clone();
         state.tunnels.fetch_add(1, Ordering::Relaxed);
         // Server down, drain and shutdown ask through this registration.
-        let registration = state.register_tunnel(self.holds.moved);
+        let registration = state.register_tunnel(self.moved);
         let settings = tunnel::Settings {
             idle: self.idle,
             close: registration.control().clone(),
