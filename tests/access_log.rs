@@ -9,20 +9,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The access lines of every test in this file (one global subscriber).
+/// The access-log lines of every test in this file.
 fn access_lines() -> &'static Captured {
-    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    CAPTURED.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter("tether::access=info")
-            .with_writer(move || writer.clone())
-            .init();
-        captured
-    })
+    captured_access_lines()
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@
 //! again with `resolve_interval`. Servers listen on 127.0.0.2, 127.0.0.3, …
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -14,17 +13,7 @@ use tether_test_support::*;
 
 /// Every log line of this test binary (tests tell theirs apart by the DNS name in them).
 fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_env_filter("info")
-            .try_init();
-        captured
-    })
+    captured_logs()
 }
 
 /// How many warnings "kept the last known servers" name `dns_name`.

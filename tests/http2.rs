@@ -219,20 +219,9 @@ async fn ws_close_code(ws: &mut H2Ws, within: Duration) -> Option<u16> {
     }
 }
 
-/// The access-log lines of every test in this file (one global subscriber).
+/// The access-log lines of every test in this file.
 fn access_lines() -> &'static Captured {
-    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    CAPTURED.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter("tether::access=info")
-            .with_writer(move || writer.clone())
-            .init();
-        captured
-    })
+    captured_access_lines()
 }
 
 /// `config` with a loopback admin listener (for `/metrics`).

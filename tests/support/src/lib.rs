@@ -39,7 +39,7 @@ pub use http::{
     server_of, TestBody,
 };
 pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
-pub use logs::{captured_logs, init_logs, Captured};
+pub use logs::{captured_access_lines, captured_logs, init_logs, Captured};
 pub use node::ensure_npm_packages;
 pub use redis_server::{PartitionProxy, RedisServer};
 pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};

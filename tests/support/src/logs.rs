@@ -27,6 +27,23 @@ pub fn captured_logs() -> &'static Captured {
     })
 }
 
+/// The access-log lines of this test binary as JSON objects (one global
+/// subscriber, from the first call on; see [`Captured::lines`]).
+pub fn captured_access_lines() -> &'static Captured {
+    static LINES: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LINES.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter("tether::access=info")
+            .with_writer(move || writer.clone())
+            .try_init();
+        captured
+    })
+}
+
 /// Collects every log line written (give it to a `tracing_subscriber` as its writer).
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
