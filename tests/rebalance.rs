@@ -380,3 +380,47 @@ async fn larger_run_1200_clients_four_servers_then_five() {
     assert_eq!(clients.closed_twice(), vec![]);
     assert_eq!(clients.failed_handshakes(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_a_live_session_stays_on_its_server_while_that_server_is_shed_from() {
+    // Learned session ids (the way Engine.IO polling stays on its server):
+    // moving a request of a live session breaks the session; only requests
+    // that start one are balanced elsewhere during a round.
+    let s1 = backend("s1").start().await;
+    let s2 = backend("s2").start().await;
+    let sticky = Sticky::learned().learn_response_cookie("io").match_url_param("sid");
+    let pool = pool()
+        .balance("leastconn")
+        .sticky(sticky)
+        .rebalance(1.2, "10/s", "1s")
+        .server(Server::from(&s1));
+    let tether = start_tether(&with_admin(pool)).await;
+    assert_eq!(server_of(tether.addr, "/start?set_cookie=io=abc").await, "s1");
+    let clients = Clients::connect(&[tether.addr], "/ws", 60, 20).await;
+    let body = format!(r#"{{"name": "s2", "address": "{}"}}"#, s2.addr);
+    let (status, answer) = admin_call(
+        admin(&tether),
+        Method::POST,
+        "/api/v1/backends/pool/servers",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let active = eventually(Duration::from_secs(5), async || {
+        rebalance_json(&tether).await["active"] == true
+    })
+    .await;
+    assert!(active.is_some(), "no round started: {}", rebalance_json(&tether).await);
+    // During the round (30 to shed at 10/s): the session's requests stay,
+    // a request starting a session goes to the server below its share.
+    for _ in 0..5 {
+        assert_eq!(server_of(tether.addr, "/poll?sid=abc").await, "s1");
+    }
+    assert_eq!(server_of(tether.addr, "/start?set_cookie=io=new").await, "s2");
+    assert_eq!(
+        rebalance_json(&tether).await["active"],
+        true,
+        "the checks ran during the round"
+    );
+    drop(clients);
+}

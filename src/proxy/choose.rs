@@ -57,6 +57,14 @@ impl<'a> Stickiness<'a> {
         })
     }
 
+    /// Whether the request names a live session the table knows (an
+    /// Engine.IO `sid`, a learned id): it must reach the server holding that
+    /// session whatever rebalancing wants, or the session breaks. Requests
+    /// that start a session (a cookie only) are the ones rebalancing moves.
+    fn names_a_session(&self) -> bool {
+        !self.lookup.known_ids.is_empty() || self.lookup.table_target.is_some()
+    }
+
     /// The server the client is stuck to, if any.
     fn stuck(&self) -> Option<(&StickyPolicy, ServerId)> {
         Some((self.policy, self.lookup.target?))
@@ -108,7 +116,8 @@ pub(super) async fn connect(
     };
     let mut tries = Tries::default();
     if let Some((policy, id)) = sticky.and_then(Stickiness::stuck) {
-        if backend.rebalance_state.redispatches_from(&backend.servers[id].state) {
+        let in_a_session = sticky.is_some_and(Stickiness::names_a_session);
+        if !in_a_session && backend.rebalance_state.redispatches_from(&backend.servers[id].state) {
             // Rebalancing sheds from that server: like a full `maxconn`, the
             // client is balanced elsewhere (and re-pinned by the response).
             let mut elsewhere = Tries {
