@@ -194,3 +194,50 @@ async fn tls_handshakes_of_a_tls_frontend_are_timed() {
     assert_eq!(inf, N as f64);
     tether.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_added_through_the_api_gets_its_histograms_and_a_deleted_one_loses_them() {
+    let (s1, s2) = (backend("s1").start().await, backend("s2").start().await);
+    let tether = start_tether(&with_admin(Config::simple(
+        Frontend::public(),
+        pool().balance("roundrobin").server(&s1),
+    )))
+    .await;
+    let admin = tether.handle.admin_addr().expect("admin listener");
+    let name = "tether_server_websocket_handshake_seconds_count";
+    let added = ["backend=\"pool\"", "server=\"s2\""];
+    let series = "tether_server_websocket_handshake_seconds_count{backend=\"pool\",server=\"s2\"}";
+    assert!(!scrape(admin).await.contains(series), "no s2 yet");
+
+    let body = format!(r#"{{"name": "s2", "address": "{}"}}"#, s2.addr);
+    let (status, created) = admin_call(admin, Method::POST, "/api/v1/backends/pool/servers", Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        sample(&scrape(admin).await, name, &added),
+        0.0,
+        "s2's series appear at once"
+    );
+    let mut reached = Vec::new();
+    for _ in 0..4 {
+        let (ws, server) = ws_connect(tether.addr, "/ws").await;
+        drop(ws);
+        reached.push(server);
+    }
+    let on_s2 = reached.iter().filter(|s| *s == "s2").count();
+    assert_eq!(on_s2, 2, "{reached:?}");
+    assert_eq!(sample(&scrape(admin).await, name, &added), on_s2 as f64);
+
+    let (status, deleted) = admin_call(admin, Method::DELETE, "/api/v1/backends/pool/servers/s2", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deleted}");
+    let mut gone = false;
+    for _ in 0..100 {
+        if !scrape(admin).await.contains(series) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "s2's series leave with it");
+    assert_eq!(sample(&scrape(admin).await, name, &SERVER), 2.0, "s1 keeps its own");
+    tether.stop().await;
+}
