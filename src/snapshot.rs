@@ -161,6 +161,8 @@ pub struct Backend {
     pub health: Option<Arc<HealthCheck>>,
     /// Requests waiting in the queue for a slot now.
     pub queued: std::sync::atomic::AtomicU32,
+    /// How long requests that queued for a server slot waited (carried across reloads).
+    pub queue_waits: Arc<crate::state::latency::Latency>,
     /// Evening out tunnels after the server set changed; off when `None`.
     pub rebalance: Option<crate::config::model::Rebalance>,
     /// Where rebalancing stands (carried across reloads by backend name):
@@ -380,6 +382,7 @@ fn build_backend(config: &model::Backend, previous: Option<&Backend>) -> Backend
         down_spread: config.down_spread,
         health,
         queued: std::sync::atomic::AtomicU32::new(0),
+        queue_waits: previous.map(|p| p.queue_waits.clone()).unwrap_or_default(),
         rebalance: config.rebalance,
         rebalance_state: previous.map(|p| p.rebalance_state.clone()).unwrap_or_default(),
         request_headers: config.request_headers.clone(),

@@ -655,6 +655,17 @@ async fn browser_headless_chromium_shows_the_servers_their_tunnels_and_the_chart
             &rest[..rest.len().min(600)]
         );
         assert!(rest.contains(r#"<span class="state up">up</span>"#), "{name} is up");
+        // Its handshake went through: a p50 from the histogram, in milliseconds.
+        let latency = rest
+            .find(r#"<dd class="latency">handshake p50 "#)
+            .expect("latency cell");
+        let value = &rest[latency + r#"<dd class="latency">handshake p50 "#.len()..];
+        let number: String = value.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        assert!(
+            number.parse::<f64>().is_ok() && value[number.len()..].starts_with(" ms"),
+            "{name} shows its handshake p50:\n{}",
+            &rest[..rest.len().min(1200)]
+        );
     }
 
     // A screenshot a person can look at.

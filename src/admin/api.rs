@@ -12,7 +12,7 @@ use super::{error_response, json_response, AdminBody};
 use crate::config::MAX_WEIGHT;
 use crate::dynamic::{Refusal, RefusalKind};
 use crate::snapshot::{Backend, Server, Snapshot};
-use crate::state::{AdminState, Changes};
+use crate::state::{AdminState, Changes, ServerState};
 
 /// Stick-table entries returned when `limit` is absent.
 pub const DEFAULT_PAGE: usize = 100;
@@ -89,7 +89,26 @@ pub fn server_json(backend: &Backend, index: usize) -> Value {
         "responses": { "1xx": responses[0], "2xx": responses[1], "3xx": responses[2], "4xx": responses[3], "5xx": responses[4] },
         "errors": errors,
         "health": health,
+        "latency": latency_json(state),
     })
+}
+
+/// p50 and p99 of the server's latency histograms, in milliseconds (null
+/// without samples), interpolated within their buckets.
+fn latency_json(state: &ServerState) -> Value {
+    let mut latency = serde_json::Map::new();
+    for (name, histogram) in [
+        ("connect", &state.connect_times),
+        ("handshake", &state.handshake_times),
+        ("first_byte", &state.first_byte_times),
+    ] {
+        let reading = histogram.read();
+        for (suffix, q) in [("p50", 0.5), ("p99", 0.99)] {
+            let ms = reading.quantile(q).map(|seconds| seconds * 1000.0);
+            latency.insert(format!("{name}_{suffix}_ms"), ms.into());
+        }
+    }
+    Value::Object(latency)
 }
 
 fn backend_json(backend: &Backend) -> Value {

@@ -9,7 +9,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 
 use super::Context;
 use super::{error_response, AdminBody};
+use crate::state::latency::LatencyReading;
 use crate::state::AdminState;
 
 /// The content type of the exposition (Prometheus negotiates it and parses it natively).
@@ -107,6 +108,40 @@ impl Collector for ServerHistograms {
     }
 }
 
+/// Latency histograms read from the live state (`state::latency`), one
+/// series per label set, encoded under one metric name at scrape time.
+#[derive(Debug)]
+struct LatencyHistograms<L> {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(L, LatencyReading)>,
+}
+
+impl<L> LatencyHistograms<L> {
+    fn new(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            series: Vec::new(),
+        }
+    }
+}
+
+impl<L: EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> Collector for LatencyHistograms<L> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
+        for (labels, reading) in &self.series {
+            family.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+                reading.sum_seconds,
+                reading.count(),
+                &reading.buckets(),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 type GaugeFamily<L> = Family<L, Gauge>;
 type FloatGaugeFamily<L> = Family<L, Gauge<f64, AtomicU64>>;
 type CounterFamily<L> = Family<L, Counter>;
@@ -139,7 +174,33 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         help: "How long active health checks took",
         series: Vec::new(),
     };
+    let mut connect_times = LatencyHistograms::new(
+        "tether_server_connect_seconds",
+        "How long new connections to the server took: TCP connect, and the TLS handshake to a TLS server",
+    );
+    let mut handshake_times = LatencyHistograms::new(
+        "tether_server_websocket_handshake_seconds",
+        "From a WebSocket handshake's request head to tether's 101 for it",
+    );
+    let mut first_byte_times = LatencyHistograms::new(
+        "tether_server_first_byte_seconds",
+        "From a plain HTTP request's head to the server's response head",
+    );
+    let mut queue_waits = LatencyHistograms::new(
+        "tether_backend_queue_wait_seconds",
+        "How long requests that queued for a server slot (every server at maxconn) waited",
+    );
+    let mut tls_handshakes = LatencyHistograms::new(
+        "tether_frontend_tls_handshake_seconds",
+        "How long the frontend's successful TLS handshakes with clients took",
+    );
     for backend in &snapshot.backends {
+        queue_waits.series.push((
+            BackendLabels {
+                backend: backend.name.to_string(),
+            },
+            backend.queue_waits.read(),
+        ));
         for (index, server) in backend.servers.iter().enumerate() {
             let labels = ServerLabels {
                 backend: backend.name.to_string(),
@@ -189,6 +250,13 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
             tunnel_durations
                 .series
                 .push((labels.clone(), state.tunnel_durations.clone()));
+            connect_times.series.push((labels.clone(), state.connect_times.read()));
+            handshake_times
+                .series
+                .push((labels.clone(), state.handshake_times.read()));
+            first_byte_times
+                .series
+                .push((labels.clone(), state.first_byte_times.read()));
             if backend.health.is_some() {
                 check_durations
                     .series
@@ -282,6 +350,9 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
             .get_or_create(&labels)
             .inc_by(load(&state.lifetime_closes));
         if frontend.tls.is_some() {
+            tls_handshakes
+                .series
+                .push((labels.clone(), state.tls_handshakes.read()));
             tls_failures
                 .get_or_create(&labels)
                 .inc_by(load(&state.tls_handshake_failures));
@@ -389,6 +460,11 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
     );
     registry.register_collector(Box::new(tunnel_durations));
     registry.register_collector(Box::new(check_durations));
+    registry.register_collector(Box::new(connect_times));
+    registry.register_collector(Box::new(handshake_times));
+    registry.register_collector(Box::new(first_byte_times));
+    registry.register_collector(Box::new(queue_waits));
+    registry.register_collector(Box::new(tls_handshakes));
     registry.register(
         "tether_backend_queued",
         "Requests waiting for a slot because every server is at maxconn",

@@ -344,8 +344,16 @@ async fn wait_for_slot(backend: &Backend, key: &RequestKey<'_>, deadline: tokio:
             self.0.fetch_sub(1, Ordering::Relaxed);
         }
     }
+    /// Records how long the request waited, however the wait ends.
+    struct Waited<'a>(&'a crate::state::latency::Latency, tokio::time::Instant);
+    impl Drop for Waited<'_> {
+        fn drop(&mut self) {
+            self.0.observe(self.1.elapsed());
+        }
+    }
     backend.queued.fetch_add(1, Ordering::Relaxed);
     let _queued = Queued(&backend.queued);
+    let _waited = Waited(&backend.queue_waits, tokio::time::Instant::now());
     loop {
         // Register on every server before looking again, so no release is missed.
         let mut waits: Vec<_> = backend.servers.iter().map(|s| Box::pin(s.state.slot_freed())).collect();
@@ -447,7 +455,9 @@ pub(super) async fn open(
     whom: ClientAddrs,
 ) -> Result<UpstreamSender, pool::ConnectError> {
     let tls = server.tls.as_ref();
+    let started = tokio::time::Instant::now();
     let stream = pool::connect_stream(server.address, backend.connect_timeout, tls, server.send_proxy, whom).await?;
+    server.state.connect_times.observe(started.elapsed());
     pool::handshake(stream, upgrades).await
 }
 

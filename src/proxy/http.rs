@@ -307,6 +307,9 @@ async fn pipeline(
     exchange.log.status = response.status().as_u16();
     *response.version_mut() = Version::HTTP_11;
     let server = &backend.servers[upstream.server];
+    if !websocket {
+        server.state.first_byte_times.observe(exchange.log.started.elapsed());
+    }
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
         // A 101 that does not answer the handshake: the client would fail
         // it (RFC 6455 §4.1), so no tunnel; the server's connection drops.
@@ -348,6 +351,7 @@ async fn pipeline(
             counted,
         );
         upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
+        server.state.handshake_times.observe(exchange.log.started.elapsed());
         return Ok(Answer::Switched(parts));
     }
     let (mut parts, body) = response.into_parts();

@@ -162,9 +162,13 @@ async fn serve_connection(
         None => ClientStream::Plain(stream),
         Some((acceptor, counters)) => {
             let hard = shared.stop.hard();
+            let started = tokio::time::Instant::now();
             tokio::select! {
                 handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream)) => match handshake {
-                    Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                    Ok(Ok(tls)) => {
+                        counters.tls_handshakes.observe(started.elapsed());
+                        ClientStream::Tls(Box::new(tls))
+                    }
                     Ok(Err(err)) => {
                         counters.tls_handshake_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::debug!(client = %peer, frontend = %frontend, cause = %err, "TLS handshake failed: connection closed");

@@ -9,6 +9,7 @@
 pub mod admission;
 mod changes;
 pub mod health;
+pub mod latency;
 pub mod machine;
 pub mod rebalance;
 
@@ -78,6 +79,8 @@ pub struct FrontendState {
     pub admission: admission::Admission,
     /// TLS handshakes that failed or did not finish in time (TLS frontends).
     pub tls_handshake_failures: AtomicU64,
+    /// How long the TLS handshakes that succeeded took (TLS frontends).
+    pub tls_handshakes: latency::Latency,
     /// Tunnels tether closed with 1001 at their `websocket.max_lifetime`.
     pub lifetime_closes: AtomicU64,
     /// Client connections that spoke HTTP/2 (ALPN `h2` or h2c).
@@ -260,6 +263,12 @@ pub struct ServerState {
     pub tunnel_durations: Histogram,
     /// How long active health checks of this server took.
     pub check_durations: Histogram,
+    /// How long new connections to the server took (TCP connect, and the TLS handshake to a TLS server).
+    pub connect_times: latency::Latency,
+    /// From a WebSocket handshake's request head to tether's 101 for it.
+    pub handshake_times: latency::Latency,
+    /// From a plain HTTP request's head to the server's response head.
+    pub first_byte_times: latency::Latency,
     /// When (Unix ms) the server last went up or down or changed admin state; start time if never.
     state_since_unix_ms: AtomicU64,
     /// A number no other server state of this process has, so engines
@@ -309,6 +318,9 @@ impl ServerState {
             http_504: AtomicU64::new(0),
             tunnel_durations: Histogram::new(TUNNEL_BUCKETS),
             check_durations: Histogram::new(CHECK_BUCKETS),
+            connect_times: latency::Latency::default(),
+            handshake_times: latency::Latency::default(),
+            first_byte_times: latency::Latency::default(),
             state_since_unix_ms: AtomicU64::new(unix_ms()),
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             health: Mutex::new(HealthStatus::default()),

@@ -25,6 +25,7 @@ pub fn backend(name: &str) -> BackendBuilder {
         name: name.to_string(),
         upgrade_status: None,
         response_delay: None,
+        handshake_delay: None,
         decline_extensions: false,
     }
 }
@@ -34,6 +35,7 @@ pub struct BackendBuilder {
     name: String,
     upgrade_status: Option<StatusCode>,
     response_delay: Option<Duration>,
+    handshake_delay: Option<Duration>,
     decline_extensions: bool,
 }
 
@@ -58,6 +60,12 @@ impl BackendBuilder {
         self
     }
 
+    /// Wait this long before answering WebSocket handshakes.
+    pub fn handshake_delay(mut self, delay: Duration) -> Self {
+        self.handshake_delay = Some(delay);
+        self
+    }
+
     /// Starts the backend on 127.0.0.1:0.
     pub async fn start(self) -> TestBackend {
         self.start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
@@ -72,6 +80,7 @@ impl BackendBuilder {
             name: self.name.clone(),
             upgrade_status: self.upgrade_status,
             response_delay: self.response_delay,
+            handshake_delay: self.handshake_delay,
             decline_extensions: self.decline_extensions,
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
@@ -102,6 +111,7 @@ struct BackendShared {
     name: String,
     upgrade_status: Option<StatusCode>,
     response_delay: Option<Duration>,
+    handshake_delay: Option<Duration>,
     decline_extensions: bool,
     connections: AtomicUsize,
     requests: AtomicUsize,
@@ -181,6 +191,9 @@ async fn serve(shared: Arc<BackendShared>, mut req: Request<Incoming>) -> Result
             .unwrap());
     }
     if let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() {
+        if let Some(delay) = shared.handshake_delay {
+            tokio::time::sleep(delay).await;
+        }
         if let Some(status) = shared.upgrade_status {
             return Ok(builder
                 .status(status)
