@@ -289,6 +289,8 @@ impl Tether {
         let _discovery = handle.start_discovery();
         // Servers deleted through the API leave once drained, until this function ends.
         let _deletions = handle.start_deletions();
+        // Automatic certificates are kept (ordered, renewed) until this function ends.
+        let _acme = handle.start_acme();
         shutdown.await;
         let grace = shared.snapshot.load().shutdown_grace;
         let open = shared.open.count();
@@ -328,6 +330,27 @@ impl Tether {
 
 /// Aborts a task when dropped (when `run` returns or is cancelled).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Handle {
+    /// One ACME task per frontend with `tls.acme` (of the file read at start).
+    fn start_acme(&self) -> Vec<AbortOnDrop> {
+        let config = lock(&self.inner.discovery.file).clone();
+        let snapshot = self.inner.shared.snapshot.load();
+        config
+            .frontends
+            .iter()
+            .filter_map(|f| {
+                let settings = f.acme.clone()?;
+                let slot = snapshot.frontend(&f.name)?.tls.as_ref()?.acme.as_ref()?.slot.clone();
+                Some(AbortOnDrop(tokio::spawn(crate::acme::run(
+                    f.name.clone().into(),
+                    settings,
+                    slot,
+                ))))
+            })
+            .collect()
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -15,6 +15,7 @@ mod http;
 mod instance;
 mod logs;
 mod node;
+mod pebble;
 mod redis_server;
 mod sentinel;
 mod timing;
@@ -37,6 +38,7 @@ pub use http::{
 pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
 pub use logs::{init_logs, Captured};
 pub use node::ensure_npm_packages;
+pub use pebble::{free_port, Pebble};
 pub use redis_server::{PartitionProxy, RedisServer};
 pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};
 pub use timing::eventually;
