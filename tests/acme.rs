@@ -116,7 +116,8 @@ async fn a_certificate_is_obtained_with_tls_alpn_01_and_reused_after_a_restart()
     let tls_port = free_port();
     let pebble = Pebble::start(free_port(), tls_port, None).await;
     let cache = cache_dir("alpn");
-    let config = config(&pebble, tls_port, &cache, &backend, DOMAIN);
+    let config =
+        config(&pebble, tls_port, &cache, &backend, DOMAIN).admin(Admin::bind("127.0.0.1:0").hosts(&["tether.test"]));
     let root = pebble.root_pem().await;
 
     let tether = start_tether(&config).await;
@@ -124,6 +125,13 @@ async fn a_certificate_is_obtained_with_tls_alpn_01_and_reused_after_a_restart()
     assert!(names(&leaf).iter().any(|n| n.contains(DOMAIN)), "{:?}", names(&leaf));
     assert_eq!(pebble.orders(), 1, "{}", pebble.log_text());
     assert_eq!(pebble.issued(), 1);
+    // The expiry, as Unix time, in /metrics and the admin API (the stats page's line).
+    let admin = tether.handle.admin_addr().expect("admin listener");
+    let series = format!("tether_tls_certificate_expiry_seconds{{frontend=\"secure\",domain=\"{DOMAIN}\"}}");
+    assert_eq!(metric(admin, &series).await as i64, validity(&leaf).1);
+    let (_, api) = admin_call(admin, http::Method::GET, "/api/v1/frontends", None).await;
+    assert_eq!(api["frontends"][0]["certificate"]["expires"], validity(&leaf).1);
+    assert_eq!(api["frontends"][0]["certificate"]["domains"][0], DOMAIN);
     // Account key and certificate on disk, readable by tether's user only.
     let files: Vec<_> = std::fs::read_dir(&cache).expect("cache dir").flatten().collect();
     assert_eq!(files.len(), 2, "{files:?}");
