@@ -234,3 +234,41 @@ async fn http_01_is_answered_on_a_plain_frontend_before_its_redirect() {
     tether.stop().await;
     let _ = std::fs::remove_dir_all(cache);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clustered_instances_make_one_order_and_serve_the_same_certificate() {
+    const CLUSTER_DOMAIN: &str = "cluster.acme.test";
+    let redis = RedisServer::start().await;
+    let backend = backend("s1").start().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    // The CA validates at instance A's port; either instance may order.
+    let pebble = Pebble::start(free_port(), port_a, None).await;
+    let root = pebble.root_pem().await;
+    let (cache_a, cache_b) = (cache_dir("cluster-a"), cache_dir("cluster-b"));
+    let clustered = |port: u16, cache: &std::path::Path, name: &str| {
+        config(&pebble, port, cache, &backend, CLUSTER_DOMAIN).cluster(
+            Cluster::redis(&redis.url())
+                .instance(name)
+                .secret("a shared secret of the cluster"),
+        )
+    };
+    let (config_a, config_b) = (clustered(port_a, &cache_a, "a"), clustered(port_b, &cache_b, "b"));
+    let (a, b) = tokio::join!(start_tether(&config_a), start_tether(&config_b));
+    let leaf_a = wait_for_leaf(&pebble, a.addr, &root, CLUSTER_DOMAIN, None, Duration::from_secs(30)).await;
+    let leaf_b = wait_for_leaf(&pebble, b.addr, &root, CLUSTER_DOMAIN, None, Duration::from_secs(15)).await;
+    assert_eq!(leaf_a, leaf_b, "both serve the one certificate ordered");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(pebble.orders(), 1, "one order for two instances: {}", pebble.log_text());
+    // Stored signed, and the lock given back.
+    let certs: Vec<String> = redis.run(redis::cmd("KEYS").arg("*acme:cert:*")).await;
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    let stored: serde_json::Value = serde_json::from_str(&redis.get(&certs[0]).await.expect("stored")).expect("JSON");
+    assert!(stored["signature"].is_string(), "signed with the cluster's secret");
+    assert!(stored["pem"].as_str().is_some_and(|p| p.contains("BEGIN CERTIFICATE")));
+    let locks: Vec<String> = redis.run(redis::cmd("KEYS").arg("*acme:lock:*")).await;
+    assert!(locks.is_empty(), "the ordering lock is given back: {locks:?}");
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(cache_a);
+    let _ = std::fs::remove_dir_all(cache_b);
+}

@@ -15,7 +15,9 @@ pub mod challenge;
 pub mod order;
 pub mod renew;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +28,30 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::model::AcmeSettings;
 use crate::tls::acme::CertSlot;
 use cache::StoredCertificate;
+
+/// A boxed future of the shared store's calls.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the instances of a cluster share their certificates, so only one
+/// of them orders at a time (a lock with an expiry) and the others load what
+/// it stored. `instance` implements it over Redis; errors count as "no".
+pub trait SharedStore: Send + Sync {
+    /// Takes the ordering lock `name` for `ttl`; true when this instance holds it now.
+    fn lock<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
+    /// Gives the lock `name` back, if this instance still holds it.
+    fn unlock<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
+    /// The certificate stored under `name` (verified when the cluster signs its records).
+    fn load<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>>;
+    /// Stores a certificate (chain and key, PEM) under `name`.
+    fn store<'a>(&'a self, name: &'a str, pem: &'a str) -> StoreFuture<'a, ()>;
+}
+
+/// How long one instance may hold the ordering lock (an order that takes
+/// longer lets another instance try).
+pub const LOCK_TTL: Duration = Duration::from_secs(180);
+
+/// How often an instance waiting for another's order looks for its result.
+const SHARED_POLL: Duration = Duration::from_secs(1);
 
 /// Why a certificate could not be obtained, stored or used.
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +123,19 @@ fn jitter(frontend: &str) -> f64 {
     f64::from(u16::from_be_bytes([digest[0], digest[1]])) / f64::from(u16::MAX)
 }
 
-/// Keeps frontend `frontend`'s certificate in `slot` for as long as it runs.
-pub async fn run(frontend: Arc<str>, settings: AcmeSettings, slot: Arc<CertSlot>) {
+/// Keeps frontend `frontend`'s certificate in `slot` for as long as it
+/// runs; with `shared` (a cluster), through its lock and store.
+pub async fn run(
+    frontend: Arc<str>,
+    settings: AcmeSettings,
+    slot: Arc<CertSlot>,
+    shared: Option<Arc<dyn SharedStore>>,
+) {
     let path = cache::certificate_path(&settings.cache, &settings.domains);
+    // The shared name: the certificate file's, so the same domains share one.
+    let name = path
+        .file_stem()
+        .map_or_else(|| settings.domains.join(","), |s| s.to_string_lossy().into_owned());
     let jitter = jitter(&frontend);
     let mut failures = 0u32;
     loop {
@@ -119,11 +155,46 @@ pub async fn run(frontend: Arc<str>, settings: AcmeSettings, slot: Arc<CertSlot>
             Ok(_) => {}
             Err(err) => tracing::warn!(frontend = %frontend, cause = %err, "ACME cache unusable: ordering anew"),
         }
+        let mut locked = false;
+        if let Some(shared) = &shared {
+            // Another instance may have stored one that is not due yet.
+            if let Some(stored) = fresh_shared(shared.as_ref(), &name, jitter).await {
+                if let Err(err) = cache::write_certificate(&path, &stored) {
+                    tracing::warn!(frontend = %frontend, cause = %err, "ACME cache not written");
+                }
+                continue;
+            }
+            if !shared.lock(&name, LOCK_TTL).await {
+                tracing::debug!(frontend = %frontend, "ACME: another instance is ordering; waiting for its certificate");
+                tokio::time::sleep(SHARED_POLL).await;
+                continue;
+            }
+            locked = true;
+            // It may have finished between the look and the lock.
+            if let Some(stored) = fresh_shared(shared.as_ref(), &name, jitter).await {
+                shared.unlock(&name).await;
+                let _ = cache::write_certificate(&path, &stored);
+                continue;
+            }
+        }
         tracing::info!(frontend = %frontend, domains = ?settings.domains, directory = %settings.directory, "ACME: ordering a certificate");
-        match obtain(&settings).await.and_then(|stored| {
+        let outcome = obtain(&settings).await.and_then(|stored| {
             usable(&stored)?;
-            cache::write_certificate(&path, &stored)
-        }) {
+            cache::write_certificate(&path, &stored)?;
+            Ok(stored)
+        });
+        if let (Some(shared), Ok(stored)) = (&shared, &outcome) {
+            let mut text = stored.chain_pem.clone();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&stored.key_pem);
+            shared.store(&name, &text).await;
+        }
+        if let (Some(shared), true) = (&shared, locked) {
+            shared.unlock(&name).await;
+        }
+        match outcome.map(|_| ()) {
             Ok(()) => {
                 failures = 0;
                 tracing::info!(frontend = %frontend, domains = ?settings.domains, "ACME: certificate issued");
@@ -136,6 +207,18 @@ pub async fn run(frontend: Arc<str>, settings: AcmeSettings, slot: Arc<CertSlot>
             }
         }
     }
+}
+
+/// The certificate another instance stored under `name`, if it is valid and not due.
+async fn fresh_shared(shared: &dyn SharedStore, name: &str, jitter: f64) -> Option<StoredCertificate> {
+    let text = shared.load(name).await?;
+    let at = text.find("-----BEGIN PRIVATE KEY-----")?;
+    let stored = StoredCertificate {
+        chain_pem: text[..at].to_string(),
+        key_pem: text[at..].to_string(),
+    };
+    let parsed = usable(&stored).ok()?;
+    (now() < renew::due_at(parsed.not_before, parsed.not_after, jitter)).then_some(stored)
 }
 
 async fn obtain(settings: &AcmeSettings) -> Result<StoredCertificate, AcmeError> {

@@ -13,6 +13,7 @@
 //! `servers` holds what the admin API's server adds and deletes, the state
 //! file and the cluster's shared servers need of the instance.
 
+mod acme_store;
 mod servers;
 
 use std::collections::HashMap;
@@ -342,10 +343,16 @@ impl Handle {
             .filter_map(|f| {
                 let settings = f.acme.clone()?;
                 let slot = snapshot.frontend(&f.name)?.tls.as_ref()?.acme.as_ref()?.slot.clone();
+                let shared = self.inner.cluster.get().map(|cluster| {
+                    Arc::new(acme_store::RedisStore {
+                        cluster: cluster.clone(),
+                    }) as Arc<dyn crate::acme::SharedStore>
+                });
                 Some(AbortOnDrop(tokio::spawn(crate::acme::run(
                     f.name.clone().into(),
                     settings,
                     slot,
+                    shared,
                 ))))
             })
             .collect()
