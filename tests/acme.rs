@@ -132,6 +132,10 @@ async fn a_certificate_is_obtained_with_tls_alpn_01_and_reused_after_a_restart()
     let (_, api) = admin_call(admin, http::Method::GET, "/api/v1/frontends", None).await;
     assert_eq!(api["frontends"][0]["certificate"]["expires"], validity(&leaf).1);
     assert_eq!(api["frontends"][0]["certificate"]["domains"][0], DOMAIN);
+    // A reload keeps serving the certificate (its slot outlives the old snapshot) and orders nothing.
+    tether.handle.reload(&config.parse()).expect("reload");
+    assert_eq!(verified_leaf(tether.addr, &root, DOMAIN).await.as_ref(), Some(&leaf));
+    assert_eq!(pebble.orders(), 1);
     // Account key and certificate on disk, readable by tether's user only.
     let files: Vec<_> = std::fs::read_dir(&cache).expect("cache dir").flatten().collect();
     assert_eq!(files.len(), 2, "{files:?}");
