@@ -347,9 +347,8 @@ impl Drop for StopAcme<'_> {
 
 impl Handle {
     /// Keeps one ACME task per frontend with `tls.acme` in the file in
-    /// force: started at `run` and for frontends a reload adds or changes,
-    /// stopped for those it removes; an unchanged one keeps its task (and
-    /// its certificate slot).
+    /// force, started at `run` (a task already running for the same
+    /// frontend and settings is kept).
     fn sync_acme(&self) {
         let config = lock(&self.inner.discovery.file).clone();
         let snapshot = self.inner.shared.snapshot.load();
@@ -449,9 +448,6 @@ impl Handle {
         }
         *lock(&inner.discovery.file) = Arc::new(config.clone());
         inner.discovery.wake.notify_one();
-        if inner.listeners.running.load(Ordering::SeqCst) {
-            self.sync_acme();
-        }
         Ok(())
     }
 
