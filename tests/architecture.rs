@@ -29,7 +29,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (5, &["sticky"]),
     (6, &["health"]),
     (7, &["snapshot"]),
-    (8, &["proxy", "cluster"]),
+    (8, &["proxy", "cluster", "acme"]),
     (9, &["admin"]),
     (10, &["instance"]),
     (11, &["demo", "import", "lib", "main"]),

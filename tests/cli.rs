@@ -203,3 +203,46 @@ fn run_logs_to_a_pipe_without_colour_and_names_the_admin_listener_once() {
         "names written one way: {access}"
     );
 }
+
+#[test]
+fn check_validates_an_acme_block_with_file_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("tether-cli-acme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("acme.toml");
+    let text = |acme: &str| {
+        format!(
+            "[[frontend]]\nname = \"secure\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"web\"\n\
+             tls = {{ acme = {{ {acme} }} }}\n\n\
+             [[backend]]\nname = \"web\"\n[[backend.server]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"
+        )
+    };
+    // A good block passes without contacting the CA or creating the cache.
+    std::fs::write(
+        &path,
+        text("domains = [\"ws.example.com\"], contact = \"mailto:ops@example.com\", cache = \"acme-cache\""),
+    )
+    .unwrap();
+    let out = tether().arg("check").arg(&path).output().expect("run tether");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.join("acme-cache").exists(), "check writes nothing");
+    for (acme, column, fix) in [
+        (
+            "domains = [\"ws.example.com\"], contact = \"ops@example.com\"",
+            58,
+            "mailto:",
+        ),
+        ("domains = []", 28, "`domains` is empty"),
+        ("domains = [\"*.example.com\"]", 29, "wildcard"),
+    ] {
+        std::fs::write(&path, text(acme)).unwrap();
+        let out = tether().arg("check").arg(&path).output().expect("run tether");
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{}:5:{column}", path.display())),
+            "{acme}: {stderr}"
+        );
+        assert!(stderr.contains(fix), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -160,6 +160,11 @@ pub fn frontends(snapshot: &Snapshot) -> Response<AdminBody> {
                 "connections_open": f.state.connections_open.load(Ordering::Relaxed),
                 "connections_accepted": f.state.connections_accepted.load(Ordering::Relaxed),
                 "requests": f.state.requests.load(Ordering::Relaxed),
+                "certificate": f.tls.as_ref().and_then(|t| t.acme.as_ref()).map(|acme| json!({
+                    "source": "acme",
+                    "domains": &*acme.domains,
+                    "expires": acme.slot.not_after(),
+                })),
             })
         })
         .collect();

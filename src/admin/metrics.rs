@@ -49,6 +49,12 @@ struct FrontendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    frontend: String,
+    domain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
     worker: String,
 }
@@ -298,6 +304,7 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
     let frontend_requests = CounterFamily::<FrontendLabels>::default();
     let frontend_refused = CounterFamily::<RefusedLabels>::default();
     let tls_failures = CounterFamily::<FrontendLabels>::default();
+    let certificate_expiry = GaugeFamily::<CertificateLabels>::default();
     let message_rate_closes = CounterFamily::<FrontendLabels>::default();
     let lifetime_closes = CounterFamily::<FrontendLabels>::default();
     let http2_connections = CounterFamily::<FrontendLabels>::default();
@@ -349,6 +356,18 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         lifetime_closes
             .get_or_create(&labels)
             .inc_by(load(&state.lifetime_closes));
+        if let Some(acme) = frontend.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+            if let Some(not_after) = acme.slot.not_after() {
+                for domain in acme.domains.iter() {
+                    certificate_expiry
+                        .get_or_create(&CertificateLabels {
+                            frontend: frontend.name.to_string(),
+                            domain: domain.clone(),
+                        })
+                        .set(not_after);
+                }
+            }
+        }
         if frontend.tls.is_some() {
             tls_handshakes
                 .series
@@ -524,6 +543,11 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         "tether_tls_handshake_failures",
         "TLS handshakes with clients that failed or did not finish in time (TLS frontends)",
         tls_failures,
+    );
+    registry.register(
+        "tether_tls_certificate_expiry_seconds",
+        "When each automatic (ACME) certificate expires, as Unix time",
+        certificate_expiry,
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
     registry.register(

@@ -195,7 +195,7 @@ fn frontend(
         .as_ref()
         .map(|d| backend_id(raw, d, source))
         .transpose()?;
-    let tls = tls::frontend(f, source, base)?;
+    let (tls, acme) = tls::frontend(f, source, base)?;
     let hsts = f
         .hsts
         .as_ref()
@@ -249,6 +249,7 @@ fn frontend(
         http_request_timeout: f.timeouts.http_request.get(),
         client_body_timeout: f.timeouts.client_body.get(),
         tls,
+        acme,
         redirect_https: f.redirect_https.get_ref().then(|| HttpsRedirect {
             port: f.https_port.as_ref().map(|p| *p.get_ref()),
         }),

@@ -11,6 +11,7 @@
 //! Errors name file, line and column (`error`). Only a model reaches
 //! `Snapshot::build`.
 
+mod acme;
 mod address;
 mod build;
 mod condition;

@@ -125,6 +125,35 @@ pub struct Log {
     pub redact_query: Vec<String>,
 }
 
+/// Let's Encrypt's production directory, the default `directory`.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Which ACME challenge proves control of the domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 (RFC 8737), answered on the TLS frontend itself: no port 80 needed.
+    TlsAlpn01,
+    /// HTTP-01 (RFC 8555 §8.3), answered on any plain frontend (port 80).
+    Http01,
+}
+
+/// A frontend's `tls.acme` block, checked.
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    /// The certificate's names, lowercase, in config order (the first names the cache files).
+    pub domains: Vec<String>,
+    /// The account's contact URL (`mailto:`), if given.
+    pub contact: Option<String>,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// A PEM CA for the directory's HTTPS (else the system's roots).
+    pub directory_ca: Option<std::path::PathBuf>,
+    /// The cache directory (account key and certificates).
+    pub cache: std::path::PathBuf,
+    /// The challenge type answered.
+    pub challenge: AcmeChallenge,
+}
+
 /// The admin listener's settings.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -216,6 +245,8 @@ pub struct Frontend {
     pub client_body_timeout: Duration,
     /// TLS termination, with the certificates read from their files.
     pub tls: Option<ServerTls>,
+    /// Automatic certificates for this frontend (its `tls` then serves them).
+    pub acme: Option<AcmeSettings>,
     /// `redirect_https`: every request is redirected to https.
     pub redirect_https: Option<HttpsRedirect>,
     /// `Strict-Transport-Security` value (TLS frontends only).

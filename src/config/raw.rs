@@ -240,6 +240,27 @@ pub struct FrontendTls {
     /// More certificates, chosen by the SNI name of each handshake.
     #[serde(default)]
     pub certificates: Vec<Spanned<CertificateFiles>>,
+    /// Certificates obtained and renewed by tether itself (ACME, RFC 8555);
+    /// excludes `cert`, `key` and `certificates`.
+    pub acme: Option<Spanned<Acme>>,
+}
+
+/// `tls = { acme = { domains = [...], contact = "mailto:..." } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// The names the certificate is for (no wildcards: TLS-ALPN-01 and HTTP-01 cannot prove them).
+    pub domains: Spanned<Vec<Spanned<String>>>,
+    /// The account's contact, `mailto:` (the CA's expiry notices go there).
+    pub contact: Option<Spanned<String>>,
+    /// The ACME directory URL (Let's Encrypt production when absent).
+    pub directory: Option<Spanned<String>>,
+    /// A PEM CA that the directory's own HTTPS is verified with (a private ACME server).
+    pub directory_ca: Option<Spanned<String>>,
+    /// Where the account key and certificates are kept (0600).
+    pub cache: Option<Spanned<String>>,
+    /// `tls-alpn-01` (default: answered on this frontend) or `http-01` (answered on a plain frontend).
+    pub challenge: Option<Spanned<String>>,
 }
 
 /// One certificate chain and its key, as PEM files.

@@ -12,6 +12,7 @@ use rustls_pki_types::ServerName;
 use toml::Spanned;
 
 use super::error::{ConfigError, SourceMap};
+use super::model::AcmeSettings;
 use super::raw::{Admin, Backend, Frontend, FrontendTls, Server, UpstreamTlsSetting};
 use crate::tls::{client::client_config, server::load_pair, ServerTls, TlsError, UpstreamTls};
 
@@ -22,9 +23,20 @@ pub(super) fn frontend(
     frontend: &Frontend,
     source: &SourceMap<'_>,
     base: &Path,
-) -> Result<Option<ServerTls>, ConfigError> {
+) -> Result<(Option<ServerTls>, Option<AcmeSettings>), ConfigError> {
     check_frontend(frontend, source)?;
-    load_frontend(frontend, source, base)
+    if let Some(tls) = &frontend.tls {
+        if let Some(acme) = &tls.get_ref().acme {
+            let owner = format!("frontend `{}`", frontend.name.get_ref());
+            let settings = super::acme::check(tls, acme, &owner, source, base)?;
+            let http2 = super::build::http2_enabled(frontend);
+            let slot = crate::tls::acme::slot(&format!("{}|{}", settings.cache.display(), settings.domains.join(",")));
+            let server = ServerTls::with_acme(slot, settings.domains.clone(), http2)
+                .map_err(|err| source.error(Some(tls.span()), format!("{owner}: {err}")))?;
+            return Ok((Some(server), Some(settings)));
+        }
+    }
+    Ok((load_frontend(frontend, source, base)?, None))
 }
 
 /// How tether speaks TLS to each server of `backend` (`None`: plain TCP),
@@ -131,6 +143,12 @@ fn blamed<'a>(
 /// Reads the certificates of the admin listener's `tls` (`None`: plain
 /// HTTP): the same keys and the same loader as a frontend's.
 pub(super) fn admin(admin: &Admin, source: &SourceMap<'_>, base: &Path) -> Result<Option<ServerTls>, ConfigError> {
+    if let Some(acme) = admin.tls.as_ref().and_then(|t| t.get_ref().acme.as_ref()) {
+        return Err(source.error(
+            Some(acme.span()),
+            "`acme` is for frontends: give [admin] tls = { cert = \"….pem\", key = \"….key\" }",
+        ));
+    }
     match &admin.tls {
         // The admin listener speaks HTTP/1.1 only.
         Some(tls) => load_server_tls(tls, "[admin]", false, source, base).map(Some),

@@ -13,6 +13,7 @@
 //! `servers` holds what the admin API's server adds and deletes, the state
 //! file and the cluster's shared servers need of the instance.
 
+mod acme_store;
 mod rebalance;
 mod servers;
 
@@ -131,6 +132,8 @@ struct Inner {
     /// Reports of server changes that call for action, until `run` takes
     /// them to act on (closing tunnels, drain timers).
     reports: Mutex<Option<mpsc::UnboundedReceiver<ChangeReport>>>,
+    /// The ACME task of each frontend with `tls.acme` (keyed by frontend and settings), while `run` runs.
+    acme_tasks: Mutex<HashMap<String, AbortOnDrop>>,
     /// The configuration file, so `reload_config_file` can read it again.
     config_path: Mutex<Option<PathBuf>>,
     /// Reloads through `reload_config_file` that succeeded.
@@ -218,6 +221,7 @@ impl Tether {
                 admin: AdminShared::default(),
                 cluster: OnceLock::new(),
                 reports: Mutex::new(Some(reports)),
+                acme_tasks: Mutex::default(),
                 config_path: Mutex::default(),
                 reloads_ok: AtomicU64::new(0),
                 reloads_failed: AtomicU64::new(0),
@@ -295,6 +299,9 @@ impl Tether {
             shared.snapshot.clone(),
             inner.cluster.get().cloned(),
         )));
+        // Automatic certificates are kept (ordered, renewed) until this function ends.
+        handle.sync_acme();
+        let _acme = StopAcme(&handle);
         shutdown.await;
         let grace = shared.snapshot.load().shutdown_grace;
         let open = shared.open.count();
@@ -334,6 +341,54 @@ impl Tether {
 
 /// Aborts a task when dropped (when `run` returns or is cancelled).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+/// Stops the ACME tasks when `run` returns or is cancelled.
+struct StopAcme<'a>(&'a Handle);
+
+impl Drop for StopAcme<'_> {
+    fn drop(&mut self) {
+        self.0.stop_acme();
+    }
+}
+
+impl Handle {
+    /// Keeps one ACME task per frontend with `tls.acme` in the file in
+    /// force, started at `run` (a task already running for the same
+    /// frontend and settings is kept).
+    fn sync_acme(&self) {
+        let config = lock(&self.inner.discovery.file).clone();
+        let snapshot = self.inner.shared.snapshot.load();
+        let mut tasks = lock(&self.inner.acme_tasks);
+        let wanted: HashMap<String, _> = config
+            .frontends
+            .iter()
+            .filter_map(|f| {
+                let settings = f.acme.clone()?;
+                let slot = snapshot.frontend(&f.name)?.tls.as_ref()?.acme.as_ref()?.slot.clone();
+                let key = format!("{}|{settings:?}", f.name);
+                Some((key, (f.name.clone(), settings, slot)))
+            })
+            .collect();
+        tasks.retain(|key, _| wanted.contains_key(key));
+        for (key, (name, settings, slot)) in wanted {
+            if tasks.contains_key(&key) {
+                continue;
+            }
+            let shared = self.inner.cluster.get().map(|cluster| {
+                Arc::new(acme_store::RedisStore {
+                    cluster: cluster.clone(),
+                }) as Arc<dyn crate::acme::SharedStore>
+            });
+            let task = tokio::spawn(crate::acme::run(name.into(), settings, slot, shared));
+            tasks.insert(key, AbortOnDrop(task));
+        }
+    }
+
+    /// Stops every ACME task (when `run` ends).
+    fn stop_acme(&self) {
+        lock(&self.inner.acme_tasks).clear();
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -117,6 +117,14 @@ async fn respond(
         Ok(frontend) => frontend,
         Err(refused) => return Ok(refused.into_response(exchange)),
     };
+    // RFC 8555 §8.3: the CA's HTTP-01 validation, on any plain frontend,
+    // answered before `redirect_https` (the CA follows no redirect to a
+    // frontend that has no certificate yet).
+    if !context.https {
+        if let Some(key_authorization) = http01_key_authorization(&request) {
+            return Ok(acme_answer(key_authorization, exchange));
+        }
+    }
     if let Some(port) = frontend.redirect_https {
         return Ok(match https_location(&request, port) {
             Ok(location) => redirect(location, exchange),
@@ -185,6 +193,27 @@ fn admit<'s>(
         return Err(ProxyError::FramingConflict);
     }
     frontend.ok_or(ProxyError::FrontendGone)
+}
+
+/// The key authorization for a `GET /.well-known/acme-challenge/{token}`
+/// whose token is under validation (RFC 8555 §8.3).
+fn http01_key_authorization<B>(request: &Request<B>) -> Option<String> {
+    if request.method() != http::Method::GET {
+        return None;
+    }
+    let token = request.uri().path().strip_prefix("/.well-known/acme-challenge/")?;
+    crate::tls::acme::http_challenge(token)
+}
+
+/// 200 with the key authorization as the body (`application/octet-stream`).
+fn acme_answer(key_authorization: String, mut exchange: Box<Exchange>) -> Response<ResponseBody> {
+    exchange.log.status = StatusCode::OK.as_u16();
+    let mut response = Response::new(ResponseBody::local(Bytes::from(key_authorization), exchange));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
 }
 
 /// `redirect_https`: the same host, path and query over https, on `port`

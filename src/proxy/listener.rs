@@ -22,6 +22,7 @@ use super::http::handle;
 use super::log::Protocol;
 use super::{Shared, TrackerToken};
 use crate::state::{FrontendConnection, FrontendState};
+use crate::tls::server::Accepted;
 use crate::tls::{ClientStream, ALPN_H2};
 
 /// How long a connection that flooded resets keeps its GOAWAY in flight before it is cut.
@@ -130,7 +131,7 @@ async fn serve_connection(
                 f.proxy_protocol && is_trusted(&f.trusted_proxies, peer.ip()),
                 f.limits,
                 f.per_ip_connections,
-                f.tls.as_ref().map(|t| (t.acceptor(), f.state.clone())),
+                f.tls.as_ref().map(|t| (t.clone(), f.state.clone())),
                 f.http2,
             ),
             None => return,
@@ -165,9 +166,13 @@ async fn serve_connection(
             let started = tokio::time::Instant::now();
             tokio::select! {
                 handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream)) => match handshake {
-                    Ok(Ok(tls)) => {
+                    Ok(Ok(Accepted::Connection(tls))) => {
                         counters.tls_handshakes.observe(started.elapsed());
-                        ClientStream::Tls(Box::new(tls))
+                        ClientStream::Tls(tls)
+                    }
+                    Ok(Ok(Accepted::ChallengeAnswered)) => {
+                        tracing::info!(client = %peer, frontend = %frontend, "ACME TLS-ALPN-01 validation answered");
+                        return;
                     }
                     Ok(Err(err)) => {
                         counters.tls_handshake_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

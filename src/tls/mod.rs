@@ -12,6 +12,7 @@
 //! the running configuration stays; a reload builds new rustls configs and
 //! new connections use them, connections already open keep theirs.
 
+pub mod acme;
 pub mod client;
 pub mod server;
 

@@ -8,7 +8,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::{DnsName, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::acme::{wants_acme_tls, AcmeResolver, CertSlot, ALPN_ACME_TLS};
 use super::{load_certificates, load_key, provider, TlsError, ALPN_H2, ALPN_HTTP_1_1, VERSIONS};
 
 /// A TLS frontend's settings, built once per configuration load and shared
@@ -17,6 +19,29 @@ use super::{load_certificates, load_key, provider, TlsError, ALPN_H2, ALPN_HTTP_
 pub struct ServerTls {
     /// What each accepted connection's handshake uses.
     pub config: Arc<ServerConfig>,
+    /// With automatic certificates: the slot the ACME task fills, and the
+    /// configuration of TLS-ALPN-01 handshakes (ALPN `acme-tls/1` only, so
+    /// ordinary clients are never offered it).
+    pub acme: Option<AcmeTls>,
+}
+
+/// The ACME side of a TLS frontend.
+#[derive(Debug, Clone)]
+pub struct AcmeTls {
+    /// The certificate served now, swapped by the ACME task.
+    pub slot: Arc<CertSlot>,
+    /// The domains the certificate is for, in config order (for `/metrics`).
+    pub domains: Arc<[String]>,
+    /// Handshakes that offer `acme-tls/1` use this configuration.
+    challenge: Arc<ServerConfig>,
+}
+
+/// How an accepted TLS handshake ended.
+pub enum Accepted<IO> {
+    /// An ordinary connection, ready for HTTP.
+    Connection(Box<tokio_rustls::server::TlsStream<IO>>),
+    /// A TLS-ALPN-01 validation handshake, answered and closed (RFC 8737 §3).
+    ChallengeAnswered,
 }
 
 impl ServerTls {
@@ -44,7 +69,63 @@ impl ServerTls {
         };
         Ok(ServerTls {
             config: Arc::new(config),
+            acme: None,
         })
+    }
+
+    /// A frontend whose certificate comes from ACME: served from `slot`
+    /// (swapped without a reload), with TLS-ALPN-01 challenges answered for
+    /// handshakes that offer `acme-tls/1`.
+    pub fn with_acme(slot: Arc<CertSlot>, domains: Vec<String>, http2: bool) -> Result<ServerTls, TlsError> {
+        let resolver = Arc::new(AcmeResolver { slot: slot.clone() });
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = match http2 {
+            true => vec![ALPN_H2.to_vec(), ALPN_HTTP_1_1.to_vec()],
+            false => vec![ALPN_HTTP_1_1.to_vec()],
+        };
+        // RFC 8737 §4: TLS 1.2 or later, ALPN `acme-tls/1` and nothing else.
+        let mut challenge = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        challenge.alpn_protocols = vec![ALPN_ACME_TLS.to_vec()];
+        Ok(ServerTls {
+            config: Arc::new(config),
+            acme: Some(AcmeTls {
+                slot,
+                domains: domains.into(),
+                challenge: Arc::new(challenge),
+            }),
+        })
+    }
+
+    /// Runs the server side of a handshake on `io`: an ACME frontend first
+    /// reads the ClientHello and answers a TLS-ALPN-01 validation with its
+    /// own configuration; every other handshake uses `config`.
+    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<Accepted<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(acme) = &self.acme else {
+            return self
+                .acceptor()
+                .accept(io)
+                .await
+                .map(|tls| Accepted::Connection(Box::new(tls)));
+        };
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        if wants_acme_tls(&start.client_hello()) {
+            let mut tls = start.into_stream(acme.challenge.clone()).await?;
+            let _ = tls.shutdown().await;
+            return Ok(Accepted::ChallengeAnswered);
+        }
+        start
+            .into_stream(self.config.clone())
+            .await
+            .map(|tls| Accepted::Connection(Box::new(tls)))
     }
 
     /// An acceptor for one connection's handshake.

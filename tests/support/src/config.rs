@@ -394,6 +394,28 @@ impl FrontendTls {
         key(&str) => "key";
     }
 
+    /// `acme = { domains, contact, directory, directory_ca, cache }`: certificates from an ACME CA.
+    pub fn acme(domains: &[&str], directory: &str, directory_ca: &str, cache: &str) -> FrontendTls {
+        let mut acme = Table::new();
+        let names = domains.iter().map(|d| Value::String(d.to_string())).collect();
+        acme.insert("domains".into(), Value::Array(names));
+        acme.insert("contact".into(), "mailto:ops@example.com".to_value());
+        acme.insert("directory".into(), directory.to_value());
+        acme.insert("directory_ca".into(), directory_ca.to_value());
+        acme.insert("cache".into(), cache.to_value());
+        let mut tls = FrontendTls::default();
+        tls.table.insert("acme".into(), Value::Table(acme));
+        tls
+    }
+
+    /// Sets `acme.challenge` ("tls-alpn-01" or "http-01").
+    pub fn acme_challenge(mut self, challenge: &str) -> Self {
+        if let Some(Value::Table(acme)) = self.table.get_mut("acme") {
+            acme.insert("challenge".into(), challenge.to_value());
+        }
+        self
+    }
+
     /// Adds a `{ cert, key }` pair to `certificates`.
     pub fn certificate(mut self, cert: &str, key: &str) -> Self {
         let mut pair = Table::new();

@@ -17,6 +17,7 @@ mod http;
 mod instance;
 mod logs;
 mod node;
+mod pebble;
 mod redis_server;
 mod sentinel;
 mod timing;
@@ -41,6 +42,7 @@ pub use http::{
 pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
 pub use logs::{captured_access_lines, captured_logs, init_logs, Captured};
 pub use node::ensure_npm_packages;
+pub use pebble::{free_port, Pebble};
 pub use redis_server::{PartitionProxy, RedisServer};
 pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};
 pub use timing::eventually;

@@ -1,0 +1,126 @@
+//! What a TLS frontend with automatic certificates (ACME, RFC 8555) needs
+//! at handshake time: a certificate slot that the ACME task swaps without a
+//! reload, and the answers to the CA's challenges (TLS-ALPN-01, RFC 8737;
+//! HTTP-01, RFC 8555 §8.3), shared with the proxy's plain frontends.
+//!
+//! The tables are process-wide: a CA's validation may reach any frontend of
+//! the process, and a slot outlives a reload of the configuration (the
+//! ACME task keeps it; a reloaded frontend with the same slot key finds it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+
+use arc_swap::ArcSwapOption;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The ALPN name of the TLS-ALPN-01 challenge (RFC 8737 §6.2).
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
+
+/// The certificate a frontend serves now, swapped in whole when a new one
+/// is issued; handshakes before the swap keep the old one.
+#[derive(Debug, Default)]
+pub struct CertSlot {
+    /// `None` until the first certificate is in (handshakes then fail).
+    current: ArcSwapOption<CertifiedKey>,
+    /// The current certificate's notAfter, Unix seconds (0: none yet), for `/metrics`.
+    not_after: AtomicI64,
+}
+
+impl CertSlot {
+    /// Serves `key` (valid until `not_after`, Unix seconds) from the next handshake on.
+    pub fn install(&self, key: Arc<CertifiedKey>, not_after: i64) {
+        self.current.store(Some(key));
+        self.not_after.store(not_after, Ordering::Relaxed);
+    }
+
+    /// The certificate served now.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+
+    /// The current certificate's expiry (Unix seconds), if one is in.
+    pub fn not_after(&self) -> Option<i64> {
+        match self.not_after.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at),
+        }
+    }
+}
+
+static SLOTS: LazyLock<Mutex<HashMap<String, Weak<CertSlot>>>> = LazyLock::new(Default::default);
+static ALPN_CHALLENGES: LazyLock<Mutex<HashMap<String, Arc<CertifiedKey>>>> = LazyLock::new(Default::default);
+static HTTP_CHALLENGES: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Default::default);
+
+/// The slot for `key` (the cache directory and the domains): the one in
+/// use if any, so a reload keeps serving the certificate already issued.
+pub fn slot(key: &str) -> Arc<CertSlot> {
+    let mut slots = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
+    slots.retain(|_, slot| slot.strong_count() > 0);
+    if let Some(slot) = slots.get(key).and_then(Weak::upgrade) {
+        return slot;
+    }
+    let slot = Arc::new(CertSlot::default());
+    slots.insert(key.to_string(), Arc::downgrade(&slot));
+    slot
+}
+
+/// Answers TLS-ALPN-01 for `domain` with `key` (its acmeIdentifier certificate) until withdrawn.
+pub fn offer_alpn_challenge(domain: &str, key: Arc<CertifiedKey>) {
+    let mut table = ALPN_CHALLENGES.lock().unwrap_or_else(PoisonError::into_inner);
+    table.insert(domain.to_ascii_lowercase(), key);
+}
+
+/// Stops answering TLS-ALPN-01 for `domain`.
+pub fn withdraw_alpn_challenge(domain: &str) {
+    let mut table = ALPN_CHALLENGES.lock().unwrap_or_else(PoisonError::into_inner);
+    table.remove(&domain.to_ascii_lowercase());
+}
+
+/// The challenge certificate for `domain`, while its validation is pending.
+pub fn alpn_challenge(domain: &str) -> Option<Arc<CertifiedKey>> {
+    let table = ALPN_CHALLENGES.lock().unwrap_or_else(PoisonError::into_inner);
+    table.get(&domain.to_ascii_lowercase()).cloned()
+}
+
+/// Answers `GET /.well-known/acme-challenge/{token}` with `key_authorization` until withdrawn.
+pub fn offer_http_challenge(token: &str, key_authorization: &str) {
+    let mut table = HTTP_CHALLENGES.lock().unwrap_or_else(PoisonError::into_inner);
+    table.insert(token.to_string(), key_authorization.to_string());
+}
+
+/// Stops answering HTTP-01 for `token`.
+pub fn withdraw_http_challenge(token: &str) {
+    let mut table = HTTP_CHALLENGES.lock().unwrap_or_else(PoisonError::into_inner);
+    table.remove(token);
+}
+
+/// The key authorization for an HTTP-01 `token`, while its validation is pending.
+pub fn http_challenge(token: &str) -> Option<String> {
+    let table = HTTP_CHALLENGES.lock().unwrap_or_else(PoisonError::into_inner);
+    table.get(token).cloned()
+}
+
+/// Whether a ClientHello asks for the TLS-ALPN-01 challenge (ALPN `acme-tls/1`).
+pub fn wants_acme_tls(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut names| names.any(|n| n == ALPN_ACME_TLS))
+}
+
+/// Chooses the certificate of an ACME frontend's handshake: the challenge
+/// certificate when the client offers `acme-tls/1` for a domain under
+/// validation, the slot's certificate otherwise.
+#[derive(Debug)]
+pub(super) struct AcmeResolver {
+    /// The certificate issued for this frontend.
+    pub(super) slot: Arc<CertSlot>,
+}
+
+impl ResolvesServerCert for AcmeResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if wants_acme_tls(&hello) {
+            return hello.server_name().and_then(alpn_challenge);
+        }
+        self.slot.current()
+    }
+}
