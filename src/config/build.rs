@@ -254,14 +254,8 @@ fn frontend(
             port: f.https_port.as_ref().map(|p| *p.get_ref()),
         }),
         hsts,
-        http2: http2_enabled(f),
+        http2: f.http2_enabled(),
     })
-}
-
-/// `http2` as written, else on for a TLS frontend and off for a plain one
-/// (h2c with prior knowledge is opt-in: plain clients rarely speak it).
-pub(super) fn http2_enabled(f: &raw::Frontend) -> bool {
-    f.http2.as_ref().map_or(f.tls.is_some(), |h| *h.get_ref())
 }
 
 fn backend(b: &raw::Backend, source: &SourceMap<'_>, base: &Path) -> Result<super::model::Backend, ConfigError> {

@@ -227,6 +227,14 @@ pub struct Frontend {
     pub http2: Option<Spanned<bool>>,
 }
 
+impl Frontend {
+    /// `http2` as written, else on for a TLS frontend and off for a plain one
+    /// (h2c with prior knowledge is opt-in: plain clients rarely speak it).
+    pub fn http2_enabled(&self) -> bool {
+        self.http2.as_ref().map_or(self.tls.is_some(), |h| *h.get_ref())
+    }
+}
+
 /// A TLS frontend's certificates: `cert` + `key` for one, `certificates` for
 /// several (both may be given; the first listed is the default when the
 /// client sends no SNI name or an unknown one).

@@ -29,7 +29,7 @@ pub(super) fn frontend(
         if let Some(acme) = &tls.get_ref().acme {
             let owner = format!("frontend `{}`", frontend.name.get_ref());
             let settings = super::acme::check(tls, acme, &owner, source, base)?;
-            let http2 = super::build::http2_enabled(frontend);
+            let http2 = frontend.http2_enabled();
             let slot = crate::tls::acme::slot(&format!("{}|{}", settings.cache.display(), settings.domains.join(",")));
             let server = ServerTls::with_acme(slot, settings.domains.clone(), http2)
                 .map_err(|err| source.error(Some(tls.span()), format!("{owner}: {err}")))?;
@@ -161,7 +161,7 @@ fn load_frontend(frontend: &Frontend, source: &SourceMap<'_>, base: &Path) -> Re
         return Ok(None);
     };
     let owner = format!("frontend `{}`", frontend.name.get_ref());
-    let http2 = super::build::http2_enabled(frontend);
+    let http2 = frontend.http2_enabled();
     load_server_tls(tls, &owner, http2, source, base).map(Some)
 }
 
