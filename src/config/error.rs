@@ -54,3 +54,17 @@ impl<'a> SourceMap<'a> {
         }
     }
 }
+
+#[cfg(test)]
+impl ConfigError {
+    /// Line, column and message of the `Invalid` error `result` holds (for
+    /// the unit tests of the config's parts; anything else fails the test).
+    pub(crate) fn invalid_at<T: std::fmt::Debug>(result: Result<T, ConfigError>) -> (usize, usize, String) {
+        match result {
+            Err(ConfigError::Invalid {
+                line, column, message, ..
+            }) => (line, column, message),
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+}

@@ -153,12 +153,7 @@ mod tests {
     }
 
     fn refusal(result: Result<HeaderRules, ConfigError>) -> (usize, usize, String) {
-        match result {
-            Err(ConfigError::Invalid {
-                line, column, message, ..
-            }) => (line, column, message),
-            other => panic!("expected an error, got {other:?}"),
-        }
+        ConfigError::invalid_at(result)
     }
 
     #[test]

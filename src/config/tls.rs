@@ -321,12 +321,7 @@ mod tests {
     }
 
     fn error_of(text: &str) -> (usize, usize, String) {
-        match parse(text, "test.toml") {
-            Err(ConfigError::Invalid {
-                line, column, message, ..
-            }) => (line, column, message),
-            other => panic!("expected an Invalid error, got {other:?}"),
-        }
+        ConfigError::invalid_at(parse(text, "test.toml"))
     }
 
     #[test]

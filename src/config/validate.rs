@@ -885,12 +885,7 @@ mod health_tests {
     }
 
     fn error_of(health: &str) -> (usize, usize, String) {
-        match parse(&with_health(health), "test.toml") {
-            Err(ConfigError::Invalid {
-                line, column, message, ..
-            }) => (line, column, message),
-            other => panic!("{health}: expected an Invalid error, got {other:?}"),
-        }
+        ConfigError::invalid_at(parse(&with_health(health), "test.toml"))
     }
 
     #[test]
@@ -1022,12 +1017,7 @@ mod health_tests {
     }
 
     fn rebalance_error(rebalance: &str) -> (usize, usize, String) {
-        match parse(&with_rebalance(rebalance), "test.toml") {
-            Err(ConfigError::Invalid {
-                line, column, message, ..
-            }) => (line, column, message),
-            other => panic!("{rebalance}: expected an Invalid error, got {other:?}"),
-        }
+        ConfigError::invalid_at(parse(&with_rebalance(rebalance), "test.toml"))
     }
 
     #[test]
