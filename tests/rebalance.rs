@@ -49,6 +49,19 @@ async fn rebalance_json(tether: &RunningTether) -> Value {
     body["rebalance"].clone()
 }
 
+/// Adds the server `name` at `address` to `pool` through the admin API of `tether` (201 expected).
+async fn add_server(tether: &RunningTether, name: &str, address: SocketAddr) {
+    let body = format!(r#"{{"name": "{name}", "address": "{address}"}}"#);
+    let (status, answer) = admin_call(
+        admin(tether),
+        Method::POST,
+        "/api/v1/backends/pool/servers",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}
+
 /// Waits until the first backend of `tether` has `count` servers.
 async fn wait_servers(tether: &RunningTether, count: usize) {
     let reached = eventually(Duration::from_secs(5), async || {
@@ -164,15 +177,7 @@ async fn a_server_added_through_the_api_gets_its_share_of_the_open_websockets() 
     assert_eq!(rebalance_json(&tether).await["shed_total"], 0);
     let clients = Clients::connect(&[tether.addr], "/ws", CLIENTS, 50).await;
     let before = clients.spread();
-    let body = format!(r#"{{"name": "s4", "address": "{}"}}"#, s4.addr);
-    let (status, answer) = admin_call(
-        admin(&tether),
-        Method::POST,
-        "/api/v1/backends/pool/servers",
-        Some(&body),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    add_server(&tether, "s4", s4.addr).await;
     let outcome = assert_evened_out(&clients, &["s1", "s2", "s3", "s4"], before, Instant::now(), 50).await;
     assert_reported(&tether, outcome.closes.len(), 50.0).await;
     // One summary line per round: the counts before, what was shed, the target.
@@ -290,9 +295,7 @@ async fn under_a_cluster_the_fleet_keeps_to_the_shared_rate_and_evens_out_the_cl
     let b = start_tether(&config("b")).await;
     let clients = Clients::connect(&[a.addr, b.addr], "/ws", CLIENTS, 50).await;
     let before = clients.spread();
-    let body = format!(r#"{{"name": "s4", "address": "{}"}}"#, s4.addr);
-    let (status, answer) = admin_call(admin(&a), Method::POST, "/api/v1/backends/pool/servers", Some(&body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    add_server(&a, "s4", s4.addr).await;
     wait_servers(&b, 4).await;
     let outcome = assert_evened_out(&clients, &["s1", "s2", "s3", "s4"], before, Instant::now(), RATE as u64).await;
     let per_second = clients.closes_per_second();
@@ -341,15 +344,7 @@ async fn larger_run_1200_clients_four_servers_then_five() {
     let clients = Clients::connect(&[tether.addr], "/ws", MANY, 100).await;
     println!("{MANY} clients connected in {:.1} s", started.elapsed().as_secs_f64());
     let before = clients.spread();
-    let body = format!(r#"{{"name": "s5", "address": "{}"}}"#, s5.addr);
-    let (status, _) = admin_call(
-        admin(&tether),
-        Method::POST,
-        "/api/v1/backends/pool/servers",
-        Some(&body),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    add_server(&tether, "s5", s5.addr).await;
     let grown = Instant::now();
     let names = ["s1", "s2", "s3", "s4", "s5"];
     let expected = MANY / names.len();
@@ -397,15 +392,7 @@ async fn a_request_naming_a_live_session_stays_on_its_server_while_that_server_i
     let tether = start_tether(&with_admin(pool)).await;
     assert_eq!(server_of(tether.addr, "/start?set_cookie=io=abc").await, "s1");
     let clients = Clients::connect(&[tether.addr], "/ws", 60, 20).await;
-    let body = format!(r#"{{"name": "s2", "address": "{}"}}"#, s2.addr);
-    let (status, answer) = admin_call(
-        admin(&tether),
-        Method::POST,
-        "/api/v1/backends/pool/servers",
-        Some(&body),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    add_server(&tether, "s2", s2.addr).await;
     let active = eventually(Duration::from_secs(5), async || {
         rebalance_json(&tether).await["active"] == true
     })

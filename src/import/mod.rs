@@ -50,6 +50,18 @@ fn duration(text: &str, bare_unit: &str) -> Option<String> {
     Some(format!("{value}{unit}"))
 }
 
+/// A size as HAProxy and NGINX write them (`30k`, `10m`, `1g`, `100000`;
+/// binary multiples, as both read them) in bytes or entries.
+fn size(text: &str) -> Option<u64> {
+    let (digits, factor) = match text.chars().last()? {
+        'k' | 'K' => (&text[..text.len() - 1], 1 << 10),
+        'm' | 'M' => (&text[..text.len() - 1], 1 << 20),
+        'g' | 'G' => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    digits.parse::<u64>().ok().map(|n| n * factor)
+}
+
 /// A listen address as tether writes it: `*:80`, `:80` and `80` listen on every IPv4 address.
 fn listen_address(text: &str) -> Option<String> {
     let (host, port) = match text.rsplit_once(':') {

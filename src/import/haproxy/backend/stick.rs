@@ -1,8 +1,8 @@
 //! HAProxy `stick-table` and `stick` rules → tether's learned ids, where
 //! they map: ids learned from responses, matched in requests.
 
-use super::super::super::duration;
 use super::super::super::output::{quote, Value};
+use super::super::super::{duration, size};
 use super::super::Directive;
 use super::Backend;
 
@@ -116,15 +116,4 @@ impl Backend {
             }
         }
     }
-}
-
-/// A table size such as `30k`, `1m`, `100000`.
-fn size(text: &str) -> Option<u64> {
-    let (digits, factor) = match text.chars().last()? {
-        'k' | 'K' => (&text[..text.len() - 1], 1 << 10),
-        'm' | 'M' => (&text[..text.len() - 1], 1 << 20),
-        'g' | 'G' => (&text[..text.len() - 1], 1 << 30),
-        _ => (text, 1),
-    };
-    digits.parse::<u64>().ok().map(|n| n * factor)
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::super::output::{Doc, Item, Origin, Section, Value};
-use super::super::{duration, listen_address};
+use super::super::{duration, listen_address, size};
 use super::upstream;
 use super::Node;
 
@@ -402,15 +402,4 @@ fn client_settings(fe: &mut Section, inherited: &Inherited) {
             _ => fe.not_translated(o, "not a time tether can use"),
         }
     }
-}
-
-/// A size such as `10m`, `512k`, `1g`, `1000`.
-fn size(text: &str) -> Option<u64> {
-    let (digits, factor) = match text.chars().last()? {
-        'k' | 'K' => (&text[..text.len() - 1], 1 << 10),
-        'm' | 'M' => (&text[..text.len() - 1], 1 << 20),
-        'g' | 'G' => (&text[..text.len() - 1], 1 << 30),
-        _ => (text, 1),
-    };
-    digits.parse::<u64>().ok().map(|n| n * factor)
 }
