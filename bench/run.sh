@@ -22,6 +22,7 @@
 #   BENCH_H2=0         skip the HTTP/2 rows (WebSockets over one h2c connection,
 #                      RFC 8441; tether and HAProxy only: NGINX cannot proxy them)
 #   BENCH_H2_STREAMS   WebSockets held open on one h2 connection for the h2 idle row
+#   BENCH_ROUNDS=0     only the idle rows (memory, kernel included) and the h2 idle row
 #   BENCH_NO_INSTALL=1 don't apt-get install missing proxies
 #   BENCH_NO_BUILD=1   use the binaries already built
 #   BENCH_TETHER_BIN   a tether binary to measure instead of building one (e.g. an older build)
@@ -484,4 +485,7 @@ echo
 echo "echo: ${ECHO_CONNECTIONS} connections × ${ECHO_SIZE}-byte messages, ${ECHO_SECONDS}s; connect: ${CONNECT_COUNT} handshakes," \
     "${CONNECT_CONCURRENCY} at a time; http: ${HTTP_CONNECTIONS} keep-alive connections, ${HTTP_SECONDS}s;" \
     "idle: ${IDLE_COUNT} WebSockets held ${IDLE_HOLD}s (KiB/conn = proxy RSS delta ÷ connections; for direct, the echo server's)."
+echo "Kernel: growth of /proc/net/sockstat TCP mem (pages) and of the socket slab caches (/proc/slabinfo objects in use; /proc/meminfo Slab" \
+    "without root) from before the first handshake to all open, ÷ connections; it counts every socket of the run and whatever else the" \
+    "machine did meanwhile, so the proxy's own share is its figure minus direct's (h2: minus half of direct's). See docs/benchmarks.md."
 echo "$(haproxy -v 2>/dev/null | head -n 1 | cut -d' ' -f1-3); $(nginx -v 2>&1); $(rustc --version 2>/dev/null || true)"

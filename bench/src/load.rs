@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::client::{HttpClient, WsClient};
+use crate::kmem::KernelMem;
 use crate::ws::{self, XorShift};
 
 /// How long any single step (a handshake, an echo, a response) may take
@@ -457,6 +458,7 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
     // Carries the end of the hold to every connection once all are open.
     let (hold_tx, hold_rx) = watch::channel::<Option<Instant>>(None);
     let rss_before = rss_sum(&p.rss_pids);
+    let kernel_before = KernelMem::read();
     let open_start = Instant::now();
     let mut tasks = Vec::with_capacity(p.count);
     for i in 0..p.count {
@@ -591,6 +593,7 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
     // Let the proxy finish the bookkeeping of the last handshakes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_open = rss_sum(&p.rss_pids);
+    let kernel_open = KernelMem::read();
     let hold_end = Instant::now() + p.hold;
     let _ = hold_tx.send(Some(hold_end));
     if let Some(path) = &p.ready_file {
@@ -615,7 +618,10 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
         (Some(b), Some(o)) if opened > 0 => Some(((o as f64 - b as f64) / opened as f64 * 1000.0).round() / 1000.0),
         _ => None,
     };
-    json!({
+    // Every socket of the run counts here (the load generator's and the echo
+    // servers' too); the report subtracts the `direct` figure.
+    let kernel = kernel_open.per_conn_since(&kernel_before, opened);
+    let mut result = json!({
         "mode": "idle",
         "count": p.count,
         "hold_s": p.hold.as_secs_f64(),
@@ -633,7 +639,11 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
         "kib_per_conn": per_conn,
         "first_error": first_error.get(),
         "ok": opened == p.count as u64 && lost == 0,
-    })
+    });
+    if let Some(fields) = result.as_object_mut() {
+        fields.extend(kernel);
+    }
+    result
 }
 
 #[cfg(test)]
