@@ -15,6 +15,8 @@
 #   BENCH_CPU          the core everything is pinned to (default: the last one)
 #   BENCH_PORT_BASE    first port used on 127.0.0.1 (default 19000)
 #   BENCH_TARGETS      subset of "direct tether haproxy nginx"
+#   BENCH_SERVERS      echo servers behind each proxy (default 3); a proxy opens at most one
+#                      port range of connections to each, so 1,000,000 idle need about 20
 #   BENCH_WORKERS      worker counts to compare (default "1 2")
 #   BENCH_ROUNDS, BENCH_ECHO_SECONDS, BENCH_ECHO_CONNECTIONS, BENCH_ECHO_SIZE,
 #   BENCH_CONNECT_COUNT, BENCH_CONNECT_CONCURRENCY, BENCH_HTTP_SECONDS,
@@ -174,7 +176,13 @@ wait_port() {
     return 1
 }
 
-SERVER_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
+# Echo servers s1, s2, s3 on PORT_BASE+1..3; more (BENCH_SERVERS) from PORT_BASE+104 on.
+SERVER_COUNT=${BENCH_SERVERS:-3}
+[[ $SERVER_COUNT =~ ^[0-9]+$ && $SERVER_COUNT -ge 1 ]] || die "BENCH_SERVERS must be a number ≥ 1"
+SERVER_PORTS=()
+for ((i = 1; i <= SERVER_COUNT; i++)); do
+    if ((i <= 3)); then SERVER_PORTS+=($((PORT_BASE + i))); else SERVER_PORTS+=($((PORT_BASE + 100 + i))); fi
+done
 declare -A PROXY_PORT=([tether]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30)))
 # The h2c listeners of the HTTP/2 rows (one worker each).
 declare -A H2_PORT=([tether]=$((PORT_BASE + 40)) [haproxy]=$((PORT_BASE + 50)))
@@ -199,7 +207,7 @@ write_configs() {
         echo 'balance = "leastconn"'
         echo 'sticky = { cookie = "SERVERID", mode = "insert", indirect = true, nocache = true }'
         echo 'timeouts = { connect = "3s", server = "30s", tunnel = "1h" }'
-        for i in 1 2 3; do
+        for ((i = 1; i <= SERVER_COUNT; i++)); do
             echo
             echo "[[backend.server]]"
             echo "name = \"s$i\""
@@ -226,7 +234,7 @@ write_configs() {
         echo "backend echo"
         echo "    balance leastconn"
         echo "    cookie SERVERID insert indirect nocache"
-        for i in 1 2 3; do
+        for ((i = 1; i <= SERVER_COUNT; i++)); do
             echo "    server s$i 127.0.0.1:${SERVER_PORTS[$((i - 1))]} cookie s$i"
         done
     } >"$OUT/haproxy-$w.cfg"
@@ -252,7 +260,7 @@ write_configs() {
         echo "    map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }"
         echo "    upstream echo {"
         echo "        least_conn;"
-        for i in 1 2 3; do
+        for ((i = 1; i <= SERVER_COUNT; i++)); do
             echo "        server 127.0.0.1:${SERVER_PORTS[$((i - 1))]};"
         done
         echo "        keepalive 64;"
@@ -374,7 +382,7 @@ record_failure() {
 
 # --- echo servers ------------------------------------------------------------------
 SERVER_PIDS=()
-for i in 0 1 2; do
+for ((i = 0; i < SERVER_COUNT; i++)); do
     start_pinned "$OUT/server-s$((i + 1)).log" "$BIN/bench-echo-server" --listen "127.0.0.1:${SERVER_PORTS[$i]}" --name "s$((i + 1))"
     SERVER_PIDS+=("$STARTED")
     wait_port "$STARTED" "${SERVER_PORTS[$i]}" || die "echo server s$((i + 1)) did not start"

@@ -459,6 +459,7 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
     let (hold_tx, hold_rx) = watch::channel::<Option<Instant>>(None);
     let rss_before = rss_sum(&p.rss_pids);
     let kernel_before = KernelMem::read();
+    let client_before = rss_kib(std::process::id());
     let open_start = Instant::now();
     let mut tasks = Vec::with_capacity(p.count);
     for i in 0..p.count {
@@ -594,6 +595,7 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_open = rss_sum(&p.rss_pids);
     let kernel_open = KernelMem::read();
+    let client_open = rss_kib(std::process::id());
     let hold_end = Instant::now() + p.hold;
     let _ = hold_tx.send(Some(hold_end));
     if let Some(path) = &p.ready_file {
@@ -637,6 +639,11 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
         "rss_open_kib": rss_open,
         "rss_end_kib": rss_end,
         "kib_per_conn": per_conn,
+        // The load generator's own memory per connection (for sizing a big run).
+        "client_kib_per_conn": match (client_before, client_open) {
+            (Some(b), Some(o)) if opened > 0 => Some(((o as f64 - b as f64) / opened as f64 * 1000.0).round() / 1000.0),
+            _ => None,
+        },
         "first_error": first_error.get(),
         "ok": opened == p.count as u64 && lost == 0,
     });
