@@ -494,6 +494,6 @@ echo "echo: ${ECHO_CONNECTIONS} connections × ${ECHO_SIZE}-byte messages, ${ECH
     "${CONNECT_CONCURRENCY} at a time; http: ${HTTP_CONNECTIONS} keep-alive connections, ${HTTP_SECONDS}s;" \
     "idle: ${IDLE_COUNT} WebSockets held ${IDLE_HOLD}s (KiB/conn = proxy RSS delta ÷ connections; for direct, the echo server's)."
 echo "Kernel: growth of /proc/net/sockstat TCP mem (pages) and of the socket slab caches (/proc/slabinfo objects in use; /proc/meminfo Slab" \
-    "without root) from before the first handshake to all open, ÷ connections; it counts every socket of the run and whatever else the" \
+    "without root) from before the first handshake to all open (h2: to the end of the hold), ÷ connections; it counts every socket of the run and whatever else the" \
     "machine did meanwhile, so the proxy's own share is its figure minus direct's (h2: minus half of direct's). See docs/benchmarks.md."
 echo "$(haproxy -v 2>/dev/null | head -n 1 | cut -d' ' -f1-3); $(nginx -v 2>&1); $(rustc --version 2>/dev/null || true)"
