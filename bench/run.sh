@@ -15,6 +15,8 @@
 #   BENCH_CPU          the core everything is pinned to (default: the last one)
 #   BENCH_PORT_BASE    first port used on 127.0.0.1 (default 19000)
 #   BENCH_TARGETS      subset of "direct tether haproxy nginx"
+#   BENCH_SERVERS      echo servers behind each proxy (default 3); a proxy opens at most one
+#                      port range of connections to each, so 1,000,000 idle need about 20
 #   BENCH_WORKERS      worker counts to compare (default "1 2")
 #   BENCH_ROUNDS, BENCH_ECHO_SECONDS, BENCH_ECHO_CONNECTIONS, BENCH_ECHO_SIZE,
 #   BENCH_CONNECT_COUNT, BENCH_CONNECT_CONCURRENCY, BENCH_HTTP_SECONDS,
@@ -22,6 +24,7 @@
 #   BENCH_H2=0         skip the HTTP/2 rows (WebSockets over one h2c connection,
 #                      RFC 8441; tether and HAProxy only: NGINX cannot proxy them)
 #   BENCH_H2_STREAMS   WebSockets held open on one h2 connection for the h2 idle row
+#   BENCH_ROUNDS=0     only the idle rows (memory, kernel included) and the h2 idle row
 #   BENCH_NO_INSTALL=1 don't apt-get install missing proxies
 #   BENCH_NO_BUILD=1   use the binaries already built
 #   BENCH_TETHER_BIN   a tether binary to measure instead of building one (e.g. an older build)
@@ -173,7 +176,13 @@ wait_port() {
     return 1
 }
 
-SERVER_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
+# Echo servers s1, s2, s3 on PORT_BASE+1..3; more (BENCH_SERVERS) from PORT_BASE+104 on.
+SERVER_COUNT=${BENCH_SERVERS:-3}
+[[ $SERVER_COUNT =~ ^[0-9]+$ && $SERVER_COUNT -ge 1 ]] || die "BENCH_SERVERS must be a number ≥ 1"
+SERVER_PORTS=()
+for ((i = 1; i <= SERVER_COUNT; i++)); do
+    if ((i <= 3)); then SERVER_PORTS+=($((PORT_BASE + i))); else SERVER_PORTS+=($((PORT_BASE + 100 + i))); fi
+done
 declare -A PROXY_PORT=([tether]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30)))
 # The h2c listeners of the HTTP/2 rows (one worker each).
 declare -A H2_PORT=([tether]=$((PORT_BASE + 40)) [haproxy]=$((PORT_BASE + 50)))
@@ -198,7 +207,7 @@ write_configs() {
         echo 'balance = "leastconn"'
         echo 'sticky = { cookie = "SERVERID", mode = "insert", indirect = true, nocache = true }'
         echo 'timeouts = { connect = "3s", server = "30s", tunnel = "1h" }'
-        for i in 1 2 3; do
+        for ((i = 1; i <= SERVER_COUNT; i++)); do
             echo
             echo "[[backend.server]]"
             echo "name = \"s$i\""
@@ -225,7 +234,7 @@ write_configs() {
         echo "backend echo"
         echo "    balance leastconn"
         echo "    cookie SERVERID insert indirect nocache"
-        for i in 1 2 3; do
+        for ((i = 1; i <= SERVER_COUNT; i++)); do
             echo "    server s$i 127.0.0.1:${SERVER_PORTS[$((i - 1))]} cookie s$i"
         done
     } >"$OUT/haproxy-$w.cfg"
@@ -251,7 +260,7 @@ write_configs() {
         echo "    map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }"
         echo "    upstream echo {"
         echo "        least_conn;"
-        for i in 1 2 3; do
+        for ((i = 1; i <= SERVER_COUNT; i++)); do
             echo "        server 127.0.0.1:${SERVER_PORTS[$((i - 1))]};"
         done
         echo "        keepalive 64;"
@@ -373,7 +382,7 @@ record_failure() {
 
 # --- echo servers ------------------------------------------------------------------
 SERVER_PIDS=()
-for i in 0 1 2; do
+for ((i = 0; i < SERVER_COUNT; i++)); do
     start_pinned "$OUT/server-s$((i + 1)).log" "$BIN/bench-echo-server" --listen "127.0.0.1:${SERVER_PORTS[$i]}" --name "s$((i + 1))"
     SERVER_PIDS+=("$STARTED")
     wait_port "$STARTED" "${SERVER_PORTS[$i]}" || die "echo server s$((i + 1)) did not start"
@@ -484,4 +493,7 @@ echo
 echo "echo: ${ECHO_CONNECTIONS} connections × ${ECHO_SIZE}-byte messages, ${ECHO_SECONDS}s; connect: ${CONNECT_COUNT} handshakes," \
     "${CONNECT_CONCURRENCY} at a time; http: ${HTTP_CONNECTIONS} keep-alive connections, ${HTTP_SECONDS}s;" \
     "idle: ${IDLE_COUNT} WebSockets held ${IDLE_HOLD}s (KiB/conn = proxy RSS delta ÷ connections; for direct, the echo server's)."
+echo "Kernel: growth of /proc/net/sockstat TCP mem (pages) and of the socket slab caches (/proc/slabinfo objects in use; /proc/meminfo Slab" \
+    "without root) from before the first handshake to all open (h2: to the end of the hold), ÷ connections; it counts every socket of the run and whatever else the" \
+    "machine did meanwhile, so the proxy's own share is its figure minus direct's (h2: minus half of direct's). See docs/benchmarks.md."
 echo "$(haproxy -v 2>/dev/null | head -n 1 | cut -d' ' -f1-3); $(nginx -v 2>&1); $(rustc --version 2>/dev/null || true)"

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::client::{HttpClient, WsClient};
+use crate::kmem::KernelMem;
 use crate::ws::{self, XorShift};
 
 /// How long any single step (a handshake, an echo, a response) may take
@@ -457,6 +458,8 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
     // Carries the end of the hold to every connection once all are open.
     let (hold_tx, hold_rx) = watch::channel::<Option<Instant>>(None);
     let rss_before = rss_sum(&p.rss_pids);
+    let kernel_before = KernelMem::read();
+    let client_before = rss_kib(std::process::id());
     let open_start = Instant::now();
     let mut tasks = Vec::with_capacity(p.count);
     for i in 0..p.count {
@@ -591,6 +594,8 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
     // Let the proxy finish the bookkeeping of the last handshakes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_open = rss_sum(&p.rss_pids);
+    let kernel_open = KernelMem::read();
+    let client_open = rss_kib(std::process::id());
     let hold_end = Instant::now() + p.hold;
     let _ = hold_tx.send(Some(hold_end));
     if let Some(path) = &p.ready_file {
@@ -615,7 +620,10 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
         (Some(b), Some(o)) if opened > 0 => Some(((o as f64 - b as f64) / opened as f64 * 1000.0).round() / 1000.0),
         _ => None,
     };
-    json!({
+    // Every socket of the run counts here (the load generator's and the echo
+    // servers' too); the report subtracts the `direct` figure.
+    let kernel = kernel_open.per_conn_since(&kernel_before, opened);
+    let mut result = json!({
         "mode": "idle",
         "count": p.count,
         "hold_s": p.hold.as_secs_f64(),
@@ -631,9 +639,18 @@ pub async fn idle(target: &Target, p: &IdleParams) -> Value {
         "rss_open_kib": rss_open,
         "rss_end_kib": rss_end,
         "kib_per_conn": per_conn,
+        // The load generator's own memory per connection (for sizing a big run).
+        "client_kib_per_conn": match (client_before, client_open) {
+            (Some(b), Some(o)) if opened > 0 => Some(((o as f64 - b as f64) / opened as f64 * 1000.0).round() / 1000.0),
+            _ => None,
+        },
         "first_error": first_error.get(),
         "ok": opened == p.count as u64 && lost == 0,
-    })
+    });
+    if let Some(fields) = result.as_object_mut() {
+        fields.extend(kernel);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -253,6 +253,7 @@ pub fn render(records: &[Value]) -> String {
     }
 
     render_h2(&mut out, &cell);
+    render_kernel_memory(&mut out, &cell, &workers, &present);
 
     // The same failure in several rounds is listed once, with its count.
     let mut notes: Vec<(String, usize)> = Vec::new();
@@ -336,6 +337,74 @@ fn render_h2<'c>(out: &mut String, cell: &dyn Fn(&str, u64, &str) -> &'c Cell) {
     }
 }
 
+/// The idle memory table with the kernel included: per target the RSS
+/// delta per connection, the kernel's growth per connection (socket buffers
+/// plus slab, every socket of the run), the proxy's own kernel share (minus
+/// `direct`, whose two sockets per connection — load generator and echo
+/// server — every proxied connection also has) and the proxy's total.
+/// For the h2 rows only half of `direct` is subtracted: the load generator
+/// holds one socket for all the WebSockets, the echo servers one each.
+fn render_kernel_memory<'c>(
+    out: &mut String,
+    cell: &dyn Fn(&str, u64, &str) -> &'c Cell,
+    workers: &[u64],
+    present: &[&str],
+) {
+    let has_kernel = |c: &Cell| c.median("kernel_kib_per_conn").is_some();
+    let mut rows: Vec<(String, &Cell, &str, f64)> = Vec::new();
+    rows.push(("direct".to_string(), cell("direct", 0, "idle"), "kib_per_conn", 0.0));
+    for &w in workers {
+        for &t in present {
+            rows.push((
+                format!("{t} ({w} worker{})", if w == 1 { "" } else { "s" }),
+                cell(t, w, "idle"),
+                "kib_per_conn",
+                1.0,
+            ));
+        }
+    }
+    for t in ["tether", "haproxy"] {
+        rows.push((
+            format!("{t} h2 (1 worker, per WebSocket)"),
+            cell(t, 1, "h2-idle"),
+            "kib_per_websocket",
+            0.5,
+        ));
+    }
+    if !rows.iter().any(|(_, c, _, _)| has_kernel(c)) {
+        return;
+    }
+    let direct_kernel = cell("direct", 0, "idle").median("kernel_kib_per_conn");
+    out.push_str("\nIdle memory per connection, kernel included (KiB; kernel = sockstat TCP mem pages + slab of the socket caches, grown while the connections opened):\n\n");
+    out.push_str("| target | user (RSS) | kernel, all sockets | of which sockstat / slab | proxy's kernel (− direct) | proxy total (user + own kernel) |\n");
+    out.push_str("|---|--:|--:|--:|--:|--:|\n");
+    let f = |x: Option<f64>| x.map_or("—".to_string(), |x| fmt_num(x, 2));
+    for (label, c, user_field, share) in rows {
+        if c.ok.is_empty() {
+            continue;
+        }
+        let user = c.median(user_field);
+        let kernel = c.median("kernel_kib_per_conn");
+        let split = format!(
+            "{} / {}",
+            f(c.median("kernel_sock_kib_per_conn")),
+            f(c.median("kernel_slab_kib_per_conn"))
+        );
+        let (own, total) = if share == 0.0 {
+            ("—".to_string(), f(user.zip(kernel).map(|(u, k)| u + k)))
+        } else {
+            let own = kernel.zip(direct_kernel).map(|(k, d)| k - share * d);
+            (f(own), f(user.zip(own).map(|(u, o)| u + o)))
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {split} | {own} | {total} |",
+            f(user),
+            f(kernel)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +446,32 @@ mod tests {
         assert!(t.contains("| – | direct | 100 | 1.00 | 10 / 20 / 30 | — | — |"), "{t}");
         assert_eq!(t.lines().filter(|l| l.starts_with("| 1 |")).count(), 5);
         assert!(t.contains("| 45 * |"), "{t}");
+    }
+
+    #[test]
+    fn kernel_memory_subtracts_direct_from_each_proxy() {
+        let records = vec![
+            json!({"target":"direct","workers":0,"mode":"idle","ok":true,"opened":100,"kib_per_conn":0.5,"kernel_kib_per_conn":8.0,"kernel_sock_kib_per_conn":0.0,"kernel_slab_kib_per_conn":8.0}),
+            json!({"target":"tether","workers":1,"mode":"idle","ok":true,"opened":100,"kib_per_conn":1.5,"kernel_kib_per_conn":16.5,"kernel_sock_kib_per_conn":0.5,"kernel_slab_kib_per_conn":16.0}),
+            json!({"target":"tether","workers":1,"mode":"h2-idle","ok":true,"opened":100,"kib_per_websocket":3.0,"kernel_kib_per_conn":8.0,"kernel_sock_kib_per_conn":0.0,"kernel_slab_kib_per_conn":8.0}),
+        ];
+        let t = render(&records);
+        assert!(t.contains("| direct | 0.50 | 8.00 | 0.00 / 8.00 | — | 8.50 |"), "{t}");
+        assert!(
+            t.contains("| tether (1 worker) | 1.50 | 16.50 | 0.50 / 16.00 | 8.50 | 10.00 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| tether h2 (1 worker, per WebSocket) | 3.00 | 8.00 | 0.00 / 8.00 | 4.00 | 7.00 |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn no_kernel_table_without_kernel_figures() {
+        let records =
+            vec![json!({"target":"direct","workers":0,"mode":"idle","ok":true,"opened":100,"kib_per_conn":0.5})];
+        assert!(!render(&records).contains("kernel included"));
     }
 
     #[test]

@@ -121,6 +121,11 @@ async fn every_load_mode_runs_against_the_echo_server() {
     assert_eq!(idle["alive"], 40, "{idle}");
     assert!(idle["pongs"].as_u64().unwrap() >= 40, "{idle}");
     assert!(idle["kib_per_conn"].is_number(), "{idle}");
+    // The kernel's side of the same connections (read from /proc) and the
+    // load generator's own memory per connection.
+    assert!(idle["kernel_kib_per_conn"].is_number(), "{idle}");
+    assert!(idle["kernel_slab_kib_per_conn"].is_number(), "{idle}");
+    assert!(idle["client_kib_per_conn"].is_number(), "{idle}");
 }
 
 #[tokio::test]

@@ -25,6 +25,11 @@ struct Args {
     /// Largest message payload accepted, in bytes.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_message: usize,
+    /// Set SO_REUSEPORT: several servers then share one address and the
+    /// kernel spreads the connections over them (past one process's
+    /// `ulimit -n`).
+    #[arg(long)]
+    reuseport: bool,
     /// The server stops by itself after this many seconds (or on SIGINT/SIGTERM).
     #[arg(long, default_value_t = 4 * 3600)]
     max_lifetime: u64,
@@ -44,7 +49,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async {
-        let listener = match listen(args.listen) {
+        let listener = match listen(args.listen, args.reuseport) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("cannot listen on {}: {e}", args.listen);
@@ -65,13 +70,16 @@ fn main() -> ExitCode {
 /// Binds with a deep accept queue: the load generator opens hundreds of
 /// connections at once, and an overflowing queue would cost a 1 s SYN
 /// retransmission that measures the queue, not the proxy.
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+fn listen(addr: SocketAddr, reuseport: bool) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(4096)
 }

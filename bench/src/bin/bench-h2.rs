@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
+use tether_bench::kmem::KernelMem;
 use tether_bench::load::rss_kib;
 use tether_bench::ws::{self, XorShift, OP_BINARY};
 
@@ -262,19 +263,24 @@ async fn idle(
     pid: u32,
 ) -> Result<serde_json::Value, Error> {
     let before = rss_kib(pid).ok_or("cannot read the proxy's VmRSS")?;
+    let kernel_before = KernelMem::read();
     let mut sockets = Vec::with_capacity(streams);
     for _ in 0..streams {
         sockets.push(open(client, &args.path).await?);
     }
     tokio::time::sleep(Duration::from_secs_f64(hold)).await;
     let after = rss_kib(pid).ok_or("cannot read the proxy's VmRSS")?;
+    // The proxy's upstream sockets and the echo servers' (one pair per
+    // WebSocket) and the one h2 connection: the report subtracts half the
+    // `direct` figure (the echo server's side) to get the proxy's share.
+    let kernel = KernelMem::read().per_conn_since(&kernel_before, streams as u64);
     // Still open: every stream answers an echo.
     let mut rng = XorShift::from_time(0);
     for socket in sockets.iter_mut().take(10) {
         socket.send_frame(masked_frame(&mut rng, b"still there")).await?;
         socket.read_frame().await?;
     }
-    Ok(serde_json::json!({
+    let mut result = serde_json::json!({
         "mode": "h2-idle",
         "target": args.target,
         "workers": 1,
@@ -284,5 +290,9 @@ async fn idle(
         "rss_before_kib": before,
         "rss_after_kib": after,
         "kib_per_websocket": after.saturating_sub(before) as f64 / streams as f64,
-    }))
+    });
+    if let Some(fields) = result.as_object_mut() {
+        fields.extend(kernel);
+    }
+    Ok(result)
 }
