@@ -276,3 +276,33 @@ async fn two_clustered_instances_make_one_order_and_serve_the_same_certificate()
     let _ = std::fs::remove_dir_all(cache_a);
     let _ = std::fs::remove_dir_all(cache_b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_an_acme_frontend_obtains_its_certificate() {
+    const RELOAD_DOMAIN: &str = "reload.acme.test";
+    let backend = backend("s1").start().await;
+    let tls_port = free_port();
+    let pebble = Pebble::start(free_port(), tls_port, None).await;
+    let cache = cache_dir("reload");
+    let root = pebble.root_pem().await;
+    let plain = Config::simple(Frontend::public(), pool().servers([&backend]));
+    let tether = start_tether(&plain).await;
+    let with_acme = plain.frontend(
+        Frontend::new("secure")
+            .bind(format!("127.0.0.1:{tls_port}").as_str())
+            .default_backend("pool")
+            .tls(FrontendTls::acme(
+                &[RELOAD_DOMAIN],
+                &pebble.directory,
+                pebble.https_ca.to_str().expect("path"),
+                cache.to_str().expect("path"),
+            )),
+    );
+    tether.handle.reload(&with_acme.parse()).expect("reload");
+    let secure = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let leaf = wait_for_leaf(&pebble, secure, &root, RELOAD_DOMAIN, None, Duration::from_secs(30)).await;
+    assert!(names(&leaf).iter().any(|n| n.contains(RELOAD_DOMAIN)));
+    assert_eq!(pebble.orders(), 1);
+    tether.stop().await;
+    let _ = std::fs::remove_dir_all(cache);
+}
