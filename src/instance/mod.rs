@@ -242,6 +242,11 @@ impl Tether {
                 .and_then(|f| handle.local_addrs(&f.name).first().map(|a| a.port()))
                 .unwrap_or(0);
             cluster.resolve_instance(port);
+            // Validations of another instance's ACME order are answered from Redis.
+            let answers = acme_store::RedisStore {
+                cluster: cluster.clone(),
+            };
+            let _ = handle.inner.shared.acme_answers.set(Arc::new(answers));
             let _ = handle.inner.cluster.set(cluster);
         }
         handle.apply_intended_states(&snapshot, None);
@@ -381,7 +386,8 @@ impl Handle {
                 }) as Arc<dyn crate::acme::SharedStore>
             });
             // On the caller's runtime (`run`, the API, a signal), else the first worker's.
-            let runtime = tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.inner.listeners.workers[0].clone());
+            let runtime =
+                tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.inner.listeners.workers[0].clone());
             let task = runtime.spawn(crate::acme::run(name.into(), settings, slot, shared));
             tasks.insert(key, AbortOnDrop(task));
         }
