@@ -288,7 +288,7 @@ async fn a_reload_that_adds_an_acme_frontend_obtains_its_certificate() {
     let root = pebble.root_pem().await;
     let plain = Config::simple(Frontend::public(), pool().servers([&backend]));
     let tether = start_tether(&plain).await;
-    let with_acme = plain.frontend(
+    let with_acme = plain.clone().frontend(
         Frontend::new("secure")
             .bind(format!("127.0.0.1:{tls_port}").as_str())
             .default_backend("pool")
@@ -304,6 +304,14 @@ async fn a_reload_that_adds_an_acme_frontend_obtains_its_certificate() {
     let leaf = wait_for_leaf(&pebble, secure, &root, RELOAD_DOMAIN, None, Duration::from_secs(30)).await;
     assert!(names(&leaf).iter().any(|n| n.contains(RELOAD_DOMAIN)));
     assert_eq!(pebble.orders(), 1);
+    // A reload that removes the frontend stops its task; one that adds it
+    // back starts a new one, which serves the cached certificate and orders nothing.
+    tether.handle.reload(&plain.parse()).expect("reload");
+    tether.handle.reload(&with_acme.parse()).expect("reload");
+    let again = wait_for_leaf(&pebble, secure, &root, RELOAD_DOMAIN, None, Duration::from_secs(10)).await;
+    assert_eq!(again, leaf, "the cached certificate is served");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pebble.orders(), 1, "{}", pebble.log_text());
     tether.stop().await;
     let _ = std::fs::remove_dir_all(cache);
 }
