@@ -217,3 +217,32 @@ impl ResolvesServerCert for AcmeResolver {
         self.slot.current()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plausible_token_on_the_validation_path_is_looked_up() {
+        assert_eq!(
+            http01_token("/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"),
+            Some("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0")
+        );
+        assert_eq!(http01_token("/.well-known/acme-challenge/"), None);
+        assert_eq!(http01_token("/.well-known/acme-challenge/a/b"), None);
+        assert_eq!(http01_token("/.well-known/acme-challenge/a%2Fb"), None);
+        assert_eq!(http01_token(&format!("{HTTP01_PREFIX}{}", "a".repeat(129))), None);
+        assert_eq!(http01_token("/index.html"), None);
+    }
+
+    #[test]
+    fn an_answer_fetched_from_the_cluster_expires_and_never_replaces_an_offered_one() {
+        offer_http_challenge("offered-token", "offered");
+        remember_http_challenge("offered-token", "fetched".into(), Duration::from_secs(60));
+        assert_eq!(http_challenge("offered-token").as_deref(), Some("offered"));
+        remember_http_challenge("fetched-token", "fetched".into(), Duration::ZERO);
+        assert_eq!(http_challenge("fetched-token"), None, "expired at once");
+        withdraw_http_challenge("offered-token");
+        assert_eq!(http_challenge("offered-token"), None);
+    }
+}
