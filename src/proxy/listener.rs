@@ -164,8 +164,9 @@ async fn serve_connection(
         Some((acceptor, counters)) => {
             let hard = shared.stop.hard();
             let started = tokio::time::Instant::now();
+            let answers = shared.acme_answers.get().map(|a| &**a);
             tokio::select! {
-                handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream, shared.acme_answers.get().map(|a| &**a))) => match handshake {
+                handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream, answers)) => match handshake {
                     Ok(Ok(Accepted::Connection(tls))) => {
                         counters.tls_handshakes.observe(started.elapsed());
                         ClientStream::Tls(tls)
@@ -224,7 +225,7 @@ async fn serve_connection(
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let (context, answers) = (context.clone(), answers.clone());
                 async move {
-                    if let Some(answers) = answers {
+                    if let Some(answers) = answers.filter(|_| request.method() == hyper::Method::GET) {
                         crate::tls::acme::fetch_http_challenge(&*answers, request.uri().path()).await;
                     }
                     handle(context, request).await
