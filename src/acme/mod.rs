@@ -44,7 +44,33 @@ pub trait SharedStore: Send + Sync {
     fn load<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>>;
     /// Stores a certificate (chain and key, PEM) under `name`.
     fn store<'a>(&'a self, name: &'a str, pem: &'a str) -> StoreFuture<'a, ()>;
+    /// Publishes the answer to a pending challenge for `ttl`, so the
+    /// instance the CA's validation reaches can give it.
+    fn offer_challenge<'a>(
+        &'a self,
+        challenge: &'a PendingChallenge,
+        key_authorization: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()>;
+    /// Withdraws a published answer (the order's validation is over).
+    fn withdraw_challenge<'a>(&'a self, challenge: &'a PendingChallenge) -> StoreFuture<'a, ()>;
 }
+
+/// A challenge under validation, as the instances of a cluster look its
+/// answer up: TLS-ALPN-01 by the domain in the handshake's SNI, HTTP-01
+/// by the token in the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingChallenge {
+    /// TLS-ALPN-01 for this domain (lower case).
+    TlsAlpn01(String),
+    /// HTTP-01 with this token.
+    Http01(String),
+}
+
+/// How long a published challenge answer lives in the shared store: the
+/// order's validation wait (90 s) with room to spare; withdrawn earlier
+/// when the order ends.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(120);
 
 /// How long one instance may hold the ordering lock (an order that takes
 /// longer lets another instance try).
@@ -178,7 +204,7 @@ pub async fn run(
             }
         }
         tracing::info!(frontend = %frontend, domains = ?settings.domains, directory = %settings.directory, "ACME: ordering a certificate");
-        let outcome = obtain(&settings).await.and_then(|stored| {
+        let outcome = obtain(&settings, shared.as_deref()).await.and_then(|stored| {
             usable(&stored)?;
             cache::write_certificate(&path, &stored)?;
             Ok(stored)
@@ -221,7 +247,7 @@ async fn fresh_shared(shared: &dyn SharedStore, name: &str, jitter: f64) -> Opti
     (now() < renew::due_at(parsed.not_before, parsed.not_after, jitter)).then_some(stored)
 }
 
-async fn obtain(settings: &AcmeSettings) -> Result<StoredCertificate, AcmeError> {
+async fn obtain(settings: &AcmeSettings, shared: Option<&dyn SharedStore>) -> Result<StoredCertificate, AcmeError> {
     let account = order::account(settings).await?;
-    order::issue(&account, settings).await
+    order::issue(&account, settings, shared).await
 }

@@ -1,5 +1,6 @@
 //! One ACME order with instant-acme: account (created once, then from the
-//! cache), the challenges answered through the tables in `tls::acme`, a
+//! cache), the challenges answered through the tables in `tls::acme` (and,
+//! in a cluster, published in the shared store for the other instances), a
 //! CSR with a fresh key, and the issued chain.
 
 use std::time::Duration;
@@ -11,7 +12,7 @@ use instant_acme::{
 
 use super::cache::{self, StoredCertificate};
 use super::challenge::alpn_certificate;
-use super::AcmeError;
+use super::{AcmeError, PendingChallenge, SharedStore, CHALLENGE_TTL};
 use crate::config::model::{AcmeChallenge, AcmeSettings};
 use crate::tls::acme as tables;
 
@@ -59,11 +60,48 @@ impl Drop for Offered {
     }
 }
 
-/// Orders a certificate for the settings' domains and waits for it.
-pub async fn issue(account: &Account, settings: &AcmeSettings) -> Result<StoredCertificate, AcmeError> {
+/// Orders a certificate for the settings' domains and waits for it; with
+/// `shared` (a cluster), each challenge answer is published there until the
+/// validation is over, whichever instance the CA reaches.
+pub async fn issue(
+    account: &Account,
+    settings: &AcmeSettings,
+    shared: Option<&dyn SharedStore>,
+) -> Result<StoredCertificate, AcmeError> {
     let identifiers: Vec<Identifier> = settings.domains.iter().cloned().map(Identifier::Dns).collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
     let mut offered = Offered::default();
+    let mut published = Vec::new();
+    let validated = validate(&mut order, settings, shared, &mut offered, &mut published).await;
+    if let Some(shared) = shared {
+        for challenge in &published {
+            shared.withdraw_challenge(challenge).await;
+        }
+    }
+    drop(offered);
+    validated?;
+    let retries = retry_policy();
+    let key_pem = order.finalize().await?;
+    let chain_pem = order.poll_certificate(&retries).await?;
+    Ok(StoredCertificate { chain_pem, key_pem })
+}
+
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(Duration::from_secs(90))
+}
+
+/// Answers each pending authorization's challenge (here, and in `shared`)
+/// and waits until the order is ready.
+async fn validate(
+    order: &mut instant_acme::Order,
+    settings: &AcmeSettings,
+    shared: Option<&dyn SharedStore>,
+    offered: &mut Offered,
+    published: &mut Vec<PendingChallenge>,
+) -> Result<(), AcmeError> {
     let kind = match settings.challenge {
         AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
         AcmeChallenge::Http01 => ChallengeType::Http01,
@@ -81,28 +119,29 @@ pub async fn issue(account: &Account, settings: &AcmeSettings) -> Result<StoredC
             .ok_or_else(|| AcmeError::Refused(format!("the CA offers no {kind:?} challenge")))?;
         let domain = challenge.identifier().to_string();
         let key_authorization = challenge.key_authorization();
-        match settings.challenge {
+        let pending = match settings.challenge {
             AcmeChallenge::TlsAlpn01 => {
                 tables::offer_alpn_challenge(&domain, alpn_certificate(&domain, key_authorization.digest().as_ref())?);
-                offered.domains.push(domain);
+                offered.domains.push(domain.clone());
+                PendingChallenge::TlsAlpn01(domain.to_ascii_lowercase())
             }
             AcmeChallenge::Http01 => {
                 tables::offer_http_challenge(&challenge.token, key_authorization.as_str());
                 offered.tokens.push(challenge.token.clone());
+                PendingChallenge::Http01(challenge.token.clone())
             }
+        };
+        if let Some(shared) = shared {
+            // Published before the CA is told to validate.
+            shared
+                .offer_challenge(&pending, key_authorization.as_str(), CHALLENGE_TTL)
+                .await;
+            published.push(pending);
         }
         challenge.set_ready().await?;
     }
-    let retries = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(250))
-        .backoff(1.5)
-        .timeout(Duration::from_secs(90));
-    match order.poll_ready(&retries).await? {
-        OrderStatus::Ready => {}
-        other => return Err(AcmeError::Refused(format!("order is {other:?} after the challenges"))),
+    match order.poll_ready(&retry_policy()).await? {
+        OrderStatus::Ready => Ok(()),
+        other => Err(AcmeError::Refused(format!("order is {other:?} after the challenges"))),
     }
-    drop(offered);
-    let key_pem = order.finalize().await?;
-    let chain_pem = order.poll_certificate(&retries).await?;
-    Ok(StoredCertificate { chain_pem, key_pem })
 }

@@ -3,17 +3,37 @@
 //! instance's name as its value (given back only by its holder); a stored
 //! certificate is signed like the cluster's other records when `[cluster]
 //! secret` is set, and one with a bad signature is ignored and counted.
+//!
+//! The answers of the order's pending challenges are published the same
+//! way (`acme:alpn:<domain>`, `acme:http:<token>`, with a short expiry), and
+//! every instance reads them (`tls::acme::ClusterAnswers`), so the CA's
+//! validation may reach any instance behind a load balancer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::acme::{SharedStore, StoreFuture};
+use crate::acme::{PendingChallenge, SharedStore, StoreFuture};
 use crate::cluster::Cluster;
+use crate::tls::acme::{AnswerFuture, ClusterAnswers};
 
 /// What signatures of stored certificates are made over (with the key).
 const DOMAIN: &[u8] = b"acme-certificate";
+
+/// What signatures of challenge answers are made over (with the key).
+const CHALLENGE_DOMAIN: &[u8] = b"acme-challenge";
+
+/// A pending challenge's answer as stored in Redis.
+#[derive(Serialize, Deserialize)]
+struct StoredAnswer {
+    /// The key authorization (RFC 8555 §8.1); TLS-ALPN-01 certifies its SHA-256.
+    key_authorization: String,
+    /// HMAC over the key and the key authorization, with `[cluster] secret`.
+    signature: Option<String>,
+}
 
 /// A certificate as stored in Redis.
 #[derive(Serialize, Deserialize)]
@@ -41,6 +61,62 @@ impl RedisStore {
 
     fn limit(&self) -> Duration {
         self.cluster.redis.background_timeout()
+    }
+
+    fn challenge_key(&self, challenge: &PendingChallenge) -> String {
+        match challenge {
+            PendingChallenge::TlsAlpn01(domain) => self.cluster.key(&["acme", "alpn", domain]),
+            PendingChallenge::Http01(token) => self.cluster.key(&["acme", "http", token]),
+        }
+    }
+
+    /// The key authorization published for `challenge`, if its signature holds.
+    async fn answer(&self, challenge: &PendingChallenge) -> Option<String> {
+        let key = self.challenge_key(challenge);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&key);
+        let (bytes,) = self
+            .cluster
+            .redis
+            .query::<(Option<Vec<u8>>,)>(&pipe, self.limit())
+            .await
+            .ok()?;
+        let Ok(stored) = serde_json::from_slice::<StoredAnswer>(&bytes?) else {
+            self.cluster.trust.reject("malformed ACME challenge answer");
+            return None;
+        };
+        let trust = &self.cluster.trust;
+        let signed = stored.signature.as_deref().unwrap_or_default();
+        if trust.signs()
+            && !trust.verify(
+                &[CHALLENGE_DOMAIN, key.as_bytes(), stored.key_authorization.as_bytes()],
+                signed,
+            )
+        {
+            trust.reject("badly signed ACME challenge answer");
+            return None;
+        }
+        Some(stored.key_authorization)
+    }
+}
+
+impl ClusterAnswers for RedisStore {
+    fn alpn_certificate<'a>(&'a self, domain: &'a str) -> AnswerFuture<'a, Arc<CertifiedKey>> {
+        Box::pin(async move {
+            let key_authorization = self.answer(&PendingChallenge::TlsAlpn01(domain.to_string())).await?;
+            let digest = Sha256::digest(key_authorization.as_bytes());
+            match crate::acme::challenge::alpn_certificate(domain, &digest) {
+                Ok(key) => Some(key),
+                Err(err) => {
+                    tracing::warn!(domain, cause = %err, "ACME TLS-ALPN-01 certificate not made");
+                    None
+                }
+            }
+        })
+    }
+
+    fn http_key_authorization<'a>(&'a self, token: &'a str) -> AnswerFuture<'a, String> {
+        Box::pin(async move { self.answer(&PendingChallenge::Http01(token.to_string())).await })
     }
 }
 
@@ -119,6 +195,45 @@ impl SharedStore for RedisStore {
             if let Err(err) = self.cluster.redis.query::<((),)>(&pipe, self.limit()).await {
                 tracing::warn!(cause = %err, "ACME certificate not stored in Redis: the other instances will order their own");
             }
+        })
+    }
+
+    fn offer_challenge<'a>(
+        &'a self,
+        challenge: &'a PendingChallenge,
+        key_authorization: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = self.challenge_key(challenge);
+            let signature = self
+                .cluster
+                .trust
+                .mac(&[CHALLENGE_DOMAIN, key.as_bytes(), key_authorization.as_bytes()]);
+            let record = StoredAnswer {
+                key_authorization: key_authorization.to_string(),
+                signature,
+            };
+            let Ok(json) = serde_json::to_string(&record) else {
+                return;
+            };
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(json)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64);
+            if let Err(err) = self.cluster.redis.query::<((),)>(&pipe, self.limit()).await {
+                tracing::warn!(cause = %err, "ACME challenge answer not stored in Redis: only this instance can answer the CA");
+            }
+        })
+    }
+
+    fn withdraw_challenge<'a>(&'a self, challenge: &'a PendingChallenge) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("DEL").arg(self.challenge_key(challenge));
+            let _ = self.cluster.redis.query::<(i64,)>(&pipe, self.limit()).await;
         })
     }
 }

@@ -242,6 +242,11 @@ impl Tether {
                 .and_then(|f| handle.local_addrs(&f.name).first().map(|a| a.port()))
                 .unwrap_or(0);
             cluster.resolve_instance(port);
+            // Validations of another instance's ACME order are answered from Redis.
+            let answers = acme_store::RedisStore {
+                cluster: cluster.clone(),
+            };
+            let _ = handle.inner.shared.acme_answers.set(Arc::new(answers));
             let _ = handle.inner.cluster.set(cluster);
         }
         handle.apply_intended_states(&snapshot, None);
@@ -353,8 +358,9 @@ impl Drop for StopAcme<'_> {
 
 impl Handle {
     /// Keeps one ACME task per frontend with `tls.acme` in the file in
-    /// force, started at `run` (a task already running for the same
-    /// frontend and settings is kept).
+    /// force: started at `run` and for frontends a reload adds or changes,
+    /// stopped for those it removes; an unchanged one keeps its task (and
+    /// its certificate slot).
     fn sync_acme(&self) {
         let config = lock(&self.inner.discovery.file).clone();
         let snapshot = self.inner.shared.snapshot.load();
@@ -379,7 +385,10 @@ impl Handle {
                     cluster: cluster.clone(),
                 }) as Arc<dyn crate::acme::SharedStore>
             });
-            let task = tokio::spawn(crate::acme::run(name.into(), settings, slot, shared));
+            // On the caller's runtime (`run`, the API, a signal), else the first worker's.
+            let runtime =
+                tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.inner.listeners.workers[0].clone());
+            let task = runtime.spawn(crate::acme::run(name.into(), settings, slot, shared));
             tasks.insert(key, AbortOnDrop(task));
         }
     }
@@ -454,6 +463,9 @@ impl Handle {
         }
         *lock(&inner.discovery.file) = Arc::new(config.clone());
         inner.discovery.wake.notify_one();
+        if inner.listeners.running.load(Ordering::SeqCst) {
+            self.sync_acme();
+        }
         Ok(())
     }
 
@@ -545,6 +557,12 @@ impl Handle {
         let next = Arc::new(next);
         self.sync_listeners(&next)?;
         inner.shared.snapshot.store(next.clone());
+        // Only now: an accept loop looks its frontend up in the snapshot in
+        // force when it starts, and ends at once if it is not there (a loop
+        // started before the swap closed the socket a reload had just bound).
+        if inner.listeners.running.load(Ordering::SeqCst) {
+            self.start_accepting();
+        }
         self.apply(&next, diff, only.as_deref());
         Ok(())
     }
@@ -683,6 +701,8 @@ impl Handle {
 
     /// Binds what `snapshot` lists and is not bound yet, then closes what it no
     /// longer lists. Binding happens first, so a failure changes nothing.
+    /// The new sockets are accepted on by `start_accepting`, once `snapshot`
+    /// is the one in force.
     fn sync_listeners(&self, snapshot: &Snapshot) -> Result<(), StartError> {
         let wanted: Vec<(Arc<str>, SocketAddr)> = snapshot
             .frontends
@@ -728,10 +748,6 @@ impl Handle {
             }
             keep
         });
-        drop(bound);
-        if listeners.running.load(Ordering::SeqCst) {
-            self.start_accepting();
-        }
         Ok(())
     }
 

@@ -164,8 +164,9 @@ async fn serve_connection(
         Some((acceptor, counters)) => {
             let hard = shared.stop.hard();
             let started = tokio::time::Instant::now();
+            let answers = shared.acme_answers.get().map(|a| &**a);
             tokio::select! {
-                handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream)) => match handshake {
+                handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream, answers)) => match handshake {
                     Ok(Ok(Accepted::Connection(tls))) => {
                         counters.tls_handshakes.observe(started.elapsed());
                         ClientStream::Tls(tls)
@@ -218,7 +219,18 @@ async fn serve_connection(
     let timeouts = (client_timeout, head_timeout, body_timeout);
     match protocol {
         Protocol::Http1 => {
-            let service = service_fn(move |request| handle(context.clone(), request));
+            // A plain connection in a cluster answers an HTTP-01 validation
+            // of another instance's order from the cluster's answers.
+            let answers = shared.acme_answers.get().filter(|_| !context.https).cloned();
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let (context, answers) = (context.clone(), answers.clone());
+                async move {
+                    if let Some(answers) = answers.filter(|_| request.method() == hyper::Method::GET) {
+                        crate::tls::acme::fetch_http_challenge(&*answers, request.uri().path()).await;
+                    }
+                    handle(context, request).await
+                }
+            });
             let mut builder = http1::Builder::new();
             // A head larger than the buffer, or with more fields, is answered 431 by hyper.
             // `half_close`: a client that shuts its sending side after a whole

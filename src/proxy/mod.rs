@@ -43,6 +43,9 @@ pub struct Shared {
     pub changes: Changes,
     /// Idle keep-alive connections to the servers, by server.
     pub pools: pool::Pools,
+    /// With `[cluster]`: the ACME challenge answers of orders made by other
+    /// instances, asked by validations this process cannot answer itself.
+    pub acme_answers: std::sync::OnceLock<Arc<dyn crate::tls::acme::ClusterAnswers>>,
 }
 
 impl Shared {
@@ -54,6 +57,7 @@ impl Shared {
             open: Arc::new(Tracker::default()),
             changes,
             pools: pool::Pools::default(),
+            acme_answers: std::sync::OnceLock::new(),
         }
     }
 }

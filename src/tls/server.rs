@@ -10,7 +10,9 @@ use rustls::ServerConfig;
 use rustls_pki_types::{DnsName, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::acme::{wants_acme_tls, AcmeResolver, CertSlot, ALPN_ACME_TLS};
+use super::acme::{
+    alpn_challenge, wants_acme_tls, AcmeResolver, CertSlot, ClusterAnswers, FixedResolver, ALPN_ACME_TLS,
+};
 use super::{load_certificates, load_key, provider, TlsError, ALPN_H2, ALPN_HTTP_1_1, VERSIONS};
 
 /// A TLS frontend's settings, built once per configuration load and shared
@@ -86,26 +88,23 @@ impl ServerTls {
             true => vec![ALPN_H2.to_vec(), ALPN_HTTP_1_1.to_vec()],
             false => vec![ALPN_HTTP_1_1.to_vec()],
         };
-        // RFC 8737 §4: TLS 1.2 or later, ALPN `acme-tls/1` and nothing else.
-        let mut challenge = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(VERSIONS)?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
-        challenge.alpn_protocols = vec![ALPN_ACME_TLS.to_vec()];
+        let challenge = challenge_config(resolver)?;
         Ok(ServerTls {
             config: Arc::new(config),
             acme: Some(AcmeTls {
                 slot,
                 domains: domains.into(),
-                challenge: Arc::new(challenge),
+                challenge,
             }),
         })
     }
 
     /// Runs the server side of a handshake on `io`: an ACME frontend first
     /// reads the ClientHello and answers a TLS-ALPN-01 validation with its
-    /// own configuration; every other handshake uses `config`.
-    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<Accepted<IO>>
+    /// own configuration (the answer of this process's order, else, for one
+    /// of the frontend's names, the one `answers` has from the cluster's
+    /// order); every other handshake uses `config`, with no look-up.
+    pub async fn accept<IO>(&self, io: IO, answers: Option<&dyn ClusterAnswers>) -> std::io::Result<Accepted<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -117,8 +116,19 @@ impl ServerTls {
                 .map(|tls| Accepted::Connection(Box::new(tls)));
         };
         let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
-        if wants_acme_tls(&start.client_hello()) {
-            let mut tls = start.into_stream(acme.challenge.clone()).await?;
+        let hello = start.client_hello();
+        if wants_acme_tls(&hello) {
+            let name = hello.server_name().map(str::to_ascii_lowercase);
+            let config = match (name, answers) {
+                (Some(name), Some(answers)) if acme.asks_cluster(&name) => {
+                    match answers.alpn_certificate(&name).await {
+                        Some(key) => challenge_config(Arc::new(FixedResolver(key))).map_err(std::io::Error::other)?,
+                        None => acme.challenge.clone(),
+                    }
+                }
+                _ => acme.challenge.clone(),
+            };
+            let mut tls = start.into_stream(config).await?;
             let _ = tls.shutdown().await;
             return Ok(Accepted::ChallengeAnswered);
         }
@@ -132,6 +142,26 @@ impl ServerTls {
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
     }
+}
+
+impl AcmeTls {
+    /// Whether a TLS-ALPN-01 validation for `name` (lower case) is answered
+    /// from the cluster: this process has no answer, and it is one of this
+    /// frontend's names (so no other name costs a look-up).
+    fn asks_cluster(&self, name: &str) -> bool {
+        alpn_challenge(name).is_none() && self.domains.iter().any(|d| d.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The configuration of TLS-ALPN-01 handshakes: RFC 8737 §4, TLS 1.2 or
+/// later, ALPN `acme-tls/1` and nothing else.
+fn challenge_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut challenge = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    challenge.alpn_protocols = vec![ALPN_ACME_TLS.to_vec()];
+    Ok(Arc::new(challenge))
 }
 
 /// Reads a certificate chain and its private key, and checks that they belong together.

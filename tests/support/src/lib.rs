@@ -19,6 +19,7 @@ mod logs;
 mod node;
 mod pebble;
 mod redis_server;
+mod relay;
 mod sentinel;
 mod timing;
 mod ws;
@@ -44,6 +45,7 @@ pub use logs::{captured_access_lines, captured_logs, init_logs, Captured};
 pub use node::ensure_npm_packages;
 pub use pebble::{free_port, Pebble};
 pub use redis_server::{PartitionProxy, RedisServer};
+pub use relay::{Choose, Relay};
 pub use sentinel::{sentinel_url, start_sentinels, RedisSentinel, MASTER_NAME};
 pub use timing::eventually;
 pub use ws::{
