@@ -18,6 +18,7 @@ use super::log::{HttpLog, Protocol, RequestId, TunnelLog};
 use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
+use crate::telemetry::{RequestSpan, TunnelSummary, TunnelTrace};
 use crate::sticky::table::StickHold;
 use crate::tls::{ClientStream, UpstreamStream};
 use crate::util::mix::{unit_of, AtomicSplitMix64};
@@ -68,6 +69,9 @@ pub(super) struct TunnelHolds {
     /// The client connection's hold of its HTTP/2 stream (`None`: the
     /// tunnel is the whole HTTP/1.1 connection).
     pub(super) stream: Option<StreamHold>,
+    /// The handshake's trace, whose child span the tunnel's end exports
+    /// (`[tracing]`; boxed: one pointer in the task, see `footprint`).
+    pub(super) trace: Option<Box<TunnelTrace>>,
 }
 
 impl TunnelJob {
@@ -107,6 +111,7 @@ impl TunnelJob {
                 guard,
                 stick: stick.map(Box::new),
                 stream,
+                trace: None,
             },
             moved,
             idle: backend.tunnel_timeout,
@@ -118,6 +123,12 @@ impl TunnelJob {
             timers,
             lifetime,
         }
+    }
+
+    /// The tunnel continues the handshake's trace, if it is traced.
+    pub(super) fn traced(mut self, handshake: Option<&RequestSpan>) -> Self {
+        self.holds.trace = handshake.map(|span| Box::new(span.tunnel()));
+        self
     }
 
     /// Waits for both sides to switch protocols, then hands the sockets to
@@ -219,6 +230,25 @@ impl CarriedBy {
             },
         }
         .emit();
+        if let Some(trace) = holds.trace {
+            trace.end(TunnelSummary {
+                duration: self.started.elapsed(),
+                server: &holds.server,
+                bytes_in: end.client_to_server,
+                bytes_out: end.server_to_client,
+                messages_in: end.messages_in,
+                messages_out: end.messages_out,
+                close_code_in: end.close_code_in,
+                close_code_out: end.close_code_out,
+                close: &end.reason,
+                failed: matches!(
+                    end.reason,
+                    tunnel::CloseReason::ClientError(_)
+                        | tunnel::CloseReason::ServerError(_)
+                        | tunnel::CloseReason::ServerLost
+                ),
+            });
+        }
         drop(self.registration);
         // The learned ids that led here start their idle time now.
         drop(holds.stick);

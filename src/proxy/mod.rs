@@ -15,6 +15,7 @@ pub mod http;
 pub mod listener;
 pub mod log;
 pub mod pool;
+mod trace;
 pub mod tunnel;
 pub mod upgrade;
 
@@ -43,17 +44,22 @@ pub struct Shared {
     pub changes: Changes,
     /// Idle keep-alive connections to the servers, by server.
     pub pools: pool::Pools,
+    /// Starts the spans of requests and tunnels when `[tracing]` is
+    /// configured (set at start; `None`: the data path does no tracing work).
+    pub tracer: Option<crate::telemetry::Tracer>,
 }
 
 impl Shared {
-    /// Shared state serving `snapshot`, reporting server changes to `changes`.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, changes: Changes) -> Self {
+    /// Shared state serving `snapshot`, reporting server changes to
+    /// `changes`, its spans started by `tracer` (if tracing is on).
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, changes: Changes, tracer: Option<crate::telemetry::Tracer>) -> Self {
         Self {
             snapshot,
             stop: Stop::default(),
             open: Arc::new(Tracker::default()),
             changes,
             pools: pool::Pools::default(),
+            tracer,
         }
     }
 }
