@@ -48,11 +48,19 @@ impl Drop for Collector {
     }
 }
 
-async fn receive(spans: Arc<Mutex<Vec<Exported>>>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn receive(
+    spans: Arc<Mutex<Vec<Exported>>>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     assert_eq!(request.method(), http::Method::POST);
     assert_eq!(request.uri().path(), "/v1/traces");
     assert_eq!(request.headers()["content-type"], "application/x-protobuf");
-    let body = request.into_body().collect().await.expect("the export's body").to_bytes();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .expect("the export's body")
+        .to_bytes();
     let export = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf ExportTraceServiceRequest");
     let mut kept = spans.lock().unwrap();
     for resource_spans in export.resource_spans {
@@ -85,7 +93,9 @@ async fn collector() -> Collector {
     let kept = spans.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let kept = kept.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| receive(kept.clone(), request));
@@ -184,9 +194,15 @@ async fn a_client_traceparent_is_continued_and_passed_on_to_the_server() {
     let seen = s1.last_headers();
     let (trace_id, span_id, flags) = traceparent_parts(&seen["traceparent"]);
     assert_eq!(trace_id, CLIENT_TRACE, "the server continues the client's trace");
-    assert_ne!(span_id, CLIENT_SPAN, "the server's parent is tether's span, not the client's");
+    assert_ne!(
+        span_id, CLIENT_SPAN,
+        "the server's parent is tether's span, not the client's"
+    );
     assert_eq!(flags, "01");
-    assert_eq!(seen["tracestate"], "vendor=abc", "tracestate goes on with the client's trace");
+    assert_eq!(
+        seen["tracestate"], "vendor=abc",
+        "tracestate goes on with the client's trace"
+    );
 
     let exported = collector
         .span("of the request", |s| hex(&s.span.trace_id) == CLIENT_TRACE)
@@ -194,11 +210,19 @@ async fn a_client_traceparent_is_continued_and_passed_on_to_the_server() {
     let span = &exported.span;
     assert_eq!(exported.service, "tether");
     assert_eq!(hex(&span.span_id), span_id, "the server was told tether's span");
-    assert_eq!(hex(&span.parent_span_id), CLIENT_SPAN, "the client's span is the parent");
+    assert_eq!(
+        hex(&span.parent_span_id),
+        CLIENT_SPAN,
+        "the client's span is the parent"
+    );
     assert_eq!(span.kind, SpanKind::Server as i32);
     assert_eq!(span.name, "GET");
     assert_eq!(attr(span, "http.request.method").as_deref(), Some("GET"));
-    assert_eq!(attr(span, "url.path").as_deref(), Some("/api/items"), "no query (it may hold ids)");
+    assert_eq!(
+        attr(span, "url.path").as_deref(),
+        Some("/api/items"),
+        "no query (it may hold ids)"
+    );
     assert_eq!(attr(span, "http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attr(span, "tether.frontend").as_deref(), Some("public"));
     assert_eq!(attr(span, "tether.route").as_deref(), Some("0"));
@@ -228,7 +252,9 @@ async fn a_request_without_traceparent_starts_a_trace_the_server_continues() {
         seen.get("tracestate").is_none(),
         "a tracestate without its traceparent belongs to no trace"
     );
-    let exported = collector.span("of the new trace", |s| hex(&s.span.trace_id) == trace_id).await;
+    let exported = collector
+        .span("of the new trace", |s| hex(&s.span.trace_id) == trace_id)
+        .await;
     assert_eq!(hex(&exported.span.span_id), span_id);
     assert!(exported.span.parent_span_id.is_empty(), "a root span");
     assert_eq!(attr(&exported.span, "tether.route").as_deref(), Some("default"));
@@ -244,8 +270,13 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_the_request_is_served() 
     assert_eq!(status, StatusCode::OK);
     let (trace_id, _, _) = traceparent_parts(&s1.last_headers()["traceparent"]);
     assert_ne!(trace_id, CLIENT_TRACE.to_lowercase());
-    let exported = collector.span("of the new trace", |s| hex(&s.span.trace_id) == trace_id).await;
-    assert!(exported.span.parent_span_id.is_empty(), "the malformed parent was ignored");
+    let exported = collector
+        .span("of the new trace", |s| hex(&s.span.trace_id) == trace_id)
+        .await;
+    assert!(
+        exported.span.parent_span_id.is_empty(),
+        "the malformed parent was ignored"
+    );
 }
 
 #[tokio::test]
@@ -293,10 +324,18 @@ async fn a_websocket_handshake_has_a_span_and_its_tunnel_a_child_span_with_the_c
         .await
         .span;
     assert_eq!(hex(&tunnel.trace_id), CLIENT_TRACE);
-    assert_eq!(hex(&tunnel.parent_span_id), handshake_span_id, "a child of the handshake's span");
+    assert_eq!(
+        hex(&tunnel.parent_span_id),
+        handshake_span_id,
+        "a child of the handshake's span"
+    );
     assert_eq!(attr(&tunnel, "tether.tunnel.close_code_in").as_deref(), Some("1001"));
     assert_eq!(attr(&tunnel, "tether.tunnel.close_code_out").as_deref(), Some("1001"));
-    assert_eq!(attr(&tunnel, "tether.tunnel.messages_in").as_deref(), Some("1"), "the text (a Close is no message)");
+    assert_eq!(
+        attr(&tunnel, "tether.tunnel.messages_in").as_deref(),
+        Some("1"),
+        "the text (a Close is no message)"
+    );
     assert!(attr(&tunnel, "tether.tunnel.bytes_in").is_some_and(|b| b.parse::<u64>().unwrap() > 0));
     assert!(tunnel.start_time_unix_nano >= span.start_time_unix_nano);
     assert!(tunnel.end_time_unix_nano > tunnel.start_time_unix_nano);
@@ -319,7 +358,9 @@ async fn sample_ratio_zero_exports_no_new_trace_but_follows_a_sampled_parent() {
     let (_, _, flags) = traceparent_parts(&s1.last_headers()["traceparent"]);
     assert_eq!(flags, "01");
     collector
-        .span("of the sampled parent's trace", |s| hex(&s.span.trace_id) == CLIENT_TRACE)
+        .span("of the sampled parent's trace", |s| {
+            hex(&s.span.trace_id) == CLIENT_TRACE
+        })
         .await;
     assert!(
         collector.spans().iter().all(|s| hex(&s.span.trace_id) != unsampled),
@@ -340,7 +381,9 @@ async fn a_collector_that_is_down_costs_dropped_spans_and_one_warning_not_reques
     let warning = "the OTLP collector does not take spans";
     let collector = format!("collector=http://{down}/v1/traces");
     eventually(Duration::from_secs(10), async || {
-        logs.text().lines().any(|l| l.contains(warning) && l.contains(&collector))
+        logs.text()
+            .lines()
+            .any(|l| l.contains(warning) && l.contains(&collector))
     })
     .await
     .expect("a warning names the collector");

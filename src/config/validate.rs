@@ -1107,3 +1107,62 @@ mod health_tests {
         assert!(message.contains("burst"), "{message}");
     }
 }
+
+#[cfg(test)]
+mod tracing_tests {
+    use crate::config::{parse, ConfigError};
+    use std::time::Duration;
+
+    const BASE: &str = "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"web\"\n\n\
+                        [[backend]]\nname = \"web\"\n[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8200\"\n";
+
+    fn with_tracing(tracing: &str) -> String {
+        format!("{BASE}\n[tracing]\n{tracing}\n")
+    }
+
+    #[test]
+    fn tracing_posts_to_the_collectors_v1_traces_with_defaults_filled_in() {
+        let config = parse(&with_tracing("otlp = \"http://collector:4318/\""), "test.toml").unwrap();
+        let tracing = config.tracing.expect("[tracing]");
+        assert_eq!(tracing.traces_url, "http://collector:4318/v1/traces");
+        assert_eq!(tracing.sample_ratio, 1.0);
+        assert_eq!(tracing.service_name, "tether");
+        assert_eq!(tracing.batch_delay, Duration::from_secs(5));
+        let config = parse(
+            &with_tracing("otlp = \"https://otel.example/base\"\nsample_ratio = 0.25\nservice_name = \"lb\""),
+            "test.toml",
+        )
+        .unwrap();
+        let tracing = config.tracing.expect("[tracing]");
+        assert_eq!(tracing.traces_url, "https://otel.example/base/v1/traces");
+        assert_eq!((tracing.sample_ratio, tracing.service_name.as_str()), (0.25, "lb"));
+        assert!(parse(BASE, "test.toml").unwrap().tracing.is_none());
+    }
+
+    #[test]
+    fn bad_tracing_values_name_their_place_and_the_fix() {
+        let text = with_tracing("otlp = \"collector:4318\"");
+        let line = text.lines().position(|l| l.starts_with("otlp")).unwrap() + 1;
+        let (at, column, message) = ConfigError::invalid_at(parse(&text, "test.toml"));
+        assert_eq!((at, column), (line, 8));
+        assert!(message.contains("http:// or https://"), "{message}");
+        let (_, _, message) = ConfigError::invalid_at(parse(
+            &with_tracing("otlp = \"http://c:4318\"\nsample_ratio = 1.5"),
+            "test.toml",
+        ));
+        assert!(message.contains("`sample_ratio` must be between 0.0"), "{message}");
+        let (_, _, message) = ConfigError::invalid_at(parse(
+            &with_tracing("otlp = \"http://c:4318\"\nservice_name = \" \""),
+            "test.toml",
+        ));
+        assert!(message.contains("`service_name` is empty"), "{message}");
+        let (_, _, message) = ConfigError::invalid_at(parse(
+            &with_tracing("otlp = \"http://c:4318\"\nbatch_delay = \"2m\""),
+            "test.toml",
+        ));
+        assert!(message.contains("`batch_delay` must be between"), "{message}");
+        let (_, _, message) =
+            ConfigError::invalid_at(parse(&with_tracing("otlp = \"http://c:4318/?x=1\""), "test.toml"));
+        assert!(message.contains("no query"), "{message}");
+    }
+}

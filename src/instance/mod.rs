@@ -573,7 +573,9 @@ impl Handle {
         }
         let wanted = config.tracing.as_ref().map(tracing_settings);
         if wanted.as_ref() != inner.tracing.as_ref().map(|(_, running)| running) {
-            tracing::warn!("[tracing] changed: restart tether to apply it (this process keeps its span export as it started)");
+            tracing::warn!(
+                "[tracing] changed: restart tether to apply it (this process keeps its span export as it started)"
+            );
         }
         let diff = Diff::between(&previous, &next);
         let next = Arc::new(next);

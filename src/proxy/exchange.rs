@@ -17,8 +17,8 @@ use super::conn::ConnActivity;
 use super::log::HttpLog;
 use super::pool::{Pool, UpstreamSender};
 use crate::state::{ActiveGuard, ServerState};
-use crate::telemetry::{RequestSpan, TraceId};
 use crate::sticky::SidLearner;
+use crate::telemetry::{RequestSpan, TraceId};
 
 /// Everything to settle when a response has been sent (or abandoned).
 #[derive(Debug)]

@@ -18,8 +18,8 @@ use super::log::{HttpLog, Protocol, RequestId, TunnelLog};
 use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
-use crate::telemetry::{RequestSpan, TunnelSummary, TunnelTrace};
 use crate::sticky::table::StickHold;
+use crate::telemetry::{RequestSpan, TunnelSummary, TunnelTrace};
 use crate::tls::{ClientStream, UpstreamStream};
 use crate::util::mix::{unit_of, AtomicSplitMix64};
 
@@ -63,15 +63,20 @@ pub(super) struct TunnelHolds {
     pub(super) server: Arc<str>,
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     pub(super) guard: ActiveGuard,
-    /// The learned session ids that led here, kept from expiring while the
-    /// tunnel lives (boxed: most tunnels hold none, see `footprint`).
-    pub(super) stick: Option<Box<StickHold>>,
+    /// What only some tunnels hold (boxed together: most hold neither, see `footprint`).
+    pub(super) seldom: Option<Box<Seldom>>,
     /// The client connection's hold of its HTTP/2 stream (`None`: the
     /// tunnel is the whole HTTP/1.1 connection).
     pub(super) stream: Option<StreamHold>,
-    /// The handshake's trace, whose child span the tunnel's end exports
-    /// (`[tracing]`; boxed: one pointer in the task, see `footprint`).
-    pub(super) trace: Option<Box<TunnelTrace>>,
+}
+
+/// What only some open tunnels hold.
+#[derive(Default)]
+pub(super) struct Seldom {
+    /// The learned session ids that led here, kept from expiring while the tunnel lives.
+    stick: Option<StickHold>,
+    /// The handshake's trace (`[tracing]`), whose child span the tunnel's end exports.
+    trace: Option<TunnelTrace>,
 }
 
 impl TunnelJob {
@@ -109,9 +114,13 @@ impl TunnelJob {
                 backend: backend.name.clone(),
                 server: server.name.clone(),
                 guard,
-                stick: stick.map(Box::new),
+                seldom: stick.map(|stick| {
+                    Box::new(Seldom {
+                        stick: Some(stick),
+                        trace: None,
+                    })
+                }),
                 stream,
-                trace: None,
             },
             moved,
             idle: backend.tunnel_timeout,
@@ -127,7 +136,9 @@ impl TunnelJob {
 
     /// The tunnel continues the handshake's trace, if it is traced.
     pub(super) fn traced(mut self, handshake: Option<&RequestSpan>) -> Self {
-        self.holds.trace = handshake.map(|span| Box::new(span.tunnel()));
+        if let Some(span) = handshake {
+            self.holds.seldom.get_or_insert_with(Box::default).trace = Some(span.tunnel());
+        }
         self
     }
 
@@ -230,7 +241,8 @@ impl CarriedBy {
             },
         }
         .emit();
-        if let Some(trace) = holds.trace {
+        let seldom = holds.seldom.map(|seldom| *seldom).unwrap_or_default();
+        if let Some(trace) = seldom.trace {
             trace.end(TunnelSummary {
                 duration: self.started.elapsed(),
                 server: &holds.server,
@@ -251,7 +263,7 @@ impl CarriedBy {
         }
         drop(self.registration);
         // The learned ids that led here start their idle time now.
-        drop(holds.stick);
+        drop(seldom.stick);
         drop(holds.guard);
         drop(holds.frontend_connection);
         drop(holds.stream);

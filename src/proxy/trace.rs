@@ -12,7 +12,12 @@ use crate::snapshot::Frontend;
 use crate::telemetry::{RequestEnd, RequestSpan, RequestStart, Tracer};
 
 /// Starts the span of `request`, described by `log` (its id, client and frontend).
-pub(super) fn start<B>(tracer: &Tracer, context: &ConnContext, request: &Request<B>, log: &HttpLog) -> Box<RequestSpan> {
+pub(super) fn start<B>(
+    tracer: &Tracer,
+    context: &ConnContext,
+    request: &Request<B>,
+    log: &HttpLog,
+) -> Box<RequestSpan> {
     let host = request
         .headers()
         .get(HOST)

@@ -98,7 +98,11 @@ impl Pipeline {
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 settings.sample_ratio,
             ))))
-            .with_resource(Resource::builder().with_service_name(settings.service_name.clone()).build())
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(settings.service_name.clone())
+                    .build(),
+            )
             .build();
         // The provider shuts its processor down when its last handle drops,
         // blocking the dropping thread on the batch task, which may run on
