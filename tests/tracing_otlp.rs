@@ -396,3 +396,86 @@ async fn a_collector_that_is_down_costs_dropped_spans_and_one_warning_not_reques
         .count();
     assert_eq!(warnings, 1, "one warning per outage, not one per batch");
 }
+
+#[tokio::test]
+async fn an_http2_request_has_its_span_and_the_server_its_traceparent() {
+    let collector = collector().await;
+    let s1 = backend("s1").start().await;
+    let config = Config::simple(Frontend::public().http2(true), pool().server(&s1)).tracing(&collector.url(), 1.0);
+    let tether = start_tether(&config).await;
+    let stream = tokio::net::TcpStream::connect(tether.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(stream).await.expect("h2c with prior knowledge");
+    tokio::spawn(connection);
+    let request = Request::get("http://tether.test/over-h2")
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer in time")
+        .expect("a response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let (trace_id, span_id, _) = traceparent_parts(&s1.last_headers()["traceparent"]);
+    assert_eq!(trace_id, CLIENT_TRACE);
+    let exported = collector
+        .span("of the HTTP/2 request", |s| hex(&s.span.trace_id) == CLIENT_TRACE)
+        .await;
+    let span = &exported.span;
+    assert_eq!(hex(&span.span_id), span_id);
+    assert_eq!(hex(&span.parent_span_id), CLIENT_SPAN);
+    assert_eq!(attr(span, "network.protocol.version").as_deref(), Some("2"));
+    assert_eq!(attr(span, "server.address").as_deref(), Some("tether.test"));
+    assert_eq!(attr(span, "url.path").as_deref(), Some("/over-h2"));
+    assert_eq!(attr(span, "http.response.status_code").as_deref(), Some("200"));
+}
+
+#[tokio::test]
+async fn spans_still_in_a_batch_are_exported_when_tether_stops() {
+    let collector = collector().await;
+    let s1 = backend("s1").start().await;
+    // A batch delay far longer than the test: only the stop sends the span.
+    let text = Config::over(pool().server(&s1))
+        .tracing(&collector.url(), 1.0)
+        .toml()
+        .replace("batch_delay = \"50ms\"", "batch_delay = \"60s\"");
+    assert!(text.contains("batch_delay = \"60s\""), "{text}");
+    let tether = start_tether(&text).await;
+    assert_eq!(get_with(tether.addr, "/last", &[]).await, StatusCode::OK);
+    let (trace_id, _, _) = traceparent_parts(&s1.last_headers()["traceparent"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(collector.spans().is_empty(), "the batch waits for its delay");
+    tether.stop().await;
+    let exported = collector.spans();
+    assert!(
+        exported.iter().any(|s| hex(&s.span.trace_id) == trace_id),
+        "the stop flushed the batch: {exported:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_tracing_warns_and_keeps_the_running_export() {
+    let logs = captured_logs();
+    let first = collector().await;
+    let second = collector().await;
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&Config::over(pool().server(&s1)).tracing(&first.url(), 1.0)).await;
+    let changed = Config::over(pool().server(&s1)).tracing(&second.url(), 1.0).parse();
+    tether.handle.reload(&changed).expect("the reload is applied");
+    eventually(Duration::from_secs(5), async || {
+        logs.text().contains("[tracing] changed: restart tether to apply it")
+    })
+    .await
+    .expect("the reload warns that [tracing] needs a restart");
+    assert_eq!(get_with(tether.addr, "/after-reload", &[]).await, StatusCode::OK);
+    let (trace_id, _, _) = traceparent_parts(&s1.last_headers()["traceparent"]);
+    first
+        .span("at the collector tether started with", |s| {
+            hex(&s.span.trace_id) == trace_id
+        })
+        .await;
+    assert!(
+        second.spans().is_empty(),
+        "the new collector gets nothing before a restart"
+    );
+}

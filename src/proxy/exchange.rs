@@ -111,10 +111,10 @@ impl Drop for Exchange {
             let bytes_in = self.log.bytes_in.load(Ordering::Relaxed);
             state.traffic.add(bytes_in, self.log.bytes_out, 0, 0);
         }
+        self.log.emit();
         if let Some(span) = self.trace.take() {
             super::trace::finish(span, &self.log, self.retries);
         }
-        self.log.emit();
     }
 }
 
