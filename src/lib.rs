@@ -31,6 +31,7 @@ pub mod route;
 pub mod snapshot;
 pub mod state;
 pub mod sticky;
+pub mod telemetry;
 pub mod tls;
 pub mod util;
 pub mod workers;

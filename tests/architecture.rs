@@ -23,7 +23,8 @@ const LAYERS: &[(u32, &[&str])] = &[
     // The one hash mixer, the lock helper, the clocks.
     (0, &["util"]),
     (1, &["cidr", "origin", "lookup", "proxy_header", "tls", "workers", "ws"]),
-    (2, &["config"]),
+    // `telemetry` (W3C trace context, spans, the OTLP exporter) uses `tls`.
+    (2, &["config", "telemetry"]),
     (3, &["state", "discovery", "dynamic"]),
     (4, &["route", "balance", "rebalance"]),
     (5, &["sticky"]),

@@ -9,7 +9,7 @@ use super::error::{ConfigError, SourceMap};
 use super::header_rules::{self, Side as HeaderSide};
 use super::model::{
     Admin, AdminUser, BackendId, Check, Cluster, Config, Discover, Frontend, Hashing, Health, HttpCheck, HttpsRedirect,
-    Limits, Log, NamedServer, PerIp, Resolver, Route, Server, ServerDefaults, Sticky, StickyCookie, WebSocket,
+    Limits, Log, NamedServer, PerIp, Resolver, Route, Server, ServerDefaults, Sticky, StickyCookie, Tracing, WebSocket,
 };
 use super::raw;
 use super::resolve::located;
@@ -46,6 +46,17 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
             redact_query: raw.log.redact_query.iter().map(|p| p.get_ref().clone()).collect(),
         },
         state_file,
+        tracing: raw.tracing.as_ref().and_then(|t| tracing(t.get_ref())),
+    })
+}
+
+/// `[tracing]`, whose rules passed (`otlp` is an http(s) URL).
+fn tracing(t: &raw::Tracing) -> Option<Tracing> {
+    Some(Tracing {
+        traces_url: super::validate::otlp_traces_url(t.otlp.get_ref()).ok()?,
+        sample_ratio: *t.sample_ratio.get_ref(),
+        service_name: t.service_name.get_ref().clone(),
+        batch_delay: t.batch_delay.get_ref().get(),
     })
 }
 

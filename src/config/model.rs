@@ -44,6 +44,21 @@ pub struct Config {
     /// Where servers added through the API and operator states are kept
     /// across restarts without a cluster (`state_file`); nowhere when `None`.
     pub state_file: Option<PathBuf>,
+    /// OpenTelemetry export (`[tracing]`); no spans when `None`.
+    pub tracing: Option<Tracing>,
+}
+
+/// Where and how spans are exported (`[tracing]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The OTLP/HTTP URL spans are posted to: the configured base with `/v1/traces`.
+    pub traces_url: http::Uri,
+    /// Share of new traces sampled, 0.0 to 1.0 (a client's `traceparent` decides for its own).
+    pub sample_ratio: f64,
+    /// The spans' `service.name`.
+    pub service_name: String,
+    /// The longest a finished span waits before its batch is posted.
+    pub batch_delay: Duration,
 }
 
 // --- DNS discovery ---

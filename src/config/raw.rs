@@ -49,6 +49,28 @@ pub struct Config {
     /// operator states across restarts when there is no `[cluster]`
     /// (written atomically, read at start); none when absent.
     pub state_file: Option<Spanned<String>>,
+    /// OpenTelemetry spans over OTLP (`[tracing]`); none exported when absent.
+    pub tracing: Option<Spanned<Tracing>>,
+}
+
+/// OpenTelemetry spans of requests, handshakes and tunnels, exported over
+/// OTLP/HTTP (`[tracing]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans
+    /// are posted to `<otlp>/v1/traces`.
+    pub otlp: Spanned<String>,
+    /// Share of new traces sampled (0.0 to 1.0); a client's sampled or
+    /// unsampled `traceparent` is followed whatever the ratio.
+    #[serde(default = "defaults::sample_ratio")]
+    pub sample_ratio: Spanned<f64>,
+    /// The `service.name` of the spans.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: Spanned<String>,
+    /// The longest a finished span waits before its batch is sent.
+    #[serde(default = "defaults::batch_delay")]
+    pub batch_delay: Spanned<ConfigDuration>,
 }
 
 // --- DNS discovery (`[resolver]`, `discover`, `server_defaults`, `resolve_interval`) ---
@@ -755,6 +777,15 @@ mod defaults {
         toml::Spanned::new(0..0, ConfigDuration(Duration::from_secs(10)))
     }
 
+    pub(crate) fn sample_ratio() -> toml::Spanned<f64> {
+        toml::Spanned::new(0..0, 1.0)
+    }
+    pub(crate) fn service_name() -> toml::Spanned<String> {
+        toml::Spanned::new(0..0, "tether".to_string())
+    }
+    pub(crate) fn batch_delay() -> toml::Spanned<ConfigDuration> {
+        toml::Spanned::new(0..0, ConfigDuration(Duration::from_secs(5)))
+    }
     pub(crate) fn resolver_timeout() -> toml::Spanned<ConfigDuration> {
         toml::Spanned::new(0..0, ConfigDuration(Duration::from_secs(2)))
     }

@@ -151,7 +151,59 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
     if let Some(state_file) = &config.state_file {
         validate_state_file(state_file, config.cluster.is_some(), source)?;
     }
+    if let Some(tracing) = &config.tracing {
+        validate_tracing(tracing.get_ref(), source)?;
+    }
     validate_log(&config.log, source)
+}
+
+/// `[tracing]`: an http(s) collector URL, a ratio within 0..=1, a service
+/// name, a batch delay within reason.
+fn validate_tracing(tracing: &raw::Tracing, source: &SourceMap<'_>) -> Result<(), ConfigError> {
+    otlp_traces_url(tracing.otlp.get_ref()).map_err(|message| source.error(Some(tracing.otlp.span()), message))?;
+    let ratio = *tracing.sample_ratio.get_ref();
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(source.error(
+            Some(tracing.sample_ratio.span()),
+            "`sample_ratio` must be between 0.0 (no new trace sampled) and 1.0 (every one, the default)",
+        ));
+    }
+    if tracing.service_name.get_ref().trim().is_empty() {
+        return Err(source.error(
+            Some(tracing.service_name.span()),
+            "`service_name` is empty: name the service the spans come from (default \"tether\")",
+        ));
+    }
+    let delay = tracing.batch_delay.get_ref().get();
+    if delay < std::time::Duration::from_millis(10) || delay > std::time::Duration::from_secs(60) {
+        return Err(source.error(
+            Some(tracing.batch_delay.span()),
+            "`batch_delay` must be between 10ms and 60s (default \"5s\")",
+        ));
+    }
+    Ok(())
+}
+
+/// The OTLP/HTTP traces URL of a collector's base URL `otlp`
+/// (`http://collector:4318` → `http://collector:4318/v1/traces`), or what
+/// to fix in it.
+pub(super) fn otlp_traces_url(otlp: &str) -> Result<http::Uri, String> {
+    let example = "like \"http://collector:4318\" (tether posts to its /v1/traces)";
+    let uri: http::Uri = otlp
+        .parse()
+        .map_err(|err| format!("`otlp = \"{otlp}\"` is not a URL ({err}): write it {example}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "`otlp = \"{otlp}\"` must be an http:// or https:// URL with a host, {example}"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`otlp = \"{otlp}\"` must have no query: write it {example}"));
+    }
+    let base = otlp.trim_end_matches('/');
+    format!("{base}/v1/traces")
+        .parse()
+        .map_err(|err| format!("`otlp = \"{otlp}\"` is not a URL ({err}): write it {example}"))
 }
 
 /// `websocket.max_lifetime` and `websocket.lifetime_jitter`: a lifetime is
@@ -1053,5 +1105,64 @@ mod health_tests {
         assert!(message.contains("soon"), "{message}");
         let (_, _, message) = rebalance_error("max_skew = 1.2, burst = 3");
         assert!(message.contains("burst"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod tracing_tests {
+    use crate::config::{parse, ConfigError};
+    use std::time::Duration;
+
+    const BASE: &str = "[[frontend]]\nname = \"public\"\nbind = [\"127.0.0.1:0\"]\ndefault_backend = \"web\"\n\n\
+                        [[backend]]\nname = \"web\"\n[[backend.server]]\nname = \"s1\"\naddress = \"127.0.0.1:8200\"\n";
+
+    fn with_tracing(tracing: &str) -> String {
+        format!("{BASE}\n[tracing]\n{tracing}\n")
+    }
+
+    #[test]
+    fn tracing_posts_to_the_collectors_v1_traces_with_defaults_filled_in() {
+        let config = parse(&with_tracing("otlp = \"http://collector:4318/\""), "test.toml").unwrap();
+        let tracing = config.tracing.expect("[tracing]");
+        assert_eq!(tracing.traces_url, "http://collector:4318/v1/traces");
+        assert_eq!(tracing.sample_ratio, 1.0);
+        assert_eq!(tracing.service_name, "tether");
+        assert_eq!(tracing.batch_delay, Duration::from_secs(5));
+        let config = parse(
+            &with_tracing("otlp = \"https://otel.example/base\"\nsample_ratio = 0.25\nservice_name = \"lb\""),
+            "test.toml",
+        )
+        .unwrap();
+        let tracing = config.tracing.expect("[tracing]");
+        assert_eq!(tracing.traces_url, "https://otel.example/base/v1/traces");
+        assert_eq!((tracing.sample_ratio, tracing.service_name.as_str()), (0.25, "lb"));
+        assert!(parse(BASE, "test.toml").unwrap().tracing.is_none());
+    }
+
+    #[test]
+    fn bad_tracing_values_name_their_place_and_the_fix() {
+        let text = with_tracing("otlp = \"collector:4318\"");
+        let line = text.lines().position(|l| l.starts_with("otlp")).unwrap() + 1;
+        let (at, column, message) = ConfigError::invalid_at(parse(&text, "test.toml"));
+        assert_eq!((at, column), (line, 8));
+        assert!(message.contains("http:// or https://"), "{message}");
+        let (_, _, message) = ConfigError::invalid_at(parse(
+            &with_tracing("otlp = \"http://c:4318\"\nsample_ratio = 1.5"),
+            "test.toml",
+        ));
+        assert!(message.contains("`sample_ratio` must be between 0.0"), "{message}");
+        let (_, _, message) = ConfigError::invalid_at(parse(
+            &with_tracing("otlp = \"http://c:4318\"\nservice_name = \" \""),
+            "test.toml",
+        ));
+        assert!(message.contains("`service_name` is empty"), "{message}");
+        let (_, _, message) = ConfigError::invalid_at(parse(
+            &with_tracing("otlp = \"http://c:4318\"\nbatch_delay = \"2m\""),
+            "test.toml",
+        ));
+        assert!(message.contains("`batch_delay` must be between"), "{message}");
+        let (_, _, message) =
+            ConfigError::invalid_at(parse(&with_tracing("otlp = \"http://c:4318/?x=1\""), "test.toml"));
+        assert!(message.contains("no query"), "{message}");
     }
 }

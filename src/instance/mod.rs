@@ -90,6 +90,9 @@ pub enum StartError {
     /// The state file (`state_file`) could not be read.
     #[error(transparent)]
     StateFile(#[from] crate::dynamic::state_file::StateFileError),
+    /// The span pipeline of `[tracing]` could not be set up.
+    #[error(transparent)]
+    Tracing(#[from] crate::telemetry::TelemetryError),
 }
 
 /// One bound address: which frontend it serves and how to close it.
@@ -148,6 +151,9 @@ struct Inner {
     discovery: Discovery,
     /// Servers added through the admin API and the state file.
     api: servers::ApiState,
+    /// The span pipeline of `[tracing]` and the settings it started with
+    /// (a reload cannot change them: see `swap_in`).
+    tracing: Option<(crate::telemetry::Pipeline, crate::telemetry::Settings)>,
 }
 
 /// What DNS discovery needs of the instance: the snapshot is built from
@@ -205,6 +211,11 @@ impl Tether {
         if let Some(cluster) = &cluster {
             cluster.share_tables(&mut snapshot);
         }
+        let tracing = match config.tracing.as_ref().map(tracing_settings) {
+            Some(settings) => Some((crate::telemetry::Pipeline::start(&settings)?, settings)),
+            None => None,
+        };
+        let tracer = tracing.as_ref().map(|(pipeline, _)| pipeline.tracer().clone());
         let listeners = Listeners {
             bound: Mutex::default(),
             accepted: workers.iter().map(|_| Arc::default()).collect(),
@@ -215,7 +226,11 @@ impl Tether {
         let snapshot = Arc::new(snapshot);
         let handle = Handle {
             inner: Arc::new(Inner {
-                shared: Arc::new(Shared::new(Arc::new(ArcSwap::new(snapshot.clone())), changes.clone())),
+                shared: Arc::new(Shared::new(
+                    Arc::new(ArcSwap::new(snapshot.clone())),
+                    changes.clone(),
+                    tracer,
+                )),
                 listeners,
                 checkers: Checkers::new(changes),
                 admin: AdminShared::default(),
@@ -232,6 +247,7 @@ impl Tether {
                     wake: Arc::default(),
                 },
                 api,
+                tracing,
             }),
         };
         handle.sync_listeners(&snapshot)?;
@@ -340,7 +356,21 @@ impl Tether {
             drop(cluster_tasks);
             cluster.leave(&shared.snapshot.load()).await;
         }
+        if let Some((pipeline, _)) = &inner.tracing {
+            // The spans of the last requests and tunnels go out before the end.
+            pipeline.shutdown().await;
+        }
         tracing::info!("stopped");
+    }
+}
+
+/// The span pipeline's settings from `[tracing]`.
+fn tracing_settings(tracing: &crate::config::model::Tracing) -> crate::telemetry::Settings {
+    crate::telemetry::Settings {
+        traces_url: tracing.traces_url.clone(),
+        sample_ratio: tracing.sample_ratio,
+        service_name: tracing.service_name.clone(),
+        batch_delay: tracing.batch_delay,
     }
 }
 
@@ -552,6 +582,12 @@ impl Handle {
                     "`workers` changed: restart tether to apply it (this process keeps its workers)"
                 );
             }
+        }
+        let wanted = config.tracing.as_ref().map(tracing_settings);
+        if wanted.as_ref() != inner.tracing.as_ref().map(|(_, running)| running) {
+            tracing::warn!(
+                "[tracing] changed: restart tether to apply it (this process keeps its span export as it started)"
+            );
         }
         let diff = Diff::between(&previous, &next);
         let next = Arc::new(next);

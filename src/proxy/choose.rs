@@ -34,6 +34,8 @@ pub(super) struct Upstream {
     /// The client was stuck to a server that rebalancing sheds from, and
     /// was balanced elsewhere instead: its tunnel is never shed again.
     pub(super) moved: bool,
+    /// Connects that failed before this one (other servers tried).
+    pub(super) retries: u32,
 }
 
 /// What stickiness said about a request: its backend's policy and the
@@ -123,6 +125,7 @@ pub(super) async fn connect(
             let mut elsewhere = Tries {
                 tried: vec![id],
                 last: None,
+                failures: 0,
             };
             if let Ok(mut upstream) = attempt.balanced(key, &mut elsewhere).await {
                 upstream.moved = true;
@@ -155,6 +158,7 @@ pub(super) async fn connect_elsewhere(
     let mut tries = Tries {
         tried: vec![failed],
         last: None,
+        failures: 0,
     };
     attempt.balanced(&RequestKey::default(), &mut tries).await
 }
@@ -166,6 +170,8 @@ struct Tries {
     tried: Vec<ServerId>,
     /// The last failed connect, for the client's 502.
     last: Option<Box<ConnectFailure>>,
+    /// Connects that failed (`tried` also holds servers only excluded).
+    failures: u32,
 }
 
 impl Tries {
@@ -314,11 +320,13 @@ impl Attempt<'_> {
                 reused,
                 pool,
                 moved: false,
+                retries: tries.failures,
             }),
             Err(err) => {
                 let failure = connect_failed(self.backend, server, err, self.request_id, &self.shared.changes);
                 tries.last = Some(Box::new(failure));
                 tries.tried.push(id);
+                tries.failures += 1;
                 None
             }
         }
@@ -486,7 +494,8 @@ mod tests {
         assert!(tries.exhausted(1));
         assert!(Tries {
             tried: vec![0],
-            last: None
+            last: None,
+            failures: 0,
         }
         .exhausted(0));
     }

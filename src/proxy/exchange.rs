@@ -18,6 +18,7 @@ use super::log::HttpLog;
 use super::pool::{Pool, UpstreamSender};
 use crate::state::{ActiveGuard, ServerState};
 use crate::sticky::SidLearner;
+use crate::telemetry::{RequestSpan, TraceId};
 
 /// Everything to settle when a response has been sent (or abandoned).
 #[derive(Debug)]
@@ -40,6 +41,11 @@ pub struct Exchange {
     /// How far the request body got: a connection whose server answered
     /// before the body ended is not pooled (nor left waiting for the rest).
     pub request_progress: Option<Arc<BodyProgress>>,
+    /// The request's span (`[tracing]`), ended with the exchange; boxed so
+    /// an exchange without tracing carries one pointer.
+    pub trace: Option<Box<RequestSpan>>,
+    /// Connect failures and resends before the server answered.
+    pub retries: u32,
 }
 
 impl Exchange {
@@ -54,7 +60,14 @@ impl Exchange {
             learner: None,
             server_state: None,
             request_progress: None,
+            trace: None,
+            retries: 0,
         }
+    }
+
+    /// The trace the request belongs to, when `[tracing]` is on (for the access log).
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace.as_ref().and_then(|span| span.trace_id())
     }
 
     /// The response body ended cleanly: the upstream connection may serve
@@ -99,6 +112,9 @@ impl Drop for Exchange {
             state.traffic.add(bytes_in, self.log.bytes_out, 0, 0);
         }
         self.log.emit();
+        if let Some(span) = self.trace.take() {
+            super::trace::finish(span, &self.log, self.retries);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
 use crate::sticky::table::StickHold;
+use crate::telemetry::{RequestSpan, TunnelSummary, TunnelTrace};
 use crate::tls::{ClientStream, UpstreamStream};
 use crate::util::mix::{unit_of, AtomicSplitMix64};
 
@@ -62,12 +63,20 @@ pub(super) struct TunnelHolds {
     pub(super) server: Arc<str>,
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     pub(super) guard: ActiveGuard,
-    /// The learned session ids that led here, kept from expiring while the
-    /// tunnel lives (boxed: most tunnels hold none, see `footprint`).
-    pub(super) stick: Option<Box<StickHold>>,
+    /// What only some tunnels hold (boxed together: most hold neither, see `footprint`).
+    pub(super) seldom: Option<Box<Seldom>>,
     /// The client connection's hold of its HTTP/2 stream (`None`: the
     /// tunnel is the whole HTTP/1.1 connection).
     pub(super) stream: Option<StreamHold>,
+}
+
+/// What only some open tunnels hold.
+#[derive(Default)]
+pub(super) struct Seldom {
+    /// The learned session ids that led here, kept from expiring while the tunnel lives.
+    stick: Option<StickHold>,
+    /// The handshake's trace (`[tracing]`), whose child span the tunnel's end exports.
+    trace: Option<TunnelTrace>,
 }
 
 impl TunnelJob {
@@ -105,7 +114,12 @@ impl TunnelJob {
                 backend: backend.name.clone(),
                 server: server.name.clone(),
                 guard,
-                stick: stick.map(Box::new),
+                seldom: stick.map(|stick| {
+                    Box::new(Seldom {
+                        stick: Some(stick),
+                        trace: None,
+                    })
+                }),
                 stream,
             },
             moved,
@@ -118,6 +132,14 @@ impl TunnelJob {
             timers,
             lifetime,
         }
+    }
+
+    /// The tunnel continues the handshake's trace, if it is traced.
+    pub(super) fn traced(mut self, handshake: Option<&RequestSpan>) -> Self {
+        if let Some(span) = handshake {
+            self.holds.seldom.get_or_insert_with(Box::default).trace = Some(span.tunnel());
+        }
+        self
     }
 
     /// Waits for both sides to switch protocols, then hands the sockets to
@@ -219,9 +241,29 @@ impl CarriedBy {
             },
         }
         .emit();
+        let seldom = holds.seldom.map(|seldom| *seldom).unwrap_or_default();
+        if let Some(trace) = seldom.trace {
+            trace.end(TunnelSummary {
+                duration: self.started.elapsed(),
+                server: &holds.server,
+                bytes_in: end.client_to_server,
+                bytes_out: end.server_to_client,
+                messages_in: end.messages_in,
+                messages_out: end.messages_out,
+                close_code_in: end.close_code_in,
+                close_code_out: end.close_code_out,
+                close: &end.reason,
+                failed: matches!(
+                    end.reason,
+                    tunnel::CloseReason::ClientError(_)
+                        | tunnel::CloseReason::ServerError(_)
+                        | tunnel::CloseReason::ServerLost
+                ),
+            });
+        }
         drop(self.registration);
         // The learned ids that led here start their idle time now.
-        drop(holds.stick);
+        drop(seldom.stick);
         drop(holds.guard);
         drop(holds.frontend_connection);
         drop(holds.stream);

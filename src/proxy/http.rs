@@ -25,7 +25,7 @@ use super::headers::{add_forwarding, apply_rules, remove_hop_by_hop, set_websock
 use super::log::{HttpLog, Protocol, RequestId};
 use super::pool::ClientAddrs;
 use super::upgrade::{self, Handshake};
-use super::{client_addr, Shared};
+use super::{client_addr, trace, Shared};
 use crate::balance::{ip_octets_of, RequestKey};
 use crate::route;
 use crate::snapshot::{Backend, Frontend, Server, Snapshot};
@@ -81,7 +81,7 @@ async fn respond(
         }
         _ => context.client.ip(),
     };
-    let exchange = Box::new(Exchange::new(
+    let mut exchange = Box::new(Exchange::new(
         HttpLog {
             request_id: RequestId::next(),
             client: SocketAddr::new(client_ip, context.client.port()),
@@ -100,6 +100,9 @@ async fn respond(
         },
         context.activity.clone(),
     ));
+    if let Some(tracer) = &context.shared.tracer {
+        exchange.trace = Some(trace::start(tracer, &context, &request, &exchange.log));
+    }
     if let Some(f) = frontend {
         f.state.requests.fetch_add(1, Ordering::Relaxed);
         if context.protocol == Protocol::Http2 {
@@ -282,6 +285,9 @@ async fn pipeline(
 ) -> Result<Answer, ProxyError> {
     let websocket = check_request(frontend, &request, exchange.log.client)? == Handshake::WebSocket;
     let (backend, route) = route_request(snapshot, frontend, &request, websocket, &exchange.log)?;
+    if let Some(span) = &mut exchange.trace {
+        trace::routed(span, frontend, route, websocket);
+    }
     // A WebSocket on an HTTP/2 stream counts as a connection of its own.
     let counted = match (websocket, context.protocol) {
         (true, Protocol::Http2) => Some(
@@ -312,6 +318,7 @@ async fn pipeline(
         &context.shared,
     )
     .await?;
+    exchange.retries += upstream.retries;
     served_by(exchange, &backend.servers[upstream.server]);
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
     let accept = websocket.then(|| upgrade::expected_accept(&request));
@@ -326,6 +333,9 @@ async fn pipeline(
         policy,
         (exchange.log.bytes_in.clone(), progress),
     );
+    if let Some(span) = &exchange.trace {
+        span.propagate(request.headers_mut());
+    }
     // The operator's rules come last, so they may override tether's own forwarding headers.
     apply_rules(
         request.headers_mut(),
@@ -378,7 +388,8 @@ async fn pipeline(
             &exchange.log,
             stick,
             counted,
-        );
+        )
+        .traced(exchange.trace.as_deref());
         upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
         server.state.handshake_times.observe(exchange.log.started.elapsed());
         return Ok(Answer::Switched(parts));
@@ -533,6 +544,7 @@ async fn send(
                         cause: Box::new(cause),
                     })?;
                 upstream.reused = false;
+                exchange.retries += 1;
                 request = again;
             }
             Retry::Replay(again) => {
@@ -544,6 +556,7 @@ async fn send(
                     shared,
                 ))
                 .await?;
+                exchange.retries += 1 + upstream.retries;
                 served_by(exchange, &backend.servers[upstream.server]);
                 request = again;
             }

@@ -15,6 +15,7 @@ pub mod http;
 pub mod listener;
 pub mod log;
 pub mod pool;
+mod trace;
 pub mod tunnel;
 pub mod upgrade;
 
@@ -46,11 +47,15 @@ pub struct Shared {
     /// With `[cluster]`: the ACME challenge answers of orders made by other
     /// instances, asked by validations this process cannot answer itself.
     pub acme_answers: std::sync::OnceLock<Arc<dyn crate::tls::acme::ClusterAnswers>>,
+    /// Starts the spans of requests and tunnels when `[tracing]` is
+    /// configured (set at start; `None`: the data path does no tracing work).
+    pub tracer: Option<crate::telemetry::Tracer>,
 }
 
 impl Shared {
-    /// Shared state serving `snapshot`, reporting server changes to `changes`.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, changes: Changes) -> Self {
+    /// Shared state serving `snapshot`, reporting server changes to
+    /// `changes`, its spans started by `tracer` (if tracing is on).
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, changes: Changes, tracer: Option<crate::telemetry::Tracer>) -> Self {
         Self {
             snapshot,
             stop: Stop::default(),
@@ -58,6 +63,7 @@ impl Shared {
             changes,
             pools: pool::Pools::default(),
             acme_answers: std::sync::OnceLock::new(),
+            tracer,
         }
     }
 }

@@ -252,6 +252,16 @@ impl Config {
         self
     }
 
+    /// Sets `[tracing]`: spans posted to the OTLP/HTTP collector at `otlp`,
+    /// new traces sampled at `sample_ratio`, batches sent after 50ms (so a
+    /// test sees its spans at once).
+    pub fn tracing(mut self, otlp: &str, sample_ratio: f64) -> Self {
+        set(&mut self.table, &["tracing", "otlp"], otlp.to_value());
+        set(&mut self.table, &["tracing", "sample_ratio"], sample_ratio.to_value());
+        set(&mut self.table, &["tracing", "batch_delay"], "50ms".to_value());
+        self
+    }
+
     /// Sets `[cluster]`.
     pub fn cluster(mut self, cluster: Cluster) -> Self {
         self.table.insert("cluster".into(), Value::Table(cluster.table));
