@@ -53,11 +53,33 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
 /// `[tracing]`, whose rules passed (`otlp` is an http(s) URL).
 fn tracing(t: &raw::Tracing) -> Option<Tracing> {
     Some(Tracing {
-        traces_url: super::validate::otlp_traces_url(t.otlp.get_ref()).ok()?,
+        traces_url: otlp_traces_url(t.otlp.get_ref()).ok()?,
         sample_ratio: *t.sample_ratio.get_ref(),
         service_name: t.service_name.get_ref().clone(),
         batch_delay: t.batch_delay.get_ref().get(),
     })
+}
+
+/// The OTLP/HTTP traces URL of a collector's base URL `otlp`
+/// (`http://collector:4318` → `http://collector:4318/v1/traces`), or what
+/// to fix in it.
+pub(super) fn otlp_traces_url(otlp: &str) -> Result<http::Uri, String> {
+    let example = "like \"http://collector:4318\" (tether posts to its /v1/traces)";
+    let uri: http::Uri = otlp
+        .parse()
+        .map_err(|err| format!("`otlp = \"{otlp}\"` is not a URL ({err}): write it {example}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "`otlp = \"{otlp}\"` must be an http:// or https:// URL with a host, {example}"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`otlp = \"{otlp}\"` must have no query: write it {example}"));
+    }
+    let base = otlp.trim_end_matches('/');
+    format!("{base}/v1/traces")
+        .parse()
+        .map_err(|err| format!("`otlp = \"{otlp}\"` is not a URL ({err}): write it {example}"))
 }
 
 /// `state_file`, relative to the configuration's folder; its folder must exist

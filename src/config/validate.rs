@@ -160,7 +160,8 @@ fn check(config: &raw::Config, source: &SourceMap<'_>) -> Result<(), ConfigError
 /// `[tracing]`: an http(s) collector URL, a ratio within 0..=1, a service
 /// name, a batch delay within reason.
 fn validate_tracing(tracing: &raw::Tracing, source: &SourceMap<'_>) -> Result<(), ConfigError> {
-    otlp_traces_url(tracing.otlp.get_ref()).map_err(|message| source.error(Some(tracing.otlp.span()), message))?;
+    super::build::otlp_traces_url(tracing.otlp.get_ref())
+        .map_err(|message| source.error(Some(tracing.otlp.span()), message))?;
     let ratio = *tracing.sample_ratio.get_ref();
     if !(0.0..=1.0).contains(&ratio) {
         return Err(source.error(
@@ -182,28 +183,6 @@ fn validate_tracing(tracing: &raw::Tracing, source: &SourceMap<'_>) -> Result<()
         ));
     }
     Ok(())
-}
-
-/// The OTLP/HTTP traces URL of a collector's base URL `otlp`
-/// (`http://collector:4318` → `http://collector:4318/v1/traces`), or what
-/// to fix in it.
-pub(super) fn otlp_traces_url(otlp: &str) -> Result<http::Uri, String> {
-    let example = "like \"http://collector:4318\" (tether posts to its /v1/traces)";
-    let uri: http::Uri = otlp
-        .parse()
-        .map_err(|err| format!("`otlp = \"{otlp}\"` is not a URL ({err}): write it {example}"))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
-        return Err(format!(
-            "`otlp = \"{otlp}\"` must be an http:// or https:// URL with a host, {example}"
-        ));
-    }
-    if uri.query().is_some() {
-        return Err(format!("`otlp = \"{otlp}\"` must have no query: write it {example}"));
-    }
-    let base = otlp.trim_end_matches('/');
-    format!("{base}/v1/traces")
-        .parse()
-        .map_err(|err| format!("`otlp = \"{otlp}\"` is not a URL ({err}): write it {example}"))
 }
 
 /// `websocket.max_lifetime` and `websocket.lifetime_jitter`: a lifetime is
