@@ -10,6 +10,7 @@
 //! `state`, `discovery` and `dynamic`; `route` and `balance`; `sticky`; `health`; `snapshot`; the
 //! engines `proxy` and `cluster`; `admin`; `instance`; `demo`, `import` and this root.
 
+pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod balance;

@@ -22,7 +22,19 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(u32, &[&str])] = &[
     // The one hash mixer, the lock helper, the clocks.
     (0, &["util"]),
-    (1, &["cidr", "origin", "lookup", "proxy_header", "tls", "workers", "ws"]),
+    (
+        1,
+        &[
+            "access_log",
+            "cidr",
+            "origin",
+            "lookup",
+            "proxy_header",
+            "tls",
+            "workers",
+            "ws",
+        ],
+    ),
     (2, &["config"]),
     (3, &["state", "discovery", "dynamic"]),
     (4, &["route", "balance", "rebalance"]),

@@ -27,19 +27,22 @@ pub fn captured_logs() -> &'static Captured {
     })
 }
 
-/// The access-log lines of this test binary as JSON objects (one global
-/// subscriber, from the first call on; see [`Captured::lines`]).
+/// The access-log lines of this test binary as JSON objects: from the first
+/// call on, every tether started in this process whose config names no
+/// `[log] access` writes its lines here, in JSON unless its `log_format`
+/// says otherwise (see [`Captured::lines`]).
 pub fn captured_access_lines() -> &'static Captured {
     static LINES: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
     LINES.get_or_init(|| {
         let captured = Captured::default();
         let writer = captured.clone();
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter("tether::access=info")
-            .with_writer(move || writer.clone())
-            .try_init();
+        tether::access_log::set_defaults(tether::access_log::Defaults {
+            format: tether::access_log::Format::Json,
+            target: tether::access_log::Target::Function(Arc::new(move |bytes: &[u8]| {
+                writer.0.lock().unwrap().extend_from_slice(bytes)
+            })),
+            silenced: false,
+        });
         captured
     })
 }
