@@ -448,8 +448,9 @@ impl Format {
 /// How text values are protected in each format.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Escape {
-    /// logfmt: bare unless empty or holding a space, `"`, `=`, `\` or a control
-    /// character, then quoted with `\"`, `\\`, `\n`, `\t`, `\r`, `\u{XX}`.
+    /// logfmt: bare unless empty or holding a space, `"`, `\` or a control
+    /// character, then quoted with `\"`, `\\`, `\n`, `\t`, `\r`, `\u{XX}`
+    /// (an `=` stays bare, as `uri=/a?b=c` always was: a key ends at the first `=`).
     Text,
     /// A JSON string (RFC 8259 §7).
     Json,
@@ -523,7 +524,7 @@ fn write_value(out: &mut Vec<u8>, value: Value<'_>, escape: Escape, now: SystemT
 /// Whether `b` makes a value need escaping (or, in `text`, quoting).
 fn needs_escape(b: u8, escape: Escape) -> bool {
     match escape {
-        Escape::Text => b <= b' ' || b == b'"' || b == b'=' || b == b'\\' || b == 0x7f,
+        Escape::Text => b <= b' ' || b == b'"' || b == b'\\' || b == 0x7f,
         Escape::Json => b < 0x20 || b == b'"' || b == b'\\',
         Escape::Template => b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f,
     }
