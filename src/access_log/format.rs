@@ -463,13 +463,22 @@ fn write_value(out: &mut Vec<u8>, value: Value<'_>, escape: Escape, now: SystemT
     match value {
         Value::Str(text) => write_text(out, text, escape),
         Value::Show(shown) => {
+            if quoted {
+                out.push(b'"');
+            }
             let start = out.len();
             // Written bare first (the usual case needs nothing more), then
             // rewritten escaped when it holds anything to protect.
             let _ = write!(Raw(out), "{shown}");
-            if escape == Escape::Json || out[start..].iter().any(|b| needs_escape(*b, escape)) {
+            let empty_text = escape == Escape::Text && out.len() == start;
+            if empty_text || out[start..].iter().any(|b| needs_escape(*b, escape)) {
                 let bare = out.split_off(start);
+                if quoted {
+                    out.pop();
+                }
                 write_text(out, &String::from_utf8_lossy(&bare), escape);
+            } else if quoted {
+                out.push(b'"');
             }
         }
         Value::Uint(n) => push_u64(out, n),

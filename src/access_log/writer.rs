@@ -47,8 +47,11 @@ pub enum Target {
     /// A file, opened for appending (created if missing) by the writer thread.
     File(PathBuf),
     /// A function handed every chunk of whole lines (tests, embedders).
-    Function(Arc<dyn Fn(&[u8]) + Send + Sync>),
+    Function(LineFn),
 }
+
+/// What a [`Target::Function`] is: called on the writer thread with whole lines.
+pub type LineFn = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 impl Target {
     /// Whether two targets write to the same place (a reload keeps the sink then).
@@ -159,19 +162,20 @@ impl Sink {
     /// drops and counts its lines when the writer is behind. Never blocks.
     pub fn write_line(&self, format: impl FnOnce(&mut Vec<u8>)) {
         self.started.get_or_init(|| self.start());
-        let slot = self.slot();
-        let mut chunk = lock(&slot.chunk);
-        if chunk.bytes.capacity() == 0 {
-            chunk.bytes.reserve(CHUNK_BYTES + 1024);
-        }
-        format(&mut chunk.bytes);
-        chunk.lines += 1;
-        if chunk.bytes.len() >= CHUNK_BYTES {
-            // Sent under the slot's lock: the writer, collecting, sees this
-            // thread's lines in order.
-            let full = std::mem::take(&mut *chunk);
-            hand_over(&self.shared.queue, full);
-        }
+        self.with_slot(|slot| {
+            let mut chunk = lock(&slot.chunk);
+            if chunk.bytes.capacity() == 0 {
+                chunk.bytes.reserve(CHUNK_BYTES + 1024);
+            }
+            format(&mut chunk.bytes);
+            chunk.lines += 1;
+            if chunk.bytes.len() >= CHUNK_BYTES {
+                // Sent under the slot's lock: the writer, collecting, sees this
+                // thread's lines in order.
+                let full = std::mem::take(&mut *chunk);
+                hand_over(&self.shared.queue, full);
+            }
+        })
     }
 
     /// Asks the writer to reopen a file destination before its next write.
@@ -180,20 +184,21 @@ impl Sink {
         let _ = self.shared.queue.try_send(Chunk::default());
     }
 
-    /// This thread's buffer for this sink, registered on first use.
-    fn slot(&self) -> Arc<Slot> {
+    /// Runs `f` on this thread's buffer for this sink (registered on first use).
+    fn with_slot(&self, f: impl FnOnce(&Slot)) {
         SLOTS.with(|slots| {
-            let mut slots = slots.borrow_mut();
             // A weak pointer keeps its allocation, so the address names the sink.
             let this = Arc::as_ptr(&self.shared);
-            if let Some((_, slot)) = slots.iter().find(|(shared, _)| std::ptr::eq(shared.as_ptr(), this)) {
-                return slot.clone();
+            if let Some((_, slot)) = slots.borrow().iter().find(|(shared, _)| std::ptr::eq(shared.as_ptr(), this)) {
+                return f(slot);
             }
-            slots.retain(|(shared, _)| shared.strong_count() > 0);
             let slot = Arc::new(Slot::default());
             lock(&self.shared.slots).push(slot.clone());
+            let mut slots = slots.borrow_mut();
+            slots.retain(|(shared, _)| shared.strong_count() > 0);
             slots.push((Arc::downgrade(&self.shared), slot.clone()));
-            slot
+            drop(slots);
+            f(&slot)
         })
     }
 
