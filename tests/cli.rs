@@ -347,3 +347,85 @@ fn log_format_json_makes_the_access_log_json_and_tether_log_can_silence_it() {
         assert!(!quiet.contains("/cli-line"), "TETHER_LOG={filter}: {quiet}");
     }
 }
+
+#[test]
+fn sigusr1_reopens_the_access_log_file_after_rotation() {
+    use std::io::Read;
+    let dir = scratch("usr1");
+    let path = dir.join("ok.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let frontend = format!("127.0.0.1:{port}");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[log]\naccess = \"access.log\"\nlog_format = \"$uri $status\"\n",
+            config_binding(&frontend)
+        ),
+    )
+    .unwrap();
+    let mut child = tether()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |target: &str| {
+        use std::io::Write;
+        let started = std::time::Instant::now();
+        let mut stream = loop {
+            match std::net::TcpStream::connect(&frontend) {
+                Ok(stream) => break stream,
+                Err(err) => {
+                    assert!(
+                        started.elapsed() < std::time::Duration::from_secs(10),
+                        "never listened: {err}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        };
+        let request = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.read_to_string(&mut String::new()).unwrap();
+    };
+    let log = dir.join("access.log");
+    let wait_for = |file: &Path, text: &str| {
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(file).unwrap_or_default().contains(text) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{text} in {}",
+                file.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    get("/before-rotation");
+    wait_for(&log, "/before-rotation 502");
+    std::fs::rename(&log, dir.join("access.log.1")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // The signal is taken asynchronously: ask until a line lands in the new file.
+    let started = std::time::Instant::now();
+    while !log.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "no new access.log after SIGUSR1"
+        );
+        get("/after-rotation");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    wait_for(&log, "/after-rotation 502");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rotated = std::fs::read_to_string(dir.join("access.log.1")).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(rotated.starts_with("/before-rotation 502\n"), "{rotated}");
+}

@@ -189,7 +189,11 @@ impl Sink {
         SLOTS.with(|slots| {
             // A weak pointer keeps its allocation, so the address names the sink.
             let this = Arc::as_ptr(&self.shared);
-            if let Some((_, slot)) = slots.borrow().iter().find(|(shared, _)| std::ptr::eq(shared.as_ptr(), this)) {
+            if let Some((_, slot)) = slots
+                .borrow()
+                .iter()
+                .find(|(shared, _)| std::ptr::eq(shared.as_ptr(), this))
+            {
                 return f(slot);
             }
             let slot = Arc::new(Slot::default());
