@@ -104,7 +104,7 @@ pub fn main() -> ExitCode {
             LogFormat::Text => tether::access_log::Format::Text,
             LogFormat::Json => tether::access_log::Format::Json,
         },
-        target: tether::access_log::Target::Stderr,
+        target: Some(tether::access_log::Target::Stderr),
         silenced: !tracing::enabled!(target: "tether::access", tracing::Level::INFO),
     });
     if let Command::Import { from, file } = &cli.command {

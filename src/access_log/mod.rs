@@ -29,8 +29,8 @@ pub const TARGET: &str = "tether::access";
 pub struct Defaults {
     /// The format of a config without `log_format` (`--log-format json` makes it JSON).
     pub format: Format,
-    /// The destination of a config without `access`.
-    pub target: Target,
+    /// The destination of a config without `access` (`None`: no lines for it).
+    pub target: Option<Target>,
     /// `TETHER_LOG` silences `tether::access` (evaluated once at start): no line is written.
     pub silenced: bool,
 }
@@ -39,7 +39,7 @@ impl Default for Defaults {
     fn default() -> Self {
         Self {
             format: Format::Text,
-            target: Target::Stderr,
+            target: Some(Target::Stderr),
             silenced: false,
         }
     }
@@ -93,7 +93,7 @@ impl Logger {
         let format = format.cloned().unwrap_or(defaults.format);
         let target = match destination {
             _ if defaults.silenced => None,
-            None => Some(defaults.target),
+            None => defaults.target,
             Some(Destination::Off) => None,
             Some(Destination::Stderr) => Some(Target::Stderr),
             Some(Destination::Stdout) => Some(Target::Stdout),
