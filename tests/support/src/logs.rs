@@ -64,7 +64,7 @@ enum AccessDefaults {
 /// went through `tracing` with no subscriber), unless a test captures them
 /// ([`captured_access_lines`]) or `TETHER_LOG` is set (then they go to
 /// stderr, to be seen under `--nocapture`).
-pub(crate) fn quiet_access_log_unless_captured() {
+pub fn quiet_access_log_unless_captured() {
     let mut chosen = ACCESS_DEFAULTS.lock().unwrap();
     if matches!(*chosen, AccessDefaults::Unset) {
         *chosen = AccessDefaults::Quiet;
