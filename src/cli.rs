@@ -97,6 +97,16 @@ pub fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(cli.log_format, default_filter);
+    // The access log is written without tracing: its defaults come from the
+    // command line, and `TETHER_LOG` silences it, evaluated once here.
+    tether::access_log::set_defaults(tether::access_log::Defaults {
+        format: match cli.log_format {
+            LogFormat::Text => tether::access_log::Format::Text,
+            LogFormat::Json => tether::access_log::Format::Json,
+        },
+        target: Some(tether::access_log::Target::Stderr),
+        silenced: !tracing::enabled!(target: "tether::access", tracing::Level::INFO),
+    });
     if let Command::Import { from, file } = &cli.command {
         return import(*from, file);
     }
@@ -113,6 +123,8 @@ pub fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Import { .. } => Ok(()),
     };
+    // Lines still in buffers reach their destination before the process ends.
+    tether::access_log::flush_all(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -267,7 +279,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
         }
         let handle = tether.handle();
         handle.set_config_path(path.to_path_buf());
+        let reopen = handle.clone();
         tokio::spawn(async move { reload_on_hangup(handle).await });
+        tokio::spawn(async move { reopen_logs_on_usr1(reopen).await });
         tether.run(stop_signal()).await;
         Ok(())
     });
@@ -327,6 +341,25 @@ async fn stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Reopens the access log's file on SIGUSR1 (log rotation without a reload, as NGINX does).
+async fn reopen_logs_on_usr1(handle: tether::Handle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            handle.reopen_access_log();
+            tracing::info!("access log reopened");
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = handle;
     }
 }
 

@@ -6,10 +6,11 @@
 //!
 //! The modules form layers, each importing only from the layers below it
 //! (README's Layout table; `tests/architecture.rs` checks it): `util`;
-//! the leaves `cidr`, `origin`, `lookup`, `tls`, `workers`, `ws`; `config`;
+//! the leaves `access_log`, `cidr`, `origin`, `lookup`, `tls`, `workers`, `ws`; `config`;
 //! `state`, `discovery` and `dynamic`; `route` and `balance`; `sticky`; `health`; `snapshot`; the
 //! engines `proxy` and `cluster`; `admin`; `instance`; `demo`, `import` and this root.
 
+pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod balance;

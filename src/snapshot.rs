@@ -35,6 +35,9 @@ pub struct Snapshot {
     pub admin: Option<Arc<AdminSettings>>,
     /// Query parameters the access log writes as `REDACTED` (`[log] redact_query`).
     pub redact_query: Arc<[Box<str>]>,
+    /// The access log's format and sink (`[log] access`, `log_format`); the
+    /// sink carries over from the previous snapshot when it writes to the same place.
+    pub access_log: Arc<crate::access_log::Logger>,
 }
 
 /// A public listener's routing and client-side settings.
@@ -284,6 +287,11 @@ impl Snapshot {
             shutdown_grace: config.shutdown_grace,
             admin: config.admin.clone().map(Arc::new),
             redact_query: config.log.redact_query.iter().map(|p| Box::from(p.as_str())).collect(),
+            access_log: Arc::new(crate::access_log::Logger::resolve(
+                config.log.format.as_ref(),
+                config.log.access.as_ref(),
+                previous.map(|p| &*p.access_log),
+            )),
         }
     }
 

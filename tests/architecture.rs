@@ -22,7 +22,19 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(u32, &[&str])] = &[
     // The one hash mixer, the lock helper, the clocks.
     (0, &["util"]),
-    (1, &["cidr", "origin", "lookup", "proxy_header", "tls", "workers", "ws"]),
+    (
+        1,
+        &[
+            "access_log",
+            "cidr",
+            "origin",
+            "lookup",
+            "proxy_header",
+            "tls",
+            "workers",
+            "ws",
+        ],
+    ),
     // `telemetry` (W3C trace context, spans, the OTLP exporter) uses `tls`.
     (2, &["config", "telemetry"]),
     (3, &["state", "discovery", "dynamic"]),

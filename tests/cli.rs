@@ -246,3 +246,186 @@ fn check_validates_an_acme_block_with_file_line_and_column() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn check_refuses_an_unknown_access_log_field_at_its_line_and_column() {
+    let dir = scratch("log-format");
+    let path = dir.join("bad-format.toml");
+    // TOML text on purpose: the column is the `$` of the misspelt field, after `\"` escapes.
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[log]\nlog_format = \"$client \\\"$method $uri\\\" $stauts\"\n",
+            config_binding("127.0.0.1:0")
+        ),
+    )
+    .unwrap();
+    let out = tether().arg("check").arg(&path).output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:17:40: `log_format`: unknown access-log field `$stauts`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("$status") && stderr.contains("$request_id"),
+        "the known fields: {stderr}"
+    );
+}
+
+/// Runs `tether run` over one request (`GET /cli-line`) with `args` and
+/// `env`, stops it with SIGTERM, and returns its standard error.
+fn run_one_request(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    use std::io::{Read, Write};
+    let dir = scratch(name);
+    let path = dir.join("ok.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let frontend = format!("127.0.0.1:{port}");
+    std::fs::write(&path, config_binding(&frontend)).unwrap();
+    let mut command = tether();
+    command.args(args).arg("run").arg("--config").arg(&path);
+    command.env_remove("TETHER_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let started = std::time::Instant::now();
+    let mut stream = loop {
+        match std::net::TcpStream::connect(&frontend) {
+            Ok(stream) => break stream,
+            Err(err) => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "tether never listened: {err}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    };
+    stream
+        .write_all(b"GET /cli-line HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    let mut seen = String::new();
+    // The access line, if any, has been written within 100 ms of the request.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // SIGTERM: a graceful stop, after which buffered lines are written.
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    stderr.read_to_string(&mut seen).unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    seen
+}
+
+#[test]
+fn log_format_json_makes_the_access_log_json_and_tether_log_can_silence_it() {
+    let json = run_one_request("json-lines", &["--log-format", "json"], &[]);
+    let line = json
+        .lines()
+        .find(|l| l.contains("/cli-line"))
+        .unwrap_or_else(|| panic!("an access line: {json}"));
+    let value: serde_json::Value = serde_json::from_str(line).expect(line);
+    assert_eq!(value["kind"], "http", "{line}");
+    assert_eq!(value["status"], 502, "{line}");
+    assert_eq!(value["target"], "tether::access", "{line}");
+    for filter in ["warn", "info,tether::access=off"] {
+        let quiet = run_one_request("quiet", &[], &[("TETHER_LOG", filter)]);
+        assert!(!quiet.contains("/cli-line"), "TETHER_LOG={filter}: {quiet}");
+    }
+}
+
+#[test]
+fn sigusr1_reopens_the_access_log_file_after_rotation() {
+    use std::io::Read;
+    let dir = scratch("usr1");
+    let path = dir.join("ok.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let frontend = format!("127.0.0.1:{port}");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[log]\naccess = \"access.log\"\nlog_format = \"$uri $status\"\n",
+            config_binding(&frontend)
+        ),
+    )
+    .unwrap();
+    let mut child = tether()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |target: &str| {
+        use std::io::Write;
+        let started = std::time::Instant::now();
+        let mut stream = loop {
+            match std::net::TcpStream::connect(&frontend) {
+                Ok(stream) => break stream,
+                Err(err) => {
+                    assert!(
+                        started.elapsed() < std::time::Duration::from_secs(10),
+                        "never listened: {err}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        };
+        let request = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.read_to_string(&mut String::new()).unwrap();
+    };
+    let log = dir.join("access.log");
+    let wait_for = |file: &Path, text: &str| {
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(file).unwrap_or_default().contains(text) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{text} in {}",
+                file.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    get("/before-rotation");
+    wait_for(&log, "/before-rotation 502");
+    std::fs::rename(&log, dir.join("access.log.1")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // The signal is taken asynchronously: ask until a line lands in the new file.
+    let started = std::time::Instant::now();
+    while !log.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "no new access.log after SIGUSR1"
+        );
+        get("/after-rotation");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    wait_for(&log, "/after-rotation 502");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rotated = std::fs::read_to_string(dir.join("access.log.1")).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(rotated.starts_with("/before-rotation 502\n"), "{rotated}");
+}

@@ -32,6 +32,8 @@ async fn start_demo() -> (
     options.check_interval = Duration::from_millis(200);
     options.drain_timeout = Duration::from_millis(500);
     options.spread = Duration::from_millis(300);
+    // As `tether demo` does (its users would fill the output with access lines).
+    quiet_access_log_unless_captured();
     let demo = Demo::prepare(options).await.expect("the demo starts");
     let (page, admin) = (demo.page(), demo.admin());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -398,6 +398,8 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
             })
             .inc_by(count);
     }
+    let access_log_dropped: Counter = Counter::default();
+    access_log_dropped.inc_by(crate::access_log::dropped_total());
     let open: Gauge = Gauge::default();
     open.set(context.open_connections() as i64);
     let worker_accepted = CounterFamily::<WorkerLabels>::default();
@@ -550,6 +552,11 @@ pub fn render(context: &dyn Context) -> Result<String, std::fmt::Error> {
         certificate_expiry,
     );
     registry.register("tether_config_reloads", "Configuration reloads by result", reloads);
+    registry.register(
+        "tether_access_log_dropped",
+        "Access-log lines dropped because their destination could not keep up",
+        access_log_dropped,
+    );
     registry.register(
         "tether_admin_password_checks",
         "Admin passwords checked against their argon2 hash (remembered logins and refused attempts are not checked)",

@@ -44,6 +44,18 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         resolver: raw.resolver.as_ref().map(|r| resolver(r.get_ref())),
         log: Log {
             redact_query: raw.log.redact_query.iter().map(|p| p.get_ref().clone()).collect(),
+            access: raw
+                .log
+                .access
+                .as_ref()
+                .map(|a| super::access_log::destination(a, source, base))
+                .transpose()?,
+            format: raw
+                .log
+                .log_format
+                .as_ref()
+                .map(|f| super::access_log::format(f, source))
+                .transpose()?,
         },
         state_file,
         tracing: raw.tracing.as_ref().and_then(|t| tracing(t.get_ref())),

@@ -40,6 +40,11 @@ impl<'a> SourceMap<'a> {
         Self { file, text }
     }
 
+    /// The text of `span` (empty when out of range).
+    pub(crate) fn slice(&self, span: Range<usize>) -> &'a str {
+        self.text.get(span).unwrap_or("")
+    }
+
     /// An error located at the start of `span` (the whole file when `None`).
     pub(crate) fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
         let offset = span.map(|s| s.start).unwrap_or(0).min(self.text.len());

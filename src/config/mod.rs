@@ -11,6 +11,7 @@
 //! Errors name file, line and column (`error`). Only a model reaches
 //! `Snapshot::build`.
 
+mod access_log;
 mod acme;
 mod address;
 mod build;

@@ -138,6 +138,10 @@ pub struct NamedServer {
 pub struct Log {
     /// Query parameters whose values are written as `REDACTED`.
     pub redact_query: Vec<String>,
+    /// Where lines go (`None`: the process default, standard error).
+    pub access: Option<crate::access_log::Destination>,
+    /// How lines are written (`None`: the process default, `text` or `--log-format json`).
+    pub format: Option<crate::access_log::Format>,
 }
 
 /// Let's Encrypt's production directory, the default `directory`.

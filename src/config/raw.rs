@@ -119,12 +119,19 @@ pub struct Log {
     /// Query parameters whose values the access log replaces with `REDACTED`.
     #[serde(default = "defaults::redact_query")]
     pub redact_query: Vec<Spanned<String>>,
+    /// Where lines go: `"stderr"` (default), `"stdout"`, `"off"` or a file.
+    pub access: Option<Spanned<String>>,
+    /// `"text"`, `"json"` or a template of `$field`s (default: `text`, or
+    /// `json` with `--log-format json`).
+    pub log_format: Option<Spanned<String>>,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Self {
             redact_query: defaults::redact_query(),
+            access: None,
+            log_format: None,
         }
     }
 }

@@ -226,7 +226,7 @@ fn validate_state_file(state_file: &Spanned<String>, cluster: bool, source: &Sou
     Ok(())
 }
 
-/// `[log]`: each redacted query parameter is a plain name.
+/// `[log]`: each redacted query parameter is a plain name; `log_format` parses.
 fn validate_log(log: &raw::Log, source: &SourceMap<'_>) -> Result<(), ConfigError> {
     for name in &log.redact_query {
         let text = name.get_ref();
@@ -236,6 +236,9 @@ fn validate_log(log: &raw::Log, source: &SourceMap<'_>) -> Result<(), ConfigErro
                 "a `redact_query` entry is a query parameter's name, like \"sid\" (not empty, without `&`, `=`, `#` or spaces)",
             ));
         }
+    }
+    if let Some(format) = &log.log_format {
+        super::access_log::format(format, source)?;
     }
     Ok(())
 }

@@ -488,6 +488,8 @@ impl Handle {
         let _one_at_a_time = lock(&inner.reloading);
         let combined = self.compose(config, &lock(&inner.discovery.found), &lock(&inner.api.servers));
         self.swap_in(&combined, false)?;
+        // A reload (SIGHUP after log rotation) opens the access log's file anew.
+        self.reopen_access_log();
         if config.state_file != inner.api.state_file {
             tracing::warn!("`state_file` changed: restart tether to use the new one (this process keeps its own)");
         }
@@ -705,6 +707,12 @@ impl Handle {
     /// Health checker tasks running now (one per server of each backend with checks).
     pub fn health_checkers(&self) -> usize {
         self.inner.checkers.running()
+    }
+
+    /// Opens the access log's file again (after log rotation: SIGUSR1, and
+    /// every reload); nothing for standard error, standard output or off.
+    pub fn reopen_access_log(&self) {
+        self.snapshot().access_log.reopen();
     }
 
     /// Remembers the configuration file, so `reload_config_file` (and `POST /api/v1/reload`) can read it again.

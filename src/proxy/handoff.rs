@@ -3,10 +3,10 @@
 //! tunnel, its registration with its server, and its end (counts and the
 //! access-log line).
 
+use crate::util::clock::Moment;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
@@ -61,6 +61,8 @@ pub(super) struct TunnelHolds {
     pub(super) backend: Arc<str>,
     /// The server's name (for the access-log line).
     pub(super) server: Arc<str>,
+    /// The access log of the handshake's snapshot (format and destination).
+    pub(super) access: Arc<crate::access_log::Logger>,
     /// The server slot, held for the tunnel's whole life (leastconn counts it).
     pub(super) guard: ActiveGuard,
     /// What only some tunnels hold (boxed together: most hold neither, see `footprint`).
@@ -113,6 +115,7 @@ impl TunnelJob {
                 frontend: frontend.name.clone(),
                 backend: backend.name.clone(),
                 server: server.name.clone(),
+                access: log.access.clone(),
                 guard,
                 seldom: stick.map(|stick| {
                     Box::new(Seldom {
@@ -169,7 +172,7 @@ impl TunnelJob {
         let carried = CarriedBy {
             holds: self.holds,
             registration,
-            started: Instant::now(),
+            started: Moment::now(),
         };
         // The usual case: pump between the raw sockets, no extra layers. The
         // layered fallback keeps any other transport working.
@@ -205,7 +208,8 @@ struct CarriedBy {
     holds: TunnelHolds,
     /// The tunnel's entry in its server's registry (drain and shutdown reach it there).
     registration: crate::ws::control::TunnelRegistration,
-    started: Instant,
+    /// When the tunnel opened (8 bytes where an `Instant` takes 16: see `footprint`).
+    started: Moment,
 }
 
 impl CarriedBy {
@@ -226,15 +230,17 @@ impl CarriedBy {
         let holds = self.holds;
         let state = holds.guard.state();
         state.tunnels.fetch_sub(1, Ordering::Relaxed);
-        state.tunnel_durations.observe(self.started.elapsed().as_secs_f64());
+        let open_for = self.started.elapsed();
+        state.tunnel_durations.observe(open_for.as_secs_f64());
         TunnelLog {
             request_id: holds.request_id,
             client: holds.client,
             frontend: &holds.frontend,
             backend: &holds.backend,
             server: &holds.server,
-            started: self.started,
+            open_for,
             end: &end,
+            access: &holds.access,
             protocol: match holds.stream {
                 Some(_) => Protocol::Http2,
                 None => Protocol::Http1,

@@ -96,6 +96,7 @@ async fn respond(
             bytes_out: 0,
             error: None,
             redact_query: snapshot.redact_query.clone(),
+            access: snapshot.access_log.clone(),
             protocol: context.protocol,
         },
         context.activity.clone(),

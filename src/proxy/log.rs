@@ -1,4 +1,5 @@
-//! Request ids and access-log lines (one per HTTP exchange, one per finished tunnel).
+//! Request ids and access-log lines (one per HTTP exchange, one per finished
+//! tunnel): what a line says, handed to the instance's `access_log::Logger`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,14 +10,15 @@ use std::time::Instant;
 use http::{Method, Uri};
 
 use super::tunnel::TunnelEnd;
+use crate::access_log::{Kind, Logger, Record};
 
 use crate::util::mix::{finalize, GOLDEN_GAMMA};
 
 /// The header carrying tether's request id in its own responses.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The tracing target of access-log lines, so operators can route or filter them.
-pub const ACCESS_TARGET: &str = "tether::access";
+/// The target access-log lines are named after (`TETHER_LOG=tether::access=off` silences them).
+pub const ACCESS_TARGET: &str = crate::access_log::TARGET;
 
 /// A per-process unique id for one request, shown in error responses and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,38 +102,47 @@ pub struct HttpLog {
     pub redact_query: Arc<[Box<str>]>,
     /// The client connection's protocol.
     pub protocol: Protocol,
+    /// Where and how the line is written (the request's snapshot's).
+    pub access: Arc<Logger>,
 }
 
 impl HttpLog {
-    /// Writes the line.
+    /// Writes the line (nothing when the access log is off).
     pub fn emit(&self) {
-        tracing::info!(
-            target: ACCESS_TARGET,
-            kind = %"http",
-            protocol = %self.protocol.as_str(),
-            request_id = %self.request_id,
-            client = %self.client,
-            frontend = %self.frontend,
-            backend = %self.backend.as_deref().unwrap_or("-"),
-            server = %self.server.as_deref().unwrap_or("-"),
-            method = %self.method,
-            uri = %RedactedUri {
-                uri: &self.uri,
-                names: &self.redact_query
-            },
-            status = self.status,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
-            bytes_out = self.bytes_out,
-            duration_ms = duration_ms(self.started),
-            error = self.error.as_deref().unwrap_or("-"),
-        );
+        if !self.access.enabled() {
+            return;
+        }
+        let uri = RedactedUri {
+            uri: &self.uri,
+            names: &self.redact_query,
+        };
+        self.access.log(&Record {
+            kind: Kind::Http,
+            protocol: self.protocol.as_str(),
+            request_id: self.request_id.as_u64(),
+            client: self.client,
+            frontend: &self.frontend,
+            backend: self.backend.as_deref(),
+            server: self.server.as_deref(),
+            method: Some(self.method.as_str()),
+            uri: Some(&uri),
+            status: Some(self.status),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out,
+            duration_us: micros_since(self.started),
+            error: Some(self.error.as_deref().unwrap_or("-")),
+            messages_in: None,
+            messages_out: None,
+            close_code_in: None,
+            close_code_out: None,
+            close: None,
+        });
     }
 }
 
-/// Milliseconds since `started`, to the microsecond (`0.359`, not
-/// `0.35939499999999996`).
-fn duration_ms(started: Instant) -> f64 {
-    (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
+/// Microseconds since `started` (lines write them as milliseconds, `0.359`).
+fn micros_since(started: Instant) -> u64 {
+    started.elapsed().as_micros().try_into().unwrap_or(u64::MAX)
 }
 
 /// What a log line writes in place of a redacted parameter's value.
@@ -206,37 +217,45 @@ pub struct TunnelLog<'a> {
     pub backend: &'a str,
     /// The server.
     pub server: &'a str,
-    /// When the tunnel opened.
-    pub started: Instant,
+    /// How long the tunnel was open.
+    pub open_for: std::time::Duration,
     /// What the tunnel reported when it ended: bytes and messages each
     /// way, close codes, why it ended.
     pub end: &'a TunnelEnd,
     /// The protocol carrying the tunnel on the client side (HTTP/1.1
     /// upgrade or an HTTP/2 stream).
     pub protocol: Protocol,
+    /// Where and how the line is written (the handshake's snapshot's).
+    pub access: &'a Logger,
 }
 
 impl TunnelLog<'_> {
-    /// Writes the line.
+    /// Writes the line (nothing when the access log is off).
     pub fn emit(&self) {
-        tracing::info!(
-            target: ACCESS_TARGET,
-            kind = %"tunnel",
-            protocol = %self.protocol.as_str(),
-            request_id = %self.request_id,
-            client = %self.client,
-            frontend = %self.frontend,
-            backend = %self.backend,
-            server = %self.server,
-            bytes_in = self.end.client_to_server,
-            bytes_out = self.end.server_to_client,
-            messages_in = self.end.messages_in,
-            messages_out = self.end.messages_out,
-            close_code_in = self.end.close_code_in.map_or(0, u64::from),
-            close_code_out = self.end.close_code_out.map_or(0, u64::from),
-            duration_ms = duration_ms(self.started),
-            close = %self.end.reason,
-        );
+        if !self.access.enabled() {
+            return;
+        }
+        self.access.log(&Record {
+            kind: Kind::Tunnel,
+            protocol: self.protocol.as_str(),
+            request_id: self.request_id.as_u64(),
+            client: self.client,
+            frontend: self.frontend,
+            backend: Some(self.backend),
+            server: Some(self.server),
+            method: None,
+            uri: None,
+            status: None,
+            bytes_in: self.end.client_to_server,
+            bytes_out: self.end.server_to_client,
+            duration_us: self.open_for.as_micros().try_into().unwrap_or(u64::MAX),
+            error: None,
+            messages_in: Some(self.end.messages_in),
+            messages_out: Some(self.end.messages_out),
+            close_code_in: self.end.close_code_in,
+            close_code_out: self.end.close_code_out,
+            close: Some(&self.end.reason),
+        });
     }
 }
 

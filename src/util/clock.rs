@@ -21,6 +21,26 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A moment on the process's monotonic clock in 8 bytes (a `std::time::Instant`
+/// takes 16): microseconds since a process-wide origin. For what each open
+/// tunnel carries, where every byte counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Moment(u64);
+
+impl Moment {
+    /// Now.
+    pub fn now() -> Moment {
+        static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+        Moment(origin.elapsed().as_micros().try_into().unwrap_or(u64::MAX))
+    }
+
+    /// The time since this moment.
+    pub fn elapsed(self) -> std::time::Duration {
+        std::time::Duration::from_micros(Moment::now().0.saturating_sub(self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,6 +50,15 @@ mod tests {
         let start = monotonic_ms();
         tokio::time::advance(std::time::Duration::from_millis(1500)).await;
         assert_eq!(monotonic_ms() - start, 1500);
+    }
+
+    #[test]
+    fn a_moment_measures_the_time_since() {
+        let start = Moment::now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let elapsed = start.elapsed();
+        assert!(elapsed >= std::time::Duration::from_millis(20) && elapsed < std::time::Duration::from_secs(5));
+        assert_eq!(std::mem::size_of::<Moment>(), 8);
     }
 
     #[test]

@@ -219,6 +219,10 @@ impl Config {
     keys! {
         /// `log.redact_query`: query parameters the access log redacts.
         redact_query(&[&str]) => "log"."redact_query";
+        /// `log.access`: where access-log lines go (`stderr`, `stdout`, `off` or a file).
+        access_log(&str) => "log"."access";
+        /// `log.log_format`: `text`, `json` or a template of `$field`s.
+        log_format(&str) => "log"."log_format";
         /// `workers`: worker threads.
         workers(i64) => "workers";
         /// `shutdown_grace`: how long a graceful stop waits.

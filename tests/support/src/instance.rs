@@ -57,6 +57,7 @@ pub async fn start_tether_on(
     config: &(impl ConfigText + ?Sized),
     workers: Vec<tokio::runtime::Handle>,
 ) -> RunningTether {
+    crate::logs::quiet_access_log_unless_captured();
     let config =
         tether::config::parse(&config.config_text(), "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
     let tether = tether::Tether::bind_on(&config, workers).expect("bind tether");

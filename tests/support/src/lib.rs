@@ -41,7 +41,7 @@ pub use http::{
     server_of, TestBody,
 };
 pub use instance::{start_tether, start_tether_on, RunningTether, TetherProcess};
-pub use logs::{captured_access_lines, captured_logs, init_logs, Captured};
+pub use logs::{captured_access_lines, captured_logs, init_logs, quiet_access_log_unless_captured, Captured};
 pub use node::ensure_npm_packages;
 pub use pebble::{free_port, Pebble};
 pub use redis_server::{PartitionProxy, RedisServer};

@@ -27,21 +27,53 @@ pub fn captured_logs() -> &'static Captured {
     })
 }
 
-/// The access-log lines of this test binary as JSON objects (one global
-/// subscriber, from the first call on; see [`Captured::lines`]).
+/// The access-log lines of this test binary as JSON objects: from the first
+/// call on, every tether started in this process whose config names no
+/// `[log] access` writes its lines here, in JSON unless its `log_format`
+/// says otherwise (see [`Captured::lines`]).
 pub fn captured_access_lines() -> &'static Captured {
     static LINES: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
     LINES.get_or_init(|| {
+        let mut chosen = ACCESS_DEFAULTS.lock().unwrap();
+        *chosen = AccessDefaults::Captured;
         let captured = Captured::default();
         let writer = captured.clone();
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter("tether::access=info")
-            .with_writer(move || writer.clone())
-            .try_init();
+        tether::access_log::set_defaults(tether::access_log::Defaults {
+            format: tether::access_log::Format::Json,
+            target: Some(tether::access_log::Target::Function(Arc::new(move |bytes: &[u8]| {
+                writer.0.lock().unwrap().extend_from_slice(bytes)
+            }))),
+            silenced: false,
+        });
         captured
     })
+}
+
+/// What this test binary's tethers do with access lines of configs that name
+/// no `[log] access` (one lock, so a capture asked for by one test is never
+/// undone by another test starting its tether at the same moment).
+static ACCESS_DEFAULTS: Mutex<AccessDefaults> = Mutex::new(AccessDefaults::Unset);
+
+enum AccessDefaults {
+    Unset,
+    Quiet,
+    Captured,
+}
+
+/// Tethers started by the helpers write no access lines (as when the lines
+/// went through `tracing` with no subscriber), unless a test captures them
+/// ([`captured_access_lines`]) or `TETHER_LOG` is set (then they go to
+/// stderr, to be seen under `--nocapture`).
+pub fn quiet_access_log_unless_captured() {
+    let mut chosen = ACCESS_DEFAULTS.lock().unwrap();
+    if matches!(*chosen, AccessDefaults::Unset) {
+        *chosen = AccessDefaults::Quiet;
+        let seen = std::env::var_os("TETHER_LOG").is_some();
+        tether::access_log::set_defaults(tether::access_log::Defaults {
+            target: seen.then_some(tether::access_log::Target::Stderr),
+            ..Default::default()
+        });
+    }
 }
 
 /// Collects every log line written (give it to a `tracing_subscriber` as its writer).
