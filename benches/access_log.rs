@@ -52,6 +52,7 @@ fn http_log(access: Arc<Logger>) -> HttpLog {
         redact_query: Arc::from(vec![Box::from("sid")]),
         protocol: Protocol::Http1,
         access,
+        trace_id: None,
     }
 }
 
@@ -134,6 +135,7 @@ fn lines(c: &mut Criterion) {
                 end: &end,
                 protocol: Protocol::Http1,
                 access: &access,
+                trace_id: None,
             }
             .emit()
         })

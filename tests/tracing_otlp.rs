@@ -173,6 +173,7 @@ async fn get_with(addr: SocketAddr, path: &str, headers: &[(&'static str, &str)]
 
 #[tokio::test]
 async fn a_client_traceparent_is_continued_and_passed_on_to_the_server() {
+    let access = captured_access_lines();
     let collector = collector().await;
     let s1 = backend("s1").start().await;
     let config = Config::simple(
@@ -236,6 +237,22 @@ async fn a_client_traceparent_is_continued_and_passed_on_to_the_server() {
         Some(SpanStatus::Error as i32),
         "a 200 is no error"
     );
+    let line = access_line(access, |l| l["kind"] == "http" && l["uri"] == "/api/items?sid=REDACTED").await;
+    assert_eq!(
+        line["trace_id"], CLIENT_TRACE,
+        "the access line names the trace: {line}"
+    );
+}
+
+/// The first access line `matches` picks, waiting up to 2 s for it.
+async fn access_line(access: &Captured, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..100 {
+        if let Some(line) = access.lines().into_iter().find(|l| matches(l)) {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no such access line in {:?}", access.lines());
 }
 
 #[tokio::test]
@@ -281,6 +298,7 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_the_request_is_served() 
 
 #[tokio::test]
 async fn a_websocket_handshake_has_a_span_and_its_tunnel_a_child_span_with_the_close_codes() {
+    let access = captured_access_lines();
     let collector = collector().await;
     let s1 = backend("s1").start().await;
     let tether = start_tether(&Config::over(pool().server(&s1)).tracing(&collector.url(), 1.0)).await;
@@ -339,6 +357,11 @@ async fn a_websocket_handshake_has_a_span_and_its_tunnel_a_child_span_with_the_c
     assert!(attr(&tunnel, "tether.tunnel.bytes_in").is_some_and(|b| b.parse::<u64>().unwrap() > 0));
     assert!(tunnel.start_time_unix_nano >= span.start_time_unix_nano);
     assert!(tunnel.end_time_unix_nano > tunnel.start_time_unix_nano);
+    let line = access_line(access, |l| {
+        l["kind"] == "tunnel" && l["trace_id"] == CLIENT_TRACE && l["close_code_in"] == 1001
+    })
+    .await;
+    assert_eq!(line["server"], "s1", "the tunnel's access line names its trace: {line}");
 }
 
 #[tokio::test]

@@ -71,6 +71,9 @@ pub struct Record<'a> {
     pub close_code_out: Option<u16>,
     /// Why the tunnel ended (tunnel lines).
     pub close: Option<&'a dyn fmt::Display>,
+    /// The W3C trace the exchange or tunnel belongs to, when `[tracing]`
+    /// is on (written as 32 hex digits, the `trace-id` of `traceparent`).
+    pub trace_id: Option<u128>,
 }
 
 /// A field's value, as each format writes it.
@@ -86,6 +89,11 @@ pub enum Value<'a> {
     Millis(u64),
     /// 16 hex digits.
     Hex(u64),
+    /// 32 hex digits (a trace id).
+    Hex128(u128),
+    /// A field this line does not have and `text`/`json` leave out
+    /// (templates write `-`).
+    Absent,
     /// An address.
     Addr(SocketAddr),
     /// The line's time, RFC 3339.
@@ -99,6 +107,9 @@ const TUNNEL: u8 = 2;
 const BOTH: u8 = HTTP | TUNNEL;
 /// In templates only (`text` and `json` lines start with their own timestamp).
 const TEMPLATE: u8 = 0;
+/// In `text` and `json` lines only when the record has it (so lines stay
+/// as they were without `[tracing]`).
+const WHEN_SET: u8 = 4;
 
 /// One named field: `$name` in a template, `name=` in `text`, `"name":` in `json`.
 pub struct Field {
@@ -231,6 +242,11 @@ pub static FIELDS: &[Field] = &[
         name: "close",
         kinds: TUNNEL,
         value: |r| r.close.map_or(Value::Str("-"), Value::Show),
+    },
+    Field {
+        name: "trace_id",
+        kinds: BOTH | WHEN_SET,
+        value: |r| r.trace_id.map_or(Value::Absent, Value::Hex128),
     },
 ];
 
@@ -414,10 +430,14 @@ impl Format {
                 Civil::of(now).write_rfc3339(out);
                 out.extend_from_slice(b"  INFO tether::access:");
                 for field in FIELDS.iter().filter(|f| f.kinds & bit != 0) {
+                    let value = (field.value)(record);
+                    if matches!(value, Value::Absent) {
+                        continue;
+                    }
                     out.push(b' ');
                     out.extend_from_slice(field.name.as_bytes());
                     out.push(b'=');
-                    write_value(out, (field.value)(record), Escape::Text, now);
+                    write_value(out, value, Escape::Text, now);
                 }
             }
             Format::Json => {
@@ -425,10 +445,14 @@ impl Format {
                 Civil::of(now).write_rfc3339(out);
                 out.extend_from_slice(b"\",\"level\":\"INFO\"");
                 for field in FIELDS.iter().filter(|f| f.kinds & bit != 0) {
+                    let value = (field.value)(record);
+                    if matches!(value, Value::Absent) {
+                        continue;
+                    }
                     out.extend_from_slice(b",\"");
                     out.extend_from_slice(field.name.as_bytes());
                     out.extend_from_slice(b"\":");
-                    write_value(out, (field.value)(record), Escape::Json, now);
+                    write_value(out, value, Escape::Json, now);
                 }
                 out.extend_from_slice(b",\"target\":\"tether::access\"}");
             }
@@ -492,18 +516,9 @@ fn write_value(out: &mut Vec<u8>, value: Value<'_>, escape: Escape, now: SystemT
                 b'0' + (frac % 10) as u8,
             ]);
         }
-        Value::Hex(id) => {
-            if quoted {
-                out.push(b'"');
-            }
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for shift in (0..16).rev() {
-                out.push(HEX[((id >> (shift * 4)) & 0xf) as usize]);
-            }
-            if quoted {
-                out.push(b'"');
-            }
-        }
+        Value::Hex(id) => write_hex(out, u128::from(id), 16, quoted),
+        Value::Hex128(id) => write_hex(out, id, 32, quoted),
+        Value::Absent => write_text(out, "-", escape),
         Value::Addr(addr) => {
             if quoted {
                 out.push(b'"');
@@ -527,6 +542,20 @@ fn write_value(out: &mut Vec<u8>, value: Value<'_>, escape: Escape, now: SystemT
                 out.push(b'"');
             }
         }
+    }
+}
+
+/// The low `digits` hex digits of `id`, lowercase (quoted in JSON).
+fn write_hex(out: &mut Vec<u8>, id: u128, digits: u32, quoted: bool) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    if quoted {
+        out.push(b'"');
+    }
+    for shift in (0..digits).rev() {
+        out.push(HEX[((id >> (shift * 4)) & 0xf) as usize]);
+    }
+    if quoted {
+        out.push(b'"');
     }
 }
 
@@ -634,7 +663,24 @@ mod tests {
             close_code_in: None,
             close_code_out: (!http).then_some(1000),
             close: (!http).then_some(close),
+            trace_id: None,
         }
+    }
+
+    #[test]
+    fn a_trace_id_is_written_when_the_line_has_one_and_left_out_of_text_and_json_when_not() {
+        let (uri, close) = ("/a", "client closed");
+        let mut traced = record(Kind::Http, &uri, &close);
+        traced.trace_id = Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert!(line(&Format::Text, &traced).ends_with(&format!(" trace_id={id}\n")));
+        assert!(line(&Format::Json, &traced).contains(&format!(",\"trace_id\":\"{id}\",")));
+        let template = Format::parse("$request_id $trace_id").unwrap();
+        assert_eq!(line(&template, &traced), format!("00abcdef01234567 {id}\n"));
+        let untraced = record(Kind::Tunnel, &uri, &close);
+        assert!(!line(&Format::Text, &untraced).contains("trace_id"));
+        assert!(!line(&Format::Json, &untraced).contains("trace_id"));
+        assert_eq!(line(&template, &untraced), "00abcdef01234567 -\n");
     }
 
     fn line(format: &Format, record: &Record<'_>) -> String {

@@ -111,6 +111,7 @@ impl Drop for Exchange {
             let bytes_in = self.log.bytes_in.load(Ordering::Relaxed);
             state.traffic.add(bytes_in, self.log.bytes_out, 0, 0);
         }
+        self.log.trace_id = self.trace_id().map(super::trace::trace_id_number);
         self.log.emit();
         if let Some(span) = self.trace.take() {
             super::trace::finish(span, &self.log, self.retries);

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use super::conn::{StreamHold, WatchedIo};
 use super::context::ConnContext;
 use super::log::{HttpLog, Protocol, RequestId, TunnelLog};
+use super::trace::trace_id_number;
 use super::{tunnel, TrackerToken};
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
@@ -241,6 +242,12 @@ impl CarriedBy {
             open_for,
             end: &end,
             access: &holds.access,
+            trace_id: holds
+                .seldom
+                .as_ref()
+                .and_then(|seldom| seldom.trace.as_ref())
+                .and_then(|trace| trace.trace_id())
+                .map(trace_id_number),
             protocol: match holds.stream {
                 Some(_) => Protocol::Http2,
                 None => Protocol::Http1,

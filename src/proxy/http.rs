@@ -98,6 +98,7 @@ async fn respond(
             redact_query: snapshot.redact_query.clone(),
             access: snapshot.access_log.clone(),
             protocol: context.protocol,
+            trace_id: None,
         },
         context.activity.clone(),
     ));

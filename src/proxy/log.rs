@@ -104,6 +104,8 @@ pub struct HttpLog {
     pub protocol: Protocol,
     /// Where and how the line is written (the request's snapshot's).
     pub access: Arc<Logger>,
+    /// The request's W3C trace id, when `[tracing]` is on (set when the line is written).
+    pub trace_id: Option<u128>,
 }
 
 impl HttpLog {
@@ -136,6 +138,7 @@ impl HttpLog {
             close_code_in: None,
             close_code_out: None,
             close: None,
+            trace_id: self.trace_id,
         });
     }
 }
@@ -227,6 +230,8 @@ pub struct TunnelLog<'a> {
     pub protocol: Protocol,
     /// Where and how the line is written (the handshake's snapshot's).
     pub access: &'a Logger,
+    /// The handshake's W3C trace id, when `[tracing]` is on.
+    pub trace_id: Option<u128>,
 }
 
 impl TunnelLog<'_> {
@@ -255,6 +260,7 @@ impl TunnelLog<'_> {
             close_code_in: self.end.close_code_in,
             close_code_out: self.end.close_code_out,
             close: Some(&self.end.reason),
+            trace_id: self.trace_id,
         });
     }
 }

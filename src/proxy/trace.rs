@@ -9,7 +9,7 @@ use super::context::ConnContext;
 use super::log::{HttpLog, Protocol};
 use crate::route::Route;
 use crate::snapshot::Frontend;
-use crate::telemetry::{RequestEnd, RequestSpan, RequestStart, Tracer};
+use crate::telemetry::{RequestEnd, RequestSpan, RequestStart, TraceId, Tracer};
 
 /// Starts the span of `request`, described by `log` (its id, client and frontend).
 pub(super) fn start<B>(
@@ -55,4 +55,9 @@ pub(super) fn finish(span: Box<RequestSpan>, log: &HttpLog, retries: u32) {
         retries,
         error: log.error.as_deref(),
     });
+}
+
+/// A trace id as the access log writes it (32 hex digits, as in `traceparent`).
+pub(super) fn trace_id_number(id: TraceId) -> u128 {
+    u128::from_be_bytes(id.to_bytes())
 }
