@@ -63,6 +63,20 @@ impl RedisStore {
         self.cluster.redis.background_timeout()
     }
 
+    /// The value stored under `key`; `None` when there is none or Redis
+    /// did not answer within the limit.
+    async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key);
+        let (bytes,) = self
+            .cluster
+            .redis
+            .query::<(Option<Vec<u8>>,)>(&pipe, self.limit())
+            .await
+            .ok()?;
+        bytes
+    }
+
     fn challenge_key(&self, challenge: &PendingChallenge) -> String {
         match challenge {
             PendingChallenge::TlsAlpn01(domain) => self.cluster.key(&["acme", "alpn", domain]),
@@ -73,15 +87,8 @@ impl RedisStore {
     /// The key authorization published for `challenge`, if its signature holds.
     async fn answer(&self, challenge: &PendingChallenge) -> Option<String> {
         let key = self.challenge_key(challenge);
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&key);
-        let (bytes,) = self
-            .cluster
-            .redis
-            .query::<(Option<Vec<u8>>,)>(&pipe, self.limit())
-            .await
-            .ok()?;
-        let Ok(stored) = serde_json::from_slice::<StoredAnswer>(&bytes?) else {
+        let bytes = self.get(&key).await?;
+        let Ok(stored) = serde_json::from_slice::<StoredAnswer>(&bytes) else {
             self.cluster.trust.reject("malformed ACME challenge answer");
             return None;
         };
@@ -154,15 +161,8 @@ impl SharedStore for RedisStore {
     fn load<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
             let key = self.cert_key(name);
-            let mut pipe = redis::pipe();
-            pipe.cmd("GET").arg(&key);
-            let (bytes,) = self
-                .cluster
-                .redis
-                .query::<(Option<Vec<u8>>,)>(&pipe, self.limit())
-                .await
-                .ok()?;
-            let stored: Stored = match serde_json::from_slice(&bytes?) {
+            let bytes = self.get(&key).await?;
+            let stored: Stored = match serde_json::from_slice(&bytes) {
                 Ok(stored) => stored,
                 Err(_) => {
                     self.cluster.trust.reject("malformed ACME certificate");
