@@ -174,3 +174,62 @@ async fn a_close_handshake_completes_through_the_tunnel() {
     .await;
     assert!(end.is_ok(), "the close handshake did not complete through the tunnel");
 }
+
+/// A server that answers any request with 403 and a body of `size`
+/// patterned bytes, written in 16 KiB pieces with a pause between them, so
+/// the body outlasts the response head by many reads.
+async fn refusing_server(size: usize) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!("HTTP/1.1 403 Forbidden\r\ncontent-length: {size}\r\n\r\n");
+                if stream.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+                let body = patterned(size);
+                for piece in body.chunks(16 * 1024) {
+                    if stream.write_all(piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+fn patterned(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn a_handshake_refused_with_a_long_body_gets_all_of_it() {
+    let size = 1 << 20;
+    let refuser = refusing_server(size).await;
+    let tether = start_tether(&Config::over(pool().server(("refuser", refuser)))).await;
+    let mut client = http_client(tether.addr).await;
+    let mut handshake = get_request("/ws");
+    let headers = handshake.headers_mut();
+    headers.insert("connection", "Upgrade".parse().unwrap());
+    headers.insert("upgrade", "websocket".parse().unwrap());
+    headers.insert("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
+    headers.insert("sec-websocket-version", "13".parse().unwrap());
+    let (got, _, body) = tokio::time::timeout(Duration::from_secs(20), send(&mut client, handshake))
+        .await
+        .expect("the refusal's body arrives");
+    assert_eq!(got, StatusCode::FORBIDDEN);
+    assert_eq!(body.len(), size);
+    assert!(body[..] == patterned(size)[..], "the body arrives byte-exact");
+}

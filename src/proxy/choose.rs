@@ -10,7 +10,7 @@ use http::Request;
 
 use super::error::{ConnectFailure, ProxyError};
 use super::log::RequestId;
-use super::pool::{self, ClientAddrs, Pool, UpstreamSender};
+use super::pool::{self, ClientAddrs, Pool, UpstreamConnection, UpstreamSender};
 use super::Shared;
 use crate::balance::{Candidates, RequestKey, ServerId};
 use crate::snapshot::{Backend, Server};
@@ -26,6 +26,9 @@ pub(super) struct Upstream {
     pub(super) guard: ActiveGuard,
     /// The connection.
     pub(super) sender: UpstreamSender,
+    /// A WebSocket handshake's connection, for the client's task to drive
+    /// until the response (`None`: it runs in a task of its own).
+    pub(super) connection: Option<std::pin::Pin<Box<UpstreamConnection>>>,
     /// Taken from the pool (it may turn out to be closed by the server).
     pub(super) reused: bool,
     /// The server's pool, where the connection goes back after a clean
@@ -313,10 +316,11 @@ impl Attempt<'_> {
         // A connection announcing its client in a PROXY header is that client's alone: never pooled.
         let pool = (!self.websocket && server.send_proxy.is_none()).then(|| self.shared.pools.of(&server.state));
         match connection_to(server, self.backend, pool.as_deref(), self.websocket, self.whom).await {
-            Ok((sender, reused)) => Some(Upstream {
+            Ok(((sender, connection), reused)) => Some(Upstream {
                 server: id,
                 guard,
                 sender,
+                connection,
                 reused,
                 pool,
                 moved: false,
@@ -393,16 +397,16 @@ async fn connection_to(
     pool: Option<&Pool>,
     websocket: bool,
     whom: ClientAddrs,
-) -> Result<(UpstreamSender, bool), pool::ConnectError> {
+) -> Result<(Opened, bool), pool::ConnectError> {
     if let Some(pool) = pool {
         if let Some(sender) = pool.take().await {
-            return Ok((sender, true));
+            return Ok(((sender, None), true));
         }
     }
-    let sender = open(server, backend, websocket, whom).await?;
+    let opened = open(server, backend, websocket, whom).await?;
     // Clears passive failures counted against the server (one atomic load when there are none).
     server.state.connect_succeeded();
-    Ok((sender, false))
+    Ok((opened, false))
 }
 
 /// Counts and logs a failed connect; returns it for the client's error.
@@ -454,14 +458,18 @@ fn pick(backend: &Backend, key: &RequestKey<'_>, tried: &[ServerId]) -> Option<(
     }
 }
 
+/// A connection's sender, and its connection when the caller drives it (see [`pool::handshake`]).
+pub(super) type Opened = (UpstreamSender, Option<std::pin::Pin<Box<UpstreamConnection>>>);
+
 /// A new connection to `server`, ready for requests (`upgrades`: it may
-/// switch protocols), made for `whom` (named in its PROXY header, if any).
+/// switch protocols, and the caller drives it), made for `whom` (named in
+/// its PROXY header, if any).
 pub(super) async fn open(
     server: &Server,
     backend: &Backend,
     upgrades: bool,
     whom: ClientAddrs,
-) -> Result<UpstreamSender, pool::ConnectError> {
+) -> Result<Opened, pool::ConnectError> {
     let tls = server.tls.as_ref();
     let started = tokio::time::Instant::now();
     let stream = pool::connect_stream(server.address, backend.connect_timeout, tls, server.send_proxy, whom).await?;

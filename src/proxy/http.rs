@@ -23,7 +23,7 @@ use super::exchange::{Exchange, ResponseBody};
 use super::handoff::TunnelJob;
 use super::headers::{add_forwarding, apply_rules, remove_hop_by_hop, set_websocket_upgrade};
 use super::log::{HttpLog, Protocol, RequestId};
-use super::pool::ClientAddrs;
+use super::pool::{self, ClientAddrs};
 use super::upgrade::{self, Handshake};
 use super::{client_addr, trace, Shared};
 use crate::balance::{ip_octets_of, RequestKey};
@@ -524,8 +524,23 @@ async fn send(
     let mut replay = websocket.then(|| replay_of(&request, exchange.log.bytes_in.clone()));
     loop {
         let server = &backend.servers[upstream.server];
-        let failed = match tokio::time::timeout(backend.server_timeout, upstream.sender.try_send_request(request)).await
-        {
+        let sent = upstream.sender.try_send_request(request);
+        let answered = match upstream.connection.take() {
+            // A handshake's connection runs here until the response head.
+            Some(connection) => match tokio::time::timeout(backend.server_timeout, pool::along(connection, sent)).await
+            {
+                Ok((answer, rest)) => {
+                    // What is left (a refusal's body) streams from a task of its own.
+                    if let Some(rest) = rest {
+                        pool::run_apart(rest);
+                    }
+                    Ok(answer)
+                }
+                Err(elapsed) => Err(elapsed),
+            },
+            None => tokio::time::timeout(backend.server_timeout, sent).await,
+        };
+        let failed = match answered {
             Err(_) => {
                 return Err(ProxyError::ServerTimeout {
                     server: server.name.clone(),
@@ -539,7 +554,7 @@ async fn send(
             // Both retries are rare: their connect futures (a TLS handshake
             // among them) are boxed so every request's future stays small.
             Retry::Reconnect(again) => {
-                upstream.sender = Box::pin(choose::open(server, backend, websocket, whom))
+                (upstream.sender, upstream.connection) = Box::pin(choose::open(server, backend, websocket, whom))
                     .await
                     .map_err(|cause| ProxyError::Unreachable {
                         server: server.name.clone(),

@@ -2,10 +2,13 @@
 //! handshake, and a small per-server pool of idle keep-alive connections.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -204,24 +207,65 @@ pub async fn connect_stream(
         .map_err(ConnectError::Tls)
 }
 
-/// Starts an HTTP/1 client on `stream`; its connection task runs on its own.
-/// With `upgrades`, the connection can be handed over to a tunnel after a 101.
-pub async fn handshake(stream: UpstreamStream, upgrades: bool) -> Result<UpstreamSender, ConnectError> {
+/// The HTTP/1 connection of a WebSocket handshake to a server, run by the
+/// client connection's task while it waits for the response (see [`along`])
+/// rather than by a task of its own: no spawn, no hop between two tasks.
+/// (hyper's `UpgradeableConnection`, which cannot be named outside hyper.)
+pub type UpstreamConnection = dyn Future<Output = hyper::Result<()>> + Send;
+
+/// Starts an HTTP/1 client on `stream`. A plain connection runs in a task
+/// of its own; with `upgrades` (a WebSocket handshake's, which may be handed
+/// over to a tunnel after a 101) it is returned for the caller to drive.
+pub async fn handshake(
+    stream: UpstreamStream,
+    upgrades: bool,
+) -> Result<(UpstreamSender, Option<Pin<Box<UpstreamConnection>>>), ConnectError> {
     let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
     if upgrades {
-        tokio::spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                tracing::debug!(cause = %err, "upstream connection ended with an error");
-            }
-        });
-    } else {
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(cause = %err, "upstream connection ended with an error");
-            }
-        });
+        return Ok((sender, Some(Box::pin(connection.with_upgrades()))));
     }
-    Ok(sender)
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(cause = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok((sender, None))
+}
+
+/// Awaits `response` (a request sent on `connection`'s sender) while
+/// driving `connection` in the same task. After a 101 the connection ends
+/// in the poll that reads the head, handing its socket to the upgrade;
+/// returns the connection too when it has more to do (a response body to
+/// stream, a request body to finish): run it apart then ([`run_apart`]).
+pub async fn along<F: Future>(
+    connection: Pin<Box<UpstreamConnection>>,
+    response: F,
+) -> (F::Output, Option<Pin<Box<UpstreamConnection>>>) {
+    let mut connection = Some(connection);
+    let mut response = std::pin::pin!(response);
+    let output = std::future::poll_fn(|cx| {
+        // The connection first: it reads the head that readies the response.
+        if let Some(running) = connection.as_mut() {
+            if let Poll::Ready(ended) = running.as_mut().poll(cx) {
+                connection = None;
+                if let Err(err) = ended {
+                    tracing::debug!(cause = %err, "upstream connection ended with an error");
+                }
+            }
+        }
+        response.as_mut().poll(cx)
+    })
+    .await;
+    (output, connection)
+}
+
+/// Runs the rest of a handshake's connection in a task of its own (see [`along`]).
+pub fn run_apart(connection: Pin<Box<UpstreamConnection>>) {
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(cause = %err, "upstream connection ended with an error");
+        }
+    });
 }
 
 #[cfg(test)]
