@@ -415,3 +415,41 @@ async fn connections_whose_request_bodies_were_sent_whole_are_still_reused() {
     assert_eq!(s1.requests(), 6);
     assert_eq!(s1.connections(), 1, "one upstream connection served every request");
 }
+
+#[tokio::test]
+async fn a_request_without_host_or_with_two_is_refused_with_400_before_any_server_sees_it() {
+    let s1 = backend("s1").start().await;
+    let tether = start_tether(&Config::over(pool().server(&s1))).await;
+    // RFC 9112 §3.2: HTTP/1.1 without Host, and any request with two.
+    for (request, why) in [
+        (
+            &b"GET /a HTTP/1.1\r\n\r\n"[..],
+            "an HTTP/1.1 request must have a Host header",
+        ),
+        (
+            &b"GET /a HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"[..],
+            "the request has more than one Host header",
+        ),
+        (
+            &b"GET /a HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n\r\n"[..],
+            "the request has more than one Host header",
+        ),
+    ] {
+        let reply = raw_exchange(tether.addr, request).await;
+        assert_eq!(reply.split_whitespace().nth(1), Some("400"), "{reply}");
+        assert!(reply.contains(why), "the body says why: {reply}");
+    }
+    assert_eq!(s1.requests(), 0, "no server saw a request with an unknown host");
+    // Still served: HTTP/1.0 without Host, and an absolute-form target (it names the host).
+    for request in [
+        &b"GET /a HTTP/1.0\r\n\r\n"[..],
+        &b"GET http://a.example/a HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        let reply = raw_exchange(tether.addr, request).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+            "{reply}"
+        );
+    }
+    assert_eq!(s1.requests(), 2);
+}

@@ -38,6 +38,10 @@ pub enum ProxyError {
     /// `redirect_https` needs a host to redirect to.
     #[error("no valid Host header to redirect to https")]
     NoHostToRedirect,
+    /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request
+    /// with more than one; the host it is for is unknown or ambiguous.
+    #[error("{0}")]
+    BadHost(&'static str),
     /// The https location would not be a valid header value.
     #[error("the request cannot be redirected")]
     Unredirectable,
@@ -196,6 +200,7 @@ impl ProxyError {
         match self {
             Self::FramingConflict
             | Self::NoHostToRedirect
+            | Self::BadHost(_)
             | Self::Unredirectable
             | Self::BadHandshake(_)
             | Self::BodyMalformed { .. } => StatusCode::BAD_REQUEST,
@@ -221,6 +226,7 @@ impl ProxyError {
         match self {
             Self::FramingConflict
             | Self::NoHostToRedirect
+            | Self::BadHost(_)
             | Self::Unredirectable
             | Self::BadHandshake(_)
             | Self::TargetTooLong

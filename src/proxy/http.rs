@@ -66,6 +66,7 @@ async fn respond(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let index = context.activity.request_started();
     let framing_conflict = context.activity.framing_conflict_in(index);
+    let host_fault = host_fault(&request);
     // Before anything reads it: routing, Origin checks, redirects, the
     // forwarding headers and the server all see this one host.
     settle_host(&mut request, context.local);
@@ -118,7 +119,7 @@ async fn respond(
             return Ok(ProxyError::from(refused).into_response(exchange));
         }
     }
-    let frontend = match admit(&context, framing_conflict, frontend) {
+    let frontend = match admit(&context, framing_conflict, host_fault, frontend) {
         Ok(frontend) => frontend,
         Err(refused) => return Ok(refused.into_response(exchange)),
     };
@@ -186,18 +187,38 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Step 1, admit the connection's request: its head is not ambiguous and
-/// its frontend is still configured.
+/// Step 1, admit the connection's request: its head is not ambiguous (its
+/// framing, its host) and its frontend is still configured.
 fn admit<'s>(
     context: &ConnContext,
     framing_conflict: bool,
+    host_fault: Option<&'static str>,
     frontend: Option<&'s Frontend>,
 ) -> Result<&'s Frontend, ProxyError> {
     if framing_conflict {
         tracing::info!(client = %context.client, "request with both Content-Length and Transfer-Encoding refused");
         return Err(ProxyError::FramingConflict);
     }
+    if let Some(fault) = host_fault {
+        tracing::info!(client = %context.client, "request refused: {fault}");
+        return Err(ProxyError::BadHost(fault));
+    }
     frontend.ok_or(ProxyError::FrontendGone)
+}
+
+/// RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without
+/// `Host` (one in absolute form names its host in the target) and to any
+/// request with more than one `Host`; forwarded, either would leave the
+/// server and tether's routing to guess the host.
+fn host_fault<B>(request: &Request<B>) -> Option<&'static str> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("the request has more than one Host header"),
+        (None, None) if request.version() == Version::HTTP_11 && request.uri().authority().is_none() => {
+            Some("an HTTP/1.1 request must have a Host header")
+        }
+        _ => None,
+    }
 }
 
 /// The key authorization for a `GET /.well-known/acme-challenge/{token}`
