@@ -206,8 +206,9 @@ pub struct AdminUser {
     pub password_hash: String,
 }
 
-/// Several instances sharing state through Redis.
-#[derive(Debug, Clone)]
+/// Several instances sharing state through Redis. Its `Debug` masks the
+/// password (the URL's too) and the secret, so a logged config leaks neither.
+#[derive(Clone)]
 pub struct Cluster {
     /// `redis://…`, `rediss://…` or `redis+sentinel://…`, checked to be usable.
     pub redis: String,
@@ -227,6 +228,38 @@ pub struct Cluster {
     pub stick_refresh: Duration,
     /// Key signing every value written to Redis; unsigned data is ignored when set.
     pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MASK: &str = "****";
+        f.debug_struct("Cluster")
+            .field("redis", &url_without_password(&self.redis))
+            .field("password", &self.password.as_ref().map(|_| MASK))
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("instance", &self.instance)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("sync_interval", &self.sync_interval)
+            .field("stick_refresh", &self.stick_refresh)
+            .field("secret", &self.secret.as_ref().map(|_| MASK))
+            .finish()
+    }
+}
+
+/// `url` with the password of its userinfo (`scheme://user:password@…`) shown as `****`.
+fn url_without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:****{}", &rest[at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// One public entry point.
@@ -581,5 +614,35 @@ impl Check {
             Check::Http(_) => "http",
             Check::WebSocket { .. } => "websocket",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_debug_shows_neither_password_nor_secret() {
+        let cluster = Cluster {
+            redis: "redis+sentinel://:hunter2@h1:26379,h2/mymaster/0".into(),
+            password: Some("s3cret-pass".into()),
+            tls_ca_file: None,
+            instance: Some("a".into()),
+            prefix: "tether:".into(),
+            timeout: Duration::from_secs(1),
+            sync_interval: Duration::from_secs(1),
+            stick_refresh: Duration::from_secs(1),
+            secret: Some("signing-key".into()),
+        };
+        let shown = format!("{cluster:?}");
+        for hidden in ["hunter2", "s3cret-pass", "signing-key"] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
+        assert!(
+            shown.contains("redis+sentinel://:****@h1:26379,h2/mymaster/0"),
+            "{shown}"
+        );
+        assert_eq!(url_without_password("redis://user@h/0"), "redis://user@h/0");
+        assert_eq!(url_without_password("rediss://u:p@h:6380"), "rediss://u:****@h:6380");
     }
 }
