@@ -279,6 +279,23 @@ fn check_refuses_an_unknown_access_log_field_at_its_line_and_column() {
 
 /// Runs `tether run` over one request (`GET /cli-line`) with `args` and
 /// `env`, stops it with SIGTERM, and returns its standard error.
+/// A connection to `address` once the tether started on it listens (10 s at most).
+fn connect_when_listening(address: &str) -> std::net::TcpStream {
+    let started = std::time::Instant::now();
+    loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(stream) => return stream,
+            Err(err) => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "tether never listened on {address}: {err}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 fn run_one_request(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     use std::io::{Read, Write};
     let dir = scratch(name);
@@ -298,19 +315,7 @@ fn run_one_request(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     }
     let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut stderr = child.stderr.take().unwrap();
-    let started = std::time::Instant::now();
-    let mut stream = loop {
-        match std::net::TcpStream::connect(&frontend) {
-            Ok(stream) => break stream,
-            Err(err) => {
-                assert!(
-                    started.elapsed() < std::time::Duration::from_secs(10),
-                    "tether never listened: {err}"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        }
-    };
+    let mut stream = connect_when_listening(&frontend);
     stream
         .write_all(b"GET /cli-line HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -376,19 +381,7 @@ fn sigusr1_reopens_the_access_log_file_after_rotation() {
         .unwrap();
     let get = |target: &str| {
         use std::io::Write;
-        let started = std::time::Instant::now();
-        let mut stream = loop {
-            match std::net::TcpStream::connect(&frontend) {
-                Ok(stream) => break stream,
-                Err(err) => {
-                    assert!(
-                        started.elapsed() < std::time::Duration::from_secs(10),
-                        "never listened: {err}"
-                    );
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-        };
+        let mut stream = connect_when_listening(&frontend);
         let request = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).unwrap();
         stream.read_to_string(&mut String::new()).unwrap();

@@ -424,16 +424,11 @@ impl Format {
 
     /// Appends `record`'s line (with its newline) to `out`, at wall-clock time `now`.
     pub fn write(&self, record: &Record<'_>, now: SystemTime, out: &mut Vec<u8>) {
-        let bit = record.kind.bit();
         match self {
             Format::Text => {
                 Civil::of(now).write_rfc3339(out);
                 out.extend_from_slice(b"  INFO tether::access:");
-                for field in FIELDS.iter().filter(|f| f.kinds & bit != 0) {
-                    let value = (field.value)(record);
-                    if matches!(value, Value::Absent) {
-                        continue;
-                    }
+                for (field, value) in line_fields(record) {
                     out.push(b' ');
                     out.extend_from_slice(field.name.as_bytes());
                     out.push(b'=');
@@ -444,11 +439,7 @@ impl Format {
                 out.extend_from_slice(b"{\"timestamp\":\"");
                 Civil::of(now).write_rfc3339(out);
                 out.extend_from_slice(b"\",\"level\":\"INFO\"");
-                for field in FIELDS.iter().filter(|f| f.kinds & bit != 0) {
-                    let value = (field.value)(record);
-                    if matches!(value, Value::Absent) {
-                        continue;
-                    }
+                for (field, value) in line_fields(record) {
                     out.extend_from_slice(b",\"");
                     out.extend_from_slice(field.name.as_bytes());
                     out.extend_from_slice(b"\":");
@@ -467,6 +458,17 @@ impl Format {
         }
         out.push(b'\n');
     }
+}
+
+/// The fields a `text` or `json` line of `record` carries, with their
+/// values: those of its kind, less any it does not have (`trace_id` untraced).
+fn line_fields<'r, 'a>(record: &'r Record<'a>) -> impl Iterator<Item = (&'static Field, Value<'r>)> + 'r {
+    let bit = record.kind.bit();
+    FIELDS
+        .iter()
+        .filter(move |f| f.kinds & bit != 0)
+        .map(move |f| (f, (f.value)(record)))
+        .filter(|(_, value)| !matches!(value, Value::Absent))
 }
 
 /// How text values are protected in each format.
