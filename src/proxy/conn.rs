@@ -10,9 +10,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 
 use super::framing::RequestScanner;
+use super::wakes::Wakes;
 
 /// What a client connection is doing, which decides its timeout. Stored
 /// as a `u8` in an atomic (read on every client read), hence `repr(u8)`.
@@ -40,6 +40,28 @@ impl Phase {
     }
 }
 
+/// A connection's client timeouts (its frontend's when it was accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// `timeouts.client`: idle between requests.
+    pub client: Duration,
+    /// `timeouts.http_request`: a head arriving.
+    pub http_request: Duration,
+    /// `timeouts.client_body`: a client that neither sends nor reads while a request is under way.
+    pub client_body: Duration,
+}
+
+impl Default for ClientTimeouts {
+    /// The defaults of docs/config.md (30 s, 10 s, 60 s).
+    fn default() -> Self {
+        Self {
+            client: Duration::from_secs(30),
+            http_request: Duration::from_secs(10),
+            client_body: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The phase of one client connection and when it began.
 #[derive(Debug)]
 pub struct ConnActivity {
@@ -49,10 +71,15 @@ pub struct ConnActivity {
     since_ms: AtomicU64,
     /// When the connection was accepted.
     epoch: Instant,
-    /// Wakes the watchdog when its deadline changes kind: a head starts
-    /// (`http_request` is usually shorter than the idle deadline it sleeps
-    /// towards) or a response ends (a busy connection had no deadline).
-    phase_changed: Notify,
+    /// The timeouts the phases pick from.
+    timeouts: ClientTimeouts,
+    /// The connection task's two wake-ups (connection, watchdog).
+    wakes: Wakes,
+    /// Milliseconds after `epoch` of the watchdog's armed timer: a phase
+    /// change whose deadline comes before it wakes the watchdog, a later
+    /// one is found when the timer fires. `u64::MAX`: no timer, or the
+    /// watchdog wants every change (a graceful stop is waiting).
+    wake_before_ms: AtomicU64,
     /// Requests in flight (pipelining keeps it at most one in practice).
     in_flight: AtomicU64,
     /// Requests received so far.
@@ -83,18 +110,20 @@ pub const HTTP2_MAX_CANCELLED_STREAMS: u64 = 100;
 
 impl Default for ConnActivity {
     fn default() -> Self {
-        Self::new()
+        Self::new(ClientTimeouts::default())
     }
 }
 
 impl ConnActivity {
-    /// A connection that just opened: idle since now.
-    pub fn new() -> Self {
+    /// A connection that just opened under `timeouts`: idle since now.
+    pub fn new(timeouts: ClientTimeouts) -> Self {
         Self {
             phase: AtomicU8::new(Phase::Idle as u8),
             since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            phase_changed: Notify::new(),
+            timeouts,
+            wakes: Wakes::default(),
+            wake_before_ms: AtomicU64::new(u64::MAX),
             in_flight: AtomicU64::new(0),
             served: AtomicU64::new(0),
             framing_conflict: AtomicU64::new(u64::MAX),
@@ -114,9 +143,38 @@ impl ConnActivity {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
-    fn enter(&self, phase: Phase) {
-        self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+    fn enter(&self, phase: Phase) -> u64 {
+        let now = self.now_ms();
+        self.since_ms.store(now, Ordering::Relaxed);
         self.phase.store(phase as u8, Ordering::Release);
+        now
+    }
+
+    /// The deadline is now `deadline_ms` after `epoch`: the watchdog is
+    /// woken if its timer would fire too late for it.
+    fn deadline_moved_to(&self, deadline_ms: u64) {
+        if deadline_ms < self.wake_before_ms.load(Ordering::Acquire) {
+            self.wakes.wake_watchdog();
+        }
+    }
+
+    /// The watchdog's timer fires at `at` (`None`: no timer, or every
+    /// phase change should wake it); see `wake_before_ms`.
+    pub fn watchdog_armed(&self, at: Option<Instant>) {
+        let ms = at.map_or(u64::MAX, |at| {
+            at.saturating_duration_since(self.epoch).as_millis() as u64
+        });
+        self.wake_before_ms.store(ms, Ordering::Release);
+    }
+
+    /// The timeouts the phases pick from.
+    pub fn timeouts(&self) -> ClientTimeouts {
+        self.timeouts
+    }
+
+    /// The connection task's two wake-ups.
+    pub fn wakes(&self) -> &Wakes {
+        &self.wakes
     }
 
     /// Bytes arrived from the client.
@@ -132,8 +190,9 @@ impl ConnActivity {
                 )
                 .is_ok()
         {
-            self.since_ms.store(self.now_ms(), Ordering::Relaxed);
-            self.phase_changed.notify_one();
+            let now = self.now_ms();
+            self.since_ms.store(now, Ordering::Relaxed);
+            self.deadline_moved_to(now.saturating_add(self.timeouts.http_request.as_millis() as u64));
         }
     }
 
@@ -153,7 +212,7 @@ impl ConnActivity {
         if is_reset_flood(cancelled, self.served.load(Ordering::Relaxed))
             && !self.resets_abusive.swap(true, Ordering::AcqRel)
         {
-            self.phase_changed.notify_one();
+            self.wakes.wake_watchdog();
         }
     }
 
@@ -167,6 +226,7 @@ impl ConnActivity {
     pub fn request_started(&self) -> u64 {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let index = self.served.fetch_add(1, Ordering::Relaxed);
+        // Busy has no deadline: the watchdog need not know at once.
         self.enter(Phase::Busy);
         index
     }
@@ -174,8 +234,8 @@ impl ConnActivity {
     /// A response was fully sent; the connection waits for the next request.
     pub fn request_finished(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.enter(Phase::Idle);
-            self.phase_changed.notify_one();
+            let now = self.enter(Phase::Idle);
+            self.deadline_moved_to(now.saturating_add(self.timeouts.client.as_millis() as u64));
         }
     }
 
@@ -194,14 +254,17 @@ impl ConnActivity {
 
     /// A write to the client could not proceed (its receive window is full).
     fn write_blocked(&self) {
-        if self.write_blocked_ms.load(Ordering::Relaxed) == 0
-            && self
-                .write_blocked_ms
-                .compare_exchange(0, self.now_ms() + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+        if self.write_blocked_ms.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let now = self.now_ms();
+        if self
+            .write_blocked_ms
+            .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
         {
-            // The watchdog of a busy connection sleeps without a deadline.
-            self.phase_changed.notify_one();
+            // The watchdog of a busy connection may sleep without a deadline.
+            self.deadline_moved_to(now.saturating_add(self.timeouts.client_body.as_millis() as u64));
         }
     }
 
@@ -227,12 +290,12 @@ impl ConnActivity {
     /// idle between requests (`client`), a head arriving too slowly
     /// (`http_request`), or a busy connection whose client has not read
     /// what tether is writing for `client_body`.
-    pub fn deadline(
-        &self,
-        client: Duration,
-        http_request: Duration,
-        client_body: Duration,
-    ) -> Option<(Instant, Expiry)> {
+    pub fn deadline(&self) -> Option<(Instant, Expiry)> {
+        let ClientTimeouts {
+            client,
+            http_request,
+            client_body,
+        } = self.timeouts;
         let since = self.epoch + Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
         match self.phase() {
             Phase::Idle => Some((since + client, Expiry::Idle)),
@@ -261,10 +324,29 @@ impl ConnActivity {
     pub fn is_busy(&self) -> bool {
         self.phase() == Phase::Busy
     }
+}
 
-    /// Resolves when the deadline may have changed kind.
-    pub async fn phase_changed(&self) {
-        self.phase_changed.notified().await
+/// Waking a connection's activity wakes its watchdog (the waker its timer
+/// and stop signals are polled with; see `wakes`).
+impl std::task::Wake for ConnActivity {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wakes.wake_watchdog();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.wakes.wake_watchdog();
+    }
+}
+
+/// The waker a connection's HTTP connection future is polled with.
+#[derive(Debug)]
+pub struct ConnectionWake(pub std::sync::Arc<ConnActivity>);
+
+impl std::task::Wake for ConnectionWake {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.wakes.wake_connection();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.wakes.wake_connection();
     }
 }
 
@@ -397,13 +479,8 @@ mod tests {
 
     #[test]
     fn phases_pick_their_timeout() {
-        let activity = ConnActivity::new();
-        let (client, head, body) = (
-            Duration::from_secs(30),
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-        );
-        let expiry = |a: &ConnActivity| a.deadline(client, head, body).map(|(_, why)| why);
+        let activity = ConnActivity::default();
+        let expiry = |a: &ConnActivity| a.deadline().map(|(_, why)| why);
         assert_eq!(expiry(&activity), Some(Expiry::Idle));
         activity.on_read();
         assert_eq!(expiry(&activity), Some(Expiry::Head));
@@ -434,12 +511,36 @@ mod tests {
             !is_reset_flood(HTTP2_MAX_CANCELLED_STREAMS, 4 * HTTP2_MAX_CANCELLED_STREAMS),
             "a long-lived connection that served many"
         );
-        let activity = ConnActivity::new();
+        let activity = ConnActivity::default();
         for _ in 0..HTTP2_MAX_CANCELLED_STREAMS {
             activity.request_started();
             activity.stream_cancelled();
         }
         assert!(activity.resets_too_many());
+    }
+
+    #[test]
+    fn a_phase_change_wakes_the_watchdog_only_before_its_timer() {
+        let activity = ConnActivity::default();
+        assert!(
+            activity.wakes().take_watchdog_mark(),
+            "the first poll looks at the watchdog"
+        );
+        let in_a_while = |secs| Some(activity.epoch + Duration::from_secs(secs));
+        // Armed at the idle deadline (30 s): a head's 10 s come first.
+        activity.watchdog_armed(in_a_while(30));
+        activity.on_read();
+        assert!(activity.wakes().take_watchdog_mark());
+        // Armed at the head's deadline: the idle deadline after the response is later.
+        activity.watchdog_armed(in_a_while(10));
+        activity.request_started();
+        activity.request_finished();
+        assert!(!activity.wakes().take_watchdog_mark(), "found when the timer fires");
+        // No timer (busy): a client that stops reading needs one.
+        activity.request_started();
+        activity.watchdog_armed(None);
+        activity.write_blocked();
+        assert!(activity.wakes().take_watchdog_mark());
     }
 
     #[test]
@@ -452,7 +553,7 @@ mod tests {
 
     #[test]
     fn a_connection_walks_idle_head_busy_idle() {
-        let activity = ConnActivity::new();
+        let activity = ConnActivity::default();
         assert_eq!(activity.phase(), Phase::Idle);
         activity.on_read();
         assert_eq!(activity.phase(), Phase::Head);

@@ -2,9 +2,11 @@
 //! HTTP/2 server (ALPN `h2`, or h2c with prior knowledge), under a watchdog that applies the `client` and `http_request` timeouts
 //! and the stop signals.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -12,14 +14,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::sleep_until;
 
 use super::client_addr::{is_trusted, read_proxy_header};
-use super::conn::{ConnActivity, Expiry, WatchedIo};
+use super::conn::{ClientTimeouts, ConnActivity, ConnectionWake, Expiry, WatchedIo};
 use super::context::ConnContext;
 use super::error::ProxyError;
 use super::http::handle;
 use super::log::Protocol;
+use super::wakes::Woke;
 use super::{Shared, TrackerToken};
 use crate::state::{FrontendConnection, FrontendState};
 use crate::tls::server::Accepted;
@@ -205,7 +207,11 @@ async fn serve_connection(
         }
         _ => Protocol::Http1,
     };
-    let activity = Arc::new(ConnActivity::new());
+    let activity = Arc::new(ConnActivity::new(ClientTimeouts {
+        client: client_timeout,
+        http_request: head_timeout,
+        client_body: body_timeout,
+    }));
     let context = Arc::new(ConnContext {
         shared: shared.clone(),
         frontend,
@@ -216,7 +222,6 @@ async fn serve_connection(
         counted,
         protocol,
     });
-    let timeouts = (client_timeout, head_timeout, body_timeout);
     match protocol {
         Protocol::Http1 => {
             // A plain connection in a cluster answers an HTTP-01 validation
@@ -255,7 +260,6 @@ async fn serve_connection(
                 &shared,
                 &activity,
                 peer,
-                timeouts,
             )
             .await;
         }
@@ -274,7 +278,6 @@ async fn serve_connection(
                 &shared,
                 &activity,
                 peer,
-                timeouts,
             )
             .await;
         }
@@ -331,8 +334,8 @@ async fn starts_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
 }
 
 /// Serves `connection` under the watchdog: the `client`, `http_request`
-/// and `client_body` timeouts (`timeouts`, in that order) and the stop
-/// signals. `stop` asks hyper to finish gracefully; with `eager_stop`
+/// and `client_body` timeouts of `activity` and the stop signals, each
+/// polled only when it woke the task (see `wakes`). `stop` asks hyper to finish gracefully; with `eager_stop`
 /// (HTTP/2, whose GOAWAY lets streams in flight finish) it is asked at
 /// once, else only between requests.
 async fn watch<C>(
@@ -340,15 +343,22 @@ async fn watch<C>(
     stop: fn(std::pin::Pin<&mut C>),
     eager_stop: bool,
     shared: &Shared,
-    activity: &ConnActivity,
+    activity: &Arc<ConnActivity>,
     peer: SocketAddr,
-    (client_timeout, head_timeout, body_timeout): (Duration, Duration, Duration),
 ) where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
 {
     let graceful = shared.stop.graceful();
     let hard = shared.stop.hard();
-    tokio::pin!(graceful, hard);
+    // Armed lazily: a deadline later than the armed one is found when the
+    // timer fires, so a keep-alive connection re-arms about once per
+    // `http_request` timeout rather than twice per request.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(graceful, hard, timer);
+    let mut armed: Option<std::time::Instant> = None;
+    let connection_waker = Waker::from(Arc::new(ConnectionWake(activity.clone())));
+    let watchdog_waker = Waker::from(activity.clone());
+    let wakes = activity.wakes();
     let mut stop_requested: Option<std::time::Instant> = None;
     let mut stop_sent = false;
     // When a reset flood was seen: the connection is cut shortly after its
@@ -361,6 +371,7 @@ async fn watch<C>(
             if !stop_sent {
                 stop_sent = true;
                 stop(connection.as_mut());
+                wakes.mark_connection();
             }
         }
         if let (Some(since), false) = (stop_requested, stop_sent) {
@@ -370,11 +381,13 @@ async fn watch<C>(
             {
                 stop_sent = true;
                 stop(connection.as_mut());
+                wakes.mark_connection();
             }
         }
-        let mut deadline = activity
-            .deadline(client_timeout, head_timeout, body_timeout)
-            .map(|(at, _)| at);
+        // A stop waiting for the connection to fall idle wants every phase change.
+        let waiting_to_stop = stop_requested.is_some() && !stop_sent;
+        activity.watchdog_armed(armed.filter(|_| !waiting_to_stop));
+        let mut deadline = activity.deadline().map(|(at, _)| at);
         if let (Some(since), false, false) = (stop_requested, stop_sent, activity.is_busy()) {
             let stop_at = since + FRESH_CONNECTION_GRACE;
             deadline = Some(deadline.map_or(stop_at, |d| d.min(stop_at)));
@@ -383,30 +396,52 @@ async fn watch<C>(
             let cut_at = since + FLOOD_GOAWAY_GRACE;
             deadline = Some(deadline.map_or(cut_at, |d| d.min(cut_at)));
         }
-        let timer = async {
-            match deadline {
-                Some(at) => sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = connection.as_mut() => {
+        if let Some(at) = deadline.filter(|at| armed.is_none_or(|armed| at < &armed)) {
+            timer.as_mut().reset(at.into());
+            armed = Some(at);
+            activity.watchdog_armed(armed.filter(|_| !waiting_to_stop));
+            wakes.mark_watchdog();
+        }
+        let woke = std::future::poll_fn(|cx| {
+            wakes.poll(cx, connection.as_mut(), &connection_waker, &watchdog_waker, |cx| {
+                if hard.as_mut().poll(cx).is_ready() {
+                    return Watchdog::Hard;
+                }
+                if stop_requested.is_none() && graceful.as_mut().poll(cx).is_ready() {
+                    return Watchdog::Graceful;
+                }
+                if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    return Watchdog::Fired;
+                }
+                Watchdog::Changed
+            })
+        })
+        .await;
+        match woke {
+            Woke::Connection(result) => {
                 if let Err(err) = result {
                     tracing::debug!(client = %peer, cause = %err, "client connection ended with an error");
                 }
                 break;
             }
-            _ = timer => {
+            Woke::Watchdog(Watchdog::Hard) => break,
+            Woke::Watchdog(Watchdog::Graceful) => stop_requested = Some(std::time::Instant::now()),
+            Woke::Watchdog(Watchdog::Changed) => {}
+            Woke::Watchdog(Watchdog::Fired) => {
+                armed = None;
                 if flood_since.is_some_and(|since| since.elapsed() >= FLOOD_GOAWAY_GRACE) {
                     break;
                 }
-                if let Some((at, why)) = activity.deadline(client_timeout, head_timeout, body_timeout) {
+                if let Some((at, why)) = activity.deadline() {
                     if at <= std::time::Instant::now() {
+                        let timeouts = activity.timeouts();
                         match why {
-                            Expiry::Head => tracing::info!(client = %peer, timeout = ?head_timeout, "request head not received in time: connection closed"),
+                            Expiry::Head => {
+                                tracing::info!(client = %peer, timeout = ?timeouts.http_request, "request head not received in time: connection closed")
+                            }
                             Expiry::NotReading => {
                                 activity.cut_for_not_reading();
-                                tracing::info!(client = %peer, timeout = ?body_timeout, "the client read nothing of its response in time: connection closed");
+                                tracing::info!(client = %peer, timeout = ?timeouts.client_body, "the client read nothing of its response in time: connection closed");
                             }
                             Expiry::Idle => {}
                         }
@@ -414,13 +449,21 @@ async fn watch<C>(
                     }
                 }
             }
-            _ = activity.phase_changed() => {}
-            _ = &mut graceful, if stop_requested.is_none() => {
-                stop_requested = Some(std::time::Instant::now());
-            }
-            _ = &mut hard => break,
         }
     }
+}
+
+/// What woke a connection's watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watchdog {
+    /// The hard stop began.
+    Hard,
+    /// The graceful stop began.
+    Graceful,
+    /// The armed timer fired.
+    Fired,
+    /// A phase change: the deadline may have moved.
+    Changed,
 }
 
 /// Answers a client over its address's connection cap with a short 429 and

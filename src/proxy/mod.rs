@@ -18,6 +18,7 @@ pub mod pool;
 mod trace;
 pub mod tunnel;
 pub mod upgrade;
+mod wakes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
