@@ -256,14 +256,13 @@ pub fn render(records: &[Value]) -> String {
     let has_cells = |t: &str, w: u64| cells.keys().any(|k| k.0 == t && k.1 == w);
     row(&mut out, "–", "direct", 0);
     for &w in &workers {
-        for &t in &present {
+        // The access-log-on rows sit under tether's, where they ran.
+        let log_rows = LOG_TARGETS.into_iter().map(|(l, _)| l).filter(|l| has_cells(l, w));
+        let mut order: Vec<&str> = present.iter().copied().filter(|&t| t == "tether").collect();
+        order.extend(log_rows);
+        order.extend(present.iter().copied().filter(|&t| t != "tether"));
+        for t in order {
             row(&mut out, &w.to_string(), t, w);
-            if t == "tether" {
-                // The access-log-on rows sit under tether's, where they ran.
-                for (log_t, _) in LOG_TARGETS.into_iter().filter(|(l, _)| has_cells(l, w)) {
-                    row(&mut out, &w.to_string(), log_t, w);
-                }
-            }
         }
         if !present.contains(&"tether") {
             continue;
@@ -368,14 +367,15 @@ fn ratio_check(
     field: &str,
     bounds: &[Bound<'_>],
 ) -> Check {
+    let threshold: Vec<String> = bounds
+        .iter()
+        .map(|b| format!("{} {:.2} × {}", if b.at_most { "≤" } else { "≥" }, b.factor, b.other))
+        .collect();
     let bounds: Vec<&Bound<'_>> = bounds.iter().filter(|b| present.contains(&b.other)).collect();
     let mine = cell(t, w, mode).median(field);
     let mut measured = Vec::new();
-    let mut threshold = Vec::new();
     let (mut missed, mut unknown) = (false, bounds.is_empty());
     for b in &bounds {
-        let sign = if b.at_most { "≤" } else { "≥" };
-        threshold.push(format!("{sign} {:.2} × {}", b.factor, b.other));
         match (mine, cell(b.other, w, mode).median(field)) {
             (Some(a), Some(o)) if o > 0.0 => {
                 let r = a / o;
@@ -389,7 +389,7 @@ fn ratio_check(
         }
     }
     if bounds.is_empty() {
-        measured.push("no HAProxy or NGINX rows".to_string());
+        measured.push("not run beside HAProxy or NGINX".to_string());
     }
     // One bound missed decides, whatever else is missing.
     let met = if missed {
@@ -824,5 +824,26 @@ mod tests {
             .filter(|r| r["target"] != "tether" && r["target"] != "tether-log-text")
             .collect();
         assert!(!render(&others).contains("Targets"));
+    }
+
+    #[test]
+    fn log_rows_show_without_plain_tether() {
+        let records: Vec<Value> = cpu_records().into_iter().filter(|r| r["target"] != "tether").collect();
+        let t = render(&records);
+        let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("| 1 | ")).collect();
+        assert!(rows[0].starts_with("| 1 | tether-log-text | — |"), "{t}");
+        assert!(rows[1].starts_with("| 1 | haproxy |"), "{t}");
+        assert!(
+            t.contains(
+                "| CPU per WebSocket handshake, access log on (text) | 1 | 0.900 (÷ haproxy), 0.750 (÷ nginx) |"
+            ),
+            "{t}"
+        );
+        // A bound whose other target did not run is left out of the check, not of the threshold.
+        let alone: Vec<Value> = records
+            .into_iter()
+            .filter(|r| r["target"] == "tether-log-text")
+            .collect();
+        assert!(render(&alone).contains("| HTTP keep-alive req/s, access log on (text) | 1 | not run beside HAProxy or NGINX | ≥ 1.15 × haproxy, ≥ 1.05 × nginx | — (no figure) |"));
     }
 }
