@@ -14,7 +14,9 @@
 #   CARGO_TARGET_DIR   where cargo builds (default: <repo>/target)
 #   BENCH_CPU          the core everything is pinned to (default: the last one)
 #   BENCH_PORT_BASE    first port used on 127.0.0.1 (default 19000)
-#   BENCH_TARGETS      subset of "direct tether haproxy nginx"
+#   BENCH_TARGETS      subset of "direct tether haproxy nginx" (also "tether-log-text",
+#                      "tether-log-json": tether with its access log on, 1 worker)
+#   BENCH_LOG_ROWS=0   no access-log-on rows (by default they run whenever tether does)
 #   BENCH_SERVERS      echo servers behind each proxy (default 3); a proxy opens at most one
 #                      port range of connections to each, so 1,000,000 idle need about 20
 #   BENCH_WORKERS      worker counts to compare (default "1 2")
@@ -49,6 +51,14 @@ CPU=${BENCH_CPU:-$(($(nproc) - 1))}
 PORT_BASE=${BENCH_PORT_BASE:-19000}
 TARGETS=${BENCH_TARGETS:-"direct tether haproxy nginx"}
 WORKERS=${BENCH_WORKERS:-"1 2"}
+# tether with its access log on (to a file, text and json): one worker, echo,
+# connect and http only, part of the rotation.
+LOG_TARGETS=(tether-log-text tether-log-json)
+if [[ ${BENCH_LOG_ROWS:-1} != 0 && " $TARGETS " == *" tether "* ]]; then
+    for t in "${LOG_TARGETS[@]}"; do [[ " $TARGETS " == *" $t "* ]] || TARGETS+=" $t"; done
+fi
+WANT_TETHER=0
+for t in $TARGETS; do [[ $t == tether* ]] && WANT_TETHER=1; done
 
 if [[ $QUICK == 1 ]]; then
     ROUNDS=${BENCH_ROUNDS:-3}
@@ -111,7 +121,7 @@ TETHER_ERROR=""
 if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     log "building tether-bench (release, target dir $TARGET_DIR)"
     (cd "$ROOT" && cargo build --release -p tether-bench) || die "cannot build tether-bench"
-    if [[ " $TARGETS " == *" tether "* && -z ${BENCH_TETHER_BIN:-} ]]; then
+    if [[ $WANT_TETHER == 1 && -z ${BENCH_TETHER_BIN:-} ]]; then
         log "building tether (release)"
         if ! (cd "$ROOT" && cargo build --release -p tether); then
             TETHER_OK=0
@@ -124,7 +134,7 @@ H2=${BENCH_H2:-1}
 [[ $H2 == 1 && ! -x $BIN/bench-h2 ]] && die "no bench-h2 in $BIN (or set BENCH_H2=0)"
 if [[ $QUICK == 1 ]]; then H2_STREAMS=${BENCH_H2_STREAMS:-1000}; else H2_STREAMS=${BENCH_H2_STREAMS:-4000}; fi
 TETHER_BIN=${BENCH_TETHER_BIN:-$BIN/tether}
-if [[ $TETHER_OK == 1 && " $TARGETS " == *" tether "* && ! -x $TETHER_BIN ]]; then
+if [[ $TETHER_OK == 1 && $WANT_TETHER == 1 && ! -x $TETHER_BIN ]]; then
     TETHER_OK=0
     TETHER_ERROR="no tether binary at $TETHER_BIN"
 fi
@@ -183,7 +193,8 @@ SERVER_PORTS=()
 for ((i = 1; i <= SERVER_COUNT; i++)); do
     if ((i <= 3)); then SERVER_PORTS+=($((PORT_BASE + i))); else SERVER_PORTS+=($((PORT_BASE + 100 + i))); fi
 done
-declare -A PROXY_PORT=([tether]=$((PORT_BASE + 10)) [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30)))
+declare -A PROXY_PORT=([tether]=$((PORT_BASE + 10)) [tether-log-text]=$((PORT_BASE + 11)) [tether-log-json]=$((PORT_BASE + 12))
+    [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30)))
 # The h2c listeners of the HTTP/2 rows (one worker each).
 declare -A H2_PORT=([tether]=$((PORT_BASE + 40)) [haproxy]=$((PORT_BASE + 50)))
 for port in "${SERVER_PORTS[@]}" "${PROXY_PORT[@]}" "${H2_PORT[@]}"; do
@@ -285,6 +296,25 @@ write_configs() {
 
 for w in $WORKERS; do write_configs "$w"; done
 
+# The access-log-on rows: the one-worker tether config on a port of its own,
+# with `[log]` writing every line to a file in the work dir (what operators
+# do); TETHER_LOG lets tether::access through (start_instance).
+write_log_configs() {
+    local t
+    [[ -f $OUT/tether-1.toml ]] || write_configs 1
+    for t in "${LOG_TARGETS[@]}"; do
+        [[ " $TARGETS " == *" $t "* ]] || continue
+        {
+            sed -e "s/127.0.0.1:${PROXY_PORT[tether]}\"/127.0.0.1:${PROXY_PORT[$t]}\"/" "$OUT/tether-1.toml"
+            echo
+            echo "[log]"
+            echo "access = \"$OUT/$t-access.log\""
+            echo "log_format = \"${t#tether-log-}\""
+        } >"$OUT/$t-1.toml"
+    done
+}
+write_log_configs
+
 # The HTTP/2 rows: the one-worker configs with an h2c listener (prior
 # knowledge) that lets one connection hold $H2_STREAMS WebSockets.
 write_h2_configs() {
@@ -300,11 +330,15 @@ write_h2_configs() {
 # An instance is "direct" or "<proxy>/<workers>".
 INSTANCES=()
 [[ " $TARGETS " == *" direct "* ]] && INSTANCES+=(direct)
+LOG_INSTANCES=()
+for t in "${LOG_TARGETS[@]}"; do [[ " $TARGETS " == *" $t "* ]] && LOG_INSTANCES+=("$t/1"); done
 for w in $WORKERS; do
     for t in tether haproxy nginx; do
         [[ " $TARGETS " == *" $t "* ]] && INSTANCES+=("$t/$w")
+        [[ $t == tether && $w == 1 ]] && INSTANCES+=("${LOG_INSTANCES[@]}")
     done
 done
+[[ " $WORKERS " == *" 1 "* ]] || INSTANCES+=("${LOG_INSTANCES[@]}")
 
 # Starts the proxy of an instance; sets ADDR and RSS_PIDS. Returns 1 on failure
 # with the reason in START_ERROR.
@@ -327,6 +361,14 @@ start_instance() {
                 return 1
             fi
             TETHER_LOG=error RUST_LOG=error start_pinned "$logfile" "$TETHER_BIN" run --config "$OUT/tether-$w.toml"
+            ;;
+        tether-log-*)
+            if [[ $TETHER_OK != 1 ]]; then
+                START_ERROR=$TETHER_ERROR
+                return 1
+            fi
+            rm -f "$OUT/$t-access.log"
+            TETHER_LOG=error,tether::access=info RUST_LOG=error start_pinned "$logfile" "$TETHER_BIN" run --config "$OUT/$t-$w.toml"
             ;;
         haproxy) start_pinned "$logfile" haproxy -db -f "$OUT/haproxy-$w.cfg" ;;
         nginx) start_pinned "$logfile" nginx -p "$OUT/nginx-$w" -e "$OUT/nginx-$w/error.log" -c "$OUT/nginx-$w.conf" ;;
@@ -353,12 +395,33 @@ stop_instance() {
     fi
 }
 
+# After an access-log-on instance stopped: says how much it logged (an empty
+# file would mean the rows measured tether with its log off), keeps the last
+# lines and removes the file (a full run would leave gigabytes).
+access_log_done() {
+    local t=${1%/*} f
+    [[ $t == tether-log-* ]] || return 0
+    f=$OUT/$t-access.log
+    if [[ -s $f ]]; then
+        log "  $1 access log: $(wc -l <"$f") lines, $(du -h "$f" | cut -f1)"
+        tail -n 3 "$f" >"$OUT/$t-access.tail"
+    else
+        log "  $1 access log: EMPTY, these figures are tether with its log off"
+    fi
+    rm -f "$f"
+}
+
 # Runs one load mode against the current instance and appends its JSON line.
 run_load() {
-    local inst=$1 round=$2 mode=$3 t=${1%/*} w=0 out
+    local inst=$1 round=$2 mode=$3 t=${1%/*} w=0 out pid cpu_args=()
     shift 3
     [[ $t != direct ]] && w=${inst#*/}
-    out=$(taskset -c "$CPU" "$BIN/bench-load" "$mode" --addr "$ADDR" --target "$t" --workers "$w" --round "$round" "$@" 2>>"$OUT/bench-load.log" | tail -n 1) || true
+    # The proxy's CPU time (every process: NGINX's master and workers) over
+    # the measured window, read by bench-load itself (for direct: the echo server's).
+    if [[ $mode != idle ]]; then
+        for pid in "${RSS_PIDS[@]}"; do cpu_args+=(--cpu-pid "$pid"); done
+    fi
+    out=$(taskset -c "$CPU" "$BIN/bench-load" "$mode" --addr "$ADDR" --target "$t" --workers "$w" --round "$round" "$@" "${cpu_args[@]}" 2>>"$OUT/bench-load.log" | tail -n 1) || true
     if [[ $out != "{"* ]]; then
         out="{\"mode\":\"$mode\",\"target\":\"$t\",\"workers\":$w,\"round\":$round,\"ok\":false,\"first_error\":\"bench-load gave no result\"}"
     fi
@@ -366,9 +429,10 @@ run_load() {
     # Whether the run gave a figure (a target that fails echo is not run further this round).
     LAST_MEASURED=0
     [[ $out =~ \"(rate|opened)\":[0-9]*[1-9] ]] && LAST_MEASURED=1
-    local rate
+    local rate cpu
     rate=$(sed -n 's/.*"rate":\([0-9.]*\).*/\1/p; s/.*"kib_per_conn":\([0-9.]*\).*/\1 KiB\/conn/p' <<<"$out" | head -n 1)
-    log "  $inst $mode: ${rate:-failed}"
+    cpu=$(sed -n 's/.*"proxy_cpu_us_per_op":\([0-9.]*\).*/, CPU \1 µs\/op/p' <<<"$out")
+    log "  $inst $mode: ${rate:-failed}$cpu"
 }
 
 record_failure() {
@@ -411,6 +475,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             START_ERROR="skipped: echo gave no figure in this round"
             record_failure "$inst" "$round" connect http
             stop_instance
+            access_log_done "$inst"
             continue
         fi
         run_load "$inst" "$round" connect -n "$CONNECT_COUNT" -c "$CONNECT_CONCURRENCY" -s "$ECHO_SIZE" \
@@ -418,6 +483,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         run_load "$inst" "$round" http -c "$HTTP_CONNECTIONS" -d "$HTTP_SECONDS" --warmup "$WARMUP" \
             --max-seconds "$((HTTP_SECONDS + 30))"
         stop_instance
+        access_log_done "$inst"
     done
 done
 
@@ -425,6 +491,7 @@ done
 log "idle: $IDLE_COUNT connections held ${IDLE_HOLD}s, ping every ${IDLE_PING}s"
 for ((k = 0; k < n; k++)); do
     inst=${INSTANCES[$k]}
+    [[ $inst == tether-log-* ]] && continue
     if ! start_instance "$inst"; then
         record_failure "$inst" 1 idle
         continue
@@ -493,6 +560,9 @@ echo
 echo "echo: ${ECHO_CONNECTIONS} connections × ${ECHO_SIZE}-byte messages, ${ECHO_SECONDS}s; connect: ${CONNECT_COUNT} handshakes," \
     "${CONNECT_CONCURRENCY} at a time; http: ${HTTP_CONNECTIONS} keep-alive connections, ${HTTP_SECONDS}s;" \
     "idle: ${IDLE_COUNT} WebSockets held ${IDLE_HOLD}s (KiB/conn = proxy RSS delta ÷ connections; for direct, the echo server's)."
+echo "CPU µs/msg, /handshake, /req: the proxy's CPU time (every thread of every process, /proc/PID/task/*/schedstat) over the measured" \
+    "window ÷ messages echoed (round trips) / handshakes completed / responses read; for direct, the echo server's." \
+    "tether-log-text / -json: tether, 1 worker, access log on, written to a file in the work dir ([log] access, log_format)."
 echo "Kernel: growth of /proc/net/sockstat TCP mem (pages) and of the socket slab caches (/proc/slabinfo objects in use; /proc/meminfo Slab" \
     "without root) from before the first handshake to all open (h2: to the end of the hold), ÷ connections; it counts every socket of the run and whatever else the" \
     "machine did meanwhile, so the proxy's own share is its figure minus direct's (h2: minus half of direct's). See docs/benchmarks.md."

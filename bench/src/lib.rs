@@ -5,6 +5,7 @@
 //! Everything here talks to loopback addresses only.
 
 pub mod client;
+pub mod cpu;
 pub mod kmem;
 pub mod load;
 pub mod report;

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::client::{HttpClient, WsClient};
+use crate::cpu;
 use crate::kmem::KernelMem;
 use crate::ws::{self, XorShift};
 
@@ -49,6 +50,22 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// Reads the CPU time of `pids` at `start` and at `end` (the measured window
+/// of a mode with a warm-up), in a task of its own.
+fn sample_window(
+    pids: &[u32],
+    start: Instant,
+    end: Instant,
+) -> tokio::task::JoinHandle<(Option<cpu::Sample>, Option<cpu::Sample>)> {
+    let pids = pids.to_vec();
+    tokio::spawn(async move {
+        sleep_until(start).await;
+        let a = cpu::Sample::take(&pids);
+        sleep_until(end).await;
+        (a, cpu::Sample::take(&pids))
+    })
 }
 
 /// Keeps the first error seen, for the result line.
@@ -109,6 +126,9 @@ pub struct EchoParams {
     pub duration: Duration,
     /// Seconds of load before measuring starts (caches, pools, TCP windows).
     pub warmup: Duration,
+    /// Processes (the proxy) whose CPU time is read at the start and end of
+    /// the measured window → `proxy_cpu_us_per_op` per echoed message.
+    pub cpu_pids: Vec<u32>,
 }
 
 /// `echo`: C connections each send an S-byte binary message and wait for its
@@ -133,6 +153,7 @@ pub async fn echo(target: &Target, p: &EchoParams) -> Value {
     let open_failures = p.connections - clients.len();
     let measure_start = Instant::now() + p.warmup;
     let end = measure_start + p.duration;
+    let cpu_window = sample_window(&p.cpu_pids, measure_start, end);
     let mut tasks = Vec::with_capacity(clients.len());
     for mut client in clients {
         let size = p.size;
@@ -179,9 +200,10 @@ pub async fn echo(target: &Target, p: &EchoParams) -> Value {
         }));
     }
     let (hist, task_errors) = merge_tasks(tasks, &first_error).await;
+    let (cpu_start, cpu_end) = cpu_window.await.unwrap_or((None, None));
     let errors = open_failures as u64 + task_errors;
     let secs = p.duration.as_secs_f64();
-    json!({
+    let mut result = json!({
         "mode": "echo",
         "connections": p.connections,
         "size": p.size,
@@ -195,7 +217,9 @@ pub async fn echo(target: &Target, p: &EchoParams) -> Value {
         "errors": errors,
         "first_error": first_error.get(),
         "ok": errors == 0 && !hist.is_empty(),
-    })
+    });
+    cpu::insert(&mut result, cpu_start, cpu_end, Some(secs), hist.len());
+    result
 }
 
 /// Parameters of the `connect` mode.
@@ -207,6 +231,9 @@ pub struct ConnectParams {
     pub concurrency: usize,
     /// Size of the one message sent on each connection.
     pub size: usize,
+    /// Processes (the proxy) whose CPU time is read before the first and
+    /// after the last handshake → `proxy_cpu_us_per_op` per handshake.
+    pub cpu_pids: Vec<u32>,
 }
 
 /// `connect`: N times connect, upgrade, send one message, await its echo and
@@ -218,6 +245,7 @@ pub async fn connect(target: &Target, p: &ConnectParams) -> Value {
     // instead of waiting out a timeout per cycle.
     let failed = Arc::new(AtomicUsize::new(0));
     let give_up = (p.count / 10).max(100);
+    let cpu_start = cpu::Sample::take(&p.cpu_pids);
     let start = Instant::now();
     let mut workers = Vec::with_capacity(p.concurrency);
     for w in 0..p.concurrency {
@@ -275,7 +303,8 @@ pub async fn connect(target: &Target, p: &ConnectParams) -> Value {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    json!({
+    let cpu_end = cpu::Sample::take(&p.cpu_pids);
+    let mut result = json!({
         "mode": "connect",
         "count": p.count,
         "concurrency": p.concurrency,
@@ -289,7 +318,9 @@ pub async fn connect(target: &Target, p: &ConnectParams) -> Value {
         "errors": errors,
         "first_error": first_error.get(),
         "ok": errors == 0 && !hist.is_empty(),
-    })
+    });
+    cpu::insert(&mut result, cpu_start, cpu_end, None, hist.len());
+    result
 }
 
 /// Parameters of the `http` mode.
@@ -301,6 +332,9 @@ pub struct HttpParams {
     pub duration: Duration,
     /// Seconds of load before measuring starts.
     pub warmup: Duration,
+    /// Processes (the proxy) whose CPU time is read at the start and end of
+    /// the measured window → `proxy_cpu_us_per_op` per request.
+    pub cpu_pids: Vec<u32>,
 }
 
 /// `http`: C keep-alive connections each sending GETs for D seconds →
@@ -310,6 +344,7 @@ pub async fn http(target: &Target, p: &HttpParams) -> Value {
     let reconnects = Arc::new(AtomicU64::new(0));
     let measure_start = Instant::now() + p.warmup;
     let end = measure_start + p.duration;
+    let cpu_window = sample_window(&p.cpu_pids, measure_start, end);
     let mut tasks = Vec::with_capacity(p.connections);
     for _ in 0..p.connections {
         let target = target.clone();
@@ -358,8 +393,9 @@ pub async fn http(target: &Target, p: &HttpParams) -> Value {
         }));
     }
     let (hist, errors) = merge_tasks(tasks, &first_error).await;
+    let (cpu_start, cpu_end) = cpu_window.await.unwrap_or((None, None));
     let secs = p.duration.as_secs_f64();
-    json!({
+    let mut result = json!({
         "mode": "http",
         "connections": p.connections,
         "duration_s": secs,
@@ -372,7 +408,9 @@ pub async fn http(target: &Target, p: &HttpParams) -> Value {
         "errors": errors,
         "first_error": first_error.get(),
         "ok": errors == 0 && !hist.is_empty(),
-    })
+    });
+    cpu::insert(&mut result, cpu_start, cpu_end, Some(secs), hist.len());
+    result
 }
 
 /// Parameters of the `idle` mode.

@@ -74,11 +74,14 @@ async fn every_load_mode_runs_against_the_echo_server() {
             size: 64,
             duration: short,
             warmup: Duration::ZERO,
+            cpu_pids: Vec::new(),
         },
     )
     .await;
     assert_eq!(echo["ok"], true, "{echo}");
     assert!(echo["messages"].as_u64().unwrap() > 10, "{echo}");
+    // No process to read: no CPU figure.
+    assert!(echo.get("proxy_cpu_us_per_op").is_none(), "{echo}");
 
     let connect = load::connect(
         &target,
@@ -86,6 +89,7 @@ async fn every_load_mode_runs_against_the_echo_server() {
             count: 30,
             concurrency: 5,
             size: 16,
+            cpu_pids: Vec::new(),
         },
     )
     .await;
@@ -98,6 +102,7 @@ async fn every_load_mode_runs_against_the_echo_server() {
             connections: 3,
             duration: short,
             warmup: Duration::ZERO,
+            cpu_pids: Vec::new(),
         },
     )
     .await;
@@ -136,5 +141,97 @@ async fn plain_get_is_answered_and_kept_alive() {
         let r = c.get().await.unwrap();
         assert_eq!(r.status, 200);
         assert!(r.keep_alive);
+    }
+}
+
+/// A `bench-echo-server` process on a free loopback port, stopped on drop.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    fn start() -> ServerProcess {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bench-echo-server"))
+            .args(["--listen", &addr.to_string(), "--name", "cpu"])
+            .spawn()
+            .unwrap();
+        // Dropped (killed and reaped) if it never listens.
+        let server = ServerProcess { child, addr };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("bench-echo-server did not listen on {addr}");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The CPU time of another process (here the echo server, in run.sh the
+/// proxy) over each mode's measured window, divided by its operations.
+#[tokio::test]
+async fn cpu_per_operation_is_read_from_the_given_process() {
+    let server = ServerProcess::start();
+    let target = Target {
+        addr: server.addr,
+        path: "/ws".into(),
+    };
+    let pids = vec![server.child.id()];
+    let short = Duration::from_millis(400);
+    let echo = load::echo(
+        &target,
+        &EchoParams {
+            connections: 4,
+            size: 64,
+            duration: short,
+            warmup: Duration::from_millis(100),
+            cpu_pids: pids.clone(),
+        },
+    )
+    .await;
+    let connect = load::connect(
+        &target,
+        &ConnectParams {
+            count: 200,
+            concurrency: 5,
+            size: 16,
+            cpu_pids: pids.clone(),
+        },
+    )
+    .await;
+    let http = load::http(
+        &target,
+        &HttpParams {
+            connections: 3,
+            duration: short,
+            warmup: Duration::from_millis(100),
+            cpu_pids: pids,
+        },
+    )
+    .await;
+    for (r, count) in [(&echo, "messages"), (&connect, "handshakes"), (&http, "requests")] {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["proxy_cpu_source"], "schedstat", "{r}");
+        let ops = r[count].as_f64().unwrap();
+        let total = r["proxy_cpu_us"].as_f64().unwrap();
+        let per_op = r["proxy_cpu_us_per_op"].as_f64().unwrap();
+        // The server did work for every operation, and not more than one
+        // core's worth of it over the window.
+        assert!(total > 0.0 && per_op > 0.0, "{r}");
+        assert!((per_op - total / ops).abs() <= 0.01 + per_op * 0.01, "{r}");
+        let share = r["proxy_cpu_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share <= 1.5, "{r}");
     }
 }

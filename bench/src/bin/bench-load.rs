@@ -44,6 +44,10 @@ enum Mode {
         /// Seconds of load before measuring.
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
+        /// Process (the proxy) whose CPU time is read over the measured window
+        /// (repeatable; summed) → `proxy_cpu_us_per_op`.
+        #[arg(long = "cpu-pid")]
+        cpu_pids: Vec<u32>,
     },
     /// N handshakes (connect, upgrade, one message, close), C at a time.
     Connect {
@@ -58,6 +62,10 @@ enum Mode {
         /// Size of the one message per connection.
         #[arg(long, short = 's', default_value_t = 64)]
         size: usize,
+        /// Process (the proxy) whose CPU time is read over the measured window
+        /// (repeatable; summed) → `proxy_cpu_us_per_op`.
+        #[arg(long = "cpu-pid")]
+        cpu_pids: Vec<u32>,
     },
     /// Open N WebSockets, hold them T seconds with occasional pings, count survivors.
     Idle {
@@ -98,6 +106,10 @@ enum Mode {
         /// Seconds of load before measuring.
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
+        /// Process (the proxy) whose CPU time is read over the measured window
+        /// (repeatable; summed) → `proxy_cpu_us_per_op`.
+        #[arg(long = "cpu-pid")]
+        cpu_pids: Vec<u32>,
     },
     /// Prints the markdown table of a file of result lines.
     Report {
@@ -168,6 +180,7 @@ fn main() -> ExitCode {
                 size,
                 duration,
                 warmup,
+                cpu_pids,
                 ..
             } => {
                 let p = EchoParams {
@@ -175,6 +188,7 @@ fn main() -> ExitCode {
                     size: *size,
                     duration: secs(*duration),
                     warmup: secs(*warmup),
+                    cpu_pids: cpu_pids.clone(),
                 };
                 load::echo(&target, &p).await
             }
@@ -182,12 +196,14 @@ fn main() -> ExitCode {
                 count,
                 concurrency,
                 size,
+                cpu_pids,
                 ..
             } => {
                 let p = ConnectParams {
                     count: *count,
                     concurrency: (*concurrency).max(1),
                     size: *size,
+                    cpu_pids: cpu_pids.clone(),
                 };
                 load::connect(&target, &p).await
             }
@@ -216,12 +232,14 @@ fn main() -> ExitCode {
                 connections,
                 duration,
                 warmup,
+                cpu_pids,
                 ..
             } => {
                 let p = HttpParams {
                     connections: *connections,
                     duration: secs(*duration),
                     warmup: secs(*warmup),
+                    cpu_pids: cpu_pids.clone(),
                 };
                 load::http(&target, &p).await
             }
