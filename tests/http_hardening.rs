@@ -150,6 +150,25 @@ async fn an_http10_request_without_host_gets_one() {
 }
 
 #[tokio::test]
+async fn behind_a_wildcard_bind_the_address_reached_is_the_connections_own() {
+    let s1 = backend("s1").start().await;
+    let frontend = Frontend::new("public").bind("0.0.0.0:0").default_backend("pool");
+    let tether = start_tether(&Config::simple(frontend, pool().server(&s1))).await;
+    let reached = std::net::SocketAddr::from(([127, 0, 0, 1], tether.addr.port()));
+    let reply = raw_exchange(reached, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+        "{reply}"
+    );
+    let seen = s1.last_headers();
+    assert_eq!(
+        seen.get("host").map(|h| h.to_str().unwrap().to_string()),
+        Some(reached.to_string()),
+        "not the wildcard the listener is bound to"
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_half_closes_after_its_request_gets_the_whole_response() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&Config::over(pool().server(&s1))).await;

@@ -45,6 +45,9 @@ pub async fn accept_loop(
 ) {
     let stopping = shared.stop.graceful();
     tokio::pin!(stopping, removed);
+    // Bound to one address, every connection's local address is the
+    // listener's: no `getsockname` per connection (a wildcard bind asks).
+    let bound = listener.local_addr().ok().filter(|addr| !addr.ip().is_unspecified());
     loop {
         let Some((state, maxconn)) = shared
             .snapshot
@@ -81,7 +84,8 @@ pub async fn accept_loop(
                         }
                     };
                     let token = shared.open.enter();
-                    tokio::spawn(serve_connection(stream, peer, shared.clone(), frontend.clone(), counted, token));
+                    let addrs = (peer, bound);
+                    tokio::spawn(serve_connection(stream, addrs, shared.clone(), frontend.clone(), counted, token));
                 }
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -109,16 +113,18 @@ async fn slot_or_stop(
     }
 }
 
+/// Serves one accepted connection from `peer` (`addrs`), whose local
+/// address is the listener's when that is known (`addrs.1`, else asked).
 async fn serve_connection(
     mut stream: TcpStream,
-    mut peer: SocketAddr,
+    (mut peer, local): (SocketAddr, Option<SocketAddr>),
     shared: Arc<Shared>,
     frontend: Arc<str>,
     mut counted: FrontendConnection,
     _token: TrackerToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let Ok(local) = stream.local_addr() else {
+    let Some(local) = local.or_else(|| stream.local_addr().ok()) else {
         return;
     };
     // The TLS settings are those in force at accept: a reload that changes
