@@ -21,6 +21,7 @@
 #   PROFILE_ECHO_SECONDS seconds of 64-byte echo over 20 connections (default 5)
 #   PROFILE_PORT_BASE    first port on 127.0.0.1 (default 19500)
 #   PROFILE_OUT          directory for configs, logs and callgrind files (default: a new /tmp dir)
+#   PROFILE_PERF=0       skip the perf phase (kernel share of the CPU samples, page faults per operation)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -175,15 +176,43 @@ for log in $LOGS; do
         echo "syscalls $op $log $(awk -v c="$calls" -v n="$count" 'BEGIN { printf "%.1f", c / n }') $count" >>"$RESULTS"
     done
     stop_tether
+
+    # Where the CPU goes, kernel included: perf's cpu-clock samples of the
+    # tether process (user space and kernel), and minor page faults per
+    # operation (/proc/PID/stat), which the allocator's purging causes.
+    if [[ ${PROFILE_PERF:-1} != 0 ]] && command -v perf >/dev/null; then
+        start_tether "$log"
+        warm_up
+        for op in "${OPS[@]}"; do
+            faults_before=$(awk '{ print $10 }' "/proc/$TETHER_PID/stat")
+            perf record -q -e cpu-clock -F 4999 -g -p "$TETHER_PID" -o "$OUT/perf-$op-$log.data" >/dev/null 2>&1 &
+            perf_pid=$!
+            sleep 1
+            count=$(run_op "$op")
+            kill -INT "$perf_pid"
+            wait "$perf_pid" 2>/dev/null || true
+            faults_after=$(awk '{ print $10 }' "/proc/$TETHER_PID/stat")
+            # The share of samples taken in the kernel ([kernel.kallsyms]).
+            kernel=$(perf report -i "$OUT/perf-$op-$log.data" --no-children --sort dso --stdio 2>/dev/null |
+                awk '/kernel.kallsyms/ { gsub("%", "", $1); k += $1 } END { printf "%.0f", k }')
+            log "perf $op log=$log: kernel ${kernel}% of samples; $((faults_after - faults_before)) minor faults for $count operations"
+            echo "kernel $op $log $kernel $count" >>"$RESULTS"
+            echo "faults $op $log $(awk -v f="$((faults_after - faults_before))" -v n="$count" 'BEGIN { printf "%.2f", f / n }') $count" >>"$RESULTS"
+        done
+        stop_tether
+    fi
 done
 
-echo "| operation | access log | instructions per op | syscalls per op |"
-echo "|---|---|--:|--:|"
+echo "| operation | access log | instructions per op | syscalls per op | kernel share of CPU samples | minor faults per op |"
+echo "|---|---|--:|--:|--:|--:|"
 for log in $LOGS; do
     for op in "${OPS[@]}"; do
-        ins=$(awk -v o="$op" -v l="$log" '$1 == "instructions" && $2 == o && $3 == l { print $4 }' "$RESULTS")
-        sys=$(awk -v o="$op" -v l="$log" '$1 == "syscalls" && $2 == o && $3 == l { print $4 }' "$RESULTS")
-        printf '| %s | %s | %s | %s |\n' "$op" "$log" "$ins" "$sys"
+        field() { awk -v k="$1" -v o="$op" -v l="$log" '$1 == k && $2 == o && $3 == l { print $4 }' "$RESULTS"; }
+        kernel=$(field kernel)
+        faults=$(field faults)
+        [[ -n $kernel ]] && kernel="$kernel %"
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$op" "$log" "$(field instructions)" "$(field syscalls)" \
+            "${kernel:-–}" "${faults:-–}"
     done
 done
-log "callgrind files, strace tables and logs: $OUT (callgrind_annotate FILE shows where)"
+log "callgrind files, strace tables, perf data and logs: $OUT (callgrind_annotate FILE, perf report -i FILE show where)"
