@@ -250,6 +250,7 @@ async fn serve_connection(
             builder
                 .keep_alive(true)
                 .half_close(true)
+                .writev(false)
                 .max_buf_size(limits.max_request_head);
             if limits.max_headers != 100 {
                 // hyper's default; any other count moves its header array to the heap.

@@ -220,7 +220,13 @@ pub async fn handshake(
     stream: UpstreamStream,
     upgrades: bool,
 ) -> Result<(UpstreamSender, Option<Pin<Box<UpstreamConnection>>>), ConnectError> {
-    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+    // One `send` per message rather than `writev` of head and body: measured
+    // cheaper in the kernel (docs/benchmarks.md), and bodies here are small
+    // or streamed in chunks hyper would copy once either way.
+    let (sender, connection) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await?;
     if upgrades {
         return Ok((sender, Some(Box::pin(connection.with_upgrades()))));
     }
