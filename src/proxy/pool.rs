@@ -220,9 +220,9 @@ pub async fn handshake(
     stream: UpstreamStream,
     upgrades: bool,
 ) -> Result<(UpstreamSender, Option<Pin<Box<UpstreamConnection>>>), ConnectError> {
-    // One `send` per message rather than `writev` of head and body: measured
-    // cheaper in the kernel (docs/benchmarks.md), and bodies here are small
-    // or streamed in chunks hyper would copy once either way.
+    // One `send` per write rather than `writev` of head and body, as HAProxy
+    // and NGINX write (hyper copies body chunks into its buffer: cheap next
+    // to the syscall; docs/benchmarks.md has the before and after).
     let (sender, connection) = http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))
