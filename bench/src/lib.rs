@@ -7,6 +7,7 @@
 pub mod client;
 pub mod kmem;
 pub mod load;
+pub mod relay;
 pub mod report;
 pub mod server;
 pub mod soak;
