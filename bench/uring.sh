@@ -18,7 +18,11 @@
 # Δ CPU / (Δ wall × round trips per second reported by bench-load). A round
 # trip is one message relayed each way (client → server and back), i.e. two
 # receives and two sends in the relay. "sys %" is the kernel share of the
-# relay's CPU (/proc/PID/stat stime ÷ (utime + stime), 10 ms ticks).
+# relay's CPU (/proc/PID/stat stime ÷ (utime + stime), 10 ms ticks). The last
+# column adds the echo server's and bench-load's CPU over the same window: work
+# the relay's engine might shift onto its peers shows there. (The kernel here
+# has no CONFIG_IRQ_TIME_ACCOUNTING, so softirq work, e.g. loopback delivery,
+# counts for the task it interrupted.)
 #
 # Engines (URING_ENGINES, default "epoll uring uring-single tether"):
 #   epoll         bench-relay --engine epoll: tokio current-thread, a task per pair
@@ -122,10 +126,22 @@ wait_port() {
 }
 
 # ns on the CPU, summed over the process's threads.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d", s }'; }
+cpu_ns() {
+    local s
+    s=$(awk '{ s += $1 } END { printf "%d", s }' /proc/"$1"/task/*/schedstat 2>/dev/null) || s=0
+    echo "${s:-0}"
+}
 # utime + stime ticks of the whole process, as "utime stime".
 ticks() { awk '{ print $14, $15 }' /proc/"$1"/stat; }
 now_ns() { date +%s%N; }
+# Sleeps until $1 ns (date +%s%N clock), if that is still ahead.
+sleep_until() {
+    local left=$(($1 - $(now_ns)))
+    ((left > 0)) && sleep "$((left / 1000000000)).$(printf %09d $((left % 1000000000)))"
+    return 0
+}
+# Seconds (decimal) to ns.
+ns() { awk -v s="$1" 'BEGIN { printf "%d", s * 1e9 }'; }
 
 SERVER_PORT=$PORT_BASE
 start_pinned "$OUT/server.log" "$BIN/bench-echo-server" --listen "127.0.0.1:$SERVER_PORT" --name s1
@@ -180,27 +196,32 @@ for conns in $CONNECTIONS; do
                 -c "$conns" -s "$SIZE" -d "$SECONDS_" --warmup "$WARMUP" --max-seconds "$((SECONDS_ + 60))" \
                 >"$OUT/load-$RUN.json" 2>>"$OUT/bench-load.log" &
             LOAD_PID=$!
+            launched=$(now_ns)
             # The measured window opens once the connections are open plus
             # the warm-up; read the CPU inside it, with margins.
-            sleep "$(python3 -c "print($WARMUP + 1.0)")"
+            sleep_until $((launched + $(ns "$WARMUP") + 1000000000))
             c0=$(cpu_ns "$ENGINE_PID"); read -r u0 s0 < <(ticks "$ENGINE_PID"); t0=$(now_ns)
-            sleep "$(python3 -c "print($SECONDS_ - 1.5)")"
+            a0=$(($(cpu_ns "$SERVER_PID") + $(cpu_ns "$LOAD_PID")))
+            sleep_until $((launched + $(ns "$WARMUP") + $(ns "$SECONDS_") - 500000000))
             c1=$(cpu_ns "$ENGINE_PID"); read -r u1 s1 < <(ticks "$ENGINE_PID"); t1=$(now_ns)
+            a1=$(($(cpu_ns "$SERVER_PID") + $(cpu_ns "$LOAD_PID")))
             wait "$LOAD_PID" || true
             stop_pid "$ENGINE_PID"
             line=$(tail -n 1 "$OUT/load-$RUN.json")
-            python3 - "$engine" "$conns" "$round" "$((c1 - c0))" "$((t1 - t0))" "$((u1 - u0))" "$((s1 - s0))" "$line" >>"$RESULTS" <<'EOF'
+            python3 - "$engine" "$conns" "$round" "$((c1 - c0))" "$((t1 - t0))" "$((u1 - u0))" "$((s1 - s0))" "$((a1 - a0 + c1 - c0))" "$line" >>"$RESULTS" <<'EOF'
 import json, sys
-engine, conns, rnd, cpu_ns, wall_ns, du, ds, line = sys.argv[1:]
+engine, conns, rnd, cpu_ns, wall_ns, du, ds, all_ns, line = sys.argv[1:]
 r = json.loads(line)
 if not r.get("ok") or not r.get("rate"):
     print(f"{engine}\t{conns}\t{rnd}\tfailed\t{r.get('first_error')}")
     sys.exit()
-per_rt_us = int(cpu_ns) / (int(wall_ns) / 1e9 * r["rate"]) / 1000
+round_trips = int(wall_ns) / 1e9 * r["rate"]
+per_rt_us = int(cpu_ns) / round_trips / 1000
+all_us = int(all_ns) / round_trips / 1000
 ticks = int(du) + int(ds)
 sys_pct = 100 * int(ds) / ticks if ticks else 0
 load = open("/proc/loadavg").read().split()[0]
-print(f"{engine}\t{conns}\t{rnd}\t{r['rate']}\t{r['p99_us']}\t{per_rt_us:.3f}\t{sys_pct:.0f}\t{load}")
+print(f"{engine}\t{conns}\t{rnd}\t{r['rate']}\t{r['p99_us']}\t{per_rt_us:.3f}\t{sys_pct:.0f}\t{load}\t{all_us:.3f}")
 EOF
             log "  $conns conns, round $round, $engine: $(tail -n 1 "$RESULTS" | cut -f4-)"
         done
@@ -215,17 +236,18 @@ def fmt(xs, f):
     return f"{f(statistics.median(xs))} ({f(min(xs))}–{f(max(xs))})"
 for conns in dict.fromkeys(r[1] for r in rows):
     print(f"\n{conns} connections, round trips of one message each way; relay CPU per round trip")
-    print("\n| engine | rounds | round trips/s | relay CPU µs / round trip | ÷ epoll | p99 µs | relay sys % |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| engine | rounds | round trips/s | relay CPU µs / round trip | ÷ epoll | p99 µs | relay sys % | relay + echo + load µs / round trip |")
+    print("|---|---|---|---|---|---|---|---|")
     base = None
     for e in engines:
         ok = [r for r in rows if r[0] == e and r[1] == conns and r[3] != "failed"]
         failed = sum(1 for r in rows if r[0] == e and r[1] == conns and r[3] == "failed")
         if not ok:
-            print(f"| {e} | 0 ({failed} failed) | – | – | – | – | – |")
+            print(f"| {e} | 0 ({failed} failed) | – | – | – | – | – | – |")
             continue
         rate = [float(r[3]) for r in ok]; p99 = [float(r[4]) for r in ok]
         cpu = [float(r[5]) for r in ok]; sysp = [float(r[6]) for r in ok]
+        setup = [float(r[8]) for r in ok]
         med = statistics.median(cpu)
         if e == "epoll":
             base = med
@@ -239,6 +261,6 @@ for conns in dict.fromkeys(r[1] for r in rows):
                 ratio += f" (per round {min(pairs):.2f}–{max(pairs):.2f})"
         n = f"{len(ok)}" + (f" ({failed} failed)" if failed else "")
         print(f"| {e} | {n} | {fmt(rate, lambda x: f'{x:,.0f}')} | {fmt(cpu, lambda x: f'{x:.2f}')} | {ratio} "
-              f"| {fmt(p99, lambda x: f'{x:,.0f}')} | {fmt(sysp, lambda x: f'{x:.0f}')} |")
+              f"| {fmt(p99, lambda x: f'{x:,.0f}')} | {fmt(sysp, lambda x: f'{x:.0f}')} | {fmt(setup, lambda x: f'{x:.2f}')} |")
 print(f"\nraw figures: {path}")
 EOF
