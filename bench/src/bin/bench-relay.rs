@@ -24,9 +24,11 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Engine::Epoll)]
     engine: Engine,
     /// How the uring engine receives.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     #[arg(long, value_enum, default_value_t = UringRecv::Multishot)]
     uring_recv: UringRecv,
     /// Buffers of 16 KiB in the uring engine's provided buffer ring (a power of two).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     #[arg(long, default_value_t = 1024)]
     uring_buffers: u16,
     /// Print what the kernel offers (io_uring, multishot receive, buffer rings) and exit.
