@@ -8,6 +8,7 @@ pub mod client;
 pub mod cpu;
 pub mod kmem;
 pub mod load;
+pub mod relay;
 pub mod report;
 pub mod server;
 pub mod soak;
