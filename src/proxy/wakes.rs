@@ -91,24 +91,20 @@ impl Wakes {
         C: Future + ?Sized,
     {
         self.task.register(cx.waker());
-        loop {
-            if self.connection.swap(false, Ordering::AcqRel) {
-                let mut connection_cx = Context::from_waker(connection_waker);
-                if let Poll::Ready(output) = connection.as_mut().poll(&mut connection_cx) {
-                    return Poll::Ready(Woke::Connection(output));
-                }
-            }
-            if self.watchdog.swap(false, Ordering::AcqRel) {
-                let mut watchdog_cx = Context::from_waker(watchdog_waker);
-                return Poll::Ready(Woke::Watchdog(watchdog(&mut watchdog_cx)));
-            }
-            // The connection may have woken itself while polled (hyper
-            // yields after a budget of work); poll it again rather than
-            // wait for the task's own re-poll.
-            if !self.connection.load(Ordering::Acquire) {
-                return Poll::Pending;
+        if self.connection.swap(false, Ordering::AcqRel) {
+            let mut connection_cx = Context::from_waker(connection_waker);
+            if let Poll::Ready(output) = connection.as_mut().poll(&mut connection_cx) {
+                return Poll::Ready(Woke::Connection(output));
             }
         }
+        if self.watchdog.swap(false, Ordering::AcqRel) {
+            let mut watchdog_cx = Context::from_waker(watchdog_waker);
+            return Poll::Ready(Woke::Watchdog(watchdog(&mut watchdog_cx)));
+        }
+        // A side that woke while polled (hyper yields when tokio's budget
+        // runs out: it wakes itself and returns `Pending`) has woken the task
+        // too, which tokio polls again after the others: never loop here.
+        Poll::Pending
     }
 }
 
@@ -192,5 +188,45 @@ mod tests {
             poll(&mut connection, &mut watchdog_polls),
             Poll::Ready(Woke::Connection(3))
         ));
+    }
+
+    /// Like a hyper connection out of tokio's budget: wakes itself, then `Pending`.
+    struct Yields(usize);
+    impl Future for Yields {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.0 += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_connection_that_yields_is_polled_once_per_task_poll() {
+        let wakes = Arc::new(Wakes::default());
+        let connection_waker = Waker::from(Arc::new(Side(wakes.clone(), true)));
+        let watchdog_waker = Waker::from(Arc::new(Side(wakes.clone(), false)));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut connection = Yields(0);
+        assert!(matches!(
+            wakes.poll(
+                &mut cx,
+                Pin::new(&mut connection),
+                &connection_waker,
+                &watchdog_waker,
+                |_| ()
+            ),
+            Poll::Ready(Woke::Watchdog(()))
+        ));
+        assert!(wakes
+            .poll(
+                &mut cx,
+                Pin::new(&mut connection),
+                &connection_waker,
+                &watchdog_waker,
+                |_| ()
+            )
+            .is_pending());
+        assert_eq!(connection.0, 2, "once per task poll, never in a loop");
     }
 }
