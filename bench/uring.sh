@@ -88,42 +88,8 @@ OUT=${BENCH_OUT:-$(mktemp -d /tmp/tether-uring.XXXXXX)}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.tsv
 : >"$RESULTS"
-PIDS=()
-
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start_pinned() {
-    local logfile=$1
-    shift
-    taskset -c "$CPU" "$@" >"$logfile" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    local pid=$1 port=$2 i
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        port_open "$port" && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=bench/processes.sh
+source "$ROOT/bench/processes.sh"
 
 # ns on the CPU, summed over the process's threads.
 cpu_ns() {
