@@ -136,17 +136,22 @@ async fn connection_cannot_strip_host_or_forwarding_headers() {
 async fn an_http10_request_without_host_gets_one() {
     let s1 = backend("s1").start().await;
     let tether = start_tether(&Config::over(pool().server(&s1))).await;
-    let reply = raw_exchange(tether.addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(
+        host_of_an_http10_request_without_one(tether.addr, &s1).await,
+        Some(tether.addr.to_string()),
+        "the address the client reached"
+    );
+}
+
+/// Sends `GET /x HTTP/1.0` without `Host` to `reached`; the `Host` that `server` saw.
+async fn host_of_an_http10_request_without_one(reached: SocketAddr, server: &TestBackend) -> Option<String> {
+    let reply = raw_exchange(reached, b"GET /x HTTP/1.0\r\n\r\n").await;
     assert!(
         reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
         "{reply}"
     );
-    let seen = s1.last_headers();
-    assert_eq!(
-        seen.get("host").map(|h| h.to_str().unwrap().to_string()),
-        Some(tether.addr.to_string()),
-        "the address the client reached"
-    );
+    let seen = server.last_headers();
+    seen.get("host").map(|h| h.to_str().unwrap().to_string())
 }
 
 #[tokio::test]
@@ -154,15 +159,9 @@ async fn behind_a_wildcard_bind_the_address_reached_is_the_connections_own() {
     let s1 = backend("s1").start().await;
     let frontend = Frontend::new("public").bind("0.0.0.0:0").default_backend("pool");
     let tether = start_tether(&Config::simple(frontend, pool().server(&s1))).await;
-    let reached = std::net::SocketAddr::from(([127, 0, 0, 1], tether.addr.port()));
-    let reply = raw_exchange(reached, b"GET /x HTTP/1.0\r\n\r\n").await;
-    assert!(
-        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
-        "{reply}"
-    );
-    let seen = s1.last_headers();
+    let reached = SocketAddr::from(([127, 0, 0, 1], tether.addr.port()));
     assert_eq!(
-        seen.get("host").map(|h| h.to_str().unwrap().to_string()),
+        host_of_an_http10_request_without_one(reached, &s1).await,
         Some(reached.to_string()),
         "not the wildcard the listener is bound to"
     );
