@@ -1,6 +1,6 @@
-# Process bookkeeping shared by bench/run.sh and bench/uring.sh (sourced, not run).
+# Process bookkeeping shared by bench/run.sh, bench/uring.sh and bench/profile.sh (sourced, not run).
 # Every process started with `start_pinned` is stopped when the script exits.
-# Expects $CPU (the core to pin to).
+# `start_pinned` expects $CPU (the core to pin to).
 
 PIDS=()
 
@@ -34,10 +34,11 @@ start_pinned() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Waits up to 10 s for port $2 on 127.0.0.1 to accept connections while PID $1 lives.
+# Waits up to $3 seconds (default 10) for port $2 on 127.0.0.1 to accept
+# connections while PID $1 lives.
 wait_port() {
-    local pid=$1 port=$2 i
-    for ((i = 0; i < 100; i++)); do
+    local pid=$1 port=$2 seconds=${3:-10} i
+    for ((i = 0; i < seconds * 10; i++)); do
         kill -0 "$pid" 2>/dev/null || return 1
         port_open "$port" && return 0
         sleep 0.1

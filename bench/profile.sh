@@ -49,23 +49,8 @@ for op in "${OPS[@]}"; do
     case "$op" in handshake | http | echo) ;; *) die "unknown operation $op (handshake, http, echo)" ;; esac
 done
 
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-    local pid=$1 port=$2 i
-    for ((i = 0; i < 600; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        port_open "$port" && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=bench/processes.sh
+source "$ROOT/bench/processes.sh"
 
 SERVER_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
 PROXY_PORT=$((PORT_BASE + 10))
@@ -133,7 +118,7 @@ start_tether() {
     TETHER_LOG=$filter "$@" "$TETHER" run --config "$OUT/tether.toml" >"$OUT/tether.out" 2>"$OUT/tether-$log.log" &
     TETHER_PID=$!
     PIDS+=("$TETHER_PID")
-    wait_port "$TETHER_PID" "$PROXY_PORT" || die "tether did not start (see $OUT/tether-$log.log)"
+    wait_port "$TETHER_PID" "$PROXY_PORT" 60 || die "tether did not start (see $OUT/tether-$log.log)"
 }
 
 stop_tether() {
