@@ -10,6 +10,8 @@
 //! `state`, `discovery` and `dynamic`; `route` and `balance`; `sticky`; `health`; `snapshot`; the
 //! engines `proxy` and `cluster`; `admin`; `instance`; `demo`, `import` and this root.
 
+#![deny(unsafe_code)]
+
 pub mod access_log;
 pub mod acme;
 pub mod admin;
@@ -34,6 +36,9 @@ pub mod state;
 pub mod sticky;
 pub mod telemetry;
 pub mod tls;
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub mod uring;
 pub mod util;
 pub mod workers;
 pub mod ws;

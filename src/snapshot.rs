@@ -38,6 +38,8 @@ pub struct Snapshot {
     /// The access log's format and sink (`[log] access`, `log_format`); the
     /// sink carries over from the previous snapshot when it writes to the same place.
     pub access_log: Arc<crate::access_log::Logger>,
+    /// What carries tunnels opened from this snapshot (`[tunnel] engine`).
+    pub tunnel_engine: crate::config::TunnelEngine,
 }
 
 /// A public listener's routing and client-side settings.
@@ -292,6 +294,7 @@ impl Snapshot {
                 config.log.access.as_ref(),
                 previous.map(|p| &*p.access_log),
             )),
+            tunnel_engine: config.tunnel_engine,
         }
     }
 

@@ -31,6 +31,7 @@ const LAYERS: &[(u32, &[&str])] = &[
             "lookup",
             "proxy_header",
             "tls",
+            "uring",
             "workers",
             "ws",
         ],

@@ -59,6 +59,7 @@ pub(super) fn model(raw: &raw::Config, source: &SourceMap<'_>, base: &Path) -> R
         },
         state_file,
         tracing: raw.tracing.as_ref().and_then(|t| tracing(t.get_ref())),
+        tunnel_engine: raw.tunnel.engine,
     })
 }
 

@@ -36,7 +36,7 @@ pub use condition::{Condition, HeaderTest};
 pub use duration::{parse_duration, ConfigDuration};
 pub use error::ConfigError;
 pub use header_rules::{forbidden as forbidden_header, HeaderRules, Side as HeaderSide};
-pub use model::{BackendId, Config};
+pub use model::{BackendId, Config, TunnelEngine};
 pub use rate::{parse_rate, ConfigRate};
 pub use resolve::resolve;
 pub use validate::MAX_WEIGHT;

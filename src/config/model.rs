@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue, Method};
 use super::condition::Condition;
 pub use super::header_rules::HeaderRules;
 use super::rate::ConfigRate;
+pub use super::types::TunnelEngine;
 use super::types::{AdminState, Balance, CookieMode, ForwardHeader, MatchSource, SameSite, ServerSource, StatusRange};
 use crate::cidr::Cidr;
 use crate::origin::OriginPattern;
@@ -46,6 +47,8 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// OpenTelemetry export (`[tracing]`); no spans when `None`.
     pub tracing: Option<Tracing>,
+    /// What carries established tunnels (`[tunnel] engine`).
+    pub tunnel_engine: TunnelEngine,
 }
 
 /// Where and how spans are exported (`[tracing]`).

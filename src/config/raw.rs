@@ -16,7 +16,7 @@ use super::duration::ConfigDuration;
 use super::header_rules::RawHeaderRules;
 use super::types::{
     AdminState, Balance, CheckKind, CookieMode, ForwardHeader, HashMethod, MatchSource, Preset, SameSite, SendProxy,
-    StatusRange,
+    StatusRange, TunnelEngine,
 };
 
 /// The whole configuration file.
@@ -51,6 +51,18 @@ pub struct Config {
     pub state_file: Option<Spanned<String>>,
     /// OpenTelemetry spans over OTLP (`[tracing]`); none exported when absent.
     pub tracing: Option<Spanned<Tracing>>,
+    /// How established tunnels move their bytes (`[tunnel]`).
+    #[serde(default)]
+    pub tunnel: Tunnel,
+}
+
+/// How established tunnels move their bytes (`[tunnel]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    /// `"epoll"` (default) or `"io_uring"`.
+    #[serde(default)]
+    pub engine: TunnelEngine,
 }
 
 /// OpenTelemetry spans of requests, handshakes and tunnels, exported over

@@ -46,6 +46,18 @@ impl SendProxy {
     }
 }
 
+/// What carries an established tunnel's bytes (`[tunnel] engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelEngine {
+    /// tokio's reactor: readiness through epoll, one syscall per read and write.
+    #[default]
+    Epoll,
+    /// A per-worker io_uring: receives and sends of every tunnel of a worker
+    /// submitted together (plain TCP on both sides; TLS tunnels stay on epoll).
+    IoUring,
+}
+
 /// The balancing algorithm of a backend (HAProxy's `balance` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]

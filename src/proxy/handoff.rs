@@ -17,11 +17,14 @@ use super::context::ConnContext;
 use super::log::{HttpLog, Protocol, RequestId, TunnelLog};
 use super::trace::trace_id_number;
 use super::{tunnel, TrackerToken};
+use crate::config::TunnelEngine;
 use crate::snapshot::{Backend, Frontend, Server};
 use crate::state::ActiveGuard;
 use crate::sticky::table::StickHold;
 use crate::telemetry::{RequestSpan, TunnelSummary, TunnelTrace};
 use crate::tls::{ClientStream, UpstreamStream};
+#[cfg(target_os = "linux")]
+use crate::uring::RingStream;
 use crate::util::mix::{unit_of, AtomicSplitMix64};
 
 /// Everything a tunnel task needs once both sides have switched protocols.
@@ -42,6 +45,8 @@ pub(super) struct TunnelJob {
     /// (read once, at registration: the open tunnel's task does not carry it,
     /// see `footprint`).
     pub(super) moved: bool,
+    /// What carries the tunnel's bytes (`[tunnel] engine`).
+    pub(super) engine: TunnelEngine,
 }
 
 /// What an open tunnel holds besides its sockets: the counts it keeps up
@@ -135,7 +140,14 @@ impl TunnelJob {
             }),
             timers,
             lifetime,
+            engine: TunnelEngine::Epoll,
         }
+    }
+
+    /// The tunnel's bytes go through `engine` where it can carry them.
+    pub(super) fn carried_by(mut self, engine: TunnelEngine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// The tunnel continues the handshake's trace, if it is traced.
@@ -184,7 +196,15 @@ impl TunnelJob {
             .downcast::<TokioIo<UpstreamStream>>()
             .map(|p| (p.io.into_inner(), p.read_buf));
         match (client, server) {
-            (Ok((c, c_buf)), Ok((s, s_buf))) => carried.spawn(tunnel::run(c, c_buf, s, s_buf, settings)),
+            (Ok((c, c_buf)), Ok((s, s_buf))) => match carrier(self.engine, c, s) {
+                #[cfg(target_os = "linux")]
+                Carrier::Ring(c, s) => carried.spawn(tunnel::run(c, c_buf, s, s_buf, settings)),
+                Carrier::Epoll(c, s) => carried.spawn(tunnel::run(c, c_buf, s, s_buf, settings)),
+                Carrier::Failed(err) => {
+                    tracing::warn!(request_id = %carried.holds.request_id, cause = %err, "a tunnel's sockets could not move to io_uring");
+                    carried.finish(tunnel::TunnelEnd::never_started(err));
+                }
+            },
             (Ok((c, c_buf)), Err(s)) => carried.spawn(tunnel::run(c, c_buf, TokioIo::new(s), Bytes::new(), settings)),
             (Err(c), Ok((s, s_buf))) => carried.spawn(tunnel::run(TokioIo::new(c), Bytes::new(), s, s_buf, settings)),
             (Err(c), Err(s)) => {
@@ -193,6 +213,58 @@ impl TunnelJob {
             }
         }
     }
+}
+
+/// What carries a tunnel between two unlayered sockets.
+enum Carrier {
+    /// This worker's io_uring.
+    #[cfg(target_os = "linux")]
+    Ring(RingStream, RingStream),
+    /// tokio's reactor.
+    Epoll(ClientStream, UpstreamStream),
+    /// The sockets were lost on the way to the ring.
+    Failed(std::io::Error),
+}
+
+#[cfg(target_os = "linux")]
+thread_local! {
+    /// This worker's kernel refused io_uring once: its tunnels stay on epoll.
+    static RING_REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Both sockets on this worker's io_uring when `engine` asks for it and
+/// both are plain TCP; otherwise (TLS on either side, or a kernel that
+/// refuses io_uring, logged once per worker) on epoll as they were.
+#[cfg(target_os = "linux")]
+fn carrier(engine: TunnelEngine, client: ClientStream, server: UpstreamStream) -> Carrier {
+    use crate::tls::MaybeTls;
+    // A ring belongs to one thread: a runtime that moves tasks between
+    // threads (a library user's, or a test's) keeps its tunnels on epoll.
+    let single_threaded =
+        tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
+    if engine != TunnelEngine::IoUring || !single_threaded || RING_REFUSED.get() {
+        return Carrier::Epoll(client, server);
+    }
+    let (client, server) = match (client, server) {
+        (MaybeTls::Plain(client), MaybeTls::Plain(server)) => (client, server),
+        (client, server) => return Carrier::Epoll(client, server),
+    };
+    if let Err(err) = crate::uring::start_on_this_thread() {
+        RING_REFUSED.set(true);
+        tracing::warn!(cause = %err, "tunnel.engine = \"io_uring\": this worker cannot use io_uring, its tunnels stay on epoll");
+        return Carrier::Epoll(MaybeTls::Plain(client), MaybeTls::Plain(server));
+    }
+    let adopt = |socket: tokio::net::TcpStream| socket.into_std().and_then(RingStream::adopt);
+    match (adopt(client), adopt(server)) {
+        (Ok(client), Ok(server)) => Carrier::Ring(client, server),
+        (Err(err), _) | (_, Err(err)) => Carrier::Failed(err),
+    }
+}
+
+/// Without io_uring (not Linux), every tunnel is on epoll.
+#[cfg(not(target_os = "linux"))]
+fn carrier(_engine: TunnelEngine, client: ClientStream, server: UpstreamStream) -> Carrier {
+    Carrier::Epoll(client, server)
 }
 
 /// A draw in [0, 1) placing one tunnel's lifetime within the jitter: spread

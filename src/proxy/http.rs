@@ -412,7 +412,8 @@ async fn pipeline(
             stick,
             counted,
         )
-        .traced(exchange.trace.as_deref());
+        .traced(exchange.trace.as_deref())
+        .carried_by(snapshot.tunnel_engine);
         upgrade::start_tunnel(tunnel, client_upgrade, server_upgrade);
         server.state.handshake_times.observe(exchange.log.started.elapsed());
         return Ok(Answer::Switched(parts));

@@ -112,6 +112,22 @@ pub struct TunnelEnd {
     pub reason: CloseReason,
 }
 
+impl TunnelEnd {
+    /// A tunnel that failed with `err` before it carried a byte (its
+    /// sockets could not be set up); counted as the client's error.
+    pub fn never_started(err: io::Error) -> Self {
+        Self {
+            client_to_server: 0,
+            server_to_client: 0,
+            messages_in: 0,
+            messages_out: 0,
+            close_code_in: None,
+            close_code_out: None,
+            reason: CloseReason::ClientError(err),
+        }
+    }
+}
+
 /// Which peer an I/O error came from.
 enum Side {
     Reader,

@@ -225,6 +225,8 @@ impl Config {
         log_format(&str) => "log"."log_format";
         /// `workers`: worker threads.
         workers(i64) => "workers";
+        /// `tunnel.engine`: what carries established tunnels (`epoll` or `io_uring`).
+        tunnel_engine(&str) => "tunnel"."engine";
         /// `shutdown_grace`: how long a graceful stop waits.
         shutdown_grace(&str) => "shutdown_grace";
         /// `state_file`: where API servers and operator states are kept across restarts.
