@@ -17,6 +17,8 @@
 #   BENCH_TARGETS      subset of "direct tether haproxy nginx" (also "tether-log-text",
 #                      "tether-log-json": tether with its access log on, 1 worker)
 #   BENCH_LOG_ROWS=0   no access-log-on rows (by default they run whenever tether does)
+#   BENCH_URING_ROWS=0 no "tether-uring" row (tether, 1 worker, [tunnel] engine = "io_uring";
+#                      by default it runs whenever tether does)
 #   BENCH_SERVERS      echo servers behind each proxy (default 3); a proxy opens at most one
 #                      port range of connections to each, so 1,000,000 idle need about 20
 #   BENCH_WORKERS      worker counts to compare (default "1 2")
@@ -56,6 +58,10 @@ WORKERS=${BENCH_WORKERS:-"1 2"}
 LOG_TARGETS=(tether-log-text tether-log-json)
 if [[ ${BENCH_LOG_ROWS:-1} != 0 && " $TARGETS " == *" tether "* ]]; then
     for t in "${LOG_TARGETS[@]}"; do [[ " $TARGETS " == *" $t "* ]] || TARGETS+=" $t"; done
+fi
+# tether with its tunnels on io_uring: one worker, every mode, part of the rotation.
+if [[ ${BENCH_URING_ROWS:-1} != 0 && " $TARGETS " == *" tether "* && " $TARGETS " != *" tether-uring "* ]]; then
+    TARGETS+=" tether-uring"
 fi
 WANT_TETHER=0
 for t in $TARGETS; do [[ $t == tether* ]] && WANT_TETHER=1; done
@@ -154,7 +160,7 @@ SERVER_PORTS=()
 for ((i = 1; i <= SERVER_COUNT; i++)); do
     if ((i <= 3)); then SERVER_PORTS+=($((PORT_BASE + i))); else SERVER_PORTS+=($((PORT_BASE + 100 + i))); fi
 done
-declare -A PROXY_PORT=([tether]=$((PORT_BASE + 10)) [tether-log-text]=$((PORT_BASE + 11)) [tether-log-json]=$((PORT_BASE + 12))
+declare -A PROXY_PORT=([tether]=$((PORT_BASE + 10)) [tether-log-text]=$((PORT_BASE + 11)) [tether-log-json]=$((PORT_BASE + 12)) [tether-uring]=$((PORT_BASE + 13))
     [haproxy]=$((PORT_BASE + 20)) [nginx]=$((PORT_BASE + 30)))
 # The h2c listeners of the HTTP/2 rows (one worker each).
 declare -A H2_PORT=([tether]=$((PORT_BASE + 40)) [haproxy]=$((PORT_BASE + 50)))
@@ -276,6 +282,18 @@ write_log_configs() {
 }
 write_log_configs
 
+# The io_uring row: the one-worker tether config on a port of its own, with
+# `[tunnel] engine = "io_uring"`.
+if [[ " $TARGETS " == *" tether-uring "* ]]; then
+    [[ -f $OUT/tether-1.toml ]] || write_configs 1
+    {
+        sed -e "s/127.0.0.1:${PROXY_PORT[tether]}\"/127.0.0.1:${PROXY_PORT[tether-uring]}\"/" "$OUT/tether-1.toml"
+        echo
+        echo "[tunnel]"
+        echo 'engine = "io_uring"'
+    } >"$OUT/tether-uring-1.toml"
+fi
+
 # The HTTP/2 rows: the one-worker configs with an h2c listener (prior
 # knowledge) that lets one connection hold $H2_STREAMS WebSockets.
 write_h2_configs() {
@@ -291,15 +309,16 @@ write_h2_configs() {
 # An instance is "direct" or "<proxy>/<workers>".
 INSTANCES=()
 [[ " $TARGETS " == *" direct "* ]] && INSTANCES+=(direct)
-LOG_INSTANCES=()
-for t in "${LOG_TARGETS[@]}"; do [[ " $TARGETS " == *" $t "* ]] && LOG_INSTANCES+=("$t/1"); done
+VARIANT_INSTANCES=()
+[[ " $TARGETS " == *" tether-uring "* ]] && VARIANT_INSTANCES+=("tether-uring/1")
+for t in "${LOG_TARGETS[@]}"; do [[ " $TARGETS " == *" $t "* ]] && VARIANT_INSTANCES+=("$t/1"); done
 for w in $WORKERS; do
     for t in tether haproxy nginx; do
         [[ " $TARGETS " == *" $t "* ]] && INSTANCES+=("$t/$w")
-        [[ $t == tether && $w == 1 ]] && INSTANCES+=("${LOG_INSTANCES[@]}")
+        [[ $t == tether && $w == 1 ]] && INSTANCES+=("${VARIANT_INSTANCES[@]}")
     done
 done
-[[ " $WORKERS " == *" 1 "* ]] || INSTANCES+=("${LOG_INSTANCES[@]}")
+[[ " $WORKERS " == *" 1 "* ]] || INSTANCES+=("${VARIANT_INSTANCES[@]}")
 
 # Starts the proxy of an instance; sets ADDR and RSS_PIDS. Returns 1 on failure
 # with the reason in START_ERROR.
@@ -316,12 +335,12 @@ start_instance() {
     ADDR=127.0.0.1:${PROXY_PORT[$t]}
     logfile=$OUT/$t-$w.log
     case $t in
-        tether)
+        tether | tether-uring)
             if [[ $TETHER_OK != 1 ]]; then
                 START_ERROR=$TETHER_ERROR
                 return 1
             fi
-            TETHER_LOG=error RUST_LOG=error start_pinned "$logfile" "$TETHER_BIN" run --config "$OUT/tether-$w.toml"
+            TETHER_LOG=error RUST_LOG=error start_pinned "$logfile" "$TETHER_BIN" run --config "$OUT/$t-$w.toml"
             ;;
         tether-log-*)
             if [[ $TETHER_OK != 1 ]]; then
@@ -523,7 +542,8 @@ echo "echo: ${ECHO_CONNECTIONS} connections × ${ECHO_SIZE}-byte messages, ${ECH
     "idle: ${IDLE_COUNT} WebSockets held ${IDLE_HOLD}s (KiB/conn = proxy RSS delta ÷ connections; for direct, the echo server's)."
 echo "CPU µs/msg, /handshake, /req: the proxy's CPU time (every thread of every process, /proc/PID/task/*/schedstat) over the measured" \
     "window ÷ messages echoed (round trips) / handshakes completed / responses read; for direct, the echo server's." \
-    "tether-log-text / -json: tether, 1 worker, access log on, written to a file in the work dir ([log] access, log_format)."
+    "tether-log-text / -json: tether, 1 worker, access log on, written to a file in the work dir ([log] access, log_format)." \
+    "tether-uring: tether, 1 worker, tunnels on io_uring ([tunnel] engine = \"io_uring\")."
 echo "Kernel: growth of /proc/net/sockstat TCP mem (pages) and of the socket slab caches (/proc/slabinfo objects in use; /proc/meminfo Slab" \
     "without root) from before the first handshake to all open (h2: to the end of the hold), ÷ connections; it counts every socket of the run and whatever else the" \
     "machine did meanwhile, so the proxy's own share is its figure minus direct's (h2: minus half of direct's). See docs/benchmarks.md."

@@ -6,7 +6,7 @@
 //!
 //! The modules form layers, each importing only from the layers below it
 //! (README's Layout table; `tests/architecture.rs` checks it): `util`;
-//! the leaves `access_log`, `cidr`, `origin`, `lookup`, `tls`, `workers`, `ws`; `config`;
+//! the leaves `access_log`, `cidr`, `origin`, `lookup`, `tls`, `uring`, `workers`, `ws`; `config`;
 //! `state`, `discovery` and `dynamic`; `route` and `balance`; `sticky`; `health`; `snapshot`; the
 //! engines `proxy` and `cluster`; `admin`; `instance`; `demo`, `import` and this root.
 

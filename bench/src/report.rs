@@ -5,7 +5,7 @@
 //! idle memory), each computed from the same figures and marked met or not.
 //!
 //! Every result line carries `target` (`direct`, `tether`,
-//! `tether-log-text`, `tether-log-json`, `haproxy`, `nginx`), `workers` (0
+//! `tether-log-text`, `tether-log-json`, `tether-uring`, `haproxy`, `nginx`), `workers` (0
 //! for `direct`), `mode` and `ok`; a line with `ok: false` marks a run that
 //! failed, and its `first_error` is listed under the table. Echo, connect
 //! and http lines may carry `proxy_cpu_us_per_op`: the proxy's CPU time per
@@ -22,6 +22,9 @@ pub const PROXIES: [&str; 3] = ["tether", "haproxy", "nginx"];
 
 /// tether with its access log on (text, json): rows of their own, one worker.
 pub const LOG_TARGETS: [(&str, &str); 2] = [("tether-log-text", "text"), ("tether-log-json", "json")];
+
+/// tether with its tunnels on io_uring (`[tunnel] engine = "io_uring"`): a row of its own, one worker.
+pub const URING_TARGET: &str = "tether-uring";
 
 /// The field of a result line with the proxy's CPU µs per operation.
 pub const CPU_FIELD: &str = "proxy_cpu_us_per_op";
@@ -256,16 +259,35 @@ pub fn render(records: &[Value]) -> String {
     let has_cells = |t: &str, w: u64| cells.keys().any(|k| k.0 == t && k.1 == w);
     row(&mut out, "–", "direct", 0);
     for &w in &workers {
-        // The access-log-on rows sit under tether's, where they ran.
-        let log_rows = LOG_TARGETS.into_iter().map(|(l, _)| l).filter(|l| has_cells(l, w));
+        // The io_uring and access-log-on rows sit under tether's, where they ran.
+        let variant_rows = std::iter::once(URING_TARGET)
+            .chain(LOG_TARGETS.into_iter().map(|(l, _)| l))
+            .filter(|l| has_cells(l, w));
         let mut order: Vec<&str> = present.iter().copied().filter(|&t| t == "tether").collect();
-        order.extend(log_rows);
+        order.extend(variant_rows);
         order.extend(present.iter().copied().filter(|&t| t != "tether"));
         for t in order {
             row(&mut out, &w.to_string(), t, w);
         }
         if !present.contains(&"tether") {
             continue;
+        }
+        if has_cells(URING_TARGET, w) {
+            let m = |t: &str, mode: &str, f: &str| cell(t, w, mode).median(f);
+            let r = |mode: &str, f: &str| ratio(m(URING_TARGET, mode, f), m("tether", mode, f));
+            let _ = writeln!(
+                out,
+                "| {w} | **io_uring ÷ epoll** | **{}** | | p99 {} | **{}** | **{}** | | p99 {} | **{}** | **{}** | | **{}** | {} | |",
+                r("echo", "rate"),
+                r("echo", "p99_us"),
+                r("echo", CPU_FIELD),
+                r("connect", "rate"),
+                r("connect", "p99_us"),
+                r("connect", CPU_FIELD),
+                r("http", "rate"),
+                r("http", CPU_FIELD),
+                r("idle", "kib_per_conn"),
+            );
         }
         for other in ["haproxy", "nginx"].into_iter().filter(|o| present.contains(o)) {
             let m = |t: &str, mode: &str, f: &str| cell(t, w, mode).median(f);
@@ -469,6 +491,34 @@ fn target_checks<'c>(
             checks.push(Check {
                 workers: w,
                 what: "idle WebSocket, user-space RSS".to_string(),
+                measured: idle.map_or("—".to_string(), |k| format!("{k:.2} KiB/conn")),
+                threshold: "≤ 1.00 KiB/conn".to_string(),
+                met: idle.map(|k| k <= 1.0),
+            });
+        }
+        if has_cells(URING_TARGET, w) {
+            let epoll = cell("tether", w, "echo").median(CPU_FIELD);
+            let uring = cell(URING_TARGET, w, "echo").median(CPU_FIELD);
+            let gain = epoll.zip(uring).map(|(e, u)| u / e);
+            checks.push(Check {
+                workers: w,
+                what: "CPU per echoed message, io_uring ÷ epoll (issue 19's rule to land the engine)".to_string(),
+                measured: gain.map_or("—".to_string(), |g| format!("{g:.2}")),
+                threshold: "≤ 0.85".to_string(),
+                met: gain.map(|g| g <= 0.85),
+            });
+            checks.push(ratio_check(
+                (cell, present, w),
+                "CPU per echoed message, io_uring".to_string(),
+                URING_TARGET,
+                "echo",
+                CPU_FIELD,
+                &[bound("nginx", CPU, true)],
+            ));
+            let idle = cell(URING_TARGET, w, "idle").median("kib_per_conn");
+            checks.push(Check {
+                workers: w,
+                what: "idle WebSocket, user-space RSS, io_uring".to_string(),
                 measured: idle.map_or("—".to_string(), |k| format!("{k:.2} KiB/conn")),
                 threshold: "≤ 1.00 KiB/conn".to_string(),
                 met: idle.map(|k| k <= 1.0),
@@ -712,6 +762,31 @@ mod tests {
         );
         // The h2 lines add no worker group of their own to the main table.
         assert_eq!(t.lines().filter(|l| l.starts_with("| 1 |")).count(), 3, "{t}");
+    }
+
+    #[test]
+    fn the_io_uring_row_sits_under_tethers_with_its_ratio_to_epoll_and_the_landing_rule() {
+        let mut records = cpu_records();
+        records.push(json!({"target":URING_TARGET,"workers":1,"mode":"echo","ok":true,"rate":220.0,"p50_us":10.0,"p99_us":40.0,"p999_us":60.0,CPU_FIELD:12.0}));
+        records
+            .push(json!({"target":URING_TARGET,"workers":1,"mode":"idle","ok":true,"opened":100,"kib_per_conn":0.6}));
+        let t = render(&records);
+        let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("| 1 |")).collect();
+        let tether = rows
+            .iter()
+            .position(|l| l.starts_with("| 1 | tether |"))
+            .expect("tether's row");
+        assert!(rows[tether + 1].starts_with("| 1 | tether-uring |"), "{t}");
+        // 220 ÷ 200 msg/s; 12 ÷ 16 µs per message; 0.6 ÷ 0.9 KiB.
+        assert!(
+            t.contains("| 1 | **io_uring ÷ epoll** | **1.10** | | p99 0.80 | **0.75** |"),
+            "{t}"
+        );
+        assert!(t.contains("| CPU per echoed message, io_uring ÷ epoll (issue 19's rule to land the engine) | 1 | 0.75 | ≤ 0.85 | met |"), "{t}");
+        assert!(
+            t.contains("| idle WebSocket, user-space RSS, io_uring | 1 | 0.60 KiB/conn | ≤ 1.00 KiB/conn | met |"),
+            "{t}"
+        );
     }
 
     /// One run of every proxy at one worker, with CPU per operation.

@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
-use ring::Ring;
+use ring::{Ring, Sizes};
 
 thread_local! {
     /// This thread's ring, made on first use.
@@ -44,10 +44,15 @@ static NEXT_RING: AtomicU64 = AtomicU64::new(1);
 /// the current tokio runtime if none runs. Fails when the kernel refuses
 /// io_uring (too old, or forbidden by a seccomp policy) or outside a runtime.
 pub fn start_on_this_thread() -> io::Result<()> {
+    start_with(Sizes::DEFAULT)
+}
+
+/// `start_on_this_thread` with a ring of `sizes` (if this thread has none yet).
+fn start_with(sizes: Sizes) -> io::Result<()> {
     RING.with(|cell| {
         let mut cell = cell.try_borrow_mut().map_err(|_| busy())?;
         if cell.is_none() {
-            *cell = Some(Ring::new(NEXT_RING.fetch_add(1, Ordering::Relaxed))?);
+            *cell = Some(Ring::new(NEXT_RING.fetch_add(1, Ordering::Relaxed), sizes)?);
         }
         let ring = cell.as_mut().ok_or_else(busy)?;
         if !ring.driver_running {

@@ -22,12 +22,28 @@ use super::buffers::{BufRing, GROUP};
 /// Bytes per receive buffer: a WebSocket message of a chat or a dashboard
 /// fits in one; a bigger one takes several receives.
 const BUFFER_SIZE: usize = 4096;
-/// Receive buffers per ring (1 MiB): one per socket with bytes just
-/// received and not yet copied out, which lasts until its tunnel's next poll.
-const BUFFERS: u16 = 256;
-/// Submission queue entries (the completion queue has twice as many; the
-/// kernel keeps overflowing completions rather than dropping them).
-const ENTRIES: u32 = 512;
+/// How big a ring is.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sizes {
+    /// Submission queue entries (more wait in `pending` for the next turn).
+    pub(super) submissions: u32,
+    /// Completion queue entries. Past them the kernel keeps completions in
+    /// an overflow list, flushed by the next `io_uring_enter` (see `turn`).
+    pub(super) completions: u32,
+    /// Receive buffers (a power of two).
+    pub(super) buffers: u16,
+}
+
+impl Sizes {
+    /// tether's ring: 256 receive buffers (1 MiB), one per socket with
+    /// bytes just received and not yet copied out, which lasts until its
+    /// tunnel's next poll; a receive finding none waits for one to come back.
+    pub(super) const DEFAULT: Sizes = Sizes {
+        submissions: 1024,
+        completions: 4096,
+        buffers: 256,
+    };
+}
 /// Bytes a socket may have waiting to be sent before writes wait.
 const WRITE_LIMIT: usize = 64 * 1024;
 /// Emptied send buffers kept for reuse, so a steady tunnel does not
@@ -116,9 +132,11 @@ pub(super) struct Ring {
 
 impl Ring {
     /// A new ring with its receive buffers registered.
-    pub(super) fn new(id: u64) -> io::Result<Self> {
-        let uring = IoUring::builder().build(ENTRIES)?;
-        let buffers = BufRing::register(&uring, BUFFERS, BUFFER_SIZE)?;
+    pub(super) fn new(id: u64, sizes: Sizes) -> io::Result<Self> {
+        let uring = IoUring::builder()
+            .setup_cqsize(sizes.completions)
+            .build(sizes.submissions)?;
+        let buffers = BufRing::register(&uring, sizes.buffers, BUFFER_SIZE)?;
         Ok(Self {
             uring,
             buffers,
@@ -159,8 +177,11 @@ impl Ring {
         }
     }
 
-    /// The stream of `index` is gone: cancels its receive, lets a send in
-    /// flight finish, then closes the socket.
+    /// The stream of `index` is gone: cancels what it has in flight (as a
+    /// close would: bytes the kernel took are delivered, a send still
+    /// waiting for room is dropped with the stream, as the bytes an epoll
+    /// tunnel kept for a slow reader are), then closes the socket once the
+    /// cancelled entries completed.
     pub(super) fn release(&mut self, index: u32) {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
@@ -172,8 +193,9 @@ impl Ring {
         if let Some(received) = slot.received.take() {
             self.buffers.give_back(received.bid);
         }
-        if slot.recv_armed {
-            let cancel = opcode::AsyncCancel::new(user_data(index, OP_RECV))
+        let armed = [(slot.recv_armed, OP_RECV), (slot.send_armed, OP_SEND)];
+        for (_, op) in armed.into_iter().filter(|(armed, _)| *armed) {
+            let cancel = opcode::AsyncCancel::new(user_data(index, op))
                 .build()
                 .user_data(user_data(index, OP_CANCEL));
             self.push(index, cancel);
@@ -287,17 +309,24 @@ impl Ring {
 
     /// One driver turn: takes every completion, then submits every queued
     /// entry in one `io_uring_enter`, again while submitting completed more.
-    /// True if entries are still waiting (the submission queue was full).
+    /// Completions that overflowed the completion queue reach it only
+    /// through an `io_uring_enter` (nothing wakes the ring's file for them),
+    /// so an overflow is a reason to enter too. True if work is left for
+    /// another turn (entries that did not fit, completions still overflowed).
     pub(super) fn turn(&mut self) -> io::Result<bool> {
         self.driver_due = false;
-        for _ in 0..4 {
+        for _ in 0..8 {
             self.reap();
-            if self.pending.is_empty() {
-                break;
+            if self.pending.is_empty() && !self.overflowed() {
+                return Ok(false);
             }
             self.submit()?;
         }
-        Ok(!self.pending.is_empty())
+        Ok(!self.pending.is_empty() || self.overflowed())
+    }
+
+    fn overflowed(&mut self) -> bool {
+        self.uring.submission().cq_overflow()
     }
 
     /// Remembers the driver's waker (woken when entries are queued).
@@ -507,6 +536,19 @@ impl Ring {
             slot.received.is_some(),
             slot.sending.capacity() + slot.queued.capacity(),
         )
+    }
+}
+
+impl Drop for Ring {
+    /// The ring's file closes before the sockets (field order), and the
+    /// kernel tears its requests down asynchronously: the bytes of a send
+    /// still in flight are leaked rather than freed under it.
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if slot.send_armed {
+                std::mem::forget(std::mem::take(&mut slot.sending));
+            }
+        }
     }
 }
 

@@ -202,3 +202,66 @@ fn a_new_runtime_on_the_same_thread_gets_a_new_driver() {
         });
     }
 }
+
+#[tokio::test]
+async fn a_stream_dropped_while_its_peer_reads_nothing_still_closes_its_socket() {
+    let (peer, mut ring) = pair().await;
+    // The peer never reads: the ring's sends fill both socket buffers and the last one waits.
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), ring.write(&chunk)).await {
+            Ok(Ok(n)) => written += n,
+            Ok(Err(err)) => panic!("write failed: {err}"),
+            Err(_) => break, // the write waits: a send is stuck in flight
+        }
+        assert!(written < 1 << 30, "the writes never waited");
+    }
+    let before = with_ring(None, |r| Ok(r.open_sockets())).expect("ring");
+    drop(ring);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while with_ring(None, |r| Ok(r.open_sockets())).expect("ring") != before - 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck send kept the socket open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(peer);
+}
+
+#[tokio::test]
+async fn completions_past_a_full_completion_queue_still_arrive() {
+    // A small ring (this test's thread has none yet): 8 completion entries, 16 buffers.
+    super::start_with(super::Sizes {
+        submissions: 8,
+        completions: 16,
+        buffers: 16,
+    })
+    .expect("a small ring");
+    const SOCKETS: usize = 120;
+    let mut peers = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..SOCKETS {
+        let (peer, mut ring) = pair().await;
+        peers.push(peer);
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64];
+            let n = ring.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], format!("socket {i}").as_bytes());
+            ring
+        }));
+    }
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    // 120 receives complete before the driver runs again: far more than the queue holds.
+    for (i, peer) in peers.iter_mut().enumerate() {
+        peer.write_all(format!("socket {i}").as_bytes()).await.expect("write");
+    }
+    for reader in readers {
+        tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("every socket gets its bytes, overflowed completions included")
+            .expect("reader");
+    }
+}
