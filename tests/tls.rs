@@ -209,6 +209,31 @@ async fn wss_is_terminated_and_the_server_sees_https() {
     tether.stop().await;
 }
 
+/// `[tunnel] engine = "io_uring"` carries plain TCP only: a wss tunnel stays
+/// on epoll (the test's thread has no ring socket) and works as before.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn under_the_io_uring_engine_a_wss_tunnel_stays_on_epoll_and_works() {
+    let dir = TempDir::new();
+    let ca = TestCa::new(&dir.0, "ca");
+    let leaf = ca.leaf("site", &["tether.test"]);
+    let s1 = backend("s1").start().await;
+    let config = Config::simple(Frontend::public().tls(tls_table(&leaf)), pool().server(&s1)).tunnel_engine("io_uring");
+    let tether = start_tether(&config).await;
+    let (mut ws, name, _) = wss_connect(tether.addr, "tether.test", client_tls(Some(&dir.path("ca.pem")))).await;
+    assert_eq!(name, "s1");
+    for text in ["over wss", "and again"] {
+        echo(&mut ws, text).await;
+    }
+    assert_eq!(
+        tether::uring::sockets_on_this_thread(),
+        0,
+        "a TLS tunnel's sockets are not on the ring"
+    );
+    ws.close(None).await.expect("close");
+    tether.stop().await;
+}
+
 #[tokio::test]
 async fn sni_picks_the_certificate_for_the_name_and_the_first_is_the_default() {
     let dir = TempDir::new();

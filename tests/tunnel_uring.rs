@@ -187,3 +187,37 @@ async fn an_unknown_engine_is_refused_with_its_line_and_the_choices() {
     assert!(message.contains("tether.toml:"), "{message}");
     assert!(message.contains("epoll") && message.contains("io_uring"), "{message}");
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_engine_applies_to_new_tunnels_and_keeps_open_ones() {
+    let s1 = backend("s1").start().await;
+    let on_epoll = || Config::over(pool().server(&s1));
+    let tether = start_tether(&on_epoll()).await;
+    let (mut first, _) = ws_connect(tether.addr, "/ws").await;
+    first.send(Message::text("epoll")).await.expect("send");
+    assert_eq!(next_text(&mut first).await, "epoll");
+    assert_eq!(sockets_on_this_thread(), 0, "epoll tunnels are not on the ring");
+
+    tether
+        .handle
+        .reload(&on_epoll().tunnel_engine("io_uring").parse())
+        .expect("reload");
+    let (mut second, _) = ws_connect(tether.addr, "/ws").await;
+    ring_sockets(2).await;
+    for (ws, text) in [(&mut first, "still epoll"), (&mut second, "ring")] {
+        ws.send(Message::text(text)).await.expect("send");
+        assert_eq!(next_text(ws).await, text);
+    }
+
+    tether.handle.reload(&on_epoll().parse()).expect("reload back");
+    let (mut third, _) = ws_connect(tether.addr, "/ws").await;
+    for (ws, text) in [(&mut second, "ring still"), (&mut third, "epoll again")] {
+        ws.send(Message::text(text)).await.expect("send");
+        assert_eq!(next_text(ws).await, text);
+    }
+    assert_eq!(
+        sockets_on_this_thread(),
+        2,
+        "only the tunnel opened under io_uring is on the ring"
+    );
+}

@@ -251,6 +251,7 @@ impl Tether {
             }),
         };
         handle.sync_listeners(&snapshot)?;
+        announce_tunnel_engine(config.tunnel_engine);
         if let Some(cluster) = cluster {
             let port = snapshot
                 .frontends
@@ -487,7 +488,11 @@ impl Handle {
         let inner = &self.inner;
         let _one_at_a_time = lock(&inner.reloading);
         let combined = self.compose(config, &lock(&inner.discovery.found), &lock(&inner.api.servers));
+        let engine_before = inner.shared.snapshot.load().tunnel_engine;
         self.swap_in(&combined, false)?;
+        if config.tunnel_engine != engine_before {
+            announce_tunnel_engine(config.tunnel_engine);
+        }
         // A reload (SIGHUP after log rotation) opens the access log's file anew.
         self.reopen_access_log();
         if config.state_file != inner.api.state_file {
@@ -1028,4 +1033,23 @@ fn listen(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(address)?;
     // Registered with a runtime only when its worker starts accepting.
     socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
+/// Says what will carry tunnels when it is io_uring (at start, and when a
+/// reload changes the engine): a kernel that refuses io_uring is a warning,
+/// not a failure, and its tunnels stay on epoll as without the key.
+fn announce_tunnel_engine(engine: crate::config::TunnelEngine) {
+    if engine != crate::config::TunnelEngine::IoUring {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    match crate::uring::probe() {
+        Ok(()) => tracing::info!("tunnels between plain TCP sockets are carried by io_uring ([tunnel] engine)"),
+        Err(err) => tracing::warn!(
+            cause = %err,
+            "[tunnel] engine = \"io_uring\", but this kernel refuses io_uring: tunnels stay on epoll"
+        ),
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::warn!("[tunnel] engine = \"io_uring\" needs Linux: tunnels stay on epoll");
 }

@@ -103,6 +103,29 @@ impl BufRing {
     }
 }
 
+/// Whether `ring`'s kernel takes a provided buffer ring (Linux 5.19 and
+/// later): registers a ring of one entry and unregisters it again.
+pub(super) fn probe(ring: &IoUring) -> io::Result<()> {
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).map_err(io::Error::other)?;
+    // SAFETY: the layout has a non-zero size.
+    let entries = unsafe { std::alloc::alloc_zeroed(layout) };
+    if entries.is_null() {
+        return Err(io::Error::new(io::ErrorKind::OutOfMemory, "io_uring probe"));
+    }
+    // SAFETY: the memory is valid for one entry and stays allocated until
+    // the registration is gone (unregistered below, or refused).
+    let registered = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(entries as u64, 1, GROUP, 0)
+    };
+    let unregistered = registered.and_then(|()| ring.submitter().unregister_buf_ring(GROUP));
+    if unregistered.is_ok() {
+        // SAFETY: allocated above with this layout; the kernel no longer names it.
+        unsafe { std::alloc::dealloc(entries, layout) };
+    }
+    unregistered
+}
+
 impl Drop for BufRing {
     /// Leaks the memory on purpose: after the ring's file is closed the
     /// kernel tears its requests down asynchronously, and nothing here can

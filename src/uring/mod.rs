@@ -84,6 +84,14 @@ pub fn sockets_on_this_thread() -> usize {
     })
 }
 
+/// Whether this kernel runs tether's io_uring engine: sets up a small ring
+/// and registers a provided buffer ring with it (what a worker's ring
+/// needs), so an operator learns at start rather than at the first tunnel.
+pub fn probe() -> io::Result<()> {
+    let ring = io_uring::IoUring::new(2)?;
+    buffers::probe(&ring)
+}
+
 /// A TCP socket carried by this thread's ring (see the module's doc).
 #[derive(Debug)]
 pub struct RingStream {

@@ -265,3 +265,9 @@ async fn completions_past_a_full_completion_queue_still_arrive() {
             .expect("reader");
     }
 }
+
+#[test]
+fn this_kernel_passes_the_probe_tether_runs_at_start() {
+    // The engine's own tests above need the same; the probe must agree with them.
+    super::probe().expect("io_uring with a provided buffer ring");
+}
