@@ -632,6 +632,14 @@ fn render_kernel_memory<'c>(
                 "kib_per_conn",
                 1.0,
             ));
+            if t == "tether" {
+                rows.push((
+                    format!("{URING_TARGET} ({w} worker{})", if w == 1 { "" } else { "s" }),
+                    cell(URING_TARGET, w, "idle"),
+                    "kib_per_conn",
+                    1.0,
+                ));
+            }
         }
     }
     for t in ["tether", "haproxy"] {
@@ -769,7 +777,7 @@ mod tests {
         let mut records = cpu_records();
         records.push(json!({"target":URING_TARGET,"workers":1,"mode":"echo","ok":true,"rate":220.0,"p50_us":10.0,"p99_us":40.0,"p999_us":60.0,CPU_FIELD:12.0}));
         records
-            .push(json!({"target":URING_TARGET,"workers":1,"mode":"idle","ok":true,"opened":100,"kib_per_conn":0.6}));
+            .push(json!({"target":URING_TARGET,"workers":1,"mode":"idle","ok":true,"opened":100,"kib_per_conn":0.6,"kernel_kib_per_conn":16.0,"kernel_sock_kib_per_conn":0.0,"kernel_slab_kib_per_conn":16.0}));
         let t = render(&records);
         let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("| 1 |")).collect();
         let tether = rows
@@ -785,6 +793,11 @@ mod tests {
         assert!(t.contains("| CPU per echoed message, io_uring ÷ epoll (issue 19's rule to land the engine) | 1 | 0.75 | ≤ 0.85 | met |"), "{t}");
         assert!(
             t.contains("| idle WebSocket, user-space RSS, io_uring | 1 | 0.60 KiB/conn | ≤ 1.00 KiB/conn | met |"),
+            "{t}"
+        );
+        // The kernel-inclusive table has its row too (no direct figure here: no own share).
+        assert!(
+            t.contains("| tether-uring (1 worker) | 0.60 | 16.00 | 0.00 / 16.00 | — | — |"),
             "{t}"
         );
     }
