@@ -241,8 +241,8 @@ fn carrier(engine: TunnelEngine, client: ClientStream, server: UpstreamStream) -
     // A ring belongs to one thread: a runtime that moves tasks between
     // threads (a library user's, or a test's) keeps its tunnels on epoll.
     let single_threaded =
-        tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
-    if engine != TunnelEngine::IoUring || !single_threaded || RING_REFUSED.get() {
+        || tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
+    if engine != TunnelEngine::IoUring || RING_REFUSED.get() || !single_threaded() {
         return Carrier::Epoll(client, server);
     }
     let (client, server) = match (client, server) {
