@@ -273,38 +273,14 @@ pub fn render(records: &[Value]) -> String {
             continue;
         }
         if has_cells(URING_TARGET, w) {
-            let m = |t: &str, mode: &str, f: &str| cell(t, w, mode).median(f);
-            let r = |mode: &str, f: &str| ratio(m(URING_TARGET, mode, f), m("tether", mode, f));
-            let _ = writeln!(
-                out,
-                "| {w} | **io_uring ÷ epoll** | **{}** | | p99 {} | **{}** | **{}** | | p99 {} | **{}** | **{}** | | **{}** | {} | |",
-                r("echo", "rate"),
-                r("echo", "p99_us"),
-                r("echo", CPU_FIELD),
-                r("connect", "rate"),
-                r("connect", "p99_us"),
-                r("connect", CPU_FIELD),
-                r("http", "rate"),
-                r("http", CPU_FIELD),
-                r("idle", "kib_per_conn"),
-            );
+            ratio_row(&mut out, w, "io_uring ÷ epoll", &|mode, f| {
+                ratio(cell(URING_TARGET, w, mode).median(f), cell("tether", w, mode).median(f))
+            });
         }
         for other in ["haproxy", "nginx"].into_iter().filter(|o| present.contains(o)) {
-            let m = |t: &str, mode: &str, f: &str| cell(t, w, mode).median(f);
-            let r = |mode: &str, f: &str| ratio(m("tether", mode, f), m(other, mode, f));
-            let _ = writeln!(
-                out,
-                "| {w} | **tether ÷ {other}** | **{}** | | p99 {} | **{}** | **{}** | | p99 {} | **{}** | **{}** | | **{}** | {} | |",
-                r("echo", "rate"),
-                r("echo", "p99_us"),
-                r("echo", CPU_FIELD),
-                r("connect", "rate"),
-                r("connect", "p99_us"),
-                r("connect", CPU_FIELD),
-                r("http", "rate"),
-                r("http", CPU_FIELD),
-                r("idle", "kib_per_conn"),
-            );
+            ratio_row(&mut out, w, &format!("tether ÷ {other}"), &|mode, f| {
+                ratio(cell("tether", w, mode).median(f), cell(other, w, mode).median(f))
+            });
         }
     }
 
@@ -346,6 +322,23 @@ pub fn render(records: &[Value]) -> String {
         }
     }
     out
+}
+
+/// A bold row of the main table: `r(mode, field)` for each column that has a ratio.
+fn ratio_row(out: &mut String, w: u64, label: &str, r: &dyn Fn(&str, &str) -> String) {
+    let _ = writeln!(
+        out,
+        "| {w} | **{label}** | **{}** | | p99 {} | **{}** | **{}** | | p99 {} | **{}** | **{}** | | **{}** | {} | |",
+        r("echo", "rate"),
+        r("echo", "p99_us"),
+        r("echo", CPU_FIELD),
+        r("connect", "rate"),
+        r("connect", "p99_us"),
+        r("connect", CPU_FIELD),
+        r("http", "rate"),
+        r("http", CPU_FIELD),
+        r("idle", "kib_per_conn"),
+    );
 }
 
 /// One line of the targets table: what is compared, the measured ratios or

@@ -94,33 +94,25 @@ async fn a_dropped_stream_cancels_its_receive_and_closes_its_socket() {
     );
 }
 
-#[tokio::test]
-async fn more_sockets_with_bytes_than_receive_buffers_all_get_theirs() {
-    const SOCKETS: usize = 320; // more than the ring's 256 buffers
+/// `count` ring streams each wait for bytes (their receives armed), then
+/// every peer sends before any of them runs again: more completions at once
+/// than the ring may have buffers or queue entries for. Every stream must
+/// still read exactly its own bytes.
+async fn all_at_once(count: usize) {
     let mut peers = Vec::new();
-    let mut rings = Vec::new();
-    for _ in 0..SOCKETS {
-        let (peer, ring) = pair().await;
+    let mut readers = Vec::new();
+    for i in 0..count {
+        let (peer, mut ring) = pair().await;
         peers.push(peer);
-        rings.push(ring);
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64];
+            let n = ring.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], format!("socket {i}").as_bytes());
+            ring
+        }));
     }
-    let starved_before = with_ring(None, |r| Ok(r.starved_receives)).expect("ring");
-    // Every ring stream waits for bytes (its receive armed)…
-    let readers: Vec<_> = rings
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut ring)| {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64];
-                let n = ring.read(&mut buf).await.expect("read");
-                assert_eq!(&buf[..n], format!("socket {i}").as_bytes());
-                ring
-            })
-        })
-        .collect();
     tokio::task::yield_now().await;
     tokio::task::yield_now().await;
-    // …then every peer sends before any of them runs again.
     for (i, peer) in peers.iter_mut().enumerate() {
         peer.write_all(format!("socket {i}").as_bytes()).await.expect("write");
     }
@@ -130,6 +122,12 @@ async fn more_sockets_with_bytes_than_receive_buffers_all_get_theirs() {
             .expect("every socket gets its bytes")
             .expect("reader");
     }
+}
+
+#[tokio::test]
+async fn more_sockets_with_bytes_than_receive_buffers_all_get_theirs() {
+    let starved_before = with_ring(None, |r| Ok(r.starved_receives)).unwrap_or(0);
+    all_at_once(320).await; // more than the ring's 256 buffers
     let starved = with_ring(None, |r| Ok(r.starved_receives)).expect("ring") - starved_before;
     assert!(starved > 0, "some receives found no free buffer and were armed again");
 }
@@ -232,38 +230,15 @@ async fn a_stream_dropped_while_its_peer_reads_nothing_still_closes_its_socket()
 
 #[tokio::test]
 async fn completions_past_a_full_completion_queue_still_arrive() {
-    // A small ring (this test's thread has none yet): 8 completion entries, 16 buffers.
+    // A small ring (this test's thread has none yet): 16 completion entries, 16 buffers.
     super::start_with(super::Sizes {
         submissions: 8,
         completions: 16,
         buffers: 16,
     })
     .expect("a small ring");
-    const SOCKETS: usize = 120;
-    let mut peers = Vec::new();
-    let mut readers = Vec::new();
-    for i in 0..SOCKETS {
-        let (peer, mut ring) = pair().await;
-        peers.push(peer);
-        readers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 64];
-            let n = ring.read(&mut buf).await.expect("read");
-            assert_eq!(&buf[..n], format!("socket {i}").as_bytes());
-            ring
-        }));
-    }
-    tokio::task::yield_now().await;
-    tokio::task::yield_now().await;
     // 120 receives complete before the driver runs again: far more than the queue holds.
-    for (i, peer) in peers.iter_mut().enumerate() {
-        peer.write_all(format!("socket {i}").as_bytes()).await.expect("write");
-    }
-    for reader in readers {
-        tokio::time::timeout(Duration::from_secs(10), reader)
-            .await
-            .expect("every socket gets its bytes, overflowed completions included")
-            .expect("reader");
-    }
+    all_at_once(120).await;
 }
 
 #[test]
