@@ -207,6 +207,9 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                // A replica's full sync can still write a dump: not into the repository.
+                "--dir",
+                &std::env::temp_dir().to_string_lossy(),
             ])
             .args(extra)
             .stdout(Stdio::null())
