@@ -158,8 +158,9 @@ impl Ring {
         std::os::fd::AsFd::as_fd(&self.uring)
     }
 
-    /// Takes `socket` (blocking mode: io_uring honours `O_NONBLOCK` by
-    /// failing with `EAGAIN` instead of waiting) and returns its slot.
+    /// Takes `socket` (in blocking mode: how io_uring treats an `O_NONBLOCK`
+    /// socket has differed between kernels, an `EAGAIN` completion instead
+    /// of a wait on some; a blocking one is waited for on all) and returns its slot.
     pub(super) fn adopt(&mut self, socket: TcpStream) -> u32 {
         let slot = Slot {
             socket: Some(socket),
@@ -190,10 +191,11 @@ impl Ring {
         slot.reader = None;
         slot.writer = None;
         slot.queued = Vec::new();
-        if let Some(received) = slot.received.take() {
-            self.buffers.give_back(received.bid);
-        }
+        let received = slot.received.take();
         let armed = [(slot.recv_armed, OP_RECV), (slot.send_armed, OP_SEND)];
+        if let Some(received) = received {
+            self.give_back(received.bid);
+        }
         for (_, op) in armed.into_iter().filter(|(armed, _)| *armed) {
             let cancel = opcode::AsyncCancel::new(user_data(index, op))
                 .build()
