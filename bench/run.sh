@@ -263,36 +263,28 @@ write_configs() {
 
 for w in $WORKERS; do write_configs "$w"; done
 
-# The access-log-on rows: the one-worker tether config on a port of its own,
-# with `[log]` writing every line to a file in the work dir (what operators
-# do); TETHER_LOG lets tether::access through (start_instance).
-write_log_configs() {
-    local t
-    [[ -f $OUT/tether-1.toml ]] || write_configs 1
-    for t in "${LOG_TARGETS[@]}"; do
-        [[ " $TARGETS " == *" $t "* ]] || continue
-        {
-            sed -e "s/127.0.0.1:${PROXY_PORT[tether]}\"/127.0.0.1:${PROXY_PORT[$t]}\"/" "$OUT/tether-1.toml"
-            echo
-            echo "[log]"
-            echo "access = \"$OUT/$t-access.log\""
-            echo "log_format = \"${t#tether-log-}\""
-        } >"$OUT/$t-1.toml"
-    done
-}
-write_log_configs
-
-# The io_uring row: the one-worker tether config on a port of its own, with
-# `[tunnel] engine = "io_uring"`.
-if [[ " $TARGETS " == *" tether-uring "* ]]; then
+# A one-worker variant of tether (when it is in the targets): the one-worker
+# config on the variant's own port, then the TOML in $2.
+write_variant_config() {
+    local t=$1 extra=$2
+    [[ " $TARGETS " == *" $t "* ]] || return 0
     [[ -f $OUT/tether-1.toml ]] || write_configs 1
     {
-        sed -e "s/127.0.0.1:${PROXY_PORT[tether]}\"/127.0.0.1:${PROXY_PORT[tether-uring]}\"/" "$OUT/tether-1.toml"
+        sed -e "s/127.0.0.1:${PROXY_PORT[tether]}\"/127.0.0.1:${PROXY_PORT[$t]}\"/" "$OUT/tether-1.toml"
         echo
-        echo "[tunnel]"
-        echo 'engine = "io_uring"'
-    } >"$OUT/tether-uring-1.toml"
-fi
+        printf '%s\n' "$extra"
+    } >"$OUT/$t-1.toml"
+}
+# The access-log-on rows: `[log]` writes every line to a file in the work dir
+# (what operators do); TETHER_LOG lets tether::access through (start_instance).
+for t in "${LOG_TARGETS[@]}"; do
+    write_variant_config "$t" "[log]
+access = \"$OUT/$t-access.log\"
+log_format = \"${t#tether-log-}\""
+done
+# The io_uring row: the same, with its tunnels on io_uring.
+write_variant_config tether-uring '[tunnel]
+engine = "io_uring"'
 
 # The HTTP/2 rows: the one-worker configs with an h2c listener (prior
 # knowledge) that lets one connection hold $H2_STREAMS WebSockets.

@@ -51,10 +51,10 @@ pub fn start_on_this_thread() -> io::Result<()> {
 fn start_with(sizes: Sizes) -> io::Result<()> {
     RING.with(|cell| {
         let mut cell = cell.try_borrow_mut().map_err(|_| busy())?;
-        if cell.is_none() {
-            *cell = Some(Ring::new(NEXT_RING.fetch_add(1, Ordering::Relaxed), sizes)?);
-        }
-        let ring = cell.as_mut().ok_or_else(busy)?;
+        let ring = match cell.as_mut() {
+            Some(ring) => ring,
+            None => cell.insert(Ring::new(NEXT_RING.fetch_add(1, Ordering::Relaxed), sizes)?),
+        };
         if !ring.driver_running {
             let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
             // The driver watches its own duplicate of the ring's file, so the
@@ -117,12 +117,10 @@ impl RingStream {
 
 impl Drop for RingStream {
     fn drop(&mut self) {
-        // During a thread's teardown the ring may be gone already: then so is the socket.
-        let _ = RING.try_with(|cell| {
-            if let Ok(mut cell) = cell.try_borrow_mut() {
-                if let Some(ring) = cell.as_mut().filter(|ring| ring.id == self.ring) {
-                    ring.release(self.slot);
-                }
+        let (id, slot) = (self.ring, self.slot);
+        if_ring_left(|ring| {
+            if ring.id == id {
+                ring.release(slot);
             }
         });
     }
@@ -170,6 +168,16 @@ fn with_ring_poll<T>(id: u64, f: impl FnOnce(&mut Ring) -> Poll<io::Result<T>>) 
         Ok(poll) => poll,
         Err(err) => Poll::Ready(Err(err)),
     }
+}
+
+/// Runs `f` on this thread's ring if there still is one. For `Drop`s: during
+/// a thread's teardown the ring may be gone already (and its sockets with it).
+fn if_ring_left(f: impl FnOnce(&mut Ring)) {
+    let _ = RING.try_with(|cell| {
+        if let Some(ring) = cell.try_borrow_mut().ok().as_deref_mut().and_then(Option::as_mut) {
+            f(ring);
+        }
+    });
 }
 
 fn busy() -> io::Error {
@@ -226,13 +234,7 @@ impl Future for Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = RING.try_with(|cell| {
-            if let Ok(mut cell) = cell.try_borrow_mut() {
-                if let Some(ring) = cell.as_mut() {
-                    ring.driver_stopped();
-                }
-            }
-        });
+        if_ring_left(Ring::driver_stopped);
     }
 }
 

@@ -117,6 +117,8 @@ pub(super) struct Ring {
     free: Vec<u32>,
     /// Entries queued since the last submission.
     pending: Vec<squeue::Entry>,
+    /// Completions of the turn under way (`reap`), kept for the next turn.
+    completed: Vec<(u64, i32, u32)>,
     /// Slots whose receive found no free buffer; woken when one is given back.
     starved: Vec<u32>,
     spare: Vec<Vec<u8>>,
@@ -144,6 +146,7 @@ impl Ring {
             slots: Vec::new(),
             free: Vec::new(),
             pending: Vec::new(),
+            completed: Vec::new(),
             starved: Vec::new(),
             spare: Vec::new(),
             driver: None,
@@ -363,17 +366,19 @@ impl Ring {
     }
 
     fn reap(&mut self) {
-        // Completions are copied out first: handling one may queue entries.
-        let mut done: Vec<(u64, i32, u32)> = Vec::new();
+        // Completions are copied out first (handling one may queue entries),
+        // into a buffer the ring keeps, so a turn allocates nothing.
+        let mut done = std::mem::take(&mut self.completed);
         loop {
             done.extend(self.uring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
             if done.is_empty() {
-                return;
+                break;
             }
             for (data, result, flags) in done.drain(..) {
                 self.complete(data, result, flags);
             }
         }
+        self.completed = done;
     }
 
     fn complete(&mut self, data: u64, result: i32, flags: u32) {
